@@ -1,0 +1,3 @@
+"""imagectl: build, sign, publish and pull VM guest images."""
+
+__version__ = "0.1.0"

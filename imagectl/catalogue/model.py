@@ -1,0 +1,240 @@
+"""What an image entry is: identifiers, their validation, ordering of versions and the catalogue's layout.
+
+Everything here is pure and offline; it is shared by the publishing side, the pulling side and the verifier.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from imagectl.errors import InvalidInputError
+
+__all__ = [
+    "ARCHES",
+    "FORMATS",
+    "HYPERVISORS",
+    "ImageRecord",
+    "ImageRef",
+    "auto_version",
+    "blob_key",
+    "check_arch",
+    "check_channel",
+    "check_name",
+    "check_version",
+    "host_arch",
+    "parse_ref",
+    "role_for",
+    "target_path",
+    "version_key",
+]
+
+ARCHES = ("x86_64", "i386", "i686", "ia64", "aarch64", "armv7l", "ppc64le", "ppc64", "s390x", "riscv64")
+FORMATS = ("qcow2", "raw", "vmdk", "vhd", "vhdx", "vdi", "tar", "tgz", "iso", "squashfs")
+HYPERVISORS = ("hvm", "xen-pv")
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}")
+_CHANNEL = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_OS = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_OS_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,31}")
+
+ROLE_PREFIX = "image-"
+METADATA = "metadata/"
+BLOBS = "blobs/sha256/"
+
+
+def _describe(value: str) -> str:
+    """A printable rendering of untrusted text for an error message (control characters escaped)."""
+    return repr(value)[1:-1] if value.isprintable() else repr(value)
+
+
+def _check(kind: str, value: str, pattern: re.Pattern[str], rule: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value:
+        if isinstance(value, str) and any(not c.isprintable() for c in value):
+            raise InvalidInputError(f"invalid {kind} {_describe(value)}: control characters are not allowed")
+        if isinstance(value, str) and ("/" in value or ".." in value):
+            raise InvalidInputError(f"invalid {kind} {_describe(value)}: path separators and '..' are not allowed")
+        raise InvalidInputError(f"invalid {kind} {_describe(str(value))}: {rule}")
+    return value
+
+
+def check_name(name: str) -> str:
+    return _check("image name", name, _NAME, "use 1-64 of a-z 0-9 . _ - starting with a letter or digit")
+
+
+def check_version(version: str) -> str:
+    return _check("version", version, _VERSION, "use 1-64 of A-Z a-z 0-9 . _ + ~ - starting with a letter or digit")
+
+
+def check_channel(channel: str) -> str:
+    return _check("channel", channel, _CHANNEL, "use 1-32 of a-z 0-9 _ - starting with a letter")
+
+
+def check_os(os_name: str) -> str:
+    return _check("os", os_name, _OS, "use 1-32 of a-z 0-9 _ - starting with a letter (e.g. slc, debian)")
+
+
+def check_os_version(os_version: str) -> str:
+    return _check("os version", os_version, _OS_VERSION, "use 1-32 of A-Z a-z 0-9 . _ - (e.g. 6, 12)")
+
+
+def _one_of(kind: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise InvalidInputError(f"unknown {kind} {_describe(value)}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def check_arch(arch: str) -> str:
+    return _one_of("arch", arch, ARCHES)
+
+
+def check_format(fmt: str) -> str:
+    return _one_of("format", fmt, FORMATS)
+
+
+def check_hypervisor(hv: str) -> str:
+    return _one_of("hypervisor", hv, HYPERVISORS)
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order: ``20261125.10`` sorts after ``20261125.9``; numbers sort before words at each position."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[A-Za-z]+", version))
+
+
+def auto_version(existing: list[str], today: dt.date) -> str:
+    """``YYYYMMDD.N``, N one more than the highest N already used today (any arch)."""
+    stem = today.strftime("%Y%m%d")
+    used = [int(v.split(".", 1)[1]) for v in existing if re.fullmatch(stem + r"\.\d+", v)]
+    return f"{stem}.{max(used, default=0) + 1}"
+
+
+def role_for(name: str) -> str:
+    """The delegated TUF role that holds every version of one image name."""
+    return ROLE_PREFIX + name
+
+
+def target_path(name: str, version: str, arch: str, fmt: str) -> str:
+    return f"{name}/{version}/{arch}/{name}-{version}-{arch}.{fmt}"
+
+
+def blob_key(sha256: str) -> str:
+    """Blobs are content-addressed: the same bytes are stored once whatever names and versions point at them."""
+    return BLOBS + sha256
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """What a user asks for: ``NAME``, ``NAME:VERSION`` or ``NAME@CHANNEL``."""
+
+    name: str
+    version: str | None = None
+    channel: str | None = None
+
+    def __str__(self) -> str:
+        if self.version:
+            return f"{self.name}:{self.version}"
+        if self.channel:
+            return f"{self.name}@{self.channel}"
+        return self.name
+
+
+def parse_ref(text: str) -> ImageRef:
+    if "@" in text:
+        name, channel = text.split("@", 1)
+        return ImageRef(check_name(name), channel=check_channel(channel))
+    if ":" in text:
+        name, version = text.split(":", 1)
+        return ImageRef(check_name(name), version=check_version(version))
+    return ImageRef(check_name(text))
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One published image (name, version, arch) as the signed metadata describes it."""
+
+    name: str
+    version: str
+    arch: str
+    format: str
+    hypervisor: str
+    os: str | None
+    os_version: str | None
+    size: int
+    sha256: str
+    created: str
+    path: str  # TUF target path
+    recipe_digest: str | None = None
+    parent: str | None = None
+    build_record: dict[str, Any] | None = None
+    deprecated: dict[str, str] | None = None
+
+    def custom(self) -> dict[str, Any]:
+        """The target's custom fields (catalogue/schema/image-custom.schema.json)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "arch": self.arch,
+            "format": self.format,
+            "hypervisor": self.hypervisor,
+            "size": self.size,
+            "created": self.created,
+        }
+        for key in ("os", "os_version", "recipe_digest", "parent", "build_record", "deprecated"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    @classmethod
+    def from_target(cls, path: str, length: int, hashes: dict[str, str], custom: Any) -> ImageRecord:
+        """Build from a verified TUF target; raises InvalidInputError if the custom fields are malformed."""
+        if not isinstance(custom, dict) or "sha256" not in hashes:
+            raise InvalidInputError(f"target {path} is not an imagectl image (no custom fields or no sha256)")
+        try:
+            return cls(
+                name=str(custom["name"]),
+                version=str(custom["version"]),
+                arch=str(custom["arch"]),
+                format=str(custom["format"]),
+                hypervisor=str(custom["hypervisor"]),
+                os=custom.get("os"),
+                os_version=custom.get("os_version"),
+                size=length,
+                sha256=hashes["sha256"],
+                created=str(custom["created"]),
+                path=path,
+                recipe_digest=custom.get("recipe_digest"),
+                parent=custom.get("parent"),
+                build_record=custom.get("build_record"),
+                deprecated=custom.get("deprecated"),
+            )
+        except KeyError as e:
+            raise InvalidInputError(f"target {path} lacks the custom field {e.args[0]!r}") from None
+
+    def summary(self) -> dict[str, Any]:
+        """The fields a listing shows (``--json`` output of list/search)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "arch": self.arch,
+            "os": self.os,
+            "os_version": self.os_version,
+            "hypervisor": self.hypervisor,
+            "format": self.format,
+            "size": self.size,
+            "sha256": self.sha256,
+            "created": self.created,
+            "deprecated": self.deprecated,
+        }

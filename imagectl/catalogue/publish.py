@@ -1,0 +1,320 @@
+"""Publishing side: create a catalogue, publish images, move channels, deprecate and revoke versions.
+
+Every command takes the catalogue's writer lock, loads and verifies the current metadata, changes it and commits
+(see :mod:`imagectl.catalogue.state` for the write order that keeps readers safe).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
+
+from imagectl.catalogue import model
+from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
+from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, target_path, utcnow
+from imagectl.catalogue.state import CatalogueState, load_state, metadata_bytes, sha256_file
+from imagectl.errors import (
+    CatalogueStateError,
+    ConflictError,
+    InvalidInputError,
+    LocalIOError,
+    NotFoundError,
+    RevokedError,
+)
+from imagectl.store import Store
+
+__all__ = ["PublishRequest", "PublishResult", "deprecate", "init_catalogue", "promote", "publish", "revoke"]
+
+
+@dataclass(frozen=True)
+class InitResult:
+    root_key: str  # store key of the root file deployers pin
+    root_url: str
+    root_sha256: str
+    generated_keys: list[str]
+
+
+def init_catalogue(
+    store: Store, keydir: Path, expiry_days: dict[str, int], thresholds: dict[str, tuple[int, int]] | None = None
+) -> InitResult:
+    """Create keys where missing and the first signed metadata of an empty catalogue.
+
+    ``thresholds`` maps a role to (threshold, number of keys); default 1 of 1. Raises CatalogueStateError if
+    ``store`` already holds a catalogue.
+    """
+    thresholds = thresholds or {}
+    if store.exists(f"{METADATA}root.json"):
+        raise CatalogueStateError(f"{store.url} is already a catalogue", hint="use a new, empty location")
+    keydir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    now = utcnow()
+    root = Root(expires=now + dt.timedelta(days=expiry_days["root"]), consistent_snapshot=True)
+    generated: list[str] = []
+    existing = KeyRing(keydir)
+    for role in TOP_ROLES:
+        threshold, count = thresholds.get(role, (1, 1))
+        if not 1 <= threshold <= count:
+            raise InvalidInputError(f"threshold for {role} must be between 1 and the number of keys ({count})")
+        # Keys already in the directory are reused by file name (ROLE-N.key); this is the only time names matter.
+        mine = [k for k, p in existing.paths.items() if p.name.startswith(f"{role}-")][:count]
+        for keyid in mine:
+            root.add_key(existing.public(keyid), role)
+        for _ in range(count - len(mine)):
+            signer = generate_key(keydir, role)
+            root.add_key(signer.public_key, role)
+            generated.append(f"{role}:{signer.public_key.keyid[:12]}")
+        root.roles[role].threshold = threshold
+    keys = KeyRing(keydir)
+    root_md = Metadata(root)
+    for keyid in root.roles["root"].keyids:
+        root_md.sign(keys.signers[keyid], append=True)
+    exp = {r: now + dt.timedelta(days=d) for r, d in expiry_days.items()}
+    targets = Metadata(Targets(version=1, expires=exp["targets"]))
+    snapshot = Metadata(Snapshot(version=1, expires=exp["snapshot"], meta={"targets.json": MetaFile(version=1)}))
+    timestamp = Metadata(Timestamp(version=1, expires=exp["timestamp"], snapshot_meta=MetaFile(version=1)))
+    for md, role in ((targets, "targets"), (snapshot, "snapshot"), (timestamp, "timestamp")):
+        r = root.roles[role]
+        for signer in keys.signers_for(role, r.keyids, r.threshold):
+            md.sign(signer, append=True)
+    root_bytes = metadata_bytes(root_md)
+    with store.lock():
+        if not store.write_new(f"{METADATA}1.root.json", root_bytes):
+            raise CatalogueStateError(f"{store.url} is already a catalogue", hint="use a new, empty location")
+        store.write(f"{METADATA}1.targets.json", metadata_bytes(targets))
+        store.write(f"{METADATA}1.snapshot.json", metadata_bytes(snapshot))
+        store.write(f"{METADATA}timestamp.json", metadata_bytes(timestamp))
+        store.write(f"{METADATA}root.json", root_bytes)  # last: its presence is what marks a catalogue
+    return InitResult(
+        root_key=f"{METADATA}1.root.json",
+        root_url=store.key_url(f"{METADATA}1.root.json"),
+        root_sha256=hashlib.sha256(root_bytes).hexdigest(),
+        generated_keys=generated,
+    )
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    file: str
+    name: str
+    arch: str
+    version: str | None = None
+    format: str | None = None
+    hypervisor: str = "hvm"
+    os: str | None = None
+    os_version: str | None = None
+    channel: str | None = None
+    recipe_digest: str | None = None
+    parent: str | None = None
+    build_record: dict[str, object] | None = None
+
+    def validated(self) -> PublishRequest:
+        model.check_name(self.name)
+        model.check_arch(self.arch)
+        if self.version is not None:
+            model.check_version(self.version)
+        if self.format is not None:
+            model.check_format(self.format)
+        model.check_hypervisor(self.hypervisor)
+        if (self.os is None) != (self.os_version is None):
+            raise InvalidInputError("--os and --os-version go together")
+        if self.os is not None and self.os_version is not None:
+            model.check_os(self.os)
+            model.check_os_version(self.os_version)
+        if self.channel is not None:
+            model.check_channel(self.channel)
+        if self.parent is not None:
+            model.parse_ref(self.parent)
+        return self
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    record: ImageRecord
+    created: bool  # False: identical bytes were already published under this version (a no-op)
+    uploaded: bool  # whether blob bytes were sent (False when the same bytes were already stored)
+    channel: str | None
+
+
+def detect_format(path: str) -> str:
+    """The image format from the file's magic bytes, else its extension, else raw."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"QFI\xfb"):
+        return "qcow2"
+    if head.startswith(b"KDMV"):
+        return "vmdk"
+    if head.startswith(b"conectix") or head.startswith(b"vhdxfile"):
+        return "vhd" if head.startswith(b"conectix") else "vhdx"
+    ext = Path(path).suffix.lstrip(".").lower()
+    return ext if ext in model.FORMATS else "raw"
+
+
+def _existing(state: CatalogueState, name: str, version: str, arch: str) -> ImageRecord | None:
+    return next((r for r in state.images(name) if r.version == version and r.arch == arch), None)
+
+
+def _check_revoked(state: CatalogueState, name: str, version: str) -> None:
+    md = state.role(model.role_for(name))
+    if md is not None:
+        revoked = CatalogueState.ext(md)["revoked"].get(version)
+        if revoked is not None:
+            raise RevokedError(
+                f"{name}:{version} was revoked ({revoked.get('reason', 'no reason given')}); versions are never reused"
+            )
+
+
+def publish(
+    store: Store, keys: KeyRing, req: PublishRequest, expiry_days: dict[str, int], *, today: dt.date | None = None
+) -> PublishResult:
+    """Publish one image file as NAME:VERSION for ARCH; identical re-publication is a no-op.
+
+    Raises ConflictError when the version exists with other bytes, RevokedError for a revoked version,
+    LocalIOError when the file cannot be read.
+    """
+    req = req.validated()
+    try:
+        if not Path(req.file).is_file():
+            raise LocalIOError(f"{req.file} is not a file")
+        fmt = req.format or detect_format(req.file)
+        sha256, size = sha256_file(req.file)
+    except OSError as e:
+        raise LocalIOError(f"cannot read {req.file}: {e.strerror}") from None
+    if size == 0:
+        raise InvalidInputError(f"{req.file} is empty")
+
+    def check(state: CatalogueState, version: str) -> ImageRecord | None:
+        _check_revoked(state, req.name, version)
+        old = _existing(state, req.name, version, req.arch)
+        if old is not None and (old.sha256 != sha256 or old.format != fmt):
+            raise ConflictError(
+                f"{req.name}:{version} ({req.arch}) is already published with other bytes "
+                f"(sha256 {old.sha256[:12]}…); versions are immutable",
+                hint="publish under a new version (omit --version for an automatic one)",
+            )
+        return old
+
+    # Check before uploading, so a doomed publish sends no bytes; check again under the lock, where it counts.
+    if req.version is not None:
+        check(load_state(store), req.version)
+    uploaded = store.upload_file(blob_key(sha256), req.file)
+    now = utcnow()
+    with store.lock():
+        state = load_state(store)
+        md = state.role(model.role_for(req.name))
+        version = req.version
+        if version is None:
+            used = [r.version for r in state.images(req.name)]
+            if md is not None:
+                used += list(CatalogueState.ext(md)["revoked"])
+            version = model.auto_version(used, today or now.date())
+        old = check(state, version)
+        record = old or ImageRecord(
+            name=req.name,
+            version=version,
+            arch=req.arch,
+            format=fmt,
+            hypervisor=req.hypervisor,
+            os=req.os,
+            os_version=req.os_version,
+            size=size,
+            sha256=sha256,
+            created=now.isoformat().replace("+00:00", "Z"),
+            path=target_path(req.name, version, req.arch, fmt),
+            recipe_digest=req.recipe_digest,
+            parent=req.parent,
+            build_record=req.build_record,
+        )
+        expires = now + dt.timedelta(days=expiry_days["targets"])
+        if old is None:
+            state.add_target(state.role_for_update(req.name, expires), record)
+        if req.channel is not None:
+            _set_channel(state.role_for_update(req.name, expires), req.channel, version, now)
+        if state.changed:
+            state.commit(keys, expiry_days)
+    return PublishResult(record=record, created=old is None, uploaded=uploaded, channel=req.channel)
+
+
+def _set_channel(md: Metadata[Targets], channel: str, version: str, now: dt.datetime) -> None:
+    CatalogueState.ext(md)["channels"][channel] = {
+        "version": version,
+        "updated": now.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _version_records(state: CatalogueState, name: str, version: str) -> list[ImageRecord]:
+    _check_revoked(state, name, version)
+    records = [r for r in state.images(name) if r.version == version]
+    if not records:
+        known = sorted({r.version for r in state.images(name)}, key=model.version_key)
+        if not known:
+            names = ", ".join(state.names()) or "none"
+            raise NotFoundError(f"no image named {name!r} in the catalogue (images: {names})")
+        raise NotFoundError(f"{name} has no version {version!r} (versions: {', '.join(known[-10:])})")
+    return records
+
+
+def promote(store: Store, keys: KeyRing, ref: str, channel: str, expiry_days: dict[str, int]) -> str:
+    """Point CHANNEL of NAME at VERSION (every arch of it). Returns the version it pointed at before, or ''."""
+    r = model.parse_ref(ref)
+    model.check_channel(channel)
+    if r.version is None:
+        raise InvalidInputError(f"promote needs NAME:VERSION, got {ref!r}")
+    now = utcnow()
+    with store.lock():
+        state = load_state(store)
+        _version_records(state, r.name, r.version)
+        md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
+        before = str(CatalogueState.ext(md)["channels"].get(channel, {}).get("version", ""))
+        _set_channel(md, channel, r.version, now)
+        state.commit(keys, expiry_days)
+    return before
+
+
+def deprecate(store: Store, keys: KeyRing, ref: str, reason: str | None, expiry_days: dict[str, int]) -> int:
+    """Mark every arch of NAME:VERSION deprecated: still pullable by version, never chosen as newest."""
+    r = model.parse_ref(ref)
+    if r.version is None:
+        raise InvalidInputError(f"deprecate needs NAME:VERSION, got {ref!r}")
+    now = utcnow()
+    with store.lock():
+        state = load_state(store)
+        records = _version_records(state, r.name, r.version)
+        md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
+        note = {"at": now.isoformat().replace("+00:00", "Z"), "reason": reason or ""}
+        for rec in records:
+            state.add_target(md, ImageRecord(**{**rec.__dict__, "deprecated": note}))
+        state.commit(keys, expiry_days)
+    return len(records)
+
+
+def revoke(store: Store, keys: KeyRing, ref: str, reason: str, expiry_days: dict[str, int]) -> list[str]:
+    """Remove every arch of NAME:VERSION from the signed metadata, keeping a signed tombstone with the reason.
+
+    Channels that pointed at the version are dropped; their names are returned.
+    """
+    r = model.parse_ref(ref)
+    if r.version is None:
+        raise InvalidInputError(f"revoke needs NAME:VERSION, got {ref!r}")
+    if not reason.strip():
+        raise InvalidInputError("revoke needs a non-empty --reason: deployers are shown it")
+    now = utcnow()
+    with store.lock():
+        state = load_state(store)
+        records = _version_records(state, r.name, r.version)
+        md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
+        for rec in records:
+            del md.signed.targets[rec.path]
+        ext = CatalogueState.ext(md)
+        ext["revoked"][r.version] = {
+            "reason": " ".join(reason.split()),
+            "at": now.isoformat().replace("+00:00", "Z"),
+            "sha256": sorted({rec.sha256 for rec in records}),
+        }
+        dropped = [c for c, p in ext["channels"].items() if p.get("version") == r.version]
+        for c in dropped:
+            del ext["channels"][c]
+        state.commit(keys, expiry_days)
+    return dropped

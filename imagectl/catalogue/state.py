@@ -1,0 +1,269 @@
+"""The publisher's view of a catalogue: load the signed metadata, change it, sign and write a new version.
+
+Write order is what makes a publish atomic for readers: blobs first, then the new versioned role files
+(``N.image-NAME.json``, ``N.targets.json``), then ``N.snapshot.json``, and last ``timestamp.json``, the one mutable
+file. Until the timestamp is replaced, nothing a client can reach refers to the new files; a publisher that dies
+earlier leaves only unreferenced files behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+
+from imagectl.catalogue.keys import KeyRing
+from imagectl.catalogue.model import METADATA, ROLE_PREFIX, ImageRecord, blob_key, role_for, utcnow
+from imagectl.errors import (
+    CatalogueStateError,
+    ConflictError,
+    UntrustedMetadataError,
+)
+from imagectl.store import ObjectMissingError, Store
+
+__all__ = ["EXT", "CatalogueState", "load_state", "metadata_bytes"]
+
+MAX_METADATA = 64 << 20  # bytes; generous: a name's role with thousands of versions stays far below this
+EXT = "x-imagectl"  # signed, catalogue-specific fields of an image role: channels and revocations
+
+
+def metadata_bytes(md: Metadata[Any]) -> bytes:
+    # Indented JSON: people read these files, and the signature covers the canonical form, not these bytes.
+    return json.dumps(md.to_dict(), indent=1, sort_keys=True).encode() + b"\n"
+
+
+def _parse(data: bytes, key: str) -> Metadata[Any]:
+    try:
+        return Metadata.from_bytes(data)
+    except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes is the same user-facing fact
+        raise UntrustedMetadataError(f"{key} is not valid TUF metadata: {type(e).__name__}: {e}") from None
+
+
+def _verify(delegator: Metadata[Any], role: str, md: Metadata[Any], key: str) -> None:
+    try:
+        delegator.verify_delegate(role, md)
+    except UnsignedMetadataError as e:
+        raise UntrustedMetadataError(f"{key}: signature check failed: {e}") from None
+
+
+@dataclass
+class CatalogueState:
+    """Verified metadata of one catalogue version, and the changes a command is about to sign."""
+
+    store: Store
+    root: Metadata[Root]
+    timestamp: Metadata[Timestamp]
+    snapshot: Metadata[Snapshot]
+    targets: Metadata[Targets]
+    roles: dict[str, Metadata[Targets]] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
+    new_roles: set[str] = field(default_factory=set)  # created by this change: signed as version 1
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def role_names(self) -> list[str]:
+        d = self.targets.signed.delegations
+        return sorted(d.roles) if d is not None and d.roles is not None else []
+
+    def role(self, role: str) -> Metadata[Targets] | None:
+        """The verified metadata of a delegated image role, or None if the name was never published."""
+        if role in self.roles:
+            return self.roles[role]
+        meta = self.snapshot.signed.meta.get(f"{role}.json")
+        if meta is None or role not in self.role_names():
+            return None
+        key = f"{METADATA}{meta.version}.{role}.json"
+        md = _parse(self.store.read(key, MAX_METADATA), key)
+        _verify(self.targets, role, md, key)
+        if md.signed.version != meta.version:
+            raise UntrustedMetadataError(f"{key} has version {md.signed.version}, snapshot says {meta.version}")
+        self.roles[role] = cast("Metadata[Targets]", md)
+        return self.roles[role]
+
+    def images(self, name: str) -> list[ImageRecord]:
+        md = self.role(role_for(name))
+        if md is None:
+            return []
+        return [ImageRecord.from_target(p, t.length, t.hashes, t.custom) for p, t in md.signed.targets.items()]
+
+    def names(self) -> list[str]:
+        return [r.removeprefix(ROLE_PREFIX) for r in self.role_names()]
+
+    @staticmethod
+    def ext(md: Metadata[Targets]) -> dict[str, dict[str, Any]]:
+        ext = md.signed.unrecognized_fields.setdefault(EXT, {})
+        ext.setdefault("channels", {})
+        ext.setdefault("revoked", {})
+        return cast("dict[str, dict[str, Any]]", ext)
+
+    # -- changing -----------------------------------------------------------------------------------------
+    def role_for_update(self, name: str, expires: dt.datetime) -> Metadata[Targets]:
+        """The image role of ``name``, created (and delegated from targets) if new."""
+        role = role_for(name)
+        md = self.role(role)
+        if md is None:
+            md = Metadata(Targets(version=1, expires=expires))
+            self.new_roles.add(role)
+            targets = self.targets.signed
+            if targets.delegations is None:
+                targets.delegations = Delegations(keys={}, roles={})
+            top = self.root.signed.roles["targets"]
+            for keyid in top.keyids:
+                targets.delegations.keys[keyid] = self.root.signed.keys[keyid]
+            assert targets.delegations.roles is not None
+            targets.delegations.roles[role] = DelegatedRole(
+                name=role,
+                keyids=list(top.keyids),
+                threshold=top.threshold,
+                terminating=True,
+                paths=[f"{name}/*/*/*"],
+            )
+            self.roles[role] = md
+            self.changed.add("targets")
+        self.changed.add(role)
+        return md
+
+    def add_target(self, md: Metadata[Targets], record: ImageRecord) -> None:
+        md.signed.targets[record.path] = TargetFile(
+            length=record.size,
+            hashes={"sha256": record.sha256},
+            path=record.path,
+            unrecognized_fields={"custom": record.custom()},
+        )
+
+    def _sign(self, md: Metadata[Any], role: str, keys: KeyRing, delegator: Metadata[Any]) -> None:
+        r = delegator.signed.get_delegated_role(role)
+        md.signatures.clear()
+        label = "targets" if role.startswith(ROLE_PREFIX) else role  # image roles use the targets keys
+        for signer in keys.signers_for(label, r.keyids, r.threshold):
+            md.sign(signer, append=True)
+
+    def commit(self, keys: KeyRing, expiry_days: dict[str, int], *, resign: frozenset[str] = frozenset()) -> None:
+        """Sign and write every changed role, then a new snapshot and timestamp.
+
+        Raises ConflictError if another publisher wrote the same versions first (only possible without the lock,
+        e.g. two machines on a shared file system without working fcntl locks), KeyProblemError if keys are missing.
+        """
+        now = utcnow()
+
+        def bump(md: Metadata[Any], days: int) -> None:
+            md.signed.version += 1
+            md.signed.expires = now + dt.timedelta(days=days)
+
+        changed = (self.changed | set(resign)) - {"root", "snapshot", "timestamp"}
+        image_roles = sorted(r for r in changed if r != "targets")
+        for role in image_roles:
+            md = self.roles[role]
+            bump(md, expiry_days["targets"])
+            if role in self.new_roles:
+                md.signed.version = 1
+            self._sign(md, role, keys, self.targets)
+        if "targets" in changed:
+            bump(self.targets, expiry_days["targets"])
+            self._sign(self.targets, "targets", keys, self.root)
+        writes: list[tuple[str, Metadata[Any]]] = [(r, self.roles[r]) for r in image_roles]
+        if "targets" in changed:
+            writes.append(("targets", self.targets))
+        for role, md in writes:
+            self.snapshot.signed.meta[f"{role}.json"] = MetaFile(version=md.signed.version)
+            key = f"{METADATA}{md.signed.version}.{role}.json"
+            if not self.store.write_new(key, metadata_bytes(md)):
+                raise ConflictError(f"{key} already exists: another publisher changed the catalogue; retry")
+        bump(self.snapshot, expiry_days["snapshot"])
+        self._sign(self.snapshot, "snapshot", keys, self.root)
+        key = f"{METADATA}{self.snapshot.signed.version}.snapshot.json"
+        if not self.store.write_new(key, metadata_bytes(self.snapshot)):
+            raise ConflictError(f"{key} already exists: another publisher changed the catalogue; retry")
+        bump(self.timestamp, expiry_days["timestamp"])
+        self.timestamp.signed.snapshot_meta = MetaFile(version=self.snapshot.signed.version)
+        self._sign(self.timestamp, "timestamp", keys, self.root)
+        self.store.write(f"{METADATA}timestamp.json", metadata_bytes(self.timestamp))
+        self.changed.clear()
+        self.new_roles.clear()
+
+    def write_root(self, keys: KeyRing, signers_from: list[Metadata[Root]], expiry_days: dict[str, int]) -> bytes:
+        """Sign the (already changed) root with its own keys and every root in ``signers_from``; write it."""
+        root = self.root
+        root.signed.version += 1
+        root.signed.expires = utcnow() + dt.timedelta(days=expiry_days["root"])
+        root.signatures.clear()
+        seen: set[str] = set()
+        for signer_root in [*signers_from, root]:
+            r = signer_root.signed.roles["root"]
+            for signer in keys.signers_for("root", r.keyids, r.threshold):
+                if signer.public_key.keyid not in seen:
+                    root.sign(signer, append=True)
+                    seen.add(signer.public_key.keyid)
+        data = metadata_bytes(root)
+        if not self.store.write_new(f"{METADATA}{root.signed.version}.root.json", data):
+            raise ConflictError(f"root version {root.signed.version} already exists; retry")
+        self.store.write(f"{METADATA}root.json", data)
+        return data
+
+
+def _read(store: Store, key: str) -> Metadata[Any]:
+    try:
+        return _parse(store.read(key, MAX_METADATA), key)
+    except ObjectMissingError:
+        raise UntrustedMetadataError(f"{key} is missing from {store.url}") from None
+
+
+def load_state(store: Store) -> CatalogueState:
+    """Read and verify the current metadata of the catalogue in ``store``.
+
+    Raises CatalogueStateError if ``store`` holds no catalogue, UntrustedMetadataError if what it holds does not
+    verify (a publisher never signs on top of metadata it cannot verify).
+    """
+    try:
+        root_bytes = store.read(f"{METADATA}root.json", MAX_METADATA)
+    except ObjectMissingError:
+        raise CatalogueStateError(
+            f"{store.url} is not a catalogue (no {METADATA}root.json)",
+            hint="create one with: imagectl catalogue init DEST",
+        ) from None
+    root = _parse(root_bytes, f"{METADATA}root.json")
+    _verify(root, "root", root, f"{METADATA}root.json")
+    ts = _read(store, f"{METADATA}timestamp.json")
+    _verify(root, "timestamp", ts, f"{METADATA}timestamp.json")
+    snap_key = f"{METADATA}{ts.signed.snapshot_meta.version}.snapshot.json"
+    snap = _read(store, snap_key)
+    _verify(root, "snapshot", snap, snap_key)
+    tmeta = snap.signed.meta.get("targets.json")
+    if tmeta is None:
+        raise UntrustedMetadataError(f"{snap_key} does not list targets.json")
+    targets_key = f"{METADATA}{tmeta.version}.targets.json"
+    targets = _read(store, targets_key)
+    _verify(root, "targets", targets, targets_key)
+    return CatalogueState(store, root, ts, snap, targets)
+
+
+def sha256_file(path: str) -> tuple[str, int]:
+    """SHA-256 hex digest and size of a local file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def iter_blob_keys(state: CatalogueState) -> Iterator[tuple[ImageRecord, str]]:
+    for name in state.names():
+        for rec in state.images(name):
+            yield rec, blob_key(rec.sha256)

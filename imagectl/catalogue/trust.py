@@ -1,0 +1,132 @@
+"""Keeping a catalogue trustworthy over time: re-sign before expiry, rotate keys.
+
+Root rotation follows TUF: the new root (version N+1) is signed by a threshold of the old root keys *and* of the
+new ones, so a client that only knows root N verifies N+1 and moves on (``tuf.ngclient`` fetches
+``N+1.root.json`` on every refresh).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from tuf.api.metadata import Metadata, Root
+
+from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
+from imagectl.catalogue.model import utcnow
+from imagectl.catalogue.state import CatalogueState, load_state
+from imagectl.errors import InvalidInputError
+from imagectl.store import Store
+
+__all__ = ["expiring_roles", "resign", "rotate"]
+
+
+def expiring_roles(state: CatalogueState, within: dt.timedelta | None, expiry_days: dict[str, int]) -> list[str]:
+    """Roles whose metadata expires within ``within`` (default: less than half of its validity period left)."""
+    now = utcnow()
+    out = []
+    candidates: list[tuple[str, Metadata[Any], str]] = [
+        ("root", state.root, "root"),
+        ("targets", state.targets, "targets"),
+        ("snapshot", state.snapshot, "snapshot"),
+        ("timestamp", state.timestamp, "timestamp"),
+    ]
+    for r in state.role_names():
+        role_md = state.role(r)
+        if role_md is not None:
+            candidates.append((r, role_md, "targets"))
+    for role, md, kind in candidates:
+        limit = within if within is not None else dt.timedelta(days=expiry_days[kind]) / 2
+        if md.signed.expires - now < limit:
+            out.append(role)
+    return out
+
+
+def resign(
+    store: Store,
+    keys: KeyRing,
+    expiry_days: dict[str, int],
+    *,
+    within: dt.timedelta | None = None,
+    everything: bool = False,
+) -> list[str]:
+    """Re-sign every role about to expire (or all with ``everything``); returns the roles re-signed."""
+    with store.lock():
+        state = load_state(store)
+        roles = (
+            ["root", "targets", "snapshot", "timestamp", *state.role_names()]
+            if everything
+            else expiring_roles(state, within, expiry_days)
+        )
+        if not roles:
+            return []
+        if "root" in roles:
+            previous = Metadata.from_bytes(state.root.to_bytes())
+            state.write_root(keys, [previous], expiry_days)
+        delegated = frozenset(r for r in roles if r not in ("root", "snapshot", "timestamp"))
+        for r in delegated - {"targets"}:
+            state.role(r)  # load before commit re-signs it
+        state.commit(keys, expiry_days, resign=delegated)
+        # snapshot and timestamp are always re-signed by a commit
+        return sorted(set(roles) | {"snapshot", "timestamp"})
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    role: str
+    root_version: int
+    new_keys: list[str]
+    retired: list[str]
+
+
+def rotate(
+    store: Store, keys: KeyRing, role: str, expiry_days: dict[str, int], *, threshold: int = 1, count: int = 1
+) -> RotateResult:
+    """Replace every key of ``role`` with ``count`` new keys (``threshold`` of them needed) and sign a new root.
+
+    Old private keys move to ``KEYDIR/retired/``. When the targets, snapshot or timestamp keys change, the metadata
+    those keys sign is re-signed in the same run, so the catalogue verifies throughout.
+    """
+    if role not in TOP_ROLES:
+        raise InvalidInputError(f"unknown role {role!r}: expected one of {', '.join(TOP_ROLES)}")
+    if not 1 <= threshold <= count:
+        raise InvalidInputError(f"threshold must be between 1 and the number of keys ({count})")
+    with store.lock():
+        state = load_state(store)
+        old_root: Metadata[Root] = Metadata.from_bytes(state.root.to_bytes())
+        root = state.root.signed
+        old_ids = list(root.roles[role].keyids)
+        # Check the old keys can sign before generating anything, so a refused rotation leaves no new files.
+        r = root.roles["root"]
+        keys.signers_for("root", r.keyids, r.threshold)
+        new_signers = [generate_key(keys.dir, role) for _ in range(count)]
+        for keyid in old_ids:
+            root.revoke_key(keyid, role)
+        for signer in new_signers:
+            root.add_key(signer.public_key, role)
+        root.roles[role].threshold = threshold
+        new_ring = KeyRing(keys.dir)
+        state.write_root(new_ring, [old_root], expiry_days)
+        if role in ("targets", "snapshot", "timestamp"):
+            delegated: frozenset[str] = frozenset()
+            if role == "targets":
+                d = state.targets.signed.delegations
+                for name in state.role_names():
+                    state.role(name)
+                    assert d is not None and d.roles is not None
+                    d.roles[name].keyids = list(root.roles["targets"].keyids)
+                    d.roles[name].threshold = threshold
+                if d is not None:
+                    d.keys = {k: root.keys[k] for k in root.roles["targets"].keyids}
+                delegated = frozenset(["targets", *state.role_names()])
+            state.commit(new_ring, expiry_days, resign=delegated)
+        retired_dir = keys.dir / "retired"
+        retired_dir.mkdir(mode=0o700, exist_ok=True)
+        retired = []
+        for keyid in old_ids:
+            if keyid in keys.paths:
+                shutil.move(str(keys.paths[keyid]), retired_dir / keys.paths[keyid].name)
+                retired.append(keys.paths[keyid].name)
+    return RotateResult(role, state.root.signed.version, [s.public_key.keyid[:12] for s in new_signers], retired)

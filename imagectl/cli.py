@@ -1,0 +1,465 @@
+"""Command line: argument parsing, output (human or ``--json``) and exit codes. No catalogue logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from imagectl import __version__
+from imagectl.config import SETTINGS, Config, load_config
+from imagectl.errors import ImagectlError, InvalidInputError, KeyProblemError, VerifyFailedError
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace, Config], int]
+
+
+def warn(msg: str) -> None:
+    print(f"imagectl: warning: {msg}", file=sys.stderr)
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif text:
+        print(text)
+
+
+def _setting_flags(p: argparse.ArgumentParser, *names: str) -> None:
+    for s in SETTINGS:
+        if s.name in names:
+            p.add_argument(
+                s.flag, dest=s.name, type=s.type, default=None, metavar=s.name.upper(), help=f"{s.help} (env {s.env})"
+            )
+
+
+def _require(cfg: Config, name: str, what: str) -> str:
+    value = getattr(cfg, name)
+    if not value:
+        s = next(s for s in SETTINGS if s.name == name)
+        raise InvalidInputError(f"no {what} given", hint=f"pass {s.flag} or set {s.env}")
+    return str(value)
+
+
+def _store(cfg: Config, location: str | None = None) -> Any:
+    from imagectl.store import open_store
+
+    return open_store(location or _require(cfg, "catalogue", "catalogue"), timeout=cfg.timeout, retries=cfg.retries)
+
+
+def _keys(cfg: Config) -> Any:
+    from imagectl.catalogue.keys import KeyRing
+
+    return KeyRing(_require(cfg, "keys", "key directory"))
+
+
+def _reader(cfg: Config) -> Any:
+    from imagectl.catalogue.client import CatalogueReader
+
+    return CatalogueReader(_store(cfg), cfg.cache_path, cfg.root, warn)
+
+
+def _arch(args: argparse.Namespace) -> str:
+    from imagectl.catalogue.model import check_arch, host_arch
+
+    return check_arch(args.arch or host_arch())
+
+
+# -- catalogue init / verify / resign ------------------------------------------------------------------------
+def _thresholds(values: list[str]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for v in values:
+        role, _, spec = v.partition("=")
+        k, _, n = spec.partition("/")
+        if not k.isdigit() or (n and not n.isdigit()):
+            raise InvalidInputError(f"--threshold takes ROLE=K or ROLE=K/N, got {v!r}")
+        out[role] = (int(k), int(n or k))
+    return out
+
+
+def cmd_init(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.publish import init_catalogue
+
+    store = _store(cfg, args.dest)
+    keydir = Path(cfg.keys) if cfg.keys else Path(store.url.removeprefix("file://")).parent / "keys"
+    if not store.url.startswith("file://") and not cfg.keys:
+        raise KeyProblemError("no key directory given", hint="pass --keys DIR")
+    res = init_catalogue(store, keydir, cfg.expiry_days(), _thresholds(args.threshold))
+    emit(
+        args,
+        {**res.__dict__, "keys": str(keydir)},
+        "\n".join(
+            [
+                f"created catalogue {store.url}",
+                f"keys: {keydir}" + (f" (new: {', '.join(res.generated_keys)})" if res.generated_keys else ""),
+                f"root metadata for deployers to pin: {res.root_url}",
+                f"root sha256: {res.root_sha256}",
+                f"  pull with: imagectl pull NAME --catalogue URL --root sha256:{res.root_sha256}",
+            ]
+        ),
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.verify import verify_catalogue
+
+    store = _store(cfg, args.dest)
+    report = verify_catalogue(store, check_blobs=not args.no_blobs)
+    lines = [f"problem: {p}" for p in report.problems]
+    lines.append(
+        f"{store.url}: {report.roles} metadata files, {report.images} images"
+        f"{'' if args.no_blobs else f', {report.blob_bytes} blob bytes hashed'}: "
+        + ("OK" if not report.problems else f"{len(report.problems)} problem(s)")
+    )
+    emit(args, report.as_json(), "\n".join(lines))
+    if report.problems:
+        raise VerifyFailedError(f"catalogue verify found {len(report.problems)} problem(s)")
+    return 0
+
+
+def cmd_resign(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.trust import resign
+
+    within = dt.timedelta(days=args.within) if args.within is not None else None
+    roles = resign(_store(cfg, args.dest), _keys(cfg), cfg.expiry_days(), within=within, everything=args.all)
+    emit(args, {"resigned": roles}, f"re-signed: {', '.join(roles)}" if roles else "nothing about to expire")
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.trust import rotate
+
+    k, n = _thresholds([f"{args.role}={args.threshold}"])[args.role]
+    res = rotate(_store(cfg, args.dest), _keys(cfg), args.role, cfg.expiry_days(), threshold=k, count=n)
+    emit(
+        args,
+        res.__dict__,
+        f"rotated {res.role} keys: new {', '.join(res.new_keys)}; root is now version "
+        f"{res.root_version}; retired {', '.join(res.retired) or 'nothing'} to {cfg.keys}/retired/",
+    )
+    return 0
+
+
+# -- publishing ----------------------------------------------------------------------------------------------
+def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.publish import PublishRequest, publish
+
+    req = PublishRequest(
+        file=args.file,
+        name=args.name,
+        arch=args.arch,
+        version=args.version,
+        format=args.format,
+        hypervisor=args.hypervisor,
+        os=args.os,
+        os_version=args.os_version,
+        channel=args.channel,
+    )
+    store = _store(cfg)
+    res = publish(store, _keys(cfg), req, cfg.expiry_days())
+    rec = res.record
+    what = "published" if res.created else "already published (identical bytes; nothing changed)"
+    emit(
+        args,
+        {**rec.summary(), "created": res.created, "uploaded": res.uploaded, "channel": res.channel},
+        f"{what}: {rec.name}:{rec.version} {rec.arch} {rec.format} {rec.size} bytes sha256:{rec.sha256}"
+        + (f"; channel {res.channel} -> {rec.version}" if res.channel else ""),
+    )
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.publish import promote
+
+    before = promote(_store(cfg), _keys(cfg), args.ref, args.channel, cfg.expiry_days())
+    emit(
+        args,
+        {"ref": args.ref, "channel": args.channel, "previous": before or None},
+        f"{args.channel} -> {args.ref}" + (f" (was {before})" if before else ""),
+    )
+    return 0
+
+
+def cmd_deprecate(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.publish import deprecate
+
+    n = deprecate(_store(cfg), _keys(cfg), args.ref, args.reason, cfg.expiry_days())
+    emit(args, {"ref": args.ref, "images": n}, f"deprecated {args.ref} ({n} arch(es))")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.publish import revoke
+
+    dropped = revoke(_store(cfg), _keys(cfg), args.ref, args.reason, cfg.expiry_days())
+    for c in dropped:
+        warn(f"channel {c} pointed at {args.ref} and now points nowhere")
+    emit(args, {"ref": args.ref, "dropped_channels": dropped}, f"revoked {args.ref}")
+    return 0
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    if not rows:
+        return "(no images)"
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    )
+
+
+def _rows(reader: Any, names: list[str], keep: Callable[[Any], bool]) -> tuple[list[dict[str, Any]], str]:
+    from imagectl.progress import human_size
+
+    data, rows = [], []
+    for name in names:
+        channels = reader.ext(name)["channels"]
+        for rec in reader.images(name):
+            if not keep(rec):
+                continue
+            chans = sorted(c for c, p in channels.items() if p.get("version") == rec.version)
+            data.append({**rec.summary(), "channels": chans})
+            flags = ",".join(chans) + (" deprecated" if rec.deprecated else "")
+            osv = f"{rec.os} {rec.os_version}" if rec.os else "-"
+            rows.append(
+                [
+                    rec.name,
+                    rec.version,
+                    rec.arch,
+                    osv,
+                    rec.hypervisor,
+                    rec.format,
+                    human_size(rec.size),
+                    rec.created,
+                    flags.strip(),
+                ]
+            )
+    header = ["NAME", "VERSION", "ARCH", "OS", "HYPERVISOR", "FORMAT", "SIZE", "CREATED", "CHANNELS"]
+    return data, _table(rows, header)
+
+
+def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
+    with _reader(cfg) as reader:
+        names = [args.name] if args.name else reader.names()
+        data, text = _rows(reader, names, lambda r: args.arch in (None, r.arch))
+    emit(args, data, text)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace, cfg: Config) -> int:
+    terms = [t.lower() for t in args.terms]
+
+    def keep(r: Any) -> bool:
+        hay = " ".join(str(v) for v in (r.name, r.version, r.os, r.os_version, r.hypervisor, r.arch, r.format))
+        return all(t in hay.lower() for t in terms) and all(
+            getattr(r, k) == v
+            for k, v in (("arch", args.arch), ("os", args.os), ("hypervisor", args.hypervisor), ("format", args.format))
+            if v is not None
+        )
+
+    with _reader(cfg) as reader:
+        data, text = _rows(reader, reader.names(), keep)
+    emit(args, data, text)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.model import parse_ref
+
+    ref = parse_ref(args.ref)
+    with _reader(cfg) as reader:
+        if ref.version is None and ref.channel is None and args.arch is None:
+            ext = reader.ext(ref.name)
+            images = reader.images(ref.name)
+            data: dict[str, Any] = {
+                "name": ref.name,
+                "channels": ext["channels"],
+                "revoked": ext["revoked"],
+                "images": [r.summary() for r in images],
+            }
+            lines = [
+                f"name: {ref.name}",
+                "channels: "
+                + (", ".join(f"{c} -> {p['version']}" for c, p in sorted(ext["channels"].items())) or "none"),
+                *(f"revoked: {v}: {w.get('reason', '')}" for v, w in sorted(ext["revoked"].items())),
+                *(
+                    f"  {r.version} {r.arch} {r.format} {r.size} bytes sha256:{r.sha256}"
+                    + (" (deprecated)" if r.deprecated else "")
+                    for r in images
+                ),
+            ]
+            emit(args, data, "\n".join(lines))
+            return 0
+        rec = reader.resolve(ref, _arch(args)).record
+    full = {**rec.custom(), "sha256": rec.sha256, "path": rec.path}
+    emit(args, full, "\n".join(f"{k}: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in full.items()))
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.model import parse_ref
+    from imagectl.pull import pull
+
+    ref = parse_ref(args.ref)
+    arch = _arch(args)
+    with _reader(cfg) as reader:
+        res = pull(
+            reader,
+            ref,
+            arch,
+            args.output,
+            cfg.cache_path,
+            retries=cfg.retries,
+            progress=not (args.quiet or args.json),
+            warn=warn,
+        )
+    emit(
+        args,
+        res.as_json(),
+        ""
+        if args.quiet
+        else f"pulled {res.name}:{res.version} ({res.arch}) -> {res.path} sha256:{res.sha256} verified"
+        + (" (from cache)" if res.cached else ""),
+    )
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
+    data = {s.name: {"value": getattr(cfg, s.name), "from": cfg.sources.get(s.name)} for s in SETTINGS}
+    emit(args, data, "\n".join(f"{k} = {v['value']!r}  ({v['from']})" for k, v in data.items()))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.demo import run_demo
+
+    return run_demo(Path(args.workdir), cfg, print)
+
+
+# -- parser --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    _setting_flags(common, "timeout", "retries", "cache_dir")
+
+    p = argparse.ArgumentParser(prog="imagectl", description="Build, sign, publish and pull VM guest images.")
+    p.add_argument("--version", action="version", version=f"imagectl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(parent: Any, name: str, fn: Handler, help: str, settings: Sequence[str]) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help, description=help)
+        _setting_flags(sp, *settings)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    writer = ("catalogue", "keys", "expires_root", "expires_targets", "expires_snapshot", "expires_timestamp")
+    reader = ("catalogue", "root")
+
+    cat = sub.add_parser("catalogue", help="create, inspect and maintain catalogues").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    sp = add(cat, "init", cmd_init, "create a catalogue and its signing keys", writer)
+    sp.add_argument("dest", nargs="?", help="directory (or file:// URL) to create the catalogue in")
+    sp.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="ROLE=K[/N]",
+        help="K of N keys must sign ROLE (root, targets, snapshot, timestamp); default 1/1",
+    )
+    sp = add(cat, "verify", cmd_verify, "check every signature, version, expiry, hash and length", reader)
+    sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
+    sp.add_argument("--no-blobs", action="store_true", help="check metadata only, not image bytes")
+    sp = add(cat, "resign", cmd_resign, "re-sign metadata that is about to expire", writer)
+    sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
+    sp.add_argument(
+        "--within",
+        type=float,
+        metavar="DAYS",
+        help="re-sign roles expiring within DAYS (default: those past half their validity)",
+    )
+    sp.add_argument("--all", action="store_true", help="re-sign every role")
+    sp = add(cat, "list", cmd_list, "list images (every version and arch)", reader)
+    sp.add_argument("name", nargs="?", help="only this image name")
+    sp.add_argument("--arch", help="only this architecture")
+    sp = add(cat, "show", cmd_show, "show one image name, or one image in full", reader)
+    sp.add_argument("ref", metavar="NAME[:VERSION|@CHANNEL]")
+    sp.add_argument("--arch", help="architecture (default: the host's, when a version or channel is given)")
+    sp = add(cat, "search", cmd_search, "find images by words and fields", reader)
+    sp.add_argument("terms", nargs="*", metavar="TERM", help="words that must all appear (name, os, version…)")
+    for f in ("arch", "os", "hypervisor", "format"):
+        sp.add_argument(f"--{f}", help=f"only this {f}")
+
+    trust = sub.add_parser("trust", help="manage signing keys").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    sp = add(trust, "rotate", cmd_rotate, "replace a role's keys; clients follow the new root", writer)
+    sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
+    sp.add_argument("--role", default="root", choices=("root", "targets", "snapshot", "timestamp"))
+    sp.add_argument("--threshold", default="1", metavar="K[/N]", help="new threshold K of N new keys")
+
+    sp = add(sub, "publish", cmd_publish, "sign and publish an image file to a catalogue", writer)
+    sp.add_argument("file", help="image file")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--arch", required=True, help="x86_64, i386, ia64, aarch64, …")
+    sp.add_argument("--version", help="immutable version (default: automatic YYYYMMDD.N)")
+    sp.add_argument("--format", help="qcow2, raw, vmdk, vhd, tar, … (default: detected)")
+    sp.add_argument("--hypervisor", default="hvm", help="hvm (default) or xen-pv")
+    sp.add_argument("--os", help="operating system, e.g. slc, debian")
+    sp.add_argument("--os-version", help="its release, e.g. 6, 12")
+    sp.add_argument("--channel", help="also point this channel at the new version")
+    sp = add(sub, "promote", cmd_promote, "point a channel at a version", writer)
+    sp.add_argument("ref", metavar="NAME:VERSION")
+    sp.add_argument("channel")
+    sp = add(sub, "deprecate", cmd_deprecate, "mark a version deprecated (still pullable, with a warning)", writer)
+    sp.add_argument("ref", metavar="NAME:VERSION")
+    sp.add_argument("--reason", default="", help="shown to deployers")
+    sp = add(sub, "revoke", cmd_revoke, "remove a version from the signed metadata", writer)
+    sp.add_argument("ref", metavar="NAME:VERSION")
+    sp.add_argument("--reason", required=True, help="shown to anyone who asks for the version")
+    sp = add(sub, "pull", cmd_pull, "download a verified image", reader)
+    sp.add_argument("ref", metavar="NAME[:VERSION|@CHANNEL]")
+    sp.add_argument("--arch", help="architecture (default: the host's)")
+    sp.add_argument("-o", "--output", metavar="PATH", help="file or directory (default: ./NAME-VERSION-ARCH.FMT)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    add(
+        sub,
+        "config",
+        cmd_config,
+        "show every setting and where its value comes from",
+        [s.name for s in SETTINGS if s.name not in ("timeout", "retries", "cache_dir")],
+    )
+    sp = add(sub, "demo", cmd_demo, "the embedded default: make a catalogue, publish an image, list, pull", ())
+    sp.add_argument("--workdir", default="imagectl-demo", help="where the demo writes (default: ./imagectl-demo)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("IMAGECTL_DEBUG") == "1"
+    try:
+        flags = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+        cfg = load_config(flags)
+        code: int = args.fn(args, cfg)
+        return code
+    except ImagectlError as e:
+        if debug:
+            raise
+        print(f"imagectl: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("imagectl: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

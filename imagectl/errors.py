@@ -1,0 +1,122 @@
+"""Errors a user can cause or meet, split by cause.
+
+Every user-facing failure is an :class:`ImagectlError` subclass carrying a one-line message, an optional hint and a
+distinct exit code. The CLI prints ``imagectl: error: <message>`` (and ``hint: <hint>``) and exits with the code.
+Anything that is not an ``ImagectlError`` is a bug and keeps its traceback.
+
+Exit codes (stable; documented in README.md):
+
+==== ===============================================================
+code cause
+==== ===============================================================
+2    command-line usage (argparse)
+3    invalid input: bad name, version, arch, URL, config value
+4    not found: unknown image, version, arch or channel
+5    revoked: the version was revoked (message carries the reason)
+6    conflict: a version is immutable and exists with other bytes
+7    keys: missing, unreadable, insecure or wrong signing keys
+8    untrusted metadata: bad or missing signatures, tampered metadata
+9    rollback: metadata older than what the client already trusts
+10   expired metadata (freeze attack or a catalogue nobody re-signed)
+11   image bytes do not match signed length/hash (tampered, endless data)
+12   wrong root: the pinned root does not match the catalogue
+13   download/network failure (connection, HTTP status, timeout)
+14   local I/O: unwritable destination, disk full, unreadable file
+15   catalogue verify found problems
+16   catalogue is read-only (HTTP) or not a catalogue / already one
+17   mix-and-match: metadata versions that do not belong together
+==== ===============================================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CatalogueStateError",
+    "ConflictError",
+    "DownloadError",
+    "ExpiredError",
+    "ImageMismatchError",
+    "ImagectlError",
+    "InvalidInputError",
+    "KeyProblemError",
+    "LocalIOError",
+    "MixAndMatchError",
+    "NotFoundError",
+    "RevokedError",
+    "RollbackError",
+    "UntrustedMetadataError",
+    "VerifyFailedError",
+    "WrongRootError",
+]
+
+
+class ImagectlError(Exception):
+    """Root of every error a user can see; ``str()`` is the one-line message."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        # One line, always: a message with a newline would break `imagectl: error:` parsing in CI logs.
+        super().__init__(" ".join(message.split()))
+        self.message = " ".join(message.split())
+        self.hint = hint
+
+
+class InvalidInputError(ImagectlError):
+    exit_code = 3
+
+
+class NotFoundError(ImagectlError):
+    exit_code = 4
+
+
+class RevokedError(ImagectlError):
+    exit_code = 5
+
+
+class ConflictError(ImagectlError):
+    exit_code = 6
+
+
+class KeyProblemError(ImagectlError):
+    exit_code = 7
+
+
+class UntrustedMetadataError(ImagectlError):
+    exit_code = 8
+
+
+class RollbackError(UntrustedMetadataError):
+    exit_code = 9
+
+
+class ExpiredError(UntrustedMetadataError):
+    exit_code = 10
+
+
+class ImageMismatchError(ImagectlError):
+    exit_code = 11
+
+
+class WrongRootError(UntrustedMetadataError):
+    exit_code = 12
+
+
+class DownloadError(ImagectlError):
+    exit_code = 13
+
+
+class LocalIOError(ImagectlError):
+    exit_code = 14
+
+
+class VerifyFailedError(ImagectlError):
+    exit_code = 15
+
+
+class CatalogueStateError(ImagectlError):
+    exit_code = 16
+
+
+class MixAndMatchError(UntrustedMetadataError):
+    exit_code = 17

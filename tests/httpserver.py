@@ -1,0 +1,174 @@
+"""A real HTTP server on 127.0.0.1 for tests: serves a directory with Range support, counts the bytes it sends
+and can misbehave on request (drop the connection mid-body, ignore Range, send endless data, serve other bytes,
+answer with an error status).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Fault:
+    """Misbehaviour for request paths ending in ``suffix``; ``times`` requests are affected (None: all)."""
+
+    suffix: str
+    drop_after: int | None = None  # close the connection after this many body bytes
+    ignore_range: bool = False  # answer 200 with the whole body to a Range request
+    endless: bool = False  # keep sending bytes past the end of the file (bounded by endless_limit)
+    endless_limit: int = 64 << 20
+    body: bytes | None = None  # serve these bytes instead of the file's
+    status: int | None = None  # answer with this status and no body
+    times: int | None = None
+
+
+@dataclass
+class Served:
+    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
+    body_bytes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def bytes_for(self, suffix: str) -> int:
+        return sum(n for p, n in self.body_bytes.items() if p.endswith(suffix))
+
+
+class TestHTTPServer:
+    """``with TestHTTPServer(root) as srv:`` serves ``root`` at ``srv.url`` until the block ends."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, root: Path, prefix: str = "") -> None:
+        self.root = Path(root)
+        self.prefix = prefix.strip("/")
+        self.faults: list[Fault] = []
+        self.served = Served()
+        self.lock = threading.Lock()
+        handler = self._handler()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/" + (f"{self.prefix}/" if self.prefix else "")
+
+    def add_fault(self, fault: Fault) -> Fault:
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self.lock:
+            self.faults.clear()
+            self.served = Served()
+
+    def _fault_for(self, path: str) -> Fault | None:
+        with self.lock:
+            for f in self.faults:
+                if path.endswith(f.suffix) and (f.times is None or f.times > 0):
+                    if f.times is not None:
+                        f.times -= 1
+                    return f
+        return None
+
+    def __enter__(self) -> TestHTTPServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 10  # seconds a silent client may hold a handler thread
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+            def _file(self) -> Path | None:
+                path = self.path.split("?", 1)[0].lstrip("/")
+                if server.prefix:
+                    if not path.startswith(server.prefix + "/"):
+                        return None
+                    path = path[len(server.prefix) + 1 :]
+                target = (server.root / path).resolve()
+                if server.root.resolve() not in target.parents or not target.is_file():
+                    return None
+                return target
+
+            def do_HEAD(self) -> None:
+                self._serve(head=True)
+
+            def do_GET(self) -> None:
+                self._serve(head=False)
+
+            def _serve(self, head: bool) -> None:
+                rng = self.headers.get("Range")
+                with server.lock:
+                    server.served.requests.append((self.command, self.path, rng))
+                fault = server._fault_for(self.path)
+                if fault and fault.status:
+                    self.send_response(fault.status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                target = self._file()
+                if target is None and not (fault and fault.body is not None):
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = fault.body if fault and fault.body is not None else target.read_bytes()  # type: ignore[union-attr]
+                start = 0
+                m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+                if m and not (fault and fault.ignore_range) and int(m.group(1)) < len(data):
+                    start = int(m.group(1))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                if fault and fault.endless:
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    if not head:
+                        sent = 0
+                        try:
+                            self.wfile.write(body)
+                            sent = len(body)
+                            while sent < fault.endless_limit:
+                                self.wfile.write(b"\0" * 65536)
+                                sent += 65536
+                        except (BrokenPipeError, ConnectionResetError):
+                            pass
+                        with server.lock:
+                            server.served.body_bytes[self.path] += sent
+                    self.close_connection = True
+                    return
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if head:
+                    return
+                if fault and fault.drop_after is not None:
+                    body = body[: fault.drop_after]
+                    self.close_connection = True
+                try:
+                    self.wfile.write(body)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                with server.lock:
+                    server.served.body_bytes[self.path] += len(body)
+
+        return Handler

@@ -1,0 +1,86 @@
+"""publish -> list -> pull, on a directory catalogue and over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Catalogue, CliResult, sha256
+from tests.httpserver import TestHTTPServer
+
+
+def test_publish_list_pull_directory(catalogue: Catalogue, cli: Callable[..., CliResult], make_image, tmp_path):
+    img = make_image(300_000)
+    r = cli(
+        "publish",
+        img,
+        *catalogue.args(),
+        "--name",
+        "slc6-wn",
+        "--arch",
+        "x86_64",
+        "--version",
+        "6.1",
+        "--os",
+        "slc",
+        "--os-version",
+        "6",
+        "--hypervisor",
+        "xen-pv",
+        "--json",
+    )
+    assert r.code == 0, r.err
+    pub = json.loads(r.out)
+    assert pub["created"] is True and pub["uploaded"] is True and pub["sha256"] == sha256(img)
+
+    r = cli("catalogue", "list", "--catalogue", catalogue.dir, "--root", catalogue.root, "--json")
+    assert r.code == 0, r.err
+    [row] = json.loads(r.out)
+    assert (row["name"], row["version"], row["arch"], row["os"], row["os_version"], row["hypervisor"]) == (
+        "slc6-wn",
+        "6.1",
+        "x86_64",
+        "slc",
+        "6",
+        "xen-pv",
+    )
+
+    out = tmp_path / "out.img"
+    r = cli(
+        "pull",
+        "slc6-wn:6.1",
+        "--catalogue",
+        catalogue.dir,
+        "--root",
+        catalogue.root,
+        "--arch",
+        "x86_64",
+        "-o",
+        out,
+        "--json",
+    )
+    assert r.code == 0, r.err
+    res = json.loads(r.out)
+    assert res["path"] == str(out) and res["sha256"] == sha256(img) and res["size"] == 300_000
+    assert out.read_bytes() == img.read_bytes()
+    assert not list(out.parent.glob(".out.img.*"))  # no temp files left beside the destination
+
+
+@pytest.mark.http
+def test_pull_over_http_then_cache(http_catalogue: tuple[Catalogue, TestHTTPServer], cli, make_image, tmp_path):
+    catalogue, srv = http_catalogue
+    img = make_image(2_000_000)
+    assert cli("publish", img, *catalogue.args(), "--name", "wn", "--arch", "x86_64").code == 0
+    out1, out2 = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    r = cli("pull", "wn", "--catalogue", srv.url, "--root", catalogue.root, "--arch", "x86_64", "-o", out1, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["cached"] is False
+    assert srv.served.bytes_for(sha256(img)) == img.stat().st_size
+    srv.clear()
+    r = cli("pull", "wn", "--catalogue", srv.url, "--root", catalogue.root, "--arch", "x86_64", "-o", out2, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["cached"] is True
+    assert srv.served.bytes_for(sha256(img)) == 0  # the second pull needed no network for the blob
+    assert out1.read_bytes() == out2.read_bytes() == img.read_bytes()
