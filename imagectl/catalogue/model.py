@@ -49,7 +49,7 @@ BLOBS = "blobs/sha256/"
 
 def _describe(value: str) -> str:
     """A printable rendering of untrusted text for an error message (control characters escaped)."""
-    return repr(value)[1:-1] if value.isprintable() else repr(value)
+    return repr(value)
 
 
 def _check(kind: str, value: str, pattern: re.Pattern[str], rule: str) -> str:

@@ -1,0 +1,68 @@
+"""Settings: one declaration, flags > environment > config file > defaults, positions in config errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from imagectl.config import SETTINGS, Config, load_config
+from imagectl.errors import InvalidInputError
+
+
+def test_every_setting_is_declared_once_with_help():
+    names = [s.name for s in SETTINGS]
+    fields = [f.name for f in dataclasses.fields(Config) if f.name != "sources"]
+    assert names == fields
+    assert all(s.help and s.env == "IMAGECTL_" + s.name.upper() for s in SETTINGS)
+
+
+def test_precedence(tmp_path):
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text("catalogue: /from/file\nkeys: /file/keys\ntimeout: 7\nretries: 5\n")
+    env = {"IMAGECTL_CONFIG": str(cfgfile), "IMAGECTL_KEYS": "/env/keys", "IMAGECTL_TIMEOUT": "9"}
+    cfg = load_config({"timeout": 11.0}, env)
+    assert cfg.catalogue == "/from/file" and cfg.keys == "/env/keys" and cfg.timeout == 11.0 and cfg.retries == 5
+    assert cfg.sources["catalogue"] == f"{cfgfile}:1:1"
+    assert cfg.sources["keys"] == "IMAGECTL_KEYS" and cfg.sources["timeout"] == "--timeout"
+    assert cfg.expires_timestamp == 1 and cfg.sources["expires_timestamp"] == "default"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("catalogue: /x\ncatalog: /y\n", ":2:1: unknown setting 'catalog' (did you mean 'catalogue'?)"),
+        ("timeout: fast\n", ":1:1: timeout must be a float, got 'fast'"),
+        ("retries: -1\n", ":1:1: retries must not be negative"),
+        ("expires_timestamp: 0\n", ":1:1: expires_timestamp must be at least 1 day"),
+        ("catalogue: [a, b]\n", ":1:1: catalogue must be a single value"),
+        ("catalogue: /x\n  bad: indent\n", ":2:6: invalid YAML"),
+        ("- a\n- b\n", ":1:1: config file must be a mapping"),
+    ],
+)
+def test_config_file_errors_carry_positions(tmp_path, text, message):
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text(text)
+    with pytest.raises(InvalidInputError) as exc:
+        load_config({}, {"IMAGECTL_CONFIG": str(cfgfile)})
+    assert str(exc.value) == f"{cfgfile}{message}" or str(exc.value).startswith(f"{cfgfile}{message}")
+
+
+def test_config_command_and_real_console_errors(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "IMAGECTL_CATALOGUE": str(tmp_path / "cat")}
+    r = subprocess.run([sys.executable, "-m", "imagectl", "config", "--json"], capture_output=True, text=True,
+                       env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["catalogue"] == {"value": str(tmp_path / "cat"), "from": "IMAGECTL_CATALOGUE"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("timeout: soon\n")
+    r = subprocess.run([sys.executable, "-m", "imagectl", "catalogue", "list"], capture_output=True, text=True,
+                       env={**env, "IMAGECTL_CONFIG": str(bad)}, check=False)
+    assert r.returncode == 3
+    assert r.stderr == f"imagectl: error: {bad}:1:1: timeout must be a float, got 'soon'\n"
+    r = subprocess.run([sys.executable, "-m", "imagectl", "catalogue", "list", "--catalogue", tmp_path / "none"],
+                       capture_output=True, text=True, env=env, check=False)
+    assert r.returncode == 16 and "is not a catalogue" in r.stderr and "Traceback" not in r.stderr
