@@ -85,11 +85,15 @@ def _thresholds(values: list[str]) -> dict[str, tuple[int, int]]:
 
 def cmd_init(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.publish import init_catalogue
+    from imagectl.store.local import LocalStore
 
     store = _store(cfg, args.dest)
-    keydir = Path(cfg.keys) if cfg.keys else Path(store.url.removeprefix("file://")).parent / "keys"
-    if not store.url.startswith("file://") and not cfg.keys:
-        raise KeyProblemError("no key directory given", hint="pass --keys DIR")
+    if cfg.keys:
+        keydir = Path(cfg.keys)
+    elif isinstance(store, LocalStore):
+        keydir = store.root.with_name(store.root.name + "-keys")  # beside, never inside, the served directory
+    else:
+        raise KeyProblemError("no key directory given", hint="pass --keys DIR or set IMAGECTL_KEYS")
     res = init_catalogue(store, keydir, cfg.expiry_days(), _thresholds(args.threshold))
     emit(
         args,

@@ -53,16 +53,27 @@ def test_config_file_errors_carry_positions(tmp_path, text, message):
 
 def test_config_command_and_real_console_errors(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "IMAGECTL_CATALOGUE": str(tmp_path / "cat")}
-    r = subprocess.run([sys.executable, "-m", "imagectl", "config", "--json"], capture_output=True, text=True,
-                       env=env, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "imagectl", "config", "--json"], capture_output=True, text=True, env=env, check=False
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["catalogue"] == {"value": str(tmp_path / "cat"), "from": "IMAGECTL_CATALOGUE"}
     bad = tmp_path / "bad.yaml"
     bad.write_text("timeout: soon\n")
-    r = subprocess.run([sys.executable, "-m", "imagectl", "catalogue", "list"], capture_output=True, text=True,
-                       env={**env, "IMAGECTL_CONFIG": str(bad)}, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "imagectl", "catalogue", "list"],
+        capture_output=True,
+        text=True,
+        env={**env, "IMAGECTL_CONFIG": str(bad)},
+        check=False,
+    )
     assert r.returncode == 3
     assert r.stderr == f"imagectl: error: {bad}:1:1: timeout must be a float, got 'soon'\n"
-    r = subprocess.run([sys.executable, "-m", "imagectl", "catalogue", "list", "--catalogue", tmp_path / "none"],
-                       capture_output=True, text=True, env=env, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "imagectl", "catalogue", "list", "--catalogue", tmp_path / "none"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert r.returncode == 16 and "is not a catalogue" in r.stderr and "Traceback" not in r.stderr

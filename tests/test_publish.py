@@ -151,13 +151,24 @@ def test_publish_bad_input(catalogue: Catalogue, cli, make_image, args, code, me
 def test_publish_missing_file_and_readonly_catalogue(catalogue: Catalogue, cli, tmp_path):
     r = cli("publish", tmp_path / "nope.qcow2", *catalogue.args(), "--name", "wn", "--arch", "x86_64")
     assert r.code == 14 and "is not a file" in r.err
-    r = cli("publish", tmp_path, "--catalogue", "http://127.0.0.1:9/cat", "--keys", catalogue.keys,
-            "--name", "wn", "--arch", "x86_64")
+    r = cli(
+        "publish",
+        tmp_path,
+        "--catalogue",
+        "http://127.0.0.1:9/cat",
+        "--keys",
+        catalogue.keys,
+        "--name",
+        "wn",
+        "--arch",
+        "x86_64",
+    )
     assert r.code == 14  # a directory is not an image file; checked before any network
     img = tmp_path / "i.raw"
     img.write_bytes(b"x" * 1000)
-    r = cli("publish", img, "--catalogue", "ftp://host/cat", "--keys", catalogue.keys, "--name", "wn",
-            "--arch", "x86_64")
+    r = cli(
+        "publish", img, "--catalogue", "ftp://host/cat", "--keys", catalogue.keys, "--name", "wn", "--arch", "x86_64"
+    )
     assert r.code == 3 and "unsupported catalogue location" in r.err
 
 
@@ -204,10 +215,42 @@ def test_init_prints_root_to_pin(tmp_path, cli):
 
 
 def test_show_and_search(catalogue: Catalogue, cli, make_image):
-    assert pub(cli, catalogue, make_image(seed="a"), "--name", "slc4-wn", "--version", "4.8", "--os", "slc",
-               "--os-version", "4").code == 0
-    assert cli("publish", make_image(seed="b"), *catalogue.args(), "--name", "slc6-wn", "--version", "6.10",
-               "--arch", "ia64", "--os", "slc", "--os-version", "6", "--hypervisor", "xen-pv").code == 0
+    assert (
+        pub(
+            cli,
+            catalogue,
+            make_image(seed="a"),
+            "--name",
+            "slc4-wn",
+            "--version",
+            "4.8",
+            "--os",
+            "slc",
+            "--os-version",
+            "4",
+        ).code
+        == 0
+    )
+    assert (
+        cli(
+            "publish",
+            make_image(seed="b"),
+            *catalogue.args(),
+            "--name",
+            "slc6-wn",
+            "--version",
+            "6.10",
+            "--arch",
+            "ia64",
+            "--os",
+            "slc",
+            "--os-version",
+            "6",
+            "--hypervisor",
+            "xen-pv",
+        ).code
+        == 0
+    )
     read = ["--catalogue", catalogue.dir, "--root", catalogue.root]
     r = cli("catalogue", "search", "slc", "--hypervisor", "xen-pv", *read, "--json")
     assert [e["name"] for e in json.loads(r.out)] == ["slc6-wn"]
@@ -241,3 +284,12 @@ def test_verify_lists_each_problem(catalogue: Catalogue, cli, make_image):
     assert any("is missing" in p for p in problems)
     assert any("has sha256" in p for p in problems)
     assert len(problems) == 3
+
+
+def test_init_default_keys_beside_and_never_inside(tmp_path, cli):
+    r = cli("catalogue", "init", tmp_path / "pub", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["keys"] == str(tmp_path / "pub-keys")
+    r = cli("catalogue", "init", tmp_path / "c2", "--keys", tmp_path / "c2" / "keys")
+    assert r.code == 7 and "private keys would be published" in r.err
+    assert not (tmp_path / "c2" / "keys").exists() and not (tmp_path / "c2" / "metadata").exists()

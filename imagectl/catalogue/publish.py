@@ -6,6 +6,7 @@ Every command takes the catalogue's writer lock, loads and verifies the current 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from imagectl.errors import (
     CatalogueStateError,
     ConflictError,
     InvalidInputError,
+    KeyProblemError,
     LocalIOError,
     NotFoundError,
     RevokedError,
@@ -47,6 +49,12 @@ def init_catalogue(
     ``store`` already holds a catalogue.
     """
     thresholds = thresholds or {}
+    local_root = getattr(store, "root", None)
+    if isinstance(local_root, Path) and (keydir.resolve() == local_root or local_root in keydir.resolve().parents):
+        raise KeyProblemError(
+            f"key directory {keydir} is inside the catalogue {local_root}: private keys would be published",
+            hint="keep keys outside the directory a web server serves",
+        )
     if store.exists(f"{METADATA}root.json"):
         raise CatalogueStateError(f"{store.url} is already a catalogue", hint="use a new, empty location")
     keydir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -285,7 +293,7 @@ def deprecate(store: Store, keys: KeyRing, ref: str, reason: str | None, expiry_
         md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
         note = {"at": now.isoformat().replace("+00:00", "Z"), "reason": reason or ""}
         for rec in records:
-            state.add_target(md, ImageRecord(**{**rec.__dict__, "deprecated": note}))
+            state.add_target(md, dataclasses.replace(rec, deprecated=note))
         state.commit(keys, expiry_days)
     return len(records)
 
