@@ -65,7 +65,8 @@ def destination(out: str | None, rec_name: str, version: str, arch: str, fmt: st
 def check_writable(dest: Path) -> None:
     parent = dest.parent
     if not parent.is_dir():
-        raise LocalIOError(f"cannot write {dest}: directory {parent} does not exist")
+        why = "is not a directory" if parent.exists() else "does not exist"
+        raise LocalIOError(f"cannot write {dest}: {parent} {why}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise LocalIOError(f"cannot write {dest}: directory {parent} is not writable")
     if dest.is_dir():
@@ -95,6 +96,8 @@ def _download(store: Store, resolved: Resolved, part: Path, retries: int, progre
         while have < want_len:
             try:
                 with store.open_range(blob_key(want_sha), have) as stream:
+                    if stream.offset not in (0, have):
+                        raise DownloadError(f"asked for bytes from {have}, the server sent from {stream.offset}")
                     if stream.offset != have:  # the server ignored Range: restart cleanly
                         f.truncate(0)
                         f.seek(0)

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 
 import requests
+import urllib3.exceptions
 
 from imagectl.errors import DownloadError
 from imagectl.http import safe_url
@@ -40,9 +41,16 @@ class HTTPStore(Store):
         return resp
 
     def _iter(self, resp: requests.Response, url: str) -> Iterator[bytes]:
+        encoding = resp.headers.get("Content-Encoding", "").strip().lower()
         try:
-            yield from resp.iter_content(CHUNK)
-        except requests.RequestException as e:
+            if encoding in ("", "identity"):
+                # Raw reads hand over every byte that arrived before a connection drops, so a resumed download
+                # starts exactly where this one stopped. iter_content's decoding path buffers a short read and
+                # loses it (up to CHUNK bytes) when the next read raises IncompleteRead.
+                yield from resp.raw.stream(CHUNK, decode_content=False)
+            else:
+                yield from resp.iter_content(CHUNK)
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
             raise DownloadError(f"connection lost while reading {safe_url(url)}: {type(e).__name__}") from e
 
     def read(self, key: str, max_length: int) -> bytes:
