@@ -53,7 +53,7 @@ def test_versions_are_immutable(catalogue: Catalogue, cli, make_image):
 
 
 def test_automatic_versions(catalogue: Catalogue, cli, make_image):
-    today = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
+    today = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
     versions = []
     for seed in "abc":
         r = pub(cli, catalogue, make_image(seed=seed), "--name", "auto", "--json")
@@ -67,6 +67,8 @@ def test_auto_version_and_ordering_units():
     assert auto_version([], day) == "20261125.1"
     assert auto_version(["20261125.9", "20261125.10", "20261124.30", "1.0"], day) == "20261125.11"
     assert sorted(["1.10", "1.9", "1.9a", "2"], key=version_key) == ["1.9", "1.9a", "1.10", "2"]
+    assert sorted(["1.0", "1.0~rc1", "1.0.1"], key=version_key) == ["1.0~rc1", "1.0", "1.0.1"]
+    assert sorted(["1.00", "1.0", "1-0"], key=version_key) == ["1-0", "1.0", "1.00"]  # ties broken by text
 
 
 def test_newest_non_deprecated_and_channels(catalogue: Catalogue, cli, make_image, tmp_path):
@@ -293,3 +295,55 @@ def test_init_default_keys_beside_and_never_inside(tmp_path, cli):
     r = cli("catalogue", "init", tmp_path / "c2", "--keys", tmp_path / "c2" / "keys")
     assert r.code == 7 and "private keys would be published" in r.err
     assert not (tmp_path / "c2" / "keys").exists() and not (tmp_path / "c2" / "metadata").exists()
+
+
+def test_same_bytes_other_metadata_is_a_conflict(catalogue: Catalogue, cli, make_image):
+    img = make_image()
+    assert pub(cli, catalogue, img, "--name", "wn", "--version", "1", "--hypervisor", "hvm").code == 0
+    r = pub(cli, catalogue, img, "--name", "wn", "--version", "1", "--hypervisor", "xen-pv")
+    assert r.code == 6 and "same bytes but hypervisor/os hvm/None/None, not xen-pv/None/None" in r.err
+
+
+def test_build_record_must_be_canonical_json(catalogue: Catalogue, make_image):
+    from imagectl.catalogue.keys import KeyRing
+    from imagectl.catalogue.publish import PublishRequest, publish
+    from imagectl.errors import InvalidInputError
+    from tests.conftest import EXPIRY
+
+    req = PublishRequest(file=str(make_image()), name="wn", arch="x86_64", build_record={"seconds": 12.5})
+    with pytest.raises(InvalidInputError, match="fractional number"):
+        publish(catalogue.store, KeyRing(catalogue.keys), req, EXPIRY)
+    assert not (catalogue.dir / "blobs").exists()  # refused before any upload
+
+
+def test_leftover_of_a_dead_publisher_is_overwritten(catalogue: Catalogue, cli, make_image):
+    assert pub(cli, catalogue, make_image(seed="a"), "--name", "wn", "--version", "1").code == 0
+    meta = catalogue.dir / "metadata"
+    # What a publisher killed after writing its role and snapshot but before the timestamp leaves behind:
+    (meta / "2.image-wn.json").write_text('{"half": "written by a dead publisher"}')
+    (meta / "3.snapshot.json").write_text("garbage")
+    assert cli("catalogue", "verify", catalogue.dir).code == 0  # unreferenced: readers never see them
+    assert pub(cli, catalogue, make_image(seed="b"), "--name", "wn", "--version", "2").code == 0
+    assert cli("catalogue", "verify", catalogue.dir).code == 0
+    assert [e["version"] for e in listing(cli, catalogue)] == ["1", "2"]
+
+
+def test_custom_fields_must_match_the_target(catalogue: Catalogue, cli, make_image):
+    from imagectl.catalogue.model import ImageRecord
+    from imagectl.errors import InvalidInputError
+
+    custom = {
+        "name": "wn",
+        "version": "1",
+        "arch": "x86_64",
+        "format": "raw",
+        "hypervisor": "hvm",
+        "size": 10,
+        "created": "2026-11-25T00:00:00Z",
+    }
+    ok = ImageRecord.from_target("wn/1/x86_64/wn-1-x86_64.raw", 10, {"sha256": "0" * 64}, custom)
+    assert ok.version == "1"
+    with pytest.raises(InvalidInputError, match="has custom fields of wn/2/x86_64"):
+        ImageRecord.from_target("wn/1/x86_64/wn-1-x86_64.raw", 10, {"sha256": "0" * 64}, {**custom, "version": "2"})
+    with pytest.raises(InvalidInputError, match="size 11 but length 10"):
+        ImageRecord.from_target("wn/1/x86_64/wn-1-x86_64.raw", 10, {"sha256": "0" * 64}, {**custom, "size": 11})

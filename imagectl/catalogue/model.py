@@ -106,8 +106,16 @@ def host_arch() -> str:
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Natural order: ``20261125.10`` sorts after ``20261125.9``; numbers sort before words at each position."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[A-Za-z]+", version))
+    """Natural order: ``20261125.10`` after ``20261125.9``; ``1.0`` before ``1.0.1`` and ``1.0a``.
+
+    As in Debian, ``~`` sorts before everything, even the end: ``1.0~rc1`` comes before ``1.0``. Versions that
+    compare equal by their parts (``1.0``, ``1.00``, ``1-0``) are ordered by their text, so "newest" is never
+    decided by the order entries happen to have in a file.
+    """
+    parts: list[tuple[int, int | str]] = []
+    for p in re.findall(r"\d+|[A-Za-z]+|~", version):
+        parts.append((-2, "") if p == "~" else (0, int(p)) if p.isdigit() else (1, p))
+    return (*parts, (-1, ""), (2, version))
 
 
 def auto_version(existing: list[str], today: dt.date) -> str:
@@ -203,7 +211,7 @@ class ImageRecord:
         if not isinstance(custom, dict) or "sha256" not in hashes:
             raise InvalidInputError(f"target {path} is not an imagectl image (no custom fields or no sha256)")
         try:
-            return cls(
+            rec = cls(
                 name=str(custom["name"]),
                 version=str(custom["version"]),
                 arch=str(custom["arch"]),
@@ -222,6 +230,13 @@ class ImageRecord:
             )
         except KeyError as e:
             raise InvalidInputError(f"target {path} lacks the custom field {e.args[0]!r}") from None
+        # The custom fields are what people and `pull` choose by; they must say what the path and length say.
+        expected = target_path(rec.name, rec.version, rec.arch, rec.format)
+        if path != expected:
+            raise InvalidInputError(f"target {path} has custom fields of {expected}")
+        if custom.get("size") != length:
+            raise InvalidInputError(f"target {path} has size {custom.get('size')!r} but length {length}")
+        return rec
 
     def summary(self) -> dict[str, Any]:
         """The fields a listing shows (``--json`` output of list/search)."""

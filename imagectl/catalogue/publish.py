@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +136,27 @@ class PublishRequest:
             model.check_channel(self.channel)
         if self.parent is not None:
             model.parse_ref(self.parent)
+        if self.recipe_digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", self.recipe_digest):
+            raise InvalidInputError(f"recipe digest must be sha256:<64 hex digits>, got {self.recipe_digest!r}")
+        if self.build_record is not None:
+            _check_canonical(self.build_record, "build record")
         return self
+
+
+def _check_canonical(value: object, what: str) -> None:
+    """TUF signs canonical JSON, which has no floats: refuse them before any byte is uploaded."""
+    if isinstance(value, float):
+        raise InvalidInputError(f"{what} contains a fractional number ({value}); store it as a string")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidInputError(f"{what} has a non-string key {k!r}")
+            _check_canonical(v, what)
+    elif isinstance(value, list):
+        for v in value:
+            _check_canonical(v, what)
+    elif not isinstance(value, (str, int, bool)) and value is not None:
+        raise InvalidInputError(f"{what} contains a {type(value).__name__}, which JSON cannot hold")
 
 
 @dataclass(frozen=True)
@@ -202,6 +223,14 @@ def publish(
                 f"(sha256 {old.sha256[:12]}…); versions are immutable",
                 hint="publish under a new version (omit --version for an automatic one)",
             )
+        if old is not None:
+            mine = (req.hypervisor, req.os, req.os_version)
+            theirs = (old.hypervisor, old.os, old.os_version)
+            if mine != theirs:
+                raise ConflictError(
+                    f"{req.name}:{version} ({req.arch}) is already published with the same bytes but hypervisor/os "
+                    f"{'/'.join(map(str, theirs))}, not {'/'.join(map(str, mine))}; versions are immutable"
+                )
         return old
 
     # Check before uploading, so a doomed publish sends no bytes; check again under the lock, where it counts.

@@ -1,9 +1,10 @@
 """The publisher's view of a catalogue: load the signed metadata, change it, sign and write a new version.
 
 Write order is what makes a publish atomic for readers: blobs first, then the new versioned role files
-(``N.image-NAME.json``, ``N.targets.json``), then ``N.snapshot.json``, and last ``timestamp.json``, the one mutable
-file. Until the timestamp is replaced, nothing a client can reach refers to the new files; a publisher that dies
-earlier leaves only unreferenced files behind.
+(``N.image-NAME.json``, ``N.targets.json``), then ``N.snapshot.json``, and last ``timestamp.json``, the file that
+commits the change (``root.json``, a copy of the newest ``N.root.json``, is the only other file ever replaced).
+Until the timestamp is replaced, nothing a client can reach refers to the new files; a publisher that dies
+earlier leaves only unreferenced files behind, and the next commit, holding the writer lock, overwrites them.
 """
 
 from __future__ import annotations
@@ -179,20 +180,21 @@ class CatalogueState:
         writes: list[tuple[str, Metadata[Any]]] = [(r, self.roles[r]) for r in image_roles]
         if "targets" in changed:
             writes.append(("targets", self.targets))
+        # Versioned files are replaced, not created exclusively: under the writer lock, a file with a version newer
+        # than the snapshot refers to can only be the leftover of a publisher that died before its timestamp.
         for role, md in writes:
             self.snapshot.signed.meta[f"{role}.json"] = MetaFile(version=md.signed.version)
-            key = f"{METADATA}{md.signed.version}.{role}.json"
-            if not self.store.write_new(key, metadata_bytes(md)):
-                raise ConflictError(f"{key} already exists: another publisher changed the catalogue; retry")
+            self.store.write(f"{METADATA}{md.signed.version}.{role}.json", metadata_bytes(md))
         bump(self.snapshot, expiry_days["snapshot"])
         self._sign(self.snapshot, "snapshot", keys, self.root)
-        key = f"{METADATA}{self.snapshot.signed.version}.snapshot.json"
-        if not self.store.write_new(key, metadata_bytes(self.snapshot)):
-            raise ConflictError(f"{key} already exists: another publisher changed the catalogue; retry")
+        self.store.write(f"{METADATA}{self.snapshot.signed.version}.snapshot.json", metadata_bytes(self.snapshot))
         bump(self.timestamp, expiry_days["timestamp"])
         self.timestamp.signed.snapshot_meta = MetaFile(version=self.snapshot.signed.version)
         self._sign(self.timestamp, "timestamp", keys, self.root)
         self.store.write(f"{METADATA}timestamp.json", metadata_bytes(self.timestamp))
+        root_copy = metadata_bytes(self.root)
+        if self.store.read(f"{METADATA}root.json", MAX_METADATA) != root_copy:  # heal a rotation cut short
+            self.store.write(f"{METADATA}root.json", root_copy)
         self.changed.clear()
         self.new_roles.clear()
 
@@ -223,6 +225,29 @@ def _read(store: Store, key: str) -> Metadata[Any]:
         raise UntrustedMetadataError(f"{key} is missing from {store.url}") from None
 
 
+def _walk_roots(store: Store) -> Metadata[Any]:
+    """Verify the root chain 1 -> N as a client would and return its end.
+
+    A publisher signs on top of the root it loads, so it must not take root.json's word for which keys count;
+    root.json is a convenience copy that a rotation killed at the wrong moment may have left one version behind.
+    """
+    root = _read(store, f"{METADATA}1.root.json")
+    _verify(root, "root", root, f"{METADATA}1.root.json")
+    n = 2
+    while True:
+        key = f"{METADATA}{n}.root.json"
+        try:
+            nxt = _parse(store.read(key, MAX_METADATA), key)
+        except ObjectMissingError:
+            break
+        _verify(root, "root", nxt, f"{key} (by root {n - 1})")
+        _verify(nxt, "root", nxt, key)
+        if nxt.signed.version != n:
+            raise UntrustedMetadataError(f"{key} has version {nxt.signed.version}")
+        root, n = nxt, n + 1
+    return root
+
+
 def load_state(store: Store) -> CatalogueState:
     """Read and verify the current metadata of the catalogue in ``store``.
 
@@ -230,14 +255,14 @@ def load_state(store: Store) -> CatalogueState:
     verify (a publisher never signs on top of metadata it cannot verify).
     """
     try:
-        root_bytes = store.read(f"{METADATA}root.json", MAX_METADATA)
+        root_bytes = store.read(f"{METADATA}root.json", MAX_METADATA)  # its presence marks a catalogue
     except ObjectMissingError:
         raise CatalogueStateError(
             f"{store.url} is not a catalogue (no {METADATA}root.json)",
             hint="create one with: imagectl catalogue init DEST",
         ) from None
-    root = _parse(root_bytes, f"{METADATA}root.json")
-    _verify(root, "root", root, f"{METADATA}root.json")
+    del root_bytes
+    root = _walk_roots(store)
     ts = _read(store, f"{METADATA}timestamp.json")
     _verify(root, "timestamp", ts, f"{METADATA}timestamp.json")
     snap_key = f"{METADATA}{ts.signed.snapshot_meta.version}.snapshot.json"
