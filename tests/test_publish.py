@@ -347,3 +347,13 @@ def test_custom_fields_must_match_the_target(catalogue: Catalogue, cli, make_ima
         ImageRecord.from_target("wn/1/x86_64/wn-1-x86_64.raw", 10, {"sha256": "0" * 64}, {**custom, "version": "2"})
     with pytest.raises(InvalidInputError, match="size 11 but length 10"):
         ImageRecord.from_target("wn/1/x86_64/wn-1-x86_64.raw", 10, {"sha256": "0" * 64}, {**custom, "size": 11})
+
+
+@pytest.mark.parametrize("missing", ["snapshot", "timestamp"])
+def test_publish_missing_online_key_writes_nothing(catalogue: Catalogue, cli, make_image, missing):
+    assert pub(cli, catalogue, make_image(seed="a"), "--name", "wn", "--version", "1").code == 0
+    before = metadata_snapshot(catalogue)
+    next(catalogue.keys.glob(f"{missing}-*.key")).unlink()
+    r = pub(cli, catalogue, make_image(seed="b"), "--name", "wn", "--version", "2")
+    assert r.code == 7 and f"need 1 {missing} key(s)" in r.err
+    assert metadata_snapshot(catalogue) == before  # not one metadata file written

@@ -27,7 +27,7 @@ from imagectl import __version__
 from imagectl.catalogue import model
 from imagectl.catalogue.fetcher import StoreFetcher
 from imagectl.catalogue.model import METADATA, ImageRecord, ImageRef
-from imagectl.catalogue.state import EXT
+from imagectl.catalogue.state import EXT, MAX_METADATA
 from imagectl.errors import (
     CatalogueStateError,
     DownloadError,
@@ -120,7 +120,11 @@ class CatalogueReader:
                     None,
                     self.url,
                     self.fetcher,
-                    UpdaterConfig(app_user_agent=f"imagectl/{__version__}"),
+                    UpdaterConfig(
+                        app_user_agent=f"imagectl/{__version__}",
+                        snapshot_max_length=MAX_METADATA,  # the publisher's own bound, so whatever it can
+                        targets_max_length=MAX_METADATA,  # write, a client can read
+                    ),
                     bootstrap=bootstrap,
                 )
             except tuf_exc.RepositoryError as e:
@@ -139,18 +143,30 @@ class CatalogueReader:
 
     # -- trust anchor -------------------------------------------------------------------------------------
     def _read_root(self, key: str) -> bytes | None:
+        """The catalogue's copy of a root file (None if it has none), refused past the size any root may have."""
+        limit = UpdaterConfig().root_max_length
+        buf = bytearray()
         try:
-            return self.store.read(key, 512_000)
+            with self.store.open_range(key) as stream:
+                for chunk in stream.chunks:
+                    buf += chunk
+                    if len(buf) > limit:  # endless or oversized: untrusted metadata, not a network failure
+                        raise UntrustedMetadataError(f"{key} from {self.url} is too long: over {limit} bytes")
         except ObjectMissingError:
             return None
+        return bytes(buf)
 
     def _bootstrap(self, root: str | None, warn: Callable[[str], None]) -> bytes:
         if root and root.startswith("sha256:"):
             want = root.removeprefix("sha256:").lower()
             if not re.fullmatch(r"[0-9a-f]{64}", want):
                 raise InvalidInputError(f"--root sha256: needs 64 hex digits, got {want!r}")
-            for key in (f"{METADATA}root.json", f"{METADATA}1.root.json"):
+            # The pin may be of any root version: the current root.json first, then the chain from 1 upwards.
+            keys = [f"{METADATA}root.json", *(f"{METADATA}{n}.root.json" for n in range(1, 257))]
+            for key in keys:
                 data = self._read_root(key)
+                if data is None and key != keys[0]:
+                    break
                 if data is not None and hashlib.sha256(data).hexdigest() == want:
                     return data
             raise WrongRootError(f"no root of {self.url} has the pinned SHA-256 {want[:16]}…")
@@ -235,7 +251,9 @@ class CatalogueReader:
             if pointer is None:
                 known = ", ".join(sorted(ext["channels"])) or "none"
                 raise NotFoundError(f"{ref.name} has no channel {ref.channel!r} (channels: {known})")
-            version = str(pointer["version"])
+            if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
+                raise UntrustedMetadataError(f"signed channel {ref.channel!r} of {ref.name} is malformed")
+            version = pointer["version"]
         if version is not None and version in ext["revoked"]:
             why = ext["revoked"][version]
             raise RevokedError(f"{ref.name}:{version} was revoked on {why.get('at', '?')}: {why.get('reason', '')}")

@@ -40,7 +40,7 @@ from imagectl.store import ObjectMissingError, Store
 
 __all__ = ["EXT", "CatalogueState", "load_state", "metadata_bytes"]
 
-MAX_METADATA = 64 << 20  # bytes; generous: a name's role with thousands of versions stays far below this
+MAX_METADATA = 16 << 20  # bytes; a role of ~25,000 versions; the client refuses more (endless-data bound)
 EXT = "x-imagectl"  # signed, catalogue-specific fields of an image role: channels and revocations
 
 
@@ -157,8 +157,7 @@ class CatalogueState:
     def commit(self, keys: KeyRing, expiry_days: dict[str, int], *, resign: frozenset[str] = frozenset()) -> None:
         """Sign and write every changed role, then a new snapshot and timestamp.
 
-        Raises ConflictError if another publisher wrote the same versions first (only possible without the lock,
-        e.g. two machines on a shared file system without working fcntl locks), KeyProblemError if keys are missing.
+        Raises KeyProblemError, before anything is written, if a key needed for any of the signatures is missing.
         """
         now = utcnow()
 
@@ -168,29 +167,27 @@ class CatalogueState:
 
         changed = (self.changed | set(resign)) - {"root", "snapshot", "timestamp"}
         image_roles = sorted(r for r in changed if r != "targets")
-        for role in image_roles:
-            md = self.roles[role]
-            bump(md, expiry_days["targets"])
-            if role in self.new_roles:
-                md.signed.version = 1
-            self._sign(md, role, keys, self.targets)
-        if "targets" in changed:
-            bump(self.targets, expiry_days["targets"])
-            self._sign(self.targets, "targets", keys, self.root)
         writes: list[tuple[str, Metadata[Any]]] = [(r, self.roles[r]) for r in image_roles]
         if "targets" in changed:
             writes.append(("targets", self.targets))
-        # Versioned files are replaced, not created exclusively: under the writer lock, a file with a version newer
-        # than the snapshot refers to can only be the leftover of a publisher that died before its timestamp.
+        # Everything is signed in memory before the first byte is written, so a missing key refuses the whole
+        # commit and leaves the catalogue exactly as it was.
         for role, md in writes:
+            bump(md, expiry_days["targets"])
+            if role in self.new_roles:
+                md.signed.version = 1
+            self._sign(md, role, keys, self.targets if role != "targets" else self.root)
             self.snapshot.signed.meta[f"{role}.json"] = MetaFile(version=md.signed.version)
-            self.store.write(f"{METADATA}{md.signed.version}.{role}.json", metadata_bytes(md))
         bump(self.snapshot, expiry_days["snapshot"])
         self._sign(self.snapshot, "snapshot", keys, self.root)
-        self.store.write(f"{METADATA}{self.snapshot.signed.version}.snapshot.json", metadata_bytes(self.snapshot))
         bump(self.timestamp, expiry_days["timestamp"])
         self.timestamp.signed.snapshot_meta = MetaFile(version=self.snapshot.signed.version)
         self._sign(self.timestamp, "timestamp", keys, self.root)
+        # Versioned files are replaced, not created exclusively: under the writer lock, a file with a version newer
+        # than the snapshot refers to can only be the leftover of a publisher that died before its timestamp.
+        for role, md in writes:
+            self.store.write(f"{METADATA}{md.signed.version}.{role}.json", metadata_bytes(md))
+        self.store.write(f"{METADATA}{self.snapshot.signed.version}.snapshot.json", metadata_bytes(self.snapshot))
         self.store.write(f"{METADATA}timestamp.json", metadata_bytes(self.timestamp))
         root_copy = metadata_bytes(self.root)
         if self.store.read(f"{METADATA}root.json", MAX_METADATA) != root_copy:  # heal a rotation cut short

@@ -23,6 +23,22 @@ from imagectl.store import Store
 __all__ = ["expiring_roles", "resign", "rotate"]
 
 
+def require_keys(state: CatalogueState, keys: KeyRing, roles: list[str]) -> None:
+    """Raise KeyProblemError unless ``keys`` can sign every role in ``roles`` (top-level or image roles).
+
+    Called before anything is generated or written: a commit writes role files one after the other, so a key found
+    missing halfway would leave a new root or unreferenced versioned files behind, and those files make every later
+    commit fail with "already exists".
+    """
+    for role in dict.fromkeys(roles):
+        if role in TOP_ROLES:
+            r = state.root.signed.roles[role]
+            keys.signers_for(role, r.keyids, r.threshold)
+        else:
+            d = state.targets.signed.get_delegated_role(role)
+            keys.signers_for("targets", d.keyids, d.threshold)
+
+
 def expiring_roles(state: CatalogueState, within: dt.timedelta | None, expiry_days: dict[str, int]) -> list[str]:
     """Roles whose metadata expires within ``within`` (default: less than half of its validity period left)."""
     now = utcnow()
@@ -62,6 +78,8 @@ def resign(
         )
         if not roles:
             return []
+        # A commit always re-signs snapshot and timestamp; check every key before the first write.
+        require_keys(state, keys, [*roles, "snapshot", "timestamp"])
         if "root" in roles:
             previous = Metadata.from_bytes(state.root.to_bytes())
             state.write_root(keys, [previous], expiry_days)
@@ -98,9 +116,15 @@ def rotate(
         old_root: Metadata[Root] = Metadata.from_bytes(state.root.to_bytes())
         root = state.root.signed
         old_ids = list(root.roles[role].keyids)
-        # Check the old keys can sign before generating anything, so a refused rotation leaves no new files.
-        r = root.roles["root"]
-        keys.signers_for("root", r.keyids, r.threshold)
+        # Check every key the rotation signs with (the old root keys and, when metadata is re-signed, the online
+        # keys not being replaced) before generating anything, so a refused rotation leaves no new files.
+        resigned: dict[str, list[str]] = {
+            "root": [],
+            "targets": ["snapshot", "timestamp"],
+            "snapshot": ["timestamp"],
+            "timestamp": ["snapshot"],
+        }
+        require_keys(state, keys, ["root", *resigned[role]])
         new_signers = [generate_key(keys.dir, role) for _ in range(count)]
         for keyid in old_ids:
             root.revoke_key(keyid, role)
