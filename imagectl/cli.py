@@ -341,6 +341,56 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_recipe_validate(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.recipe.model import load_recipe
+    from imagectl.recipe.schema import RecipeError
+
+    results, failed = [], 0
+    for path in args.paths:
+        try:
+            r = load_recipe(path)
+            results.append({"path": path, "ok": True, "problems": [], "digest": r.digest()})
+            if not args.json:
+                what = (
+                    "abstract base"
+                    if r.data.get("abstract")
+                    else (f"{r.name}: {len(r.architectures)} arch(es) x {len(r.hypervisors)} hypervisor(s)")
+                )
+                print(f"ok: {path} ({what})")
+        except RecipeError as e:
+            failed += 1
+            results.append({"path": path, "ok": False, "problems": e.problems})
+            if not args.json:
+                for problem in e.problems:
+                    print(problem, file=sys.stderr)
+        except ImagectlError as e:
+            failed += 1
+            results.append({"path": path, "ok": False, "problems": [e.message]})
+            if not args.json:
+                print(e.message, file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    if failed:
+        raise InvalidInputError(f"{failed} of {len(args.paths)} recipe(s) have problems")
+    return 0
+
+
+def cmd_recipe_show(args: argparse.Namespace, cfg: Config) -> int:
+    import yaml
+
+    from imagectl.recipe.model import load_recipe
+
+    r = load_recipe(args.path)
+    info = {"recipe": r.data, "digest": r.digest(), "chain": [str(p) for p in r.chain]}
+    emit(
+        args,
+        info,
+        f"# {' <- '.join(str(p) for p in r.chain)}\n# digest {r.digest()}\n"
+        + yaml.safe_dump(r.data, sort_keys=False, default_flow_style=False).rstrip(),
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.demo import run_demo
 
@@ -401,6 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("terms", nargs="*", metavar="TERM", help="words that must all appear (name, os, version…)")
     for f in ("arch", "os", "hypervisor", "format"):
         sp.add_argument(f"--{f}", help=f"only this {f}")
+
+    rec = sub.add_parser("recipe", help="check and inspect recipes").add_subparsers(
+        dest="subcommand", required=True, metavar="SUBCOMMAND"
+    )
+    sp = add(rec, "validate", cmd_recipe_validate, "validate recipes; print every problem with file:line:column", ())
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp = add(rec, "show", cmd_recipe_show, "print the fully merged recipe", ())
+    sp.add_argument("path", metavar="PATH")
 
     trust = sub.add_parser("trust", help="manage signing keys").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
