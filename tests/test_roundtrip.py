@@ -84,3 +84,11 @@ def test_pull_over_http_then_cache(http_catalogue: tuple[Catalogue, TestHTTPServ
     assert json.loads(r.out)["cached"] is True
     assert srv.served.bytes_for(sha256(img)) == 0  # the second pull needed no network for the blob
     assert out1.read_bytes() == out2.read_bytes() == img.read_bytes()
+
+
+def test_catalogue_files_are_world_readable(catalogue: Catalogue, cli: Callable[..., CliResult], make_image):
+    """A web server runs as another user: every catalogue file must be readable by it (keys stay 0600)."""
+    assert cli("publish", make_image(), *catalogue.args(), "--name", "wn", "--arch", "x86_64").code == 0
+    files = [p for p in catalogue.dir.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert files and {p.stat().st_mode & 0o777 for p in files} == {0o644}
+    assert {p.stat().st_mode & 0o777 for p in catalogue.keys.glob("*.key")} == {0o600}

@@ -31,6 +31,7 @@ def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # a catalogue is meant to be served: readable by the web server's user
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

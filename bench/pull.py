@@ -1,0 +1,417 @@
+#!/usr/bin/env python3
+"""Benchmark ``imagectl pull`` over HTTP against ``curl -o`` followed by ``sha256sum``.
+
+One run: makes sure nginx is installed, writes an N MiB image (default 1 GiB), creates a throwaway catalogue with
+``imagectl catalogue init`` and ``imagectl publish``, serves it with nginx on 127.0.0.1 (sendfile, no access log),
+then times, alternately, a full ``imagectl pull`` (fresh empty cache each run, so the blob really crosses HTTP) and
+``curl -s -o OUT BLOB_URL && sha256sum OUT`` (the floor: one network read, one hash). One warm-up of each comes
+first, so nginx serves from the page cache in every timed run. Each child is reaped with ``os.wait4``, whose rusage
+is that child's own: its ``ru_maxrss`` is the child's peak RSS.
+
+This reports figures; it never asserts them. Everything it writes (GiB-sized files included) lives in one temp
+directory that is removed at the end, and nginx is stopped in a ``finally``.
+
+    python3 bench/pull.py                  # 1 GiB, 3 rounds
+    python3 bench/pull.py --size-mib 16    # smoke check
+    python3 bench/pull.py --json           # one JSON object on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIB = 1 << 20
+RATIO_TARGET = 1.0
+RSS_TARGET_MIB = 150.0
+PUBLISH_ARGS = ("--name", "bench", "--arch", "x86_64", "--version", "1", "--format", "raw")
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# -- setup ---------------------------------------------------------------------------------------------------
+def ensure_nginx() -> str:
+    """Path of the nginx binary, installing nginx-light (or nginx) with apt-get if it is missing."""
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit("bench: nginx is not installed and cannot be installed here (needs root and apt-get)")
+    log("nginx not found: installing nginx-light with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=sys.stderr)
+    for pkg in ("nginx-light", "nginx"):
+        if subprocess.run(["apt-get", "install", "-y", "-qq", pkg], env=env, stdout=sys.stderr).returncode == 0:
+            break
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    if not found:
+        sys.exit("bench: apt-get could not install nginx")
+    return found
+
+
+def imagectl_cmd() -> list[str]:
+    """The imagectl console script of this interpreter (no pyenv shim in the timing), else ``python -m``."""
+    script = Path(sys.executable).parent / "imagectl"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "imagectl"]
+
+
+def write_image(path: Path, size_mib: int) -> None:
+    """``size_mib`` MiB of incompressible bytes: one random MiB, each copy stamped with its own counter."""
+    block = bytearray(os.urandom(MIB))
+    with open(path, "wb") as f:
+        for i in range(size_mib):
+            block[:8] = i.to_bytes(8, "little")
+            f.write(block)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+NGINX_CONF = """\
+{user}worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path {tmp}/nginx-tmp/body;
+    proxy_temp_path {tmp}/nginx-tmp/proxy;
+    fastcgi_temp_path {tmp}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {tmp}/nginx-tmp/uwsgi;
+    scgi_temp_path {tmp}/nginx-tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx_serving(nginx: str, tmp: Path, root: Path, probe_key: str) -> Any:
+    """Run nginx in the foreground on a free 127.0.0.1 port serving ``root``; yield its base URL; always stop it."""
+    (tmp / "nginx-tmp").mkdir()
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    # As root, workers would drop to "nobody", who cannot read the 0600 metadata files publish writes.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(NGINX_CONF.format(user=user, tmp=tmp, port=port, root=root))
+    err = open(tmp / "nginx-stderr.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [nginx, "-p", f"{tmp}/", "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
+        stdin=subprocess.DEVNULL,
+        stdout=err,
+        stderr=err,
+    )
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited with {proc.returncode}: {_tail(tmp / 'nginx-stderr.log')}")
+            try:
+                with urllib.request.urlopen(base + probe_key, timeout=2) as resp:
+                    resp.read()
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"nginx did not answer on {base}: {_tail(tmp / 'nginx-error.log')}") from None
+                time.sleep(0.05)
+        log(f"nginx (pid {proc.pid}) serving {root} at {base}")
+        yield base
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        err.close()
+        log(f"nginx (pid {proc.pid}) stopped")
+
+
+def _tail(path: Path, n: int = 600) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:].strip()
+    except OSError:
+        return "(no log)"
+
+
+# -- measuring -----------------------------------------------------------------------------------------------
+# Peak RSS needs care. Python's subprocess starts children with vfork, and Linux folds the RSS high-water mark of
+# the address space a process execs away from into its ru_maxrss: a child of this script would report at least this
+# script's own peak. So every measured command runs under a tiny fork+exec launcher (``python3 -S -I``, about 6 MiB),
+# which reaps it with wait4 and writes its wall time (fork to reap, so interpreter start-up is not counted) and its
+# ru_maxrss (KiB on Linux) to a file. What remains is a floor of the launcher's RSS at fork, measured once on ``true``
+# and reported: a peak at that floor means "at most this".
+LAUNCHER = """\
+import os, sys, time
+res, cmd = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+seconds = time.perf_counter() - t0
+with open(res, "w") as f:
+    f.write(f"{seconds!r} {ru.ru_maxrss}")
+sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+
+@dataclass
+class Child:
+    seconds: float
+    maxrss_mib: float
+    stdout: str
+
+
+def run_child(cmd: list[str], tmp: Path, env: dict[str, str] | None = None) -> Child:
+    """Run ``cmd`` to completion under the launcher: its wall time and the peak RSS of exactly that command."""
+    out_path, err_path, res_path = tmp / "child.out", tmp / "child.err", tmp / "child.res"
+    res_path.unlink(missing_ok=True)
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-S", "-I", "-c", LAUNCHER, str(res_path), *cmd],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=env,
+            start_new_session=True,  # its own process group, so an interrupt can stop the command too
+        )
+        try:
+            rc = proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {rc}: {_tail(err_path)}")
+    seconds, maxrss_kib = res_path.read_text().split()
+    return Child(float(seconds), int(maxrss_kib) / 1024, out_path.read_text(errors="replace"))
+
+
+def fresh(*paths: Path) -> None:
+    """Remove earlier outputs and flush dirty pages, so no run pays for the previous run's writeback."""
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    os.sync()
+
+
+@dataclass
+class Bench:
+    tmp: Path
+    base: str
+    root_json: Path
+    sha256: str
+    imagectl: list[str]
+
+    def pull(self) -> Child:
+        cache, out = self.tmp / "pull-cache", self.tmp / "pull.out"
+        fresh(cache, out)
+        cache.mkdir()
+        env = {**os.environ, "IMAGECTL_CACHE_DIR": str(cache), "IMAGECTL_CONFIG": str(self.tmp / "config.yaml")}
+        cmd = [*self.imagectl, "pull", "bench:1", "--catalogue", self.base, "--root", str(self.root_json)]
+        res = run_child([*cmd, "--arch", "x86_64", "-o", str(out), "--quiet"], self.tmp, env)
+        fresh(cache, out)
+        return res
+
+    def curl_sha(self) -> tuple[Child, Child, Child]:
+        """curl, then sha256sum (the baseline the target is set against), then openssl dgst on the same file.
+
+        openssl uses the CPU's SHA extensions and hashes about 3x faster than coreutils' sha256sum here, so the
+        second ratio says how pull compares with the fastest download-then-hash a shell can do.
+        """
+        out = self.tmp / "curl.out"
+        fresh(out)
+        curl = run_child(["curl", "-s", "-f", "-o", str(out), f"{self.base}blobs/sha256/{self.sha256}"], self.tmp)
+        sha = run_child(["sha256sum", str(out)], self.tmp)
+        if sha.stdout.split()[0] != self.sha256:
+            raise RuntimeError(f"curl fetched bytes with the wrong sha256: {sha.stdout.strip()}")
+        ossl = run_child(["openssl", "dgst", "-sha256", "-r", str(out)], self.tmp)
+        if ossl.stdout.split()[0] != self.sha256:
+            raise RuntimeError(f"openssl disagrees about the sha256: {ossl.stdout.strip()}")
+        fresh(out)
+        return curl, sha, ossl
+
+
+def measure(b: Bench, rounds: int) -> dict[str, Any]:
+    log("warm-up: one pull, one curl + sha256sum (brings the served blob into the page cache)")
+    b.pull()
+    b.curl_sha()
+    pulls: list[Child] = []
+    curls: list[tuple[Child, Child, Child]] = []
+    for r in range(rounds):
+        order = ("pull", "curl") if r % 2 == 0 else ("curl", "pull")  # alternate, and alternate who goes first
+        for what in order:
+            if what == "pull":
+                pulls.append(b.pull())
+                log(f"round {r + 1}: pull {pulls[-1].seconds:.3f} s, peak RSS {pulls[-1].maxrss_mib:.1f} MiB")
+            else:
+                curls.append(b.curl_sha())
+                c, s, _ = curls[-1]
+                total = c.seconds + s.seconds
+                log(f"round {r + 1}: curl {c.seconds:.3f} s + sha256sum {s.seconds:.3f} s = {total:.3f} s")
+    return {"pulls": pulls, "curls": curls}
+
+
+def summarise(size_mib: int, rounds: int, base: str, runs: dict[str, Any], floor_mib: float) -> dict[str, Any]:
+    pull_s = [c.seconds for c in runs["pulls"]]
+    pull_rss = [c.maxrss_mib for c in runs["pulls"]]
+    curl_s = [c.seconds for c, _, _ in runs["curls"]]
+    sha_s = [s.seconds for _, s, _ in runs["curls"]]
+    ossl_s = [o.seconds for _, _, o in runs["curls"]]
+    both_s = [c + s for c, s in zip(curl_s, sha_s, strict=True)]
+    fast_s = [c + o for c, o in zip(curl_s, ossl_s, strict=True)]
+    pull_med, both_med, fast_med = statistics.median(pull_s), statistics.median(both_s), statistics.median(fast_s)
+    ratio = pull_med / both_med
+    return {
+        "size_mib": size_mib,
+        "rounds": rounds,
+        "server": base,
+        "pull": {
+            "median_s": round(pull_med, 4),
+            "runs_s": [round(x, 4) for x in pull_s],
+            "mib_per_s": round(size_mib / pull_med, 1),
+            "peak_rss_mib": round(max(pull_rss), 1),
+            "peak_rss_runs_mib": [round(x, 1) for x in pull_rss],
+        },
+        "curl_sha256sum": {
+            "median_s": round(both_med, 4),
+            "runs_s": [round(x, 4) for x in both_s],
+            "mib_per_s": round(size_mib / both_med, 1),
+            "curl_median_s": round(statistics.median(curl_s), 4),
+            "sha256sum_median_s": round(statistics.median(sha_s), 4),
+            "curl_peak_rss_mib": round(max(c.maxrss_mib for c, _, _ in runs["curls"]), 1),
+            "sha256sum_peak_rss_mib": round(max(s.maxrss_mib for _, s, _ in runs["curls"]), 1),
+        },
+        "curl_openssl": {
+            "median_s": round(fast_med, 4),
+            "runs_s": [round(x, 4) for x in fast_s],
+            "mib_per_s": round(size_mib / fast_med, 1),
+            "openssl_median_s": round(statistics.median(ossl_s), 4),
+        },
+        "ratio_pull_over_curl_sha256sum": round(ratio, 3),
+        "ratio_pull_over_curl_openssl": round(pull_med / fast_med, 3),
+        "ratio_target": RATIO_TARGET,
+        "ratio_within_target": ratio <= RATIO_TARGET,
+        "rss_target_mib": RSS_TARGET_MIB,
+        "rss_within_target": max(pull_rss) <= RSS_TARGET_MIB,
+        "rss_floor_mib": round(floor_mib, 1),
+    }
+
+
+def report(s: dict[str, Any]) -> str:
+    p, c = s["pull"], s["curl_sha256sum"]
+    ok = {True: "ok", False: "OVER TARGET"}
+
+    def row(label: str, d: dict[str, Any]) -> str:
+        runs = ", ".join(f"{x:.3f}" for x in d["runs_s"])
+        return f"  {label:<18} median {d['median_s']:7.3f} s  {d['mib_per_s']:8.1f} MiB/s   runs: {runs}"
+
+    rss_runs = ", ".join(f"{x:.1f}" for x in p["peak_rss_runs_mib"])
+    return "\n".join(
+        [
+            f"imagectl pull vs curl + sha256sum: {s['size_mib']} MiB from nginx at {s['server']}, "
+            f"{s['rounds']} rounds after one warm-up each",
+            row("imagectl pull", p),
+            row("curl + sha256sum", c)
+            + f"   (curl {c['curl_median_s']:.3f} s + sha256sum {c['sha256sum_median_s']:.3f} s)",
+            row("curl + openssl", s["curl_openssl"])
+            + f"   (openssl dgst -sha256 {s['curl_openssl']['openssl_median_s']:.3f} s)",
+            f"  ratio pull / (curl + sha256sum): {s['ratio_pull_over_curl_sha256sum']:.3f}"
+            f"   (target <= {s['ratio_target']}: {ok[s['ratio_within_target']]})",
+            f"  ratio pull / (curl + openssl):   {s['ratio_pull_over_curl_openssl']:.3f}   (no target; for honesty)",
+            f"  pull peak RSS: {p['peak_rss_mib']:.1f} MiB   runs: {rss_runs}"
+            f"   (target <= {s['rss_target_mib']:.0f} MiB: {ok[s['rss_within_target']]})",
+            f"  (curl peak RSS {c['curl_peak_rss_mib']:.1f} MiB, sha256sum {c['sha256sum_peak_rss_mib']:.1f} MiB;"
+            f" RSS measurement floor {s['rss_floor_mib']:.1f} MiB)",
+        ]
+    )
+
+
+# -- main ----------------------------------------------------------------------------------------------------
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mib", type=int, default=1024, help="image size in MiB (default 1024)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed runs of each, after one warm-up (default 3)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ap.add_argument("--tmpdir", help="where the temp directory goes (default: the system's)")
+    args = ap.parse_args()
+    if args.size_mib < 1 or args.rounds < 1:
+        ap.error("--size-mib and --rounds must be at least 1")
+    for tool in ("curl", "sha256sum", "openssl"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is required")
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # unwind through the finally blocks: nginx stopped, temp removed
+        signal.signal(sig, _exit_on_signal)
+    nginx = ensure_nginx()
+    imagectl = imagectl_cmd()
+
+    tmp = Path(tempfile.mkdtemp(prefix="imagectl-bench-pull.", dir=args.tmpdir)).resolve()
+    try:
+        (tmp / "config.yaml").write_text("")  # an empty config: no user or system config file leaks in
+        env = {**os.environ, "IMAGECTL_CONFIG": str(tmp / "config.yaml")}
+        image, cat, keys = tmp / "image.raw", tmp / "catalogue", tmp / "keys"
+        floor_mib = run_child(["true"], tmp).maxrss_mib
+        log(f"writing a {args.size_mib} MiB image in {tmp}")
+        write_image(image, args.size_mib)
+        run_child([*imagectl, "catalogue", "init", str(cat), "--keys", str(keys)], tmp, env)
+        published = run_child(
+            [*imagectl, "publish", str(image), "--catalogue", str(cat), "--keys", str(keys), "--json", *PUBLISH_ARGS],
+            tmp,
+            env,
+        )
+        sha256 = json.loads(published.stdout)["sha256"]
+        image.unlink()  # the catalogue holds its own copy
+        root_json = tmp / "root.json"
+        shutil.copyfile(cat / "metadata" / "1.root.json", root_json)
+        with nginx_serving(nginx, tmp, cat, "metadata/timestamp.json") as base:
+            bench = Bench(tmp, base, root_json, sha256, imagectl)
+            runs = measure(bench, args.rounds)
+        summary = summarise(args.size_mib, args.rounds, base, runs, floor_mib)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"removed {tmp}")
+    print(json.dumps(summary, indent=2) if args.json else report(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
