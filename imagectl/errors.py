@@ -25,12 +25,17 @@ code cause
 15   catalogue verify found problems
 16   catalogue is read-only (HTTP) or not a catalogue / already one
 17   mix-and-match: metadata versions that do not belong together
+20   an external tool failed (disk-image-create, qemu-img, …): message names tool, exit code, log
+21   an external tool is not installed
+22   this host cannot build that architecture (message names the kind of host that can)
+23   boot test failed: no login prompt (or marker) before the deadline
 ==== ===============================================================
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BootTestError",
     "CatalogueStateError",
     "ConflictError",
     "DownloadError",
@@ -44,6 +49,9 @@ __all__ = [
     "NotFoundError",
     "RevokedError",
     "RollbackError",
+    "ToolError",
+    "ToolMissingError",
+    "UnsupportedHostError",
     "UntrustedMetadataError",
     "VerifyFailedError",
     "WrongRootError",
@@ -120,3 +128,28 @@ class CatalogueStateError(ImagectlError):
 
 class MixAndMatchError(UntrustedMetadataError):
     exit_code = 17
+
+
+class ToolError(ImagectlError):
+    """An external program failed; carries its exit code and log file."""
+
+    exit_code = 20
+
+    def __init__(
+        self, message: str, hint: str | None = None, *, returncode: int | None = None, log_file: object = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.returncode = returncode
+        self.log_file = log_file
+
+
+class ToolMissingError(ToolError):
+    exit_code = 21
+
+
+class UnsupportedHostError(ImagectlError):
+    exit_code = 22
+
+
+class BootTestError(ImagectlError):
+    exit_code = 23

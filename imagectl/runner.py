@@ -1,0 +1,163 @@
+"""The one way imagectl runs an external program (disk-image-create, qemu, qemu-img, rpm2cpio, …).
+
+Argument lists only (never a shell), the exact command logged as ``+ cmd`` with ``shlex.join``, a minimal
+environment, stdin from /dev/null, output streamed to a log file (and to a line callback for live progress),
+a missing program reported as "X not found", and a failure raised once as :class:`ToolError` naming the tool,
+its exit code and the log file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from imagectl.errors import ToolError, ToolMissingError
+
+__all__ = ["BASE_ENV", "ToolError", "ToolMissingError", "run", "tool_version"]
+
+log = logging.getLogger("imagectl.run")
+
+# What a child gets by default; callers add exactly what the tool needs. HOME and PATH are needed by most tools;
+# proxies are passed on so a site's package mirror behind a proxy keeps working.
+_PASS = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "TERM",
+    "TMPDIR",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+)
+BASE_ENV = {"LC_ALL": "C.UTF-8"}
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    seconds: float
+    output: str  # captured output when no log file was given (small commands only)
+
+
+def minimal_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _PASS if k in os.environ}
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.update(BASE_ENV)
+    env.update(extra or {})
+    return env
+
+
+def run(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    log_file: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+    check: bool = True,
+    what: str | None = None,
+) -> Result:
+    """Run ``cmd``; stream its output to ``log_file`` (appending) and ``on_line``, or capture it if no log.
+
+    ``env`` is added to a minimal environment, not to ours. Raises ToolMissingError if the program is not
+    found, ToolError if it exits non-zero (with ``check``) or outlives ``timeout`` seconds (then it and its
+    process group are killed).
+    """
+    argv = [os.fspath(c) for c in cmd]
+    tool = what or Path(argv[0]).name
+    full_env = minimal_env(env)
+    if shutil.which(argv[0], path=full_env["PATH"]) is None:
+        raise ToolMissingError(f"{argv[0]} not found", hint=f"install the package that provides {argv[0]}")
+    line = "+ " + shlex.join(argv)
+    log.info("%s", line)
+    out: IO[str] | None = None
+    captured: list[str] = []
+    start = time.monotonic()
+    try:
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            out = log_file.open("a", encoding="utf-8", errors="replace")
+            out.write(line + "\n")
+            if env:
+                out.write("+ env " + shlex.join(f"{k}={v}" for k, v in sorted(env.items())) + "\n")
+            out.flush()
+        proc = subprocess.Popen(
+            argv,
+            env=full_env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        try:
+            for text in proc.stdout:
+                if out is not None:
+                    out.write(text)
+                else:
+                    captured.append(text)
+                if on_line is not None:
+                    on_line(text.rstrip("\n"))
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise subprocess.TimeoutExpired(argv, timeout)
+            rc = proc.wait(timeout=None if timeout is None else max(1.0, timeout - (time.monotonic() - start)))
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            _kill(proc)
+            raise
+    except subprocess.TimeoutExpired:
+        raise ToolError(
+            f"{tool} did not finish within {timeout:.0f} s",
+            log_file=log_file,
+            hint=f"log: {log_file}" if log_file else None,
+        ) from None
+    except OSError as e:
+        raise ToolError(f"cannot run {argv[0]}: {e.strerror}") from None
+    finally:
+        if out is not None:
+            out.close()
+    seconds = time.monotonic() - start
+    if rc != 0 and check:
+        tail = "" if log_file else " ".join("".join(captured).split()[-30:])
+        where = f"; log: {log_file}" if log_file else (f": {tail}" if tail else "")
+        raise ToolError(f"{tool} failed with exit code {rc}{where}", returncode=rc, log_file=log_file)
+    return Result(rc, seconds, "".join(captured))
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    """Stop the child and everything it started (it leads its own session)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def tool_version(argv: Sequence[str]) -> str:
+    """First line of ``TOOL --version`` (or similar), or 'not found'; for build records."""
+    try:
+        res = run(argv, check=False, timeout=20)
+    except ToolError:
+        return "not found"
+    first = res.output.strip().splitlines()
+    return first[0].strip() if first else f"exit {res.returncode}"
