@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -153,8 +154,35 @@ def cmd_rotate(args: argparse.Namespace, cfg: Config) -> int:
 
 # -- publishing ----------------------------------------------------------------------------------------------
 def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
-    from imagectl.catalogue.publish import PublishRequest, publish
+    from imagectl.catalogue.publish import PublishRequest, publish, publish_build
 
+    if args.from_build:
+        if args.file or args.name or args.arch or args.os or args.os_version:
+            raise InvalidInputError(
+                "--from-build takes name, arch, os and format from the build record",
+                hint="drop FILE, --name, --arch, --os and --os-version",
+            )
+        results = publish_build(
+            _store(cfg),
+            _keys(cfg),
+            Path(args.from_build),
+            cfg.expiry_days(),
+            channel=args.channel,
+            fmt=args.format,
+            version=args.version,
+        )
+        emit(
+            args,
+            [{**r.record.summary(), "created": r.created, "uploaded": r.uploaded} for r in results],
+            "\n".join(
+                f"{'published' if r.created else 'already published'}: {r.record.name}:{r.record.version} "
+                f"{r.record.arch} {r.record.hypervisor} {r.record.format} sha256:{r.record.sha256}"
+                for r in results
+            ),
+        )
+        return 0
+    if not (args.file and args.name and args.arch):
+        raise InvalidInputError("publish needs FILE --name NAME --arch ARCH (or --from-build DIR)")
     req = PublishRequest(
         file=args.file,
         name=args.name,
@@ -391,6 +419,56 @@ def cmd_recipe_show(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.build.builder import BuildOptions, build_recipe
+    from imagectl.catalogue.model import check_arch, check_format
+    from imagectl.recipe.model import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    arches = [check_arch(a) for a in args.arch] or None
+    formats = [check_format(f) for f in args.format] or None
+    live = sys.stderr.isatty() and not args.quiet and not args.json
+
+    def progress(line: str) -> None:
+        if live:
+            sys.stderr.write("\r\033[K" + line[: shutil.get_terminal_size().columns - 1])
+            sys.stderr.flush()
+        elif "build cache" in line and not args.quiet:
+            print(line, file=sys.stderr)
+
+    opts = BuildOptions(
+        output=Path(args.output),
+        cache_dir=cfg.cache_path,
+        arches=arches,
+        formats=formats,
+        rebuild=args.rebuild,
+        progress=progress,
+    )
+    try:
+        outputs = build_recipe(recipe, opts)
+    finally:
+        if live:
+            sys.stderr.write("\r\033[K")
+    data = [
+        {
+            "name": o.target.image_name,
+            "arch": o.target.arch,
+            "hypervisor": o.target.hypervisor,
+            "images": [str(i) for i in o.images],
+            "record": str(o.record),
+            "cached": o.cached,
+            "seconds": round(o.seconds, 1),
+        }
+        for o in outputs
+    ]
+    lines = [
+        f"{'cached' if o.cached else 'built'}: {', '.join(map(str, o.images))} ({o.seconds:.0f} s; record {o.record})"
+        for o in outputs
+    ]
+    emit(args, data, "\n".join(lines))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.demo import run_demo
 
@@ -468,10 +546,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--role", default="root", choices=("root", "targets", "snapshot", "timestamp"))
     sp.add_argument("--threshold", default="1", metavar="K[/N]", help="new threshold K of N new keys")
 
+    sp = add(sub, "build", cmd_build, "build a recipe's images with diskimage-builder", ())
+    sp.add_argument("recipe", metavar="RECIPE")
+    sp.add_argument(
+        "--arch", action="append", default=[], help="only this arch (repeatable; default: all of the recipe's)"
+    )
+    sp.add_argument("--format", action="append", default=[], help="only this format (repeatable)")
+    sp.add_argument("-o", "--output", default="build", help="output directory (default: ./build)")
+    sp.add_argument("--rebuild", action="store_true", help="build even if an identical build is cached")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+
     sp = add(sub, "publish", cmd_publish, "sign and publish an image file to a catalogue", writer)
-    sp.add_argument("file", help="image file")
-    sp.add_argument("--name", required=True)
-    sp.add_argument("--arch", required=True, help="x86_64, i386, ia64, aarch64, …")
+    sp.add_argument("file", nargs="?", help="image file")
+    sp.add_argument("--from-build", metavar="DIR", help="publish what `imagectl build` left in DIR (uses its records)")
+    sp.add_argument("--name")
+    sp.add_argument("--arch", help="x86_64, i386, ia64, aarch64, …")
     sp.add_argument("--version", help="immutable version (default: automatic YYYYMMDD.N)")
     sp.add_argument("--format", help="qcow2, raw, vmdk, vhd, tar, … (default: detected)")
     sp.add_argument("--hypervisor", default="hvm", help="hvm (default) or xen-pv")

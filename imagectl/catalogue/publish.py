@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
 
@@ -355,3 +357,79 @@ def revoke(store: Store, keys: KeyRing, ref: str, reason: str, expiry_days: dict
             del ext["channels"][c]
         state.commit(keys, expiry_days)
     return dropped
+
+
+def _load_records(source: Path) -> list[tuple[Path, dict[str, Any]]]:
+    files = [source] if source.is_file() else sorted(source.glob("*.build.json"))
+    if not files:
+        raise NotFoundError(f"no build records (*.build.json) in {source}", hint="run imagectl build first")
+    out = []
+    for f in files:
+        try:
+            record = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise InvalidInputError(f"{f} is not a readable build record: {e}") from None
+        if not isinstance(record, dict) or record.get("format") != 1 or "target" not in record:
+            raise InvalidInputError(f"{f} is not an imagectl build record (format 1)")
+        out.append((f, record))
+    return out
+
+
+def publish_build(
+    store: Store,
+    keys: KeyRing,
+    source: Path,
+    expiry_days: dict[str, int],
+    *,
+    channel: str | None = None,
+    fmt: str | None = None,
+    version: str | None = None,
+) -> list[PublishResult]:
+    """Publish every image a build left in ``source`` (a build output directory or one ``*.build.json``).
+
+    Name, arch, os, hypervisor and format come from the build record. All images of the build share one
+    version: the record's (the recipe's ``version:``), ``version``, or one automatic version for all. The full
+    build record is stored as a content-addressed blob and referenced (sha256, size, summary) from the signed
+    image metadata, so it is verifiable without bloating the metadata.
+    """
+    results: list[PublishResult] = []
+    shared = version
+    for path, record in _load_records(source):
+        target = record["target"]
+        images = record.get("images") or []
+        chosen = [i for i in images if fmt in (None, i["format"])]
+        if not chosen:
+            raise NotFoundError(f"{path} has no {fmt} image (formats: {', '.join(i['format'] for i in images)})")
+        image = chosen[0]
+        image_file = path.parent / str(image["file"])
+        data = json.dumps(record, sort_keys=True).encode()
+        record_sha = hashlib.sha256(data).hexdigest()
+        store.write_new(blob_key(record_sha), data)
+        recipe = record.get("recipe") or {}
+        dib = record.get("dib") or {}
+        summary = {
+            "sha256": record_sha,
+            "size": len(data),
+            "build_key": record.get("build_key"),
+            "started": record.get("started"),
+            "finished": record.get("finished"),
+            "dib_version": dib.get("version"),
+            "packages": len(record.get("packages") or []),
+        }
+        req = PublishRequest(
+            file=str(image_file),
+            name=str(target["name"]),
+            arch=str(target["arch"]),
+            version=shared or target.get("version"),
+            format=str(image["format"]),
+            hypervisor=str(target["hypervisor"]),
+            os=str(target["os"]),
+            os_version=str(target["os_version"]),
+            channel=channel,
+            recipe_digest=recipe.get("digest"),
+            build_record={k: v for k, v in summary.items() if v is not None},
+        )
+        res = publish(store, keys, req, expiry_days)
+        shared = shared or res.record.version
+        results.append(res)
+    return results

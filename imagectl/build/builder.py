@@ -1,0 +1,311 @@
+"""``imagectl build``: run diskimage-builder for each (arch, hypervisor) of a recipe, record it, cache it.
+
+Each target is one ``disk-image-create`` run through :func:`imagectl.runner.run`; its output goes to a log file
+and feeds a one-line live progress (phase/script and the element it belongs to). A failure is reported as one
+line naming the phase, script and element that failed, and the log. Every finished build leaves its image(s)
+and a build record; its build key (everything that determines the output) makes an identical rebuild a copy
+from the build cache.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagectl import __version__
+from imagectl.build import hostcompat
+from imagectl.build.configscript import write_config
+from imagectl.build.plan import BuildTarget, DibInvocation, check_host, plan_dib, targets
+from imagectl.errors import LocalIOError, ToolError, ToolMissingError
+from imagectl.recipe.model import Recipe
+from imagectl.runner import run, tool_version
+
+__all__ = ["BuildOptions", "BuildOutput", "build_key", "build_recipe", "elements_paths"]
+
+RECORD_FORMAT = 1
+_PROJECT_ELEMENTS = Path(__file__).resolve().parents[2] / "recipes" / "elements"
+_HOOK_PATH = re.compile(r"Copying hooks (\S+)/([^/\s]+)/([a-z-]+\.d)/([^/\s]+)\s*$")
+_RUNNING = re.compile(r"dib-run-parts Running \S+/([a-z-]+\.d)/([^/\s]+)\s*$")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    output: Path
+    cache_dir: Path
+    arches: list[str] | None = None
+    formats: list[str] | None = None
+    rebuild: bool = False
+    progress: Callable[[str], None] = lambda _line: None
+
+
+@dataclass(frozen=True)
+class BuildOutput:
+    target: BuildTarget
+    images: list[Path]
+    record: Path
+    cached: bool
+    seconds: float
+
+
+def elements_paths(recipe: Recipe) -> list[Path]:
+    """Our elements for this recipe: an ``elements/`` directory beside or above the recipe, then the project's."""
+    found: list[Path] = []
+    for parent in recipe.path.parents:
+        if (parent / "elements").is_dir():
+            found.append((parent / "elements").resolve())
+            break
+    if _PROJECT_ELEMENTS.is_dir() and _PROJECT_ELEMENTS not in found:
+        found.append(_PROJECT_ELEMENTS)
+    return found
+
+
+def _dib_version() -> str:
+    try:
+        return importlib.metadata.version("diskimage-builder")
+    except importlib.metadata.PackageNotFoundError:
+        raise ToolMissingError("disk-image-create not found", hint="pip install diskimage-builder") from None
+
+
+def _dib_elements_dir() -> Path:
+    import diskimage_builder
+
+    return Path(diskimage_builder.__file__).parent / "elements"
+
+
+def _tree_digest(h: Any, root: Path) -> None:
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+
+
+def elements_digest(inv: DibInvocation, paths: list[Path]) -> str:
+    """SHA-256 over our element trees and the upstream elements the invocation names."""
+    h = hashlib.sha256()
+    for p in paths:
+        _tree_digest(h, p)
+    upstream = _dib_elements_dir()
+    for name in inv.elements:
+        if (upstream / name).is_dir():
+            h.update(name.encode())
+            _tree_digest(h, upstream / name)
+    return "sha256:" + h.hexdigest()
+
+
+def build_key(inv: DibInvocation, recipe: Recipe, dib_version: str, elements: str) -> str:
+    """Everything that determines the output, hashed: recipe meaning, target, DIB and elements, the command."""
+    out_base = str(inv.output_base)
+    material = {
+        "recipe": recipe.digest(),
+        "arch": inv.target.arch,
+        "hypervisor": inv.target.hypervisor,
+        "formats": inv.formats,
+        "dib": dib_version,
+        "elements": elements,
+        "argv": [a.replace(out_base, "OUT") for a in inv.argv],
+        "env": {k: v for k, v in inv.env.items() if k not in ("ELEMENTS_PATH", "IMAGECTL_CONFIG_DIR")},
+        "imagectl": __version__,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+class _Progress:
+    """Turns DIB's output into 'phase/script (element)' and remembers where it was for error messages."""
+
+    def __init__(self, label: str, say: Callable[[str], None]) -> None:
+        self.label, self.say = label, say
+        self.owner: dict[tuple[str, str], str] = {}
+        self.current: tuple[str, str] | None = None
+        self.start = time.monotonic()
+
+    def line(self, text: str) -> None:
+        if m := _HOOK_PATH.search(text):
+            self.owner[(m.group(3), m.group(4))] = m.group(2)
+        elif m := _RUNNING.search(text):
+            self.current = (m.group(1), m.group(2))
+            self.say(f"{self.label}: {self.where()} [{time.monotonic() - self.start:.0f}s]")
+        elif "Converting image using qemu-img convert" in text:
+            self.current = ("convert", "qemu-img")
+            self.say(f"{self.label}: converting image [{time.monotonic() - self.start:.0f}s]")
+
+    def where(self) -> str:
+        if self.current is None:
+            return "start-up (before the first element script)"
+        phase, script = self.current
+        element = self.owner.get(self.current)
+        return f"{phase}/{script}" + (f" (element {element})" if element else "")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _packages(manifest_dir: Path) -> list[dict[str, str]]:
+    """The image's package list, from the dpkg/rpm manifest DIB's manifests element copies out of the image."""
+    out: list[dict[str, str]] = []
+    for f in sorted(manifest_dir.glob("dib-manifest-dpkg-*")) + sorted(manifest_dir.glob("dib-manifest-rpm-*")):
+        try:
+            data = json.loads(f.read_text())
+        except ValueError:
+            continue
+        for p in data.get("packages", []):
+            out.append(
+                {
+                    "name": p.get("package") or p.get("name", ""),
+                    "version": p.get("version", ""),
+                    "arch": p.get("arch", ""),
+                }
+            )
+    return out
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Atomic copy (temp + rename) so a destination never holds a half-copied image."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise LocalIOError(f"cannot write {dst}: {e.strerror}") from None
+
+
+def _host_tools() -> dict[str, str]:
+    return {
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "qemu-img": tool_version(["qemu-img", "--version"]),
+        "sudo": tool_version(["sudo", "-V"]),
+        "debootstrap": tool_version(["dpkg-query", "-W", "-f=${Version}", "debootstrap"]),
+        "rpm": tool_version(["rpm", "--version"]),
+    }
+
+
+def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, record_base: dict[str, Any]) -> BuildOutput:
+    t = inv.target
+    cache = opts.cache_dir / "builds" / key
+    record_path = opts.output / f"{t.basename}.build.json"
+    images = [inv.output_base.with_suffix(f".{f}") for f in inv.formats]
+    start = time.monotonic()
+    if not opts.rebuild and (cache / "build.json").is_file():
+        for img in images:
+            _copy(cache / img.name, img)
+        _copy(cache / "build.json", record_path)
+        opts.progress(f"{t.basename}: identical build {key[:12]} found in the build cache; reused")
+        return BuildOutput(t, images, record_path, True, time.monotonic() - start)
+
+    log_file = opts.output / f"{t.basename}.log"
+    log_file.unlink(missing_ok=True)
+    env = dict(inv.env)
+    compat = not hostcompat.has_device_mapper()
+    if compat:
+        shim_bin = hostcompat.prepare_shims(opts.output / ".imagectl-work" / t.basename)
+        env["PATH"] = f"{shim_bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    progress = _Progress(t.basename, opts.progress)
+    started = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    try:
+        run(inv.argv, env=env, log_file=log_file, on_line=progress.line, what="disk-image-create")
+    except ToolMissingError:
+        raise
+    except ToolError as e:
+        raise ToolError(
+            f"building {t.basename} failed in {progress.where()}: disk-image-create exit {e.returncode}; "
+            f"log: {log_file}",
+            returncode=e.returncode,
+            log_file=log_file,
+        ) from None
+    finished = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    record = {
+        **record_base,
+        "target": {
+            "name": t.image_name,
+            "recipe": t.recipe.name,
+            "arch": t.arch,
+            "hypervisor": t.hypervisor,
+            "os": t.recipe.release.family,
+            "os_version": t.recipe.release.release,
+            "version": t.recipe.data.get("version"),
+        },
+        "build_key": key,
+        "dib": {**record_base["dib"], "command": inv.argv, "env": inv.env, "elements": inv.elements},
+        "host": {**_host_tools(), "device_mapper": not compat, "hostcompat_partx_shims": compat},
+        "notes": inv.notes,
+        "started": started.isoformat().replace("+00:00", "Z"),
+        "finished": finished.isoformat().replace("+00:00", "Z"),
+        "seconds": int((finished - started).total_seconds()),
+        "packages": _packages(inv.output_base.with_suffix(".d") / "dib-manifests"),
+        "images": [
+            {"file": img.name, "format": img.suffix.lstrip("."), "size": img.stat().st_size, "sha256": _sha256(img)}
+            for img in images
+        ],
+        "log": log_file.name,
+    }
+    data = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    record_path.write_text(data)
+    # Into the cache last, and atomically per directory: a half-filled cache entry is never taken for a hit.
+    staging = opts.cache_dir / "builds" / f".{key}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for img in images:
+        shutil.copyfile(img, staging / img.name)
+    (staging / "build.json").write_text(data)
+    shutil.rmtree(cache, ignore_errors=True)
+    os.replace(staging, cache)
+    shutil.rmtree(opts.output / ".imagectl-work" / t.basename, ignore_errors=True)
+    return BuildOutput(t, images, record_path, False, time.monotonic() - start)
+
+
+def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
+    """Build every (arch, hypervisor) of ``recipe`` (or the chosen arches) into ``opts.output``.
+
+    Raises UnsupportedHostError before any work for an arch this host cannot build, ToolMissingError when
+    disk-image-create, qemu-img or sudo are missing, ToolError naming phase/element/log when a build fails.
+    """
+    chosen = targets(recipe, opts.arches)
+    check_host(sorted({t.arch for t in chosen}, key=[t.arch for t in chosen].index))
+    dib_version = _dib_version()
+    for tool in ("disk-image-create", "qemu-img", "sudo"):
+        if shutil.which(tool) is None:
+            raise ToolMissingError(
+                f"{tool} not found", hint="run tests/run.sh once, or install diskimage-builder, qemu-utils and sudo"
+            )
+    try:
+        opts.output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LocalIOError(f"cannot create {opts.output}: {e.strerror}") from None
+    paths = elements_paths(recipe)
+    record_base: dict[str, Any] = {
+        "format": RECORD_FORMAT,
+        "imagectl": __version__,
+        "recipe": {
+            "path": str(recipe.path),
+            "digest": recipe.digest(),
+            "chain": [str(p) for p in recipe.chain],
+            "merged": recipe.data,
+        },
+        "dib": {"version": dib_version},
+    }
+    outputs = []
+    for t in chosen:
+        config_dir = opts.output / ".imagectl-work" / t.basename / "config"
+        write_config(recipe, config_dir)
+        inv = plan_dib(t, opts.output.resolve(), config_dir.resolve(), paths, opts.formats)
+        digest = elements_digest(inv, paths)
+        key = build_key(inv, recipe, dib_version, digest)
+        base = {**record_base, "dib": {**record_base["dib"], "elements_digest": digest}}
+        outputs.append(_build_one(inv, key, opts, base))
+    return outputs

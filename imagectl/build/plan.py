@@ -1,0 +1,172 @@
+"""From a recipe to diskimage-builder invocations: one per (arch, hypervisor), and which host can build which.
+
+Everything here is pure (no builds run), so every (os, release, arch, hypervisor) combination in recipes/ can be
+compiled and checked in unit tests.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagectl.errors import UnsupportedHostError
+from imagectl.recipe.model import Recipe
+
+__all__ = ["BuildTarget", "DibInvocation", "buildable_arches", "check_host", "plan_dib", "targets"]
+
+# What a host of each arch builds without emulation (x86_64 runs i386 code natively).
+_NATIVE = {"x86_64": ("x86_64", "i386"), "i386": ("i386",), "i686": ("i386",), "ia64": ("ia64",)}
+_HOST_KIND = {
+    "ia64": "an Itanium (ia64, VT-i) build host, e.g. a CI runner tagged 'ia64'; there is no ia64 emulator",
+    "x86_64": "an x86_64 build host (VT-x), e.g. any amd64 CI runner",
+    "i386": "an x86 build host (i386 or x86_64)",
+}
+_DIB_ARCH = {"debian": {"x86_64": "amd64", "i386": "i386"}, "slc": {"x86_64": "x86_64", "i386": "i386", "ia64": "ia64"}}
+
+
+def host_machine() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64"}.get(m, m)
+
+
+def buildable_arches(host: str | None = None) -> tuple[str, ...]:
+    return _NATIVE.get(host or host_machine(), ())
+
+
+def check_host(arches: list[str], host: str | None = None) -> None:
+    """Refuse, before any work, arches this host cannot build; the message names a host kind that can."""
+    host = host or host_machine()
+    bad = [a for a in arches if a not in buildable_arches(host)]
+    if bad:
+        a = bad[0]
+        raise UnsupportedHostError(
+            f"cannot build {a} images on this {host} host: that needs {_HOST_KIND.get(a, f'a native {a} host')}",
+            hint=f"build only the others here with --arch {' --arch '.join(x for x in arches if x not in bad)}"
+            if len(bad) < len(arches)
+            else None,
+        )
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    recipe: Recipe
+    arch: str
+    hypervisor: str
+
+    @property
+    def image_name(self) -> str:
+        """Catalogue name: the recipe's, with ``-xen`` for paravirtualised images (they boot only under Xen)."""
+        return self.recipe.name + ("-xen" if self.hypervisor == "xen-pv" else "")
+
+    @property
+    def basename(self) -> str:
+        return f"{self.image_name}-{self.arch}"
+
+
+def targets(recipe: Recipe, arches: list[str] | None = None) -> list[BuildTarget]:
+    """The recipe's (arch, hypervisor) matrix, optionally limited to ``arches`` (which must be in the recipe)."""
+    chosen = arches or recipe.architectures
+    unknown = [a for a in chosen if a not in recipe.architectures]
+    if unknown:
+        from imagectl.errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"recipe {recipe.name} does not build {unknown[0]} (it builds {', '.join(recipe.architectures)})"
+        )
+    return [BuildTarget(recipe, a, h) for a in chosen for h in recipe.hypervisors]
+
+
+@dataclass(frozen=True)
+class DibInvocation:
+    """One ``disk-image-create`` run: the exact argument list and the environment it adds."""
+
+    target: BuildTarget
+    argv: list[str]
+    env: dict[str, str]
+    elements: list[str]
+    output_base: Path  # DIB writes output_base.FORMAT and output_base.d/
+    formats: list[str]
+    notes: list[str] = field(default_factory=list)  # deliberate deviations, recorded in the build record
+
+
+def _image_size_gb(size: str) -> str:
+    number, unit = float(size[:-1]), size[-1]
+    gb = number if unit == "G" else number / 1024
+    return f"{gb:g}"
+
+
+def plan_dib(
+    target: BuildTarget, output_dir: Path, config_dir: Path, elements_path: list[Path], formats: list[str] | None = None
+) -> DibInvocation:
+    """Compile ``target`` into a disk-image-create invocation.
+
+    ``config_dir`` holds the generated per-image configuration (users, files, network) our ``imagectl-config``
+    element applies inside the image.
+    """
+    r = target.recipe
+    fam, rel = r.release.family, r.release.release
+    mirror = r.mirror()
+    fmts = formats or list(r.data["formats"])
+    base = output_dir / target.basename
+    env = {
+        "ELEMENTS_PATH": ":".join(str(p) for p in elements_path),
+        "IMAGECTL_CONFIG_DIR": str(config_dir),
+        "DIB_RELEASE": r.release.codename or rel,
+    }
+    notes: list[str] = []
+    packages = list(r.data["packages"])
+    if fam == "debian":
+        elements = ["debian-minimal", "vm", "block-device-mbr"]
+        env["DIB_DISTRIBUTION_MIRROR"] = mirror
+        env["DIB_DEBIAN_SECURITY_MIRROR"] = mirror + "-security/"
+        if target.arch == "i386":
+            # debian-minimal maps a kernel package for amd64 and arm64 only; an i386 image needs one named.
+            packages.append("linux-image-686")
+            # deb.debian.org's bookworm-security i386 index fails apt's size check (seen 2026-11, every try);
+            # leave the security suite out for i386 so the build can finish, and say so in the build record.
+            env["DIB_APT_SOURCES_CONF"] = (
+                f"default:deb {mirror} {r.release.codename} main\n"
+                f"updates:deb {mirror} {r.release.codename}-updates main"
+            )
+            notes.append("i386: bookworm-security omitted (its i386 index on deb.debian.org fails apt's size check)")
+    else:
+        # Our own bootstrap (rinse-style) and era bootloader replace DIB's yum-minimal and grub2.
+        elements = [
+            "slc-bootstrap",
+            "slc-bootloader",
+            "block-device-efi" if target.arch == "ia64" else "block-device-mbr",
+        ]
+        env.update(
+            {
+                "IMAGECTL_SLC_MIRROR": mirror,
+                "IMAGECTL_SLC_RELEASE": rel,
+                "IMAGECTL_SLC_ARCH": target.arch,
+                "IMAGECTL_HYPERVISOR": target.hypervisor,
+                "IMAGECTL_BOOTLOADER": "elilo" if target.arch == "ia64" else r.release.bootloader,
+                "IMAGECTL_SLC_REPOS": " ".join(
+                    f"{repo['name']}={repo['url'].replace('{arch}', target.arch)}" for repo in r.data["repositories"]
+                ),
+            }
+        )
+        if target.hypervisor == "xen-pv":
+            packages.append("kernel-xen")
+        env["IMAGECTL_PACKAGES"] = " ".join(packages)
+        packages = []  # installed by slc-bootstrap with the target's own yum, not by DIB's package-installs
+    elements.append("imagectl-config")
+    elements += [e for e in r.data["elements"] if e not in elements]
+    argv = [
+        "disk-image-create",
+        "-a",
+        _DIB_ARCH[fam][target.arch],
+        "-o",
+        str(base),
+        "-t",
+        ",".join(fmts),
+        "--image-size",
+        _image_size_gb(r.data["disk_size"]),
+    ]
+    if packages:
+        argv += ["-p", ",".join(packages)]
+    argv += elements
+    return DibInvocation(target, argv, env, elements, base, fmts, notes)

@@ -1,0 +1,192 @@
+"""Build planning without building: DIB command and environment for every recipe target, host dispatch,
+build keys, progress parsing, host compatibility detection and the generated in-image configuration."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagectl.build import hostcompat
+from imagectl.build.builder import _Progress, build_key, elements_paths
+from imagectl.build.configscript import script_text
+from imagectl.build.plan import check_host, plan_dib, targets
+from imagectl.errors import InvalidInputError, UnsupportedHostError
+from imagectl.recipe.model import load_recipe
+
+REPO = Path(__file__).parent.parent
+RECIPES = [p for p in sorted(REPO.glob("recipes/**/*.yaml")) if not load_recipe(p).data.get("abstract")]
+COMBOS = [(p, t.arch, t.hypervisor) for p in RECIPES for t in targets(load_recipe(p))]
+
+
+def compile_target(path: Path, arch: str, hv: str, tmp: Path):
+    recipe = load_recipe(path)
+    [target] = [t for t in targets(recipe) if (t.arch, t.hypervisor) == (arch, hv)]
+    return plan_dib(target, tmp / "out", tmp / "cfg", elements_paths(recipe))
+
+
+@pytest.mark.parametrize(("path", "arch", "hv"), COMBOS, ids=[f"{p.stem}-{a}-{h}" for p, a, h in COMBOS])
+def test_dib_invocation_for_every_recipe_target(path, arch, hv, tmp_path, monkeypatch):
+    for k in ("IMAGECTL_MIRROR_SLC4", "IMAGECTL_MIRROR_SLC6", "IMAGECTL_MIRROR_DEBIAN12"):
+        monkeypatch.delenv(k, raising=False)
+    inv = compile_target(path, arch, hv, tmp_path)
+    recipe = load_recipe(path)
+    argv, env = inv.argv, inv.env
+    assert argv[0] == "disk-image-create"
+    assert argv[argv.index("-o") + 1] == str(tmp_path / "out" / inv.target.basename)
+    assert argv[argv.index("-t") + 1] == ",".join(recipe.data["formats"])
+    assert argv[argv.index("--image-size") + 1] == recipe.data["disk_size"].rstrip("G")
+    assert argv[-len(inv.elements) :] == inv.elements and "imagectl-config" in inv.elements
+    assert env["IMAGECTL_CONFIG_DIR"] == str(tmp_path / "cfg")
+    assert str(REPO / "recipes" / "elements") in env["ELEMENTS_PATH"].split(":")
+    assert inv.target.image_name == recipe.name + ("-xen" if hv == "xen-pv" else "")
+    if recipe.release.family == "debian":
+        assert argv[argv.index("-a") + 1] == {"x86_64": "amd64", "i386": "i386"}[arch]
+        assert inv.elements[:3] == ["debian-minimal", "vm", "block-device-mbr"]
+        assert env["DIB_RELEASE"] == "bookworm"
+        assert env["DIB_DISTRIBUTION_MIRROR"] == "http://deb.debian.org/debian"
+        assert env["DIB_DEBIAN_SECURITY_MIRROR"] == "http://deb.debian.org/debian-security/"
+        pkgs = argv[argv.index("-p") + 1].split(",")
+        assert "openssh-server" in pkgs
+        assert ("linux-image-686" in pkgs) == (arch == "i386")
+        assert ("DIB_APT_SOURCES_CONF" in env) == (arch == "i386") == bool(inv.notes)
+    else:
+        rel = recipe.release.release
+        assert argv[argv.index("-a") + 1] == arch
+        assert "-p" not in argv  # packages go to our bootstrap's yum, not DIB's package-installs
+        assert not {"vm", "bootloader", "grub2", "yum-minimal", "centos-minimal"} & set(inv.elements)
+        assert inv.elements[:2] == ["slc-bootstrap", "slc-bootloader"]
+        assert inv.elements[2] == ("block-device-efi" if arch == "ia64" else "block-device-mbr")
+        assert env["IMAGECTL_SLC_RELEASE"] == rel and env["IMAGECTL_SLC_ARCH"] == arch
+        assert env["IMAGECTL_SLC_MIRROR"] == f"http://linuxsoft.cern.ch/cern/slc{rel}X"
+        assert env["IMAGECTL_HYPERVISOR"] == hv
+        assert env["IMAGECTL_BOOTLOADER"] == ("elilo" if arch == "ia64" else "grub-legacy")
+        assert ("kernel-xen" in env["IMAGECTL_PACKAGES"].split()) == (hv == "xen-pv")
+        assert set(recipe.data["packages"]) <= set(env["IMAGECTL_PACKAGES"].split())
+
+
+def test_mirror_override_by_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGECTL_MIRROR_SLC6", "http://mirror.site.example/slc6X/")
+    inv = compile_target(REPO / "recipes/slc/slc6-worker.yaml", "x86_64", "hvm", tmp_path)
+    assert inv.env["IMAGECTL_SLC_MIRROR"] == "http://mirror.site.example/slc6X"
+
+
+def test_host_dispatch():
+    check_host(["x86_64", "i386"], host="x86_64")
+    with pytest.raises(UnsupportedHostError) as exc:
+        check_host(["x86_64", "ia64"], host="x86_64")
+    assert "Itanium (ia64, VT-i) build host" in str(exc.value) and exc.value.exit_code == 22
+    assert exc.value.hint == "build only the others here with --arch x86_64"
+    with pytest.raises(UnsupportedHostError, match="x86_64 build host"):
+        check_host(["x86_64"], host="ia64")
+    check_host(["ia64"], host="ia64")
+    with pytest.raises(InvalidInputError, match="does not build i386"):
+        targets(load_recipe(REPO / "recipes/slc/slc6-worker.yaml"), ["i386"])
+
+
+def test_build_key_changes_when_and_only_when_an_input_changes(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMAGECTL_MIRROR_DEBIAN12", raising=False)
+    src = tmp_path / "r.yaml"
+    base_text = "name: k\nos: {family: debian, release: 12}\narchitectures: [x86_64, i386]\npackages: [a]\n"
+    src.write_text(base_text)
+
+    def key(
+        text: str | None = None,
+        *,
+        arch: str = "x86_64",
+        out: str = "o1",
+        dib: str = "3.43.0",
+        elements: str = "e1",
+        formats: list[str] | None = None,
+    ) -> str:
+        if text is not None:
+            src.write_text(text)
+        recipe = load_recipe(src)
+        [t] = [t for t in targets(recipe) if t.arch == arch]
+        inv = plan_dib(t, tmp_path / out, tmp_path / f"cfg-{out}", elements_paths(recipe), formats)
+        return build_key(inv, recipe, dib, elements)
+
+    k0 = key(base_text)
+    assert key(base_text) == k0  # deterministic
+    assert key(out="elsewhere") == k0  # where the output goes does not matter
+    assert key("# comment\n" + base_text) == k0  # nor how the recipe is spelled
+    changed = {
+        "package": key(base_text.replace("[a]", "[a, b]")),
+        "arch": key(base_text, arch="i386"),
+        "format": key(base_text, formats=["raw"]),
+        "dib": key(base_text, dib="3.44.0"),
+        "elements": key(base_text, elements="e2"),
+        "disk": key(base_text + "disk_size: 3G\n"),
+    }
+    monkeypatch.setenv("IMAGECTL_MIRROR_DEBIAN12", "http://mirror.example/debian")
+    changed["mirror"] = key(base_text)
+    assert all(k != k0 for k in changed.values()), changed
+    assert len(set(changed.values())) == len(changed)
+
+
+def test_progress_names_phase_script_and_element():
+    seen: list[str] = []
+    p = _Progress("demo-x86_64", seen.append)
+    assert p.where().startswith("start-up")
+    p.line(
+        "2026-11-25 15:10:27.615 | Copying hooks /x/diskimage_builder/elements/package-installs/install.d/"
+        "01-package-installs"
+    )
+    p.line("2026-11-25 15:10:28.239 | dib-run-parts Running /tmp/dib_build.X/hooks/root.d/08-debootstrap")
+    assert p.where() == "root.d/08-debootstrap"
+    p.line("2026-11-25 15:12:00.000 | dib-run-parts Running /tmp/in_target.d/install.d/01-package-installs")
+    assert p.where() == "install.d/01-package-installs (element package-installs)"
+    assert seen[-1].startswith("demo-x86_64: install.d/01-package-installs (element package-installs) [")
+
+
+def test_device_mapper_detection(tmp_path):
+    misc = tmp_path / "misc"
+    misc.write_text(" 58 memory_bandwidth\n236 device-mapper\n")
+    assert hostcompat.has_device_mapper(misc, tmp_path / "nosys")
+    misc.write_text(" 58 memory_bandwidth\n 59 network_throughput\n")
+    assert not hostcompat.has_device_mapper(misc, tmp_path / "nosys")
+    shims = hostcompat.prepare_shims(tmp_path)
+    assert (shims / "sudo").stat().st_mode & 0o111
+    assert (shims.parent / "libexec" / "kpartx").stat().st_mode & 0o111
+    for script in ("bin/sudo", "libexec/kpartx", "libexec/dmsetup", "lib.sh"):
+        subprocess.run(["bash", "-n", str(shims.parent / script)], check=True)
+
+
+def test_config_script(tmp_path):
+    src = tmp_path / "r.yaml"
+    (tmp_path / "motd.txt").write_bytes(b"it's 100% \\ok\n")
+    src.write_text(
+        "name: wn\nos: {family: slc, release: 4}\narchitectures: [x86_64]\n"
+        "users: [{name: ops, sudo: true, groups: [wheel], ssh_keys: ['ssh-ed25519 AAAAC3Nz ops@site']}]\n"
+        "files: [{path: /etc/motd, source: motd.txt, mode: '0600'}]\n"
+        "network: {mode: static, address: 10.1.2.3/24, gateway: 10.1.2.1, dns: [10.1.2.2], hostname: wn01,"
+        " hosts: {lsfmaster: 10.1.2.10}}\n"
+    )
+    text = script_text(load_recipe(src))
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+    assert "useradd -m -s /bin/bash ops" in text and "groupadd wheel" in text
+    assert "/etc/sudoers.d/ops" in text and ">> /etc/sudoers" in text  # SLC4 has no sudoers.d
+    # Replay the file-writing part into a scratch root to check the bytes and modes it produces.
+    root = tmp_path / "root"
+    replay = text.replace(" /etc/", f" {root}/etc/").replace(" /home/", f" {root}/home/")
+    lines = [ln for ln in replay.splitlines() if ln.startswith(("mkdir -p", "printf", "chmod", "if [ -d"))]
+    (root / "etc/sysconfig/network-scripts").mkdir(parents=True)  # an SLC image
+    subprocess.run(["bash", "-c", "set -e\n" + "\n".join(lines)], check=True)
+    ifcfg = (root / "etc/sysconfig/network-scripts/ifcfg-eth0").read_text().splitlines()
+    assert ifcfg == [
+        "DEVICE=eth0",
+        "ONBOOT=yes",
+        "BOOTPROTO=static",
+        "IPADDR=10.1.2.3",
+        "PREFIX=24",
+        "GATEWAY=10.1.2.1",
+        "DNS1=10.1.2.2",
+    ]
+    assert not (root / "etc/network").exists()
+    assert (root / "etc/motd").read_bytes() == b"it's 100% \\ok\n"
+    assert (root / "etc/motd").stat().st_mode & 0o777 == 0o600
+    assert (root / "etc/hostname").read_text() == "wn01\n"
+    auth = root / "home/ops/.ssh/authorized_keys"
+    assert auth.read_text() == "ssh-ed25519 AAAAC3Nz ops@site\n"
+    assert auth.stat().st_mode & 0o777 == 0o600
