@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 build host for imagectl: the Debian packages diskimage-builder, the boot test and the SLC
+# repository tests need, then imagectl itself (editable, with test tools). Idempotent; needs root for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PACKAGES=(sudo qemu-utils qemu-system-x86 debootstrap fdisk gdisk dosfstools squashfs-tools kpartx
+          gnupg debian-archive-keyring xz-utils zstd e2fsprogs rpm rpm2cpio cpio createrepo-c curl openssl)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "host-setup: missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+    echo "+ apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+python3 -m pip install -q -e '.[test]'
