@@ -102,12 +102,8 @@ def main() -> int:
         else:
             ok = {True: "ok", False: "OVER TARGET"}
             print(f"imagectl build (debian12-demo, x86_64) vs disk-image-create by hand, {args.rounds} round(s):")
-            print(
-                f"  imagectl build          median {statistics.median(ours):7.1f} s   runs: {res['imagectl_build_s']}"
-            )
-            print(
-                f"  disk-image-create       median {statistics.median(hand):7.1f} s   runs: {res['disk_image_create_s']}"
-            )
+            for label, runs in (("imagectl build", ours), ("disk-image-create", hand)):
+                print(f"  {label:<18} median {statistics.median(runs):7.1f} s   runs: {[round(x, 1) for x in runs]}")
             print(
                 f"  ratio imagectl / by hand: {res['ratio']:.3f}   (target <= {RATIO_TARGET}: "
                 f"{ok[res['ratio'] <= RATIO_TARGET]})"
