@@ -469,6 +469,53 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.build.boottest import BootFailedError, boot_test
+    from imagectl.catalogue.model import check_arch, host_arch
+
+    image = Path(args.image)
+    live = sys.stderr.isatty() and not args.json
+
+    def progress(stage: str) -> None:
+        if live or " " in stage:  # stages live on a terminal; sentences (KVM fallback) always
+            print(f"imagectl: {stage}", file=sys.stderr)
+
+    try:
+        res = boot_test(
+            image,
+            arch=check_arch(args.arch or host_arch()),
+            marker=args.marker,
+            timeout=args.timeout,
+            accel=args.accel,
+            log_path=Path(args.log) if args.log else None,
+            on_progress=progress,
+        )
+    except BootFailedError as e:
+        if e.tail and not args.json:
+            print("--- last console lines ---", file=sys.stderr)
+            for line in e.tail:
+                print(f"  {line}", file=sys.stderr)
+        raise
+    data = {
+        "passed": True,
+        "image": str(image),
+        "accel": res.accel,
+        "fell_back": res.fell_back,
+        "seconds": round(res.seconds, 1),
+        "log": str(res.log_path),
+        "milestones": res.milestones,
+        "note": res.note,
+    }
+    emit(
+        args,
+        data,
+        f"booted {image} to {args.marker!r} in {res.seconds:.0f} s under {res.accel}"
+        + (" (after KVM was dropped)" if res.fell_back else "")
+        + f"; console log {res.log_path}",
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.demo import run_demo
 
@@ -477,17 +524,22 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
 
 # -- parser --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
-    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    base = argparse.ArgumentParser(add_help=False)
+    base.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    base.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    common = argparse.ArgumentParser(add_help=False, parents=[base])
     _setting_flags(common, "timeout", "retries", "cache_dir")
 
     p = argparse.ArgumentParser(prog="imagectl", description="Build, sign, publish and pull VM guest images.")
     p.add_argument("--version", action="version", version=f"imagectl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(parent: Any, name: str, fn: Handler, help: str, settings: Sequence[str]) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help, description=help)
+    def add(
+        parent: Any, name: str, fn: Handler, help: str, settings: Sequence[str], *, network: bool = True
+    ) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(
+            name, parents=[common if network else base], help=help, description=help
+        )
         _setting_flags(sp, *settings)
         sp.set_defaults(fn=fn)
         return sp
@@ -556,6 +608,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rebuild", action="store_true", help="build even if an identical build is cached")
     sp.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
 
+    sp = add(sub, "test", cmd_test, "boot an image under qemu and wait for its login prompt", (), network=False)
+    sp.add_argument("image", metavar="IMAGE")
+    sp.add_argument("--arch", help="architecture (default: the host's)")
+    sp.add_argument("--timeout", type=float, default=600, help="seconds to wait for the marker (default 600)")
+    sp.add_argument("--marker", default="login:", help="console text that means booted (default 'login:')")
+    sp.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto: KVM if it boots, else software emulation (default)",
+    )
+    sp.add_argument("--log", metavar="PATH", help="where to keep the console log")
+
     sp = add(sub, "publish", cmd_publish, "sign and publish an image file to a catalogue", writer)
     sp.add_argument("file", nargs="?", help="image file")
     sp.add_argument("--from-build", metavar="DIR", help="publish what `imagectl build` left in DIR (uses its records)")
@@ -593,7 +658,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # run finally blocks: child processes (qemu, DIB) are stopped, temp files go
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("IMAGECTL_DEBUG") == "1"

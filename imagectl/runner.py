@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import IO
 
 from imagectl.errors import ToolError, ToolMissingError
 
-__all__ = ["BASE_ENV", "ToolError", "ToolMissingError", "run", "tool_version"]
+__all__ = ["BASE_ENV", "Started", "ToolError", "ToolMissingError", "run", "start", "tool_version"]
 
 log = logging.getLogger("imagectl.run")
 
@@ -161,3 +162,122 @@ def tool_version(argv: Sequence[str]) -> str:
         return "not found"
     first = res.output.strip().splitlines()
     return first[0].strip() if first else f"exit {res.returncode}"
+
+
+class Started:
+    """A program started by :func:`start` and still owned by us; use it as a context manager.
+
+    It leads its own process group, so :meth:`stop` (also run on leaving the ``with`` block, whatever happens)
+    ends it *and everything it started*. Its stdout and stderr go to the log file given to :func:`start`.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], argv: list[str], log_file: Path | None) -> None:
+        self._proc = proc
+        self.argv = argv
+        self.log_file = log_file
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def poll(self) -> int | None:
+        """Exit code if it has exited (negative: killed by that signal), else None; never blocks."""
+        return self._proc.poll()
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for it to exit; its exit code, or None if it is still running."""
+        try:
+            return self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds; idempotent. Returns the exit code.
+
+        The group is signalled even when the leader has already exited, so nothing it started is left behind.
+        """
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self._proc.pid, sig)
+            except ProcessLookupError:
+                break  # the whole group is gone
+            if sig == signal.SIGTERM:
+                self.wait(grace)
+        # After SIGKILL the leader dies promptly; reap it so no zombie is left.
+        return self.wait(grace)
+
+    def __enter__(self) -> Started:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    log_file: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    what: str | None = None,
+) -> Started:
+    """Start ``cmd`` without waiting for it, for programs that are watched rather than awaited (qemu).
+
+    Same rules as :func:`run`: argument list, ``+ cmd`` logged (and written to ``log_file``), minimal environment
+    plus ``env``, stdin from /dev/null, ToolMissingError if the program is not found. stdout and stderr are
+    appended to ``log_file`` (a file, not a pipe, so a chatty child can never block on a full pipe). The child
+    leads a new session (so :meth:`Started.stop` reaches all it starts) and, on Linux, is sent SIGTERM if we
+    die without stopping it (a killed ``imagectl`` must not leave a qemu spinning forever). Always use the result
+    as a context manager, or call ``stop()`` in a ``finally``. (The kernel sends that SIGTERM when the *thread*
+    that started the child ends, so start long-lived children from a thread that outlives them.)
+    """
+    argv = [os.fspath(c) for c in cmd]
+    full_env = minimal_env(env)
+    if shutil.which(argv[0], path=full_env["PATH"]) is None:
+        raise ToolMissingError(f"{argv[0]} not found", hint=f"install the package that provides {argv[0]}")
+    line = "+ " + shlex.join(argv)
+    log.info("%s", line)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        out.write((line + "\n").encode())
+        if env:
+            out.write(("+ env " + shlex.join(f"{k}={v}" for k, v in sorted(env.items())) + "\n").encode())
+        out.flush()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=full_env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent() if sys.platform == "linux" else None,
+            )
+        except OSError as e:
+            raise ToolError(f"cannot run {what or argv[0]}: {e.strerror}") from None
+    return Started(proc, argv, log_file)
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A preexec function asking the kernel to SIGTERM the child when its parent dies (prctl PR_SET_PDEATHSIG).
+
+    The libc function is looked up here, before fork, so the child only makes one plain call.
+    """
+    import ctypes  # only needed on this path
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def child() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return child

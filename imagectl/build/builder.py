@@ -90,15 +90,24 @@ def _tree_digest(h: Any, root: Path) -> None:
 
 
 def elements_digest(inv: DibInvocation, paths: list[Path]) -> str:
-    """SHA-256 over our element trees and the upstream elements the invocation names."""
+    """SHA-256 over the trees of the elements this build uses (named ones and their element-deps, ours first as
+    DIB's ELEMENTS_PATH would resolve them): editing an element another recipe uses changes nothing here."""
+    search = [*paths, _dib_elements_dir()]
     h = hashlib.sha256()
-    for p in paths:
-        _tree_digest(h, p)
-    upstream = _dib_elements_dir()
-    for name in inv.elements:
-        if (upstream / name).is_dir():
-            h.update(name.encode())
-            _tree_digest(h, upstream / name)
+    todo, seen = list(inv.elements), set()
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        where = next((p / name for p in search if (p / name).is_dir()), None)
+        if where is None:
+            continue
+        h.update(name.encode() + b"\0")
+        _tree_digest(h, where)
+        deps = where / "element-deps"
+        if deps.is_file():
+            todo += [d.strip() for d in deps.read_text().splitlines() if d.strip() and not d.startswith("#")]
     return "sha256:" + h.hexdigest()
 
 

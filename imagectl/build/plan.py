@@ -149,8 +149,8 @@ def plan_dib(
                 ),
             }
         )
-        if target.hypervisor == "xen-pv":
-            packages.append("kernel-xen")
+        if rel in ("3", "4", "5"):
+            env["FS_TYPE"] = "ext3"  # their kernels and legacy GRUB predate ext4
         env["IMAGECTL_PACKAGES"] = " ".join(packages)
         packages = []  # installed by slc-bootstrap with the target's own yum, not by DIB's package-installs
     elements.append("imagectl-config")
@@ -166,6 +166,8 @@ def plan_dib(
         "--image-size",
         _image_size_gb(r.data["disk_size"]),
     ]
+    if fam == "slc":
+        argv.append("-n")  # no DIB 'base' element: it expects install-packages and dib-init-system in the chroot
     if packages:
         argv += ["-p", ",".join(packages)]
     argv += elements

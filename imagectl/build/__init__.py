@@ -1,0 +1,1 @@
+"""Building images: diskimage-builder runs, host compatibility, and the boot test."""

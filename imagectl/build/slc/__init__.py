@@ -1,0 +1,7 @@
+"""Scientific Linux CERN images: a rinse-style bootstrap (repository metadata, seed packages, unpack, stage 2 in
+the chroot) and the era's boot loaders, for the ``slc-bootstrap`` and ``slc-bootloader`` DIB elements.
+
+Modules: :mod:`.repo` (yum metadata, seed resolution, verified downloads), :mod:`.evr` (rpm version order),
+:mod:`.rpmfile` (rpm payload and cpio listing), :mod:`.seed` (seed lists, unpack), :mod:`.bootstrap` (the
+element's entry point), :mod:`.bootloader` (menu.lst / elilo.conf).
+"""

@@ -1,0 +1,318 @@
+"""Bootstrap an SLC root filesystem the way Debian's ``rinse`` does, for the ``slc-bootstrap`` DIB element.
+
+Stage 1 (host side, no rpm needed): read the release's yum repository, resolve the seed (:data:`SEEDS`) for the
+arch, fetch every package through the project's HTTP session with its checksum verified, unpack them into the
+target and write the chroot's yum configuration. Stage 2 (inside the chroot, with the *target's* rpm and yum, so
+the rpm database has the Berkeley-DB format SLC <= 6 reads): ``rpm --initdb``, check the seed's GPG signatures
+with the release's keys, register the seed (``rpm -i --justdb --nodeps --noscripts``), ``ldconfig``, then
+``yum -y install`` the rest. ``--stage2`` performs stage 2 (as root, through the one subprocess wrapper);
+otherwise its commands are printed, one per line, for a person or another tool to run.
+
+Usage: ``python3 -m imagectl.build.slc.bootstrap --release 6 --arch x86_64 --target DIR [--mirror URL]
+[--repo NAME=URL ...] [--install PKG ...] [--hypervisor hvm|xen-pv] [--cache DIR] [--stage2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import stat
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagectl.build.slc.bootloader import packages as boot_packages
+from imagectl.build.slc.repo import Package, YumRepository, resolve
+from imagectl.build.slc.seed import AFTER, SEEDS, unpack
+from imagectl.errors import ImagectlError, InvalidInputError, LocalIOError
+from imagectl.http import make_session, safe_url
+from imagectl.recipe.model import RELEASES
+from imagectl.runner import run
+
+__all__ = ["SEED_DIR", "Bootstrap", "main", "repository_url", "stage1", "stage2", "stage2_commands", "yum_config"]
+
+SEED_DIR = "var/cache/imagectl-seed"  # where stage 1 leaves the seed .rpm files inside the target for stage 2
+_REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_X86_32 = ("i386", "i486", "i586", "i686")
+# Device nodes rpm, yum and scriptlets open; created (as root) only where the target has none.
+_DEV_NODES = {"null": (1, 3), "zero": (1, 5), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0), "console": (5, 1)}
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """What stage 1 did, and what stage 2 needs."""
+
+    target: Path
+    release: str
+    arch: str
+    repos: dict[str, str]  # yum repository name -> URL, as written into the chroot's yum configuration
+    seed: list[Package]
+    seed_files: list[str]  # the seed .rpm files as the chroot sees them (/var/cache/imagectl-seed/...)
+    gpg_keys: list[str] = field(default_factory=list)  # the release's keys as the chroot sees them
+    install: list[str] = field(default_factory=list)  # what stage 2's yum installs
+
+
+def repository_url(mirror: str, release: str, arch: str) -> str:
+    """The yum repository of ``arch`` under a release mirror (``.../slc6X`` -> ``.../slc6X/x86_64/yum/os``).
+
+    Raises InvalidInputError for a release or arch imagectl does not know.
+    """
+    rel = RELEASES.get(("slc", release))
+    if rel is None:
+        known = ", ".join(r for f, r in RELEASES if f == "slc")
+        raise InvalidInputError(f"SLC {release} is not supported (expected one of {known})")
+    if arch not in rel.arches:
+        raise InvalidInputError(f"SLC {release} has no {arch} release (expected one of {', '.join(rel.arches)})")
+    return mirror.rstrip("/") + "/" + rel.repo_path.format(arch=arch)
+
+
+def yum_config(repos: dict[str, str], gpg_keys: Sequence[str]) -> str:
+    """The text of a yum repository file: one ``[imagectl-NAME]`` section per repository.
+
+    GPG checking is on when the release ships keys (``gpg_keys``, paths inside the chroot). Raises
+    InvalidInputError for a name or URL that would break the file.
+    """
+    lines = ["# Written by imagectl (slc-bootstrap): the repositories this image was built from."]
+    for name, url in repos.items():
+        if not _REPO_NAME.match(name):
+            raise InvalidInputError(f"repository name {name!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        if any(c.isspace() for c in url) or not re.match(r"(https?|file)://", url):
+            raise InvalidInputError(f"repository {name}: {safe_url(url)!r} is not an http(s) or file URL")
+        lines += ["", f"[imagectl-{name}]", f"name=imagectl: {name}", f"baseurl={url}", "enabled=1"]
+        if gpg_keys:
+            lines += ["gpgcheck=1", "gpgkey=" + " ".join(f"file://{k}" for k in gpg_keys)]
+        else:
+            lines.append("gpgcheck=0")
+    return "\n".join(lines) + "\n"
+
+
+def _write_yum_config(target: Path, release: str, text: str) -> None:
+    """yum >= 2.2 reads /etc/yum.repos.d; SLC 3's yum 2.0 only /etc/yum.conf, so there our block is appended
+    (replacing an earlier one) after the release's own [main] section."""
+    if release != "3":
+        _atomic_write(target / "etc/yum.repos.d/imagectl.repo", text)
+        return
+    conf = target / "etc/yum.conf"
+    begin, end = "# >>> imagectl", "# <<< imagectl"
+    try:
+        old = conf.read_text(encoding="utf-8") if conf.exists() else "[main]\n"
+    except OSError as e:
+        raise LocalIOError(f"cannot read {conf}: {e.strerror}") from None
+    old = re.sub(rf"\n?{begin}.*?{end}\n", "", old, flags=re.S)
+    _atomic_write(conf, f"{old.rstrip()}\n\n{begin}\n{text}{end}\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.imagectl")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise LocalIOError(f"cannot write {path}: {e.strerror}") from None
+
+
+def stage1(
+    *,
+    mirror: str,
+    release: str,
+    arch: str,
+    target: Path,
+    cache: Path,
+    extra_repos: Sequence[tuple[str, str]] = (),
+    install: Sequence[str] = (),
+    timeout: float = 30.0,
+    retries: int = 3,
+    log_file: Path | None = None,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> Bootstrap:
+    """Fetch, verify and unpack the seed of SLC ``release`` for ``arch`` into ``target``; write its yum config.
+
+    Seed packages come from the release's ``os`` repository and the ``extra_repos`` (the best arch, then the
+    newest version, wins). Raises DownloadError (mirror unreachable, HTTP errors), RepoMetadataError,
+    UnknownPackageError (a seed name the repositories lack, with close names), ChecksumMismatchError (nothing of
+    that package is kept), UnsafeArchiveError, ToolError (cpio), LocalIOError.
+    """
+    repos = {"os": repository_url(mirror, release, arch), **dict(extra_repos)}
+    yum_text = yum_config(repos, ())  # validates names and URLs before any download
+    session = make_session(retries=retries)
+    available: list[Package] = []
+    readers: dict[str, YumRepository] = {}
+    for name, url in repos.items():
+        reader = YumRepository(url, cache, session=session, timeout=timeout, attempts=retries + 1)
+        readers[reader.url] = reader  # the key Package.repo_url carries
+        say(f"reading {name} repository {safe_url(url)}")
+        available += reader.packages()
+    where = " and ".join(safe_url(u) for u in repos.values())
+    seed = resolve(available, SEEDS[release], arch, where=where)
+    total = sum(p.size for p in seed)
+    say(f"fetching {len(seed)} seed packages ({total / 1e6:.1f} MB) for SLC {release} {arch}")
+    files = [readers[p.repo_url].download(p) for p in seed]
+    say(f"unpacking {len(files)} packages into {target}")
+    unpack(files, target, log_file=log_file)
+    keys_dir = target / "etc/pki/rpm-gpg"
+    keys = sorted(f"/etc/pki/rpm-gpg/{k.name}" for k in keys_dir.glob("RPM-GPG-KEY*")) if keys_dir.is_dir() else []
+    if not keys:
+        say("warning: the seed ships no GPG keys in /etc/pki/rpm-gpg; packages are checked by checksum only")
+    yum_text = yum_config(repos, keys)
+    _write_yum_config(target, release, yum_text)
+    seed_dir = target / SEED_DIR
+    try:
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copyfile(f, seed_dir / f.name)
+    except OSError as e:
+        raise LocalIOError(f"cannot copy the seed into {seed_dir}: {e.strerror}") from None
+    return Bootstrap(
+        target=target,
+        release=release,
+        arch=arch,
+        repos=repos,
+        seed=seed,
+        seed_files=[f"/{SEED_DIR}/{f.name}" for f in files],
+        gpg_keys=keys,
+        install=list(dict.fromkeys([*AFTER[release], *install])),
+    )
+
+
+def stage2_commands(b: Bootstrap) -> list[list[str]]:
+    """The commands of stage 2, as argument lists run on the host (each enters the chroot itself).
+
+    A 32-bit x86 target runs under ``setarch i686``: yum takes $basearch from uname, which on an x86_64 host
+    would say x86_64.
+    """
+    pre = ["setarch", "i686"] if b.arch in _X86_32 else []
+    chroot = [*pre, "chroot", str(b.target)]
+    cmds = [[*chroot, "/bin/rpm", "--initdb"]]
+    cmds += [[*chroot, "/bin/rpm", "--import", key] for key in b.gpg_keys]
+    if b.gpg_keys:
+        cmds.append([*chroot, "/bin/rpm", "-K", *b.seed_files])  # fails on a bad or unknown signature
+    cmds.append([*chroot, "/bin/rpm", "-i", "--justdb", "--nodeps", "--noscripts", "--notriggers", *b.seed_files])
+    cmds.append([*chroot, "/sbin/ldconfig"])
+    if b.install:
+        only_ours = [] if b.release == "3" else ["--disablerepo=*", "--enablerepo=imagectl-*"]
+        cmds.append([*chroot, "/usr/bin/yum", "-y", *only_ours, "install", *b.install])
+    cmds.append([*chroot, "/bin/rm", "-rf", f"/{SEED_DIR}"])
+    return cmds
+
+
+@contextlib.contextmanager
+def _chroot_ready(target: Path, log_file: Path | None) -> Iterator[None]:
+    """/dev nodes, /proc and name resolution for the chroot while stage 2 runs; /proc and a borrowed
+    resolv.conf are gone again afterwards (DIB mounts its own later)."""
+    dev = target / "dev"
+    dev.mkdir(exist_ok=True)
+    for name, (major, minor) in _DEV_NODES.items():
+        if not (dev / name).exists() and not (dev / name).is_symlink():
+            os.mknod(dev / name, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+    resolv = target / "etc/resolv.conf"
+    borrowed = not resolv.exists() and not resolv.is_symlink() and Path("/etc/resolv.conf").is_file()
+    if borrowed:
+        shutil.copyfile("/etc/resolv.conf", resolv)
+    proc = target / "proc"
+    proc.mkdir(exist_ok=True)
+    run(["mount", "-t", "proc", "proc", proc], log_file=log_file)
+    try:
+        yield
+    finally:
+        run(["umount", proc], log_file=log_file, check=False)  # never hide the error that got us here
+        if borrowed:
+            resolv.unlink(missing_ok=True)
+
+
+def stage2(b: Bootstrap, *, log_file: Path | None = None) -> None:
+    """Run stage 2 in the chroot (needs root). Raises InvalidInputError if the target has no /bin/rpm or already
+    has an rpm database, ToolError naming the step that failed, LocalIOError."""
+    if not (b.target / "bin/rpm").exists():
+        raise InvalidInputError(f"{b.target} has no /bin/rpm: run stage 1 first (or the seed lacks rpm)")
+    if (b.target / "var/lib/rpm/Packages").exists():
+        raise InvalidInputError(f"{b.target} already has an rpm database; stage 2 runs once, on a fresh tree")
+    if os.geteuid() != 0:
+        raise InvalidInputError("stage 2 needs root (chroot, mount, device nodes)", hint="run it under sudo")
+    try:
+        with _chroot_ready(b.target, log_file):
+            for cmd in stage2_commands(b):
+                # The chroot's own tools know no C.UTF-8 (glibc of that era has no such locale).
+                step = cmd[cmd.index("chroot") + 2 :]
+                what = " ".join([Path(step[0]).name, *step[1:2], f"(in the {b.target} chroot)"])
+                run(cmd, env={"LC_ALL": "C", "HOME": "/root"}, log_file=log_file, what=what)
+    except OSError as e:
+        raise LocalIOError(f"cannot prepare {b.target} for stage 2: {e.strerror}") from None
+
+
+def _repo_arg(value: str) -> tuple[str, str]:
+    name, sep, url = value.partition("=")
+    if not sep or not name or not url:
+        raise argparse.ArgumentTypeError(f"expected NAME=URL, got {value!r}")
+    return name, url
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python3 -m imagectl.build.slc.bootstrap", description=(__doc__ or "").split("\n")[0]
+    )
+    p.add_argument("--release", required=True, choices=sorted(SEEDS))
+    p.add_argument("--arch", required=True)
+    p.add_argument("--target", required=True, type=Path, help="the root to populate (DIB's $TARGET_ROOT)")
+    p.add_argument("--mirror", help="release mirror (default: $IMAGECTL_MIRROR_SLC<N>, else linuxsoft.cern.ch)")
+    p.add_argument("--repo", action="append", default=[], type=_repo_arg, metavar="NAME=URL", help="more repos")
+    p.add_argument("--install", action="append", default=[], metavar="PKG", help="packages stage 2's yum installs")
+    p.add_argument("--hypervisor", choices=("hvm", "xen-pv"), help="also install this guest's kernel and loader")
+    p.add_argument("--cache", type=Path, help="download cache (default: <imagectl cache>/slc)")
+    p.add_argument("--log", type=Path, help="append the output of external tools to this file")
+    p.add_argument("--stage2", action="store_true", help="run stage 2 in the chroot (root) instead of printing it")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run stage 1 (and stage 2 with ``--stage2``); exit 0, or an error's exit code after one line."""
+    from imagectl.config import load_config  # settings are an entry point's business, not the library's
+
+    args = _parser().parse_args(argv)
+
+    def say(msg: str) -> None:
+        print(f"slc-bootstrap: {msg}", file=sys.stderr, flush=True)
+
+    try:
+        cfg = load_config()
+        rel = RELEASES.get(("slc", args.release))
+        mirror = args.mirror or os.environ.get(rel.env if rel else "") or (rel.mirror if rel else "")
+        install = [p for item in args.install for p in item.split()]
+        if args.hypervisor:
+            install += boot_packages(args.release, args.hypervisor, args.arch)
+        b = stage1(
+            mirror=mirror,
+            release=args.release,
+            arch=args.arch,
+            target=args.target,
+            cache=args.cache or cfg.cache_path / "slc",
+            extra_repos=args.repo,
+            install=install,
+            timeout=cfg.timeout,
+            retries=cfg.retries,
+            log_file=args.log,
+            say=say,
+        )
+        if args.stage2:
+            say("stage 2: registering the seed and installing the rest with the target's rpm and yum")
+            stage2(b, log_file=args.log)
+            say("done")
+        else:
+            for cmd in stage2_commands(b):
+                print(shlex.join(cmd))
+        return 0
+    except ImagectlError as e:
+        print(f"imagectl: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
