@@ -517,9 +517,16 @@ def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
-    from imagectl.demo import run_demo
+    from imagectl.demo import DEMO_RECIPE, run_demo
 
-    return run_demo(Path(args.workdir), cfg, print)
+    return run_demo(
+        Path(args.workdir),
+        cfg,
+        print,
+        quick=args.quick,
+        boot=not args.no_boot,
+        recipe=Path(args.recipe) if args.recipe else DEMO_RECIPE,
+    )
 
 
 # -- parser --------------------------------------------------------------------------------------------------
@@ -653,8 +660,15 @@ def build_parser() -> argparse.ArgumentParser:
         "show every setting and where its value comes from",
         [s.name for s in SETTINGS if s.name not in ("timeout", "retries", "cache_dir")],
     )
-    sp = add(sub, "demo", cmd_demo, "the embedded default: make a catalogue, publish an image, list, pull", ())
+    sp = add(sub, "demo", cmd_demo, "the embedded default: build the Debian demo, boot it, publish, list, pull", ())
     sp.add_argument("--workdir", default="imagectl-demo", help="where the demo writes (default: ./imagectl-demo)")
+    sp.add_argument("--recipe", help="recipe to build (default: the Debian demo, recipes/demo/debian12-demo.yaml)")
+    sp.add_argument("--no-boot", action="store_true", help="skip the qemu boot test")
+    sp.add_argument(
+        "--quick",
+        action="store_true",
+        help="publish a small generated disk image instead of building (no build tools needed)",
+    )
     return p
 
 

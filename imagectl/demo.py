@@ -1,8 +1,10 @@
 """``imagectl demo``: the embedded default job, end to end on a local-directory catalogue.
 
-Creates (or reuses) a catalogue and keys under WORKDIR, generates a small raw disk image (an MBR partition table
-and one Linux partition), publishes it, lists the catalogue, pulls the image back through the verified path
-with the pinned root, and checks the catalogue. Until image builds land this stands in for a built image.
+Creates (or reuses) a catalogue and keys under WORKDIR, builds the Debian demo recipe for this host's arch with
+diskimage-builder, boots it under qemu to its login prompt, publishes it to the ``testing`` channel, lists the
+catalogue, pulls the image back through the verified path with the pinned root, and checks the catalogue.
+``--quick`` replaces build and boot with a small generated disk image (an MBR and one Linux partition), for a
+host without the build tools.
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from imagectl.catalogue.client import CatalogueReader
 from imagectl.catalogue.keys import KeyRing
 from imagectl.catalogue.model import METADATA, ImageRef, host_arch
-from imagectl.catalogue.publish import PublishRequest, init_catalogue, publish
+from imagectl.catalogue.publish import PublishRequest, init_catalogue, publish, publish_build
 from imagectl.catalogue.verify import verify_catalogue
 from imagectl.config import Config
-from imagectl.errors import VerifyFailedError
+from imagectl.errors import InvalidInputError, VerifyFailedError
 from imagectl.pull import pull
 from imagectl.store.local import LocalStore
 
@@ -45,7 +48,54 @@ def make_disk_image(path: Path, size_mib: int = 16, label: str = "imagectl-demo"
             f.write(block)
 
 
-def run_demo(workdir: Path, cfg: Config, say: Callable[[str], None]) -> int:
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "debian12-demo.yaml"
+
+
+def _built_image(workdir: Path, recipe_path: Path, cfg: Config, boot: bool, say: Callable[[str], None]) -> Path:
+    """Build (or reuse from the build cache) the recipe for this host's arch, boot-test it; return the build dir."""
+    from imagectl.build.boottest import boot_test
+    from imagectl.build.builder import BuildOptions, build_recipe
+    from imagectl.recipe.model import load_recipe
+
+    if not recipe_path.is_file():
+        raise InvalidInputError(f"no demo recipe at {recipe_path}", hint="pass --recipe PATH, or --quick")
+    recipe = load_recipe(recipe_path)
+    out = workdir / "build"
+    last = [0.0]
+
+    def progress(line: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 15 or "cache" in line:  # one line every 15 s keeps a log readable
+            last[0] = now
+            say(f"   {line}")
+
+    [built] = build_recipe(
+        recipe,
+        BuildOptions(output=out, cache_dir=cfg.cache_path, arches=[host_arch()], formats=["qcow2"], progress=progress),
+    )
+    say(f"2. {'reused' if built.cached else 'built'} {built.images[0]} ({built.seconds:.0f} s; record {built.record})")
+    if boot:
+        res = boot_test(
+            built.images[0],
+            arch=host_arch(),
+            marker=recipe.data["boot_test"]["marker"],
+            timeout=recipe.data["boot_test"]["timeout"],
+            log_path=workdir / "console.log",
+            on_progress=lambda stage: say(f"   boot: {stage}"),
+        )
+        say(f"   booted to {recipe.data['boot_test']['marker']!r} in {res.seconds:.0f} s under {res.accel}")
+    return out
+
+
+def run_demo(
+    workdir: Path,
+    cfg: Config,
+    say: Callable[[str], None],
+    *,
+    quick: bool = False,
+    boot: bool = True,
+    recipe: Path = DEMO_RECIPE,
+) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     catalogue, keydir = workdir / "catalogue", workdir / "keys"
     store = LocalStore(catalogue)
@@ -54,25 +104,31 @@ def run_demo(workdir: Path, cfg: Config, say: Callable[[str], None]) -> int:
         say(f"1. created catalogue {store.url} (root sha256 {res.root_sha256})")
     else:
         say(f"1. reusing catalogue {store.url}")
-    image = workdir / "demo-disk.raw"
-    make_disk_image(image)
     arch = host_arch()
-    req = PublishRequest(
-        file=str(image), name="demo-disk", arch=arch, format="raw", os="debian", os_version="12", channel="testing"
-    )
-    pub = publish(store, KeyRing(keydir), req, cfg.expiry_days())
-    say(f"2. published demo-disk:{pub.record.version} ({arch}, {pub.record.size} bytes, sha256 {pub.record.sha256})")
+    keys = KeyRing(keydir)
+    if quick:
+        image = workdir / "demo-disk.raw"
+        make_disk_image(image)
+        req = PublishRequest(
+            file=str(image), name="demo-disk", arch=arch, format="raw", os="debian", os_version="12", channel="testing"
+        )
+        records = [publish(store, keys, req, cfg.expiry_days()).record]
+    else:
+        build_dir = _built_image(workdir, recipe, cfg, boot, say)
+        records = [r.record for r in publish_build(store, keys, build_dir, cfg.expiry_days(), channel="testing")]
+    rec = records[0]
+    say(f"3. published {rec.name}:{rec.version} ({arch}, {rec.size} bytes, sha256 {rec.sha256}) to channel testing")
     root = str(catalogue / "metadata" / "1.root.json")
     cfg = dataclasses.replace(cfg, root=root)
     out = workdir / "pulled"
     out.mkdir(exist_ok=True)
     with CatalogueReader(store, cfg.cache_path, cfg.root, lambda m: say(f"warning: {m}")) as reader:
-        images = reader.images("demo-disk")
-        say(f"3. catalogue lists {len(images)} demo-disk image(s); newest {images[-1].version}")
-        got = pull(reader, ImageRef("demo-disk", channel="testing"), arch, str(out), cfg.cache_path, progress=False)
-    say(f"4. pulled demo-disk@testing -> {got.path} (sha256 verified against the signed metadata)")
+        images = reader.images(rec.name)
+        say(f"4. catalogue lists {len(images)} {rec.name} image(s); newest {images[-1].version}")
+        got = pull(reader, ImageRef(rec.name, channel="testing"), arch, str(out), cfg.cache_path, progress=False)
+    say(f"5. pulled {rec.name}@testing -> {got.path} (sha256 verified against the signed metadata)")
     report = verify_catalogue(store)
     if report.problems:
         raise VerifyFailedError(f"demo catalogue has problems: {'; '.join(report.problems)}")
-    say(f"5. catalogue verify: {report.roles} metadata files, {report.images} images, OK")
+    say(f"6. catalogue verify: {report.roles} metadata files, {report.images} images, OK")
     return 0

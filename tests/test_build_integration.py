@@ -124,3 +124,18 @@ def test_publish_from_build_and_pull_verified(built, cli: Callable[..., CliResul
     blob = cat / "blobs" / "sha256" / shown["build_record"]["sha256"]
     assert json.loads(blob.read_text())["build_key"] == rec["build_key"]  # the full record, content-addressed
     assert cli("catalogue", "verify", cat).code == 0
+
+
+def test_demo_main_job(built, tmp_path):
+    """The README's first command: the demo reuses the module's build from the build cache (same build key)."""
+    import subprocess
+    import sys
+
+    work = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "imagectl", "demo", "--workdir", str(work), "--no-boot"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=built["env"], timeout=900, check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "2. reused" in r.stdout  # the build key matched the integration build: no second DIB run
+    assert "6. catalogue verify:" in r.stdout and r.stdout.rstrip().endswith("OK")
+    [pulled] = (work / "pulled").glob("debian12-demo-*-x86_64.qcow2")
+    assert sha256(pulled) == sha256(Path(built["out"]["images"][0]))

@@ -92,3 +92,11 @@ def test_catalogue_files_are_world_readable(catalogue: Catalogue, cli: Callable[
     files = [p for p in catalogue.dir.rglob("*") if p.is_file() and p.name != ".lock"]
     assert files and {p.stat().st_mode & 0o777 for p in files} == {0o644}
     assert {p.stat().st_mode & 0o777 for p in catalogue.keys.glob("*.key")} == {0o600}
+
+
+def test_demo_quick(tmp_path, cli):
+    """`imagectl demo --quick`: the demo's catalogue half, without build tools."""
+    r = cli("demo", "--workdir", tmp_path / "q", "--quick")
+    assert r.code == 0, r.err
+    assert "published demo-disk:" in r.out and r.out.rstrip().endswith("OK")
+    assert len(list((tmp_path / "q" / "pulled").glob("demo-disk-*.raw"))) == 1
