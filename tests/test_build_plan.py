@@ -217,3 +217,26 @@ def test_elements_digest_covers_used_elements_only(tmp_path):
     assert d1 != d0
     (els / "imagectl-config" / "README.rst").write_text("edited\n")
     assert elements_digest(inv, [els]) not in (d0, d1)
+
+
+def test_cache_hit_verifies_and_drops_damaged_entries(tmp_path):
+    import hashlib
+    import json
+
+    from imagectl.build.builder import _cache_hit
+
+    cache, out = tmp_path / "cache" / "KEY", tmp_path / "out"
+    cache.mkdir(parents=True)
+    out.mkdir()
+    data = b"qcow2 bytes" * 1000
+    (cache / "x-x86_64.qcow2").write_bytes(data)
+    record = {"images": [{"file": "x-x86_64.qcow2", "sha256": hashlib.sha256(data).hexdigest()}]}
+    (cache / "build.json").write_text(json.dumps(record))
+    img, rec = out / "x-x86_64.qcow2", out / "x-x86_64.build.json"
+    assert _cache_hit(cache, [img], rec)
+    assert img.read_bytes() == data and json.loads(rec.read_text()) == record
+    (cache / "x-x86_64.qcow2").write_bytes(data[:-1] + b"!")  # e.g. someone booted the hard-linked output
+    img.unlink()
+    assert not _cache_hit(cache, [img], rec)
+    assert not cache.exists() and not img.exists()
+    assert list(out.glob(".*.tmp")) == []

@@ -193,6 +193,42 @@ def _copy(src: Path, dst: Path) -> None:
         raise LocalIOError(f"cannot write {dst}: {e.strerror}") from None
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link when possible (instant; a cache hit re-verifies the bytes, so a later edit of the output cannot
+    leak into another build), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _cache_hit(cache: Path, images: list[Path], record_path: Path) -> bool:
+    """Copy a cached build to the output, verifying each image against the cached record's SHA-256."""
+    try:
+        record = json.loads((cache / "build.json").read_text())
+        want = {i["file"]: i["sha256"] for i in record["images"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    for img in images:
+        tmp = img.with_name(f".{img.name}.tmp")
+        h = hashlib.sha256()
+        try:
+            with (cache / img.name).open("rb") as fin, tmp.open("wb") as fout:
+                while block := fin.read(1 << 20):
+                    h.update(block)
+                    fout.write(block)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return False
+        if h.hexdigest() != want.get(img.name):
+            tmp.unlink(missing_ok=True)
+            shutil.rmtree(cache, ignore_errors=True)  # a damaged entry is dropped, never served
+            return False
+        os.replace(tmp, img)
+    _copy(cache / "build.json", record_path)
+    return True
+
+
 def _host_tools() -> dict[str, str]:
     return {
         "kernel": platform.release(),
@@ -211,11 +247,10 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, record_base: di
     images = [inv.output_base.with_suffix(f".{f}") for f in inv.formats]
     start = time.monotonic()
     if not opts.rebuild and (cache / "build.json").is_file():
-        for img in images:
-            _copy(cache / img.name, img)
-        _copy(cache / "build.json", record_path)
-        opts.progress(f"{t.basename}: identical build {key[:12]} found in the build cache; reused")
-        return BuildOutput(t, images, record_path, True, time.monotonic() - start)
+        if _cache_hit(cache, images, record_path):
+            opts.progress(f"{t.basename}: identical build {key[:12]} found in the build cache; reused")
+            return BuildOutput(t, images, record_path, True, time.monotonic() - start)
+        opts.progress(f"{t.basename}: cached build {key[:12]} no longer matches its record; building again")
 
     log_file = opts.output / f"{t.basename}.log"
     log_file.unlink(missing_ok=True)
@@ -270,7 +305,7 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, record_base: di
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for img in images:
-        shutil.copyfile(img, staging / img.name)
+        _link_or_copy(img, staging / img.name)
     (staging / "build.json").write_text(data)
     shutil.rmtree(cache, ignore_errors=True)
     os.replace(staging, cache)
