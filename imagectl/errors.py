@@ -117,6 +117,14 @@ class DownloadError(ImagectlError):
 class LocalIOError(ImagectlError):
     exit_code = 14
 
+    @classmethod
+    def from_os(cls, action: str, path: object, exc: OSError) -> LocalIOError:
+        """``cannot ACTION PATH: reason``, with ENOSPC/EDQUOT said plainly as 'disk full'."""
+        import errno
+
+        reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+        return cls(f"cannot {action} {path}: {reason}")
+
 
 class VerifyFailedError(ImagectlError):
     exit_code = 15

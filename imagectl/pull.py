@@ -9,7 +9,6 @@ directory and ``os.replace``: it either holds verified bytes or is untouched.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
@@ -18,7 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +50,26 @@ class PullResult:
         return dict(self.__dict__)
 
 
-def _io_error(action: str, path: Path, e: OSError) -> LocalIOError:
-    reason = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-    return LocalIOError(f"cannot {action} {path}: {reason}")
+_io_error = LocalIOError.from_os
+
+
+@contextlib.contextmanager
+def _replacing(dest: Path) -> Iterator[str]:
+    """A temp file beside ``dest``; a clean exit makes it ``dest`` (mode 0644, ``os.replace``), anything else
+    removes it: the destination holds the new bytes in full or is untouched."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+        tmp = ""
+    except OSError as e:
+        raise _io_error("write", dest, e) from None
+    finally:
+        if tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def destination(out: str | None, rec_name: str, version: str, arch: str, fmt: str) -> Path:
@@ -179,11 +195,10 @@ def _download(store: Store, resolved: Resolved, part: Path, retries: int, progre
 
 def _copy_verified(src: Path, dest: Path, length: int, sha256: str) -> None:
     """Copy ``src`` to ``dest`` atomically, hashing on the way; refuse (and leave ``dest`` alone) on mismatch."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+    with _replacing(dest) as tmp:
         h = hashlib.sha256()
         n = 0
-        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
             while block := fin.read(CHUNK):
                 h.update(block)
                 n += len(block)
@@ -195,15 +210,6 @@ def _copy_verified(src: Path, dest: Path, length: int, sha256: str) -> None:
             raise ImageMismatchError(
                 f"cached blob {src.name[:16]}… does not match the signed hash; removed it and downloading again"
             )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-        tmp = ""
-    except OSError as e:
-        raise _io_error("write", dest, e) from None
-    finally:
-        if tmp:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
 
 def _reflink(src: Path, dst: str) -> bool:
@@ -218,22 +224,11 @@ def _reflink(src: Path, dst: str) -> bool:
 
 def _place(src: Path, dest: Path) -> None:
     """Copy a blob verified moments ago to ``dest`` through a temp file, fsync, and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with _replacing(dest) as tmp:
         if not _reflink(src, tmp):
             shutil.copyfile(src, tmp)  # sendfile: the kernel copies, the bytes never pass through Python
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the destination is what the deployer relies on after we say "done"
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-        tmp = ""
-    except OSError as e:
-        raise _io_error("write", dest, e) from None
-    finally:
-        if tmp:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
 
 def pull(
