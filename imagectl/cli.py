@@ -14,7 +14,7 @@ from typing import Any
 
 from imagectl import __version__
 from imagectl.config import SETTINGS, Config, load_config
-from imagectl.errors import ImagectlError, InvalidInputError, KeyProblemError, VerifyFailedError
+from imagectl.errors import ImagectlError, InvalidInputError, KeyProblemError, VerifyFailedError, report
 
 __all__ = ["main"]
 
@@ -691,10 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImagectlError as e:
         if debug:
             raise
-        print(f"imagectl: error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
+        return report(e)
     except KeyboardInterrupt:
         print("imagectl: interrupted", file=sys.stderr)
         return 130

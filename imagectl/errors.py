@@ -55,6 +55,7 @@ __all__ = [
     "UntrustedMetadataError",
     "VerifyFailedError",
     "WrongRootError",
+    "report",
 ]
 
 
@@ -68,6 +69,19 @@ class ImagectlError(Exception):
         super().__init__(" ".join(message.split()))
         self.message = " ".join(message.split())
         self.hint = hint
+
+
+def report(err: ImagectlError) -> int:
+    """Print ``imagectl: error: MESSAGE`` (and ``hint: HINT``) on stderr; return the error's exit code.
+
+    The one way every entry point (the CLI, and the helpers DIB elements run) shows a user error.
+    """
+    import sys
+
+    print(f"imagectl: error: {err.message}", file=sys.stderr)
+    if err.hint:
+        print(f"hint: {err.hint}", file=sys.stderr)
+    return err.exit_code
 
 
 class InvalidInputError(ImagectlError):

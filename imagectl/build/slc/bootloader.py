@@ -17,14 +17,13 @@ import argparse
 import functools
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagectl.build.slc.evr import rpmvercmp
-from imagectl.errors import ImagectlError, InvalidInputError, LocalIOError, NotFoundError
+from imagectl.errors import ImagectlError, InvalidInputError, LocalIOError, NotFoundError, report
 
 __all__ = [
     "Kernel",
@@ -284,10 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {path}")
         return 0
     except ImagectlError as e:
-        print(f"imagectl: error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
+        return report(e)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 from imagectl.build.slc.bootloader import packages as boot_packages
 from imagectl.build.slc.repo import Package, YumRepository, resolve
 from imagectl.build.slc.seed import AFTER, SEEDS, unpack
-from imagectl.errors import ImagectlError, InvalidInputError, LocalIOError
+from imagectl.errors import ImagectlError, InvalidInputError, LocalIOError, report
 from imagectl.http import make_session, safe_url
 from imagectl.recipe.model import RELEASES
 from imagectl.runner import run
@@ -308,10 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(shlex.join(cmd))
         return 0
     except ImagectlError as e:
-        print(f"imagectl: error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
+        return report(e)
 
 
 if __name__ == "__main__":
