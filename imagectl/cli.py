@@ -129,6 +129,23 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.gc import collect_garbage
+    from imagectl.progress import human_size
+
+    if args.grace < 0:
+        raise InvalidInputError("--grace must not be negative")
+    report = collect_garbage(_store(cfg, args.dest), grace=dt.timedelta(hours=args.grace), dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    lines = [f"{verb}: {k}" for k in report.removed]
+    lines.append(
+        f"{verb} {len(report.removed)} unreferenced file(s), {human_size(report.bytes_freed)}; kept "
+        f"{report.referenced} referenced and {len(report.young)} younger than {args.grace:g} h"
+    )
+    emit(args, report.as_json(), "\n".join(lines))
+    return 0
+
+
 def cmd_resign(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.trust import resign
 
@@ -569,6 +586,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(cat, "verify", cmd_verify, "check every signature, version, expiry, hash and length", reader)
     sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
     sp.add_argument("--no-blobs", action="store_true", help="check metadata only, not image bytes")
+    sp = add(cat, "gc", cmd_gc, "remove blobs and metadata versions no signed metadata refers to", writer)
+    sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
+    sp.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    sp.add_argument(
+        "--grace",
+        type=float,
+        default=24.0,
+        metavar="HOURS",
+        help="keep orphans younger than this: a running publish may be about to use them (default 24)",
+    )
     sp = add(cat, "resign", cmd_resign, "re-sign metadata that is about to expire", writer)
     sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
     sp.add_argument(

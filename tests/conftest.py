@@ -10,6 +10,7 @@ import pytest
 
 from imagectl.cli import main
 from imagectl.store.local import LocalStore
+from tests import s3server
 from tests.httpserver import TestHTTPServer
 
 EXPIRY = {"root": 365, "targets": 90, "snapshot": 7, "timestamp": 1}
@@ -95,3 +96,6 @@ def http_catalogue(catalogue: Catalogue) -> Iterator[tuple[Catalogue, TestHTTPSe
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+seaweedfs = pytest.fixture(scope="session")(s3server.seaweedfs)  # a real S3 server (SeaweedFS) on 127.0.0.1

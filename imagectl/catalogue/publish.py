@@ -20,7 +20,7 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timest
 from imagectl.catalogue import model
 from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
 from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, target_path, utcnow
-from imagectl.catalogue.state import CatalogueState, load_state, metadata_bytes, sha256_file
+from imagectl.catalogue.state import CatalogueState, load_state, metadata_bytes, sha256_file, transact
 from imagectl.errors import (
     CatalogueStateError,
     ConflictError,
@@ -239,9 +239,9 @@ def publish(
     if req.version is not None:
         check(load_state(store), req.version)
     uploaded = store.upload_file(blob_key(sha256), req.file)
-    now = utcnow()
-    with store.lock():
-        state = load_state(store)
+
+    def apply(state: CatalogueState) -> tuple[ImageRecord, ImageRecord | None]:
+        now = utcnow()
         md = state.role(model.role_for(req.name))
         version = req.version
         if version is None:
@@ -273,6 +273,9 @@ def publish(
             _set_channel(state.role_for_update(req.name, expires), req.channel, version, now)
         if state.changed:
             state.commit(keys, expiry_days)
+        return record, old
+
+    record, old = transact(store, apply)
     return PublishResult(record=record, created=old is None, uploaded=uploaded, channel=req.channel)
 
 
@@ -301,14 +304,18 @@ def promote(store: Store, keys: KeyRing, ref: str, channel: str, expiry_days: di
     model.check_channel(channel)
     if r.version is None:
         raise InvalidInputError(f"promote needs NAME:VERSION, got {ref!r}")
-    now = utcnow()
-    with store.lock():
-        state = load_state(store)
-        _version_records(state, r.name, r.version)
+    version = r.version
+
+    def apply(state: CatalogueState) -> str:
+        now = utcnow()
+        _version_records(state, r.name, version)
         md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
         before = str(CatalogueState.ext(md)["channels"].get(channel, {}).get("version", ""))
-        _set_channel(md, channel, r.version, now)
+        _set_channel(md, channel, version, now)
         state.commit(keys, expiry_days)
+        return before
+
+    before = transact(store, apply)
     return before
 
 
@@ -317,16 +324,19 @@ def deprecate(store: Store, keys: KeyRing, ref: str, reason: str | None, expiry_
     r = model.parse_ref(ref)
     if r.version is None:
         raise InvalidInputError(f"deprecate needs NAME:VERSION, got {ref!r}")
-    now = utcnow()
-    with store.lock():
-        state = load_state(store)
-        records = _version_records(state, r.name, r.version)
+    version = r.version
+
+    def apply(state: CatalogueState) -> int:
+        now = utcnow()
+        records = _version_records(state, r.name, version)
         md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
         note = {"at": now.isoformat().replace("+00:00", "Z"), "reason": reason or ""}
         for rec in records:
             state.add_target(md, dataclasses.replace(rec, deprecated=note))
         state.commit(keys, expiry_days)
-    return len(records)
+        return len(records)
+
+    return transact(store, apply)
 
 
 def revoke(store: Store, keys: KeyRing, ref: str, reason: str, expiry_days: dict[str, int]) -> list[str]:
@@ -339,24 +349,27 @@ def revoke(store: Store, keys: KeyRing, ref: str, reason: str, expiry_days: dict
         raise InvalidInputError(f"revoke needs NAME:VERSION, got {ref!r}")
     if not reason.strip():
         raise InvalidInputError("revoke needs a non-empty --reason: deployers are shown it")
-    now = utcnow()
-    with store.lock():
-        state = load_state(store)
-        records = _version_records(state, r.name, r.version)
+    version = r.version
+
+    def apply(state: CatalogueState) -> list[str]:
+        now = utcnow()
+        records = _version_records(state, r.name, version)
         md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
         for rec in records:
             del md.signed.targets[rec.path]
         ext = CatalogueState.ext(md)
-        ext["revoked"][r.version] = {
+        ext["revoked"][version] = {
             "reason": " ".join(reason.split()),
             "at": now.isoformat().replace("+00:00", "Z"),
             "sha256": sorted({rec.sha256 for rec in records}),
         }
-        dropped = [c for c, p in ext["channels"].items() if p.get("version") == r.version]
+        dropped = [c for c, p in ext["channels"].items() if p.get("version") == version]
         for c in dropped:
             del ext["channels"][c]
         state.commit(keys, expiry_days)
-    return dropped
+        return dropped
+
+    return transact(store, apply)
 
 
 def _load_records(source: Path) -> list[tuple[Path, dict[str, Any]]]:

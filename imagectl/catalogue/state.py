@@ -3,8 +3,13 @@
 Write order is what makes a publish atomic for readers: blobs first, then the new versioned role files
 (``N.image-NAME.json``, ``N.targets.json``), then ``N.snapshot.json``, and last ``timestamp.json``, the file that
 commits the change (``root.json``, a copy of the newest ``N.root.json``, is the only other file ever replaced).
-Until the timestamp is replaced, nothing a client can reach refers to the new files; a publisher that dies
-earlier leaves only unreferenced files behind, and the next commit, holding the writer lock, overwrites them.
+Until the timestamp is replaced, nothing a client can reach refers to the new files.
+
+Concurrency is compare-and-swap, the same on a directory and on S3 (see catalogue/README.md, "Publishing
+protocol"): versioned files are created only if absent (a name that is taken, by a publisher still running or
+one that died, is skipped for the next version: TUF only needs versions to grow), and ``timestamp.json`` is
+replaced only if it is still the one this publisher read. A publisher that loses the swap starts again from the
+fresh state (:func:`transact`), so no change is ever lost and the metadata always verifies.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
@@ -38,8 +45,11 @@ from imagectl.errors import (
 )
 from imagectl.store import ObjectMissingError, Store
 
-__all__ = ["EXT", "CatalogueState", "load_state", "metadata_bytes"]
+__all__ = ["EXT", "CatalogueState", "CommitConflict", "load_state", "metadata_bytes", "transact"]
 
+T = TypeVar("T")
+
+_MAX_SKIPS = 1000  # versioned names a commit may find taken before giving up
 MAX_METADATA = 16 << 20  # bytes; a role of ~25,000 versions; the client refuses more (endless-data bound)
 EXT = "x-imagectl"  # signed, catalogue-specific fields of an image role: channels and revocations
 
@@ -75,6 +85,7 @@ class CatalogueState:
     roles: dict[str, Metadata[Targets]] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
     new_roles: set[str] = field(default_factory=set)  # created by this change: signed as version 1
+    timestamp_tag: str = ""  # version tag of timestamp.json as read: the commit swaps it only if unchanged
 
     # -- reading ------------------------------------------------------------------------------------------
     def role_names(self) -> list[str]:
@@ -147,12 +158,28 @@ class CatalogueState:
             unrecognized_fields={"custom": record.custom()},
         )
 
-    def _sign(self, md: Metadata[Any], role: str, keys: KeyRing, delegator: Metadata[Any]) -> None:
+    def _signers(self, role: str, keys: KeyRing, delegator: Metadata[Any]) -> list[Any]:
         r = delegator.signed.get_delegated_role(role)
-        md.signatures.clear()
         label = "targets" if role.startswith(ROLE_PREFIX) else role  # image roles use the targets keys
-        for signer in keys.signers_for(label, r.keyids, r.threshold):
+        return keys.signers_for(label, r.keyids, r.threshold)
+
+    def _sign(self, md: Metadata[Any], role: str, keys: KeyRing, delegator: Metadata[Any]) -> None:
+        md.signatures.clear()
+        for signer in self._signers(role, keys, delegator):
             md.sign(signer, append=True)
+
+    def _write_versioned(self, role: str, md: Metadata[Any], keys: KeyRing, delegator: Metadata[Any]) -> None:
+        """Sign and create ``N.ROLE.json``; if N is taken (a concurrent or a dead publisher), use the next N.
+
+        TUF requires versions to grow, not to be consecutive, so skipping a taken name is safe; the timestamp
+        swap decides which of two racing publishers' files become the catalogue.
+        """
+        for _ in range(_MAX_SKIPS):
+            self._sign(md, role, keys, delegator)
+            if self.store.write_new(f"{METADATA}{md.signed.version}.{role}.json", metadata_bytes(md)):
+                return
+            md.signed.version += 1
+        raise CommitConflict(f"{_MAX_SKIPS} versions of {role} in a row were taken")
 
     def commit(self, keys: KeyRing, expiry_days: dict[str, int], *, resign: frozenset[str] = frozenset()) -> None:
         """Sign and write every changed role, then a new snapshot and timestamp.
@@ -170,25 +197,26 @@ class CatalogueState:
         writes: list[tuple[str, Metadata[Any]]] = [(r, self.roles[r]) for r in image_roles]
         if "targets" in changed:
             writes.append(("targets", self.targets))
-        # Everything is signed in memory before the first byte is written, so a missing key refuses the whole
-        # commit and leaves the catalogue exactly as it was.
+        # Every key is checked before the first byte is written, so a missing key leaves the catalogue as it was.
+        for role, _md in writes:
+            self._signers(role, keys, self.targets if role != "targets" else self.root)
+        for role in ("snapshot", "timestamp"):
+            self._signers(role, keys, self.root)
         for role, md in writes:
             bump(md, expiry_days["targets"])
             if role in self.new_roles:
                 md.signed.version = 1
-            self._sign(md, role, keys, self.targets if role != "targets" else self.root)
+            self._write_versioned(role, md, keys, self.targets if role != "targets" else self.root)
             self.snapshot.signed.meta[f"{role}.json"] = MetaFile(version=md.signed.version)
         bump(self.snapshot, expiry_days["snapshot"])
-        self._sign(self.snapshot, "snapshot", keys, self.root)
+        self._write_versioned("snapshot", self.snapshot, keys, self.root)
         bump(self.timestamp, expiry_days["timestamp"])
         self.timestamp.signed.snapshot_meta = MetaFile(version=self.snapshot.signed.version)
         self._sign(self.timestamp, "timestamp", keys, self.root)
-        # Versioned files are replaced, not created exclusively: under the writer lock, a file with a version newer
-        # than the snapshot refers to can only be the leftover of a publisher that died before its timestamp.
-        for role, md in writes:
-            self.store.write(f"{METADATA}{md.signed.version}.{role}.json", metadata_bytes(md))
-        self.store.write(f"{METADATA}{self.snapshot.signed.version}.snapshot.json", metadata_bytes(self.snapshot))
-        self.store.write(f"{METADATA}timestamp.json", metadata_bytes(self.timestamp))
+        if not self.store.write_if_match(
+            f"{METADATA}timestamp.json", metadata_bytes(self.timestamp), self.timestamp_tag
+        ):
+            raise CommitConflict("another publisher changed the catalogue first")
         root_copy = metadata_bytes(self.root)
         if self.store.read(f"{METADATA}root.json", MAX_METADATA) != root_copy:  # heal a rotation cut short
             self.store.write(f"{METADATA}root.json", root_copy)
@@ -213,6 +241,30 @@ class CatalogueState:
             raise ConflictError(f"root version {root.signed.version} already exists; retry")
         self.store.write(f"{METADATA}root.json", data)
         return data
+
+
+class CommitConflict(ConflictError):
+    """Another publisher committed between our read and our timestamp swap; :func:`transact` starts again."""
+
+
+def transact(store: Store, apply: Callable[[CatalogueState], T], *, attempts: int = 100) -> T:
+    """Load the current state, ``apply`` a change (which commits), and start again if the commit lost the swap.
+
+    Backoff is exponential with full jitter (50 ms doubling to 2 s), so racing publishers spread out. On a local
+    directory each attempt also holds the writer lock (fcntl), which makes losses rare; on S3 the swap alone
+    orders publishers. Raises ConflictError after ``attempts`` lost swaps.
+    """
+    delay = 0.05
+    for _ in range(attempts):
+        with store.lock():
+            state = load_state(store)
+            try:
+                return apply(state)
+            except CommitConflict:
+                pass
+        time.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not cryptography
+        delay = min(delay * 2, 2.0)
+    raise ConflictError(f"the catalogue changed under this command {attempts} times in a row; try again")
 
 
 def _read(store: Store, key: str) -> Metadata[Any]:
@@ -260,7 +312,11 @@ def load_state(store: Store) -> CatalogueState:
         ) from None
     del root_bytes
     root = _walk_roots(store)
-    ts = _read(store, f"{METADATA}timestamp.json")
+    try:
+        ts_bytes, ts_tag = store.read_versioned(f"{METADATA}timestamp.json", MAX_METADATA)
+    except ObjectMissingError:
+        raise UntrustedMetadataError(f"{METADATA}timestamp.json is missing from {store.url}") from None
+    ts = _parse(ts_bytes, f"{METADATA}timestamp.json")
     _verify(root, "timestamp", ts, f"{METADATA}timestamp.json")
     snap_key = f"{METADATA}{ts.signed.snapshot_meta.version}.snapshot.json"
     snap = _read(store, snap_key)
@@ -271,7 +327,7 @@ def load_state(store: Store) -> CatalogueState:
     targets_key = f"{METADATA}{tmeta.version}.targets.json"
     targets = _read(store, targets_key)
     _verify(root, "targets", targets, targets_key)
-    return CatalogueState(store, root, ts, snap, targets)
+    return CatalogueState(store, root, ts, snap, targets, timestamp_tag=ts_tag)
 
 
 def sha256_file(path: str) -> tuple[str, int]:

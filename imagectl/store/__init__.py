@@ -1,4 +1,4 @@
-"""Where catalogue bytes live: a local directory (read-write) or an HTTP(S) server (read-only)."""
+"""Where catalogue bytes live: a local directory or an S3 bucket (read-write), an HTTP(S) server (read-only)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ __all__ = ["ObjectMissingError", "RangeStream", "Store", "open_store"]
 
 
 def open_store(location: str, *, timeout: float = 30.0, retries: int = 3) -> Store:
-    """Open the store a catalogue location names: ``DIR``, ``file:///DIR`` or ``http(s)://HOST/PATH``.
+    """Open the store a catalogue location names: ``DIR``, ``file:///DIR``, ``http(s)://HOST/PATH`` or
+    ``s3://BUCKET/PREFIX`` (endpoint and credentials from the standard AWS settings).
 
     Raises InvalidInputError for a scheme imagectl does not speak.
     """
@@ -24,6 +25,12 @@ def open_store(location: str, *, timeout: float = 30.0, retries: int = 3) -> Sto
         from imagectl.store.http import HTTPStore
 
         return HTTPStore(location, make_session(retries=retries), timeout)
+    if parts.scheme == "s3":
+        from imagectl.store.s3 import S3Store
+
+        if not parts.netloc or parts.query or parts.fragment:
+            raise InvalidInputError(f"S3 location must be s3://BUCKET/PREFIX: {location}")
+        return S3Store(parts.netloc, urllib.parse.unquote(parts.path), timeout=timeout, retries=retries)
     from imagectl.store.local import LocalStore
 
     if parts.scheme == "file":
@@ -33,6 +40,6 @@ def open_store(location: str, *, timeout: float = 30.0, retries: int = 3) -> Sto
     if parts.scheme and len(parts.scheme) > 1:  # one letter would be a Windows drive; not ours, but not a scheme
         raise InvalidInputError(
             f"unsupported catalogue location {location!r}",
-            hint="use a directory path, file:///path or http(s)://host/path",
+            hint="use a directory path, file:///path, http(s)://host/path or s3://bucket/prefix",
         )
     return LocalStore(Path(location))

@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from imagectl.errors import DownloadError, LocalIOError
-from imagectl.store.base import CHUNK, ObjectMissingError, RangeStream, Store
+from imagectl.store.base import CHUNK, ObjectEntry, ObjectMissingError, RangeStream, Store
 
 __all__ = ["LocalStore", "atomic_write"]
 
@@ -110,11 +112,68 @@ class LocalStore(Store):
                 if not name.startswith("."):
                     yield name if rel == "." else f"{rel}/{name}"
 
+    def list_entries(self, prefix: str) -> Iterator[ObjectEntry]:
+        now = time.time()
+        for key in self.list(prefix):
+            try:
+                st = self._path(key).stat()
+            except FileNotFoundError:  # deleted since the walk saw it
+                continue
+            except OSError as e:
+                raise _io_error("read", self._path(key), e) from e
+            yield ObjectEntry(key=key, size=st.st_size, age=max(0.0, now - st.st_mtime))
+
     def write(self, key: str, data: bytes) -> None:
         atomic_write(self._path(key), data)
 
     def write_new(self, key: str, data: bytes) -> bool:
         return atomic_write(self._path(key), data, exclusive=True)
+
+    def write_if_match(self, key: str, data: bytes, tag: str) -> bool:
+        """Compare the file's SHA-256 (the tag :meth:`read_versioned` gives) with ``tag`` and replace the file
+        atomically (temp file + ``os.replace``), under the store's CAS lock.
+
+        The CAS lock (``.cas.lock``) is not the writer lock of :meth:`lock` (``.lock``): a publisher holding
+        ``lock()`` calls this, and a second flock on ``.lock`` from this process would wait for itself. It is
+        held only for the compare and the rename, and nothing takes another lock while holding it. Plain
+        :meth:`write` and :meth:`delete` do not take it: the guarantee holds among ``write_if_match`` callers.
+        """
+        path = self._path(key)
+        with self._cas_lock() as locked:
+            if not locked:  # no store directory, so no such key
+                return False
+            try:
+                with path.open("rb") as f:
+                    current = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                raise _io_error("read", path, e) from e
+            if current != tag:
+                return False
+            atomic_write(path, data)
+            return True
+
+    @contextlib.contextmanager
+    def _cas_lock(self) -> Iterator[bool]:
+        """Hold an exclusive flock on ``ROOT/.cas.lock``; yields False if the store directory does not exist.
+
+        flock (not fcntl/lockf record locks) because it belongs to the open file, so two threads of one
+        process exclude each other too; the kernel drops it when a holder dies.
+        """
+        lockfile = self.root / ".cas.lock"
+        try:
+            fd = os.open(lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            yield False
+            return
+        except OSError as e:
+            raise _io_error("lock", lockfile, e) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield True
+        finally:
+            os.close(fd)
 
     def upload_file(self, key: str, path: str) -> bool:
         dest = self._path(key)

@@ -1,0 +1,450 @@
+"""A catalogue in an S3 bucket (AWS S3, Ceph RGW, SeaweedFS, MinIO…) through boto3.
+
+``s3://BUCKET/PREFIX`` names the catalogue; endpoint, credentials and region come from the standard AWS settings
+(``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
+``AWS_REGION``, the shared config files), so whatever the ``aws`` CLI reaches, imagectl reaches. Every botocore
+exception is turned into an :class:`~imagectl.errors.ImagectlError` here, at the boundary, with a one-line message
+that names the bucket and key but never a credential.
+
+S3 has no locks: publishers serialise by compare-and-swap, with the conditional writes ``If-None-Match: *``
+(:meth:`S3Store.write_new`) and ``If-Match: <etag>`` (:meth:`S3Store.write_if_match`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import boto3.exceptions
+import boto3.s3.transfer
+import botocore.config
+import botocore.exceptions
+import urllib3.exceptions
+
+from imagectl import __version__
+from imagectl.errors import (
+    CatalogueStateError,
+    DownloadError,
+    ImagectlError,
+    InvalidInputError,
+    KeyProblemError,
+    LocalIOError,
+)
+from imagectl.http import safe_url
+from imagectl.store.base import CHUNK, ObjectEntry, ObjectMissingError, RangeStream, Store
+
+__all__ = ["S3Stats", "S3Store", "TransferSettings"]
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_DEFAULT_REGION = "us-east-1"
+_CRED_HINT = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for this endpoint"
+# Error codes that mean "these credentials are wrong", as opposed to "these credentials may not do that".
+_BAD_CREDENTIALS = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired"}
+)
+# A conditional write lost: 412 is the answer; AWS answers 409 while a competing conditional write is in flight.
+_WRONG_REGION = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"})
+_LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+_CONDITION_HEADERS = "ImagectlConditionHeaders"  # private call parameter, see _install_header_hook
+
+
+@dataclass
+class TransferSettings:
+    """How large files are uploaded (sizes in bytes)."""
+
+    multipart_threshold: int = 64 << 20  # files at least this large go up in parts
+    part_size: int = 16 << 20  # size of each part (S3 allows 5 MiB..5 GiB, at most 10,000 parts)
+    concurrency: int = 8  # parts in flight at once
+
+
+@dataclass
+class S3Stats:
+    """Counters of what this store sent, fed by the bytes actually transferred (thread-safe)."""
+
+    bytes_sent: int = 0  # object bytes in PUT and UploadPart bodies
+    parts: int = 0  # multipart parts uploaded
+    files: int = 0  # upload_file calls that sent the file
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, nbytes: int = 0, parts: int = 0, files: int = 0) -> None:
+        with self._lock:
+            self.bytes_sent += nbytes
+            self.parts += parts
+            self.files += files
+
+
+class _Progress(boto3.s3.transfer.BaseSubscriber):  # type: ignore[misc]
+    def __init__(self, stats: S3Stats) -> None:
+        self.stats = stats
+
+    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+        self.stats.add(nbytes=bytes_transferred)  # negative when s3transfer rewinds a part to retry it
+
+
+def _content_type(key: str) -> str:
+    return "application/json" if key.endswith(".json") else "application/octet-stream"
+
+
+def _split(url_path: str) -> str:
+    """Normalise a key prefix: no leading ``/``, one trailing ``/`` unless empty."""
+    prefix = url_path.strip("/")
+    return prefix + "/" if prefix else ""
+
+
+class S3Store(Store):
+    """The catalogue under ``s3://bucket/prefix/``."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        transfer: TransferSettings | None = None,
+        client: Any = None,
+    ) -> None:
+        """Raises InvalidInputError for a bad bucket name, KeyProblemError for an unknown AWS profile.
+
+        ``client`` (a boto3 S3 client) replaces the one built from the AWS settings; for tests and tools that
+        already hold one.
+        """
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]{1,61}[A-Za-z0-9]", bucket):
+            raise InvalidInputError(f"invalid S3 bucket name {bucket!r}")
+        self.bucket = bucket
+        self.prefix = _split(prefix)
+        self.url = f"s3://{bucket}/{self.prefix}"
+        self.transfer = transfer or TransferSettings()
+        self.stats = S3Stats()
+        self.list_page_size = 1000  # keys per ListObjectsV2 request (the S3 maximum)
+        self.client = client if client is not None else _make_client(timeout, retries, self.transfer.concurrency)
+        self.endpoint = safe_url(self.client.meta.endpoint_url)
+        members = self.client.meta.service_model.operation_model("PutObject").input_shape.members
+        self._native_conditions = "IfMatch" in members and "IfNoneMatch" in members
+        if not self._native_conditions:
+            _install_header_hook(self.client)
+        self.client.meta.events.register(
+            "after-call.s3.UploadPart", self._count_part, unique_id=f"imagectl-count-parts-{id(self)}"
+        )
+        self.client.meta.events.register("before-send.s3.PutObject", _no_expect_on_empty, unique_id="imagectl-expect")
+
+    def _count_part(self, http_response: Any = None, **kwargs: Any) -> None:
+        if http_response is not None and http_response.status_code < 300:
+            self.stats.add(parts=1)
+
+    # -- keys and errors ----------------------------------------------------------------------------------
+    def _key(self, key: str) -> str:
+        parts = key.split("/")
+        if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ObjectMissingError(f"invalid object key {key!r}")
+        return self.prefix + key
+
+    def _error(self, exc: Exception, action: str, key: str | None) -> ImagectlError:
+        """The ImagectlError a botocore/boto3 exception means for the user; one line, no secrets."""
+        what = f"s3://{self.bucket}/{self.prefix}{key}" if key is not None else self.url
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return KeyProblemError(f"no S3 credentials found for {self.url}", hint=_CRED_HINT)
+        if isinstance(exc, botocore.exceptions.PartialCredentialsError | botocore.exceptions.ProfileNotFound):
+            return KeyProblemError(f"S3 credentials: {exc}", hint=_CRED_HINT)
+        if isinstance(exc, botocore.exceptions.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", "?"))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "NoSuchBucket":
+                return CatalogueStateError(
+                    f"S3 bucket {self.bucket} does not exist at {self.endpoint}",
+                    hint="create the bucket first, or check AWS_ENDPOINT_URL",
+                )
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return ObjectMissingError(f"{key or what} not found in {self.url}")
+            if code in _BAD_CREDENTIALS:
+                return KeyProblemError(f"S3 at {self.endpoint} rejected the credentials ({code})", hint=_CRED_HINT)
+            if code in ("AccessDenied", "403", "Forbidden") or status == 403:
+                return KeyProblemError(
+                    f"S3 at {self.endpoint} refused to {action} {what} (HTTP 403: wrong credentials or no permission)",
+                    hint="check the credentials and the bucket policy",
+                )
+            hint = "set AWS_REGION to the bucket's region" if code in _WRONG_REGION else None
+            return DownloadError(f"S3 {action} of {what} failed: {code} (HTTP {status})", hint=hint)
+        if isinstance(exc, botocore.exceptions.ParamValidationError):
+            return InvalidInputError(f"invalid S3 request for {what}: {exc}")
+        if isinstance(
+            exc,
+            botocore.exceptions.EndpointConnectionError
+            | botocore.exceptions.ConnectTimeoutError
+            | botocore.exceptions.ProxyConnectionError,
+        ):
+            return DownloadError(f"cannot reach S3 at {self.endpoint}: {type(exc).__name__}")
+        return DownloadError(f"S3 {action} of {what} failed: {type(exc).__name__}")
+
+    @contextlib.contextmanager
+    def _boundary(self, action: str, key: str | None) -> Iterator[None]:
+        try:
+            yield
+        except (
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+            boto3.exceptions.Boto3Error,
+            urllib3.exceptions.HTTPError,
+        ) as e:
+            raise self._error(e, action, key) from e
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def _get(self, key: str, offset: int = 0) -> dict[str, Any]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if offset:
+            args["Range"] = f"bytes={offset}-"
+        with self._boundary("read", key):
+            try:
+                resp: dict[str, Any] = self.client.get_object(**args)
+            except botocore.exceptions.ClientError as e:
+                if not offset or e.response.get("Error", {}).get("Code") != "InvalidRange":
+                    raise
+                # Offset at or past the end: answer like a server that ignores Range (the whole object from 0);
+                # the caller restarts, and finds out for itself whether the object is shorter than it expects.
+                del args["Range"]
+                resp = self.client.get_object(**args)
+        return resp
+
+    def _chunks(self, body: Any, key: str) -> Iterator[bytes]:
+        with self._boundary("read", key):
+            yield from body.iter_chunks(CHUNK)
+
+    def _read_body(self, resp: dict[str, Any], key: str, max_length: int) -> bytes:
+        body = resp["Body"]
+        with contextlib.closing(body):
+            if resp.get("ContentLength", 0) > max_length:
+                raise DownloadError(f"{key} is larger than the allowed {max_length} bytes")
+            buf = bytearray()
+            for chunk in self._chunks(body, key):
+                buf += chunk
+                if len(buf) > max_length:
+                    raise DownloadError(f"{key} is larger than the allowed {max_length} bytes")
+            return bytes(buf)
+
+    def read(self, key: str, max_length: int) -> bytes:
+        return self._read_body(self._get(key), key, max_length)
+
+    def read_versioned(self, key: str, max_length: int) -> tuple[bytes, str]:
+        """The object and its ETag, from one GET (so the two always belong together)."""
+        resp = self._get(key)
+        return self._read_body(resp, key, max_length), str(resp["ETag"])
+
+    @contextlib.contextmanager
+    def open_range(self, key: str, offset: int = 0) -> Iterator[RangeStream]:
+        resp = self._get(key, offset)
+        body = resp["Body"]
+        with contextlib.closing(body):
+            start, total = 0, resp.get("ContentLength")
+            content_range = resp.get("ContentRange")
+            if content_range:
+                m = _CONTENT_RANGE.match(content_range)
+                if not m:
+                    raise DownloadError(f"unparseable Content-Range for {key} from {self.endpoint}")
+                start = int(m.group(1))
+                total = int(m.group(3)) if m.group(3) != "*" else None
+            yield RangeStream(offset=start, chunks=self._chunks(body, key), total=total)
+
+    def exists(self, key: str) -> bool:
+        """Whether the key exists (HEAD). A 403 raises: it may hide a missing key, or mean wrong credentials."""
+        with self._boundary("check", key):
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except botocore.exceptions.ClientError as e:
+                if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return False
+                raise
+        return True
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Keys under ``prefix`` (ListObjectsV2, page by page); dot-files are skipped as on a directory."""
+        for entry in self.list_entries(prefix):
+            yield entry.key
+
+    def list_entries(self, prefix: str) -> Iterator[ObjectEntry]:
+        """Keys under ``prefix`` with size and age (from LastModified, so a skewed local clock skews ages)."""
+        full = self.prefix + _split(prefix)
+        with self._boundary("list", prefix):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}
+            )
+            for page in pages:
+                now = time.time()
+                for obj in page.get("Contents", ()):
+                    key = str(obj["Key"])[len(self.prefix) :]
+                    name = key.rsplit("/", 1)[-1]
+                    if name and not name.startswith("."):
+                        age = max(0.0, now - obj["LastModified"].timestamp())
+                        yield ObjectEntry(key=key, size=int(obj["Size"]), age=age)
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def _put(self, key: str, data: bytes, conditions: dict[str, str]) -> bool:
+        """PUT ``data``; with ``conditions`` (``IfMatch``/``IfNoneMatch``) return False when one fails."""
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self._key(key),
+            "Body": data,
+            "ContentType": _content_type(key),
+        }
+        if self._native_conditions:
+            args.update(conditions)
+        elif conditions:
+            names = {"IfMatch": "If-Match", "IfNoneMatch": "If-None-Match"}
+            args[_CONDITION_HEADERS] = {names[k]: v for k, v in conditions.items()}
+        with self._boundary("write", key):
+            try:
+                self.client.put_object(**args)
+            except botocore.exceptions.ClientError as e:
+                code = e.response.get("Error", {}).get("Code")
+                missing = code == "NoSuchKey" and "IfMatch" in conditions  # AWS: If-Match on an absent key
+                if not conditions or not (code in _LOST_RACE or missing):
+                    raise
+                if e.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) and self._holds(key, data):
+                    # botocore retried after a lost response; the first attempt is what made the condition fail
+                    pass
+                else:
+                    return False
+        self.stats.add(nbytes=len(data))
+        return True
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        """Whether ``key`` now holds exactly ``data`` (by ETag, the MD5 of a single-part upload)."""
+        try:
+            etag = self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"]
+        except botocore.exceptions.ClientError:
+            return False
+        return str(etag).strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def write(self, key: str, data: bytes) -> None:
+        self._put(key, data, {})
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``If-None-Match: *``; False when it exists (412)."""
+        return self._put(key, data, {"IfNoneMatch": "*"})
+
+    def write_if_match(self, key: str, data: bytes, tag: str) -> bool:
+        """Replace ``key`` with ``If-Match: <tag>``; False when its ETag changed or it is gone (412)."""
+        return self._put(key, data, {"IfMatch": tag})
+
+    def upload_file(self, key: str, path: str) -> bool:
+        """Upload a local file unless ``key`` exists; large files go up as a multipart upload in parallel parts.
+
+        Content-addressed blobs never change, so an existing key means the bytes are already there: nothing
+        is sent. Two publishers uploading the same blob at once both send it; the second PUT stores the same
+        bytes. Raises LocalIOError if ``path`` is unreadable.
+        """
+        if self.exists(key):
+            return False
+        try:
+            open(path, "rb").close()  # a clear error for an unreadable file before any request is made
+        except OSError as e:
+            raise LocalIOError(f"cannot read {path}: {e.strerror or e}") from e
+        config = boto3.s3.transfer.TransferConfig(
+            multipart_threshold=self.transfer.multipart_threshold,
+            multipart_chunksize=self.transfer.part_size,
+            max_concurrency=self.transfer.concurrency,
+            use_threads=True,
+            preferred_transfer_client="classic",  # the CRT client would bypass the part counter
+        )
+        with self._boundary("upload", key):
+            try:
+                with boto3.s3.transfer.create_transfer_manager(self.client, config) as manager:
+                    future = manager.upload(
+                        path,
+                        self.bucket,
+                        self._key(key),
+                        extra_args={"ContentType": _content_type(key)},
+                        subscribers=[_Progress(self.stats)],
+                    )
+                    future.result()
+            except OSError as e:
+                raise LocalIOError(f"cannot read {path}: {e.strerror or e}") from e
+        self.stats.add(files=1)
+        return True
+
+    def delete(self, key: str) -> None:
+        with self._boundary("delete", key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """A no-op: S3 has no lock. Publishers on S3 serialise by compare-and-swap (:meth:`write_if_match`,
+        :meth:`write_new`), never by holding a lock, so a publisher that dies holds nothing up."""
+        yield
+
+    def presign(self, key: str, expires: int = 3600) -> str:
+        """A time-limited plain-HTTPS URL of ``key`` (for pulling without AWS credentials)."""
+        with self._boundary("presign", key):
+            return str(
+                self.client.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires
+                )
+            )
+
+
+def _make_client(timeout: float, retries: int, concurrency: int) -> Any:
+    """An S3 client from the standard AWS settings; path-style addressing unless the endpoint is AWS's own."""
+    try:
+        session = boto3.session.Session()
+    except botocore.exceptions.ProfileNotFound as e:
+        raise KeyProblemError(f"AWS profile {e.kwargs.get('profile')!r} not found", hint=_CRED_HINT) from e
+    region = os.environ.get("AWS_REGION") or session.region_name or _DEFAULT_REGION
+
+    def build(addressing: str | None) -> Any:
+        s3: dict[str, Any] = {"addressing_style": addressing} if addressing else {}
+        config = botocore.config.Config(
+            region_name=region,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"mode": "standard", "total_max_attempts": retries + 1},  # max_attempts would count retries
+            max_pool_connections=max(10, concurrency + 2),
+            user_agent_extra=f"imagectl/{__version__}",
+            s3=s3,
+        )
+        return session.client("s3", config=config)
+
+    try:
+        client = build(None)
+        host = (client.meta.endpoint_url or "").split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+        if not (host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")):
+            # Other S3 servers (SeaweedFS, MinIO, Ceph on an IP or a single host name) need the bucket in the path.
+            client = build("path")
+    except botocore.exceptions.BotoCoreError as e:
+        raise InvalidInputError(f"S3 client settings: {type(e).__name__}: {e}") from e
+    return client
+
+
+def _no_expect_on_empty(request: Any, **kwargs: Any) -> None:
+    """Send an empty PUT without ``Expect: 100-continue``.
+
+    With that header and no body, SeaweedFS (4.48) leaves the kept-alive connection in a state where the next
+    request on it gets no answer until the read timeout; there is nothing to hold back anyway.
+    """
+    if str(request.headers.get("Content-Length", "")) == "0" and "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
+def _install_header_hook(client: Any) -> None:
+    """Let PutObject carry If-Match/If-None-Match on a botocore too old to know those parameters.
+
+    The private parameter is taken out before botocore validates the call and turned into headers before it signs.
+    """
+
+    def take(params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
+        headers = params.pop(_CONDITION_HEADERS, None)
+        if headers:
+            context["imagectl_headers"] = headers
+
+    def add(params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
+        params.setdefault("headers", {}).update(context.get("imagectl_headers", {}))
+
+    client.meta.events.register("before-parameter-build.s3.PutObject", take, unique_id="imagectl-conditions-take")
+    client.meta.events.register("before-call.s3.PutObject", add, unique_id="imagectl-conditions-add")

@@ -1,0 +1,416 @@
+"""The S3 store against a real SeaweedFS, and the compare-and-swap primitives on both writable stores."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from imagectl.errors import CatalogueStateError, DownloadError, InvalidInputError, KeyProblemError
+from imagectl.store import ObjectMissingError, Store, open_store
+from imagectl.store import s3 as s3mod
+from imagectl.store.local import LocalStore
+from imagectl.store.s3 import S3Store, TransferSettings
+from tests.s3server import S3Server, is_loopback, listening_sockets, seaweedfs_server
+
+MiB = 1 << 20
+
+
+def _clean_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never wait for an instance-metadata service
+
+
+@pytest.fixture
+def s3_env(seaweedfs: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The standard AWS variables point at the test server (and nothing else does)."""
+    _clean_aws_env(monkeypatch)
+    for key, value in seaweedfs.env().items():
+        monkeypatch.setenv(key, value)
+    return seaweedfs
+
+
+@pytest.fixture
+def s3_store(s3_env: S3Server) -> S3Store:
+    """A fresh prefix, opened the way the CLI opens it: from an s3:// URL and the environment."""
+    store = open_store(f"s3://{s3_env.shared_bucket()}/{uuid.uuid4().hex}/cat", retries=0, timeout=10)
+    assert isinstance(store, S3Store)
+    return store
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "local":
+        return LocalStore(tmp_path / "cat")
+    return request.getfixturevalue("s3_store")  # type: ignore[no-any-return]
+
+
+def _race(n: int, fn: Callable[[int], bool]) -> list[int]:
+    """Run ``fn(i)`` in ``n`` threads released at once; return the i whose call returned True."""
+    barrier = threading.Barrier(n)
+    wins: list[int] = []
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            if fn(i):
+                wins.append(i)
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a racer hung"
+    assert not errors, errors
+    return wins
+
+
+# -- both stores -----------------------------------------------------------------------------------------------
+
+
+def test_round_trip(store: Store) -> None:
+    store.write("metadata/a.json", b'{"a": 1}')
+    store.write("blobs/sha256/00", b"blob")
+    store.write("metadata/a.json", b'{"a": 2}')  # replace
+    assert store.read("metadata/a.json", 100) == b'{"a": 2}'
+    assert store.exists("blobs/sha256/00") and not store.exists("blobs/sha256/01")
+    assert sorted(store.list("metadata/")) == ["metadata/a.json"]
+    assert sorted(store.list("")) == ["blobs/sha256/00", "metadata/a.json"]
+    with pytest.raises(DownloadError, match="larger than the allowed 3 bytes"):
+        store.read("metadata/a.json", 3)
+    store.delete("blobs/sha256/00")
+    store.delete("blobs/sha256/00")  # a missing key is not an error
+    assert not store.exists("blobs/sha256/00")
+    with pytest.raises(ObjectMissingError):
+        store.read("blobs/sha256/00", 100)
+    with pytest.raises(ObjectMissingError):
+        store.read("../escape", 100)
+
+
+def test_list_entries(store: Store) -> None:
+    store.write("blobs/sha256/aa", b"x" * 10)
+    store.write("blobs/sha256/bb", b"")
+    store.write("metadata/1.root.json", b"{}")
+    entries = sorted(store.list_entries("blobs/"), key=lambda e: e.key)
+    assert [(e.key, e.size) for e in entries] == [("blobs/sha256/aa", 10), ("blobs/sha256/bb", 0)]
+    assert all(0 <= e.age < 120 for e in entries)
+
+
+def test_empty_objects(store: Store) -> None:
+    assert store.write_new("blobs/sha256/empty", b"") is True
+    store.write("metadata/empty.json", b"")
+    store.write("metadata/after.json", b"x")  # the connection an empty PUT used still answers
+    assert store.read("blobs/sha256/empty", 10) == b"" and store.read("metadata/after.json", 10) == b"x"
+
+
+def test_open_range(store: Store) -> None:
+    data = bytes(range(256)) * 1000
+    store.write("blobs/x", data)
+    with store.open_range("blobs/x") as s:
+        assert s.offset == 0 and s.total == len(data) and b"".join(s.chunks) == data
+    with store.open_range("blobs/x", 1000) as s:
+        assert s.offset == 1000 and s.total == len(data) and b"".join(s.chunks) == data[1000:]
+    with pytest.raises(ObjectMissingError), store.open_range("blobs/none", 10):
+        pass
+
+
+def test_write_new_creates_once(store: Store) -> None:
+    assert store.write_new("metadata/1.root.json", b"first") is True
+    assert store.write_new("metadata/1.root.json", b"second") is False
+    assert store.read("metadata/1.root.json", 100) == b"first"
+
+
+def test_write_if_match(store: Store) -> None:
+    store.write("metadata/timestamp.json", b"v1")
+    data, tag = store.read_versioned("metadata/timestamp.json", 100)
+    assert data == b"v1"
+    assert store.write_if_match("metadata/timestamp.json", b"v2", tag) is True
+    data2, tag2 = store.read_versioned("metadata/timestamp.json", 100)
+    assert data2 == b"v2" and tag2 != tag
+    assert store.write_if_match("metadata/timestamp.json", b"v3", tag) is False  # stale tag
+    assert store.read("metadata/timestamp.json", 100) == b"v2"
+    store.delete("metadata/timestamp.json")
+    assert store.write_if_match("metadata/timestamp.json", b"v4", tag2) is False  # vanished
+    assert not store.exists("metadata/timestamp.json")
+    with pytest.raises(ObjectMissingError):
+        store.read_versioned("metadata/timestamp.json", 100)
+
+
+def test_write_if_match_race_has_one_winner(store: Store) -> None:
+    key = "metadata/timestamp.json"
+    for rnd in range(3):
+        store.write(key, b"base %d" % rnd)
+        _, tag = store.read_versioned(key, 100)
+        wins = _race(6, lambda i: store.write_if_match(key, b"round %d writer %d" % (rnd, i), tag))  # noqa: B023
+        assert len(wins) == 1
+        assert store.read(key, 100) == b"round %d writer %d" % (rnd, wins[0])
+
+
+def test_write_new_race_has_one_winner(store: Store) -> None:
+    wins = _race(6, lambda i: store.write_new("metadata/7.snapshot.json", b"writer %d" % i))
+    assert len(wins) == 1
+    assert store.read("metadata/7.snapshot.json", 100) == b"writer %d" % wins[0]
+
+
+def test_write_if_match_inside_the_writer_lock(store: Store) -> None:
+    """A publisher holds lock() while it swaps the timestamp: that must not wait for itself."""
+    store.write("metadata/timestamp.json", b"v1")
+    result: list[bool] = []
+
+    def publish() -> None:
+        with store.lock():
+            _, tag = store.read_versioned("metadata/timestamp.json", 100)
+            result.append(store.write_if_match("metadata/timestamp.json", b"v2", tag))
+
+    t = threading.Thread(target=publish, daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert result == [True], "write_if_match under lock() deadlocked or failed"
+
+
+# -- S3 only --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.s3
+def test_s3_urls_and_prefix_isolation(s3_env: S3Server) -> None:
+    bucket = s3_env.make_bucket()
+    a = open_store(f"s3://{bucket}/team/cat", retries=0)
+    b = open_store(f"s3://{bucket}/team/cat2", retries=0)
+    assert a.url == f"s3://{bucket}/team/cat/"
+    assert a.key_url("metadata/root.json") == f"s3://{bucket}/team/cat/metadata/root.json"
+    a.write("metadata/root.json", b"a")
+    b.write("metadata/root.json", b"b")
+    assert list(a.list("metadata/")) == ["metadata/root.json"]
+    assert a.read("metadata/root.json", 10) == b"a"
+    raw = s3_env.client().get_object(Bucket=bucket, Key="team/cat/metadata/root.json")
+    assert raw["ContentType"] == "application/json"
+    whole = open_store(f"s3://{bucket}", retries=0)
+    assert whole.url == f"s3://{bucket}/"
+    assert sorted(whole.list("team/")) == ["team/cat/metadata/root.json", "team/cat2/metadata/root.json"]
+
+
+@pytest.mark.s3
+def test_s3_list_pages(s3_store: S3Store) -> None:
+    keys = {f"blobs/sha256/{i:02x}" for i in range(7)}
+    for k in keys:
+        s3_store.write(k, b"x")
+    s3_store.write("blobs/.hidden", b"x")
+    s3_store.list_page_size = 2
+    assert set(s3_store.list("blobs")) == keys  # 4 pages; dot-files skipped as in a directory
+
+
+@pytest.mark.s3
+def test_s3_tag_is_the_etag(s3_store: S3Store) -> None:
+    s3_store.write("metadata/timestamp.json", b"hello")
+    _, tag = s3_store.read_versioned("metadata/timestamp.json", 100)
+    assert tag == '"' + hashlib.md5(b"hello").hexdigest() + '"'
+
+
+@pytest.mark.s3
+def test_s3_range_past_the_end_restarts_from_zero(s3_store: S3Store) -> None:
+    s3_store.write("blobs/short", b"0123456789")
+    with s3_store.open_range("blobs/short", 10) as s:  # e.g. a stale partial download as long as the blob
+        assert s.offset == 0 and b"".join(s.chunks) == b"0123456789"
+
+
+@pytest.mark.s3
+def test_s3_upload_file_multipart_once(s3_store: S3Store, tmp_path: Path) -> None:
+    path = tmp_path / "image.qcow2"
+    block = hashlib.sha256(b"seed").digest() * 2048  # 64 KiB
+    with path.open("wb") as f:
+        for _ in range(20 * MiB // len(block)):
+            f.write(block)
+    s3_store.transfer = TransferSettings(multipart_threshold=5 * MiB, part_size=5 * MiB, concurrency=4)
+    key = "blobs/sha256/" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert s3_store.upload_file(key, str(path)) is True
+    assert s3_store.stats.parts == 4
+    assert s3_store.stats.bytes_sent == 20 * MiB
+    with s3_store.open_range(key) as s:
+        assert hashlib.sha256(b"".join(s.chunks)).hexdigest() == key.rsplit("/", 1)[1]
+    head = s3_store.client.head_object(Bucket=s3_store.bucket, Key=s3_store.prefix + key)
+    assert head["ETag"].endswith('-4"')  # the multipart ETag names its part count
+
+    before = s3_store.stats.bytes_sent
+    assert s3_store.upload_file(key, str(path)) is False  # content-addressed: already there
+    assert s3_store.stats.bytes_sent == before
+
+
+@pytest.mark.s3
+def test_s3_small_file_single_put(s3_store: S3Store, tmp_path: Path) -> None:
+    path = tmp_path / "small"
+    path.write_bytes(b"z" * 1000)
+    assert s3_store.upload_file("blobs/sha256/small", str(path)) is True
+    assert s3_store.stats.parts == 0 and s3_store.stats.bytes_sent == 1000
+    with pytest.raises(Exception, match="cannot read") as exc:
+        s3_store.upload_file("blobs/sha256/other", str(tmp_path / "absent"))
+    assert exc.value.__class__.__name__ == "LocalIOError"
+
+
+@pytest.mark.s3
+def test_s3_conditional_writes_through_header_hook(s3_store: S3Store) -> None:
+    """The fallback for a botocore that predates IfMatch/IfNoneMatch sends the same headers."""
+    s3_store._native_conditions = False
+    s3mod._install_header_hook(s3_store.client)
+    assert s3_store.write_new("metadata/1.root.json", b"one") is True
+    assert s3_store.write_new("metadata/1.root.json", b"two") is False
+    _, tag = s3_store.read_versioned("metadata/1.root.json", 100)
+    assert s3_store.write_if_match("metadata/1.root.json", b"three", '"0000"') is False
+    assert s3_store.write_if_match("metadata/1.root.json", b"three", tag) is True
+    assert s3_store.read("metadata/1.root.json", 100) == b"three"
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("op", ["write_new", "write_if_match"])
+def test_s3_conditional_write_whose_answer_was_lost(s3_env: S3Server, op: str) -> None:
+    """The server stored the PUT but the answer never arrived; botocore's retry then meets 412. That is a
+    success (the key holds exactly our bytes), not a lost race."""
+    import botocore.exceptions
+
+    store = open_store(f"s3://{s3_env.shared_bucket()}/{uuid.uuid4().hex}", retries=2)
+    assert isinstance(store, S3Store)
+    store.write("metadata/timestamp.json", b"old")
+    _, tag = store.read_versioned("metadata/timestamp.json", 100)
+    session = store.client._endpoint.http_session
+    real_send = session.send
+    dropped: list[str] = []
+
+    def send(request: object) -> object:
+        response = real_send(request)
+        if getattr(request, "method", "") == "PUT" and not dropped:
+            dropped.append(str(getattr(request, "url", "")))
+            raise botocore.exceptions.ConnectionClosedError(endpoint_url="dropped by the test")
+        return response
+
+    session.send = send
+    if op == "write_new":
+        assert store.write_new("metadata/2.root.json", b"mine") is True
+        assert store.read("metadata/2.root.json", 100) == b"mine"
+    else:
+        assert store.write_if_match("metadata/timestamp.json", b"new", tag) is True
+        assert store.read("metadata/timestamp.json", 100) == b"new"
+    assert len(dropped) == 1
+    # a real conflict after a retry stays a conflict
+    dropped.clear()
+    assert store.write_new("metadata/timestamp.json", b"other") is False
+    assert store.read("metadata/timestamp.json", 100) != b"other"
+
+
+@pytest.mark.s3
+def test_s3_missing_key(s3_store: S3Store) -> None:
+    assert not s3_store.exists("metadata/none.json")
+    with pytest.raises(ObjectMissingError, match=r"metadata/none.json not found in s3://"):
+        s3_store.read("metadata/none.json", 100)
+    with pytest.raises(ObjectMissingError):
+        s3_store.read_versioned("metadata/none.json", 100)
+    with pytest.raises(ObjectMissingError), s3_store.open_range("metadata/none.json"):
+        pass
+
+
+@pytest.mark.s3
+def test_s3_missing_bucket(s3_env: S3Server) -> None:
+    store = open_store("s3://no-such-bucket-here/cat", retries=0)
+    with pytest.raises(CatalogueStateError, match="bucket no-such-bucket-here does not exist"):
+        store.read("metadata/root.json", 100)
+    with pytest.raises(CatalogueStateError):
+        store.write("metadata/root.json", b"x")
+    with pytest.raises(CatalogueStateError):
+        list(store.list("metadata/"))
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("which", ["secret", "access key"])
+def test_s3_wrong_credentials(s3_env: S3Server, monkeypatch: pytest.MonkeyPatch, which: str) -> None:
+    bucket = s3_env.make_bucket()
+    s3_env.client().put_object(Bucket=bucket, Key="cat/metadata/root.json", Body=b"x")
+    bad_secret = "not-the-secret-" + "x" * 20
+    if which == "secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", bad_secret)
+    else:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKNOBODY")
+    store = open_store(f"s3://{bucket}/cat", retries=0)
+    with pytest.raises(KeyProblemError, match="rejected the credentials") as exc:
+        store.read("metadata/root.json", 100)
+    with pytest.raises(KeyProblemError):
+        store.write_new("metadata/2.root.json", b"x")
+    with pytest.raises(KeyProblemError, match="HTTP 403"):
+        store.exists("metadata/root.json")  # HEAD has no error body: 403 is all S3 says
+    text = f"{exc.value} {exc.value.hint}"
+    for secret in (bad_secret, s3_env.secret_key):
+        assert secret not in text
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.s3
+def test_s3_no_credentials(s3_env: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    store = open_store(f"s3://{s3_env.make_bucket()}/cat", retries=0)
+    with pytest.raises(KeyProblemError, match="no S3 credentials found") as exc:
+        store.read("metadata/root.json", 100)
+    assert exc.value.hint and "AWS_ACCESS_KEY_ID" in exc.value.hint
+
+
+@pytest.mark.s3
+def test_seaweedfs_listens_on_loopback_only(seaweedfs: S3Server) -> None:
+    sockets = listening_sockets(seaweedfs.pid)
+    assert sockets, "found no listening sockets: is /proc readable?"
+    assert [s for s in sockets if not is_loopback(s[1])] == []
+    assert {port for _proto, _addr, port in sockets} == set(seaweedfs.ports.values())
+    if shutil.which("ss"):  # the same seen by ss, when installed
+        out = subprocess.run(["ss", "-Hltnup"], capture_output=True, text=True, check=True).stdout
+        mine = [line.split()[4] for line in out.splitlines() if f"pid={seaweedfs.pid}," in line]
+        assert mine and all(addr.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "::1") for addr in mine), mine
+
+
+@pytest.mark.s3
+def test_seaweedfs_server_leaves_nothing_behind(tmp_path: Path) -> None:
+    with seaweedfs_server(tmp_path) as srv:
+        pid, root, ports = srv.pid, srv.root, srv.ports
+        assert Path(f"/proc/{pid}").exists()
+    assert not Path(f"/proc/{pid}").exists(), "weed mini still running"
+    assert not root.exists()
+    left = [p for p in Path("/tmp").glob("seaweedfs-*.sock") if any(str(port) in p.name for port in ports.values())]
+    assert left == []
+
+
+# -- no server needed -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    _clean_aws_env(monkeypatch)
+    yield
+
+
+def test_open_store_s3_locations(no_aws: None) -> None:
+    store = open_store("s3://bucket-1/a/b/", retries=0)
+    assert isinstance(store, S3Store)
+    assert (store.bucket, store.prefix, store.url) == ("bucket-1", "a/b/", "s3://bucket-1/a/b/")
+    assert store.endpoint.startswith("https://") and "amazonaws.com" in store.endpoint  # default: AWS itself
+    for bad in ("s3:///cat", "s3://b/cat?x=1", "s3://x/cat"):
+        with pytest.raises(InvalidInputError):
+            open_store(bad)
+
+
+def test_s3_unreachable_endpoint(no_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKX")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    store = open_store("s3://bucket-1/cat", retries=0, timeout=5)
+    with pytest.raises(DownloadError, match=r"cannot reach S3 at http://127.0.0.1:9") as exc:
+        store.read("metadata/root.json", 100)
+    assert "very-secret-value" not in str(exc.value)
