@@ -146,6 +146,24 @@ def cmd_gc(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_mirror(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.mirror import MirrorFilter, mirror
+    from imagectl.progress import human_size
+
+    filters = MirrorFilter.parse(args.filter, args.max)
+    src, dest = _store(cfg, args.src), _store(cfg, args.dest)
+    say = (lambda m: print(f"imagectl: {m}", file=sys.stderr)) if not (args.json or args.quiet) else (lambda m: None)
+    report = mirror(src, dest, cfg.cache_path, cfg.root, filters, warn, say)
+    emit(
+        args,
+        report.as_json(),
+        f"mirrored {len(report.images)} image(s) from {src.url} to {dest.url}: "
+        f"{report.blobs_copied} blob(s) copied ({human_size(report.bytes_copied)}), {report.blobs_present} already "
+        f"there; timestamp version {report.timestamp_version}",
+    )
+    return 0
+
+
 def cmd_resign(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.trust import resign
 
@@ -623,6 +641,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("paths", nargs="+", metavar="PATH")
     sp = add(rec, "show", cmd_recipe_show, "print the fully merged recipe", ())
     sp.add_argument("path", metavar="PATH")
+
+    sp = add(sub, "mirror", cmd_mirror, "copy a verified subset of a catalogue (resumable)", ("root",))
+    sp.add_argument("src", metavar="SRC", help="source catalogue: directory, http(s)://, s3://")
+    sp.add_argument("dest", metavar="DEST", help="mirror: directory or s3://")
+    sp.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="name=…, arch=… or channel=… (repeatable; comma-separated values)",
+    )
+    sp.add_argument("--max", type=int, metavar="N", help="only the newest N versions per name and arch")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     trust = sub.add_parser("trust", help="manage signing keys").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"

@@ -131,3 +131,22 @@ def test_gc_on_s3_removes_orphans_only(s3cat, cli, make_image, tmp_path):
     assert cli("catalogue", "verify", url).code == 0
     r = cli("pull", "wn:1", "--catalogue", url, "--root", root, "--arch", "x86_64", "-o", tmp_path / "x.img")
     assert r.code == 0, r.err  # the referenced image survived
+
+
+def test_mirror_directory_to_s3_and_pull(s3cat, cli, make_image, tmp_path):
+    """Any store on either side: a directory catalogue mirrored into S3, pulled from there with the same root."""
+    src, src_keys = tmp_path / "src", tmp_path / "src-keys"
+    assert cli("catalogue", "init", src, "--keys", src_keys).code == 0
+    img = make_image(300_000, seed="m")
+    assert cli("publish", img, "--catalogue", src, "--keys", src_keys, "--name", "wn", "--arch", "x86_64").code == 0
+    url = s3cat[0].rsplit("/", 1)[0] + "/mirror"
+    root = src / "metadata" / "1.root.json"
+    r = cli("mirror", src, url, "--root", root, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["blobs_copied"] == 1
+    assert cli("catalogue", "verify", url).code == 0
+    r = cli("pull", "wn", "--catalogue", url, "--root", root, "--arch", "x86_64", "-o", tmp_path / "p.img")
+    assert r.code == 0, r.err
+    assert (tmp_path / "p.img").read_bytes() == img.read_bytes()
+    r = cli("mirror", src, url, "--root", root, "--json")  # up to date: nothing copied again
+    assert json.loads(r.out)["blobs_copied"] == 0 and json.loads(r.out)["blobs_present"] == 1

@@ -7,12 +7,14 @@ an operator sees the whole damage at once. It reads only through the store inter
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata
 
+from imagectl.catalogue import model
 from imagectl.catalogue.model import METADATA, ROLE_PREFIX, ImageRecord, blob_key, utcnow
 from imagectl.catalogue.state import MAX_METADATA
 from imagectl.errors import CatalogueStateError, ImagectlError, InvalidInputError
@@ -123,7 +125,19 @@ class _Verifier:
         elif h.hexdigest() != rec.sha256:
             self.problem(f"{rec.path}: blob {key} has sha256 {h.hexdigest()}, signed is {rec.sha256}")
 
+    def partial(self) -> tuple[set[str], set[str]] | None:
+        """For a partial mirror (mirror.json at its root): the image names and images it holds; else None."""
+        try:
+            info = json.loads(self.store.read("mirror.json", 16 << 20))
+            return {model.role_for(n) for n in info["names"]}, set(info["images"])
+        except ObjectMissingError:
+            return None
+        except (ValueError, KeyError, TypeError) as e:
+            self.problem(f"mirror.json: unreadable ({e})")
+            return None
+
     def run(self) -> Report:
+        partial = self.partial()
         root = self.roots()
         if root is None:
             return self.report
@@ -157,6 +171,8 @@ class _Verifier:
         for extra in sorted(listed - set(delegated)):
             self.problem(f"{snap_key}: lists {extra}, which targets does not delegate")
         for role in delegated:
+            if partial is not None and role not in partial[0]:
+                continue  # a partial mirror does not hold this image name, by design
             meta = snap.signed.meta.get(f"{role}.json")
             if meta is None:
                 self.problem(f"{snap_key}: delegated role {role} is not listed")
@@ -176,6 +192,8 @@ class _Verifier:
                 except InvalidInputError as e:
                     self.problem(f"{key}: {e}")
                     continue
+                if partial is not None and f"{rec.name}:{rec.version} {rec.arch}" not in partial[1]:
+                    continue  # filtered out of this partial mirror
                 self.report.images += 1
                 if self.check_blobs:
                     self.blob(rec)

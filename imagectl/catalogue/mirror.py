@@ -1,0 +1,204 @@
+"""``imagectl mirror SRC DEST``: copy a verified subset of a catalogue, with the signed metadata that covers it.
+
+A mirror serves the *same signed bytes* as its source (it holds no keys and signs nothing), so deployers pull
+from it with the root they already pin. It is partial by design: the metadata chain (roots, timestamp, snapshot,
+targets) in full, but only the image roles and blobs that the filters select; a client asking the mirror for an
+image it does not hold gets a clear "not found", never unverified bytes.
+
+Everything copied is verified first: the metadata by ``tuf.ngclient`` against the pinned root (the mirror writes
+the very bytes the Updater verified, taken from its trusted cache), every blob by length and SHA-256 while it
+streams. Order mirrors a publish: blobs, then versioned metadata, ``timestamp.json`` last, so an interrupted run
+leaves the mirror as it was plus some blobs, and the next run resumes by skipping what is already there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuf.api.metadata import Metadata
+
+from imagectl.catalogue import model
+from imagectl.catalogue.client import CatalogueReader
+from imagectl.catalogue.model import METADATA, ImageRecord, blob_key
+from imagectl.catalogue.state import MAX_METADATA
+from imagectl.errors import ImageMismatchError, InvalidInputError, RollbackError
+from imagectl.store import ObjectMissingError, Store
+
+__all__ = ["MIRROR_FILE", "MirrorFilter", "MirrorReport", "mirror"]
+
+MIRROR_FILE = "mirror.json"  # at a mirror's root: what it holds (catalogue verify reads it)
+
+
+@dataclass(frozen=True)
+class MirrorFilter:
+    names: frozenset[str] = frozenset()  # empty: every name
+    arches: frozenset[str] = frozenset()
+    channels: frozenset[str] = frozenset()  # only versions some selected channel points at
+    max_versions: int | None = None  # newest N versions per (name, arch)
+
+    @classmethod
+    def parse(cls, filters: list[str], max_versions: int | None) -> MirrorFilter:
+        """From ``name=…``, ``arch=…``, ``channel=…`` (repeatable; values may be comma-separated)."""
+        by: dict[str, set[str]] = {"name": set(), "arch": set(), "channel": set()}
+        for f in filters:
+            key, _, value = f.partition("=")
+            if key not in by or not value:
+                raise InvalidInputError(f"--filter takes name=…, arch=… or channel=…, got {f!r}")
+            for v in value.split(","):
+                {"name": model.check_name, "arch": model.check_arch, "channel": model.check_channel}[key](v)
+                by[key].add(v)
+        if max_versions is not None and max_versions < 1:
+            raise InvalidInputError("--max must be at least 1")
+        return cls(frozenset(by["name"]), frozenset(by["arch"]), frozenset(by["channel"]), max_versions)
+
+
+@dataclass
+class MirrorReport:
+    images: list[str] = field(default_factory=list)
+    blobs_copied: int = 0
+    blobs_present: int = 0
+    bytes_copied: int = 0
+    metadata_written: int = 0
+    timestamp_version: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _select(reader: CatalogueReader, f: MirrorFilter) -> dict[str, list[ImageRecord]]:
+    names = [n for n in reader.names() if not f.names or n in f.names]
+    missing = sorted(f.names - set(reader.names()))
+    if missing:
+        raise InvalidInputError(f"the source has no image named {missing[0]!r}")
+    chosen: dict[str, list[ImageRecord]] = {}
+    for name in names:
+        images = [r for r in reader.images(name) if not f.arches or r.arch in f.arches]
+        if f.channels:
+            pointed = {str(p.get("version")) for c, p in reader.ext(name)["channels"].items() if c in f.channels}
+            images = [r for r in images if r.version in pointed]
+        if f.max_versions is not None:
+            keep: list[ImageRecord] = []
+            for arch in sorted({r.arch for r in images}):
+                keep += [r for r in images if r.arch == arch][-f.max_versions :]  # images() is oldest first
+            images = keep
+        if images:
+            chosen[name] = images
+    return chosen
+
+
+def _copy_blob(src: Store, dest: Store, sha: str, length: int, tmpdir: Path) -> int:
+    """Stream one blob from ``src``, checking length and SHA-256, then store it at ``dest``; bytes copied."""
+    key = blob_key(sha)
+    fd, tmp = tempfile.mkstemp(dir=tmpdir, suffix=".blob")
+    try:
+        h, n = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out, src.open_range(key) as stream:
+            for chunk in stream.chunks:
+                n += len(chunk)
+                if n > length:
+                    raise ImageMismatchError(f"{key} at the source is longer than its signed {length} bytes")
+                h.update(chunk)
+                out.write(chunk)
+        if n != length or h.hexdigest() != sha:
+            raise ImageMismatchError(f"{key} at the source does not match its signed length and SHA-256")
+        dest.upload_file(key, tmp)
+        return n
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _version_at(store: Store, key: str) -> int:
+    """Version of the metadata at ``key``, 0 if there is none or it does not parse (it is replaced, not trusted)."""
+    try:
+        data = store.read(key, MAX_METADATA)
+    except ObjectMissingError:
+        return 0
+    try:
+        return int(Metadata.from_bytes(data).signed.version)
+    except Exception:  # noqa: BLE001 - any parse failure means "no usable version here"
+        return 0
+
+
+def _trusted(reader: CatalogueReader, name: str) -> tuple[bytes, int]:
+    """Bytes of a role as the Updater verified and cached them, and their version."""
+    data = (reader.dir / name).read_bytes()
+    return data, Metadata.from_bytes(data).signed.version
+
+
+def mirror(
+    src: Store,
+    dest: Store,
+    cache: Path,
+    root: str | None,
+    filters: MirrorFilter,
+    warn: Callable[[str], None],
+    say: Callable[[str], None] = lambda _m: None,
+) -> MirrorReport:
+    """Copy what ``filters`` select from ``src`` to ``dest``, verified; resumable; never rolls ``dest`` back."""
+    report = MirrorReport()
+    with CatalogueReader(src, cache, root, warn) as reader, tempfile.TemporaryDirectory() as tmp:
+        chosen = _select(reader, filters)
+        # 1. blobs (images and their build records), skipping what the mirror already holds
+        for name, images in chosen.items():
+            for rec in images:
+                report.images.append(f"{name}:{rec.version} {rec.arch}")
+                wanted = [(rec.sha256, rec.size)]
+                if isinstance(rec.build_record, dict) and isinstance(rec.build_record.get("sha256"), str):
+                    wanted.append((rec.build_record["sha256"], int(rec.build_record.get("size", 0))))
+                for sha, size in wanted:
+                    if dest.exists(blob_key(sha)):
+                        report.blobs_present += 1
+                        continue
+                    report.bytes_copied += _copy_blob(src, dest, sha, size, Path(tmp))
+                    report.blobs_copied += 1
+                    say(f"copied {blob_key(sha)} ({size} bytes)")
+        # 2. metadata: the root chain, then targets, the selected image roles and the snapshot, as verified
+        root_now = _trusted(reader, "root.json")[1]
+        for n in range(1, root_now + 1):
+            cached = reader.dir / "root_history" / f"{n}.root.json"
+            data = cached.read_bytes() if cached.is_file() else src.read(f"{METADATA}{n}.root.json", MAX_METADATA)
+            report.metadata_written += dest.write_new(f"{METADATA}{n}.root.json", data)
+        files = ["targets.json", *(f"{model.role_for(n)}.json" for n in chosen), "snapshot.json"]
+        for f in files:
+            data, version = _trusted(reader, f)
+            report.metadata_written += dest.write_new(f"{METADATA}{version}.{f}", data)
+        ts_bytes, ts_version = _trusted(reader, "timestamp.json")
+        theirs = _version_at(dest, f"{METADATA}timestamp.json")
+        if theirs > ts_version:
+            raise RollbackError(
+                f"the mirror already serves timestamp version {theirs}, newer than the source's {ts_version}",
+                hint="the source is behind the mirror: mirror from the catalogue the mirror was made from",
+            )
+        root_bytes, _ = _trusted(reader, "root.json")
+        dest.write(f"{METADATA}root.json", root_bytes)
+        dest.write(
+            MIRROR_FILE,
+            json.dumps(
+                {
+                    "source": src.url,
+                    "names": sorted(chosen),
+                    "filters": {
+                        "names": sorted(filters.names),
+                        "arches": sorted(filters.arches),
+                        "channels": sorted(filters.channels),
+                        "max_versions": filters.max_versions,
+                    },
+                    "images": report.images,
+                },
+                indent=2,
+            ).encode()
+            + b"\n",
+        )
+        dest.write(f"{METADATA}timestamp.json", ts_bytes)  # last: the mirror's commit point
+        report.metadata_written += 1
+        report.timestamp_version = ts_version
+    return report
