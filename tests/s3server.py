@@ -2,7 +2,9 @@
 
 ``with seaweedfs_server(base_dir) as s3:`` starts one ``weed mini`` in a fresh temp dir on free loopback ports
 (every port it opens, gRPC included, is bound to 127.0.0.1), with one generated access key, and waits until S3
-accepts a write. The block's end stops it (SIGTERM, then SIGKILL, bounded) and removes the temp dir; it raises if
+accepts a write. One bucket, :meth:`S3Server.public_bucket`, is also readable without credentials (an ``anonymous``
+identity allowed only ``Read`` on that bucket: GET and HEAD of its objects), as a public-read bucket behind plain
+HTTP would be; everything else, and every write, needs the key. The block's end stops it (SIGTERM, then SIGKILL, bounded) and removes the temp dir; it raises if
 the process could not be reaped. :func:`seaweedfs` is the same as a generator for a session-scoped pytest fixture::
 
     seaweedfs = pytest.fixture(scope="session")(tests.s3server.seaweedfs)
@@ -60,7 +62,9 @@ class S3Server:
     root: Path  # temp dir holding data, sockets and the log
     log: Path
     region: str = REGION
+    public: str = ""  # name of the anonymously readable bucket (created by public_bucket())
     _shared: str | None = None
+    _public_made: bool = False
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables that point boto3 (and so imagectl) at this server."""
@@ -95,6 +99,14 @@ class S3Server:
         if self._shared is None:
             self._shared = self.make_bucket("shared")
         return self._shared
+
+    def public_bucket(self) -> str:
+        """The one bucket anyone may read over plain HTTP without credentials (GET/HEAD of objects, path-style
+        ``ENDPOINT/BUCKET/KEY``); listing it and writing to it still need the key. Created on first use."""
+        if not self._public_made:
+            self.client().create_bucket(Bucket=self.public)
+            self._public_made = True
+        return self.public
 
 
 def find_weed() -> str:
@@ -233,7 +245,11 @@ def seaweedfs_server(base_dir: Path | None = None, *, attempts: int = 3) -> Iter
             "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
-        s3_config.write_text(json.dumps({"identities": [identity]}))
+        public = f"public-{secrets.token_hex(6)}"
+        # SeaweedFS's documented way to serve unauthenticated requests: an identity named "anonymous" without
+        # credentials. "Read:BUCKET" allows GET/HEAD of objects in that bucket only (no List, no Write).
+        anonymous = {"name": "anonymous", "actions": [f"Read:{public}"]}
+        s3_config.write_text(json.dumps({"identities": [identity, anonymous]}))
         ports = dict(zip(_COMPONENTS, _free_port_pairs(len(_COMPONENTS)), strict=True))
         log = root / "weed.log"
         env = {"PATH": "/usr/bin:/bin", "HOME": str(root), "TMPDIR": str(root / "tmp")}  # no AWS_* leaks in
@@ -256,6 +272,7 @@ def seaweedfs_server(base_dir: Path | None = None, *, attempts: int = 3) -> Iter
             ports={f"{n}.port{g}": p + off for n, p in ports.items() for g, off in (("", 0), (".grpc", _GRPC_OFFSET))},
             root=root,
             log=log,
+            public=public,
         )
         try:
             try:
