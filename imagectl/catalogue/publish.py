@@ -184,7 +184,17 @@ def detect_format(path: str) -> str:
 
 
 def _existing(state: CatalogueState, name: str, version: str, arch: str) -> ImageRecord | None:
-    return next((r for r in state.images(name) if r.version == version and r.arch == arch), None)
+    """The image published as NAME:VERSION for ARCH, found by its possible target paths (one per format), not by
+    building a record of every version of the name."""
+    md = state.role(model.role_for(name))
+    if md is None:
+        return None
+    for fmt in model.FORMATS:
+        path = target_path(name, version, arch, fmt)
+        t = md.signed.targets.get(path)
+        if t is not None:
+            return ImageRecord.from_target(path, t.length, t.hashes, t.custom)
+    return None
 
 
 def _check_revoked(state: CatalogueState, name: str, version: str) -> None:
@@ -235,9 +245,11 @@ def publish(
                 )
         return old
 
-    # Check before uploading, so a doomed publish sends no bytes; check again under the lock, where it counts.
-    if req.version is not None:
-        check(load_state(store), req.version)
+    # Check before uploading, so a doomed publish sends no bytes; the commit checks again, where it counts, and
+    # starts from this same verified state (no second load of a role that may hold thousands of versions).
+    prechecked = load_state(store) if req.version is not None else None
+    if prechecked is not None and req.version is not None:
+        check(prechecked, req.version)
     uploaded = store.upload_file(blob_key(sha256), req.file)
 
     def apply(state: CatalogueState) -> tuple[ImageRecord, ImageRecord | None]:
@@ -275,7 +287,7 @@ def publish(
             state.commit(keys, expiry_days)
         return record, old
 
-    record, old = transact(store, apply)
+    record, old = transact(store, apply, first=prechecked)
     return PublishResult(record=record, created=old is None, uploaded=uploaded, channel=req.channel)
 
 

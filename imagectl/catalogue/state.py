@@ -55,8 +55,10 @@ EXT = "x-imagectl"  # signed, catalogue-specific fields of an image role: channe
 
 
 def metadata_bytes(md: Metadata[Any]) -> bytes:
-    # Indented JSON: people read these files, and the signature covers the canonical form, not these bytes.
-    return json.dumps(md.to_dict(), indent=1, sort_keys=True).encode() + b"\n"
+    # Compact JSON with sorted keys: the C encoder writes a 5,000-version role in a few milliseconds, where an
+    # indented dump (pure Python) took 0.16 s per publish (bench/publish.py). The signature covers the canonical
+    # form, not these bytes; `python3 -m json.tool` makes them readable.
+    return json.dumps(md.to_dict(), separators=(",", ":"), sort_keys=True).encode() + b"\n"
 
 
 def _parse(data: bytes, key: str) -> Metadata[Any]:
@@ -247,17 +249,22 @@ class CommitConflict(ConflictError):
     """Another publisher committed between our read and our timestamp swap; :func:`transact` starts again."""
 
 
-def transact(store: Store, apply: Callable[[CatalogueState], T], *, attempts: int = 100) -> T:
+def transact(
+    store: Store, apply: Callable[[CatalogueState], T], *, attempts: int = 100, first: CatalogueState | None = None
+) -> T:
     """Load the current state, ``apply`` a change (which commits), and start again if the commit lost the swap.
 
     Backoff is exponential with full jitter (50 ms doubling to 2 s), so racing publishers spread out. On a local
     directory each attempt also holds the writer lock (fcntl), which makes losses rare; on S3 the swap alone
     orders publishers. Raises ConflictError after ``attempts`` lost swaps.
+
+    ``first``: a state the caller has already loaded and verified, used for the first attempt instead of loading
+    again (if it is stale by then, its swap fails and the next attempt loads afresh: correct either way).
     """
     delay = 0.05
     for _ in range(attempts):
         with store.lock():
-            state = load_state(store)
+            state, first = first or load_state(store), None
             try:
                 return apply(state)
             except CommitConflict:

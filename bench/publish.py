@@ -1,0 +1,723 @@
+#!/usr/bin/env python3
+"""Benchmark ``imagectl publish`` to S3 (SeaweedFS) against ``s3cmd put``, re-publishing, and catalogue growth.
+
+One run: starts SeaweedFS (``weed mini``, all ports on 127.0.0.1) with ``tests.s3server.seaweedfs_server``,
+creates a bucket and writes an N MiB incompressible image (default 1 GiB), then measures
+
+1. first upload: ``imagectl publish IMAGE --catalogue s3://BUCKET/cat …`` (fresh process; the blob is deleted
+   before every run and every run publishes a new version, so the bytes really cross the wire) against
+   ``s3cmd put IMAGE s3://BUCKET/other-key`` (Debian's s3cmd, 16 MiB multipart chunks, the object deleted before
+   every run), alternating, after one warm-up of each; ratio publish / s3cmd (target <= 1.0);
+2. re-publish of the identical bytes under a new version: CLI wall time (target < 2 s) and, in-process through
+   the library, the blob bytes sent (target 0) and the metadata bytes sent;
+3. growth: two catalogues whose image role already holds 10 and 5,000 versions of one name (signed in one commit
+   by the library, all pointing at one small blob), then real ``imagectl publish`` runs of a new 1 MiB image into
+   each, alternating; ratio 5,000 / 10 (target <= 1.5) and the image role's file size;
+4. when that ratio is over target (or with ``--profile always``): one publish into each catalogue in-process
+   under cProfile, and where the time goes.
+
+This reports figures; it never asserts them. Everything (the image, SeaweedFS's data, keys, configs) lives in one
+temp directory removed in a ``finally``; SeaweedFS is stopped in a ``finally`` too.
+
+    python3 bench/publish.py                     # 1 GiB, 2 rounds, 10 vs 5,000 versions
+    python3 bench/publish.py --size-mib 64 --versions 500   # smoke check
+    python3 bench/publish.py --json              # one JSON object on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import datetime as dt
+import io
+import json
+import os
+import pstats
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tuf.api.metadata import Metadata  # noqa: E402
+
+from imagectl.catalogue.keys import KeyRing  # noqa: E402
+from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, role_for, target_path, utcnow  # noqa: E402
+from imagectl.catalogue.publish import PublishRequest, publish  # noqa: E402
+from imagectl.catalogue.state import (  # noqa: E402
+    MAX_METADATA,
+    CatalogueState,
+    load_state,
+    metadata_bytes,
+    sha256_file,
+    transact,
+)
+from imagectl.config import Config  # noqa: E402
+from imagectl.store.s3 import S3Store  # noqa: E402
+from tests.s3server import S3Server, seaweedfs_server  # noqa: E402
+
+MIB = 1 << 20
+UPLOAD_RATIO_TARGET = 1.0
+REPUBLISH_TARGET_S = 2.0
+REPUBLISH_BYTES_TARGET = 0
+GROWTH_RATIO_TARGET = 1.5
+S3CMD_CHUNK_MIB = 16  # s3cmd's default is 15; 16 matches imagectl's part size (TransferSettings.part_size)
+SMALL_MIB = 1  # size of each new image in the growth runs
+SEED_KIB = 64  # the one blob every seeded version points at
+BIG, GROW, ARCH, FMT = "big", "grow", "x86_64", "raw"
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# -- setup ---------------------------------------------------------------------------------------------------
+def ensure_s3cmd() -> str:
+    """Path of s3cmd, installing the Debian package with apt-get if it is missing."""
+    found = shutil.which("s3cmd")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit("bench: s3cmd is not installed and cannot be installed here (needs root and apt-get)")
+    log("s3cmd not found: installing it with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=sys.stderr)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "s3cmd"], check=True, env=env, stdout=sys.stderr)
+    found = shutil.which("s3cmd")
+    if not found:
+        sys.exit("bench: apt-get could not install s3cmd")
+    return found
+
+
+def imagectl_cmd() -> list[str]:
+    """The imagectl console script of this interpreter (no pyenv shim in the timing), else ``python -m``."""
+    script = Path(sys.executable).parent / "imagectl"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "imagectl"]
+
+
+def write_random(path: Path, size_mib: int) -> None:
+    """``size_mib`` MiB of incompressible bytes: one random MiB, each copy stamped with its own counter."""
+    block = bytearray(os.urandom(MIB))
+    stamp = os.urandom(8)  # distinct files never share a MiB
+    with open(path, "wb") as f:
+        for i in range(size_mib):
+            block[:16] = stamp + i.to_bytes(8, "little")
+            f.write(block)
+
+
+S3CMD_CONF = """\
+[default]
+access_key = {access_key}
+secret_key = {secret_key}
+host_base = 127.0.0.1:{port}
+host_bucket = 127.0.0.1:{port}
+bucket_location = {region}
+use_https = False
+signature_v2 = False
+multipart_chunk_size_mb = {chunk}
+progress_meter = False
+"""
+
+
+def isolate_environment(tmp: Path, server: S3Server) -> dict[str, str]:
+    """Point this process and its children at the server only: no AWS profile, config or IMAGECTL_* leaks in.
+
+    Returns the environment for child processes (this process's ``os.environ`` is changed the same way, for the
+    in-process library calls).
+    """
+    for k in list(os.environ):
+        if k.startswith(("AWS_", "IMAGECTL_")):
+            del os.environ[k]
+    (tmp / "config.yaml").write_text("")
+    os.environ.update(server.env())
+    os.environ["AWS_CONFIG_FILE"] = str(tmp / "no-aws-config")  # absent: botocore reads nothing
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp / "no-aws-credentials")
+    os.environ["IMAGECTL_CONFIG"] = str(tmp / "config.yaml")
+    return dict(os.environ)
+
+
+# -- measuring -----------------------------------------------------------------------------------------------
+@dataclass
+class Child:
+    seconds: float
+    stdout: str
+    rc: int
+
+
+def run_child(cmd: list[str], tmp: Path, env: dict[str, str], *, check: bool = True) -> Child:
+    """Run ``cmd`` to completion; its wall time from spawn to reap (interpreter start-up included)."""
+    out_path, err_path = tmp / "child.out", tmp / "child.err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
+        )  # its own process group, so an interrupt can stop the command too
+        try:
+            rc = proc.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        seconds = time.perf_counter() - t0
+    if check and rc != 0:
+        tail = err_path.read_text(errors="replace")[-800:].strip()
+        raise RuntimeError(f"{' '.join(cmd)} exited with {rc}: {tail}")
+    return Child(seconds, out_path.read_text(errors="replace"), rc)
+
+
+@dataclass
+class Bench:
+    tmp: Path
+    server: S3Server
+    bucket: str
+    env: dict[str, str]
+    imagectl: list[str]
+    s3cmd: list[str]
+    keys: Path
+    image: Path
+    size_mib: int
+    sha256: str
+    expiry: dict[str, int] = field(default_factory=lambda: Config().expiry_days())
+    versions: Iterator[int] = field(default_factory=lambda: iter(range(1, 1 << 30)))
+
+    def __post_init__(self) -> None:
+        self.client = self.server.client()
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def store(self, prefix: str) -> S3Store:
+        return S3Store(self.bucket, prefix)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def size_of(self, key: str) -> int | None:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except self.client.exceptions.ClientError:
+            return None
+
+    def publish_cli(self, file: Path, prefix: str, name: str, version: str) -> tuple[Child, dict[str, Any]]:
+        cmd = [*self.imagectl, "publish", str(file), "--catalogue", self.url(prefix), "--keys", str(self.keys)]
+        cmd += ["--name", name, "--arch", ARCH, "--version", version, "--format", FMT, "--json"]
+        child = run_child(cmd, self.tmp, self.env)
+        return child, json.loads(child.stdout)
+
+    # first upload ------------------------------------------------------------------------------------------
+    def publish_big(self) -> float:
+        """``imagectl publish`` of the image under a new version, its blob deleted first: a real first upload."""
+        self.delete(f"cat/{blob_key(self.sha256)}")
+        os.sync()
+        child, out = self.publish_cli(self.image, "cat", BIG, str(next(self.versions)))
+        if not (out["created"] and out["uploaded"] and out["sha256"] == self.sha256):
+            raise RuntimeError(f"publish did not upload a new version: {out}")
+        return child.seconds
+
+    def s3cmd_put(self) -> float:
+        self.delete("other-key")
+        os.sync()
+        child = run_child([*self.s3cmd, "put", str(self.image), f"s3://{self.bucket}/other-key"], self.tmp, self.env)
+        if self.size_of("other-key") != self.size_mib * MIB:
+            raise RuntimeError(f"s3cmd put did not store {self.size_mib} MiB: {child.stdout.strip()}")
+        return child.seconds
+
+    # re-publish --------------------------------------------------------------------------------------------
+    def republish_cli(self) -> float:
+        child, out = self.publish_cli(self.image, "cat", BIG, str(next(self.versions)))
+        if not out["created"] or out["uploaded"]:
+            raise RuntimeError(f"re-publish did not add a version without uploading: {out}")
+        return child.seconds
+
+    def republish_library(self) -> dict[str, Any]:
+        """``publish()`` in-process; bytes sent split into blob bytes (inside upload_file) and metadata bytes."""
+        store = self.store("cat")
+        blob = {"bytes": 0, "calls": 0, "sent": 0}
+        original = store.upload_file
+
+        def counting_upload(key: str, path: str) -> bool:
+            before = store.stats.bytes_sent
+            sent = original(key, path)
+            blob["bytes"] += store.stats.bytes_sent - before
+            blob["calls"] += 1
+            blob["sent"] += int(sent)
+            return sent
+
+        store.upload_file = counting_upload  # type: ignore[method-assign]
+        req = PublishRequest(file=str(self.image), name=BIG, arch=ARCH, version=str(next(self.versions)), format=FMT)
+        before, files_before = store.stats.bytes_sent, store.stats.files
+        t0 = time.perf_counter()
+        res = publish(store, KeyRing(self.keys), req, self.expiry)
+        seconds = time.perf_counter() - t0
+        total = store.stats.bytes_sent - before
+        return {
+            "seconds": round(seconds, 4),
+            "created": res.created,
+            "uploaded": res.uploaded,
+            "blob_bytes_sent": blob["bytes"],
+            "blob_files_sent": store.stats.files - files_before,
+            "metadata_bytes_sent": total - blob["bytes"],
+            "total_bytes_sent": total,
+        }
+
+    # growth ------------------------------------------------------------------------------------------------
+    def seed(self, prefix: str, count: int) -> dict[str, Any]:
+        """Init a catalogue and give image GROW ``count`` versions in ONE signed commit, all on one small blob."""
+        run_child([*self.imagectl, "catalogue", "init", self.url(prefix), "--keys", str(self.keys)], self.tmp, self.env)
+        store = self.store(prefix)
+        seed = self.tmp / "seed.img"
+        block = os.urandom(SEED_KIB << 10)
+        seed.write_bytes(block)
+        sha, size = sha256_file(str(seed))
+        store.upload_file(blob_key(sha), str(seed))
+        seed.unlink()
+        keys = KeyRing(self.keys)
+
+        def apply(state: CatalogueState) -> None:
+            now = utcnow()
+            md = state.role_for_update(GROW, now + dt.timedelta(days=self.expiry["targets"]))
+            created = now.isoformat().replace("+00:00", "Z")
+            for i in range(count):
+                version = f"0.{i}"
+                rec = ImageRecord(
+                    name=GROW,
+                    version=version,
+                    arch=ARCH,
+                    format=FMT,
+                    hypervisor="hvm",
+                    os=None,
+                    os_version=None,
+                    size=size,
+                    sha256=sha,
+                    created=created,
+                    path=target_path(GROW, version, ARCH, FMT),
+                )
+                state.add_target(md, rec)
+            state.commit(keys, self.expiry)
+
+        t0 = time.perf_counter()
+        transact(store, apply)
+        seconds = time.perf_counter() - t0
+        verify = run_child(
+            [*self.imagectl, "catalogue", "verify", self.url(prefix), "--no-blobs", "--json"],
+            self.tmp,
+            self.env,
+            check=False,
+        )
+        try:
+            verified = json.loads(verify.stdout)
+        except json.JSONDecodeError:
+            verified = {"ok": False, "problems": [verify.stdout.strip()[-300:]]}
+        return {
+            "versions": count,
+            "seed_commit_s": round(seconds, 3),
+            "verify_ok": bool(verified.get("ok")) and verify.rc == 0,
+            "verify_problems": verified.get("problems", [])[:5],
+            "verify_s": round(verify.seconds, 3),
+            **self.role_file(prefix),
+        }
+
+    def role_file(self, prefix: str) -> dict[str, Any]:
+        """The current image role file of GROW: its key, size in bytes and number of targets."""
+        state = load_state(self.store(prefix))
+        role = role_for(GROW)
+        version = state.snapshot.signed.meta[f"{role}.json"].version
+        key = f"metadata/{version}.{role}.json"
+        return {
+            "role_key": key,
+            "role_bytes": self.size_of(f"{prefix}/{key}"),
+            "role_targets": len(state.images(GROW)),
+        }
+
+    def publish_small(self, prefix: str) -> float:
+        small = self.tmp / "small.img"
+        write_random(small, SMALL_MIB)
+        os.sync()
+        child, out = self.publish_cli(small, prefix, GROW, f"1.{next(self.versions)}")
+        small.unlink()
+        if not (out["created"] and out["uploaded"]):
+            raise RuntimeError(f"growth publish did not upload a new version: {out}")
+        return child.seconds
+
+
+def alternate(rounds: int, a: tuple[str, Callable[[], float]], b: tuple[str, Callable[[], float]]) -> dict[str, Any]:
+    """One warm-up of each, then ``rounds`` timed runs of each, alternating and swapping who goes first."""
+    log(f"warm-up: one {a[0]}, one {b[0]}")
+    a[1]()
+    b[1]()
+    times: dict[str, list[float]] = {a[0]: [], b[0]: []}
+    for r in range(rounds):
+        for label, fn in (a, b) if r % 2 == 0 else (b, a):
+            times[label].append(fn())
+            log(f"round {r + 1}: {label} {times[label][-1]:.3f} s")
+    return times
+
+
+# -- profiling -----------------------------------------------------------------------------------------------
+# (label, file path suffix, function name): cumulative time of each, in the order a publish runs them.
+PROFILE_ROWS = (
+    ("publish() in total", "catalogue/publish.py", "publish"),
+    ("sha256 of the local file", "catalogue/state.py", "sha256_file"),
+    ("load_state (root chain, timestamp, snapshot, targets)", "catalogue/state.py", "load_state"),
+    ("CatalogueState.role: GET + parse + verify image role", "catalogue/state.py", "role"),
+    ("  S3Store.read (GETs of all metadata)", "store/s3.py", "read"),
+    ("  Metadata.from_bytes (json.loads + from_dict)", "tuf/api/metadata.py", "from_bytes"),
+    ("  _verify: verify_delegate (canonical JSON + ed25519)", "catalogue/state.py", "_verify"),
+    ("CatalogueState.images -> ImageRecord.from_target", "catalogue/state.py", "images"),
+    ("blob upload (S3Store.upload_file)", "store/s3.py", "upload_file"),
+    ("CatalogueState.commit", "catalogue/state.py", "commit"),
+    ("  Metadata.sign (canonical JSON + ed25519)", "tuf/api/metadata.py", "sign"),
+    ("  metadata_bytes (to_dict + json.dumps indent)", "catalogue/state.py", "metadata_bytes"),
+    ("  S3Store._put (PUTs of metadata)", "store/s3.py", "_put"),
+    ("encode_canonical (all calls)", "securesystemslib/formats.py", "encode_canonical"),
+    ("Metadata.to_dict (all calls)", "tuf/api/metadata.py", "to_dict"),
+    ("json.dumps (all calls)", "json/__init__.py", "dumps"),
+    ("json.loads (all calls)", "json/__init__.py", "loads"),
+)
+
+
+def _best(fn: Callable[[], Any], repeat: int = 3) -> tuple[Any, float]:
+    """``fn()``'s result and its fastest wall time out of ``repeat`` calls."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def role_step_costs(b: Bench, prefix: str) -> dict[str, float]:
+    """Without a profiler: what each step a publish does with the image role costs (fastest of 3)."""
+    store = b.store(prefix)
+    state = load_state(store)
+    role = role_for(GROW)
+    key = f"{METADATA}{state.snapshot.signed.meta[f'{role}.json'].version}.{role}.json"
+    data, t_get = _best(lambda: store.read(key, MAX_METADATA))
+    md, t_parse = _best(lambda: Metadata.from_bytes(data))
+    _, t_verify = _best(lambda: state.targets.verify_delegate(role, md))
+    _, t_canon = _best(lambda: md.signed_bytes)
+    _, t_dump = _best(lambda: metadata_bytes(md))
+    state.roles[role] = md
+    _, t_images = _best(lambda: state.images(GROW))
+    scratch = f"{prefix}-scratch/role.json"  # a PUT of the same bytes, outside the catalogue
+    _, t_put = _best(lambda: b.client.put_object(Bucket=b.bucket, Key=scratch, Body=data))
+    b.delete(scratch)
+    return {
+        "role_bytes": len(data),
+        "get_s": round(t_get, 4),
+        "parse_s": round(t_parse, 4),
+        "verify_s": round(t_verify, 4),
+        "canonical_json_s": round(t_canon, 4),
+        "serialise_indent_json_s": round(t_dump, 4),
+        "images_s": round(t_images, 4),
+        "put_s": round(t_put, 4),
+    }
+
+
+def profile_publish(b: Bench, prefix: str) -> dict[str, Any]:
+    """One ``publish()`` of a new small image into ``prefix`` in-process without a profiler, then one under
+    cProfile (whose overhead inflates pure-Python work several times: compare rows with each other)."""
+    small = b.tmp / "profiled.img"
+    store = b.store(prefix)
+    keys = KeyRing(b.keys)
+    load_state(store)  # warm the connection pool and imports, as the CLI's own start-up would not count here
+
+    def one(prof: cProfile.Profile | None) -> float:
+        write_random(small, SMALL_MIB)
+        req = PublishRequest(file=str(small), name=GROW, arch=ARCH, version=f"2.{next(b.versions)}", format=FMT)
+        t0 = time.perf_counter()
+        if prof is not None:
+            prof.enable()
+        try:
+            publish(store, keys, req, b.expiry)
+        finally:
+            if prof is not None:
+                prof.disable()
+        seconds = time.perf_counter() - t0
+        small.unlink()
+        return seconds
+
+    plain = one(None)
+    prof = cProfile.Profile()
+    wall = one(prof)
+    st = pstats.Stats(prof)
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = st.stats  # type: ignore[attr-defined]
+    rows = []
+    for label, suffix, func in PROFILE_ROWS:
+        hits = [(v[1], v[3]) for (f, _, name), v in raw.items() if name == func and f.endswith(suffix)]
+        if hits:
+            rows.append({"what": label, "calls": sum(h[0] for h in hits), "cum_s": round(sum(h[1] for h in hits), 4)})
+    top = io.StringIO()
+    pstats.Stats(prof, stream=top).sort_stats("cumulative").print_stats(25)
+    return {
+        "unprofiled_s": round(plain, 4),
+        "wall_s": round(wall, 4),
+        "rows": rows,
+        "role_steps": role_step_costs(b, prefix),
+        "top_cumulative": top.getvalue(),
+    }
+
+
+ROLE_STEPS = (
+    ("get_s", "GET from S3"),
+    ("parse_s", "Metadata.from_bytes"),
+    ("verify_s", "verify_delegate (canonical JSON + ed25519 verify)"),
+    ("images_s", "images(): every target -> ImageRecord"),
+    ("canonical_json_s", "signed_bytes (canonical JSON, what sign() hashes)"),
+    ("serialise_indent_json_s", "metadata_bytes (json.dumps indent=1)"),
+    ("put_s", "PUT to S3"),
+)
+
+
+# -- summary -------------------------------------------------------------------------------------------------
+def med(xs: list[float]) -> float:
+    return round(statistics.median(xs), 4)
+
+
+def summarise(args: argparse.Namespace, b: Bench, parts: dict[str, Any]) -> dict[str, Any]:
+    up, rep, grow = parts["upload"], parts["republish"], parts["growth"]
+    pub_med, s3_med = med(up["imagectl publish"]), med(up["s3cmd put"])
+    few_med, many_med = med(grow["few"]), med(grow["many"])
+    rep_med = med(rep["cli_s"])
+    up_ratio, grow_ratio = pub_med / s3_med, many_med / few_med
+    return {
+        "size_mib": args.size_mib,
+        "rounds": args.rounds,
+        "server": b.server.endpoint,
+        "local_sha256_s": parts["local_sha256_s"],
+        "upload": {
+            "publish_median_s": pub_med,
+            "publish_runs_s": [round(x, 4) for x in up["imagectl publish"]],
+            "publish_mib_per_s": round(args.size_mib / pub_med, 1),
+            "s3cmd_median_s": s3_med,
+            "s3cmd_runs_s": [round(x, 4) for x in up["s3cmd put"]],
+            "s3cmd_mib_per_s": round(args.size_mib / s3_med, 1),
+            "s3cmd_chunk_mib": S3CMD_CHUNK_MIB,
+            "ratio_publish_over_s3cmd": round(up_ratio, 3),
+            "ratio_target": UPLOAD_RATIO_TARGET,
+            "ratio_within_target": up_ratio <= UPLOAD_RATIO_TARGET,
+        },
+        "republish": {
+            "cli_median_s": rep_med,
+            "cli_runs_s": [round(x, 4) for x in rep["cli_s"]],
+            "cli_target_s": REPUBLISH_TARGET_S,
+            "cli_within_target": rep_med < REPUBLISH_TARGET_S,
+            "library": rep["library"],
+            "blob_bytes_target": REPUBLISH_BYTES_TARGET,
+            "blob_bytes_within_target": rep["library"]["blob_bytes_sent"] == REPUBLISH_BYTES_TARGET,
+        },
+        "growth": {
+            "few_versions": args.few,
+            "many_versions": args.versions,
+            "runs": args.growth_runs,
+            "new_image_mib": SMALL_MIB,
+            "few_median_s": few_med,
+            "few_runs_s": [round(x, 4) for x in grow["few"]],
+            "many_median_s": many_med,
+            "many_runs_s": [round(x, 4) for x in grow["many"]],
+            "ratio_many_over_few": round(grow_ratio, 3),
+            "ratio_target": GROWTH_RATIO_TARGET,
+            "ratio_within_target": grow_ratio <= GROWTH_RATIO_TARGET,
+            "seeded_few": grow["seeded_few"],
+            "seeded_many": grow["seeded_many"],
+            "role_after_few": grow["role_after_few"],
+            "role_after_many": grow["role_after_many"],
+        },
+        "profile": parts.get("profile"),
+    }
+
+
+def report(s: dict[str, Any]) -> str:
+    ok = {True: "ok", False: "OVER TARGET"}
+    u, r, g = s["upload"], s["republish"], s["growth"]
+    lib = r["library"]
+    sm, sf = g["seeded_many"], g["seeded_few"]
+
+    def runs(xs: list[float]) -> str:
+        return ", ".join(f"{x:.3f}" for x in xs)
+
+    lines = [
+        f"imagectl publish to SeaweedFS S3 at {s['server']}: {s['size_mib']} MiB image, {s['rounds']} rounds "
+        "after one warm-up each",
+        "1. first upload (blob deleted before every run)",
+        f"  imagectl publish   median {u['publish_median_s']:8.3f} s  {u['publish_mib_per_s']:7.1f} MiB/s"
+        f"   runs: {runs(u['publish_runs_s'])}",
+        f"  s3cmd put          median {u['s3cmd_median_s']:8.3f} s  {u['s3cmd_mib_per_s']:7.1f} MiB/s"
+        f"   runs: {runs(u['s3cmd_runs_s'])}   ({u['s3cmd_chunk_mib']} MiB multipart chunks)",
+        f"  ratio publish / s3cmd: {u['ratio_publish_over_s3cmd']:.3f}"
+        f"   (target <= {u['ratio_target']}: {ok[u['ratio_within_target']]})",
+        f"  (sha256 of the local file alone, in-process: {s['local_sha256_s']:.3f} s)",
+        "2. re-publish of identical bytes under a new version",
+        f"  CLI wall time      median {r['cli_median_s']:8.3f} s   runs: {runs(r['cli_runs_s'])}"
+        f"   (target < {r['cli_target_s']:.0f} s: {ok[r['cli_within_target']]})",
+        f"  library publish(): {lib['seconds']:.3f} s, blob bytes sent {lib['blob_bytes_sent']}"
+        f" (target {r['blob_bytes_target']}: {ok[r['blob_bytes_within_target']]}),"
+        f" metadata bytes sent {lib['metadata_bytes_sent']}, uploaded={lib['uploaded']}",
+        f"3. publish of a new {g['new_image_mib']} MiB image with {g['few_versions']} vs {g['many_versions']} versions "
+        f"of the name already present ({g['runs']} runs each after one warm-up)",
+        f"  {g['few_versions']:>5} versions     median {g['few_median_s']:8.3f} s   runs: {runs(g['few_runs_s'])}",
+        f"  {g['many_versions']:>5} versions     median {g['many_median_s']:8.3f} s   runs: {runs(g['many_runs_s'])}",
+        f"  ratio {g['many_versions']} / {g['few_versions']}: {g['ratio_many_over_few']:.3f}"
+        f"   (target <= {g['ratio_target']}: {ok[g['ratio_within_target']]})",
+        f"  image role file: {sf['role_bytes']} bytes at {sf['role_targets']} versions,"
+        f" {sm['role_bytes']} bytes at {sm['role_targets']} versions"
+        f" ({g['role_after_many']['role_bytes']} bytes at {g['role_after_many']['role_targets']} after the runs)",
+        f"  seeding: {sm['versions']} versions signed in one commit in {sm['seed_commit_s']:.2f} s;"
+        f" catalogue verify --no-blobs: {'clean' if sm['verify_ok'] else 'PROBLEMS ' + str(sm['verify_problems'])}"
+        f" ({sm['verify_s']:.2f} s); {sf['versions']}-version catalogue:"
+        f" {'clean' if sf['verify_ok'] else 'PROBLEMS ' + str(sf['verify_problems'])}",
+    ]
+    p = s.get("profile")
+    if p:
+        lines.append(
+            f"4. profile: one publish() in-process, {g['few_versions']} vs {g['many_versions']} versions "
+            f"(wall {p['few']['unprofiled_s']:.3f} s vs {p['many']['unprofiled_s']:.3f} s without a profiler,"
+            f" {p['few']['wall_s']:.3f} s vs {p['many']['wall_s']:.3f} s under cProfile)"
+        )
+        few = {row["what"]: row for row in p["few"]["rows"]}
+        lines.append(f"  {'':<56} {'calls':>6} {'few s':>8} {'calls':>6} {'many s':>8}")
+        for row in p["many"]["rows"]:
+            f = few.get(row["what"], {"calls": 0, "cum_s": 0.0})
+            lines.append(
+                f"  {row['what']:<56} {f['calls']:>6} {f['cum_s']:>8.3f} {row['calls']:>6} {row['cum_s']:>8.3f}"
+            )
+        sf, sm = p["few"]["role_steps"], p["many"]["role_steps"]
+        lines.append(
+            f"  one step on the image role, no profiler, fastest of 3 ({sf['role_bytes']} vs {sm['role_bytes']} bytes):"
+        )
+        for k, label in ROLE_STEPS:
+            lines.append(f"  {label:<56} {'':>6} {sf[k]:>8.3f} {'':>6} {sm[k]:>8.3f}")
+    return "\n".join(lines)
+
+
+# -- main ----------------------------------------------------------------------------------------------------
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run(args: argparse.Namespace, tmp: Path, s3cmd: str) -> dict[str, Any]:
+    with seaweedfs_server(tmp) as server:
+        log(f"SeaweedFS (pid {server.pid}) serving S3 at {server.endpoint}")
+        env = isolate_environment(tmp, server)
+        bucket = server.make_bucket("bench")
+        keys, image = tmp / "keys", tmp / "image.raw"
+        s3cfg = tmp / "s3cfg"
+        s3cfg.write_text(
+            S3CMD_CONF.format(
+                access_key=server.access_key,
+                secret_key=server.secret_key,
+                port=server.endpoint.rsplit(":", 1)[1],
+                region=server.region,
+                chunk=S3CMD_CHUNK_MIB,
+            )
+        )
+        log(f"writing a {args.size_mib} MiB image in {tmp}")
+        write_random(image, args.size_mib)
+        t0 = time.perf_counter()
+        sha, _ = sha256_file(str(image))
+        local_sha = round(time.perf_counter() - t0, 4)
+        b = Bench(
+            tmp=tmp,
+            server=server,
+            bucket=bucket,
+            env=env,
+            imagectl=imagectl_cmd(),
+            s3cmd=[s3cmd, "-c", str(s3cfg), "--no-progress"],
+            keys=keys,
+            image=image,
+            size_mib=args.size_mib,
+            sha256=sha,
+        )
+        run_child([*b.imagectl, "catalogue", "init", b.url("cat"), "--keys", str(keys)], tmp, env)
+        parts: dict[str, Any] = {"local_sha256_s": local_sha}
+
+        log("1. first upload: imagectl publish vs s3cmd put")
+        parts["upload"] = alternate(args.rounds, ("imagectl publish", b.publish_big), ("s3cmd put", b.s3cmd_put))
+        b.delete("other-key")
+
+        log("2. re-publish of identical bytes")
+        if b.size_of(f"cat/{blob_key(sha)}") != args.size_mib * MIB:
+            raise RuntimeError("the blob is not in the catalogue before the re-publish runs")
+        b.republish_cli()  # warm-up
+        cli = [b.republish_cli() for _ in range(args.rounds)]
+        log(f"re-publish CLI runs: {', '.join(f'{x:.3f}' for x in cli)} s")
+        parts["republish"] = {"cli_s": cli, "library": b.republish_library()}
+        log(f"re-publish in-process: {parts['republish']['library']}")
+        image.unlink()  # 1 GiB less on disk from here on
+
+        log(f"3. growth: seeding {args.few} and {args.versions} versions")
+        growth: dict[str, Any] = {"seeded_few": b.seed("few", args.few), "seeded_many": b.seed("many", args.versions)}
+        log(f"seeded: {growth['seeded_few']}")
+        log(f"seeded: {growth['seeded_many']}")
+        growth |= alternate(
+            args.growth_runs, ("few", lambda: b.publish_small("few")), ("many", lambda: b.publish_small("many"))
+        )
+        growth["role_after_few"] = b.role_file("few")
+        growth["role_after_many"] = b.role_file("many")
+        parts["growth"] = growth
+
+        ratio = statistics.median(growth["many"]) / statistics.median(growth["few"])
+        if args.profile == "always" or (args.profile == "auto" and ratio > GROWTH_RATIO_TARGET):
+            log(f"4. profiling one publish() into each catalogue (growth ratio {ratio:.3f})")
+            parts["profile"] = {"few": profile_publish(b, "few"), "many": profile_publish(b, "many")}
+            for which in ("few", "many"):
+                log(f"cProfile, {which} versions, top by cumulative time:\n{parts['profile'][which]['top_cumulative']}")
+        summary = summarise(args, b, parts)
+    log(f"SeaweedFS (pid {server.pid}) stopped")
+    return summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mib", type=int, default=1024, help="image size in MiB (default 1024)")
+    ap.add_argument("--rounds", type=int, default=2, help="timed runs of publish and s3cmd each (default 2)")
+    ap.add_argument("--versions", type=int, default=5000, help="versions in the big catalogue (default 5000)")
+    ap.add_argument("--few", type=int, default=10, help="versions in the small catalogue (default 10)")
+    ap.add_argument("--growth-runs", type=int, default=5, help="timed publishes into each (default 5)")
+    ap.add_argument(
+        "--profile",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="cProfile one publish into each catalogue: when the growth ratio is over target (default), always, never",
+    )
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ap.add_argument("--tmpdir", help="where the temp directory goes (default: the system's)")
+    args = ap.parse_args()
+    if min(args.size_mib, args.rounds, args.versions, args.few, args.growth_runs) < 1:
+        ap.error("sizes, counts and rounds must be at least 1")
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # unwind through the finally blocks: SeaweedFS stopped, temp removed
+        signal.signal(sig, _exit_on_signal)
+    s3cmd = ensure_s3cmd()
+
+    tmp = Path(tempfile.mkdtemp(prefix="imagectl-bench-publish.", dir=args.tmpdir)).resolve()
+    # SeaweedFS keeps deleted objects' bytes until a vacuum: every first-upload run stays on disk.
+    need = (2 * (args.rounds + 1) + 2) * args.size_mib * MIB
+    free = shutil.disk_usage(tmp).free
+    try:
+        if free < need:
+            sys.exit(f"bench: needs about {need / (1 << 30):.1f} GiB free in {tmp.parent}, has {free / (1 << 30):.1f}")
+        summary = run(args, tmp, s3cmd)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"removed {tmp}")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(report(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
