@@ -230,7 +230,7 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
         channel=args.channel,
     )
     store = _store(cfg)
-    res = publish(store, _keys(cfg), req, cfg.expiry_days())
+    res = publish(store, _keys(cfg), req, cfg.expiry_days(), hash_memo=cfg.cache_path / "file-digests")
     rec = res.record
     what = "published" if res.created else "already published (identical bytes; nothing changed)"
     emit(

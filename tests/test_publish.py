@@ -357,3 +357,20 @@ def test_publish_missing_online_key_writes_nothing(catalogue: Catalogue, cli, ma
     r = pub(cli, catalogue, make_image(seed="b"), "--name", "wn", "--version", "2")
     assert r.code == 7 and f"need 1 {missing} key(s)" in r.err
     assert metadata_snapshot(catalogue) == before  # not one metadata file written
+
+
+def test_republish_memo_never_hides_a_changed_file(catalogue: Catalogue, cli, make_image, tmp_path):
+    img = make_image(100_000, seed="a")
+    r = pub(cli, catalogue, img, "--name", "wn", "--version", "1", "--json")
+    assert r.code == 0
+    memos = list((tmp_path / "cache" / "file-digests").iterdir())
+    assert len(memos) == 1 and memos[0].read_text().split()[0] == json.loads(r.out)["sha256"]
+    # identical re-publish: answered from the memo, still a no-op
+    r = pub(cli, catalogue, img, "--name", "wn", "--version", "1", "--json")
+    assert r.code == 0 and json.loads(r.out)["created"] is False
+    # the same file rewritten in place with other bytes of the same size: the memo must not be used
+    data = bytearray(img.read_bytes())
+    data[0] ^= 0xFF
+    img.write_bytes(bytes(data))
+    r = pub(cli, catalogue, img, "--name", "wn", "--version", "1")
+    assert r.code == 6 and "already published with other bytes" in r.err

@@ -208,7 +208,13 @@ def _check_revoked(state: CatalogueState, name: str, version: str) -> None:
 
 
 def publish(
-    store: Store, keys: KeyRing, req: PublishRequest, expiry_days: dict[str, int], *, today: dt.date | None = None
+    store: Store,
+    keys: KeyRing,
+    req: PublishRequest,
+    expiry_days: dict[str, int],
+    *,
+    today: dt.date | None = None,
+    hash_memo: Path | None = None,
 ) -> PublishResult:
     """Publish one image file as NAME:VERSION for ARCH; identical re-publication is a no-op.
 
@@ -220,7 +226,7 @@ def publish(
         if not Path(req.file).is_file():
             raise LocalIOError(f"{req.file} is not a file")
         fmt = req.format or detect_format(req.file)
-        sha256, size = sha256_file(req.file)
+        sha256, size = sha256_file(req.file, hash_memo)
     except OSError as e:
         raise LocalIOError(f"cannot read {req.file}: {e.strerror}") from None
     if size == 0:
