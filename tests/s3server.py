@@ -4,8 +4,9 @@
 (every port it opens, gRPC included, is bound to 127.0.0.1), with one generated access key, and waits until S3
 accepts a write. One bucket, :meth:`S3Server.public_bucket`, is also readable without credentials (an ``anonymous``
 identity allowed only ``Read`` on that bucket: GET and HEAD of its objects), as a public-read bucket behind plain
-HTTP would be; everything else, and every write, needs the key. The block's end stops it (SIGTERM, then SIGKILL, bounded) and removes the temp dir; it raises if
-the process could not be reaped. :func:`seaweedfs` is the same as a generator for a session-scoped pytest fixture::
+HTTP would be; everything else, and every write, needs the key. The block's end stops it (SIGTERM, then SIGKILL,
+bounded) and removes the temp dir; it raises if the process could not be reaped. :func:`seaweedfs` is the same as a
+generator for a session-scoped pytest fixture::
 
     seaweedfs = pytest.fixture(scope="session")(tests.s3server.seaweedfs)
 """
