@@ -20,7 +20,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -39,7 +39,7 @@ from tuf.api.metadata import (
 )
 
 from imagectl.catalogue.keys import KeyRing
-from imagectl.catalogue.model import METADATA, ROLE_PREFIX, ImageRecord, blob_key, role_for, utcnow
+from imagectl.catalogue.model import METADATA, ROLE_PREFIX, ImageRecord, role_for, utcnow
 from imagectl.errors import (
     CatalogueStateError,
     ConflictError,
