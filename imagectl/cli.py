@@ -138,6 +138,7 @@ def cmd_gc(args: argparse.Namespace, cfg: Config) -> int:
     report = collect_garbage(_store(cfg, args.dest), grace=dt.timedelta(hours=args.grace), dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     lines = [f"{verb}: {k}" for k in report.removed]
+    lines += [f"{'would abort' if args.dry_run else 'aborted'} unfinished upload: {k}" for k in report.aborted_uploads]
     lines.append(
         f"{verb} {len(report.removed)} unreferenced file(s), {human_size(report.bytes_freed)}; kept "
         f"{report.referenced} referenced and {len(report.young)} younger than {args.grace:g} h"

@@ -4,9 +4,9 @@ Referenced, and so always kept: every ``N.root.json`` and ``root.json``, ``times
 names, the targets and image-role versions that snapshot names, the blob of every image those roles list and
 every build-record blob they reference. Anything else under ``metadata/`` and ``blobs/`` is an orphan: the
 leftovers of a publisher that died or lost a compare-and-swap, blobs of revoked versions, superseded metadata
-versions. An orphan younger than the grace period is kept, because a publisher still running may be about to
-sign a reference to it (blobs are uploaded before the commit) and a reader may still be fetching the previous
-snapshot's files.
+versions; on an object store also unfinished multi-part uploads of a publisher killed mid-upload. An orphan
+younger than the grace period is kept, because a publisher still running may be about to sign a reference to it
+(blobs are uploaded before the commit) and a reader may still be fetching the previous snapshot's files.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ _ROOT = re.compile(r"metadata/(\d+\.)?root\.json")
 class GcReport:
     removed: list[str] = field(default_factory=list)
     young: list[str] = field(default_factory=list)  # orphans kept because they are within the grace period
+    aborted_uploads: list[str] = field(default_factory=list)  # unfinished multi-part uploads (object stores)
     referenced: int = 0
     bytes_freed: int = 0
     dry_run: bool = False
@@ -76,6 +77,7 @@ def collect_garbage(store: Store, *, grace: dt.timedelta, dry_run: bool = False)
                 store.delete(entry.key)
             report.removed.append(entry.key)
             report.bytes_freed += entry.size
+    report.aborted_uploads = sorted(store.abort_stale_uploads(grace.total_seconds(), dry_run=dry_run))
     report.removed.sort()
     report.young.sort()
     return report

@@ -114,6 +114,14 @@ class Store(abc.ABC):
         """
         raise self._refuse()
 
+    def abort_stale_uploads(self, older_than: float, *, dry_run: bool = False) -> tuple[str, ...]:
+        """Abort unfinished multi-part uploads started more than ``older_than`` seconds ago; return their keys.
+
+        Only object stores have them (a publisher killed mid-upload leaves one behind, invisible to readers and
+        to ``list``); everywhere else there is nothing to do.
+        """
+        return ()
+
     def upload_file(self, key: str, path: str) -> bool:
         """Copy a local file to ``key`` unless it already exists; return whether bytes were sent."""
         raise self._refuse()

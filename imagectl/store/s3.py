@@ -285,6 +285,24 @@ class S3Store(Store):
                         age = max(0.0, now - obj["LastModified"].timestamp())
                         yield ObjectEntry(key=key, size=int(obj["Size"]), age=age)
 
+    def abort_stale_uploads(self, older_than: float, *, dry_run: bool = False) -> tuple[str, ...]:
+        aborted = []
+        with self._boundary("list uploads", ""):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            stale = [
+                u
+                for page in pages
+                for u in page.get("Uploads", ())
+                if time.time() - u["Initiated"].timestamp() >= older_than
+            ]
+        for u in stale:
+            key = str(u["Key"])[len(self.prefix) :]
+            if not dry_run:
+                with self._boundary("abort upload", key):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+            aborted.append(key)
+        return tuple(aborted)
+
     # -- writing ------------------------------------------------------------------------------------------
     def _put(self, key: str, data: bytes, conditions: dict[str, str]) -> bool:
         """PUT ``data``; with ``conditions`` (``IfMatch``/``IfNoneMatch``) return False when one fails."""
