@@ -143,7 +143,6 @@ def plan_dib(
                 "IMAGECTL_SLC_RELEASE": rel,
                 "IMAGECTL_SLC_ARCH": target.arch,
                 "IMAGECTL_HYPERVISOR": target.hypervisor,
-                "IMAGECTL_BOOTLOADER": "elilo" if target.arch == "ia64" else r.release.bootloader,
                 "IMAGECTL_SLC_REPOS": " ".join(
                     f"{repo['name']}={repo['url'].replace('{arch}', target.arch)}" for repo in r.data["repositories"]
                 ),

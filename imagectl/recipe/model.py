@@ -41,7 +41,6 @@ class Release:
     arches: tuple[str, ...]
     mirror: str  # default mirror; a recipe's `mirror:` or IMAGECTL_MIRROR_<FAMILY><RELEASE> overrides it
     repo_path: str  # appended to the mirror: the yum/apt repository of one arch ({arch} is substituted)
-    bootloader: str  # grub2 (DIB's own), grub-legacy, elilo
     codename: str = ""
 
     @property
@@ -51,20 +50,20 @@ class Release:
 
 RELEASES: dict[tuple[str, str], Release] = {
     ("debian", "12"): Release(
-        "debian", "12", ("x86_64", "i386"), "http://deb.debian.org/debian", "", "grub2", codename="bookworm"
+        "debian", "12", ("x86_64", "i386"), "http://deb.debian.org/debian", "", codename="bookworm"
     ),
     # SLC: CERN's rebuild of RHEL; linuxsoft.cern.ch kept one tree per release and arch.
     ("slc", "3"): Release(
-        "slc", "3", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc30X", "{arch}/yum/os", "grub-legacy"
+        "slc", "3", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc30X", "{arch}/yum/os"
     ),
     ("slc", "4"): Release(
-        "slc", "4", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc4X", "{arch}/yum/os", "grub-legacy"
+        "slc", "4", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc4X", "{arch}/yum/os"
     ),
     ("slc", "5"): Release(
-        "slc", "5", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc5X", "{arch}/yum/os", "grub-legacy"
+        "slc", "5", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc5X", "{arch}/yum/os"
     ),
     ("slc", "6"): Release(
-        "slc", "6", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc6X", "{arch}/yum/os", "grub-legacy"
+        "slc", "6", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc6X", "{arch}/yum/os"
     ),
 }
 

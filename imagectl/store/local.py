@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
@@ -19,9 +18,7 @@ from imagectl.store.base import CHUNK, ObjectEntry, ObjectMissingError, RangeStr
 __all__ = ["LocalStore", "atomic_write"]
 
 
-def _io_error(action: str, path: str | Path, exc: OSError) -> LocalIOError:
-    reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
-    return LocalIOError(f"cannot {action} {path}: {reason}")
+_io_error = LocalIOError.from_os
 
 
 def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
