@@ -22,14 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import log  # bench/ is on sys.path when a script runs
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "demo" / "debian12-demo.yaml"
 RATIO_TARGET = 1.05
 CACHED_TARGET_S = 2.0
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 def timed(cmd: list[str], env: dict[str, str], out: Path) -> float:

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import MIB, ensure_tool, imagectl_cmd, log, write_random  # bench/ is on sys.path when a script runs
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -67,7 +69,6 @@ from imagectl.config import Config  # noqa: E402
 from imagectl.store.s3 import S3Store  # noqa: E402
 from tests.s3server import S3Server, seaweedfs_server  # noqa: E402
 
-MIB = 1 << 20
 UPLOAD_RATIO_TARGET = 1.0
 REPUBLISH_TARGET_S = 2.0
 REPUBLISH_BYTES_TARGET = 0
@@ -78,42 +79,9 @@ SEED_KIB = 64  # the one blob every seeded version points at
 BIG, GROW, ARCH, FMT = "big", "grow", "x86_64", "raw"
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
 # -- setup ---------------------------------------------------------------------------------------------------
 def ensure_s3cmd() -> str:
-    """Path of s3cmd, installing the Debian package with apt-get if it is missing."""
-    found = shutil.which("s3cmd")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        sys.exit("bench: s3cmd is not installed and cannot be installed here (needs root and apt-get)")
-    log("s3cmd not found: installing it with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=sys.stderr)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "s3cmd"], check=True, env=env, stdout=sys.stderr)
-    found = shutil.which("s3cmd")
-    if not found:
-        sys.exit("bench: apt-get could not install s3cmd")
-    return found
-
-
-def imagectl_cmd() -> list[str]:
-    """The imagectl console script of this interpreter (no pyenv shim in the timing), else ``python -m``."""
-    script = Path(sys.executable).parent / "imagectl"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "imagectl"]
-
-
-def write_random(path: Path, size_mib: int) -> None:
-    """``size_mib`` MiB of incompressible bytes: one random MiB, each copy stamped with its own counter."""
-    block = bytearray(os.urandom(MIB))
-    stamp = os.urandom(8)  # distinct files never share a MiB
-    with open(path, "wb") as f:
-        for i in range(size_mib):
-            block[:16] = stamp + i.to_bytes(8, "little")
-            f.write(block)
+    return ensure_tool("s3cmd", ("s3cmd",))
 
 
 S3CMD_CONF = """\

@@ -36,49 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MIB = 1 << 20
+from _common import ensure_tool, imagectl_cmd, log, write_random  # bench/ is on sys.path when a script runs
+
 RATIO_TARGET = 1.0
 RSS_TARGET_MIB = 150.0
 PUBLISH_ARGS = ("--name", "bench", "--arch", "x86_64", "--version", "1", "--format", "raw")
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
 # -- setup ---------------------------------------------------------------------------------------------------
 def ensure_nginx() -> str:
-    """Path of the nginx binary, installing nginx-light (or nginx) with apt-get if it is missing."""
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        sys.exit("bench: nginx is not installed and cannot be installed here (needs root and apt-get)")
-    log("nginx not found: installing nginx-light with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=sys.stderr)
-    for pkg in ("nginx-light", "nginx"):
-        if subprocess.run(["apt-get", "install", "-y", "-qq", pkg], env=env, stdout=sys.stderr).returncode == 0:
-            break
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-    if not found:
-        sys.exit("bench: apt-get could not install nginx")
-    return found
-
-
-def imagectl_cmd() -> list[str]:
-    """The imagectl console script of this interpreter (no pyenv shim in the timing), else ``python -m``."""
-    script = Path(sys.executable).parent / "imagectl"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "imagectl"]
-
-
-def write_image(path: Path, size_mib: int) -> None:
-    """``size_mib`` MiB of incompressible bytes: one random MiB, each copy stamped with its own counter."""
-    block = bytearray(os.urandom(MIB))
-    with open(path, "wb") as f:
-        for i in range(size_mib):
-            block[:8] = i.to_bytes(8, "little")
-            f.write(block)
+    return ensure_tool("nginx", ("nginx-light", "nginx"))
 
 
 def free_port() -> int:
@@ -391,7 +358,7 @@ def main() -> int:
         image, cat, keys = tmp / "image.raw", tmp / "catalogue", tmp / "keys"
         floor_mib = run_child(["true"], tmp).maxrss_mib
         log(f"writing a {args.size_mib} MiB image in {tmp}")
-        write_image(image, args.size_mib)
+        write_random(image, args.size_mib)
         run_child([*imagectl, "catalogue", "init", str(cat), "--keys", str(keys)], tmp, env)
         published = run_child(
             [*imagectl, "publish", str(image), "--catalogue", str(cat), "--keys", str(keys), "--json", *PUBLISH_ARGS],
