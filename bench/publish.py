@@ -62,10 +62,10 @@ from imagectl.catalogue.state import (  # noqa: E402
     CatalogueState,
     load_state,
     metadata_bytes,
-    sha256_file,
     transact,
 )
 from imagectl.config import Config  # noqa: E402
+from imagectl.store.digest import FileDigest, file_digest  # noqa: E402
 from imagectl.store.s3 import S3Store  # noqa: E402
 from tests.s3server import S3Server, seaweedfs_server  # noqa: E402
 
@@ -215,9 +215,9 @@ class Bench:
         blob = {"bytes": 0, "calls": 0, "sent": 0}
         original = store.upload_file
 
-        def counting_upload(key: str, path: str) -> bool:
+        def counting_upload(key: str, path: str, digest: FileDigest) -> bool:
             before = store.stats.bytes_sent
-            sent = original(key, path)
+            sent = original(key, path, digest)
             blob["bytes"] += store.stats.bytes_sent - before
             blob["calls"] += 1
             blob["sent"] += int(sent)
@@ -248,8 +248,9 @@ class Bench:
         seed = self.tmp / "seed.img"
         block = os.urandom(SEED_KIB << 10)
         seed.write_bytes(block)
-        sha, size = sha256_file(str(seed))
-        store.upload_file(blob_key(sha), str(seed))
+        digest = file_digest(str(seed), part_size=store.part_size)
+        sha, size = digest.sha256, digest.size
+        store.upload_file(blob_key(sha), str(seed), digest)
         seed.unlink()
         keys = KeyRing(self.keys)
 
@@ -337,7 +338,7 @@ def alternate(rounds: int, a: tuple[str, Callable[[], float]], b: tuple[str, Cal
 # (label, file path suffix, function name): cumulative time of each, in the order a publish runs them.
 PROFILE_ROWS = (
     ("publish() in total", "catalogue/publish.py", "publish"),
-    ("sha256 of the local file", "catalogue/state.py", "sha256_file"),
+    ("sha256 of the local file", "store/digest.py", "file_digest"),
     ("load_state (root chain, timestamp, snapshot, targets)", "catalogue/state.py", "load_state"),
     ("CatalogueState.role: GET + parse + verify image role", "catalogue/state.py", "role"),
     ("  S3Store.read (GETs of all metadata)", "store/s3.py", "read"),
@@ -594,7 +595,7 @@ def run(args: argparse.Namespace, tmp: Path, s3cmd: str) -> dict[str, Any]:
         log(f"writing a {args.size_mib} MiB image in {tmp}")
         write_random(image, args.size_mib)
         t0 = time.perf_counter()
-        sha, _ = sha256_file(str(image))
+        sha = file_digest(str(image)).sha256
         local_sha = round(time.perf_counter() - t0, 4)
         b = Bench(
             tmp=tmp,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import sys
@@ -14,7 +15,15 @@ from typing import Any
 
 from imagectl import __version__
 from imagectl.config import SETTINGS, Config, load_config
-from imagectl.errors import ImagectlError, InvalidInputError, KeyProblemError, VerifyFailedError, report
+from imagectl.errors import (
+    ImagectlError,
+    InvalidInputError,
+    KeyProblemError,
+    VerifyFailedError,
+    escape,
+    printable,
+    report,
+)
 
 __all__ = ["main"]
 
@@ -22,14 +31,15 @@ Handler = Callable[[argparse.Namespace, Config], int]
 
 
 def warn(msg: str) -> None:
-    print(f"imagectl: warning: {msg}", file=sys.stderr)
+    print(f"imagectl: warning: {printable(msg)}", file=sys.stderr)
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     elif text:
-        print(text)
+        # Text shown on a terminal quotes names and reasons from a catalogue: escape control characters per line.
+        print("\n".join(escape(line) for line in text.split("\n")))
 
 
 def _setting_flags(p: argparse.ArgumentParser, *names: str) -> None:
@@ -51,7 +61,12 @@ def _require(cfg: Config, name: str, what: str) -> str:
 def _store(cfg: Config, location: str | None = None) -> Any:
     from imagectl.store import open_store
 
-    return open_store(location or _require(cfg, "catalogue", "catalogue"), timeout=cfg.timeout, retries=cfg.retries)
+    return open_store(
+        location or _require(cfg, "catalogue", "catalogue"),
+        timeout=cfg.timeout,
+        retries=cfg.retries,
+        min_rate=cfg.min_rate,
+    )
 
 
 def _keys(cfg: Config) -> Any:
@@ -63,7 +78,7 @@ def _keys(cfg: Config) -> Any:
 def _reader(cfg: Config) -> Any:
     from imagectl.catalogue.client import CatalogueReader
 
-    return CatalogueReader(_store(cfg), cfg.cache_path, cfg.root, warn)
+    return CatalogueReader(_store(cfg), cfg.cache_path, cfg.root, warn, retries=cfg.retries)
 
 
 def _arch(args: argparse.Namespace) -> str:
@@ -73,14 +88,33 @@ def _arch(args: argparse.Namespace) -> str:
 
 
 # -- catalogue init / verify / resign ------------------------------------------------------------------------
+MAX_KEYS = 16  # keys per role: a threshold scheme of more signers than this is a typo, not a policy
+
+
+def number(text: str | float | None, flag: str, *, low: float, high: float, low_open: bool = False) -> float:
+    """``text`` as a finite number within [low, high] (``(low, high]`` with ``low_open``), else InvalidInputError
+    (exit 3) naming the flag. nan, inf and huge values never reach timedelta or sleep."""
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{flag} takes a number, got {text!r}") from None
+    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+        bound = f"more than {low:g}" if low_open else f"at least {low:g}"
+        raise InvalidInputError(f"{flag} must be a number {bound} and at most {high:g}, got {text!r}")
+    return value
+
+
 def _thresholds(values: list[str]) -> dict[str, tuple[int, int]]:
     out = {}
     for v in values:
         role, _, spec = v.partition("=")
         k, _, n = spec.partition("/")
-        if not k.isdigit() or (n and not n.isdigit()):
+        if not k.isdigit() or (n and not n.isdigit()) or len(k) > 3 or len(n) > 3:
             raise InvalidInputError(f"--threshold takes ROLE=K or ROLE=K/N, got {v!r}")
-        out[role] = (int(k), int(n or k))
+        threshold, count = int(k), int(n or k)
+        if not 1 <= threshold <= count <= MAX_KEYS:
+            raise InvalidInputError(f"--threshold {v!r}: need 1 <= K <= N <= {MAX_KEYS} (K of N keys must sign)")
+        out[role] = (threshold, count)
     return out
 
 
@@ -101,7 +135,7 @@ def cmd_init(args: argparse.Namespace, cfg: Config) -> int:
         {**res.__dict__, "keys": str(keydir)},
         "\n".join(
             [
-                f"created catalogue {store.url}",
+                f"created catalogue {store.shown}",
                 f"keys: {keydir}" + (f" (new: {', '.join(res.generated_keys)})" if res.generated_keys else ""),
                 f"root metadata for deployers to pin: {res.root_url}",
                 f"root sha256: {res.root_sha256}",
@@ -118,10 +152,13 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     store = _store(cfg, args.dest)
     report = verify_catalogue(store, check_blobs=not args.no_blobs)
     lines = [f"problem: {p}" for p in report.problems]
+    lines += [f"skipped: {s}" for s in report.skipped]
+    partial = f"; partial mirror: {len(report.skipped)} not held (mirror.json)" if report.partial else ""
     lines.append(
-        f"{store.url}: {report.roles} metadata files, {report.images} images"
+        f"{store.shown}: {report.roles} metadata files, {report.images} images"
         f"{'' if args.no_blobs else f', {report.blob_bytes} blob bytes hashed'}: "
         + ("OK" if not report.problems else f"{len(report.problems)} problem(s)")
+        + partial
     )
     emit(args, report.as_json(), "\n".join(lines))
     if report.problems:
@@ -133,15 +170,15 @@ def cmd_gc(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.gc import collect_garbage
     from imagectl.progress import human_size
 
-    if args.grace < 0:
-        raise InvalidInputError("--grace must not be negative")
-    report = collect_garbage(_store(cfg, args.dest), grace=dt.timedelta(hours=args.grace), dry_run=args.dry_run)
+    grace = number(args.grace, "--grace", low=0, high=24 * 3650)
+    report = collect_garbage(_store(cfg, args.dest), grace=dt.timedelta(hours=grace), dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     lines = [f"{verb}: {k}" for k in report.removed]
+    lines += [f"skipped: {k}" for k in report.skipped]
     lines += [f"{'would abort' if args.dry_run else 'aborted'} unfinished upload: {k}" for k in report.aborted_uploads]
     lines.append(
         f"{verb} {len(report.removed)} unreferenced file(s), {human_size(report.bytes_freed)}; kept "
-        f"{report.referenced} referenced and {len(report.young)} younger than {args.grace:g} h"
+        f"{report.referenced} referenced and {len(report.young)} younger than {grace:g} h"
     )
     emit(args, report.as_json(), "\n".join(lines))
     return 0
@@ -154,11 +191,11 @@ def cmd_mirror(args: argparse.Namespace, cfg: Config) -> int:
     filters = MirrorFilter.parse(args.filter, args.max)
     src, dest = _store(cfg, args.src), _store(cfg, args.dest)
     say = (lambda m: print(f"imagectl: {m}", file=sys.stderr)) if not (args.json or args.quiet) else (lambda m: None)
-    report = mirror(src, dest, cfg.cache_path, cfg.root, filters, warn, say)
+    report = mirror(src, dest, cfg.cache_path, cfg.root, filters, warn, say, retries=cfg.retries)
     emit(
         args,
         report.as_json(),
-        f"mirrored {len(report.images)} image(s) from {src.url} to {dest.url}: "
+        f"mirrored {len(report.images)} image(s) from {src.shown} to {dest.shown}: "
         f"{report.blobs_copied} blob(s) copied ({human_size(report.bytes_copied)}), {report.blobs_present} already "
         f"there; timestamp version {report.timestamp_version}",
     )
@@ -168,7 +205,7 @@ def cmd_mirror(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_resign(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.trust import resign
 
-    within = dt.timedelta(days=args.within) if args.within is not None else None
+    within = dt.timedelta(days=number(args.within, "--within", low=0, high=3650)) if args.within is not None else None
     roles = resign(_store(cfg, args.dest), _keys(cfg), cfg.expiry_days(), within=within, everything=args.all)
     emit(args, {"resigned": roles}, f"re-signed: {', '.join(roles)}" if roles else "nothing about to expire")
     return 0
@@ -405,6 +442,33 @@ def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _recipe_path(text: str) -> Path:
+    """A recipe file, or the name of a shipped one (``debian12-demo``, ``slc6-worker``) when no such file exists."""
+    from imagectl.resources import shipped_recipes
+
+    path = Path(text)
+    if not path.exists() and "/" not in text and not text.endswith((".yaml", ".yml")):
+        shipped = shipped_recipes()
+        if text in shipped:
+            return shipped[text]
+    return path
+
+
+def cmd_recipe_list(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.recipe.model import load_recipe
+    from imagectl.resources import shipped_recipes
+
+    data = []
+    for stem, path in sorted(shipped_recipes().items()):
+        r = load_recipe(path)
+        abstract = bool(r.data.get("abstract"))
+        data.append({"name": stem, "path": str(path), "abstract": abstract, "description": r.data.get("description")})
+    lines = [f"{d['name']:<20} {'(abstract base) ' if d['abstract'] else ''}{d['description'] or ''}" for d in data]
+    lines.append("build one with: imagectl build NAME (or copy its file from the paths in --json and edit it)")
+    emit(args, data, "\n".join(lines))
+    return 0
+
+
 def cmd_recipe_validate(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.recipe.model import load_recipe
     from imagectl.recipe.schema import RecipeError
@@ -412,7 +476,7 @@ def cmd_recipe_validate(args: argparse.Namespace, cfg: Config) -> int:
     results, failed = [], 0
     for path in args.paths:
         try:
-            r = load_recipe(path)
+            r = load_recipe(_recipe_path(path))
             results.append({"path": path, "ok": True, "problems": [], "digest": r.digest()})
             if not args.json:
                 what = (
@@ -444,7 +508,7 @@ def cmd_recipe_show(args: argparse.Namespace, cfg: Config) -> int:
 
     from imagectl.recipe.model import load_recipe
 
-    r = load_recipe(args.path)
+    r = load_recipe(_recipe_path(args.path))
     info = {"recipe": r.data, "digest": r.digest(), "chain": [str(p) for p in r.chain]}
     emit(
         args,
@@ -460,7 +524,7 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.model import check_arch, check_format
     from imagectl.recipe.model import load_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(_recipe_path(args.recipe))
     arches = [check_arch(a) for a in args.arch] or None
     formats = [check_format(f) for f in args.format] or None
     live = sys.stderr.isatty() and not args.quiet and not args.json
@@ -521,7 +585,7 @@ def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
             image,
             arch=check_arch(args.arch or host_arch()),
             marker=args.marker,
-            timeout=args.timeout,
+            timeout=number(args.timeout, "--timeout", low=0, high=86400, low_open=True),
             accel=args.accel,
             log_path=Path(args.log) if args.log else None,
             on_progress=progress,
@@ -530,7 +594,7 @@ def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
         if e.tail and not args.json:
             print("--- last console lines ---", file=sys.stderr)
             for line in e.tail:
-                print(f"  {line}", file=sys.stderr)
+                print(f"  {printable(line)}", file=sys.stderr)
         raise
     data = {
         "passed": True,
@@ -571,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
     base.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     common = argparse.ArgumentParser(add_help=False, parents=[base])
-    _setting_flags(common, "timeout", "retries", "cache_dir")
+    _setting_flags(common, "timeout", "retries", "min_rate", "cache_dir")
 
     p = argparse.ArgumentParser(prog="imagectl", description="Build, sign, publish and pull VM guest images.")
     p.add_argument("--version", action="version", version=f"imagectl {__version__}")
@@ -610,8 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     sp.add_argument(
         "--grace",
-        type=float,
-        default=24.0,
+        default="24",
         metavar="HOURS",
         help="keep orphans younger than this: a running publish may be about to use them (default 24)",
     )
@@ -619,7 +682,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
     sp.add_argument(
         "--within",
-        type=float,
         metavar="DAYS",
         help="re-sign roles expiring within DAYS (default: those past half their validity)",
     )
@@ -640,6 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp = add(rec, "validate", cmd_recipe_validate, "validate recipes; print every problem with file:line:column", ())
     sp.add_argument("paths", nargs="+", metavar="PATH")
+    add(rec, "list", cmd_recipe_list, "list the recipes shipped with imagectl (usable by name)", ())
     sp = add(rec, "show", cmd_recipe_show, "print the fully merged recipe", ())
     sp.add_argument("path", metavar="PATH")
 
@@ -677,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(sub, "test", cmd_test, "boot an image under qemu and wait for its login prompt", (), network=False)
     sp.add_argument("image", metavar="IMAGE")
     sp.add_argument("--arch", help="architecture (default: the host's)")
-    sp.add_argument("--timeout", type=float, default=600, help="seconds to wait for the marker (default 600)")
+    sp.add_argument("--timeout", default="600", help="seconds to wait for the marker (default 600, at most 86400)")
     sp.add_argument("--marker", default="login:", help="console text that means booted (default 'login:')")
     sp.add_argument(
         "--accel",
@@ -717,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config",
         cmd_config,
         "show every setting and where its value comes from",
-        [s.name for s in SETTINGS if s.name not in ("timeout", "retries", "cache_dir")],
+        [s.name for s in SETTINGS if s.name not in ("timeout", "retries", "min_rate", "cache_dir")],
     )
     sp = add(sub, "demo", cmd_demo, "the embedded default: build the Debian demo, boot it, publish, list, pull", ())
     sp.add_argument("--workdir", default="imagectl-demo", help="where the demo writes (default: ./imagectl-demo)")

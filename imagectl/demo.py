@@ -24,6 +24,7 @@ from imagectl.catalogue.verify import verify_catalogue
 from imagectl.config import Config
 from imagectl.errors import InvalidInputError, VerifyFailedError
 from imagectl.pull import pull
+from imagectl.resources import recipes_dir
 from imagectl.store.local import LocalStore
 
 __all__ = ["make_disk_image", "run_demo"]
@@ -48,7 +49,7 @@ def make_disk_image(path: Path, size_mib: int = 16, label: str = "imagectl-demo"
             f.write(block)
 
 
-DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "debian12-demo.yaml"
+DEMO_RECIPE = recipes_dir() / "demo" / "debian12-demo.yaml"
 
 
 def _built_image(workdir: Path, recipe_path: Path, cfg: Config, boot: bool, say: Callable[[str], None]) -> Path:
@@ -101,9 +102,9 @@ def run_demo(
     store = LocalStore(catalogue)
     if not store.exists(f"{METADATA}root.json"):
         res = init_catalogue(store, keydir, cfg.expiry_days())
-        say(f"1. created catalogue {store.url} (root sha256 {res.root_sha256})")
+        say(f"1. created catalogue {store.shown} (root sha256 {res.root_sha256})")
     else:
-        say(f"1. reusing catalogue {store.url}")
+        say(f"1. reusing catalogue {store.shown}")
     arch = host_arch()
     keys = KeyRing(keydir)
     if quick:
@@ -122,7 +123,9 @@ def run_demo(
     cfg = dataclasses.replace(cfg, root=root)
     out = workdir / "pulled"
     out.mkdir(exist_ok=True)
-    with CatalogueReader(store, cfg.cache_path, cfg.root, lambda m: say(f"warning: {m}")) as reader:
+    with CatalogueReader(
+        store, cfg.cache_path, cfg.root, lambda m: say(f"warning: {m}"), retries=cfg.retries
+    ) as reader:
         images = reader.images(rec.name)
         say(f"4. catalogue lists {len(images)} {rec.name} image(s); newest {images[-1].version}")
         got = pull(reader, ImageRef(rec.name, channel="testing"), arch, str(out), cfg.cache_path, progress=False)

@@ -55,8 +55,23 @@ __all__ = [
     "UntrustedMetadataError",
     "VerifyFailedError",
     "WrongRootError",
+    "escape",
+    "printable",
     "report",
 ]
+
+
+def printable(text: str) -> str:
+    """``text`` as one printable line: whitespace runs become one space, and any other control or format
+    character (an escape sequence, a bidi override) is shown escaped (``\\x1b``), never sent to a terminal.
+
+    Messages quote names, reasons and paths from catalogues and mirrors, which may be hostile."""
+    return escape(" ".join(text.split()))
+
+
+def escape(text: str) -> str:
+    """``text`` with every non-printable character but the space shown escaped (``\\x1b``, ``\\n``)."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 class ImagectlError(Exception):
@@ -65,10 +80,10 @@ class ImagectlError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, hint: str | None = None) -> None:
-        # One line, always: a message with a newline would break `imagectl: error:` parsing in CI logs.
-        super().__init__(" ".join(message.split()))
-        self.message = " ".join(message.split())
-        self.hint = hint
+        # One printable line, always: a message with a newline would break `imagectl: error:` parsing in CI logs.
+        self.message = printable(message)
+        super().__init__(self.message)
+        self.hint = printable(hint) if hint is not None else None
 
 
 def report(err: ImagectlError) -> int:

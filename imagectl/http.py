@@ -6,13 +6,12 @@ every request, a User-Agent naming imagectl, and URLs with credentials hidden be
 
 from __future__ import annotations
 
-import urllib.parse
-
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from imagectl import __version__
+from imagectl.urls import safe_url
 
 __all__ = ["make_session", "safe_url"]
 
@@ -37,13 +36,3 @@ def make_session(*, retries: int = 3, backoff: float = 0.5) -> requests.Session:
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     return session
-
-
-def safe_url(url: str) -> str:
-    """``url`` with any user:password and query string replaced, safe to print or log."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "<hidden>@" + netloc.rsplit("@", 1)[1]
-    query = "<hidden>" if parts.query else ""
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))

@@ -9,24 +9,26 @@ directory and ``os.replace``: it either holds verified bytes or is untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import queue
-import shutil
-import tempfile
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from imagectl.catalogue.client import CatalogueReader, Resolved, file_lock
+from imagectl.catalogue.client import CatalogueReader, Resolved, client_cache
 from imagectl.catalogue.model import ImageRef, blob_key
 from imagectl.errors import DownloadError, ImageMismatchError, LocalIOError
+from imagectl.fsio import SymlinkRefusedError, describe_mode, replacing
 from imagectl.progress import Progress
 from imagectl.store import Store
+from imagectl.store.base import StatusError
 
 __all__ = ["PullResult", "pull"]
 
@@ -53,44 +55,79 @@ class PullResult:
 _io_error = LocalIOError.from_os
 
 
-@contextlib.contextmanager
-def _replacing(dest: Path) -> Iterator[str]:
-    """A temp file beside ``dest``; a clean exit makes it ``dest`` (mode 0644, ``os.replace``), anything else
-    removes it: the destination holds the new bytes in full or is untouched."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-        tmp = ""
-    except OSError as e:
-        raise _io_error("write", dest, e) from None
-    finally:
-        if tmp:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+@dataclass(frozen=True)
+class Destination:
+    """Where a pull writes, and what it keeps of a regular file it replaces (mode, and owner when root)."""
+
+    path: Path
+    mode: int = 0o644
+    owner: tuple[int, int] | None = None  # (uid, gid) to give the new file; None: ours
 
 
-def destination(out: str | None, rec_name: str, version: str, arch: str, fmt: str) -> Path:
+def destination(out: str | None, rec_name: str, version: str, arch: str, fmt: str) -> Destination:
+    """Where ``-o OUT`` puts the image: OUT itself, or ``OUT/NAME-VERSION-ARCH.FMT`` when OUT is an existing
+    directory or ends with ``/``.
+
+    Raises LocalIOError (exit 14), before any byte is downloaded, for a destination that is not a regular file
+    (a device such as /dev/null, a FIFO, a socket, or a symlink to one of them: pull writes regular files only,
+    and would otherwise replace the node with a file), and for a parent directory that is missing, not a
+    directory, or not writable. An existing regular file is replaced atomically and keeps its mode; a symlink to
+    a regular file is replaced by the image (the link itself, never the file it points to).
+    """
     default = f"{rec_name}-{version}-{arch}.{fmt}"
     if out is None:
-        return Path.cwd() / default
-    path = Path(out)
-    if path.is_dir():
-        return path / default
-    return path
-
-
-def check_writable(dest: Path) -> None:
-    parent = dest.parent
+        path = Path.cwd() / default
+    elif out.endswith("/") or os.path.isdir(out):
+        if not os.path.isdir(out):
+            raise LocalIOError(f"cannot write into {out}: no such directory")
+        path = Path(out) / default
+    else:
+        path = Path(out)
+    parent = path.parent
     if not parent.is_dir():
         why = "is not a directory" if parent.exists() else "does not exist"
-        raise LocalIOError(f"cannot write {dest}: {parent} {why}")
+        raise LocalIOError(f"cannot write {path}: {parent} {why}")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise LocalIOError(f"cannot write {dest}: directory {parent} is not writable")
-    if dest.is_dir():
-        raise LocalIOError(f"cannot write {dest}: it is a directory")
+        raise LocalIOError(f"cannot write {path}: directory {parent} is not writable")
+    return _check_target(path)
+
+
+def _check_target(path: Path) -> Destination:
+    """The Destination for ``path`` as it is now; raises LocalIOError for anything but nothing, a regular file or a
+    symlink to one. Checked again right before the rename, so a node swapped in meanwhile is not replaced."""
+    try:
+        link = os.lstat(path)
+    except FileNotFoundError:
+        return Destination(path)
+    except OSError as e:
+        raise _io_error("check", path, e) from None
+    try:
+        st = os.stat(path) if stat.S_ISLNK(link.st_mode) else link
+    except FileNotFoundError:  # a dangling symlink: replaced like any symlink
+        return Destination(path)
+    except OSError as e:
+        raise _io_error("check", path, e) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise LocalIOError(f"cannot write {path}: it is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise LocalIOError(
+            f"refusing to write {path}: it is {describe_mode(st.st_mode)}, and pull writes regular files only",
+            hint="name a file or a directory with -o",
+        )
+    if stat.S_ISLNK(link.st_mode):
+        return Destination(path)
+    owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+    return Destination(path, stat.S_IMODE(st.st_mode), owner)
+
+
+@contextlib.contextmanager
+def _replacing(dest: Destination) -> Iterator[str]:
+    """A temp file beside the destination that becomes it on a clean exit, with the kept mode and owner."""
+    with replacing(dest.path, mode=dest.mode) as tmp:
+        yield tmp
+        if dest.owner is not None:
+            os.chown(tmp, *dest.owner)
+        _check_target(dest.path)  # still nothing, a regular file or a link: safe to rename over
 
 
 class _BackgroundHash:
@@ -123,34 +160,40 @@ class _BackgroundHash:
         return self._h.hexdigest()
 
 
-def _download(store: Store, resolved: Resolved, part: Path, retries: int, progress: Progress) -> None:
-    """Fill ``part`` with the verified blob, resuming from what it already holds.
+def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, progress: Progress) -> None:
+    """Fill the open ``.part`` file ``f`` with the verified blob, resuming from what it already holds.
 
     The .part is not fsynced: a blob is re-hashed whenever it is served from the cache, so a file torn by a
-    crash can never reach a destination; the destination copy is what gets fsynced.
+    crash can never reach a destination; the destination copy is what gets fsynced. Raises ImageMismatchError
+    when the bytes break the signed length or hash, DownloadError when the retries are
+    spent, LocalIOError when the cache cannot be written.
     """
     want_len = resolved.target.length
     want_sha = resolved.target.hashes["sha256"]
     h = _BackgroundHash()
     have = 0
     try:
-        f = open(part, "ab+")  # noqa: SIM115 - closed in finally; append keeps what an earlier pull fetched
-    except OSError as e:
-        raise _io_error("write", part, e) from None
-    try:
         f.seek(0)
         while have < want_len and (block := f.read(CHUNK)):
             h.update(block)
             have += len(block)
-        if have > want_len:  # an older, longer attempt: start over
+        if have > want_len or f.read(1):  # an older, longer attempt: start over
             f.truncate(0)
             h.close()
             h, have = _BackgroundHash(), 0
+        f.seek(have)
         progress.update(have)
         attempt = 0
         while have < want_len:
             try:
                 with store.open_range(blob_key(want_sha), have) as stream:
+                    if stream.total is not None and stream.total != want_len:
+                        # the store says how long the object is: no retry changes that
+                        raise ImageMismatchError(
+                            f"{resolved.record.path}: the catalogue's blob has {stream.total} bytes, "
+                            f"{'more' if stream.total > want_len else 'fewer'} than the signed {want_len} bytes "
+                            "(tampered or damaged blob; nothing written)"
+                        )
                     if stream.offset not in (0, have):
                         raise DownloadError(f"asked for bytes from {have}, the server sent from {stream.offset}")
                     if stream.offset != have:  # the server ignored Range: restart cleanly
@@ -170,65 +213,100 @@ def _download(store: Store, resolved: Resolved, part: Path, retries: int, progre
                         progress.update(len(chunk))
                 if have < want_len:
                     raise DownloadError(f"blob ended after {have} of {want_len} bytes")
+            except StatusError:
+                raise  # an error status: the session has already retried it
             except DownloadError:
                 attempt += 1
                 if attempt > retries:
                     raise
                 f.flush()
                 time.sleep(min(0.2 * 2**attempt, 5.0))
-    except ImageMismatchError:
-        f.close()
-        part.unlink(missing_ok=True)  # bytes from a server that broke the signed length are not worth resuming
-        raise
+        f.flush()
     except OSError as e:
-        raise _io_error("write", part, e) from None
+        raise _io_error("write", "the download cache", e) from None
     finally:
-        f.close()
         h.close()
     if h.hexdigest() != want_sha:
-        part.unlink(missing_ok=True)
         raise ImageMismatchError(
             f"{resolved.record.path}: downloaded bytes have sha256 {h.hexdigest()[:16]}…, "
             f"signed metadata says {want_sha[:16]}… (tampered or corrupted blob; nothing written)"
         )
 
 
-def _copy_verified(src: Path, dest: Path, length: int, sha256: str) -> None:
-    """Copy ``src`` to ``dest`` atomically, hashing on the way; refuse (and leave ``dest`` alone) on mismatch."""
+def _copy_verified(src: IO[bytes], name: str, dest: Destination, length: int, sha256: str) -> None:
+    """Copy the open cache entry ``src`` to ``dest`` atomically, hashing on the way; refuse (and leave ``dest``
+    alone) on a mismatch."""
     with _replacing(dest) as tmp:
         h = hashlib.sha256()
         n = 0
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            while block := fin.read(CHUNK):
+        src.seek(0)
+        with open(tmp, "wb") as fout:
+            while block := src.read(CHUNK):
                 h.update(block)
                 n += len(block)
                 fout.write(block)
             fout.flush()
             os.fsync(fout.fileno())
         if n != length or h.hexdigest() != sha256:
-            src.unlink(missing_ok=True)  # a corrupted cache entry is dropped, never served
             raise ImageMismatchError(
-                f"cached blob {src.name[:16]}… does not match the signed hash; removed it and downloading again"
+                f"cached blob {name[:16]}… does not match the signed hash; removed it and downloading again"
             )
 
 
-def _reflink(src: Path, dst: str) -> bool:
+def _reflink(src: IO[bytes], dst: IO[bytes]) -> bool:
     """Share ``src``'s blocks with ``dst`` (btrfs, XFS): an instant copy. False where unsupported (ext4, tmpfs)."""
     try:
-        with open(src, "rb") as fin, open(dst, "wb") as fout:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+        fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
         return True
     except OSError:
         return False
 
 
-def _place(src: Path, dest: Path) -> None:
-    """Copy a blob verified moments ago to ``dest`` through a temp file, fsync, and ``os.replace``."""
-    with _replacing(dest) as tmp:
-        if not _reflink(src, tmp):
-            shutil.copyfile(src, tmp)  # sendfile: the kernel copies, the bytes never pass through Python
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # the destination is what the deployer relies on after we say "done"
+def _place(src: IO[bytes], dest: Destination) -> None:
+    """Copy a blob verified moments ago (open as ``src``) to ``dest`` through a temp file, fsync, rename."""
+    with _replacing(dest) as tmp, open(tmp, "wb") as fout:
+        if not _reflink(src, fout):
+            src.seek(0)
+            size = os.fstat(src.fileno()).st_size
+            done = 0
+            while done < size:  # sendfile: the kernel copies, the bytes never pass through Python
+                sent = os.sendfile(fout.fileno(), src.fileno(), done, size - done)
+                if sent == 0:
+                    break
+                done += sent
+        fout.flush()
+        os.fsync(fout.fileno())  # the destination is what the deployer relies on after we say "done"
+
+
+def _open_in(d: int, name: str, flags: int) -> IO[bytes] | None:
+    """Open cache entry ``name`` in directory descriptor ``d`` without following a symlink; None if missing.
+
+    Raises SymlinkRefusedError for a symlink, FIFO or anything but a regular file (someone else put it there).
+    """
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600, dir_fd=d)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK):
+            raise SymlinkRefusedError(f"refusing the cache entry {name}: it is a symlink (not followed)") from None
+        raise _io_error("open", f"cache entry {name}", e) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise SymlinkRefusedError(f"refusing the cache entry {name}: it is {describe_mode(st.st_mode)}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb+" if flags & os.O_RDWR else "rb")
+
+
+@contextlib.contextmanager
+def _locked(d: int, name: str) -> Iterator[None]:
+    """An exclusive flock on the cache's lock file ``name`` (never through a symlink)."""
+    f = _open_in(d, name, os.O_RDWR | os.O_CREAT)
+    assert f is not None  # O_CREAT
+    with f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def pull(
@@ -242,40 +320,44 @@ def pull(
     progress: bool = True,
     warn: Callable[[str], None] = lambda _m: None,
 ) -> PullResult:
-    """Resolve ``ref`` for ``arch``, fetch (or reuse) the verified blob and place it at the destination."""
+    """Resolve ``ref`` for ``arch``, fetch (or reuse) the verified blob and place it at the destination.
+
+    The cache is entered through :class:`imagectl.fsio.Beneath`: no symlink planted in it is ever followed.
+    """
     resolved = reader.resolve(ref, arch)
     rec = resolved.record
     if rec.deprecated:
         reason = rec.deprecated.get("reason") or "no reason given"
         warn(f"{rec.name}:{rec.version} is deprecated since {rec.deprecated.get('at', '?')}: {reason}")
     dest = destination(out, rec.name, rec.version, rec.arch, rec.format)
-    check_writable(dest)
-    blobs = cache / "blobs" / "sha256"
-    try:
-        blobs.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _io_error("create", blobs, e) from None
     sha = resolved.target.hashes["sha256"]
-    blob = blobs / sha
-    with file_lock(blobs / f".{sha}.lock"):
-        cached = blob.exists()
-        if cached:
-            try:
-                _copy_verified(blob, dest, resolved.target.length, sha)
-            except ImageMismatchError as e:  # the cache is ours to repair: drop the entry and fetch again
-                warn(str(e))
-                cached = False
+    with client_cache(cache).dir("blobs/sha256", create=True) as d, _locked(d, f".{sha}.lock"):
+        cached = False
+        blob = _open_in(d, sha, os.O_RDONLY)
+        if blob is not None:
+            with blob:
+                try:
+                    _copy_verified(blob, sha, dest, resolved.target.length, sha)
+                    cached = True
+                except ImageMismatchError as e:  # the cache is ours to repair: drop the entry and fetch again
+                    os.unlink(sha, dir_fd=d)
+                    warn(str(e))
         if not cached:
-            part = blobs / f"{sha}.part"
+            part = _open_in(d, f"{sha}.part", os.O_RDWR | os.O_CREAT)
+            assert part is not None  # O_CREAT
             bar = Progress(f"{rec.name}:{rec.version}", resolved.target.length, enabled=progress)
-            try:
-                _download(reader.store, resolved, part, retries, bar)
-            finally:
-                bar.finish()
-            os.replace(part, blob)
-            _place(blob, dest)
+            with part:
+                try:
+                    _download(reader.store, resolved, part, retries, bar)
+                except ImageMismatchError:  # bytes that broke the signed length or hash are not worth resuming
+                    os.unlink(f"{sha}.part", dir_fd=d)
+                    raise
+                finally:
+                    bar.finish()
+                os.rename(f"{sha}.part", sha, src_dir_fd=d, dst_dir_fd=d)
+                _place(part, dest)
     return PullResult(
-        path=str(dest),
+        path=str(dest.path),
         name=rec.name,
         version=rec.version,
         arch=rec.arch,

@@ -8,8 +8,10 @@ its exit code and the log file.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from imagectl.errors import ToolError, ToolMissingError
+from imagectl.urls import redact
 
 __all__ = ["BASE_ENV", "Started", "ToolError", "ToolMissingError", "run", "start", "tool_version"]
 
@@ -82,18 +85,29 @@ def run(
     full_env = minimal_env(env)
     if shutil.which(argv[0], path=full_env["PATH"]) is None:
         raise ToolMissingError(f"{argv[0]} not found", hint=f"install the package that provides {argv[0]}")
-    line = "+ " + shlex.join(argv)
+    line = redact("+ " + shlex.join(argv))
     log.info("%s", line)
     out: IO[str] | None = None
     captured: list[str] = []
     start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+
+    def emit(text: str) -> None:
+        text = redact(text)  # a tool may print the URL it was given, credentials and all
+        if out is not None:
+            out.write(text)
+        else:
+            captured.append(text)
+        if on_line is not None:
+            on_line(text.rstrip("\n"))
+
     try:
         if log_file is not None:
             log_file.parent.mkdir(parents=True, exist_ok=True)
             out = log_file.open("a", encoding="utf-8", errors="replace")
             out.write(line + "\n")
             if env:
-                out.write("+ env " + shlex.join(f"{k}={v}" for k, v in sorted(env.items())) + "\n")
+                out.write(redact("+ env " + shlex.join(f"{k}={v}" for k, v in sorted(env.items()))) + "\n")
             out.flush()
         proc = subprocess.Popen(
             argv,
@@ -102,25 +116,17 @@ def run(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
             start_new_session=True,
         )
         assert proc.stdout is not None
         try:
-            for text in proc.stdout:
-                if out is not None:
-                    out.write(text)
-                else:
-                    captured.append(text)
-                if on_line is not None:
-                    on_line(text.rstrip("\n"))
-                if timeout is not None and time.monotonic() - start > timeout:
-                    raise subprocess.TimeoutExpired(argv, timeout)
-            rc = proc.wait(timeout=None if timeout is None else max(1.0, timeout - (time.monotonic() - start)))
+            _pump(proc, deadline, emit)
+            rc = proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             _kill(proc)
             raise
+        finally:
+            proc.stdout.close()
     except subprocess.TimeoutExpired:
         raise ToolError(
             f"{tool} did not finish within {timeout:.0f} s",
@@ -140,7 +146,36 @@ def run(
     return Result(rc, seconds, "".join(captured))
 
 
-def _kill(proc: subprocess.Popen[str]) -> None:
+def _pump(proc: subprocess.Popen[bytes], deadline: float | None, emit: Callable[[str], None]) -> None:
+    """Hand the child's output to ``emit`` line by line until it closes its end of the pipe.
+
+    The pipe is watched with ``select`` against ``deadline``, so a child that prints nothing (or never finishes a
+    line) still hits its timeout: a plain ``for line in proc.stdout`` would block in ``read`` until the child
+    wrote, and check the clock only then. Raises subprocess.TimeoutExpired past the deadline.
+    """
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    while True:
+        wait = None if deadline is None else deadline - time.monotonic()
+        if wait is not None and wait <= 0:
+            raise subprocess.TimeoutExpired(proc.args, 0)
+        ready, _, _ = select.select([fd], [], [], wait)
+        if not ready:
+            continue  # the loop head raises once the deadline has passed
+        block = os.read(fd, 65536)
+        pending += decoder.decode(block, final=not block)
+        *lines, pending = pending.split("\n")
+        for text in lines:
+            emit(text + "\n")
+        if not block:
+            if pending:
+                emit(pending)
+            return
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
     """Stop the child and everything it started (it leads its own session)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -240,13 +275,13 @@ def start(
     full_env = minimal_env(env)
     if shutil.which(argv[0], path=full_env["PATH"]) is None:
         raise ToolMissingError(f"{argv[0]} not found", hint=f"install the package that provides {argv[0]}")
-    line = "+ " + shlex.join(argv)
+    line = redact("+ " + shlex.join(argv))
     log.info("%s", line)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
         out.write((line + "\n").encode())
         if env:
-            out.write(("+ env " + shlex.join(f"{k}={v}" for k, v in sorted(env.items())) + "\n").encode())
+            out.write((redact("+ env " + shlex.join(f"{k}={v}" for k, v in sorted(env.items()))) + "\n").encode())
         out.flush()
         try:
             proc = subprocess.Popen(

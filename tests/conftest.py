@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from imagectl.cli import main
+from imagectl.store import Store, open_store
 from imagectl.store.local import LocalStore
+from imagectl.store.s3 import S3Store
 from tests import s3server
 from tests.httpserver import TestHTTPServer
 
@@ -55,16 +57,20 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
     counter = iter(range(10**6))
 
     def make(size: int = 256 * 1024, seed: str = "a", name: str | None = None) -> Path:
-        path = tmp_path / (name or f"image-{next(counter)}.qcow2")
-        block = hashlib.sha256(seed.encode()).digest() * 2048  # 64 KiB
-        with path.open("wb") as f:
-            left = size
-            while left > 0:
-                f.write(block[: min(left, len(block))])
-                left -= len(block)
-        return path
+        return write_pattern(tmp_path / (name or f"image-{next(counter)}.qcow2"), size, seed)
 
     return make
+
+
+def write_pattern(path: Path, size: int, seed: str = "a") -> Path:
+    """Write ``size`` deterministic bytes (a repeated SHA-256 of ``seed``) to ``path``; return it."""
+    block = hashlib.sha256(seed.encode()).digest() * 2048  # 64 KiB
+    with path.open("wb") as f:
+        left = size
+        while left > 0:
+            f.write(block[: min(left, len(block))])
+            left -= len(block)
+    return path
 
 
 @dataclass
@@ -99,3 +105,43 @@ def sha256(path: Path) -> str:
 
 
 seaweedfs = pytest.fixture(scope="session")(s3server.seaweedfs)  # a real S3 server (SeaweedFS) on 127.0.0.1
+
+
+def clean_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AWS_* variable of the developer's reaches a test, and boto3 never waits for instance metadata."""
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def no_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    clean_aws_env(monkeypatch)
+
+
+@pytest.fixture
+def aws_env(seaweedfs: s3server.S3Server, monkeypatch: pytest.MonkeyPatch) -> s3server.S3Server:
+    """The one S3 environment of the suite: the standard AWS variables point at the test server, nothing else."""
+    clean_aws_env(monkeypatch)
+    for key, value in seaweedfs.env().items():
+        monkeypatch.setenv(key, value)
+    return seaweedfs
+
+
+@pytest.fixture
+def s3_store(aws_env: s3server.S3Server) -> S3Store:
+    """A fresh prefix of the shared bucket, opened the way the CLI opens it: from an s3:// URL and the environment."""
+    import uuid
+
+    store = open_store(f"s3://{aws_env.shared_bucket()}/{uuid.uuid4().hex}/cat", retries=0, timeout=10)
+    assert isinstance(store, S3Store)
+    return store
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """Each writable store kind in turn: a directory, and S3 on the test server."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "cat")
+    return request.getfixturevalue("s3_store")  # type: ignore[no-any-return]

@@ -1,12 +1,14 @@
 """A real HTTP server on 127.0.0.1 for tests: serves a directory with Range support, counts the bytes it sends
-and can misbehave on request (drop the connection mid-body, ignore Range, send endless data, serve other bytes,
-answer with an error status).
+and can misbehave on request, as a hostile catalogue host would: drop the connection mid-body, ignore Range, send
+endless or huge data, serve other bytes, answer with an error status, drip-feed the body a byte at a time, lie
+about lengths (Content-Length, Content-Range), redirect to other schemes, hosts or in circles.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +28,11 @@ class Fault:
     body: bytes | None = None  # serve these bytes instead of the file's
     status: int | None = None  # answer with this status and no body
     times: int | None = None
+    drip: float | None = None  # send the body one byte every ``drip`` seconds (a slow-loris server)
+    content_length: int | None = None  # claim this Content-Length whatever the body is (then close)
+    content_range: str | None = None  # send this Content-Range header (with a 206) whatever was asked
+    redirect: str | None = None  # answer 302 with this Location (relative paths are resolved by the client)
+    chunked_endless: bool = False  # chunked transfer encoding, no length at all, bounded by endless_limit
 
 
 @dataclass
@@ -35,6 +42,16 @@ class Served:
 
     def bytes_for(self, suffix: str) -> int:
         return sum(n for p, n in self.body_bytes.items() if p.endswith(suffix))
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client hanging up mid-answer is what refusals look like; anything else is still reported."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class TestHTTPServer:
@@ -49,7 +66,7 @@ class TestHTTPServer:
         self.served = Served()
         self.lock = threading.Lock()
         handler = self._handler()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -118,6 +135,12 @@ class TestHTTPServer:
                 with server.lock:
                     server.served.requests.append((self.command, self.path, rng))
                 fault = server._fault_for(self.path)
+                if fault and fault.redirect is not None:
+                    self.send_response(302)
+                    self.send_header("Location", fault.redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if fault and fault.status:
                     self.send_response(fault.status)
                     self.send_header("Content-Length", "0")
@@ -132,13 +155,51 @@ class TestHTTPServer:
                 data = fault.body if fault and fault.body is not None else target.read_bytes()  # type: ignore[union-attr]
                 start = 0
                 m = re.fullmatch(r"bytes=(\d+)-", rng or "")
-                if m and not (fault and fault.ignore_range) and int(m.group(1)) < len(data):
+                if fault and fault.content_range is not None:  # a 206 that says what the fault says
+                    start = int(m.group(1)) if m and int(m.group(1)) < len(data) else 0
+                    self.send_response(206)
+                    self.send_header("Content-Range", fault.content_range)
+                elif m and not (fault and fault.ignore_range) and int(m.group(1)) < len(data):
                     start = int(m.group(1))
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 else:
                     self.send_response(200)
                 body = data[start:]
+                if fault and fault.chunked_endless:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    sent = 0
+                    try:
+                        while not head and sent < fault.endless_limit:
+                            self.wfile.write(b"10000\r\n" + b"\0" * 65536 + b"\r\n")
+                            sent += 65536
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return
+                if fault and fault.drip is not None:
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    try:
+                        for i in range(0 if head else len(body)):
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(fault.drip)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return
+                if fault and fault.content_length is not None:
+                    self.send_header("Content-Length", str(fault.content_length))
+                    self.end_headers()
+                    try:
+                        if not head:
+                            self.wfile.write(body[: fault.content_length])
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return
                 if fault and fault.endless:
                     self.send_header("Connection", "close")
                     self.end_headers()

@@ -59,7 +59,9 @@ def test_dib_invocation_for_every_recipe_target(path, arch, hv, tmp_path, monkey
         assert inv.elements[:2] == ["slc-bootstrap", "slc-bootloader"]
         assert inv.elements[2] == ("block-device-efi" if arch == "ia64" else "block-device-mbr")
         assert env["IMAGECTL_SLC_RELEASE"] == rel and env["IMAGECTL_SLC_ARCH"] == arch
-        assert env["IMAGECTL_SLC_MIRROR"] == f"http://linuxsoft.cern.ch/cern/slc{rel}X"
+        assert env["IMAGECTL_SLC_MIRROR"] == f"https://linuxsoft.cern.ch/cern/slc{rel}X"
+        keys = [str((recipe.path.parent / k).resolve()) for k in recipe.data.get("gpg_keys", [])]
+        assert env["IMAGECTL_SLC_GPG_KEYS"] == ":".join(keys)  # the element passes each as --gpg-key
         assert env["IMAGECTL_HYPERVISOR"] == hv
         assert "-n" in argv  # no DIB base element in an SLC chroot
         assert env.get("FS_TYPE") == ("ext3" if rel in ("3", "4", "5") else None)

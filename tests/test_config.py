@@ -77,3 +77,60 @@ def test_config_command_and_real_console_errors(tmp_path):
         check=False,
     )
     assert r.returncode == 16 and "is not a catalogue" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- bounds, declared with each setting (issue 7, item 11) -----------------------------------------------------------
+
+
+def test_every_number_setting_declares_bounds_and_its_help_states_them():
+    numbers = [s for s in SETTINGS if s.type in (int, float)]
+    assert {s.name for s in numbers} == {"timeout", "retries", "min_rate"} | {
+        f"expires_{r}" for r in ("root", "targets", "snapshot", "timestamp")
+    }
+    for s in numbers:
+        assert s.low is not None and s.high is not None and s.low <= s.default <= s.high, s
+        assert s.help.endswith(f"({s.bounds()})") and s.bounds(), s.help
+    timeout = next(s for s in SETTINGS if s.name == "timeout")
+    assert timeout.help == "network timeout per request, seconds (more than 0 and at most 3600 seconds)"
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ({"IMAGECTL_TIMEOUT": "3600"}, ("timeout", 3600.0)),
+        ({"IMAGECTL_TIMEOUT": "0.001"}, ("timeout", 0.001)),
+        ({"IMAGECTL_RETRIES": "20"}, ("retries", 20)),
+        ({"IMAGECTL_RETRIES": " 0 "}, ("retries", 0)),
+        ({"IMAGECTL_EXPIRES_ROOT": "3650"}, ("expires_root", 3650)),
+        ({"IMAGECTL_EXPIRES_TIMESTAMP": "1"}, ("expires_timestamp", 1)),
+    ],
+)
+def test_values_at_the_bounds_load(env, value):
+    cfg = load_config({}, env)
+    assert getattr(cfg, value[0]) == value[1]
+
+
+def test_flag_values_are_checked_like_the_others():
+    with pytest.raises(InvalidInputError, match=r"^--timeout: timeout must be a finite number, got nan$"):
+        load_config({"timeout": float("nan")}, {})
+    with pytest.raises(InvalidInputError, match=r"^--retries: retries must be at most 20, got 100$"):
+        load_config({"retries": 100}, {})
+
+
+def test_a_null_in_the_config_file_means_not_set(tmp_path):
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text("timeout:\ncache_dir: ~\ncatalogue: /cat\n")  # `timeout: None` waited forever
+    cfg = load_config({}, {"IMAGECTL_CONFIG": str(cfgfile)})
+    assert (cfg.timeout, cfg.cache_dir, cfg.catalogue) == (30.0, "~/.cache/imagectl", "/cat")
+    assert cfg.sources["timeout"] == "default" and cfg.sources["catalogue"] == f"{cfgfile}:3:1"
+
+
+def test_empty_imagectl_config_is_refused():
+    with pytest.raises(InvalidInputError, match=r"^IMAGECTL_CONFIG is set but empty: name a config file, or unset it$"):
+        load_config({}, {"IMAGECTL_CONFIG": ""})
+
+
+def test_yaml_dates_in_the_config_file_are_text(tmp_path):
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text("keys: 2026-01-01\n")  # was datetime.date: "keys must be a str, got datetime.date(...)"
+    assert load_config({}, {"IMAGECTL_CONFIG": str(cfgfile)}).keys == "2026-01-01"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import uuid
 
 import pytest
@@ -19,14 +18,9 @@ pytestmark = pytest.mark.s3
 
 
 @pytest.fixture
-def s3cat(seaweedfs: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path, cli):
+def s3cat(aws_env: S3Server, tmp_path, cli):
     """A fresh catalogue at s3://BUCKET/PREFIX/cat with keys in tmp_path; AWS_* point at the server."""
-    for key in list(os.environ):
-        if key.startswith("AWS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for key, value in seaweedfs.env().items():
-        monkeypatch.setenv(key, value)
+    seaweedfs = aws_env
     url = f"s3://{seaweedfs.shared_bucket()}/{uuid.uuid4().hex}/cat"
     keys = tmp_path / "keys"
     r = cli("catalogue", "init", url, "--keys", keys, "--json")

@@ -1,7 +1,9 @@
 """SLC bootstrap, stage 1: yum metadata, seed resolution, verified downloads, unpacking; and boot loader text.
 
-Tests marked ``slc`` build a small yum repository with Debian's rpmbuild and createrepo_c (apt-get install rpm
-createrepo-c cpio) and serve it on 127.0.0.1; without those tools they fail under CI=true and skip elsewhere.
+Tests marked ``slc`` build a small yum repository with Debian's rpmbuild and createrepo_c, its packages signed
+with a throwaway key by rpmsign (apt-get install rpm createrepo-c gpg gpgv), and serve it on 127.0.0.1; without
+those tools they fail under CI=true or IMAGECTL_REQUIRE_ALL=1 and skip elsewhere. What unpacking refuses, and the
+signature checks one by one, are in test_slc_unpack.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 import socket
 import stat
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +34,11 @@ from imagectl.build.slc.repo import (
     parse_repomd,
     resolve,
 )
-from imagectl.build.slc.rpmfile import cpio_members, write_payload
-from imagectl.build.slc.seed import UnsafeArchiveError, check_members, unpack
+from imagectl.build.slc.rpmfile import write_payload
+from imagectl.build.slc.rpmsig import PinnedKeys
+from imagectl.build.slc.seed import unpack
 from imagectl.errors import ImagectlError, InvalidInputError, NotFoundError
+from tests.hostile_yum import GpgKey, need_tools
 from tests.httpserver import Fault, TestHTTPServer
 
 # --------------------------------------------------------------------------------------------------------------
@@ -118,19 +122,28 @@ def _spec(p: Pkg) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _need_tools() -> None:
-    missing = [t for t in ("rpmbuild", "createrepo_c", "cpio") if shutil.which(t) is None]
-    if missing:
-        msg = f"{', '.join(missing)} not installed: apt-get install -y rpm createrepo-c cpio"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+@pytest.fixture(scope="module")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GpgKey, GpgKey]]:
+    """The release's key (what the tests pin) and someone else's; their gpg-agents are stopped afterwards."""
+    need_tools("gpg", "gpgv", "gpgconf", "rpmsign")
+    home = tmp_path_factory.mktemp("gpg")
+    release = GpgKey.generate(home / "release", "SLC test release <release@example.invalid>")
+    other = GpgKey.generate(home / "other", "someone else <other@example.invalid>")
+    yield release, other
+    release.close()
+    other.close()
 
 
 @pytest.fixture(scope="module")
-def built_rpms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every package of PKGS, built once per module with rpmbuild."""
-    _need_tools()
+def key(signing_keys: tuple[GpgKey, GpgKey]) -> Path:
+    """The pinned public key file (``--gpg-key``)."""
+    return signing_keys[0].public
+
+
+@pytest.fixture(scope="module")
+def built_rpms(tmp_path_factory: pytest.TempPathFactory, signing_keys: tuple[GpgKey, GpgKey]) -> Path:
+    """Every package of PKGS, built once per module with rpmbuild and signed with the release's key."""
+    need_tools("rpmbuild", "createrepo_c", "rpmsign")
     top = tmp_path_factory.mktemp("rpmbuild")
     out = top / "out"
     out.mkdir()
@@ -149,6 +162,7 @@ def built_rpms(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert r.returncode == 0, r.stderr
     built = sorted(f.name for f in out.iterdir())
     assert built == sorted(p.filename for p in PKGS), built
+    signing_keys[0].sign(*sorted(out.iterdir()))
     return out
 
 
@@ -172,16 +186,22 @@ class Mirror:
 
 @pytest.fixture
 def make_mirror(built_rpms: Path, tmp_path: Path) -> Iterator[Callable[..., Mirror]]:
-    """A served copy of the repository; ``make_mirror(compress=..., checksum=...)`` picks createrepo_c options."""
+    """A served copy of the repository; ``make_mirror(compress=..., checksum=...)`` picks createrepo_c options,
+    ``replace={FILENAME: BYTES}`` serves other bytes for a package, with metadata that matches them (a hostile
+    mirror, or a mirror fed a bad package)."""
     with ExitStack() as stack:
         count = iter(range(100))
 
-        def make(compress: str = "gz", checksum: str = "sha256", arch: str = "x86_64") -> Mirror:
+        def make(
+            compress: str = "gz", checksum: str = "sha256", arch: str = "x86_64", replace: Mapping[str, bytes] = {}
+        ) -> Mirror:
             root = tmp_path / f"mirror{next(count)}"
             repo = root / arch / "yum" / "os"
             (repo / "Packages").mkdir(parents=True)
             for f in built_rpms.iterdir():
                 shutil.copy(f, repo / "Packages" / f.name)
+            for name, data in replace.items():
+                (repo / "Packages" / name).write_bytes(data)
             argv = ["createrepo_c", "--no-database", "--checksum", checksum, "--general-compress-type", compress]
             r = subprocess.run([*argv, str(repo)], capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
@@ -352,66 +372,6 @@ def test_not_repomd() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# archive safety (offline)
-
-
-def _newc(members: list[tuple[str, int, bytes]]) -> bytes:
-    """A newc cpio archive of (name, mode, data)."""
-    out = bytearray()
-    for i, (name, mode, data) in enumerate([*members, ("TRAILER!!!", 0, b"")]):
-        raw = name.encode() + b"\0"
-        fields = [i + 1, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0]
-        out += b"070701" + b"".join(b"%08x" % f for f in fields) + raw
-        out += b"\0" * ((4 - (110 + len(raw)) % 4) % 4) + data + b"\0" * ((4 - len(data) % 4) % 4)
-    return bytes(out)
-
-
-def _check(target: Path, *members: tuple[str, int, bytes]) -> None:
-    listing = list(cpio_members(io.BytesIO(_newc(list(members))), "evil.rpm"))
-    check_members(target, ((m.name, m.link) for m in listing), "evil.rpm")
-
-
-REG, DIR, LNK = stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777
-
-
-@pytest.mark.parametrize(
-    "members",
-    [
-        [("../escape", REG, b"x")],
-        [("./usr/../../escape", REG, b"x")],
-        [("/etc/passwd", REG, b"x")],
-        [("./x", LNK, b"/etc"), ("./x/passwd", REG, b"x")],  # through an absolute symlink of the same archive
-        [("./x", LNK, b"../../.."), ("./x/tmp/escape", REG, b"x")],  # through a relative one that climbs out
-        [("./a", LNK, b"b"), ("./b", LNK, b"/"), ("./a/etc/passwd", REG, b"x")],  # a chain of links
-    ],
-)
-def test_unsafe_members_are_refused(tmp_path: Path, members: list[tuple[str, int, bytes]]) -> None:
-    target = tmp_path / "root"
-    target.mkdir()
-    with pytest.raises(UnsafeArchiveError, match=r"evil\.rpm: refusing archive member"):
-        _check(target, *members)
-    assert list(target.iterdir()) == []
-
-
-def test_symlink_already_in_target_is_followed_like_cpio_would(tmp_path: Path) -> None:
-    (tmp_path / "lib").symlink_to("/usr/lib")  # an earlier package left an absolute link
-    with pytest.raises(UnsafeArchiveError, match="leads out of the target"):
-        _check(tmp_path, ("./lib/libevil.so", REG, b"x"))
-
-
-def test_safe_members_pass(tmp_path: Path) -> None:
-    _check(
-        tmp_path,
-        (".", DIR, b""),
-        ("./etc/rc.d/init.d", DIR, b""),
-        ("./etc/init.d", LNK, b"rc.d/init.d"),
-        ("./etc/init.d/network", REG, b"#!/bin/sh\n"),
-        ("./usr/tmp", LNK, b"../var/tmp"),
-        ("./lib64/libc.so", LNK, b"/lib64/libc.so.6"),  # an absolute link is fine as long as nothing goes through it
-    )
-
-
-# --------------------------------------------------------------------------------------------------------------
 # against a real repository built with rpmbuild + createrepo_c
 
 
@@ -472,11 +432,13 @@ def test_unpack_keeps_modes_and_links(built_rpms: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slc
 def test_bootstrap_fetches_verifies_and_unpacks(
-    mirror: Mirror, tmp_path: Path, small_seed: None, capsys: pytest.CaptureFixture[str]
+    mirror: Mirror, tmp_path: Path, small_seed: None, capsys: pytest.CaptureFixture[str], key: Path
 ) -> None:
     target, cache = tmp_path / "target", tmp_path / "cache"
     code, out, err = _bootstrap(
         capsys,
+        "--gpg-key",
+        key,
         *("--mirror", mirror.url, "--release", "6", "--arch", "x86_64", "--target", target, "--cache", cache),
         *("--repo", f"updates={mirror.url}/x86_64/yum/updates", "--install", "openssh-server ntpdate"),
         *("--hypervisor", "hvm"),
@@ -485,6 +447,8 @@ def test_bootstrap_fetches_verifies_and_unpacks(
     assert code == 13 and "HTTP 404" in err and "updates/repodata/repomd.xml" in err, err
     code, out, err = _bootstrap(
         capsys,
+        "--gpg-key",
+        key,
         *("--mirror", mirror.url, "--release", "6", "--arch", "x86_64", "--target", target, "--cache", cache),
         *("--repo", f"mirror2={mirror.url}/x86_64/yum/os", "--install", "openssh-server ntpdate"),
         *("--hypervisor", "hvm"),
@@ -513,13 +477,17 @@ def test_bootstrap_fetches_verifies_and_unpacks(
     )
     assert lines[6] == f"{chroot} /bin/rm -rf /var/cache/imagectl-seed"
     assert "fetching 6 seed packages" in err
+    # the test mirror speaks only http: tried once over https, then read over http, said once per repository
+    probe = f"{mirror.repo_url.replace('http:', 'https:')} does not answer over https (SSLError); reading it over http"
+    assert err.count(probe) == 2 and f"slc-bootstrap: os repository: {probe}" in err
 
 
 @pytest.mark.slc
 def test_second_run_downloads_nothing(
-    mirror: Mirror, tmp_path: Path, small_seed: None, capsys: pytest.CaptureFixture[str]
+    mirror: Mirror, tmp_path: Path, small_seed: None, capsys: pytest.CaptureFixture[str], key: Path
 ) -> None:
     args = ("--mirror", mirror.url, "--release", "6", "--arch", "x86_64", "--cache", tmp_path / "cache")
+    args += ("--gpg-key", key)
     assert _bootstrap(capsys, *args, "--target", tmp_path / "t1")[0] == 0
     assert mirror.srv.served.bytes_for(".rpm") > 0
     mirror.srv.clear()
@@ -544,7 +512,7 @@ def test_corrupted_cache_entry_is_fetched_again(mirror: Mirror, tmp_path: Path) 
 @pytest.mark.slc
 @pytest.mark.parametrize("extra", [0, 1000], ids=["same-size", "longer"])
 def test_tampered_package_is_refused_and_nothing_kept(
-    mirror: Mirror, tmp_path: Path, small_seed: None, capsys: pytest.CaptureFixture[str], extra: int
+    mirror: Mirror, tmp_path: Path, small_seed: None, capsys: pytest.CaptureFixture[str], extra: int, key: Path
 ) -> None:
     name = "bash-4.1.2-15.el6.x86_64.rpm"
     real = mirror.rpm(name).read_bytes()
@@ -552,8 +520,9 @@ def test_tampered_package_is_refused_and_nothing_kept(
     mirror.srv.add_fault(Fault(name, body=evil))
     target, cache = tmp_path / "target", tmp_path / "cache"
     code, out, err = _bootstrap(
-        capsys, "--mirror", mirror.url, "--release", "6", "--arch", "x86_64", "--target", target, "--cache", cache
-    )
+        capsys, "--mirror", mirror.url, "--release", "6", "--arch", "x86_64", "--target", target, "--cache", cache,
+        "--gpg-key", key,
+    )  # fmt: skip
     assert code == 11, err
     (line,) = [ln for ln in err.splitlines() if ln.startswith("imagectl: error:")]
     assert "bash-4.1.2-15.el6.x86_64" in line
@@ -564,6 +533,60 @@ def test_tampered_package_is_refused_and_nothing_kept(
     assert not [p for p in _files(cache) if "bash" in p.name]  # neither the file nor a .part
     assert not target.exists() or not (target / "bin/bash").exists()
     assert out == ""
+
+
+@pytest.mark.slc
+@pytest.mark.parametrize("kind", ["unsigned", "other-key", "payload-altered", "header-altered"])
+def test_seed_package_without_a_valid_pinned_signature_is_refused_before_anything_is_unpacked(
+    make_mirror: Callable[..., Mirror],
+    built_rpms: Path,
+    signing_keys: tuple[GpgKey, GpgKey],
+    tmp_path: Path,
+    small_seed: None,
+    capsys: pytest.CaptureFixture[str],
+    key: Path,
+    kind: str,
+) -> None:
+    """The mirror serves a bash that is unsigned, signed by someone else, or altered after signing, with metadata
+    that matches it (so the checksum passes): refused by name, its cached download removed, and nothing of the
+    seed unpacked (filesystem and sl-release, fetched and verified before it, are not unpacked either)."""
+    name = "bash-4.1.2-15.el6.x86_64.rpm"
+    bad = tmp_path / name
+    shutil.copy(built_rpms / name, bad)
+    data = bad.read_bytes()
+    other_home, pinned_home = tmp_path / "other-home", tmp_path / "pinned-home"
+    other_home.mkdir()
+    pinned_home.mkdir()
+    other_id = PinnedKeys([signing_keys[1].public], other_home).describe()
+    reasons = {
+        "unsigned": "it is not signed (no OpenPGP signature in its signature header)",
+        "other-key": f"its RSA header signature is by key {other_id}, which is not pinned",
+        "payload-altered": "its payload does not match the digest its signed header declares (altered)",
+        "header-altered": "the RSA header signature is BAD (the package was altered after signing)",
+    }
+    if kind == "unsigned":
+        subprocess.run(["rpmsign", "--delsign", str(bad)], check=True, capture_output=True)
+    elif kind == "other-key":
+        signing_keys[1].sign(bad)
+    elif kind == "payload-altered":
+        bad.write_bytes(data[:-20] + bytes([data[-20] ^ 1]) + data[-19:])
+    else:
+        at = data.index(b"imagectl test package")
+        bad.write_bytes(data[:at] + b"I" + data[at + 1 :])
+    mirror = make_mirror(replace={name: bad.read_bytes()})
+    target, cache = tmp_path / "target", tmp_path / "cache"
+    code, out, err = _bootstrap(
+        capsys, "--mirror", mirror.url, "--release", "6", "--arch", "x86_64", "--target", target, "--cache", cache,
+        "--gpg-key", key,
+    )  # fmt: skip
+    ids = PinnedKeys([key], pinned_home).describe()
+    assert code == 11 and out == ""
+    assert err.splitlines()[-1] == (
+        f"imagectl: error: bash-4.1.2-15.el6.x86_64: no valid signature by the pinned key(s) {ids}: {reasons[kind]}"
+    )
+    assert not target.exists()
+    assert not [p for p in _files(cache) if "bash" in p.name]  # the refused download is not kept
+    assert [p for p in _files(cache) if "sl-release" in p.name]  # verified ones are (the next run skips them)
 
 
 @pytest.mark.slc
@@ -578,11 +601,21 @@ def test_tampered_primary_is_refused(mirror: Mirror, tmp_path: Path) -> None:
 
 @pytest.mark.slc
 def test_unknown_seed_name(
-    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], key: Path
 ) -> None:
     monkeypatch.setitem(seed_mod.SEEDS, "6", ("bash", "glibc-comon", "yumm"))
     code, _, err = _bootstrap(
-        capsys, "--mirror", mirror.url, "--release", "6", "--arch", "x86_64", "--target", tmp_path / "t"
+        capsys,
+        "--mirror",
+        mirror.url,
+        "--release",
+        "6",
+        "--arch",
+        "x86_64",
+        "--target",
+        tmp_path / "t",
+        "--gpg-key",
+        key,
     )
     assert code == 4
     assert f"not in {mirror.repo_url} for x86_64: glibc-comon (close: glibc); yumm (close: yum)" in err
@@ -595,13 +628,16 @@ def test_release_3_writes_yum_conf(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    key: Path,
 ) -> None:
     monkeypatch.setitem(seed_mod.SEEDS, "3", ("bash", "yum"))  # the test repository has no i386 filesystem etc.
     mirror = make_mirror(arch="i386")
     target = tmp_path / "t"
     (target / "etc").mkdir(parents=True)
     (target / "etc/yum.conf").write_text("[main]\ncachedir=/var/cache/yum\n")
-    code, out, err = _bootstrap(capsys, "--mirror", mirror.url, "--release", "3", "--arch", "i386", "--target", target)
+    code, out, err = _bootstrap(
+        capsys, "--mirror", mirror.url, "--release", "3", "--arch", "i386", "--target", target, "--gpg-key", key
+    )
     assert code == 0, err
     conf = (target / "etc/yum.conf").read_text()
     assert conf.startswith("[main]\ncachedir=/var/cache/yum\n\n# >>> imagectl\n")
@@ -614,31 +650,38 @@ def test_release_3_writes_yum_conf(
 
 @pytest.mark.slc
 def test_stage2_needs_the_targets_rpm(
-    mirror: Mirror, tmp_path: Path, small_seed: None, capsys: pytest.CaptureFixture[str]
+    mirror: Mirror, tmp_path: Path, small_seed: None, capsys: pytest.CaptureFixture[str], key: Path
 ) -> None:
     code, _, err = _bootstrap(
-        capsys, "--mirror", mirror.url, "--release", "6", "--arch", "x86_64", "--target", tmp_path / "t", "--stage2"
-    )
+        capsys, "--mirror", mirror.url, "--release", "6", "--arch", "x86_64", "--target", tmp_path / "t", "--stage2",
+        "--gpg-key", key,
+    )  # fmt: skip
     assert code == 3 and "has no /bin/rpm" in err
 
 
 @pytest.mark.http
-def test_mirror_without_repository_is_a_download_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.slc
+def test_mirror_without_repository_is_a_download_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: Path
+) -> None:
     with TestHTTPServer(tmp_path) as srv:
         code, out, err = _bootstrap(
-            capsys, "--mirror", srv.url + "nothere", "--release", "6", "--arch", "x86_64", "--target", tmp_path / "t"
-        )
+            capsys, "--mirror", srv.url + "nothere", "--release", "6", "--arch", "x86_64", "--target", tmp_path / "t",
+            "--gpg-key", key,
+        )  # fmt: skip
     assert code == 13 and out == ""
     assert f"imagectl: error: HTTP 404 from {srv.url}nothere/x86_64/yum/os/repodata/repomd.xml" in err
     assert "hint: no yum repository there; an SLC mirror is the release directory" in err
 
 
-def test_unreachable_mirror_is_a_download_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.slc
+def test_unreachable_mirror_is_a_download_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], key: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    mirror = f"http://127.0.0.1:{port}/slc6X"
     code, _, err = _bootstrap(
-        capsys, "--mirror", f"http://127.0.0.1:{port}/slc6X", "--release", "6", "--arch", "x86_64", "--target", tmp_path
+        capsys, "--gpg-key", key, "--mirror", mirror, "--release", "6", "--arch", "x86_64", "--target", tmp_path
     )
     assert code == 13 and f"cannot reach http://127.0.0.1:{port}/slc6X/x86_64/yum/os/repodata/repomd.xml" in err
 

@@ -3,55 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from imagectl.errors import CatalogueStateError, DownloadError, InvalidInputError, KeyProblemError
-from imagectl.store import ObjectMissingError, Store, open_store
+from imagectl.store import ObjectMissingError, ObjectTooLargeError, Store, open_store
 from imagectl.store import s3 as s3mod
-from imagectl.store.local import LocalStore
+from imagectl.store.digest import file_digest
 from imagectl.store.s3 import S3Store, TransferSettings
 from tests.s3server import S3Server, is_loopback, listening_sockets, seaweedfs_server
 
 MiB = 1 << 20
-
-
-def _clean_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("AWS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never wait for an instance-metadata service
-
-
-@pytest.fixture
-def s3_env(seaweedfs: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    """The standard AWS variables point at the test server (and nothing else does)."""
-    _clean_aws_env(monkeypatch)
-    for key, value in seaweedfs.env().items():
-        monkeypatch.setenv(key, value)
-    return seaweedfs
-
-
-@pytest.fixture
-def s3_store(s3_env: S3Server) -> S3Store:
-    """A fresh prefix, opened the way the CLI opens it: from an s3:// URL and the environment."""
-    store = open_store(f"s3://{s3_env.shared_bucket()}/{uuid.uuid4().hex}/cat", retries=0, timeout=10)
-    assert isinstance(store, S3Store)
-    return store
-
-
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "local":
-        return LocalStore(tmp_path / "cat")
-    return request.getfixturevalue("s3_store")  # type: ignore[no-any-return]
 
 
 def _race(n: int, fn: Callable[[int], bool]) -> list[int]:
@@ -89,8 +57,9 @@ def test_round_trip(store: Store) -> None:
     assert store.exists("blobs/sha256/00") and not store.exists("blobs/sha256/01")
     assert sorted(store.list("metadata/")) == ["metadata/a.json"]
     assert sorted(store.list("")) == ["blobs/sha256/00", "metadata/a.json"]
-    with pytest.raises(DownloadError, match="larger than the allowed 3 bytes"):
+    with pytest.raises(ObjectTooLargeError, match="larger than the allowed 3 bytes") as too_large:
         store.read("metadata/a.json", 3)
+    assert too_large.value.exit_code == 8  # whole reads are of metadata: over its cap is untrusted
     store.delete("blobs/sha256/00")
     store.delete("blobs/sha256/00")  # a missing key is not an error
     assert not store.exists("blobs/sha256/00")
@@ -185,8 +154,8 @@ def test_write_if_match_inside_the_writer_lock(store: Store) -> None:
 
 
 @pytest.mark.s3
-def test_s3_urls_and_prefix_isolation(s3_env: S3Server) -> None:
-    bucket = s3_env.make_bucket()
+def test_s3_urls_and_prefix_isolation(aws_env: S3Server) -> None:
+    bucket = aws_env.make_bucket()
     a = open_store(f"s3://{bucket}/team/cat", retries=0)
     b = open_store(f"s3://{bucket}/team/cat2", retries=0)
     assert a.url == f"s3://{bucket}/team/cat/"
@@ -195,7 +164,7 @@ def test_s3_urls_and_prefix_isolation(s3_env: S3Server) -> None:
     b.write("metadata/root.json", b"b")
     assert list(a.list("metadata/")) == ["metadata/root.json"]
     assert a.read("metadata/root.json", 10) == b"a"
-    raw = s3_env.client().get_object(Bucket=bucket, Key="team/cat/metadata/root.json")
+    raw = aws_env.client().get_object(Bucket=bucket, Key="team/cat/metadata/root.json")
     assert raw["ContentType"] == "application/json"
     whole = open_store(f"s3://{bucket}", retries=0)
     assert whole.url == f"s3://{bucket}/"
@@ -234,9 +203,10 @@ def test_s3_upload_file_multipart_once(s3_store: S3Store, tmp_path: Path) -> Non
         for _ in range(20 * MiB // len(block)):
             f.write(block)
     s3_store.transfer = TransferSettings(multipart_threshold=5 * MiB, part_size=5 * MiB, concurrency=4)
-    key = "blobs/sha256/" + hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_digest(str(path), part_size=s3_store.part_size)
+    key = "blobs/sha256/" + digest.sha256
 
-    assert s3_store.upload_file(key, str(path)) is True
+    assert s3_store.upload_file(key, str(path), digest) is True
     assert s3_store.stats.parts == 4
     assert s3_store.stats.bytes_sent == 20 * MiB
     with s3_store.open_range(key) as s:
@@ -245,7 +215,7 @@ def test_s3_upload_file_multipart_once(s3_store: S3Store, tmp_path: Path) -> Non
     assert head["ETag"].endswith('-4"')  # the multipart ETag names its part count
 
     before = s3_store.stats.bytes_sent
-    assert s3_store.upload_file(key, str(path)) is False  # content-addressed: already there
+    assert s3_store.upload_file(key, str(path), digest) is False  # content-addressed: already there
     assert s3_store.stats.bytes_sent == before
 
 
@@ -253,10 +223,11 @@ def test_s3_upload_file_multipart_once(s3_store: S3Store, tmp_path: Path) -> Non
 def test_s3_small_file_single_put(s3_store: S3Store, tmp_path: Path) -> None:
     path = tmp_path / "small"
     path.write_bytes(b"z" * 1000)
-    assert s3_store.upload_file("blobs/sha256/small", str(path)) is True
+    digest = file_digest(str(path), part_size=s3_store.part_size)
+    assert s3_store.upload_file("blobs/sha256/small", str(path), digest) is True
     assert s3_store.stats.parts == 0 and s3_store.stats.bytes_sent == 1000
     with pytest.raises(Exception, match="cannot read") as exc:
-        s3_store.upload_file("blobs/sha256/other", str(tmp_path / "absent"))
+        s3_store.upload_file("blobs/sha256/other", str(tmp_path / "absent"), digest)
     assert exc.value.__class__.__name__ == "LocalIOError"
 
 
@@ -275,12 +246,12 @@ def test_s3_conditional_writes_through_header_hook(s3_store: S3Store) -> None:
 
 @pytest.mark.s3
 @pytest.mark.parametrize("op", ["write_new", "write_if_match"])
-def test_s3_conditional_write_whose_answer_was_lost(s3_env: S3Server, op: str) -> None:
+def test_s3_conditional_write_whose_answer_was_lost(aws_env: S3Server, op: str) -> None:
     """The server stored the PUT but the answer never arrived; botocore's retry then meets 412. That is a
     success (the key holds exactly our bytes), not a lost race."""
     import botocore.exceptions
 
-    store = open_store(f"s3://{s3_env.shared_bucket()}/{uuid.uuid4().hex}", retries=2)
+    store = open_store(f"s3://{aws_env.shared_bucket()}/{uuid.uuid4().hex}", retries=2)
     assert isinstance(store, S3Store)
     store.write("metadata/timestamp.json", b"old")
     _, tag = store.read_versioned("metadata/timestamp.json", 100)
@@ -321,7 +292,7 @@ def test_s3_missing_key(s3_store: S3Store) -> None:
 
 
 @pytest.mark.s3
-def test_s3_missing_bucket(s3_env: S3Server) -> None:
+def test_s3_missing_bucket(aws_env: S3Server) -> None:
     store = open_store("s3://no-such-bucket-here/cat", retries=0)
     with pytest.raises(CatalogueStateError, match="bucket no-such-bucket-here does not exist"):
         store.read("metadata/root.json", 100)
@@ -333,9 +304,9 @@ def test_s3_missing_bucket(s3_env: S3Server) -> None:
 
 @pytest.mark.s3
 @pytest.mark.parametrize("which", ["secret", "access key"])
-def test_s3_wrong_credentials(s3_env: S3Server, monkeypatch: pytest.MonkeyPatch, which: str) -> None:
-    bucket = s3_env.make_bucket()
-    s3_env.client().put_object(Bucket=bucket, Key="cat/metadata/root.json", Body=b"x")
+def test_s3_wrong_credentials(aws_env: S3Server, monkeypatch: pytest.MonkeyPatch, which: str) -> None:
+    bucket = aws_env.make_bucket()
+    aws_env.client().put_object(Bucket=bucket, Key="cat/metadata/root.json", Body=b"x")
     bad_secret = "not-the-secret-" + "x" * 20
     if which == "secret":
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", bad_secret)
@@ -349,16 +320,16 @@ def test_s3_wrong_credentials(s3_env: S3Server, monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(KeyProblemError, match="HTTP 403"):
         store.exists("metadata/root.json")  # HEAD has no error body: 403 is all S3 says
     text = f"{exc.value} {exc.value.hint}"
-    for secret in (bad_secret, s3_env.secret_key):
+    for secret in (bad_secret, aws_env.secret_key):
         assert secret not in text
     assert "\n" not in str(exc.value)
 
 
 @pytest.mark.s3
-def test_s3_no_credentials(s3_env: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_no_credentials(aws_env: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    store = open_store(f"s3://{s3_env.make_bucket()}/cat", retries=0)
+    store = open_store(f"s3://{aws_env.make_bucket()}/cat", retries=0)
     with pytest.raises(KeyProblemError, match="no S3 credentials found") as exc:
         store.read("metadata/root.json", 100)
     assert exc.value.hint and "AWS_ACCESS_KEY_ID" in exc.value.hint
@@ -388,12 +359,6 @@ def test_seaweedfs_server_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 # -- no server needed -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    _clean_aws_env(monkeypatch)
-    yield
 
 
 def test_open_store_s3_locations(no_aws: None) -> None:

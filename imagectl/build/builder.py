@@ -29,12 +29,13 @@ from imagectl.build.configscript import write_config
 from imagectl.build.plan import BuildTarget, DibInvocation, check_host, plan_dib, targets
 from imagectl.errors import LocalIOError, ToolError, ToolMissingError
 from imagectl.recipe.model import Recipe
+from imagectl.resources import elements_dir
 from imagectl.runner import run, tool_version
+from imagectl.urls import redact, redact_json
 
 __all__ = ["BuildOptions", "BuildOutput", "build_key", "build_recipe", "elements_paths"]
 
 RECORD_FORMAT = 1
-_PROJECT_ELEMENTS = Path(__file__).resolve().parents[2] / "recipes" / "elements"
 _HOOK_PATH = re.compile(r"Copying hooks (\S+)/([^/\s]+)/([a-z-]+\.d)/([^/\s]+)\s*$")
 _RUNNING = re.compile(r"dib-run-parts Running \S+/([a-z-]+\.d)/([^/\s]+)\s*$")
 
@@ -65,8 +66,9 @@ def elements_paths(recipe: Recipe) -> list[Path]:
         if (parent / "elements").is_dir():
             found.append((parent / "elements").resolve())
             break
-    if _PROJECT_ELEMENTS.is_dir() and _PROJECT_ELEMENTS not in found:
-        found.append(_PROJECT_ELEMENTS)
+    ours = elements_dir().resolve()
+    if ours not in found:
+        found.append(ours)
     return found
 
 
@@ -122,7 +124,8 @@ def build_key(inv: DibInvocation, recipe: Recipe, dib_version: str, elements: st
         "dib": dib_version,
         "elements": elements,
         "argv": [a.replace(out_base, "OUT") for a in inv.argv],
-        "env": {k: v for k, v in inv.env.items() if k not in ("ELEMENTS_PATH", "IMAGECTL_CONFIG_DIR")},
+        # credentials in a mirror URL do not change the output: a password change is not a rebuild
+        "env": {k: redact(v) for k, v in inv.env.items() if k not in ("ELEMENTS_PATH", "IMAGECTL_CONFIG_DIR")},
         "imagectl": __version__,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
@@ -298,7 +301,8 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, record_base: di
         ],
         "log": log_file.name,
     }
-    data = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    # The record is published with the image (publish --from-build): no credential may be in it.
+    data = json.dumps(redact_json(record), indent=2, sort_keys=True) + "\n"
     record_path.write_text(data)
     # Into the cache last, and atomically per directory: a half-filled cache entry is never taken for a hit.
     staging = opts.cache_dir / "builds" / f".{key}.tmp"

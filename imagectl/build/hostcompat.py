@@ -13,9 +13,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-__all__ = ["has_device_mapper", "prepare_shims"]
+from imagectl.resources import hostcompat_dir
 
-_SHIMS = Path(__file__).with_name("hostcompat")
+__all__ = ["has_device_mapper", "prepare_shims"]
 
 
 def has_device_mapper(
@@ -35,7 +35,7 @@ def prepare_shims(workdir: Path) -> Path:
     dest = workdir / "hostcompat"
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(_SHIMS, dest)
+    shutil.copytree(hostcompat_dir(), dest)
     for f in dest.rglob("*"):
         if f.is_file():
             f.chmod(0o755)

@@ -146,6 +146,10 @@ def plan_dib(
                 "IMAGECTL_SLC_REPOS": " ".join(
                     f"{repo['name']}={repo['url'].replace('{arch}', target.arch)}" for repo in r.data["repositories"]
                 ),
+                # The pinned package signing keys, absolute and colon-separated (the recipe refuses ':' in them).
+                "IMAGECTL_SLC_GPG_KEYS": ":".join(
+                    str((r.path.parent / k).resolve()) for k in r.data.get("gpg_keys", [])
+                ),
             }
         )
         if rel in ("3", "4", "5"):

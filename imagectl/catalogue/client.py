@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,9 @@ from tuf.ngclient import Updater, UpdaterConfig
 from imagectl import __version__
 from imagectl.catalogue import model
 from imagectl.catalogue.fetcher import StoreFetcher
+from imagectl.catalogue.metadata import ROOT_MAX, SNAPSHOT_MAX, TARGETS_MAX, TIMESTAMP_MAX, ValueCounter, parse_metadata
 from imagectl.catalogue.model import METADATA, ImageRecord, ImageRef
-from imagectl.catalogue.state import EXT, MAX_METADATA
+from imagectl.catalogue.state import EXT
 from imagectl.errors import (
     CatalogueStateError,
     DownloadError,
@@ -42,6 +44,8 @@ from imagectl.errors import (
     UntrustedMetadataError,
     WrongRootError,
 )
+from imagectl.fsio import Beneath, atomic_write, read_regular
+from imagectl.http import safe_url
 from imagectl.store import ObjectMissingError, Store
 
 __all__ = ["CatalogueReader", "Resolved"]
@@ -75,19 +79,44 @@ def translate_tuf(url: str) -> Iterator[None]:
     except tuf_exc.DownloadHTTPError as e:
         raise NotFoundError(f"missing catalogue file at {url}: {e}") from None
     except tuf_exc.DownloadError as e:
-        cause = e.__cause__ if isinstance(e.__cause__, ImagectlError) else None
-        raise DownloadError(str(cause) if cause else f"download from {url} failed: {e}") from None
+        if isinstance(e.__cause__, ImagectlError):
+            raise e.__cause__ from None  # our own error, with its own exit code (a refusal is not a network failure)
+        raise DownloadError(f"download from {url} failed: {e}") from None
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive fcntl lock on ``path`` (created if missing), held for the block."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def client_cache(path: Path) -> Beneath:
+    """The client cache at ``path`` (created mode 0700), checked before anything in it is trusted.
+
+    Trusted metadata and verified blobs live there, so nobody else may be able to write to it: the directory
+    must be owned by the user running imagectl and not writable by group or others. Inside it, every entry is
+    reached without following symlinks (:class:`Beneath`). Raises LocalIOError otherwise.
+    """
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.stat(path)
+    except OSError as e:
+        raise LocalIOError.from_os("create the client cache", path, e) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise LocalIOError(f"the client cache {path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise LocalIOError(
+            f"refusing the client cache {path}: it belongs to uid {st.st_uid}, not to this user ({os.geteuid()})",
+            hint="use a cache of your own: --cache-dir DIR or IMAGECTL_CACHE_DIR",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "others" if st.st_mode & stat.S_IWOTH else "its group"
+        raise LocalIOError(
+            f"refusing the client cache {path}: it is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}), "
+            "so someone else could plant trusted metadata in it",
+            hint=f"chmod go-w {path}",
+        )
+    return Beneath(path.resolve())
+
+
+def cache_key(url: str) -> str:
+    """The cache directory name of a catalogue: its URL without credentials, query or fragment, hashed. A password
+    change does not lose the trusted metadata, and no credential ever reaches a file name or a file."""
+    return hashlib.sha256(safe_url(url, keep_query=False).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -99,22 +128,36 @@ class Resolved:
 class CatalogueReader:
     """Verified, read-only view of one catalogue for one trusted root."""
 
-    def __init__(self, store: Store, cache: Path, root: str | None, warn: Callable[[str], None]) -> None:
+    def __init__(
+        self, store: Store, cache: Path, root: str | None, warn: Callable[[str], None], *, retries: int = 3
+    ) -> None:
         self.store = store
         self.url = store.url
-        self.dir = cache / "tuf" / hashlib.sha256(store.url.encode()).hexdigest()[:16]
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "url").write_text(store.url + "\n")
-        except OSError as e:
-            raise LocalIOError(f"cannot write the client cache {self.dir}: {e.strerror}") from None
+        self.shown_url = safe_url(store.url)  # what messages say: never a password
+        tree = client_cache(cache)
+        rel = f"tuf/{cache_key(store.url)}"
+        self.dir = tree.root / rel
         self._lock = contextlib.ExitStack()
-        self._lock.enter_context(file_lock(self.dir / ".lock"))
-        self.fetcher = StoreFetcher(store)
-        bootstrap = self._bootstrap(root, warn)
-        with translate_tuf(self.url):
+        with tree.dir(rel, create=True, mode=0o700) as d:
             try:
-                self.updater = Updater(
+                lock = os.open(".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=d)
+            except OSError as e:
+                raise tree.refuse(f"{rel}/.lock", e) from None
+        self._lock.callback(os.close, lock)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            atomic_write(self.dir / "url", (self.shown_url + "\n").encode(), mode=0o600)
+            self.fetcher = StoreFetcher(store, retries=retries)
+            self.updater = self._updater(self._bootstrap(root, warn))
+        except BaseException:
+            self._lock.close()  # a refused catalogue must not keep the cache locked for the next command
+            raise
+        self._roles: dict[str, Targets] = {}
+
+    def _updater(self, bootstrap: bytes) -> Updater:
+        with translate_tuf(self.shown_url):
+            try:
+                updater = Updater(
                     str(self.dir),
                     self.url + METADATA,
                     None,
@@ -122,15 +165,18 @@ class CatalogueReader:
                     self.fetcher,
                     UpdaterConfig(
                         app_user_agent=f"imagectl/{__version__}",
-                        snapshot_max_length=MAX_METADATA,  # the publisher's own bound, so whatever it can
-                        targets_max_length=MAX_METADATA,  # write, a client can read
+                        # the format's caps (catalogue/README.md §9.2); the publisher refuses to write more
+                        root_max_length=ROOT_MAX,
+                        timestamp_max_length=TIMESTAMP_MAX,
+                        snapshot_max_length=SNAPSHOT_MAX,
+                        targets_max_length=TARGETS_MAX,
                     ),
                     bootstrap=bootstrap,
                 )
             except tuf_exc.RepositoryError as e:
                 raise WrongRootError(f"the trusted root is not valid root metadata: {e}") from None
-            self.updater.refresh()
-        self._roles: dict[str, Targets] = {}
+            updater.refresh()
+        return updater
 
     def close(self) -> None:
         self._lock.close()
@@ -144,14 +190,15 @@ class CatalogueReader:
     # -- trust anchor -------------------------------------------------------------------------------------
     def _read_root(self, key: str) -> bytes | None:
         """The catalogue's copy of a root file (None if it has none), refused past the size any root may have."""
-        limit = UpdaterConfig().root_max_length
         buf = bytearray()
+        counter = ValueCounter(f"{key} from {self.shown_url}")
         try:
             with self.store.open_range(key) as stream:
                 for chunk in stream.chunks:
                     buf += chunk
-                    if len(buf) > limit:  # endless or oversized: untrusted metadata, not a network failure
-                        raise UntrustedMetadataError(f"{key} from {self.url} is too long: over {limit} bytes")
+                    counter.feed(chunk)
+                    if len(buf) > ROOT_MAX:  # endless or oversized: untrusted metadata, not a network failure
+                        raise UntrustedMetadataError(f"{key} from {self.shown_url} is too long: over {ROOT_MAX} bytes")
         except ObjectMissingError:
             return None
         return bytes(buf)
@@ -169,37 +216,35 @@ class CatalogueReader:
                     break
                 if data is not None and hashlib.sha256(data).hexdigest() == want:
                     return data
-            raise WrongRootError(f"no root of {self.url} has the pinned SHA-256 {want[:16]}…")
+            raise WrongRootError(f"no root of {self.shown_url} has the pinned SHA-256 {want[:16]}…")
         if root:
+            # A FIFO, /dev/zero or a huge file is refused here, before any byte is parsed.
+            data = read_regular(root, ROOT_MAX, what="trusted root", error=InvalidInputError)
             try:
-                data = Path(root).read_bytes()
-            except OSError as e:
-                raise InvalidInputError(f"cannot read trusted root {root}: {e.strerror}") from None
-            try:
-                pinned = Metadata.from_bytes(data)
-            except Exception:  # noqa: BLE001 - any parse failure means "not a root file"
+                pinned = parse_metadata(data, f"{METADATA}root.json")
+            except UntrustedMetadataError:
                 raise InvalidInputError(f"{root} is not TUF root metadata") from None
             if pinned.signed.type != "root":
                 raise InvalidInputError(f"{root} is {pinned.signed.type} metadata, not root")
             theirs = self._read_root(f"{METADATA}{pinned.signed.version}.root.json")
             try:
-                same = theirs is not None and Metadata.from_bytes(theirs) == pinned
-            except Exception:  # noqa: BLE001
+                same = theirs is not None and parse_metadata(theirs, f"{METADATA}root.json") == pinned
+            except UntrustedMetadataError:
                 same = False
             if not same:
                 raise WrongRootError(
-                    f"the pinned root {root} (version {pinned.signed.version}) is not a root of {self.url}",
+                    f"the pinned root {root} (version {pinned.signed.version}) is not a root of {self.shown_url}",
                     hint="pin the root.json that `imagectl catalogue init` printed for this catalogue",
                 )
             return data
         cached = self.dir / "root.json"
         if cached.exists():
-            return cached.read_bytes()
+            return read_regular(cached, ROOT_MAX, what="cached root", error=LocalIOError)
         data = self._read_root(f"{METADATA}1.root.json")
         if data is None:
-            raise CatalogueStateError(f"{self.url} is not a catalogue (no {METADATA}1.root.json)")
+            raise CatalogueStateError(f"{self.shown_url} is not a catalogue (no {METADATA}1.root.json)")
         warn(
-            f"trusting the root of {self.url} on first use (sha256:{hashlib.sha256(data).hexdigest()}); "
+            f"trusting the root of {self.shown_url} on first use (sha256:{hashlib.sha256(data).hexdigest()}); "
             "pin it with --root to be safe from a server that was already compromised"
         )
         return data
@@ -217,10 +262,10 @@ class CatalogueReader:
         names = self.names()
         if name not in names:
             raise NotFoundError(
-                f"no image named {name!r} in {self.url}",
+                f"no image named {name!r} in {self.shown_url}",
                 hint=f"images: {', '.join(names[:20])}" if names else "the catalogue is empty",
             )
-        with translate_tuf(self.url):
+        with translate_tuf(self.shown_url):
             self.updater.get_targetinfo(f"{name}/-/-/-")  # loads and verifies the image role
         role = model.role_for(name)
         md = Metadata[Targets].from_file(str(self.dir / f"{role}.json"))
@@ -281,7 +326,7 @@ class CatalogueReader:
                     hint=f"ask for one explicitly, e.g. {ref.name}:{for_arch[-1].version}",
                 )
             rec = live[-1]
-        with translate_tuf(self.url):
+        with translate_tuf(self.shown_url):
             target = self.updater.get_targetinfo(rec.path)
         if target is None:  # the walk disagrees with the role we read: never expected, never trusted
             raise UntrustedMetadataError(f"{rec.path} is listed but not found by the TUF delegation walk")

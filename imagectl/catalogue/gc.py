@@ -4,7 +4,9 @@ Referenced, and so always kept: every ``N.root.json`` and ``root.json``, ``times
 names, the targets and image-role versions that snapshot names, the blob of every image those roles list and
 every build-record blob they reference. Anything else under ``metadata/`` and ``blobs/`` is an orphan: the
 leftovers of a publisher that died or lost a compare-and-swap, blobs of revoked versions, superseded metadata
-versions; on an object store also unfinished multi-part uploads of a publisher killed mid-upload. An orphan
+versions, temp files (``.NAME.XXXX.tmp``) of a publisher killed mid-write; on an object store also unfinished
+multi-part uploads of a publisher killed mid-upload. Symlinks and other non-files are reported and left alone: gc
+never follows one (a ``blobs/sha256`` that points elsewhere must not get elsewhere emptied). An orphan
 younger than the grace period is kept, because a publisher still running may be about to sign a reference to it
 (blobs are uploaded before the commit) and a reader may still be fetching the previous snapshot's files.
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 from imagectl.catalogue.model import BLOBS, METADATA
 from imagectl.catalogue.state import load_state
+from imagectl.fsio import SymlinkRefusedError
 from imagectl.store import Store
 
 __all__ = ["GcReport", "collect_garbage"]
@@ -30,6 +33,7 @@ _ROOT = re.compile(r"metadata/(\d+\.)?root\.json")
 class GcReport:
     removed: list[str] = field(default_factory=list)
     young: list[str] = field(default_factory=list)  # orphans kept because they are within the grace period
+    skipped: list[str] = field(default_factory=list)  # symlinks and other non-files: reported, never followed
     aborted_uploads: list[str] = field(default_factory=list)  # unfinished multi-part uploads (object stores)
     referenced: int = 0
     bytes_freed: int = 0
@@ -67,7 +71,15 @@ def collect_garbage(store: Store, *, grace: dt.timedelta, dry_run: bool = False)
     keep = _referenced(store)
     report = GcReport(referenced=len(keep), dry_run=dry_run)
     for prefix in (METADATA, BLOBS):
-        for entry in store.list_entries(prefix):
+        try:
+            entries = list(store.list_entries(prefix, hidden=True))  # hidden: temp files of killed publishers
+        except SymlinkRefusedError:
+            report.skipped.append(f"{prefix.rstrip('/')}: a symlink or not a directory; not followed, nothing removed")
+            continue
+        for entry in entries:
+            if not entry.regular:
+                report.skipped.append(f"{entry.key}: not a regular file; not followed, not removed")
+                continue
             if entry.key in keep or _ROOT.fullmatch(entry.key):
                 continue
             if entry.age < grace.total_seconds():

@@ -15,15 +15,24 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from imagectl.errors import KeyProblemError
+from imagectl.fsio import read_regular
 
 __all__ = ["KeyRing", "generate_key"]
 
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
 
 
+KEY_MAX = 64 << 10  # bytes: an ed25519 PEM is ~120; anything this large is not a key
+
+
 def _check_dir(keydir: Path) -> None:
-    if not keydir.is_dir():
+    if not keydir.exists():
         raise KeyProblemError(f"key directory {keydir} does not exist", hint="pass --keys DIR or set IMAGECTL_KEYS")
+    if not keydir.is_dir():
+        raise KeyProblemError(
+            f"--keys names {keydir}, which is not a directory",
+            hint="--keys takes the directory that holds the *.key files",
+        )
     if not os.access(keydir, os.R_OK | os.X_OK):
         raise KeyProblemError(f"key directory {keydir} is not readable")
 
@@ -60,18 +69,18 @@ class KeyRing:
 
     @staticmethod
     def _load(path: Path) -> CryptoSigner:
-        try:
-            mode = path.stat().st_mode
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        """One private key file: a regular file (a FIFO or device is refused without blocking) that no group or
+        other user may read, write or execute. Raises KeyProblemError."""
+
+        def owner_only(st: os.stat_result) -> None:
+            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                how = "readable" if st.st_mode & (stat.S_IRGRP | stat.S_IROTH) else "writable or executable"
                 raise KeyProblemError(
-                    f"private key {path} is readable by group or others (mode {stat.S_IMODE(mode):04o})",
+                    f"private key {path} is {how} by group or others (mode {stat.S_IMODE(st.st_mode):04o})",
                     hint=f"chmod 600 {path}",
                 )
-            data = path.read_bytes()
-        except PermissionError:
-            raise KeyProblemError(f"private key {path} is not readable") from None
-        except OSError as e:
-            raise KeyProblemError(f"cannot read private key {path}: {e.strerror}") from None
+
+        data = read_regular(path, KEY_MAX, what="private key", error=KeyProblemError, check=owner_only)
         try:
             private = load_pem_private_key(data, password=None)
             return CryptoSigner(private)

@@ -14,7 +14,6 @@ leaves the mirror as it was plus some blobs, and the next run resumes by skippin
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -23,18 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuf.api.metadata import Metadata
-
 from imagectl.catalogue import model
 from imagectl.catalogue.client import CatalogueReader
+from imagectl.catalogue.metadata import ROOT_MAX, cap_for, parse_metadata
 from imagectl.catalogue.model import METADATA, ImageRecord, blob_key
-from imagectl.catalogue.state import MAX_METADATA
-from imagectl.errors import ImageMismatchError, InvalidInputError, RollbackError
+from imagectl.catalogue.verify import MIRROR_FILE
+from imagectl.errors import (
+    CatalogueStateError,
+    ImageMismatchError,
+    InvalidInputError,
+    LocalIOError,
+    RollbackError,
+    UntrustedMetadataError,
+)
+from imagectl.fsio import read_regular
 from imagectl.store import ObjectMissingError, Store
+from imagectl.store.digest import Hasher
 
 __all__ = ["MIRROR_FILE", "MirrorFilter", "MirrorReport", "mirror"]
-
-MIRROR_FILE = "mirror.json"  # at a mirror's root: what it holds (catalogue verify reads it)
 
 
 @dataclass(frozen=True)
@@ -99,18 +104,18 @@ def _copy_blob(src: Store, dest: Store, sha: str, length: int, tmpdir: Path) -> 
     key = blob_key(sha)
     fd, tmp = tempfile.mkstemp(dir=tmpdir, suffix=".blob")
     try:
-        h, n = hashlib.sha256(), 0
+        h = Hasher(dest.part_size)
         with os.fdopen(fd, "wb") as out, src.open_range(key) as stream:
             for chunk in stream.chunks:
-                n += len(chunk)
-                if n > length:
+                if h.size + len(chunk) > length:
                     raise ImageMismatchError(f"{key} at the source is longer than its signed {length} bytes")
                 h.update(chunk)
                 out.write(chunk)
-        if n != length or h.hexdigest() != sha:
+        digest = h.result()
+        if digest.size != length or digest.sha256 != sha:
             raise ImageMismatchError(f"{key} at the source does not match its signed length and SHA-256")
-        dest.upload_file(key, tmp)
-        return n
+        dest.upload_file(key, tmp, digest)
+        return digest.size
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -119,19 +124,47 @@ def _copy_blob(src: Store, dest: Store, sha: str, length: int, tmpdir: Path) -> 
 def _version_at(store: Store, key: str) -> int:
     """Version of the metadata at ``key``, 0 if there is none or it does not parse (it is replaced, not trusted)."""
     try:
-        data = store.read(key, MAX_METADATA)
+        return int(parse_metadata(store.read(key, cap_for(key)), key).signed.version)
     except ObjectMissingError:
         return 0
-    try:
-        return int(Metadata.from_bytes(data).signed.version)
-    except Exception:  # noqa: BLE001 - any parse failure means "no usable version here"
+    except UntrustedMetadataError:
         return 0
 
 
 def _trusted(reader: CatalogueReader, name: str) -> tuple[bytes, int]:
     """Bytes of a role as the Updater verified and cached them, and their version."""
-    data = (reader.dir / name).read_bytes()
-    return data, Metadata.from_bytes(data).signed.version
+    data = read_regular(reader.dir / name, cap_for(name), what="trusted metadata", error=LocalIOError)
+    return data, parse_metadata(data, name).signed.version
+
+
+def check_destination(src: Store, dest: Store, first_root: bytes) -> None:
+    """Refuse a mirror destination that is the source itself or holds another catalogue.
+
+    A destination may be empty, or an earlier mirror of the same catalogue (its ``1.root.json`` is the source's,
+    and it has a ``mirror.json``). A full catalogue — a publisher's, whose ``timestamp.json`` and ``root.json``
+    a mirror run would replace — and a catalogue of another root are refused (CatalogueStateError, exit 16)
+    before anything is written.
+    """
+    if dest.url == src.url:
+        raise CatalogueStateError(f"refusing to mirror {src.shown} onto itself")
+    try:
+        theirs: bytes | None = dest.read(f"{METADATA}1.root.json", ROOT_MAX)
+    except ObjectMissingError:
+        theirs = None
+    has_root = theirs is not None or dest.exists(f"{METADATA}root.json")
+    if theirs is not None and theirs != first_root:
+        raise CatalogueStateError(
+            f"refusing to mirror into {dest.shown}: it holds another catalogue (its first root differs)",
+            hint="mirror into an empty location, or an earlier mirror of the same catalogue",
+        )
+    if has_root and theirs is None:
+        raise CatalogueStateError(f"refusing to mirror into {dest.shown}: it holds metadata but no 1.root.json")
+    if has_root and not dest.exists(MIRROR_FILE):
+        raise CatalogueStateError(
+            f"refusing to mirror into {dest.shown}: it is a full catalogue (no {MIRROR_FILE}), which a mirror "
+            "would overwrite",
+            hint="mirror into an empty location, or an earlier mirror of the same catalogue",
+        )
 
 
 def mirror(
@@ -142,10 +175,19 @@ def mirror(
     filters: MirrorFilter,
     warn: Callable[[str], None],
     say: Callable[[str], None] = lambda _m: None,
+    *,
+    retries: int = 3,
 ) -> MirrorReport:
     """Copy what ``filters`` select from ``src`` to ``dest``, verified; resumable; never rolls ``dest`` back."""
     report = MirrorReport()
-    with CatalogueReader(src, cache, root, warn) as reader, tempfile.TemporaryDirectory() as tmp:
+    with CatalogueReader(src, cache, root, warn, retries=retries) as reader, tempfile.TemporaryDirectory() as tmp:
+        first = reader.dir / "root_history" / "1.root.json"
+        first_root = (
+            read_regular(first, ROOT_MAX, what="trusted root", error=LocalIOError)
+            if first.is_file()
+            else src.read(f"{METADATA}1.root.json", ROOT_MAX)
+        )
+        check_destination(src, dest, first_root)
         chosen = _select(reader, filters)
         # 1. blobs (images and their build records), skipping what the mirror already holds
         for name, images in chosen.items():
@@ -165,7 +207,11 @@ def mirror(
         root_now = _trusted(reader, "root.json")[1]
         for n in range(1, root_now + 1):
             cached = reader.dir / "root_history" / f"{n}.root.json"
-            data = cached.read_bytes() if cached.is_file() else src.read(f"{METADATA}{n}.root.json", MAX_METADATA)
+            data = (
+                read_regular(cached, ROOT_MAX, what="trusted root", error=LocalIOError)
+                if cached.is_file()
+                else src.read(f"{METADATA}{n}.root.json", ROOT_MAX)
+            )
             report.metadata_written += dest.write_new(f"{METADATA}{n}.root.json", data)
         files = ["targets.json", *(f"{model.role_for(n)}.json" for n in chosen), "snapshot.json"]
         for f in files:
@@ -184,7 +230,7 @@ def mirror(
             MIRROR_FILE,
             json.dumps(
                 {
-                    "source": src.url,
+                    "source": src.shown,
                     "names": sorted(chosen),
                     "filters": {
                         "names": sorted(filters.names),

@@ -41,10 +41,24 @@ _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}")
 _CHANNEL = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _OS = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _OS_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,31}")
+_TOKEN = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}")  # arch, format, hypervisor, os as read from a catalogue
 
 ROLE_PREFIX = "image-"
 METADATA = "metadata/"
 BLOBS = "blobs/sha256/"
+
+
+REASON_MAX = 500  # characters of a revoke or deprecate reason
+
+
+def clean_reason(text: str | None) -> str:
+    """A reason as it is signed: one line, no control or format characters, at most REASON_MAX characters.
+
+    Reasons are shown to every deployer that asks for the version; what a publisher types (or pastes) must not
+    carry terminal escape sequences into their terminals."""
+    words = " ".join((text or "").split())
+    kept = "".join(ch for ch in words if ch.isprintable())
+    return kept[:REASON_MAX]
 
 
 def _describe(value: str) -> str:
@@ -230,6 +244,17 @@ class ImageRecord:
             )
         except KeyError as e:
             raise InvalidInputError(f"target {path} lacks the custom field {e.args[0]!r}") from None
+        # Names and versions are shown to people and become file names on deployers: the writer's rules hold.
+        check_name(rec.name)
+        check_version(rec.version)
+        for what, value in (("arch", rec.arch), ("format", rec.format), ("hypervisor", rec.hypervisor)):
+            if not _TOKEN.fullmatch(value):
+                raise InvalidInputError(f"target {path} has an invalid {what} {_describe(value)}")
+        for what, opt in (("os", rec.os), ("os_version", rec.os_version)):
+            if opt is not None and not (isinstance(opt, str) and _TOKEN.fullmatch(opt)):
+                raise InvalidInputError(f"target {path} has an invalid {what} {_describe(str(opt))}")
+        if not re.fullmatch(r"[0-9T:.+Z-]{1,40}", rec.created):
+            raise InvalidInputError(f"target {path} has an invalid created time {_describe(rec.created)}")
         # The custom fields are what people and `pull` choose by; they must say what the path and length say.
         expected = target_path(rec.name, rec.version, rec.arch, rec.format)
         if path != expected:

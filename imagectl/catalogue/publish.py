@@ -10,7 +10,9 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timest
 from imagectl.catalogue import model
 from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
 from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, target_path, utcnow
-from imagectl.catalogue.state import CatalogueState, load_state, metadata_bytes, sha256_file, transact
+from imagectl.catalogue.state import CatalogueState, load_state, metadata_bytes, transact
 from imagectl.errors import (
     CatalogueStateError,
     ConflictError,
@@ -30,7 +32,10 @@ from imagectl.errors import (
     NotFoundError,
     RevokedError,
 )
+from imagectl.fsio import describe_mode, read_regular
 from imagectl.store import Store
+from imagectl.store.digest import file_digest
+from imagectl.urls import redact_json, safe_url
 
 __all__ = ["PublishRequest", "PublishResult", "deprecate", "init_catalogue", "promote", "publish", "revoke"]
 
@@ -59,7 +64,7 @@ def init_catalogue(
             hint="keep keys outside the directory a web server serves",
         )
     if store.exists(f"{METADATA}root.json"):
-        raise CatalogueStateError(f"{store.url} is already a catalogue", hint="use a new, empty location")
+        raise CatalogueStateError(f"{store.shown} is already a catalogue", hint="use a new, empty location")
     keydir.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = utcnow()
     root = Root(expires=now + dt.timedelta(days=expiry_days["root"]), consistent_snapshot=True)
@@ -93,14 +98,14 @@ def init_catalogue(
     root_bytes = metadata_bytes(root_md)
     with store.lock():
         if not store.write_new(f"{METADATA}1.root.json", root_bytes):
-            raise CatalogueStateError(f"{store.url} is already a catalogue", hint="use a new, empty location")
+            raise CatalogueStateError(f"{store.shown} is already a catalogue", hint="use a new, empty location")
         store.write(f"{METADATA}1.targets.json", metadata_bytes(targets))
         store.write(f"{METADATA}1.snapshot.json", metadata_bytes(snapshot))
         store.write(f"{METADATA}timestamp.json", metadata_bytes(timestamp))
         store.write(f"{METADATA}root.json", root_bytes)  # last: its presence is what marks a catalogue
     return InitResult(
         root_key=f"{METADATA}1.root.json",
-        root_url=store.key_url(f"{METADATA}1.root.json"),
+        root_url=safe_url(store.key_url(f"{METADATA}1.root.json")),
         root_sha256=hashlib.sha256(root_bytes).hexdigest(),
         generated_keys=generated,
     )
@@ -226,9 +231,10 @@ def publish(
         if not Path(req.file).is_file():
             raise LocalIOError(f"{req.file} is not a file")
         fmt = req.format or detect_format(req.file)
-        sha256, size = sha256_file(req.file, hash_memo)
+        digest = file_digest(req.file, part_size=store.part_size, memo_dir=hash_memo)
     except OSError as e:
         raise LocalIOError(f"cannot read {req.file}: {e.strerror}") from None
+    sha256, size = digest.sha256, digest.size
     if size == 0:
         raise InvalidInputError(f"{req.file} is empty")
 
@@ -256,7 +262,7 @@ def publish(
     prechecked = load_state(store) if req.version is not None else None
     if prechecked is not None and req.version is not None:
         check(prechecked, req.version)
-    uploaded = store.upload_file(blob_key(sha256), req.file)
+    uploaded = store.upload_file(blob_key(sha256), req.file, digest)
 
     def apply(state: CatalogueState) -> tuple[ImageRecord, ImageRecord | None]:
         now = utcnow()
@@ -348,7 +354,7 @@ def deprecate(store: Store, keys: KeyRing, ref: str, reason: str | None, expiry_
         now = utcnow()
         records = _version_records(state, r.name, version)
         md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
-        note = {"at": now.isoformat().replace("+00:00", "Z"), "reason": reason or ""}
+        note = {"at": now.isoformat().replace("+00:00", "Z"), "reason": model.clean_reason(reason)}
         for rec in records:
             state.add_target(md, dataclasses.replace(rec, deprecated=note))
         state.commit(keys, expiry_days)
@@ -365,7 +371,7 @@ def revoke(store: Store, keys: KeyRing, ref: str, reason: str, expiry_days: dict
     r = model.parse_ref(ref)
     if r.version is None:
         raise InvalidInputError(f"revoke needs NAME:VERSION, got {ref!r}")
-    if not reason.strip():
+    if not model.clean_reason(reason):
         raise InvalidInputError("revoke needs a non-empty --reason: deployers are shown it")
     version = r.version
 
@@ -377,7 +383,7 @@ def revoke(store: Store, keys: KeyRing, ref: str, reason: str, expiry_days: dict
             del md.signed.targets[rec.path]
         ext = CatalogueState.ext(md)
         ext["revoked"][version] = {
-            "reason": " ".join(reason.split()),
+            "reason": model.clean_reason(reason),
             "at": now.isoformat().replace("+00:00", "Z"),
             "sha256": sorted({rec.sha256 for rec in records}),
         }
@@ -390,20 +396,48 @@ def revoke(store: Store, keys: KeyRing, ref: str, reason: str, expiry_days: dict
     return transact(store, apply)
 
 
+RECORD_MAX = 64 << 20  # bytes: a build record with a package list of tens of thousands of entries fits easily
+
+
 def _load_records(source: Path) -> list[tuple[Path, dict[str, Any]]]:
-    files = [source] if source.is_file() else sorted(source.glob("*.build.json"))
+    try:
+        files = [source] if source.is_file() else sorted(source.glob("*.build.json"))
+    except OSError as e:
+        raise LocalIOError.from_os("read", source, e) from None
     if not files:
         raise NotFoundError(f"no build records (*.build.json) in {source}", hint="run imagectl build first")
     out = []
     for f in files:
+        data = read_regular(f, RECORD_MAX, what="build record", error=InvalidInputError)
         try:
-            record = json.loads(f.read_text())
-        except (OSError, ValueError) as e:
+            record = json.loads(data)
+        except (ValueError, RecursionError) as e:
             raise InvalidInputError(f"{f} is not a readable build record: {e}") from None
-        if not isinstance(record, dict) or record.get("format") != 1 or "target" not in record:
+        if not isinstance(record, dict) or record.get("format") != 1 or not isinstance(record.get("target"), dict):
             raise InvalidInputError(f"{f} is not an imagectl build record (format 1)")
         out.append((f, record))
     return out
+
+
+def _record_image(record_path: Path, image: object) -> tuple[Path, str]:
+    """The image file a record names, and its format: a plain file name in the record's own directory, naming a
+    regular file there (not a symlink). Raises InvalidInputError otherwise: a record is input, and
+    ``"file": "../../../etc/hostname"`` must not publish the build host's files."""
+    if not isinstance(image, dict) or not all(isinstance(image.get(k), str) for k in ("file", "format")):
+        raise InvalidInputError(f"{record_path}: images[] entries need a file name and a format")
+    name = image["file"]
+    if name in ("", ".", "..") or "/" in name or "\0" in name or name.startswith("."):
+        raise InvalidInputError(f"{record_path}: image file {name!r} is not a plain file name in the build directory")
+    path = record_path.parent / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise NotFoundError(f"{record_path}: image file {name} is missing from {record_path.parent}") from None
+    except OSError as e:
+        raise LocalIOError.from_os("read", path, e) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInputError(f"{record_path}: image file {name} is {describe_mode(st.st_mode)}, not a regular file")
+    return path, model.check_format(image["format"])
 
 
 def publish_build(
@@ -428,16 +462,22 @@ def publish_build(
     for path, record in _load_records(source):
         target = record["target"]
         images = record.get("images") or []
-        chosen = [i for i in images if fmt in (None, i["format"])]
+        if not isinstance(images, list):
+            raise InvalidInputError(f"{path}: images must be a list")
+        found = [_record_image(path, i) for i in images]
+        chosen = [(f, i_fmt) for f, i_fmt in found if fmt in (None, i_fmt)]
         if not chosen:
-            raise NotFoundError(f"{path} has no {fmt} image (formats: {', '.join(i['format'] for i in images)})")
-        image = chosen[0]
-        image_file = path.parent / str(image["file"])
+            raise NotFoundError(f"{path} has no {fmt} image (formats: {', '.join(i for _, i in found)})")
+        image_file, image_fmt = chosen[0]
+        record = redact_json(record)  # published: a record made by an older imagectl may hold a mirror password
         data = json.dumps(record, sort_keys=True).encode()
         record_sha = hashlib.sha256(data).hexdigest()
         store.write_new(blob_key(record_sha), data)
-        recipe = record.get("recipe") or {}
-        dib = record.get("dib") or {}
+        recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
+        dib = record.get("dib") if isinstance(record.get("dib"), dict) else {}
+        missing = [k for k in ("name", "arch", "hypervisor", "os", "os_version") if not isinstance(target.get(k), str)]
+        if missing:
+            raise InvalidInputError(f"{path}: target.{missing[0]} is missing or not a string")
         summary = {
             "sha256": record_sha,
             "size": len(data),
@@ -452,7 +492,7 @@ def publish_build(
             name=str(target["name"]),
             arch=str(target["arch"]),
             version=shared or target.get("version"),
-            format=str(image["format"]),
+            format=image_fmt,
             hypervisor=str(target["hypervisor"]),
             os=str(target["os"]),
             os_version=str(target["os_version"]),

@@ -14,15 +14,12 @@ fresh state (:func:`transact`), so no change is ever lost and the metadata alway
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import hashlib
 import json
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from tuf.api.exceptions import UnsignedMetadataError
@@ -39,6 +36,7 @@ from tuf.api.metadata import (
 )
 
 from imagectl.catalogue.keys import KeyRing
+from imagectl.catalogue.metadata import ROOT_MAX, TIMESTAMP_MAX, cap_for, check_bounds, parse_metadata
 from imagectl.catalogue.model import METADATA, ROLE_PREFIX, ImageRecord, role_for, utcnow
 from imagectl.errors import (
     CatalogueStateError,
@@ -52,7 +50,6 @@ __all__ = ["EXT", "CatalogueState", "CommitConflict", "load_state", "metadata_by
 T = TypeVar("T")
 
 _MAX_SKIPS = 1000  # versioned names a commit may find taken before giving up
-MAX_METADATA = 16 << 20  # bytes; a role of ~25,000 versions; the client refuses more (endless-data bound)
 EXT = "x-imagectl"  # signed, catalogue-specific fields of an image role: channels and revocations
 
 
@@ -63,11 +60,21 @@ def metadata_bytes(md: Metadata[Any]) -> bytes:
     return json.dumps(md.to_dict(), separators=(",", ":"), sort_keys=True).encode() + b"\n"
 
 
-def _parse(data: bytes, key: str) -> Metadata[Any]:
+_parse = parse_metadata
+
+
+def encoded(md: Metadata[Any], key: str) -> bytes:
+    """The bytes of ``md`` as written to ``key``, refused (CatalogueStateError, before anything is written) when a
+    client would refuse them: over the format's size cap or its JSON value limit."""
+    data = metadata_bytes(md)
     try:
-        return Metadata.from_bytes(data)
-    except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes is the same user-facing fact
-        raise UntrustedMetadataError(f"{key} is not valid TUF metadata: {type(e).__name__}: {e}") from None
+        check_bounds(data, key)
+    except UntrustedMetadataError as e:
+        raise CatalogueStateError(
+            f"cannot write {key}: {e.message}",
+            hint="an image name holds at most ~15,000 versions: revoke old ones, or publish under a new name",
+        ) from None
+    return data
 
 
 def _verify(delegator: Metadata[Any], role: str, md: Metadata[Any], key: str) -> None:
@@ -104,7 +111,7 @@ class CatalogueState:
         if meta is None or role not in self.role_names():
             return None
         key = f"{METADATA}{meta.version}.{role}.json"
-        md = _parse(self.store.read(key, MAX_METADATA), key)
+        md = _parse(self.store.read(key, cap_for(key)), key)
         _verify(self.targets, role, md, key)
         if md.signed.version != meta.version:
             raise UntrustedMetadataError(f"{key} has version {md.signed.version}, snapshot says {meta.version}")
@@ -180,7 +187,8 @@ class CatalogueState:
         """
         for _ in range(_MAX_SKIPS):
             self._sign(md, role, keys, delegator)
-            if self.store.write_new(f"{METADATA}{md.signed.version}.{role}.json", metadata_bytes(md)):
+            key = f"{METADATA}{md.signed.version}.{role}.json"
+            if self.store.write_new(key, encoded(md, key)):
                 return
             md.signed.version += 1
         raise CommitConflict(f"{_MAX_SKIPS} versions of {role} in a row were taken")
@@ -218,11 +226,11 @@ class CatalogueState:
         self.timestamp.signed.snapshot_meta = MetaFile(version=self.snapshot.signed.version)
         self._sign(self.timestamp, "timestamp", keys, self.root)
         if not self.store.write_if_match(
-            f"{METADATA}timestamp.json", metadata_bytes(self.timestamp), self.timestamp_tag
+            f"{METADATA}timestamp.json", encoded(self.timestamp, f"{METADATA}timestamp.json"), self.timestamp_tag
         ):
             raise CommitConflict("another publisher changed the catalogue first")
         root_copy = metadata_bytes(self.root)
-        if self.store.read(f"{METADATA}root.json", MAX_METADATA) != root_copy:  # heal a rotation cut short
+        if self.store.read(f"{METADATA}root.json", ROOT_MAX) != root_copy:  # heal a rotation cut short
             self.store.write(f"{METADATA}root.json", root_copy)
         self.changed.clear()
         self.new_roles.clear()
@@ -240,7 +248,7 @@ class CatalogueState:
                 if signer.public_key.keyid not in seen:
                     root.sign(signer, append=True)
                     seen.add(signer.public_key.keyid)
-        data = metadata_bytes(root)
+        data = encoded(root, f"{METADATA}{root.signed.version}.root.json")
         if not self.store.write_new(f"{METADATA}{root.signed.version}.root.json", data):
             raise ConflictError(f"root version {root.signed.version} already exists; retry")
         self.store.write(f"{METADATA}root.json", data)
@@ -252,7 +260,12 @@ class CommitConflict(ConflictError):
 
 
 def transact(
-    store: Store, apply: Callable[[CatalogueState], T], *, attempts: int = 100, first: CatalogueState | None = None
+    store: Store,
+    apply: Callable[[CatalogueState], T],
+    *,
+    attempts: int = 100,
+    first: CatalogueState | None = None,
+    load: Callable[[], CatalogueState] | None = None,
 ) -> T:
     """Load the current state, ``apply`` a change (which commits), and start again if the commit lost the swap.
 
@@ -262,11 +275,12 @@ def transact(
 
     ``first``: a state the caller has already loaded and verified, used for the first attempt instead of loading
     again (if it is stale by then, its swap fails and the next attempt loads afresh: correct either way).
+    ``load``: how later attempts load the state (default :func:`load_state`).
     """
     delay = 0.05
     for _ in range(attempts):
         with store.lock():
-            state, first = first or load_state(store), None
+            state, first = first or (load or (lambda: load_state(store)))(), None
             try:
                 return apply(state)
             except CommitConflict:
@@ -276,11 +290,23 @@ def transact(
     raise ConflictError(f"the catalogue changed under this command {attempts} times in a row; try again")
 
 
+def _verify_top(root: Metadata[Any], also: Metadata[Any] | None, role: str, md: Metadata[Any], key: str) -> None:
+    """Verify a top-level role against the root; with ``also`` (the root a key rotation just replaced), its keys
+    count too. Only the rotating command passes ``also``: a publisher that raced it may have signed with the
+    retired key, and the rotation's retry re-signs that state with the new one."""
+    try:
+        _verify(root, role, md, key)
+    except UntrustedMetadataError:
+        if also is None:
+            raise
+        _verify(also, role, md, f"{key} (by the root before the rotation)")
+
+
 def _read(store: Store, key: str) -> Metadata[Any]:
     try:
-        return _parse(store.read(key, MAX_METADATA), key)
+        return _parse(store.read(key, cap_for(key)), key)
     except ObjectMissingError:
-        raise UntrustedMetadataError(f"{key} is missing from {store.url}") from None
+        raise UntrustedMetadataError(f"{key} is missing from {store.shown}") from None
 
 
 def _walk_roots(store: Store) -> Metadata[Any]:
@@ -295,7 +321,7 @@ def _walk_roots(store: Store) -> Metadata[Any]:
     while True:
         key = f"{METADATA}{n}.root.json"
         try:
-            nxt = _parse(store.read(key, MAX_METADATA), key)
+            nxt = _parse(store.read(key, cap_for(key)), key)
         except ObjectMissingError:
             break
         _verify(root, "root", nxt, f"{key} (by root {n - 1})")
@@ -306,66 +332,34 @@ def _walk_roots(store: Store) -> Metadata[Any]:
     return root
 
 
-def load_state(store: Store) -> CatalogueState:
+def load_state(store: Store, *, also_trust: Metadata[Root] | None = None) -> CatalogueState:
     """Read and verify the current metadata of the catalogue in ``store``.
 
     Raises CatalogueStateError if ``store`` holds no catalogue, UntrustedMetadataError if what it holds does not
     verify (a publisher never signs on top of metadata it cannot verify).
     """
     try:
-        root_bytes = store.read(f"{METADATA}root.json", MAX_METADATA)  # its presence marks a catalogue
+        root_bytes = store.read(f"{METADATA}root.json", ROOT_MAX)  # its presence marks a catalogue
     except ObjectMissingError:
         raise CatalogueStateError(
-            f"{store.url} is not a catalogue (no {METADATA}root.json)",
+            f"{store.shown} is not a catalogue (no {METADATA}root.json)",
             hint="create one with: imagectl catalogue init DEST",
         ) from None
     del root_bytes
     root = _walk_roots(store)
     try:
-        ts_bytes, ts_tag = store.read_versioned(f"{METADATA}timestamp.json", MAX_METADATA)
+        ts_bytes, ts_tag = store.read_versioned(f"{METADATA}timestamp.json", TIMESTAMP_MAX)
     except ObjectMissingError:
-        raise UntrustedMetadataError(f"{METADATA}timestamp.json is missing from {store.url}") from None
+        raise UntrustedMetadataError(f"{METADATA}timestamp.json is missing from {store.shown}") from None
     ts = _parse(ts_bytes, f"{METADATA}timestamp.json")
-    _verify(root, "timestamp", ts, f"{METADATA}timestamp.json")
+    _verify_top(root, also_trust, "timestamp", ts, f"{METADATA}timestamp.json")
     snap_key = f"{METADATA}{ts.signed.snapshot_meta.version}.snapshot.json"
     snap = _read(store, snap_key)
-    _verify(root, "snapshot", snap, snap_key)
+    _verify_top(root, also_trust, "snapshot", snap, snap_key)
     tmeta = snap.signed.meta.get("targets.json")
     if tmeta is None:
         raise UntrustedMetadataError(f"{snap_key} does not list targets.json")
     targets_key = f"{METADATA}{tmeta.version}.targets.json"
     targets = _read(store, targets_key)
-    _verify(root, "targets", targets, targets_key)
+    _verify_top(root, also_trust, "targets", targets, targets_key)
     return CatalogueState(store, root, ts, snap, targets, timestamp_tag=ts_tag)
-
-
-def sha256_file(path: str, memo_dir: Path | None = None) -> tuple[str, int]:
-    """SHA-256 hex digest and size of a local file, read in 1 MiB blocks.
-
-    With ``memo_dir``, a digest is remembered under the file's identity (device, inode, size, mtime and ctime in
-    nanoseconds): re-publishing the same unchanged file, the common CI retry, skips reading a multi-GiB image
-    again. Any write to the file changes its mtime/ctime and so misses the memo. The blob is still verified by
-    whoever downloads it, so a wrong memo could never reach a deployer unnoticed.
-    """
-    memo: Path | None = None
-    if memo_dir is not None:
-        st = Path(path).stat()
-        ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{Path(path).resolve()}"
-        memo = memo_dir / hashlib.sha256(ident.encode()).hexdigest()
-        try:
-            digest, remembered = memo.read_text().split()
-            if len(digest) == 64 and int(remembered) == st.st_size:
-                return digest, st.st_size
-        except (OSError, ValueError):
-            pass
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-            size += len(block)
-    if memo is not None:
-        with contextlib.suppress(OSError):
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            memo.write_text(f"{h.hexdigest()} {size}\n")
-    return h.hexdigest(), size

@@ -16,7 +16,7 @@ from tuf.api.metadata import Metadata, Root
 
 from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
 from imagectl.catalogue.model import utcnow
-from imagectl.catalogue.state import CatalogueState, load_state
+from imagectl.catalogue.state import CatalogueState, load_state, transact
 from imagectl.errors import InvalidInputError
 from imagectl.store import Store
 
@@ -68,14 +68,21 @@ def resign(
     within: dt.timedelta | None = None,
     everything: bool = False,
 ) -> list[str]:
-    """Re-sign every role about to expire (or all with ``everything``); returns the roles re-signed."""
+    """Re-sign every role about to expire (or all with ``everything``); returns the roles re-signed.
+
+    Root (when selected) is re-signed once, first; the rest is one commit that, like a publish, starts again from
+    the fresh state when another publisher wins the timestamp swap (so cron's resign never fails for a busy
+    catalogue). Raises KeyProblemError before anything is written if a needed key is missing.
+    """
+
+    def chosen(state: CatalogueState) -> list[str]:
+        if everything:
+            return ["root", "targets", "snapshot", "timestamp", *state.role_names()]
+        return expiring_roles(state, within, expiry_days)
+
     with store.lock():
         state = load_state(store)
-        roles = (
-            ["root", "targets", "snapshot", "timestamp", *state.role_names()]
-            if everything
-            else expiring_roles(state, within, expiry_days)
-        )
+        roles = chosen(state)
         if not roles:
             return []
         # A commit always re-signs snapshot and timestamp; check every key before the first write.
@@ -83,12 +90,19 @@ def resign(
         if "root" in roles:
             previous = Metadata.from_bytes(state.root.to_bytes())
             state.write_root(keys, [previous], expiry_days)
-        delegated = frozenset(r for r in roles if r not in ("root", "snapshot", "timestamp"))
+
+    def apply(state: CatalogueState) -> list[str]:
+        now_roles = [r for r in roles if r != "root"] if everything else chosen(state)
+        delegated = frozenset(r for r in now_roles if r not in ("root", "snapshot", "timestamp"))
+        require_keys(state, keys, [*delegated, "snapshot", "timestamp"])
         for r in delegated - {"targets"}:
             state.role(r)  # load before commit re-signs it
         state.commit(keys, expiry_days, resign=delegated)
-        # snapshot and timestamp are always re-signed by a commit
-        return sorted(set(roles) | {"snapshot", "timestamp"})
+        return now_roles
+
+    done = transact(store, apply, first=state)
+    # snapshot and timestamp are always re-signed by a commit
+    return sorted(set(roles) | set(done) | {"snapshot", "timestamp"})
 
 
 @dataclass(frozen=True)
@@ -133,24 +147,33 @@ def rotate(
         root.roles[role].threshold = threshold
         new_ring = KeyRing(keys.dir)
         state.write_root(new_ring, [old_root], expiry_days)
-        if role in ("targets", "snapshot", "timestamp"):
-            delegated: frozenset[str] = frozenset()
-            if role == "targets":
-                d = state.targets.signed.delegations
-                for name in state.role_names():
-                    state.role(name)
-                    assert d is not None and d.roles is not None
-                    d.roles[name].keyids = list(root.roles["targets"].keyids)
-                    d.roles[name].threshold = threshold
-                if d is not None:
-                    d.keys = {k: root.keys[k] for k in root.roles["targets"].keyids}
-                delegated = frozenset(["targets", *state.role_names()])
-            state.commit(new_ring, expiry_days, resign=delegated)
-        retired_dir = keys.dir / "retired"
-        retired_dir.mkdir(mode=0o700, exist_ok=True)
-        retired = []
-        for keyid in old_ids:
-            if keyid in keys.paths:
-                shutil.move(str(keys.paths[keyid]), retired_dir / keys.paths[keyid].name)
-                retired.append(keys.paths[keyid].name)
+
+    def apply(state: CatalogueState) -> None:
+        """Re-sign, with the new keys, what they sign; on the fresh state of each attempt (whose root is the new
+        one), so a publisher committing meanwhile costs a retry, not a failed rotation."""
+        delegated: frozenset[str] = frozenset()
+        if role == "targets":
+            top = state.root.signed.roles["targets"]
+            d = state.targets.signed.delegations
+            for name in state.role_names():
+                state.role(name)
+                assert d is not None and d.roles is not None
+                d.roles[name].keyids = list(top.keyids)
+                d.roles[name].threshold = top.threshold
+            if d is not None:
+                d.keys = {k: state.root.signed.keys[k] for k in top.keyids}
+            delegated = frozenset(["targets", *state.role_names()])
+        state.commit(new_ring, expiry_days, resign=delegated)
+
+    if role in ("targets", "snapshot", "timestamp"):
+        # The first attempt signs on top of the state just verified: the timestamp (or snapshot, targets) in the
+        # store is still signed by the retired key, which the new root no longer accepts.
+        transact(store, apply, first=state, load=lambda: load_state(store, also_trust=old_root))
+    retired_dir = keys.dir / "retired"
+    retired_dir.mkdir(mode=0o700, exist_ok=True)
+    retired = []
+    for keyid in old_ids:
+        if keyid in keys.paths:
+            shutil.move(str(keys.paths[keyid]), retired_dir / keys.paths[keyid].name)
+            retired.append(keys.paths[keyid].name)
     return RotateResult(role, state.root.signed.version, [s.public_key.keyid[:12] for s in new_signers], retired)

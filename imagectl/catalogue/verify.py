@@ -2,6 +2,12 @@
 
 Unlike a client, which stops at the first failure, the verifier keeps going and reports everything it finds, so
 an operator sees the whole damage at once. It reads only through the store interface and so works on any store.
+
+A partial mirror (``imagectl mirror``) holds only some image names and images and says which in its unsigned
+``mirror.json``. That file can only *excuse an absence*: an image role or blob the mirror does not hold is
+reported as skipped rather than missing; everything that is present is verified as in a full catalogue, and what
+``mirror.json`` claims is checked against the signed metadata. Dropping a forged ``mirror.json`` into a catalogue
+therefore silences nothing.
 """
 
 from __future__ import annotations
@@ -15,17 +21,23 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata
 
 from imagectl.catalogue import model
-from imagectl.catalogue.model import METADATA, ROLE_PREFIX, ImageRecord, blob_key, utcnow
-from imagectl.catalogue.state import MAX_METADATA
+from imagectl.catalogue.metadata import ROOT_MAX, cap_for, parse_metadata
+from imagectl.catalogue.model import BLOBS, METADATA, ROLE_PREFIX, ImageRecord, blob_key, utcnow
 from imagectl.errors import CatalogueStateError, ImagectlError, InvalidInputError
+from imagectl.fsio import SymlinkRefusedError
 from imagectl.store import ObjectMissingError, Store
 
-__all__ = ["Report", "verify_catalogue"]
+__all__ = ["MIRROR_FILE", "Report", "verify_catalogue"]
+
+MIRROR_FILE = "mirror.json"  # at a partial mirror's root: the image names and images it holds
+MIRROR_FILE_MAX = 16 << 20  # bytes
 
 
 @dataclass
 class Report:
     problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # absences a partial mirror's mirror.json excuses
+    partial: bool = False  # the catalogue says (mirror.json) that it is a partial mirror
     roles: int = 0
     images: int = 0
     blob_bytes: int = 0
@@ -34,10 +46,20 @@ class Report:
         return {
             "ok": not self.problems,
             "problems": self.problems,
+            "partial_mirror": self.partial,
+            "skipped": self.skipped,
             "roles_checked": self.roles,
             "images_checked": self.images,
             "blob_bytes_hashed": self.blob_bytes,
         }
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What a partial mirror says it holds: image roles, and images as ``NAME:VERSION ARCH``."""
+
+    roles: frozenset[str]
+    images: frozenset[str]
 
 
 class _Verifier:
@@ -50,16 +72,24 @@ class _Verifier:
     def problem(self, text: str) -> None:
         self.report.problems.append(text)
 
-    def load(self, key: str) -> Metadata[Any] | None:
+    def read(self, key: str, limit: int) -> bytes | None:
+        """The bytes at ``key``, or None after reporting why there are none (missing, oversized, a symlink…)."""
         try:
-            data = self.store.read(key, MAX_METADATA)
+            return self.store.read(key, limit)
         except ObjectMissingError:
             self.problem(f"{key}: missing")
+        except ImagectlError as e:
+            self.problem(f"{key}: unreadable: {e.message}")
+        return None
+
+    def load(self, key: str) -> Metadata[Any] | None:
+        data = self.read(key, cap_for(key))
+        if data is None:
             return None
         try:
-            return Metadata.from_bytes(data)
-        except Exception as e:  # noqa: BLE001 - report any parse failure of untrusted bytes
-            self.problem(f"{key}: not valid TUF metadata ({type(e).__name__}: {e})")
+            return parse_metadata(data, key)
+        except ImagectlError as e:
+            self.problem(f"{key}: {e.message}")
             return None
 
     def signed_by(self, delegator: Metadata[Any], role: str, md: Metadata[Any], key: str) -> bool:
@@ -88,9 +118,7 @@ class _Verifier:
         current, n = first, 2
         while True:
             key = f"{METADATA}{n}.root.json"
-            try:
-                self.store.read(key, MAX_METADATA)
-            except ObjectMissingError:
+            if not self.store.exists(key):
                 break
             nxt = self.load(key)
             if nxt is None:
@@ -100,8 +128,8 @@ class _Verifier:
             self.signed_by(nxt, "root", nxt, f"{key} (by itself)")
             current, n = nxt, n + 1
         self.fresh(current, f"{METADATA}{current.signed.version}.root.json")
-        latest = self.load(f"{METADATA}root.json")
-        if latest is not None and latest != current:
+        latest = self.read(f"{METADATA}root.json", ROOT_MAX)
+        if latest is not None and latest != self.read(f"{METADATA}{current.signed.version}.root.json", ROOT_MAX):
             self.problem(f"{METADATA}root.json is not the newest versioned root ({current.signed.version})")
         return current
 
@@ -117,7 +145,7 @@ class _Verifier:
             self.problem(f"{rec.path}: blob {key} is missing")
             return
         except ImagectlError as e:
-            self.problem(f"{rec.path}: blob {key} unreadable: {e}")
+            self.problem(f"{rec.path}: blob {key} unreadable: {e.message}")
             return
         self.report.blob_bytes += n
         if n != rec.size:
@@ -125,19 +153,44 @@ class _Verifier:
         elif h.hexdigest() != rec.sha256:
             self.problem(f"{rec.path}: blob {key} has sha256 {h.hexdigest()}, signed is {rec.sha256}")
 
-    def partial(self) -> tuple[set[str], set[str]] | None:
-        """For a partial mirror (mirror.json at its root): the image names and images it holds; else None."""
+    def scope(self) -> _Scope | None:
+        """What mirror.json says this partial mirror holds; None for a full catalogue (or an unusable file, which
+        is a problem: then every absence is one too)."""
         try:
-            info = json.loads(self.store.read("mirror.json", 16 << 20))
-            return {model.role_for(n) for n in info["names"]}, set(info["images"])
+            data = self.store.read(MIRROR_FILE, MIRROR_FILE_MAX)
         except ObjectMissingError:
             return None
-        except (ValueError, KeyError, TypeError) as e:
-            self.problem(f"mirror.json: unreadable ({e})")
+        except ImagectlError as e:
+            self.problem(f"{MIRROR_FILE}: unreadable ({e.message}); checked as a full catalogue")
             return None
+        try:
+            info = json.loads(data)
+            names, images = info["names"], info["images"]
+            if not (isinstance(names, list) and isinstance(images, list)):
+                raise TypeError("names and images must be lists")
+            roles = frozenset(model.role_for(model.check_name(n)) for n in names)
+            held = frozenset(str(i) for i in images if isinstance(i, str))
+        except (ValueError, KeyError, TypeError, RecursionError, InvalidInputError) as e:
+            self.problem(f"{MIRROR_FILE}: malformed ({e}); checked as a full catalogue")
+            return None
+        self.report.partial = True
+        return _Scope(roles, held)
+
+    def listing(self) -> None:
+        """Report entries a listable store holds that are not plain files (symlinks are never followed)."""
+        for prefix in (METADATA, BLOBS):
+            try:
+                for entry in self.store.list_entries(prefix):
+                    if not entry.regular:
+                        self.problem(f"{entry.key}: not a regular file (a symlink or device; not followed)")
+            except SymlinkRefusedError:
+                self.problem(f"{prefix.rstrip('/')}: a symlink or not a directory (not followed)")
+            except CatalogueStateError:
+                return  # a read-only store over HTTP cannot list
 
     def run(self) -> Report:
-        partial = self.partial()
+        scope = self.scope()
+        self.listing()
         root = self.roots()
         if root is None:
             return self.report
@@ -170,14 +223,19 @@ class _Verifier:
         listed = {k.removesuffix(".json") for k in snap.signed.meta} - {"targets"}
         for extra in sorted(listed - set(delegated)):
             self.problem(f"{snap_key}: lists {extra}, which targets does not delegate")
+        if scope is not None:
+            for role in sorted(scope.roles - set(delegated)):
+                self.problem(f"{MIRROR_FILE}: claims {role.removeprefix(ROLE_PREFIX)}, which the signed metadata lacks")
+        seen: set[str] = set()
         for role in delegated:
-            if partial is not None and role not in partial[0]:
-                continue  # a partial mirror does not hold this image name, by design
             meta = snap.signed.meta.get(f"{role}.json")
             if meta is None:
                 self.problem(f"{snap_key}: delegated role {role} is not listed")
                 continue
             key = f"{METADATA}{meta.version}.{role}.json"
+            if scope is not None and role not in scope.roles and not self.store.exists(key):
+                self.report.skipped.append(f"{role.removeprefix(ROLE_PREFIX)}: not held by this partial mirror")
+                continue
             md = self.load(key)
             if md is None:
                 continue
@@ -192,16 +250,22 @@ class _Verifier:
                 except InvalidInputError as e:
                     self.problem(f"{key}: {e}")
                     continue
-                if partial is not None and f"{rec.name}:{rec.version} {rec.arch}" not in partial[1]:
-                    continue  # filtered out of this partial mirror
+                label = f"{rec.name}:{rec.version} {rec.arch}"
+                seen.add(label)
+                if scope is not None and label not in scope.images and not self.store.exists(blob_key(rec.sha256)):
+                    self.report.skipped.append(f"{label}: not held by this partial mirror")
+                    continue
                 self.report.images += 1
                 if self.check_blobs:
                     self.blob(rec)
+        if scope is not None:
+            for label in sorted(scope.images - seen):
+                self.problem(f"{MIRROR_FILE}: claims image {label}, which the signed metadata lacks")
         return self.report
 
 
 def verify_catalogue(store: Store, *, check_blobs: bool = True) -> Report:
     """Check the whole catalogue; raises CatalogueStateError only if ``store`` holds no catalogue at all."""
     if not store.exists(f"{METADATA}1.root.json") and not store.exists(f"{METADATA}root.json"):
-        raise CatalogueStateError(f"{store.url} is not a catalogue (no {METADATA}1.root.json)")
+        raise CatalogueStateError(f"{store.shown} is not a catalogue (no {METADATA}1.root.json)")
     return _Verifier(store, check_blobs).run()

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from imagectl.catalogue.model import FORMATS as CATALOGUE_FORMATS
+from imagectl.errors import InvalidInputError
+from imagectl.fsio import read_regular
 from imagectl.recipe.schema import Bool, Int, List, Map, RecipeError, Str, Table, validate
 from imagectl.recipe.yamlpos import Located, load_located
 
@@ -54,20 +56,21 @@ RELEASES: dict[tuple[str, str], Release] = {
     ),
     # SLC: CERN's rebuild of RHEL; linuxsoft.cern.ch kept one tree per release and arch.
     ("slc", "3"): Release(
-        "slc", "3", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc30X", "{arch}/yum/os"
+        "slc", "3", ("i386", "x86_64", "ia64"), "https://linuxsoft.cern.ch/cern/slc30X", "{arch}/yum/os"
     ),
     ("slc", "4"): Release(
-        "slc", "4", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc4X", "{arch}/yum/os"
+        "slc", "4", ("i386", "x86_64", "ia64"), "https://linuxsoft.cern.ch/cern/slc4X", "{arch}/yum/os"
     ),
     ("slc", "5"): Release(
-        "slc", "5", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc5X", "{arch}/yum/os"
+        "slc", "5", ("i386", "x86_64", "ia64"), "https://linuxsoft.cern.ch/cern/slc5X", "{arch}/yum/os"
     ),
     ("slc", "6"): Release(
-        "slc", "6", ("i386", "x86_64", "ia64"), "http://linuxsoft.cern.ch/cern/slc6X", "{arch}/yum/os"
+        "slc", "6", ("i386", "x86_64", "ia64"), "https://linuxsoft.cern.ch/cern/slc6X", "{arch}/yum/os"
     ),
 }
 
 RECIPE_FORMATS = ("qcow2", "raw", "vmdk", "vhd", "tar")
+SOURCE_MAX = 16 << 20  # bytes: a file a recipe adds to the image (it travels inside a generated script)
 assert set(RECIPE_FORMATS) <= set(CATALOGUE_FORMATS)
 
 RECIPE_SCHEMA = Map(
@@ -125,6 +128,16 @@ RECIPE_SCHEMA = Map(
                 },
             ),
             doc="extra yum repositories (name, url, gpgcheck, gpgkey)",
+        ),
+        "gpg_keys": List(
+            Str(
+                pattern=r"[^/:\s\x00-\x1f\x7f][^:\s\x00-\x1f\x7f]{0,1023}",
+                rule="a key file path relative to the recipe, without ':' or spaces",
+            ),
+            min_items=1,
+            unique=True,
+            doc="OpenPGP public key files (relative to the recipe, inside its directory) that must have signed "
+            "every SLC seed package before it is unpacked",
         ),
         "network": Map(
             doc="dhcp (default) or static",
@@ -207,12 +220,24 @@ class Recipe:
         env = dict(os.environ) if env is None else env
         return str(env.get(self.release.env) or self.data.get("mirror") or self.release.mirror).rstrip("/")
 
+    def source_bytes(self, rel: str) -> bytes:
+        """The bytes of a file the recipe names (``files[].source``, ``gpg_keys``), read only if it resolves,
+        symlinks followed, inside the recipe's own directory tree. Raises InvalidInputError otherwise: a recipe
+        must not copy the build host's files (``/etc/shadow``, ``../../id_rsa``) into an image."""
+        base = self.path.parent.resolve()
+        path = (base / rel).resolve()
+        if not path.is_relative_to(base):
+            raise InvalidInputError(f"{self.path}: {rel!r} leads outside the recipe's directory {base}")
+        return read_regular(path, SOURCE_MAX, what="recipe file", error=InvalidInputError)
+
     def digest(self) -> str:
-        """SHA-256 of the merged recipe and the bytes of every file it adds: what the recipe *means*."""
+        """SHA-256 of the merged recipe and the bytes of every file it adds or pins: what the recipe *means*."""
         h = hashlib.sha256(json.dumps(self.data, sort_keys=True).encode())
         for f in self.data.get("files", []):
             if "source" in f:
-                h.update((self.path.parent / f["source"]).read_bytes())
+                h.update(self.source_bytes(f["source"]))
+        for key in self.data.get("gpg_keys", []):  # a new signing key changes which packages a build accepts
+            h.update(self.source_bytes(key))
         return "sha256:" + h.hexdigest()
 
 
@@ -290,6 +315,40 @@ def _load_chain(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], tup
     return positions.data, (path, *chain), positions, abstract
 
 
+def _source_problems(rel: str, loc: Located, at: tuple[str | int, ...], base: Path) -> list[str]:
+    """A ``files[].source`` must name a regular file inside the recipe's directory tree, symlinks followed."""
+    where, root = f"{loc.pos(at)}: {'.'.join(str(p) for p in at[:1])}[{at[1]}].source", base.resolve()
+    try:
+        path = (base / rel).resolve()
+        if not path.is_relative_to(root):
+            return [f"{where}: {rel!r} leads outside the recipe's directory {root}"]
+        if not path.is_file():
+            return [f"{where}: no such file {rel!r}"]
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        return [f"{where}: cannot read {rel!r}: {e}"]
+    return []
+
+
+def _gpg_key_problems(data: dict[str, Any], loc: Located, base: Path) -> list[str]:
+    """``gpg_keys`` entries must name regular files inside the recipe's directory tree once symlinks are followed
+    (a recipe cannot pin whatever key file the build host happens to have), and only SLC builds use them."""
+    keys = data.get("gpg_keys", [])
+    out = []
+    if keys and data["os"]["family"] != "slc":
+        out.append(f"{loc.pos(('gpg_keys',))}: gpg_keys: only slc builds verify package signatures with them")
+    root = base.resolve()
+    for i, key in enumerate(keys):
+        where, path = f"{loc.pos(('gpg_keys', i))}: gpg_keys[{i}]", (base / key).resolve()
+        try:
+            if not path.is_relative_to(root):
+                out.append(f"{where}: {key!r} leads outside the recipe's directory {root}")
+            elif not path.is_file():
+                out.append(f"{where}: no such file {key!r}")
+        except OSError as e:
+            out.append(f"{where}: cannot read {key!r}: {e.strerror}")
+    return out
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Load, merge and validate a recipe; raises RecipeError with file:line:column for every problem.
 
@@ -319,8 +378,9 @@ def load_recipe(path: str | Path) -> Recipe:
     for i, f in enumerate(data["files"]):
         if ("content" in f) == ("source" in f):
             problems.append(f"{loc.pos(('files', i))}: files[{i}]: give exactly one of content or source")
-        elif "source" in f and not (Path(chain[0]).parent / f["source"]).is_file():
-            problems.append(f"{loc.pos(('files', i, 'source'))}: files[{i}].source: no such file {f['source']!r}")
+        elif "source" in f:
+            problems += _source_problems(f["source"], loc, ("files", i, "source"), Path(chain[0]).parent)
+    problems += _gpg_key_problems(data, loc, Path(chain[0]).parent)
     if data["network"]["mode"] == "static" and "address" not in data["network"]:
         problems.append(f"{loc.pos(('network',))}: network: static mode needs an address")
     if problems:

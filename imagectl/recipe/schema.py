@@ -8,6 +8,7 @@ below is equivalent in power for our format and renders itself into recipes/READ
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -132,13 +133,24 @@ class List(Spec):
             return self.fail(ctx, path, f"expected {self.expected()}, got {_kind(value)}")
         if len(value) < self.min_items:
             return self.fail(ctx, path, f"expected at least {self.min_items} item(s)")
-        seen: list[Any] = []
+        seen: set[Any] = set()  # a set, not a list: 10,000 distinct items must not cost 10**8 comparisons
         for i, item in enumerate(value):
-            if self.unique and item in seen:
-                self.fail(ctx, (*path, i), f"{item!r} is listed twice")
-            seen.append(item)
+            if self.unique:
+                key = _identity(item)
+                if key in seen:
+                    self.fail(ctx, (*path, i), f"{item!r} is listed twice")
+                seen.add(key)
             self.item.check(item, (*path, i), ctx)
         return None
+
+
+def _identity(item: Any) -> Any:
+    """A hashable stand-in for a YAML value, equal for equal values (lists and mappings included)."""
+    try:
+        hash(item)
+    except TypeError:
+        return ("\0json", json.dumps(item, sort_keys=True, default=repr))
+    return item
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ import urllib.parse
 from pathlib import Path
 
 from imagectl.errors import InvalidInputError
-from imagectl.store.base import ObjectMissingError, RangeStream, Store
+from imagectl.store.base import MIN_RATE, ObjectMissingError, ObjectTooLargeError, Pace, RangeStream, Store
 
-__all__ = ["ObjectMissingError", "RangeStream", "Store", "open_store"]
+__all__ = ["ObjectMissingError", "ObjectTooLargeError", "RangeStream", "Store", "open_store"]
 
 
-def open_store(location: str, *, timeout: float = 30.0, retries: int = 3) -> Store:
+def open_store(location: str, *, timeout: float = 30.0, retries: int = 3, min_rate: float = MIN_RATE) -> Store:
     """Open the store a catalogue location names: ``DIR``, ``file:///DIR``, ``http(s)://HOST/PATH`` or
     ``s3://BUCKET/PREFIX`` (endpoint and credentials from the standard AWS settings).
 
@@ -24,13 +24,15 @@ def open_store(location: str, *, timeout: float = 30.0, retries: int = 3) -> Sto
         from imagectl.http import make_session
         from imagectl.store.http import HTTPStore
 
-        return HTTPStore(location, make_session(retries=retries), timeout)
+        return HTTPStore(location, make_session(retries=retries), timeout, Pace(min_rate, max(timeout, 1.0)))
     if parts.scheme == "s3":
         from imagectl.store.s3 import S3Store
 
         if not parts.netloc or parts.query or parts.fragment:
             raise InvalidInputError(f"S3 location must be s3://BUCKET/PREFIX: {location}")
-        return S3Store(parts.netloc, urllib.parse.unquote(parts.path), timeout=timeout, retries=retries)
+        store = S3Store(parts.netloc, urllib.parse.unquote(parts.path), timeout=timeout, retries=retries)
+        store.pace = Pace(min_rate, max(timeout, 1.0))
+        return store
     from imagectl.store.local import LocalStore
 
     if parts.scheme == "file":

@@ -10,14 +10,63 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from imagectl.errors import CatalogueStateError, NotFoundError
+from imagectl.errors import CatalogueStateError, DownloadError, NotFoundError, UntrustedMetadataError
+from imagectl.store.digest import FileDigest
+from imagectl.urls import safe_url
 
-__all__ = ["ObjectEntry", "ObjectMissingError", "RangeStream", "Store", "content_tag"]
+__all__ = [
+    "ObjectEntry",
+    "ObjectMissingError",
+    "ObjectTooLargeError",
+    "Pace",
+    "RangeStream",
+    "StatusError",
+    "Store",
+    "content_tag",
+    "paced",
+]
 
 CHUNK = 1 << 20  # bytes per read: large enough to keep syscalls cheap, small enough to bound memory
+MIN_RATE = 4096  # bytes/s: the slowest transfer a remote store may keep us waiting on (default)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How slow a remote read may be: in every ``window`` seconds at least ``min_rate * window`` bytes arrive.
+
+    The per-request timeout bounds each wait for *one* byte; a server that drips one byte every half second
+    never trips it. This bounds the whole transfer: a file of N bytes takes at most N / min_rate + window
+    seconds before the read fails with DownloadError (exit 13). ``min_rate`` 0 turns the check off.
+    """
+
+    min_rate: float = MIN_RATE  # bytes/s
+    window: float = 30.0  # seconds
+
+
+def paced(chunks: Iterator[bytes], pace: Pace, what: str) -> Iterator[bytes]:
+    """Yield ``chunks``, raising DownloadError when a window of ``pace.window`` seconds brings fewer than
+    ``pace.min_rate * pace.window`` bytes. The check runs whenever a chunk arrives, so the source must yield
+    what it has as it arrives (``read1``), not wait to fill a large buffer."""
+    if pace.min_rate <= 0:
+        yield from chunks
+        return
+    mark_t, mark_n, n = time.monotonic(), 0, 0
+    for chunk in chunks:
+        n += len(chunk)
+        now = time.monotonic()
+        if now - mark_t >= pace.window:
+            if n - mark_n < pace.min_rate * (now - mark_t):
+                raise DownloadError(
+                    f"{what}: too slow: {n - mark_n} bytes in {now - mark_t:.0f} s, under the minimum "
+                    f"{pace.min_rate:.0f} bytes/s",
+                    hint="a stalled or hostile server; check the network, or lower --min-rate",
+                )
+            mark_t, mark_n = now, n
+        yield chunk
 
 
 def content_tag(data: bytes) -> str:
@@ -27,6 +76,23 @@ def content_tag(data: bytes) -> str:
 
 class ObjectMissingError(NotFoundError):
     """The key does not exist in the store (the HTTP 404 of every backend)."""
+
+
+class StatusError(DownloadError):
+    """The server answered with an error status (5xx after the session's own retries, or another 4xx)."""
+
+    def __init__(self, message: str, hint: str | None = None, *, status: int = 0) -> None:
+        super().__init__(message, hint)
+        self.status = status
+
+
+class ObjectTooLargeError(UntrustedMetadataError):
+    """:meth:`Store.read` found more bytes than allowed. Whole reads are of metadata, whose caps are part of the
+    format, so this is untrusted metadata (exit 8), not a network failure."""
+
+    @classmethod
+    def at(cls, key: str, limit: int) -> ObjectTooLargeError:
+        return cls(f"{key} is larger than the allowed {limit} bytes")
 
 
 @dataclass
@@ -49,6 +115,7 @@ class ObjectEntry:
     key: str
     size: int  # bytes
     age: float  # seconds since it was last written, by this machine's clock (never negative)
+    regular: bool = True  # False: a symlink, FIFO or other non-file a directory store found (reported, not followed)
 
 
 class Store(abc.ABC):
@@ -57,11 +124,12 @@ class Store(abc.ABC):
     #: canonical URL of the store's root, ending in ``/`` (``file:///srv/cat/``, ``https://host/cat/``)
     url: str
     writable: bool = True
+    pace: Pace = Pace()  # remote stores: how slow a transfer may get before it fails
 
     # -- reading -----------------------------------------------------------------------------------------
     @abc.abstractmethod
     def read(self, key: str, max_length: int) -> bytes:
-        """Return the whole object; raises ObjectMissingError, or DownloadError past ``max_length`` bytes."""
+        """Return the whole object; raises ObjectMissingError, or ObjectTooLargeError past ``max_length`` bytes."""
 
     @abc.abstractmethod
     def open_range(self, key: str, offset: int = 0) -> contextlib.AbstractContextManager[RangeStream]:
@@ -86,14 +154,15 @@ class Store(abc.ABC):
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under ``prefix`` (a directory-like prefix ending in ``/``), in no particular order."""
 
-    def list_entries(self, prefix: str) -> Iterator[ObjectEntry]:
-        """Like :meth:`list`, with each key's size and age (for gc's grace period)."""
+    def list_entries(self, prefix: str, *, hidden: bool = False) -> Iterator[ObjectEntry]:
+        """Like :meth:`list`, with each key's size and age (for gc's grace period); ``hidden`` adds dot-files
+        (temp files a killed publisher left)."""
         raise self._refuse()
 
     # -- writing (read-only stores refuse) -----------------------------------------------------------------
     def _refuse(self) -> CatalogueStateError:
         return CatalogueStateError(
-            f"catalogue {self.url} is read-only over this protocol",
+            f"catalogue {self.shown} is read-only over this protocol",
             hint="publish to the directory (or S3 bucket) the web server serves",
         )
 
@@ -122,8 +191,17 @@ class Store(abc.ABC):
         """
         return ()
 
-    def upload_file(self, key: str, path: str) -> bool:
-        """Copy a local file to ``key`` unless it already exists; return whether bytes were sent."""
+    #: bytes per part when this store uploads large files in parts (then :func:`file_digest` gives part digests)
+    part_size: int = 0
+
+    def upload_file(self, key: str, path: str, digest: FileDigest) -> bool:
+        """Store exactly the ``digest.size`` bytes of ``path`` at ``key``, and only if they have ``digest``.
+
+        Returns whether bytes were sent: False when ``key`` already holds those bytes. A ``key`` holding bytes of
+        another size (or, where the store can tell cheaply, another hash) is replaced: blobs are content-addressed,
+        so such a blob is damage (from a file that changed during an older publish), not data. Raises
+        FileChangedError (nothing stored) when the bytes read now differ from ``digest``.
+        """
         raise self._refuse()
 
     def delete(self, key: str) -> None:
@@ -136,3 +214,8 @@ class Store(abc.ABC):
 
     def key_url(self, key: str) -> str:
         return self.url + key
+
+    @property
+    def shown(self) -> str:
+        """The store's URL as messages and files may show it (no credentials)."""
+        return safe_url(self.url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import urllib.parse
 from collections.abc import Iterator
 
 import requests
@@ -11,46 +12,82 @@ import urllib3.exceptions
 
 from imagectl.errors import DownloadError
 from imagectl.http import safe_url
-from imagectl.store.base import CHUNK, ObjectMissingError, RangeStream, Store
+from imagectl.store.base import (
+    CHUNK,
+    ObjectMissingError,
+    ObjectTooLargeError,
+    Pace,
+    RangeStream,
+    StatusError,
+    Store,
+    paced,
+)
 
 __all__ = ["HTTPStore"]
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+MAX_REDIRECTS = 5
 
 
 class HTTPStore(Store):
     writable = False
 
-    def __init__(self, url: str, session: requests.Session, timeout: float) -> None:
+    def __init__(self, url: str, session: requests.Session, timeout: float, pace: Pace | None = None) -> None:
         self.url = url.rstrip("/") + "/"
         self.session = session
         self.timeout = timeout
+        self.pace = pace or Pace(window=max(timeout, 1.0))
+
+    def _request(self, method: str, key: str, headers: dict[str, str] | None = None) -> requests.Response:
+        """Send ``method`` for ``key``, following at most MAX_REDIRECTS redirects by hand: only to http(s), never
+        from https down to http. Raises DownloadError for anything else, or when the server cannot be reached."""
+        url = self.url + key
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                resp = self.session.request(
+                    method, url, headers=headers, stream=True, timeout=self.timeout, allow_redirects=False
+                )
+            except requests.RequestException as e:
+                raise DownloadError(f"cannot reach {safe_url(url)}: {type(e).__name__}") from e
+            if resp.status_code not in (301, 302, 303, 307, 308):
+                return resp
+            resp.close()
+            try:
+                nxt = urllib.parse.urljoin(url, resp.headers.get("Location", ""))
+                scheme = urllib.parse.urlsplit(nxt).scheme
+            except ValueError:
+                raise DownloadError(f"{safe_url(url)} redirects to an unparseable location") from None
+            if scheme not in ("http", "https") or (url.startswith("https:") and scheme != "https"):
+                raise DownloadError(
+                    f"refusing the redirect of {safe_url(url)} to {safe_url(nxt)}: only http(s), and never from "
+                    "https to http"
+                )
+            url = nxt
+        raise DownloadError(f"{safe_url(self.url + key)}: more than {MAX_REDIRECTS} redirects")
 
     def _get(self, key: str, headers: dict[str, str] | None = None) -> requests.Response:
-        url = self.url + key
-        try:
-            resp = self.session.get(url, headers=headers, stream=True, timeout=self.timeout)
-        except requests.RequestException as e:
-            raise DownloadError(f"cannot reach {safe_url(url)}: {type(e).__name__}") from e
+        resp = self._request("GET", key, headers)
         if resp.status_code in (403, 404, 410):
             resp.close()
             raise ObjectMissingError(f"{key} not found at {safe_url(self.url)} (HTTP {resp.status_code})")
         if resp.status_code >= 400:
             resp.close()
-            raise DownloadError(f"HTTP {resp.status_code} from {safe_url(url)}")
+            raise StatusError(f"HTTP {resp.status_code} from {safe_url(self.url + key)}", status=resp.status_code)
         return resp
 
     def _iter(self, resp: requests.Response, url: str) -> Iterator[bytes]:
+        return paced(self._raw(resp, url), self.pace, safe_url(url))
+
+    def _raw(self, resp: requests.Response, url: str) -> Iterator[bytes]:
+        """The body as it arrives: ``read1`` returns what one socket read brought (not a full CHUNK), so every
+        byte that arrived before a connection drops is handed over (a resumed download starts exactly where this
+        one stopped) and the pace check sees a dripping server at once."""
         encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+        decode = encoding not in ("", "identity")
         try:
-            if encoding in ("", "identity"):
-                # Raw reads hand over every byte that arrived before a connection drops, so a resumed download
-                # starts exactly where this one stopped. iter_content's decoding path buffers a short read and
-                # loses it (up to CHUNK bytes) when the next read raises IncompleteRead.
-                yield from resp.raw.stream(CHUNK, decode_content=False)
-            else:
-                yield from resp.iter_content(CHUNK)
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+            while block := resp.raw.read1(CHUNK, decode_content=decode):
+                yield block
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             raise DownloadError(f"connection lost while reading {safe_url(url)}: {type(e).__name__}") from e
 
     def read(self, key: str, max_length: int) -> bytes:
@@ -60,7 +97,7 @@ class HTTPStore(Store):
             for chunk in self._iter(resp, self.url + key):
                 buf += chunk
                 if len(buf) > max_length:
-                    raise DownloadError(f"{key} is larger than the allowed {max_length} bytes")
+                    raise ObjectTooLargeError.at(key, max_length)
             return bytes(buf)
 
     @contextlib.contextmanager
@@ -77,15 +114,13 @@ class HTTPStore(Store):
                     raise DownloadError(f"unparseable Content-Range from {safe_url(self.url + key)}")
                 start = int(m.group(1))
                 total = int(m.group(3)) if m.group(3) != "*" else None
-            elif "Content-Length" in resp.headers:
+            elif resp.headers.get("Content-Length", "").isdigit():
                 total = int(resp.headers["Content-Length"])
             yield RangeStream(offset=start, chunks=self._iter(resp, self.url + key), total=total)
 
     def exists(self, key: str) -> bool:
-        try:
-            resp = self.session.head(self.url + key, timeout=self.timeout, allow_redirects=True)
-        except requests.RequestException as e:
-            raise DownloadError(f"cannot reach {safe_url(self.url)}: {type(e).__name__}") from e
+        resp = self._request("HEAD", key)
+        resp.close()
         return resp.status_code == 200
 
     def list(self, prefix: str) -> Iterator[str]:

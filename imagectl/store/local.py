@@ -1,4 +1,9 @@
-"""A catalogue in a local directory (or any mounted file system)."""
+"""A catalogue in a local directory (or any mounted file system).
+
+Every key is resolved below the catalogue's root one component at a time without following symlinks
+(:class:`imagectl.fsio.Beneath`): a symlink planted in a catalogue (``blobs/sha256`` pointing at ``/etc``, a
+dangling ``.lock``) is reported, never read through, written through or deleted through.
+"""
 
 from __future__ import annotations
 
@@ -6,87 +11,63 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
-import tempfile
+import secrets
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from imagectl.errors import DownloadError, LocalIOError
-from imagectl.store.base import CHUNK, ObjectEntry, ObjectMissingError, RangeStream, Store
+from imagectl.errors import LocalIOError
+from imagectl.fsio import Beneath
+from imagectl.store.base import CHUNK, ObjectEntry, ObjectMissingError, ObjectTooLargeError, RangeStream, Store
+from imagectl.store.digest import FileChangedError, FileDigest, Hasher
 
-__all__ = ["LocalStore", "atomic_write"]
-
+__all__ = ["LocalStore"]
 
 _io_error = LocalIOError.from_os
+Writer = Callable[[int], None]  # fills an open file descriptor
+TEMP_SUFFIX = ".tmp"  # temp files are ``.NAME.RANDOM.tmp`` beside their final name; gc removes stale ones
 
 
-def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
-    """Write ``data`` to ``path`` through a temp file in the same directory and ``os.replace``.
-
-    With ``exclusive`` the final step is ``os.link`` instead, which fails if ``path`` exists: an atomic
-    create-if-absent that never exposes a half-written file. Returns False when ``exclusive`` found the file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # a catalogue is meant to be served: readable by the web server's user
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-        else:
-            os.replace(tmp, path)
-            tmp = ""
-        return True
-    except OSError as e:
-        raise _io_error("write", path, e) from e
-    finally:
-        if tmp:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+def _temp_name(name: str) -> str:
+    return f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
 
 class LocalStore(Store):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.url = self.root.as_uri().rstrip("/") + "/"
+        self.tree = Beneath(self.root)
 
-    def _path(self, key: str) -> Path:
+    def _check(self, key: str) -> str:
         # Keys come from our own code and from signed metadata, but a hostile key must never escape the root.
         parts = key.split("/")
-        if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        if key.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
             raise ObjectMissingError(f"invalid object key {key!r}")
-        return self.root.joinpath(*parts)
+        return key
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def _open(self, key: str) -> int:
+        try:
+            return self.tree.open_regular(self._check(key))
+        except FileNotFoundError:
+            raise ObjectMissingError(f"{key} not found in {self.shown}") from None
 
     def read(self, key: str, max_length: int) -> bytes:
-        path = self._path(key)
+        fd = self._open(key)
         try:
-            with path.open("rb") as f:
+            with os.fdopen(fd, "rb") as f:
                 data = f.read(max_length + 1)
-        except FileNotFoundError:
-            raise ObjectMissingError(f"{key} not found in {self.url}") from None
         except OSError as e:
-            raise _io_error("read", path, e) from e
+            raise _io_error("read", self.root / key, e) from e
         if len(data) > max_length:
-            raise DownloadError(f"{key} is larger than the allowed {max_length} bytes")
+            raise ObjectTooLargeError.at(key, max_length)
         return data
 
     @contextlib.contextmanager
     def open_range(self, key: str, offset: int = 0) -> Iterator[RangeStream]:
-        path = self._path(key)
-        try:
-            f = path.open("rb")
-        except FileNotFoundError:
-            raise ObjectMissingError(f"{key} not found in {self.url}") from None
-        except OSError as e:
-            raise _io_error("read", path, e) from e
-        with f:
+        fd = self._open(key)
+        with os.fdopen(fd, "rb") as f:
             total = os.fstat(f.fileno()).st_size
             f.seek(offset)
 
@@ -97,34 +78,80 @@ class LocalStore(Store):
             yield RangeStream(offset=offset, chunks=chunks(), total=total)
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        """Whether ``key`` is a regular file (a symlink or anything else at the key does not count)."""
+        try:
+            return stat.S_ISREG(self.tree.lstat(self._check(key)).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def list(self, prefix: str) -> Iterator[str]:
-        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
-        if not base.is_dir():
-            return
-        for dirpath, _dirs, files in os.walk(base):
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            for name in files:
-                if not name.startswith("."):
-                    yield name if rel == "." else f"{rel}/{name}"
+        for entry in self.list_entries(prefix):
+            if entry.regular:
+                yield entry.key
 
-    def list_entries(self, prefix: str) -> Iterator[ObjectEntry]:
+    def list_entries(self, prefix: str, *, hidden: bool = False) -> Iterator[ObjectEntry]:
+        """Every entry under ``prefix``: regular files, and (``regular=False``) symlinks, FIFOs and the like,
+        which are reported, never followed. Dot-files (temp files, locks) only with ``hidden``."""
         now = time.time()
-        for key in self.list(prefix):
-            try:
-                st = self._path(key).stat()
-            except FileNotFoundError:  # deleted since the walk saw it
+        base = prefix.strip("/")
+        for rel, st in self.tree.walk(base):
+            name = rel.rsplit("/", 1)[-1]
+            if name.startswith(".") and not hidden:
                 continue
+            yield ObjectEntry(
+                key=rel,
+                size=st.st_size,
+                age=max(0.0, now - st.st_mtime),
+                regular=stat.S_ISREG(st.st_mode),
+            )
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def _put(self, key: str, write: Writer, *, exclusive: bool, mode: int = 0o644) -> bool:
+        """Write a temp file beside ``key`` with ``write(fd)``, fsync it, then make it ``key``: ``os.link``
+        (create-if-absent; False if ``key`` exists) or ``os.replace``. No temp file outlives a failure."""
+        parent, name = self.tree.split(self._check(key))
+        with self.tree.dir(parent, create=True) as d:
+            tmp = _temp_name(name)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d)
             except OSError as e:
-                raise _io_error("read", self._path(key), e) from e
-            yield ObjectEntry(key=key, size=st.st_size, age=max(0.0, now - st.st_mtime))
+                raise _io_error("write", self.root / key, e) from e
+            try:
+                try:
+                    os.fchmod(fd, mode)  # a catalogue is meant to be served: readable by the web server's user
+                    write(fd)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                if exclusive:
+                    try:
+                        os.link(tmp, name, src_dir_fd=d, dst_dir_fd=d, follow_symlinks=False)
+                    except FileExistsError:
+                        return False
+                else:
+                    os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+                    tmp = ""
+                return True
+            except OSError as e:
+                raise _io_error("write", self.root / key, e) from e
+            finally:
+                if tmp:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp, dir_fd=d)
+
+    def _put_bytes(self, key: str, data: bytes, *, exclusive: bool) -> bool:
+        def write(fd: int) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+
+        return self._put(key, write, exclusive=exclusive)
 
     def write(self, key: str, data: bytes) -> None:
-        atomic_write(self._path(key), data)
+        self._put_bytes(key, data, exclusive=False)
 
     def write_new(self, key: str, data: bytes) -> bool:
-        return atomic_write(self._path(key), data, exclusive=True)
+        return self._put_bytes(key, data, exclusive=True)
 
     def write_if_match(self, key: str, data: bytes, tag: str) -> bool:
         """Compare the file's SHA-256 (the tag :meth:`read_versioned` gives) with ``tag`` and replace the file
@@ -135,80 +162,100 @@ class LocalStore(Store):
         held only for the compare and the rename, and nothing takes another lock while holding it. Plain
         :meth:`write` and :meth:`delete` do not take it: the guarantee holds among ``write_if_match`` callers.
         """
-        path = self._path(key)
-        with self._cas_lock() as locked:
+        with self._flock(".cas.lock", create_root=False) as locked:
             if not locked:  # no store directory, so no such key
                 return False
-            try:
-                with path.open("rb") as f:
-                    current = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-            except FileNotFoundError:
+            held = self._digest(key)
+            if held is None or f"sha256:{held[1]}" != tag:
                 return False
-            except OSError as e:
-                raise _io_error("read", path, e) from e
-            if current != tag:
-                return False
-            atomic_write(path, data)
+            self._put_bytes(key, data, exclusive=False)
             return True
 
     @contextlib.contextmanager
-    def _cas_lock(self) -> Iterator[bool]:
-        """Hold an exclusive flock on ``ROOT/.cas.lock``; yields False if the store directory does not exist.
+    def _flock(self, name: str, *, create_root: bool) -> Iterator[bool]:
+        """Hold an exclusive flock on ``ROOT/NAME``; yields False if the store directory does not exist.
 
-        flock (not fcntl/lockf record locks) because it belongs to the open file, so two threads of one
-        process exclude each other too; the kernel drops it when a holder dies.
+        flock (not fcntl/lockf record locks) because it belongs to the open file, so two threads of one process
+        exclude each other too; the kernel drops it when a holder dies. The lock file is opened without following
+        a symlink: a planted (or dangling) symlink is refused, never used to create a file elsewhere.
         """
-        lockfile = self.root / ".cas.lock"
         try:
-            fd = os.open(lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+            root = self.tree.open_root(create=create_root)
         except FileNotFoundError:
             yield False
             return
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=root)
         except OSError as e:
-            raise _io_error("lock", lockfile, e) from e
+            raise self.tree.refuse(name, e) from None
+        finally:
+            os.close(root)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield True
         finally:
             os.close(fd)
 
-    def upload_file(self, key: str, path: str) -> bool:
-        dest = self._path(key)
-        if dest.exists():
+    def upload_file(self, key: str, path: str, digest: FileDigest) -> bool:
+        """Copy exactly ``digest.size`` bytes of ``path`` to ``key``, hashing them on the way; store them only if
+        they have ``digest.sha256``. An existing ``key`` that already holds those bytes is kept (nothing
+        written); one with another size or hash (a blob damaged on disk, or cut short by an older imagectl) is
+        replaced. Raises FileChangedError if the file no longer has the digest, LocalIOError if unreadable."""
+        existing = self._holds(key, digest)
+        if existing:
             return False
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
         try:
-            with open(path, "rb") as src, os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(src, out, CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
-            try:
-                os.link(tmp, dest)
-            except FileExistsError:
-                return False
-            return True
+            src = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as e:
-            raise _io_error("store", dest, e) from e
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            raise _io_error("read", path, e) from e
+
+        def write(fd: int) -> None:
+            h = Hasher()
+            left = digest.size
+            while left > 0:
+                block = src.read(min(CHUNK, left))
+                if not block:
+                    break
+                h.update(block)
+                left -= len(block)
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view) :]
+            got = h.result()
+            if got.size != digest.size or got.sha256 != digest.sha256:
+                raise FileChangedError(
+                    f"{path} changed while it was being published: hashed {digest.size} bytes with sha256 "
+                    f"{digest.sha256[:16]}…, then read {got.size} bytes with sha256 {got.sha256[:16]}…; "
+                    "nothing was stored",
+                    hint="publish a file nothing is writing to (wait for the build to finish)",
+                )
+
+        with src:
+            return self._put(key, write, exclusive=existing is None)
+
+    def _digest(self, key: str, size: int | None = None) -> tuple[int, str] | None:
+        """``(size, sha256 hex)`` of ``key``, None if absent; the hash is skipped ("") when the size is not
+        ``size``."""
+        try:
+            fd = self._open(key)
+        except ObjectMissingError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                n = os.fstat(f.fileno()).st_size
+                return n, hashlib.file_digest(f, "sha256").hexdigest() if size in (None, n) else ""
+        except OSError as e:
+            raise _io_error("read", self.root / key, e) from e
+
+    def _holds(self, key: str, digest: FileDigest) -> bool | None:
+        """True if ``key`` holds exactly the digest's bytes, False if it holds other bytes, None if absent."""
+        held = self._digest(key, digest.size)
+        return None if held is None else held == (digest.size, digest.sha256)
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(key).unlink()
+        self.tree.unlink(self._check(key))
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        lockfile = self.root / ".lock"
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lockfile, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise _io_error("lock", lockfile, e) from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._flock(".lock", create_root=True):
             yield
-        finally:
-            os.close(fd)  # closing drops the flock

@@ -12,8 +12,10 @@ S3 has no locks: publishers serialise by compare-and-swap, with the conditional 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
+import io
 import os
 import re
 import threading
@@ -24,7 +26,6 @@ from typing import Any
 
 import boto3
 import boto3.exceptions
-import boto3.s3.transfer
 import botocore.config
 import botocore.exceptions
 import urllib3.exceptions
@@ -39,7 +40,17 @@ from imagectl.errors import (
     LocalIOError,
 )
 from imagectl.http import safe_url
-from imagectl.store.base import CHUNK, ObjectEntry, ObjectMissingError, RangeStream, Store
+from imagectl.store.base import (
+    CHUNK,
+    ObjectEntry,
+    ObjectMissingError,
+    ObjectTooLargeError,
+    Pace,
+    RangeStream,
+    Store,
+    paced,
+)
+from imagectl.store.digest import FileChangedError, FileDigest, composite_checksum
 
 __all__ = ["S3Stats", "S3Store", "TransferSettings"]
 
@@ -81,12 +92,60 @@ class S3Stats:
             self.files += files
 
 
-class _Progress(boto3.s3.transfer.BaseSubscriber):  # type: ignore[misc]
-    def __init__(self, stats: S3Stats) -> None:
-        self.stats = stats
+class _ShortRead(OSError):
+    """The file ended before the part did (it was truncated while being published)."""
 
-    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-        self.stats.add(nbytes=bytes_transferred)  # negative when s3transfer rewinds a part to retry it
+
+class _FileSlice(io.RawIOBase):
+    """A read-only, seekable view of ``length`` bytes of an open file from ``offset``, read with ``pread`` (so
+    parts uploaded by parallel threads share one descriptor); bytes read are counted in ``stats``."""
+
+    def __init__(self, fd: int, offset: int, length: int, stats: S3Stats) -> None:
+        super().__init__()
+        self._fd, self._offset, self._length, self._pos, self._stats = fd, offset, length, 0, stats
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._stats.add(nbytes=-self._pos)  # a retried part is counted once
+        self._pos = max(0, min(self._length, base + pos))
+        self._stats.add(nbytes=self._pos)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        want = self._length - self._pos if size is None or size < 0 else min(size, self._length - self._pos)
+        if want <= 0:
+            return b""
+        data = os.pread(self._fd, want, self._offset + self._pos)
+        if not data:
+            raise _ShortRead(f"file ended at {self._offset + self._pos}")
+        self._pos += len(data)
+        self._stats.add(nbytes=len(data))
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def _changed(path: str, digest: FileDigest, how: str) -> FileChangedError:
+    return FileChangedError(
+        f"{path} changed while it was being published ({how}; it had {digest.size} bytes with sha256 "
+        f"{digest.sha256[:16]}… when hashed); nothing was stored",
+        hint="publish a file nothing is writing to (wait for the build to finish)",
+    )
 
 
 def _content_type(key: str) -> str:
@@ -123,6 +182,7 @@ class S3Store(Store):
         self.prefix = _split(prefix)
         self.url = f"s3://{bucket}/{self.prefix}"
         self.transfer = transfer or TransferSettings()
+        self.pace = Pace(window=max(timeout, 1.0))
         self.stats = S3Stats()
         self.list_page_size = 1000  # keys per ListObjectsV2 request (the S3 maximum)
         self.client = client if client is not None else _make_client(timeout, retries, self.transfer.concurrency)
@@ -151,7 +211,7 @@ class S3Store(Store):
         """The ImagectlError a botocore/boto3 exception means for the user; one line, no secrets."""
         what = f"s3://{self.bucket}/{self.prefix}{key}" if key is not None else self.url
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
-            return KeyProblemError(f"no S3 credentials found for {self.url}", hint=_CRED_HINT)
+            return KeyProblemError(f"no S3 credentials found for {self.shown}", hint=_CRED_HINT)
         if isinstance(exc, botocore.exceptions.PartialCredentialsError | botocore.exceptions.ProfileNotFound):
             return KeyProblemError(f"S3 credentials: {exc}", hint=_CRED_HINT)
         if isinstance(exc, botocore.exceptions.ClientError):
@@ -164,7 +224,7 @@ class S3Store(Store):
                     hint="create the bucket first, or check AWS_ENDPOINT_URL",
                 )
             if code in ("NoSuchKey", "404", "NotFound"):
-                return ObjectMissingError(f"{key or what} not found in {self.url}")
+                return ObjectMissingError(f"{key or what} not found in {self.shown}")
             if code in _BAD_CREDENTIALS:
                 return KeyProblemError(f"S3 at {self.endpoint} rejected the credentials ({code})", hint=_CRED_HINT)
             if code in ("AccessDenied", "403", "Forbidden") or status == 403:
@@ -214,20 +274,35 @@ class S3Store(Store):
                 resp = self.client.get_object(**args)
         return resp
 
-    def _chunks(self, body: Any, key: str) -> Iterator[bytes]:
+    def _chunks(self, body: Any, key: str, length: int | None) -> Iterator[bytes]:
+        # read1 of the underlying urllib3 response returns what one socket read brought, so the pace check sees
+        # a dripping endpoint at once (StreamingBody.read(CHUNK) would wait for a full CHUNK).
+        raw = getattr(body, "_raw_stream", None)
+
+        def blocks() -> Iterator[bytes]:
+            if raw is not None and hasattr(raw, "read1"):
+                got = 0
+                while block := raw.read1(CHUNK):
+                    got += len(block)
+                    yield block
+                if length is not None and got < length:  # what StreamingBody would have checked
+                    raise DownloadError(f"S3 body of {key} ended after {got} of {length} bytes")
+            else:
+                yield from body.iter_chunks(CHUNK)
+
         with self._boundary("read", key):
-            yield from body.iter_chunks(CHUNK)
+            yield from paced(blocks(), self.pace, f"s3://{self.bucket}/{self.prefix}{key}")
 
     def _read_body(self, resp: dict[str, Any], key: str, max_length: int) -> bytes:
         body = resp["Body"]
         with contextlib.closing(body):
             if resp.get("ContentLength", 0) > max_length:
-                raise DownloadError(f"{key} is larger than the allowed {max_length} bytes")
+                raise ObjectTooLargeError.at(key, max_length)
             buf = bytearray()
-            for chunk in self._chunks(body, key):
+            for chunk in self._chunks(body, key, resp.get("ContentLength")):
                 buf += chunk
                 if len(buf) > max_length:
-                    raise DownloadError(f"{key} is larger than the allowed {max_length} bytes")
+                    raise ObjectTooLargeError.at(key, max_length)
             return bytes(buf)
 
     def read(self, key: str, max_length: int) -> bytes:
@@ -251,7 +326,7 @@ class S3Store(Store):
                     raise DownloadError(f"unparseable Content-Range for {key} from {self.endpoint}")
                 start = int(m.group(1))
                 total = int(m.group(3)) if m.group(3) != "*" else None
-            yield RangeStream(offset=start, chunks=self._chunks(body, key), total=total)
+            yield RangeStream(offset=start, chunks=self._chunks(body, key, resp.get("ContentLength")), total=total)
 
     def exists(self, key: str) -> bool:
         """Whether the key exists (HEAD). A 403 raises: it may hide a missing key, or mean wrong credentials."""
@@ -269,7 +344,7 @@ class S3Store(Store):
         for entry in self.list_entries(prefix):
             yield entry.key
 
-    def list_entries(self, prefix: str) -> Iterator[ObjectEntry]:
+    def list_entries(self, prefix: str, *, hidden: bool = False) -> Iterator[ObjectEntry]:
         """Keys under ``prefix`` with size and age (from LastModified, so a skewed local clock skews ages)."""
         full = self.prefix + _split(prefix)
         with self._boundary("list", prefix):
@@ -281,7 +356,7 @@ class S3Store(Store):
                 for obj in page.get("Contents", ()):
                     key = str(obj["Key"])[len(self.prefix) :]
                     name = key.rsplit("/", 1)[-1]
-                    if name and not name.startswith("."):
+                    if name and (hidden or not name.startswith(".")):
                         age = max(0.0, now - obj["LastModified"].timestamp())
                         yield ObjectEntry(key=key, size=int(obj["Size"]), age=age)
 
@@ -352,41 +427,117 @@ class S3Store(Store):
         """Replace ``key`` with ``If-Match: <tag>``; False when its ETag changed or it is gone (412)."""
         return self._put(key, data, {"IfMatch": tag})
 
-    def upload_file(self, key: str, path: str) -> bool:
-        """Upload a local file unless ``key`` exists; large files go up as a multipart upload in parallel parts.
+    @property
+    def part_size(self) -> int:  # type: ignore[override]
+        return self.transfer.part_size
 
-        Content-addressed blobs never change, so an existing key means the bytes are already there: nothing
-        is sent. Two publishers uploading the same blob at once both send it; the second PUT stores the same
-        bytes. Raises LocalIOError if ``path`` is unreadable.
+    def _stored(self, key: str, digest: FileDigest) -> bool | None:
+        """Whether ``key`` holds the digest's bytes: None if absent, False if its size or stored SHA-256 checksum
+        says otherwise. An object without a stored checksum (uploaded by an older imagectl, or by a server that
+        keeps none) is judged by its size alone."""
+        with self._boundary("check", key):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
+            except botocore.exceptions.ClientError as e:
+                if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return None
+                raise
+        if int(head.get("ContentLength", -1)) != digest.size:
+            return False
+        checksum = head.get("ChecksumSHA256")
+        if not checksum:
+            return True
+        if "-" not in str(checksum):
+            return str(checksum) == digest.sha256_b64
+        count = str(checksum).rsplit("-", 1)[1]
+        if digest.parts and count == str(len(digest.parts)):
+            return str(checksum) == composite_checksum(digest.parts)
+        return True  # another part layout: its composite checksum cannot be compared with ours
+
+    def upload_file(self, key: str, path: str, digest: FileDigest) -> bool:
+        """Upload exactly ``digest.size`` bytes of ``path`` unless ``key`` already holds them.
+
+        Every request carries the SHA-256 the bytes must have (``ChecksumSHA256``): of the whole object for a
+        single PUT, of each part for a multipart upload (parts in parallel, read straight from the file). The
+        server checks it and refuses (``BadDigest``) bytes that differ — a file changed since it was hashed — and
+        the upload is then aborted: nothing is stored under the key, FileChangedError is raised. A key holding
+        another size or checksum is overwritten. Raises LocalIOError if ``path`` is unreadable.
         """
-        if self.exists(key):
+        if self._stored(key, digest):
             return False
         try:
-            open(path, "rb").close()  # a clear error for an unreadable file before any request is made
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise LocalIOError(f"cannot read {path}: {e.strerror or e}") from e
-        config = boto3.s3.transfer.TransferConfig(
-            multipart_threshold=self.transfer.multipart_threshold,
-            multipart_chunksize=self.transfer.part_size,
-            max_concurrency=self.transfer.concurrency,
-            use_threads=True,
-            preferred_transfer_client="classic",  # the CRT client would bypass the part counter
-        )
-        with self._boundary("upload", key):
-            try:
-                with boto3.s3.transfer.create_transfer_manager(self.client, config) as manager:
-                    future = manager.upload(
-                        path,
-                        self.bucket,
-                        self._key(key),
-                        extra_args={"ContentType": _content_type(key)},
-                        subscribers=[_Progress(self.stats)],
-                    )
-                    future.result()
-            except OSError as e:
-                raise LocalIOError(f"cannot read {path}: {e.strerror or e}") from e
+        try:
+            if os.fstat(fd).st_size < digest.size:
+                raise _changed(path, digest, "it is shorter now")
+            if digest.size < self.transfer.multipart_threshold or len(digest.parts) <= 1:
+                self._put_whole(key, fd, path, digest)
+            else:
+                self._put_parts(key, fd, path, digest)
+        finally:
+            os.close(fd)
         self.stats.add(files=1)
         return True
+
+    def _put_whole(self, key: str, fd: int, path: str, digest: FileDigest) -> None:
+        data = os.pread(fd, digest.size, 0)
+        if len(data) != digest.size or hashlib.sha256(data).hexdigest() != digest.sha256:
+            raise _changed(path, digest, "its bytes differ")
+        args = {"Bucket": self.bucket, "Key": self._key(key), "Body": data, "ContentType": _content_type(key)}
+        with self._boundary("upload", key):
+            try:
+                self.client.put_object(**args, ChecksumSHA256=digest.sha256_b64)
+            except botocore.exceptions.ClientError as e:
+                if e.response.get("Error", {}).get("Code") == "BadDigest":
+                    raise _changed(path, digest, "the server received other bytes") from None
+                raise
+        self.stats.add(nbytes=len(data))
+
+    def _put_parts(self, key: str, fd: int, path: str, digest: FileDigest) -> None:
+        if digest.part_size != self.transfer.part_size:
+            raise ValueError(f"digest has {digest.part_size}-byte parts, this store uploads {self.part_size}")
+        full = self._key(key)
+        with self._boundary("upload", key):
+            upload = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=full, ContentType=_content_type(key), ChecksumAlgorithm="SHA256"
+            )
+        upload_id = str(upload["UploadId"])
+
+        def send(index: int) -> dict[str, Any]:
+            offset = index * digest.part_size
+            body = _FileSlice(fd, offset, min(digest.part_size, digest.size - offset), self.stats)
+            resp = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                PartNumber=index + 1,
+                Body=body,
+                ChecksumSHA256=digest.part_b64(index),
+            )
+            return {"PartNumber": index + 1, "ETag": resp["ETag"], "ChecksumSHA256": digest.part_b64(index)}
+
+        try:
+            with self._boundary("upload", key):
+                try:
+                    with concurrent.futures.ThreadPoolExecutor(self.transfer.concurrency) as pool:
+                        parts = list(pool.map(send, range(len(digest.parts))))
+                except botocore.exceptions.ClientError as e:
+                    if e.response.get("Error", {}).get("Code") == "BadDigest":
+                        raise _changed(path, digest, "a part the server received has other bytes") from None
+                    raise
+                except Exception:
+                    if os.fstat(fd).st_size < digest.size:  # truncated under us, whatever botocore made of it
+                        raise _changed(path, digest, "it is shorter now") from None
+                    raise
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+        except BaseException:
+            with contextlib.suppress(Exception):  # the upload failed already; gc aborts what this leaves
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise
 
     def delete(self, key: str) -> None:
         with self._boundary("delete", key):
@@ -425,6 +576,7 @@ def _make_client(timeout: float, retries: int, concurrency: int) -> Any:
             retries={"mode": "standard", "total_max_attempts": retries + 1},  # max_attempts would count retries
             max_pool_connections=max(10, concurrency + 2),
             user_agent_extra=f"imagectl/{__version__}",
+            signature_version="s3v4",  # also for presigned URLs, which botocore would otherwise sign with SigV2
             s3=s3,
         )
         return session.client("s3", config=config)

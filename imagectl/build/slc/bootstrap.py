@@ -1,15 +1,17 @@
 """Bootstrap an SLC root filesystem the way Debian's ``rinse`` does, for the ``slc-bootstrap`` DIB element.
 
-Stage 1 (host side, no rpm needed): read the release's yum repository, resolve the seed (:data:`SEEDS`) for the
-arch, fetch every package through the project's HTTP session with its checksum verified, unpack them into the
-target and write the chroot's yum configuration. Stage 2 (inside the chroot, with the *target's* rpm and yum, so
-the rpm database has the Berkeley-DB format SLC <= 6 reads): ``rpm --initdb``, check the seed's GPG signatures
-with the release's keys, register the seed (``rpm -i --justdb --nodeps --noscripts``), ``ldconfig``, then
-``yum -y install`` the rest. ``--stage2`` performs stage 2 (as root, through the one subprocess wrapper);
+Stage 1 (host side, no rpm needed): read the release's yum repository (over https when the mirror offers it),
+resolve the seed (:data:`SEEDS`) for the arch, fetch every package through the project's HTTP session with its
+checksum verified, check every package's OpenPGP signature against the pinned keys (``--gpg-key``, from the
+recipe's ``gpg_keys``; no key, no build), unpack them into the target and write the chroot's yum configuration.
+Stage 2 (inside the chroot, with the *target's* rpm and yum, so the rpm database has the Berkeley-DB format
+SLC <= 6 reads): ``rpm --initdb``, check the seed's GPG signatures again with the release's keys (defence in
+depth), register the seed (``rpm -i --justdb --nodeps --noscripts``), ``ldconfig``, then ``yum -y install`` the
+rest. ``--stage2`` performs stage 2 (as root, through the one subprocess wrapper);
 otherwise its commands are printed, one per line, for a person or another tool to run.
 
-Usage: ``python3 -m imagectl.build.slc.bootstrap --release 6 --arch x86_64 --target DIR [--mirror URL]
-[--repo NAME=URL ...] [--install PKG ...] [--hypervisor hvm|xen-pv] [--cache DIR] [--stage2]``
+Usage: ``python3 -m imagectl.build.slc.bootstrap --release 6 --arch x86_64 --target DIR --gpg-key FILE [...]
+[--mirror URL] [--repo NAME=URL ...] [--install PKG ...] [--hypervisor hvm|xen-pv] [--cache DIR] [--stage2]``
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ import shlex
 import shutil
 import stat
 import sys
+import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagectl.build.slc.bootloader import packages as boot_packages
 from imagectl.build.slc.repo import Package, YumRepository, resolve
+from imagectl.build.slc.rpmsig import PinnedKeys, SignatureError
 from imagectl.build.slc.seed import AFTER, SEEDS, unpack
-from imagectl.errors import ImagectlError, InvalidInputError, LocalIOError, report
+from imagectl.errors import ImagectlError, InvalidInputError, KeyProblemError, LocalIOError, report
 from imagectl.http import make_session, safe_url
 from imagectl.recipe.model import RELEASES
 from imagectl.runner import run
@@ -41,6 +46,9 @@ _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _X86_32 = ("i386", "i486", "i586", "i686")
 # Device nodes rpm, yum and scriptlets open; created (as root) only where the target has none.
 _DEV_NODES = {"null": (1, 3), "zero": (1, 5), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0), "console": (5, 1)}
+# Releases whose yum (python 2.2-2.4 on OpenSSL 0.9.7/0.9.8) cannot speak the TLS a mirror offers today: their
+# chroot reads the mirror over http; what it installs is checked by yum against the release's keys (gpgcheck=1).
+_NO_MODERN_TLS = ("3", "4", "5")
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,15 @@ def _atomic_write(path: Path, text: str) -> None:
         raise LocalIOError(f"cannot write {path}: {e.strerror}") from None
 
 
+def chroot_url(url: str, release: str) -> str:
+    """The URL the chroot's own yum is given for a repository: ``url``, except that releases whose yum predates
+    TLS 1.2 (SLC 3-5) get the http form of an https URL (stage 1 on the host reads https either way)."""
+    parts = urllib.parse.urlsplit(url)
+    if release in _NO_MODERN_TLS and parts.scheme == "https":
+        return urllib.parse.urlunsplit(("http", *parts[1:]))
+    return url
+
+
 def stage1(
     *,
     mirror: str,
@@ -125,6 +142,7 @@ def stage1(
     arch: str,
     target: Path,
     cache: Path,
+    gpg_keys: Sequence[Path],
     extra_repos: Sequence[tuple[str, str]] = (),
     install: Sequence[str] = (),
     timeout: float = 30.0,
@@ -135,32 +153,54 @@ def stage1(
     """Fetch, verify and unpack the seed of SLC ``release`` for ``arch`` into ``target``; write its yum config.
 
     Seed packages come from the release's ``os`` repository and the ``extra_repos`` (the best arch, then the
-    newest version, wins). Raises DownloadError (mirror unreachable, HTTP errors), RepoMetadataError,
-    UnknownPackageError (a seed name the repositories lack, with close names), ChecksumMismatchError (nothing of
-    that package is kept), UnsafeArchiveError, ToolError (cpio), LocalIOError.
+    newest version, wins). Every package must be signed by one of ``gpg_keys`` (public key files); all are
+    downloaded and verified before the first is unpacked. Raises KeyProblemError (no key given, or a key file
+    gpg cannot read; before any download), DownloadError (mirror unreachable, HTTP errors), RepoMetadataError,
+    UnknownPackageError (a seed name the repositories lack, with close names), ChecksumMismatchError and
+    SignatureError (nothing of that package is kept or unpacked), UnsafeArchiveError, ToolError/ToolMissingError
+    (gpg, gpgv), LocalIOError.
     """
     repos = {"os": repository_url(mirror, release, arch), **dict(extra_repos)}
-    yum_text = yum_config(repos, ())  # validates names and URLs before any download
-    session = make_session(retries=retries)
-    available: list[Package] = []
-    readers: dict[str, YumRepository] = {}
-    for name, url in repos.items():
-        reader = YumRepository(url, cache, session=session, timeout=timeout, attempts=retries + 1)
-        readers[reader.url] = reader  # the key Package.repo_url carries
-        say(f"reading {name} repository {safe_url(url)}")
-        available += reader.packages()
-    where = " and ".join(safe_url(u) for u in repos.values())
-    seed = resolve(available, SEEDS[release], arch, where=where)
-    total = sum(p.size for p in seed)
-    say(f"fetching {len(seed)} seed packages ({total / 1e6:.1f} MB) for SLC {release} {arch}")
-    files = [readers[p.repo_url].download(p) for p in seed]
+    chroot_repos = {name: chroot_url(url, release) for name, url in repos.items()}
+    yum_text = yum_config(chroot_repos, ())  # validates names and URLs before any download
+    if not gpg_keys:
+        raise KeyProblemError(
+            f"no GPG key pinned for SLC {release}: imagectl unpacks only packages signed by a key you chose",
+            hint="add `gpg_keys: [keys/RPM-GPG-KEY-...]` (the release's public key file, beside the recipe) to the "
+            "recipe, or pass --gpg-key FILE",
+        )
+    with tempfile.TemporaryDirectory(prefix="imagectl-gpg-") as home:
+        pinned = PinnedKeys(list(gpg_keys), Path(home), log_file=log_file)
+        say(f"packages must be signed by {pinned.describe()} ({', '.join(str(k) for k in gpg_keys)})")
+        session = make_session(retries=retries)
+        available: list[Package] = []
+        readers: dict[str, YumRepository] = {}
+        for name, url in repos.items():
+            reader = YumRepository(url, cache, session=session, timeout=timeout, attempts=retries + 1)
+            say(f"{name} repository: {reader.prefer_https()}")
+            readers[reader.url] = reader  # the key Package.repo_url carries
+            available += reader.packages()
+        where = " and ".join(safe_url(u) for u in repos.values())
+        seed = resolve(available, SEEDS[release], arch, where=where)
+        total = sum(p.size for p in seed)
+        say(f"fetching {len(seed)} seed packages ({total / 1e6:.1f} MB) for SLC {release} {arch}")
+        files: list[Path] = []
+        for p in seed:
+            reader = readers[p.repo_url]
+            path = reader.download(p)
+            try:
+                pinned.verify(path, p.nevra)
+            except SignatureError:
+                reader.discard(path)  # the next run fetches it again rather than trusting a refused file
+                raise
+            files.append(path)
     say(f"unpacking {len(files)} packages into {target}")
-    unpack(files, target, log_file=log_file)
+    unpack(files, target)
     keys_dir = target / "etc/pki/rpm-gpg"
     keys = sorted(f"/etc/pki/rpm-gpg/{k.name}" for k in keys_dir.glob("RPM-GPG-KEY*")) if keys_dir.is_dir() else []
     if not keys:
-        say("warning: the seed ships no GPG keys in /etc/pki/rpm-gpg; packages are checked by checksum only")
-    yum_text = yum_config(repos, keys)
+        say("warning: the seed ships no GPG keys in /etc/pki/rpm-gpg; stage 2's yum checks packages by checksum only")
+    yum_text = yum_config(chroot_repos, keys)
     _write_yum_config(target, release, yum_text)
     seed_dir = target / SEED_DIR
     try:
@@ -173,7 +213,7 @@ def stage1(
         target=target,
         release=release,
         arch=arch,
-        repos=repos,
+        repos=chroot_repos,
         seed=seed,
         seed_files=[f"/{SEED_DIR}/{f.name}" for f in files],
         gpg_keys=keys,
@@ -260,6 +300,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--release", required=True, choices=sorted(SEEDS))
     p.add_argument("--arch", required=True)
     p.add_argument("--target", required=True, type=Path, help="the root to populate (DIB's $TARGET_ROOT)")
+    p.add_argument(
+        "--gpg-key",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="public key every seed package must be signed by (repeatable; at least one)",
+    )
     p.add_argument("--mirror", help="release mirror (default: $IMAGECTL_MIRROR_SLC<N>, else linuxsoft.cern.ch)")
     p.add_argument("--repo", action="append", default=[], type=_repo_arg, metavar="NAME=URL", help="more repos")
     p.add_argument("--install", action="append", default=[], metavar="PKG", help="packages stage 2's yum installs")
@@ -292,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             arch=args.arch,
             target=args.target,
             cache=args.cache or cfg.cache_path / "slc",
+            gpg_keys=args.gpg_key,
             extra_repos=args.repo,
             install=install,
             timeout=cfg.timeout,

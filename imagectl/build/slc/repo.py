@@ -8,7 +8,12 @@ checksum, written atomically, so a second run downloads only ``repomd.xml``.
 
 Trust: ``repomd.xml`` -> primary -> package checksums form a chain, so a package cannot change without the
 repomd.xml changing; but repomd.xml itself is unsigned (as it was in the SLC era), so authenticity comes from the
-packages' GPG signatures, which stage 2 checks with the release's keys (``rpm -K``).
+packages' GPG signatures, which stage 1 checks against the recipe's pinned keys before unpacking anything
+(:mod:`imagectl.build.slc.rpmsig`) and stage 2 checks again with the release's keys (``rpm -K``).
+
+Transport: an ``http://`` repository is tried once over https (:meth:`YumRepository.prefer_https`) and read over
+https when that answers, so a mirror that offers TLS is never read in the clear; one that does not is read over
+http, said once.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import hashlib
 import lzma
 import os
 import re
+import stat
 import tempfile
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import requests
+import urllib3.exceptions
 
 from imagectl.build.slc.evr import EVR
 from imagectl.errors import (
@@ -41,6 +48,7 @@ from imagectl.errors import (
     NotFoundError,
 )
 from imagectl.http import make_session, safe_url
+from imagectl.store.base import Pace, paced
 
 __all__ = [
     "ChecksumMismatchError",
@@ -58,6 +66,7 @@ __all__ = [
 CHUNK = 1 << 20  # bytes per read
 REPOMD_MAX = 4 << 20  # bytes: a repomd.xml is a few KiB; anything this large is not one
 METADATA_MAX = 512 << 20  # bytes: cap for a primary file whose size repomd.xml does not declare (SLC 3/4 era)
+HTTPS_PROBE_TIMEOUT = 5.0  # seconds for the one https attempt on an http:// mirror (connect and each read)
 
 _REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 _COMMON_NS = "{http://linux.duke.edu/metadata/common}"
@@ -343,8 +352,56 @@ class YumRepository:
         self.cache = Path(cache)
         self.session = session or make_session()
         self.timeout = timeout
+        self.pace = Pace(window=max(timeout, 1.0))  # how slow a mirror may get before a download fails
         self.attempts = max(1, attempts)
         self.downloaded = 0  # bytes received over the network by this object (tests and progress read it)
+
+    def prefer_https(self, *, timeout: float = HTTPS_PROBE_TIMEOUT, session: requests.Session | None = None) -> str:
+        """For an ``http://`` repository, try ``repodata/repomd.xml`` once over https (``timeout`` seconds, no
+        retries; a refused connection or TLS failure ends it at once); if that answers with a repomd document,
+        read everything over https from now on. Returns one line saying which was chosen, for the user.
+
+        Never raises for a failed probe: the repository stays on http.
+        """
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme != "http":
+            return f"reading {safe_url(self.url)}"
+        https = urllib.parse.urlunsplit(("https", *parts[1:]))
+        probe = session or make_session(retries=0)  # one attempt: the https answer is a bonus, not a need
+        url = _join(https, "repodata/repomd.xml")
+        why = ""
+        try:
+            with probe.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as resp:
+                if resp.status_code >= 400:
+                    why = f"HTTP {resp.status_code}"
+                elif not str(resp.url).startswith("https://"):
+                    why = "it redirects to http"
+                else:
+                    body = bytearray()
+                    for chunk in resp.iter_content(CHUNK):
+                        body += chunk
+                        if len(body) > REPOMD_MAX:
+                            break
+                    parse_repomd(bytes(body), safe_url(url))
+        except requests.RequestException as e:
+            why = type(e).__name__
+        except RepoMetadataError:
+            why = "not a yum repository there"
+        finally:
+            if session is None:
+                probe.close()
+        if why:
+            return f"{safe_url(https)} does not answer over https ({why}); reading it over http"
+        self.url = https.rstrip("/")
+        return f"reading {safe_url(self.url)} (https: the mirror offers it)"
+
+    def discard(self, path: Path) -> None:
+        """Remove a cached file (a package refused after its download) and its emptied directories."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            raise LocalIOError(f"cannot remove refused package {path}: {e.strerror}") from None
+        _remove_empty(path.parent, self.cache)
 
     def repomd(self) -> dict[str, MetadataFile]:
         """Fetch and parse repodata/repomd.xml (always fetched: it is what says whether anything changed).
@@ -462,8 +519,13 @@ class YumRepository:
         """The body of ``url`` in chunks; raises DownloadError for anything but a readable 2xx answer."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme == "file":
+            path = urllib.parse.unquote(parts.path)
             try:
-                with open(urllib.parse.unquote(parts.path), "rb") as f:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang us
+                with os.fdopen(fd, "rb") as f:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise DownloadError(f"{url} is not a regular file")
+                    os.set_blocking(fd, True)
                     while chunk := f.read(CHUNK):
                         self.downloaded += len(chunk)
                         yield chunk
@@ -481,14 +543,16 @@ class YumRepository:
                 if resp.status_code == 404 and url.endswith("repodata/repomd.xml"):
                     hint = (
                         "no yum repository there; an SLC mirror is the release directory (e.g. "
-                        "http://linuxsoft.cern.ch/cern/slc6X), to which ARCH/yum/os is appended"
+                        "https://linuxsoft.cern.ch/cern/slc6X), to which ARCH/yum/os is appended"
                     )
                 raise DownloadError(f"HTTP {resp.status_code} from {safe_url(url)}", hint=hint)
+            # read1 hands over what each socket read brings, so a mirror that drips its answer trips the pace
+            # check (at least min_rate bytes/s over every window) instead of holding the build forever.
             try:
-                for chunk in resp.iter_content(CHUNK):
+                for chunk in paced(iter(lambda: resp.raw.read1(CHUNK), b""), self.pace, safe_url(url)):
                     self.downloaded += len(chunk)
                     yield chunk
-            except requests.RequestException as e:
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
                 raise DownloadError(f"connection lost while reading {safe_url(url)}: {type(e).__name__}") from None
 
 

@@ -9,15 +9,14 @@ a mirror lacks fails fast with the closest names the mirror has (see :func:`imag
 
 from __future__ import annotations
 
-import tempfile
+import os
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from imagectl.build.slc.rpmfile import cpio_members, write_payload
-from imagectl.errors import ImagectlError, LocalIOError
-from imagectl.runner import run
+from imagectl.build.slc.extract import UnsafeArchiveError, extract_rpm
+from imagectl.errors import LocalIOError
 
-__all__ = ["AFTER", "SEEDS", "UnsafeArchiveError", "check_members", "unpack"]
+__all__ = ["AFTER", "SEEDS", "UnsafeArchiveError", "unpack"]
 
 # Shared by every release: the directory tree, the release's identity (/etc/redhat-release, $releasever, the
 # GPG keys in /etc/pki/rpm-gpg), the C library and the shell every scriptlet runs under.
@@ -192,97 +191,22 @@ AFTER: dict[str, tuple[str, ...]] = {
 }
 
 
-class UnsafeArchiveError(ImagectlError):
-    """A package's archive would write outside the target root."""
+def unpack(packages: Iterable[Path], target: Path, *, tmp_dir: Path | None = None) -> None:
+    """Unpack each .rpm's files into ``target`` (created if missing), as ``rpm2cpio PKG | cpio -idmu`` would, but
+    checked against each package's header and written relative to an open descriptor of ``target`` that no
+    member can leave (see :mod:`imagectl.build.slc.extract` for what is refused and the symlink policy).
 
-    exit_code = 11  # the package's bytes are not acceptable, as for a checksum mismatch
-
-
-def check_members(target: Path, members: Iterable[tuple[str, str | None]], what: str) -> None:
-    """Refuse an archive (``(name, symlink target or None)`` pairs, in archive order) that would write outside
-    ``target`` when unpacked by cpio.
-
-    Refused: absolute names, ``..`` components, and names whose parent directory leads out of ``target`` through
-    a symlink, whether the symlink is already in ``target`` or comes earlier in the same archive. cpio follows such
-    links with the *host's* view, so an absolute link (``./x -> /etc``) followed by ``./x/passwd`` would write the
-    build host's /etc/passwd. Raises UnsafeArchiveError naming the package and the member.
-    """
-    root = target.resolve()
-    links: dict[str, str] = {}  # archive symlinks seen so far, by normalised relative path
-    for name, link in members:
-        path = PurePosixPath(name)
-        if path.is_absolute() or ".." in path.parts:
-            raise UnsafeArchiveError(f"{what}: refusing archive member {name!r}: it leaves the target directory")
-        parts = [p for p in path.parts if p != "."]
-        if not parts:
-            continue  # "." itself
-        rel = "/".join(parts)
-        if _escapes(root, parts[:-1], links):
-            raise UnsafeArchiveError(
-                f"{what}: refusing archive member {name!r}: its directory is a symlink that leads out of the target"
-            )
-        if link is None:
-            links.pop(rel, None)
-        else:
-            links[rel] = link
-
-
-def _escapes(root: Path, parts: list[str], links: dict[str, str]) -> bool:
-    """Whether walking ``parts`` from ``root``, following symlinks as the host would, ever leaves ``root``."""
-    cur = root
-    todo = list(reversed(parts))
-    hops = 0
-    while todo:
-        comp = todo.pop()
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            cur = cur.parent
-        else:
-            nxt = cur / comp
-            link = links.get(nxt.relative_to(root).as_posix())
-            if link is None and nxt.is_symlink():
-                link = str(nxt.readlink())
-            if link is None:
-                cur = nxt
-                continue
-            hops += 1
-            if hops > 40 or link.startswith("/"):  # an absolute link means the host's root: out
-                return True
-            todo.extend(reversed(PurePosixPath(link).parts))
-        if cur != root and root not in cur.parents:
-            return True
-    return False
-
-
-def unpack(
-    packages: Iterable[Path], target: Path, *, log_file: Path | None = None, tmp_dir: Path | None = None
-) -> None:
-    """Unpack each .rpm's files into ``target`` (created if missing), as ``rpm2cpio PKG | cpio -idmu`` would.
-
-    Each payload is extracted to a temporary file, its member list checked (:func:`check_members`), then handed to
-    ``cpio -idmu --no-absolute-filenames`` through :func:`imagectl.runner.run`. No rpm database is written: that is
-    stage 2's job, done by the target's own rpm. Raises UnsafeArchiveError before anything of an unsafe package is
-    written, RpmFormatError for a file that is not an rpm, ToolError/ToolMissingError if cpio fails or is missing,
-    LocalIOError if the target or temporary directory is unwritable.
+    No rpm database is written: that is stage 2's job, done by the target's own rpm. Raises UnsafeArchiveError
+    (exit 11) naming the package and the member, before anything of that package is written; RpmFormatError for
+    a file that is not an rpm; LocalIOError if the target or temporary directory is unwritable.
     """
     try:
         target.mkdir(parents=True, exist_ok=True)
+        root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise LocalIOError(f"cannot create target {target}: {e.strerror}") from None
-    for rpm in packages:
-        try:
-            with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="imagectl-payload-", suffix=".cpio") as tmp:
-                write_payload(rpm, tmp)
-                tmp.flush()
-                tmp.seek(0)
-                members = list(cpio_members(tmp, rpm.name))
-                check_members(target, ((m.name, m.link) for m in members), rpm.name)
-                run(
-                    ["cpio", "-idmu", "--quiet", "--no-absolute-filenames", "-F", tmp.name],
-                    cwd=target,
-                    log_file=log_file,
-                    what=f"cpio (unpacking {rpm.name})",
-                )
-        except OSError as e:
-            raise LocalIOError(f"cannot unpack {rpm.name}: {e.strerror or e}") from None
+    try:
+        for rpm in packages:
+            extract_rpm(rpm, root_fd, tmp_dir=tmp_dir)
+    finally:
+        os.close(root_fd)

@@ -1,0 +1,85 @@
+"""Metadata files as untrusted bytes: the size caps of the format, and parsing that cannot be made to eat memory.
+
+Every metadata file is parsed *before* its signature can be checked (TUF signs the parsed document), so the
+parse itself faces hostile bytes. Two limits keep it bounded, on the reading side and, so that every catalogue
+imagectl writes stays readable, on the writing side too (catalogue/README.md §9.2):
+
+- a size cap per file: root 512 000 bytes, timestamp 16 384, snapshot 2 000 000, targets and image roles
+  5 000 000 (python-tuf's ``UpdaterConfig`` defaults, so a stock TUF client reads what we write);
+- at most :data:`MAX_JSON_VALUES` JSON values (counted as ``{``, ``[`` and ``,`` bytes — an upper bound that
+  costs one pass in C). ``[{},{},…]`` parses into ~21 bytes of Python objects per input byte; capping the values
+  caps that at tens of MiB, where 5 MB of empty objects would take ~130 MiB. A well-formed role is parsed in full
+  *and* serialised again (canonical JSON, to check its signatures) before a forgery is found out: ~360 bytes of
+  peak memory per value. Measured (tests/test_hostile_pull.py): 300,000 values took a pull to 168 MiB; at
+  200,000 it stays under 150 MiB whatever the bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuf.api.metadata import Metadata
+
+from imagectl.errors import UntrustedMetadataError
+
+__all__ = [
+    "MAX_JSON_VALUES",
+    "ROOT_MAX",
+    "SNAPSHOT_MAX",
+    "TARGETS_MAX",
+    "TIMESTAMP_MAX",
+    "ValueCounter",
+    "cap_for",
+    "check_bounds",
+    "parse_metadata",
+]
+
+ROOT_MAX = 512_000  # bytes
+TIMESTAMP_MAX = 16_384
+SNAPSHOT_MAX = 2_000_000
+TARGETS_MAX = 5_000_000  # targets.json and every image role
+MAX_JSON_VALUES = 200_000  # ~28,000 plain versions (7 values each), ~13,000 with build records (15 each)
+
+
+def cap_for(key: str) -> int:
+    """The size cap of the metadata file at ``key`` (``metadata/7.image-x.json``, ``metadata/timestamp.json``)."""
+    name = key.rsplit("/", 1)[-1]
+    if name.endswith("root.json"):
+        return ROOT_MAX
+    if name == "timestamp.json":
+        return TIMESTAMP_MAX
+    if name.endswith("snapshot.json"):
+        return SNAPSHOT_MAX
+    return TARGETS_MAX
+
+
+class ValueCounter:
+    """Counts JSON values in a byte stream chunk by chunk; raises UntrustedMetadataError past the limit."""
+
+    def __init__(self, what: str, limit: int = MAX_JSON_VALUES) -> None:
+        self.what, self.limit, self.count = what, limit, 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.count += chunk.count(b"{") + chunk.count(b"[") + chunk.count(b",")
+        if self.count > self.limit:
+            raise UntrustedMetadataError(
+                f"{self.what} holds more than {self.limit} JSON values: refused before parsing (metadata cap)"
+            )
+
+
+def check_bounds(data: bytes, key: str, cap: int | None = None) -> None:
+    """Raise UntrustedMetadataError (exit 8) if ``data`` breaks the size cap of ``key`` or the value limit."""
+    limit = cap_for(key) if cap is None else cap
+    if len(data) > limit:
+        raise UntrustedMetadataError(f"{key} is {len(data)} bytes, over the {limit}-byte cap of the format")
+    ValueCounter(key).feed(data)
+
+
+def parse_metadata(data: bytes, key: str) -> Metadata[Any]:
+    """Parse untrusted metadata bytes within the format's bounds. Raises UntrustedMetadataError for oversized or
+    malformed metadata (never a parser's own exception)."""
+    check_bounds(data, key)
+    try:
+        return Metadata.from_bytes(data)
+    except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes is the same user-facing fact
+        raise UntrustedMetadataError(f"{key} is not valid TUF metadata: {type(e).__name__}: {e}") from None
