@@ -427,3 +427,35 @@ def test_publish_build_refuses_a_record_that_is_a_fifo(catalogue: Catalogue, tmp
     os.mkfifo(d / "x.build.json")
     with pytest.raises(InvalidInputError, match="not a regular file"):
         publish_build(catalogue.store, KeyRing(catalogue.keys), d, EXPIRY)
+
+
+# -- found by tests/test_fuzz_metadata.py ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "damage",
+    ["targets-as-timestamp", "float-in-role"],
+)
+def test_metadata_of_the_wrong_type_or_not_canonical_is_refused_everywhere(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path], damage: str
+) -> None:
+    """Fuzzing found tracebacks: a targets document served as timestamp.json (AttributeError in verify, gc,
+    publish) and a float anywhere in a signed part (SerializationError while checking signatures)."""
+    r = cli("publish", make_image(), *catalogue.args(), "--name", "wn", "--arch", ARCH, "--version", "1")
+    assert r.code == 0, r.err
+    meta = catalogue.dir / "metadata"
+    if damage == "targets-as-timestamp":
+        (meta / "timestamp.json").write_bytes((meta / "1.targets.json").read_bytes())
+    else:
+        role = max(meta.glob("*.image-wn.json"), key=lambda p: int(p.name.split(".")[0]))
+        doc = json.loads(role.read_bytes())
+        doc["signed"]["x-imagectl"] = {"channels": {}, "revoked": {"0": {"reason": 1.5}}}
+        role.write_text(json.dumps(doc))
+    r = cli("catalogue", "verify", catalogue.dir)
+    assert r.code == 15 and "Traceback" not in r.err, r.err
+    for args in (
+        ["publish", make_image(seed="2"), *catalogue.args(), "--name", "wn", "--arch", ARCH],
+        ["catalogue", "gc", catalogue.dir],
+        ["pull", "wn", "--catalogue", catalogue.dir, "--root", catalogue.root, "--arch", ARCH],
+    ):
+        r = cli(*args)
+        assert r.code == 8, (args[0], r.err)
+        assert r.err.startswith("imagectl: error:") and "Traceback" not in r.err

@@ -22,6 +22,7 @@ from typing import Any
 
 from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.api.serialization import SerializationError
 from tuf.ngclient import Updater, UpdaterConfig
 
 from imagectl import __version__
@@ -76,6 +77,8 @@ def translate_tuf(url: str) -> Iterator[None]:
         raise UntrustedMetadataError(f"metadata from {url} is too long: {e}") from None
     except tuf_exc.RepositoryError as e:
         raise UntrustedMetadataError(f"bad metadata from {url}: {e}") from None
+    except SerializationError:  # a signed part that cannot be canonicalised (a float) to check its signatures
+        raise UntrustedMetadataError(f"metadata from {url} cannot be checked: not canonical JSON") from None
     except tuf_exc.DownloadHTTPError as e:
         raise NotFoundError(f"missing catalogue file at {url}: {e}") from None
     except tuf_exc.DownloadError as e:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata
+from tuf.api.serialization import SerializationError
 
 from imagectl.errors import UntrustedMetadataError
 
@@ -31,7 +33,9 @@ __all__ = [
     "ValueCounter",
     "cap_for",
     "check_bounds",
+    "kind_of",
     "parse_metadata",
+    "verify_signatures",
 ]
 
 ROOT_MAX = 512_000  # bytes
@@ -75,11 +79,34 @@ def check_bounds(data: bytes, key: str, cap: int | None = None) -> None:
     ValueCounter(key).feed(data)
 
 
+def kind_of(key: str) -> str:
+    """The TUF type of the metadata at ``key``: root, timestamp, snapshot or targets (image roles are targets)."""
+    name = key.rsplit("/", 1)[-1].removesuffix(".json").rsplit(".", 1)[-1]
+    return name if name in ("root", "timestamp", "snapshot") else "targets"
+
+
 def parse_metadata(data: bytes, key: str) -> Metadata[Any]:
-    """Parse untrusted metadata bytes within the format's bounds. Raises UntrustedMetadataError for oversized or
-    malformed metadata (never a parser's own exception)."""
+    """Parse untrusted metadata bytes within the format's bounds, as the type its key says it is.
+
+    Raises UntrustedMetadataError for oversized or malformed metadata, or metadata of another type (a targets
+    document served as ``timestamp.json``); never a parser's own exception.
+    """
     check_bounds(data, key)
     try:
-        return Metadata.from_bytes(data)
+        md = Metadata.from_bytes(data)
     except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes is the same user-facing fact
         raise UntrustedMetadataError(f"{key} is not valid TUF metadata: {type(e).__name__}: {e}") from None
+    if md.signed.type != kind_of(key):
+        raise UntrustedMetadataError(f"{key} holds {md.signed.type} metadata, not {kind_of(key)}")
+    return md
+
+
+def verify_signatures(delegator: Metadata[Any], role: str, md: Metadata[Any], key: str) -> None:
+    """``delegator.verify_delegate(role, md)``, with every failure (bad signatures, and metadata that cannot be put
+    in canonical form to be checked, e.g. a float) as UntrustedMetadataError naming ``key``."""
+    try:
+        delegator.verify_delegate(role, md)
+    except UnsignedMetadataError as e:
+        raise UntrustedMetadataError(f"{key}: signature check failed: {e}") from None
+    except SerializationError:
+        raise UntrustedMetadataError(f"{key}: cannot be checked: not canonical JSON (a float?)") from None

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
@@ -36,7 +35,14 @@ from tuf.api.metadata import (
 )
 
 from imagectl.catalogue.keys import KeyRing
-from imagectl.catalogue.metadata import ROOT_MAX, TIMESTAMP_MAX, cap_for, check_bounds, parse_metadata
+from imagectl.catalogue.metadata import (
+    ROOT_MAX,
+    TIMESTAMP_MAX,
+    cap_for,
+    check_bounds,
+    parse_metadata,
+    verify_signatures,
+)
 from imagectl.catalogue.model import METADATA, ROLE_PREFIX, ImageRecord, role_for, utcnow
 from imagectl.errors import (
     CatalogueStateError,
@@ -77,11 +83,7 @@ def encoded(md: Metadata[Any], key: str) -> bytes:
     return data
 
 
-def _verify(delegator: Metadata[Any], role: str, md: Metadata[Any], key: str) -> None:
-    try:
-        delegator.verify_delegate(role, md)
-    except UnsignedMetadataError as e:
-        raise UntrustedMetadataError(f"{key}: signature check failed: {e}") from None
+_verify = verify_signatures
 
 
 @dataclass

@@ -17,11 +17,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata
 
 from imagectl.catalogue import model
-from imagectl.catalogue.metadata import ROOT_MAX, cap_for, parse_metadata
+from imagectl.catalogue.metadata import ROOT_MAX, cap_for, parse_metadata, verify_signatures
 from imagectl.catalogue.model import BLOBS, METADATA, ROLE_PREFIX, ImageRecord, blob_key, utcnow
 from imagectl.errors import CatalogueStateError, ImagectlError, InvalidInputError
 from imagectl.fsio import SymlinkRefusedError
@@ -94,10 +93,10 @@ class _Verifier:
 
     def signed_by(self, delegator: Metadata[Any], role: str, md: Metadata[Any], key: str) -> bool:
         try:
-            delegator.verify_delegate(role, md)
+            verify_signatures(delegator, role, md, key)
             return True
-        except UnsignedMetadataError as e:
-            self.problem(f"{key}: bad signatures: {e}")
+        except ImagectlError as e:
+            self.problem(e.message.replace("signature check failed", "bad signatures"))
             return False
 
     def fresh(self, md: Metadata[Any], key: str) -> None:
