@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -16,6 +20,36 @@ from tests import s3server
 from tests.httpserver import TestHTTPServer
 
 EXPIRY = {"root": 365, "targets": 90, "snapshot": 7, "timestamp": 1}
+REPO = Path(__file__).resolve().parents[1]  # the checkout under test
+
+# `.ci/run` exports IMAGECTL_REQUIRE_ALL=1: on the CI machine every test must run. A test that would skip there
+# (a tool missing, mount refused, a download failing) fails instead, with its reason, so nothing passes unrun.
+REQUIRE_ALL = os.environ.get("IMAGECTL_REQUIRE_ALL") == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip this test for ``reason``, or, where every test is required (``IMAGECTL_REQUIRE_ALL=1``), fail it."""
+    if REQUIRE_ALL:
+        pytest.fail(f"required here (IMAGECTL_REQUIRE_ALL=1) but cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def require_tools(*tools: str, install: str = "") -> None:
+    """:func:`unavailable` unless every program in ``tools`` is on PATH."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        unavailable(f"{', '.join(missing)} not installed" + (f" (apt-get install {install})" if install else ""))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Where every test is required, a skip from anywhere (a skipif marker, a library's importorskip) is a failure."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but IMAGECTL_REQUIRE_ALL=1 requires every test to run here: {reason}"
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +70,38 @@ class CliResult:
     code: int
     out: str
     err: str
+
+
+def run_imagectl(
+    *args: object,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+    preexec_fn: Callable[[], None] | None = None,
+) -> CliResult:
+    """``python -m imagectl ARGS`` in a fresh interpreter (this checkout's code, whatever is installed), stdout and
+    stderr on pipes; the test fails, instead of hanging the suite, if it has not ended after ``timeout`` seconds.
+
+    ``env`` replaces the environment (default: this one, with the checkout first on PYTHONPATH). The in-process
+    twin is the ``cli`` fixture; use this one for what only a real process shows (console entry, FIFOs, limits).
+    """
+    if env is None:
+        env = dict(os.environ)
+    env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)}
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "imagectl", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd or REPO,
+            timeout=timeout,
+            check=False,
+            preexec_fn=preexec_fn,  # resource limits for one child, set before exec
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"imagectl {' '.join(map(str, args))} still running after {timeout} s (a hang)")
+    return CliResult(p.returncode, p.stdout, p.stderr)
 
 
 @pytest.fixture

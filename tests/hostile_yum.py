@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import shutil
 import stat
 import struct
@@ -22,7 +21,7 @@ import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import pytest
+from tests.conftest import require_tools
 
 MTIME = 1_262_304_000  # 2010-01-01, an SLC 5 era date
 _BIN, _INT16, _INT32, _STRING, _STRING_ARRAY, _I18NSTRING = 7, 3, 4, 6, 8, 9
@@ -31,13 +30,8 @@ REG, DIR, LNK = stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777
 
 
 def need_tools(*tools: str) -> None:
-    """Skip (fail under CI=true or IMAGECTL_REQUIRE_ALL=1) when a tool is missing."""
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        msg = f"{', '.join(missing)} not installed: apt-get install -y rpm createrepo-c cpio gpg gpgv"
-        if os.environ.get("CI") == "true" or os.environ.get("IMAGECTL_REQUIRE_ALL") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    """Skip when a tool is missing, or fail where every test is required (tests/conftest.py)."""
+    require_tools(*tools, install="rpm createrepo-c cpio gpg gpgv")
 
 
 @dataclass(frozen=True)
@@ -102,7 +96,8 @@ def change(decls: list[Decl], path: str, **changes: object) -> list[Decl]:
 
 
 def newc(members: list[Member]) -> bytes:
-    """A "newc" cpio archive of ``members`` and its trailer, as rpm writes payloads."""
+    """A "newc" cpio archive of ``members`` and its trailer, as rpm writes payloads (and the kernel reads an
+    initramfs: tests/test_boottest.py builds one with it). The suite's one cpio writer."""
     out = bytearray()
     next_ino = 1000
     for m in [*members, Member("TRAILER!!!", 0)]:

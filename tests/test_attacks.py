@@ -410,7 +410,7 @@ def test_endless_blob(http_catalogue: Served, cli, make_image, dest, cache):
     # (the client's read chunk plus socket buffers), a small fraction of the endless stream.
     assert wait_for(lambda: srv.served.bytes_for(key) > 0), "the server never noticed the client hang up"
     assert SIZE < srv.served.bytes_for(key) < 32 << 20
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 120  # ends (the cap, not a timeout); 120 s: generous on a loaded machine
 
 
 @pytest.mark.http

@@ -26,6 +26,8 @@ from imagectl.build import boottest
 from imagectl.build.boottest import BootFailedError, KvmProbe, boot_test, detect_format
 from imagectl.errors import InvalidInputError, LocalIOError, ToolError, ToolMissingError, UnsupportedHostError
 from imagectl.runner import run
+from tests.conftest import require_tools, unavailable
+from tests.hostile_yum import Member, newc
 
 FAKE_QEMU = """\
 import json, os, subprocess, sys, time
@@ -144,7 +146,7 @@ def test_marker_found(fake: Fake) -> None:
     assert list(res.milestones) == ["first_output", "loading_initrd", "kernel", "userspace", "marker"]
     ms = res.milestones
     assert ms["first_output"] <= ms["loading_initrd"] <= ms["kernel"] <= ms["userspace"] <= ms["marker"]
-    assert res.seconds == ms["marker"] < 5
+    assert res.seconds == ms["marker"] < 60  # the fake prints at once; 60 s: generous on a loaded machine
     assert progress == ["bootloader", "kernel", "userspace", "login prompt"]
     assert res.log_path == fake.log and "debian login: " in fake.log.read_text()
     assert res.qemu_log_path.read_text().startswith("+ qemu-system-x86_64 -accel tcg")
@@ -170,7 +172,7 @@ def test_timeout_raises_with_tail_and_keeps_the_log(fake: Fake) -> None:
     start = time.monotonic()
     with pytest.raises(BootFailedError) as info:
         boot(fake, accel="tcg", timeout=1.5)
-    assert time.monotonic() - start < 6  # bounded: the deadline plus the kill
+    assert time.monotonic() - start < 60  # bounded: the deadline plus the kill (60 s: generous on a loaded machine)
     e = info.value
     assert e.exit_code == 23
     assert "'login:' not seen within 1.5 s" in e.message and "under tcg" in e.message
@@ -200,7 +202,7 @@ def test_kvm_silent_falls_back_to_tcg(fake: Fake) -> None:
     assert fake.accels() == ["kvm", "tcg"]
     assert (res.accel, res.fell_back) == ("tcg", True)
     assert "no console output in 1 s" in res.note
-    assert 1.0 <= res.kvm_seconds < 3
+    assert 1.0 <= res.kvm_seconds < 60  # at least the 1 s probe deadline; the upper bound only says it ended
     assert progress[0].startswith("KVM abandoned after 1 s: no console output") and "falling back to TCG" in progress[0]
     assert progress[1:] == ["bootloader", "kernel", "userspace", "login prompt"]
     assert fake.log.with_name("boot.kvm.log").exists()  # the abandoned boot's console is kept beside
@@ -210,10 +212,10 @@ def test_kvm_silent_falls_back_to_tcg(fake: Fake) -> None:
 def test_kvm_hang_after_loading_initial_ramdisk_is_detected(fake: Fake) -> None:
     grub = [(0.05, "GNU GRUB\r\nLoading Linux 6.1.0 ...\r\nLoading initial ramdisk ...\r\n")]
     fake.plan(kvm={"output": grub}, tcg={"output": GOOD})
-    res = boot(fake, probe=KvmProbe(first_output=1.0, kernel_after_initrd=0.5, kernel=30.0))
+    res = boot(fake, probe=KvmProbe(first_output=1.0, kernel_after_initrd=0.5, kernel=300.0))
     assert (res.accel, res.fell_back) == ("tcg", True)
     assert "no kernel output 0.5 s after 'Loading initial ramdisk'" in res.note
-    assert res.kvm_seconds < 3  # caught by the initrd deadline, long before the 30 s one
+    assert res.kvm_seconds < 120  # caught by the initrd deadline, long before the 300 s one
 
 
 def test_kvm_bootloader_only_is_bounded_by_the_kernel_deadline(fake: Fake) -> None:
@@ -224,9 +226,9 @@ def test_kvm_bootloader_only_is_bounded_by_the_kernel_deadline(fake: Fake) -> No
 
 def test_kvm_internal_error_falls_back_at_once(fake: Fake) -> None:
     fake.plan(kvm={"stderr": ["KVM internal error. Suberror: 1", "emulation failure"]}, tcg={"output": GOOD})
-    res = boot(fake, probe=KvmProbe(first_output=20.0, kernel_after_initrd=20.0, kernel=20.0))
+    res = boot(fake, probe=KvmProbe(first_output=300.0, kernel_after_initrd=300.0, kernel=300.0))
     assert res.fell_back and "KVM internal error" in res.note
-    assert res.kvm_seconds < 3
+    assert res.kvm_seconds < 120  # at once, not at a 300 s deadline (120 s: generous on a loaded machine)
 
 
 def test_kvm_qemu_crash_falls_back(fake: Fake) -> None:
@@ -286,8 +288,10 @@ def test_forced_kvm_internal_error_fails_fast_without_fallback(fake: Fake) -> No
     fake.plan(kvm={"stderr": ["KVM internal error. Suberror: 1"]}, tcg={"output": GOOD})
     start = time.monotonic()
     with pytest.raises(BootFailedError, match="under kvm: KVM internal error"):
-        boot(fake, accel="kvm", timeout=30)
-    assert time.monotonic() - start < 5 and fake.accels() == ["kvm"]
+        boot(fake, accel="kvm", timeout=300)
+    assert time.monotonic() - start < 120 and fake.accels() == [
+        "kvm"
+    ]  # generous on a loaded machine: what matters is that it ends long before the alternative
 
 
 def test_forced_kvm_without_kvm_is_a_host_error(fake: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -302,8 +306,10 @@ def test_qemu_exiting_early_names_its_message(fake: Fake) -> None:
     fake.plan(tcg={"stderr": ["qemu-system-x86_64: -drive file=x: Could not open 'x': Permission denied"], "exit": 1})
     start = time.monotonic()
     with pytest.raises(BootFailedError) as info:
-        boot(fake, accel="tcg", timeout=30)
-    assert time.monotonic() - start < 5
+        boot(fake, accel="tcg", timeout=300)
+    assert (
+        time.monotonic() - start < 120
+    )  # generous on a loaded machine: what matters is that it ends long before the alternative
     msg = info.value.message
     assert "qemu exited with code 1 before 'login:' appeared" in msg and "Could not open 'x'" in msg
 
@@ -313,8 +319,10 @@ def test_kernel_panic_fails_fast(fake: Fake) -> None:
     fake.plan(tcg={"output": panic})
     start = time.monotonic()
     with pytest.raises(BootFailedError, match="Kernel panic - not syncing: VFS: Unable to mount root fs"):
-        boot(fake, accel="tcg", timeout=30)
-    assert time.monotonic() - start < 5
+        boot(fake, accel="tcg", timeout=300)
+    assert (
+        time.monotonic() - start < 120
+    )  # generous on a loaded machine: what matters is that it ends long before the alternative
 
 
 def test_process_group_is_killed_on_every_outcome(fake: Fake) -> None:
@@ -461,8 +469,8 @@ def test_tar_is_not_bootable(tmp_path: Path) -> None:
             detect_format(image)
 
 
-@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img not installed")
 def test_format_from_qemu_img(tmp_path: Path) -> None:
+    require_tools("qemu-img", install="qemu-utils")
     image = tmp_path / "disk.img"  # the name says nothing: the bytes decide
     run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"])
     assert detect_format(image) == "qcow2"
@@ -478,18 +486,6 @@ REAL_TOOLS = ("qemu-system-x86_64", "qemu-img", "apt-get", "dpkg-deb", "mkfs.fat
 SYSLINUX_CFG = "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  INITRD initrd\n"
 
 
-def _newc(entries: list[tuple[str, int, bytes]]) -> bytes:
-    """An initramfs: a cpio archive in the kernel's "newc" format (name, mode, body; /dev/console as c 5 1)."""
-    out = bytearray()
-    for ino, (name, mode, body) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
-        rdev = (5, 1) if stat.S_ISCHR(mode) else (0, 0)
-        fields = (ino, mode, 0, 0, 1, 0, len(body), 0, 0, *rdev, len(name) + 1, 0)
-        out += b"070701" + "".join(f"{v:08X}" for v in fields).encode() + name.encode() + b"\0"
-        out += bytes(-len(out) % 4) + body
-        out += bytes(-len(out) % 4)
-    return bytes(out)
-
-
 @pytest.fixture(scope="module")
 def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Build a bootable qcow2 without root: Debian's cloud kernel and a busybox initramfs on a SYSLINUX FAT disk.
@@ -500,7 +496,7 @@ def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
     """
     missing = [tool for tool in REAL_TOOLS if shutil.which(tool) is None]
     if missing or not Path("/usr/lib/syslinux/modules/bios/ldlinux.c32").exists():
-        pytest.skip(
+        unavailable(
             f"needs {', '.join(missing) or 'syslinux-common'} (apt-get install syslinux syslinux-common mtools)"
         )
     work = tmp_path_factory.mktemp("tiny")
@@ -511,7 +507,7 @@ def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         kernel_pkg = next(w for w in depends.split() if w.startswith("linux-image-") and w[12].isdigit())
         run(["apt-get", "download", "-q", kernel_pkg, "busybox-static"], cwd=debs, timeout=300)
     except (ToolError, StopIteration) as e:  # no package lists (apt-get update) or no Debian archive: not our bug
-        pytest.skip(f"cannot download Debian's cloud kernel and busybox-static: {e}")
+        unavailable(f"cannot download Debian's cloud kernel and busybox-static: {e}")
     for deb in debs.glob("*.deb"):
         run(["dpkg-deb", "-x", str(deb), str(work / "root")])
     [vmlinuz] = (work / "root" / "boot").glob("vmlinuz-*")
@@ -520,8 +516,17 @@ def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
     def make(say: str) -> Path:
         init = f"#!/bin/busybox sh\necho '{say}'\n/bin/busybox poweroff -f\n".encode()
         initrd = work / "initrd"
-        files = [("bin/busybox", 0o100755, busybox), ("init", 0o100755, init)]
-        initrd.write_bytes(_newc([("bin", 0o40755, b""), ("dev", 0o40755, b""), ("dev/console", 0o20600, b""), *files]))
+        initrd.write_bytes(  # an initramfs: the kernel reads the same "newc" cpio format rpm payloads use
+            newc(
+                [
+                    Member("bin", 0o40755),
+                    Member("dev", 0o40755),
+                    Member("dev/console", 0o20600, rdev=(5, 1)),
+                    Member("bin/busybox", 0o100755, busybox),
+                    Member("init", 0o100755, init),
+                ]
+            )
+        )
         cfg = work / "syslinux.cfg"
         cfg.write_text(SYSLINUX_CFG + "  APPEND console=ttyS0\n")
         disk = work / "disk.fat"
@@ -539,6 +544,7 @@ def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
 
 @pytest.mark.boot
 @pytest.mark.slow
+@pytest.mark.network  # Debian's kernel and busybox, from the Debian archive
 def test_real_qemu_boots_a_tiny_image(tiny_image: Callable[[str], Path], tmp_path: Path) -> None:
     """auto: KVM where it works, else (as on hosts where KVM guests hang) a detected hang and a TCG boot."""
     image = tiny_image("imagectl-boot-ok")
@@ -564,6 +570,7 @@ def test_real_qemu_boots_a_tiny_image(tiny_image: Callable[[str], Path], tmp_pat
 
 @pytest.mark.boot
 @pytest.mark.slow
+@pytest.mark.network
 def test_real_qemu_guest_without_the_marker_fails(tiny_image: Callable[[str], Path], tmp_path: Path) -> None:
     """A guest that powers off without the marker: qemu exits, and the failure names the last console line."""
     image = tiny_image("no prompt here")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).parent.parent
+from tests.conftest import REPO
+
 DEMO = REPO / "recipes" / "demo" / "debian12-demo.yaml"
 
 FAKE = r"""#!/usr/bin/env python3

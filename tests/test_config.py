@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 
 from imagectl.config import SETTINGS, Config, load_config
 from imagectl.errors import InvalidInputError
+from tests.conftest import run_imagectl
 
 
 def test_every_setting_is_declared_once_with_help():
@@ -53,33 +52,16 @@ def test_config_file_errors_carry_positions(tmp_path, text, message):
 
 def test_config_command_and_real_console_errors(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "IMAGECTL_CATALOGUE": str(tmp_path / "cat")}
-    r = subprocess.run(
-        [sys.executable, "-m", "imagectl", "config", "--json"], capture_output=True, text=True, env=env, check=False
-    )
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["catalogue"] == {"value": str(tmp_path / "cat"), "from": "IMAGECTL_CATALOGUE"}
+    r = run_imagectl("config", "--json", env=env)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["catalogue"] == {"value": str(tmp_path / "cat"), "from": "IMAGECTL_CATALOGUE"}
     bad = tmp_path / "bad.yaml"
     bad.write_text("timeout: soon\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "imagectl", "catalogue", "list"],
-        capture_output=True,
-        text=True,
-        env={**env, "IMAGECTL_CONFIG": str(bad)},
-        check=False,
-    )
-    assert r.returncode == 3
-    assert r.stderr == f"imagectl: error: {bad}:1:1: timeout must be a float, got 'soon'\n"
-    r = subprocess.run(
-        [sys.executable, "-m", "imagectl", "catalogue", "list", "--catalogue", tmp_path / "none"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert r.returncode == 16 and "is not a catalogue" in r.stderr and "Traceback" not in r.stderr
-
-
-# -- bounds, declared with each setting (issue 7, item 11) -----------------------------------------------------------
+    r = run_imagectl("catalogue", "list", env={**env, "IMAGECTL_CONFIG": str(bad)})
+    assert r.code == 3
+    assert r.err == f"imagectl: error: {bad}:1:1: timeout must be a float, got 'soon'\n"
+    r = run_imagectl("catalogue", "list", "--catalogue", tmp_path / "none", env=env)
+    assert r.code == 16 and "is not a catalogue" in r.err and "Traceback" not in r.err
 
 
 def test_every_number_setting_declares_bounds_and_its_help_states_them():

@@ -33,7 +33,7 @@ from imagectl.config import SETTINGS, Config, load_config
 from imagectl.errors import ImagectlError
 from imagectl.recipe.model import RECIPE_SCHEMA, Recipe, load_recipe
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
 settings.register_profile(
     "imagectl-fuzz",

@@ -36,7 +36,7 @@ from imagectl.errors import ImagectlError, InvalidInputError
 from imagectl.store.local import LocalStore
 from tests.conftest import EXPIRY, write_pattern
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
 settings.register_profile(
     "imagectl-fuzz-metadata",

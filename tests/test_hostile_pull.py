@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Catalogue, CliResult
+from tests.conftest import REPO, Catalogue, CliResult, run_imagectl
 from tests.httpserver import Fault, TestHTTPServer
 
-REPO = Path(__file__).resolve().parents[1]
 ARCH = "x86_64"
 
 
@@ -47,7 +46,15 @@ def error_line(r: CliResult) -> str:
 
 # -- item 3: pull -o writes regular files only ----------------------------------------------------------------
 @pytest.mark.http
-@pytest.mark.parametrize("kind", ["fifo", "chardev", "symlink-to-chardev", "socket"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "fifo",
+        pytest.param("chardev", marks=pytest.mark.root),
+        pytest.param("symlink-to-chardev", marks=pytest.mark.root),
+        "socket",
+    ],
+)
 def test_pull_refuses_a_destination_that_is_not_a_regular_file(
     served: tuple[Catalogue, TestHTTPServer, str], cli: Callable[..., CliResult], tmp_path: Path, kind: str
 ) -> None:
@@ -381,23 +388,13 @@ def fifo(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
-def _bounded(*args: object, seconds: float = 60) -> CliResult:
-    """Run ``imagectl ARGS`` in a child process; fail (instead of hanging the suite) if it does not end in time."""
-    try:
-        p = subprocess.run([sys.executable, "-m", "imagectl", *map(str, args)], capture_output=True, text=True,
-                           cwd=REPO, timeout=seconds)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"imagectl {args} still running after {seconds} s (a hang)")
-    return CliResult(p.returncode, p.stdout, p.stderr)
-
-
 @pytest.mark.parametrize("root", ["/dev/zero", "FIFO", "/dev/null", "DIR"])
 def test_pinned_root_that_is_not_a_regular_file(
     catalogue: Catalogue, cli: Callable[..., CliResult], fifo: Path, tmp_path: Path, root: str
 ) -> None:
     """Finding: --root /dev/zero was a MemoryError traceback and a FIFO root hung."""
     path = {"FIFO": str(fifo), "DIR": str(tmp_path)}.get(root, root)
-    r = _bounded("catalogue", "list", "--catalogue", catalogue.dir, "--root", path)
+    r = run_imagectl("catalogue", "list", "--catalogue", catalogue.dir, "--root", path, timeout=60)
     assert r.code == 3, r.err
     assert "not a regular file" in error_line(r)
 
@@ -407,7 +404,7 @@ def test_key_file_that_is_a_fifo_and_keys_naming_a_file(
 ) -> None:
     img = make_image()
     os.mkfifo(catalogue.keys / "extra.key", 0o600)
-    r = _bounded("publish", img, *catalogue.args(), "--name", "wn", "--arch", ARCH)
+    r = run_imagectl("publish", img, *catalogue.args(), "--name", "wn", "--arch", ARCH, timeout=60)
     assert r.code == 7 and "not a regular file" in error_line(r)
     (catalogue.keys / "extra.key").unlink()
     r = cli("publish", img, "--catalogue", catalogue.dir, "--keys", img, "--name", "wn", "--arch", ARCH)

@@ -10,9 +10,9 @@ import pytest
 from imagectl.errors import InvalidInputError
 from imagectl.recipe.model import load_recipe
 from imagectl.recipe.schema import RecipeError
+from tests.conftest import REPO
 
 DATA = Path(__file__).parent / "data" / "recipes"
-REPO = Path(__file__).parent.parent
 BAD = sorted(DATA.glob("bad/*.yaml"))
 
 

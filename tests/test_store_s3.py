@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import threading
 import uuid
@@ -17,6 +16,7 @@ from imagectl.store import ObjectMissingError, ObjectTooLargeError, Store, open_
 from imagectl.store import s3 as s3mod
 from imagectl.store.digest import file_digest
 from imagectl.store.s3 import S3Store, TransferSettings
+from tests.conftest import require_tools
 from tests.s3server import S3Server, is_loopback, listening_sockets, seaweedfs_server
 
 MiB = 1 << 20
@@ -178,7 +178,12 @@ def test_s3_list_pages(s3_store: S3Store) -> None:
         s3_store.write(k, b"x")
     s3_store.write("blobs/.hidden", b"x")
     s3_store.list_page_size = 2
-    assert set(s3_store.list("blobs")) == keys  # 4 pages; dot-files skipped as in a directory
+    pages: list[int] = []
+    s3_store.client.meta.events.register(
+        "after-call.s3.ListObjectsV2", lambda parsed, **kw: pages.append(parsed.get("KeyCount", 0))
+    )
+    assert set(s3_store.list("blobs")) == keys  # dot-files skipped as in a directory
+    assert pages == [2, 2, 2, 2], pages  # 8 keys at 2 per page: every page was fetched and read
 
 
 @pytest.mark.s3
@@ -341,10 +346,10 @@ def test_seaweedfs_listens_on_loopback_only(seaweedfs: S3Server) -> None:
     assert sockets, "found no listening sockets: is /proc readable?"
     assert [s for s in sockets if not is_loopback(s[1])] == []
     assert {port for _proto, _addr, port in sockets} == set(seaweedfs.ports.values())
-    if shutil.which("ss"):  # the same seen by ss, when installed
-        out = subprocess.run(["ss", "-Hltnup"], capture_output=True, text=True, check=True).stdout
-        mine = [line.split()[4] for line in out.splitlines() if f"pid={seaweedfs.pid}," in line]
-        assert mine and all(addr.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "::1") for addr in mine), mine
+    require_tools("ss", install="iproute2")  # the same seen by ss, a second reader of the kernel's tables
+    out = subprocess.run(["ss", "-Hltnup"], capture_output=True, text=True, check=True).stdout
+    mine = [line.split()[4] for line in out.splitlines() if f"pid={seaweedfs.pid}," in line]
+    assert mine and all(addr.rsplit(":", 1)[0].strip("[]") in ("127.0.0.1", "::1") for addr in mine), mine
 
 
 @pytest.mark.s3

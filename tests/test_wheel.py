@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -74,7 +74,7 @@ def test_elements_and_shims_are_in_the_wheel_with_their_modes(installed: tuple[P
     tmp, env = installed
     code = (
         "import json\n"
-        "from imagectl.build.builder import elements_paths\n"
+        "from imagectl.build.elements import elements_paths\n"
         "from imagectl.recipe.model import load_recipe\n"
         "from imagectl.resources import hostcompat_dir, shipped_recipes\n"
         "r = load_recipe(shipped_recipes()['slc6-worker'])\n"

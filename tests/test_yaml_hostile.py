@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliResult
+from tests.conftest import CliResult, run_imagectl
 
 GOOD = "name: demo\nos: {family: debian, release: 12}\narchitectures: [x86_64]\n"
 # Nine levels of nine aliases: 9**9 (387 million) strings once expanded, from under 1 KB of text.
@@ -39,23 +37,12 @@ def _limit_memory() -> None:  # runs in the child before exec
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
 
-def run_imagectl(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    """``python -m imagectl ARGS`` with a clean environment plus ``env``; fails the test after HANG_LIMIT."""
+def run(tmp_path: Path, *args: str, **env: str) -> tuple[CliResult, float]:
+    """``python -m imagectl ARGS`` with a clean environment plus ``env`` and 1 GiB of address space; fails the test
+    after HANG_LIMIT. Returns the result and the seconds it took."""
     base = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "IMAGECTL_CACHE_DIR": str(tmp_path / "cache")}
     start = time.monotonic()
-    try:
-        r = subprocess.run(
-            [sys.executable, "-m", "imagectl", *args],
-            capture_output=True,
-            text=True,
-            env={**base, **env},
-            timeout=HANG_LIMIT,
-            check=False,
-            cwd=Path(__file__).resolve().parents[1],
-            preexec_fn=_limit_memory,  # the limit must apply before exec
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"imagectl {' '.join(args)} still running after {HANG_LIMIT} s")
+    r = run_imagectl(*args, env={**base, **env}, timeout=HANG_LIMIT, preexec_fn=_limit_memory)
     return r, time.monotonic() - start
 
 
@@ -78,9 +65,9 @@ def test_billion_laughs_recipe_is_refused_fast(tmp_path):
     recipe = tmp_path / "laughs.yaml"
     recipe.write_text(GOOD + LAUGHS)
     assert len(recipe.read_bytes()) < 1024
-    r, took = run_imagectl(tmp_path, "recipe", "validate", str(recipe))
-    assert r.returncode == 3 and took < HANG_LIMIT
-    assert r.stderr.splitlines()[0] == f"{recipe}:4:5: YAML anchors and aliases are not allowed (use extends:)"
+    r, took = run(tmp_path, "recipe", "validate", str(recipe))
+    assert r.code == 3 and took < HANG_LIMIT
+    assert r.err.splitlines()[0] == f"{recipe}:4:5: YAML anchors and aliases are not allowed (use extends:)"
 
 
 def test_recipe_alias_of_a_scalar_is_refused(tmp_path, cli):
@@ -205,9 +192,9 @@ def test_recipe_float_where_a_number_is_wanted_is_an_error(tmp_path, cli):
 def test_recipe_fifo_does_not_hang(tmp_path):
     fifo = tmp_path / "r.yaml"
     os.mkfifo(fifo)
-    r, _ = run_imagectl(tmp_path, "recipe", "validate", str(fifo))
-    assert r.returncode == 3
-    assert r.stderr.splitlines()[0] == f"recipe file {fifo} is a FIFO, not a regular file"
+    r, _ = run(tmp_path, "recipe", "validate", str(fifo))
+    assert r.code == 3
+    assert r.err.splitlines()[0] == f"recipe file {fifo} is a FIFO, not a regular file"
 
 
 def test_recipe_larger_than_1mib_is_refused(tmp_path, cli):
@@ -242,11 +229,9 @@ def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[st
 def test_billion_laughs_config_is_refused_fast(tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text("catalogue: /cat\n" + LAUGHS)
-    r, took = run_imagectl(tmp_path, "config", IMAGECTL_CONFIG=str(cfg))
-    assert r.returncode == 3 and took < HANG_LIMIT
-    assert r.stderr == (
-        f"imagectl: error: {cfg}:2:5: YAML anchors and aliases are not allowed (write each value out)\n"
-    )
+    r, took = run(tmp_path, "config", IMAGECTL_CONFIG=str(cfg))
+    assert r.code == 3 and took < HANG_LIMIT
+    assert r.err == (f"imagectl: error: {cfg}:2:5: YAML anchors and aliases are not allowed (write each value out)\n")
 
 
 def test_config_alias_is_refused(cli, config_file):
@@ -407,8 +392,8 @@ def test_config_that_is_not_a_small_regular_file_is_refused_without_hanging(tmp_
     else:
         path.write_text("# " + "x" * (1 << 20) + "\n")
         expected = f"config file {path} is larger than the allowed 1048576 bytes (1048579 bytes)"
-    r, _ = run_imagectl(tmp_path, "config", IMAGECTL_CONFIG=str(path))
-    assert (r.returncode, r.stderr) == (3, f"imagectl: error: {expected}\n")
+    r, _ = run(tmp_path, "config", IMAGECTL_CONFIG=str(path))
+    assert (r.code, r.err) == (3, f"imagectl: error: {expected}\n")
 
 
 def test_default_config_path_that_is_a_directory_is_refused(cli, tmp_path):
@@ -429,5 +414,5 @@ def test_abstract_recipe_with_a_missing_source_is_an_error(tmp_path, cli):
 def test_abstract_recipe_with_dev_zero_as_source_is_refused_fast(tmp_path):
     recipe = tmp_path / "base.yaml"
     recipe.write_text("abstract: true\nfiles:\n- path: /etc/motd\n  source: /dev/zero\n")
-    r, _ = run_imagectl(tmp_path, "recipe", "validate", str(recipe))  # read /dev/zero until MemoryError
-    assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr[-300:]
+    r, _ = run(tmp_path, "recipe", "validate", str(recipe))  # read /dev/zero until MemoryError
+    assert r.code == 3 and "Traceback" not in r.err, r.err[-300:]
