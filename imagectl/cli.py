@@ -470,6 +470,7 @@ def cmd_recipe_list(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_recipe_validate(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.build.elements import check_elements
     from imagectl.recipe.model import load_recipe
     from imagectl.recipe.schema import RecipeError
 
@@ -477,6 +478,8 @@ def cmd_recipe_validate(args: argparse.Namespace, cfg: Config) -> int:
     for path in args.paths:
         try:
             r = load_recipe(_recipe_path(path))
+            if not r.data.get("abstract") and (missing := check_elements(r)):
+                raise RecipeError(missing)
             results.append({"path": path, "ok": True, "problems": [], "digest": r.digest()})
             if not args.json:
                 what = (
@@ -589,6 +592,7 @@ def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
             accel=args.accel,
             log_path=Path(args.log) if args.log else None,
             on_progress=progress,
+            cdrom=Path(args.context) if args.context else None,
         )
     except BootFailedError as e:
         if e.tail and not args.json:
@@ -612,6 +616,22 @@ def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
         f"booted {image} to {args.marker!r} in {res.seconds:.0f} s under {res.accel}"
         + (" (after KVM was dropped)" if res.fell_back else "")
         + f"; console log {res.log_path}",
+    )
+    return 0
+
+
+def cmd_context(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.build.context import KNOWN_KEYS, make_context_iso, parse_assignments
+
+    values = parse_assignments(args.assignments)
+    out = make_context_iso(values, Path(args.output))
+    others = [k for k in values if k not in KNOWN_KEYS]
+    emit(
+        args,
+        {"path": str(out), "label": "CONTEXT", "keys": list(values)},
+        f"wrote {out} (CONTEXT: {', '.join(values)})"
+        + (f"; {', '.join(others)} go to /etc/imagectl/context.env for site scripts" if others else "")
+        + f"\nattach it as a CD-ROM: imagectl test IMAGE --context {out}, or qemu -drive file={out},media=cdrom",
     )
     return 0
 
@@ -749,6 +769,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: KVM if it boots, else software emulation (default)",
     )
     sp.add_argument("--log", metavar="PATH", help="where to keep the console log")
+    sp.add_argument("--context", metavar="ISO", help="attach this context disk (imagectl context) as a CD-ROM")
+
+    sp = add(sub, "context", cmd_context, "make a node's context disk (an ISO labelled CONTEXT) for batch workers", ())
+    sp.add_argument("assignments", nargs="+", metavar="KEY=VALUE", help="HOSTNAME=…, SSH_PUBLIC_KEY=@FILE, …")
+    sp.add_argument("-o", "--output", required=True, metavar="ISO", help="where to write the ISO")
 
     sp = add(sub, "publish", cmd_publish, "sign and publish an image file to a catalogue", writer)
     sp.add_argument("file", nargs="?", help="image file")

@@ -14,8 +14,8 @@ from imagectl.build.configscript import script_text
 from imagectl.build.plan import check_host, plan_dib, targets
 from imagectl.errors import InvalidInputError, UnsupportedHostError
 from imagectl.recipe.model import load_recipe
+from tests.conftest import REPO
 
-REPO = Path(__file__).parent.parent
 RECIPES = [p for p in sorted(REPO.glob("recipes/**/*.yaml")) if not load_recipe(p).data.get("abstract")]
 COMBOS = [(p, t.arch, t.hypervisor) for p in RECIPES for t in targets(load_recipe(p))]
 
@@ -51,6 +51,7 @@ def test_dib_invocation_for_every_recipe_target(path, arch, hv, tmp_path, monkey
         assert "openssh-server" in pkgs
         assert ("linux-image-686" in pkgs) == (arch == "i386")
         assert ("DIB_APT_SOURCES_CONF" in env) == (arch == "i386") == bool(inv.notes)
+        assert "--mkfs-options" not in argv and "FS_TYPE" not in env  # DIB's defaults (ext4)
     else:
         rel = recipe.release.release
         assert argv[argv.index("-a") + 1] == arch
@@ -59,13 +60,34 @@ def test_dib_invocation_for_every_recipe_target(path, arch, hv, tmp_path, monkey
         assert inv.elements[:2] == ["slc-bootstrap", "slc-bootloader"]
         assert inv.elements[2] == ("block-device-efi" if arch == "ia64" else "block-device-mbr")
         assert env["IMAGECTL_SLC_RELEASE"] == rel and env["IMAGECTL_SLC_ARCH"] == arch
-        assert env["IMAGECTL_SLC_MIRROR"] == f"https://linuxsoft.cern.ch/cern/slc{rel}X"
+        assert env["IMAGECTL_SLC_MIRROR"] == f"https://linuxsoft.cern.ch/cern/slc{'30' if rel == '3' else rel}X"
         keys = [str((recipe.path.parent / k).resolve()) for k in recipe.data.get("gpg_keys", [])]
         assert env["IMAGECTL_SLC_GPG_KEYS"] == ":".join(keys)  # the element passes each as --gpg-key
         assert env["IMAGECTL_HYPERVISOR"] == hv
         assert "-n" in argv  # no DIB base element in an SLC chroot
         assert env.get("FS_TYPE") == ("ext3" if rel in ("3", "4", "5") else None)
+        if rel in ("3", "4", "5"):
+            assert argv[argv.index("--mkfs-options") + 1] == "-I 128"
+        else:
+            assert "--mkfs-options" not in argv
         assert set(recipe.data["packages"]) <= set(env["IMAGECTL_PACKAGES"].split())
+
+
+@pytest.mark.parametrize("release", ["3", "4", "5", "6"])
+def test_legacy_grub_releases_get_ext3_with_128_byte_inodes(release, tmp_path):
+    """SLC 3-5 boot with GRUB 0.97 (and SLC 3 runs Linux 2.4): the root file system is ext3 with 128-byte inodes,
+    passed as DIB's FS_TYPE and --mkfs-options (which DIB's block-device layer hands to `mkfs -t ext3 -I 128`)."""
+    src = tmp_path / "r.yaml"
+    src.write_text(f"name: r\nos: {{family: slc, release: {release}}}\narchitectures: [x86_64]\n")
+    [target] = targets(load_recipe(src))
+    inv = plan_dib(target, tmp_path / "out", tmp_path / "cfg", [])
+    size = inv.argv.index("--image-size")
+    if release == "6":
+        assert "FS_TYPE" not in inv.env and "--mkfs-options" not in inv.argv  # DIB's ext4 and GRUB 2-era defaults
+        assert inv.argv[size + 2] == "-n"
+    else:
+        assert inv.env["FS_TYPE"] == "ext3"
+        assert inv.argv[size + 2 : size + 5] == ["--mkfs-options", "-I 128", "-n"]
 
 
 def test_mirror_override_by_environment(tmp_path, monkeypatch):

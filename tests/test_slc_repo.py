@@ -38,6 +38,7 @@ from imagectl.build.slc.rpmfile import write_payload
 from imagectl.build.slc.rpmsig import PinnedKeys
 from imagectl.build.slc.seed import unpack
 from imagectl.errors import ImagectlError, InvalidInputError, NotFoundError
+from tests.conftest import require_tools, unavailable
 from tests.hostile_yum import GpgKey, need_tools
 from tests.httpserver import Fault, TestHTTPServer
 
@@ -412,8 +413,7 @@ def test_old_and_new_repository_formats(
 
 @pytest.mark.slc
 def test_payload_matches_rpm2cpio(built_rpms: Path) -> None:
-    if shutil.which("rpm2cpio") is None:
-        pytest.skip("rpm2cpio not installed")
+    require_tools("rpm2cpio", install="rpm2cpio")
     for name in ("bash-4.1.2-15.el6.x86_64.rpm", "yum-3.2.29-40.el6.noarch.rpm"):  # gzip and xz payloads
         rpm = built_rpms / name
         buf = io.BytesIO()
@@ -461,21 +461,25 @@ def test_bootstrap_fetches_verifies_and_unpacks(
     assert not (target / "usr/share/zoneinfo").exists()  # not in the seed
     repo_file = (target / "etc/yum.repos.d/imagectl.repo").read_text()
     assert f"[imagectl-os]\nname=imagectl: os\nbaseurl={mirror.repo_url}\nenabled=1\ngpgcheck=1\n" in repo_file
-    assert "gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-sl" in repo_file and "[imagectl-mirror2]" in repo_file
+    # stage 2's yum checks with the pinned key (installed as RPM-GPG-KEY-imagectl-1) and the one the seed ships
+    keys = "gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-imagectl-1 file:///etc/pki/rpm-gpg/RPM-GPG-KEY-sl"
+    assert keys in repo_file and "[imagectl-mirror2]" in repo_file
+    assert (target / "etc/pki/rpm-gpg/RPM-GPG-KEY-imagectl-1").read_bytes() == key.read_bytes()
     seeds = sorted(p.name for p in (target / bootstrap.SEED_DIR).iterdir())
     assert len(seeds) == len(SEED) and "bash-4.1.2-15.el6.x86_64.rpm" in seeds
     lines = out.splitlines()
     chroot = f"chroot {target}"
     assert lines[0] == f"{chroot} /bin/rpm --initdb"
-    assert lines[1] == f"{chroot} /bin/rpm --import /etc/pki/rpm-gpg/RPM-GPG-KEY-sl"
-    assert lines[2].startswith(f"{chroot} /bin/rpm -K /var/cache/imagectl-seed/")
-    assert lines[3].startswith(f"{chroot} /bin/rpm -i --justdb --nodeps --noscripts --notriggers /var/cache/")
-    assert lines[4] == f"{chroot} /sbin/ldconfig"
-    assert lines[5] == (
+    assert lines[1] == f"{chroot} /bin/rpm --import /etc/pki/rpm-gpg/RPM-GPG-KEY-imagectl-1"
+    assert lines[2] == f"{chroot} /bin/rpm --import /etc/pki/rpm-gpg/RPM-GPG-KEY-sl"
+    assert lines[3].startswith(f"{chroot} /bin/rpm -K /var/cache/imagectl-seed/")
+    assert lines[4].startswith(f"{chroot} /bin/rpm -i --justdb --nodeps --noscripts --notriggers /var/cache/")
+    assert lines[5] == f"{chroot} /sbin/ldconfig"
+    assert lines[6] == (
         f"{chroot} /usr/bin/yum -y '--disablerepo=*' '--enablerepo=imagectl-*' install "
         "pygpgme rootfiles passwd openssh-server ntpdate grub kernel"
     )
-    assert lines[6] == f"{chroot} /bin/rm -rf /var/cache/imagectl-seed"
+    assert lines[7] == f"{chroot} /bin/rm -rf /var/cache/imagectl-seed"
     assert "fetching 6 seed packages" in err
     # the test mirror speaks only http: tried once over https, then read over http, said once per repository
     probe = f"{mirror.repo_url.replace('http:', 'https:')} does not answer over https (SSLError); reading it over http"
@@ -811,12 +815,14 @@ def test_bootloader_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "imagectl: error: no kernel" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="stage 2 creates device nodes: root only (CI runs as root)")
+@pytest.mark.root
 def test_stage2_runs_in_a_prepared_chroot_and_always_unmounts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        unavailable("stage 2 creates device nodes: root only (CI runs as root)")
     target = tmp_path / "t"
     (target / "bin").mkdir(parents=True)
     (target / "etc").mkdir()
-    (target / "bin/rpm").write_text("")
+    shutil.copyfile("/bin/true", target / "bin/rpm")  # an x86_64 program, as a real seed's rpm is
     calls: list[tuple[list[str], dict[str, str] | None]] = []
 
     def fake_run(cmd: list[str | Path], *, env: dict[str, str] | None = None, **_kw: object) -> None:
@@ -837,3 +843,26 @@ def test_stage2_runs_in_a_prepared_chroot_and_always_unmounts(tmp_path: Path, mo
     assert all(env == {"LC_ALL": "C", "HOME": "/root"} for c, env in calls if c[0] == "chroot")
     assert stat.S_ISCHR((target / "dev/null").stat().st_mode)
     assert not (target / "etc/resolv.conf").exists()  # lent for the duration only
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [(b"#!/bin/sh\necho fake rpm\n", "not an ELF program"), (None, "an ELF program for machine")],
+)
+def test_stage2_says_what_a_real_mirror_provides(tmp_path: Path, content: bytes | None, what: str) -> None:
+    """A mirror whose seed carries no real binaries (this suite's fixture repositories) gets as far as stage 1;
+    stage 2 then stops with why, instead of "Exec format error" from chroot."""
+    target = tmp_path / "t"
+    (target / "bin").mkdir(parents=True)
+    if content is None:
+        shutil.copyfile("/bin/true", target / "bin/rpm")  # x86_64: wrong for an ia64 image
+        arch = "ia64"
+    else:
+        (target / "bin/rpm").write_bytes(content)
+        arch = "x86_64"
+    with pytest.raises(InvalidInputError) as e:
+        bootstrap.check_runnable(target, arch)
+    assert f"the seed's /bin/rpm is {what}" in e.value.message
+    assert "stage 1 done" in e.value.message and "which a real SLC mirror provides" in e.value.message
+    shutil.copyfile("/bin/true", target / "bin/rpm")
+    bootstrap.check_runnable(target, "x86_64")  # a real program of the right machine passes

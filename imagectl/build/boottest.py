@@ -132,6 +132,7 @@ def boot_test(
     image_format: str | None = None,
     virtio: bool = True,
     probe: KvmProbe | None = None,
+    cdrom: Path | None = None,
 ) -> BootResult:
     """Boot ``image`` (an ``arch`` guest) under qemu until ``marker`` appears on its serial console.
 
@@ -141,7 +142,8 @@ def boot_test(
     ``image_format`` skips detection; ``virtio=False`` gives the guest an IDE disk and an e1000 NIC, for kernels
     older than virtio (2.6.25). ``on_progress`` receives the phases 'bootloader', 'kernel', 'userspace',
     'login prompt' and a sentence when KVM is not used or abandoned. ``probe`` (default :class:`KvmProbe`) sets
-    how soon ``auto`` gives up on a silent KVM boot.
+    how soon ``auto`` gives up on a silent KVM boot. ``cdrom`` is attached read-only as a CD-ROM (a node's
+    context disk, made by ``imagectl context``).
 
     Raises BootFailedError (exit 23) when the marker is not seen in time or qemu stops first, InvalidInputError
     for an unknown accel or arch or an image qemu cannot boot (a tar archive), UnsupportedHostError for ia64 (no
@@ -162,6 +164,10 @@ def boot_test(
     if image_format is not None and not re.fullmatch(r"[a-z0-9]+", image_format):
         raise InvalidInputError(f"not a qemu image format: {image_format!r}")  # it goes into qemu's -drive options
     fmt = image_format or detect_format(image)
+    if cdrom is not None:
+        if not cdrom.is_file() or not os.access(cdrom, os.R_OK):
+            raise LocalIOError(f"{cdrom}: no such file, or not readable")
+        cdrom = cdrom.resolve()
     if log_path is None:
         log_path = Path(tempfile.mkdtemp(prefix="imagectl-boot-")) / f"{image.name}.console.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +190,7 @@ def boot_test(
         use_kvm = problem is None
 
     def argv(acc: str) -> list[str]:
-        return _qemu_argv(emulator, acc, image, fmt, log_path, memory_mib, virtio)
+        return _qemu_argv(emulator, acc, image, fmt, log_path, memory_mib, virtio, cdrom)
 
     kvm_seconds = 0.0
     if use_kvm:
@@ -450,11 +456,19 @@ def _emulator(arch: str) -> str:
 
 
 def _qemu_argv(
-    emulator: str, accel: str, image: Path, fmt: str, console: Path, memory_mib: int, virtio: bool
+    emulator: str,
+    accel: str,
+    image: Path,
+    fmt: str,
+    console: Path,
+    memory_mib: int,
+    virtio: bool,
+    cdrom: Path | None = None,
 ) -> list[str]:
     """The qemu command line: no display, no monitor, console to a file, the image read-only via -snapshot."""
     disk = "virtio" if virtio else "ide"
     nic = "virtio-net-pci" if virtio else "e1000"
+    extra = ["-drive", f"file={_opt(os.fspath(cdrom))},media=cdrom,readonly=on,format=raw"] if cdrom else []
     return [
         emulator,
         "-accel",
@@ -474,6 +488,7 @@ def _qemu_argv(
         f"file={_opt(os.fspath(image))},if={disk},format={fmt}",
         "-nic",
         f"user,model={nic}",  # a DHCP answer, so the guest's network setup does not wait for a timeout
+        *extra,
     ]
 
 

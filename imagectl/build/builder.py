@@ -26,14 +26,15 @@ from typing import Any
 from imagectl import __version__
 from imagectl.build import hostcompat
 from imagectl.build.configscript import write_config
+from imagectl.build.elements import check_elements, dib_elements_dir, elements_paths
 from imagectl.build.plan import BuildTarget, DibInvocation, check_host, plan_dib, targets
 from imagectl.errors import LocalIOError, ToolError, ToolMissingError
 from imagectl.recipe.model import Recipe
-from imagectl.resources import elements_dir
+from imagectl.recipe.schema import RecipeError
 from imagectl.runner import run, tool_version
 from imagectl.urls import redact, redact_json
 
-__all__ = ["BuildOptions", "BuildOutput", "build_key", "build_recipe", "elements_paths"]
+__all__ = ["BuildOptions", "BuildOutput", "build_key", "build_recipe"]
 
 RECORD_FORMAT = 1
 _HOOK_PATH = re.compile(r"Copying hooks (\S+)/([^/\s]+)/([a-z-]+\.d)/([^/\s]+)\s*$")
@@ -59,30 +60,11 @@ class BuildOutput:
     seconds: float
 
 
-def elements_paths(recipe: Recipe) -> list[Path]:
-    """Our elements for this recipe: an ``elements/`` directory beside or above the recipe, then the project's."""
-    found: list[Path] = []
-    for parent in recipe.path.parents:
-        if (parent / "elements").is_dir():
-            found.append((parent / "elements").resolve())
-            break
-    ours = elements_dir().resolve()
-    if ours not in found:
-        found.append(ours)
-    return found
-
-
 def _dib_version() -> str:
     try:
         return importlib.metadata.version("diskimage-builder")
     except importlib.metadata.PackageNotFoundError:
         raise ToolMissingError("disk-image-create not found", hint="pip install diskimage-builder") from None
-
-
-def _dib_elements_dir() -> Path:
-    import diskimage_builder
-
-    return Path(diskimage_builder.__file__).parent / "elements"
 
 
 def _tree_digest(h: Any, root: Path) -> None:
@@ -94,7 +76,7 @@ def _tree_digest(h: Any, root: Path) -> None:
 def elements_digest(inv: DibInvocation, paths: list[Path]) -> str:
     """SHA-256 over the trees of the elements this build uses (named ones and their element-deps, ours first as
     DIB's ELEMENTS_PATH would resolve them): editing an element another recipe uses changes nothing here."""
-    search = [*paths, _dib_elements_dir()]
+    search = [*paths, dib_elements_dir()]
     h = hashlib.sha256()
     todo, seen = list(inv.elements), set()
     while todo:
@@ -156,6 +138,48 @@ class _Progress:
         phase, script = self.current
         element = self.owner.get(self.current)
         return f"{phase}/{script}" + (f" (element {element})" if element else "")
+
+
+_STARTUP_CAUSES = (
+    (re.compile(r"Element '([^']+)' not found"), "element {0!r} not found on ELEMENTS_PATH"),
+    (re.compile(r"(?:^|\s)([\w.+-]+): (?:command )?not found\s*$"), "{0} is not installed on this host"),
+    (re.compile(r"^(?:\S+ \S+ \| )?[\w.]+(?:Exception|Error): ([^\n]{1,160})$"), "{0}"),  # DIB's own Python
+    (re.compile(r"(?:Cannot|Could not|Unable to) [^\n]{0,160}"), "{0}"),
+    (re.compile(r"ERROR:? ([^\n]{1,160})"), "{0}"),
+)
+
+
+def _log_tail(log_file: Path, size: int = 64 * 1024) -> list[str]:
+    try:
+        with log_file.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+
+
+def element_error(log_file: Path) -> str | None:
+    """The last ``imagectl: error: …`` line one of our elements' helpers wrote to the build log (the SLC bootstrap,
+    the boot loader writer): it says why better than an exit code."""
+    for line in reversed(_log_tail(log_file)):
+        _, found, message = line.partition("imagectl: error: ")
+        if found:
+            return message.strip()
+    return None
+
+
+def startup_cause(log_file: Path) -> str | None:
+    """Why disk-image-create stopped before its first element script, read from the end of its log: a missing
+    element, a missing tool, DIB's own error line. None when the log says nothing recognisable."""
+    tail = _log_tail(log_file)
+    for pattern, template in _STARTUP_CAUSES:
+        for line in reversed(tail):
+            if line.startswith("+ "):  # our own logged command and environment
+                continue
+            m = pattern.search(line)
+            if m:
+                return template.format(*(m.groups() or (m.group(0),))).strip()
+    return None
 
 
 def _sha256(path: Path) -> str:
@@ -269,9 +293,11 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, record_base: di
     except ToolMissingError:
         raise
     except ToolError as e:
+        cause = element_error(log_file) or (startup_cause(log_file) if progress.current is None else None)
         raise ToolError(
-            f"building {t.basename} failed in {progress.where()}: disk-image-create exit {e.returncode}; "
-            f"log: {log_file}",
+            f"building {t.basename} failed in {progress.where()}"
+            + (f": {cause}" if cause else "")
+            + f": disk-image-create exit {e.returncode}; log: {log_file}",
             returncode=e.returncode,
             log_file=log_file,
         ) from None
@@ -324,6 +350,9 @@ def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
     disk-image-create, qemu-img or sudo are missing, ToolError naming phase/element/log when a build fails.
     """
     chosen = targets(recipe, opts.arches)
+    missing = check_elements(recipe)
+    if missing:  # what DIB would only say after start-up, as "Element 'x' not found"
+        raise RecipeError(missing)
     check_host(sorted({t.arch for t in chosen}, key=[t.arch for t in chosen].index))
     dib_version = _dib_version()
     for tool in ("disk-image-create", "qemu-img", "sudo"):

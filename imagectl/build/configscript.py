@@ -114,12 +114,28 @@ def script_text(recipe: Recipe) -> str:
     return "\n".join(lines) + "\n"
 
 
+def worker_files(recipe: Recipe) -> dict[str, str]:
+    """The batch-worker element's input for a recipe with ``batch:``: ``worker.conf`` (shell assignments, every
+    value quoted, read by imagectl-context) and ``batch-options`` (``KEY VALUE`` lines); empty without ``batch``."""
+    batch = recipe.data.get("batch")
+    if not batch:
+        return {}
+    conf = [f"# Written by imagectl build from the recipe {recipe.name}; imagectl-context reads it."]
+    conf += [f"BATCH_SYSTEM={q(batch['system'])}", f"BATCH_SERVER={q(batch.get('server', ''))}"]
+    conf.append(f"BATCH_CLUSTER={q(batch.get('cluster', ''))}")
+    options = "".join(f"{k} {v}\n" for k, v in sorted(batch.get("options", {}).items()))
+    return {"worker.conf": "\n".join(conf) + "\n", "batch-options": options}
+
+
 def write_config(recipe: Recipe, config_dir: Path) -> Path:
-    """Write ``apply.sh`` into a fresh ``config_dir`` (the imagectl-config element's input); return its path."""
+    """Write ``apply.sh`` (and, for a batch worker, :func:`worker_files`) into a fresh ``config_dir`` (the
+    imagectl-config element's input); return the script's path."""
     if config_dir.exists():
         shutil.rmtree(config_dir)
     config_dir.mkdir(parents=True)
     script = config_dir / "apply.sh"
     script.write_text(script_text(recipe))
     script.chmod(0o755)
+    for name, text in worker_files(recipe).items():
+        (config_dir / name).write_text(text)
     return script

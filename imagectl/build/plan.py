@@ -115,6 +115,7 @@ def plan_dib(
         "DIB_RELEASE": r.release.codename or rel,
     }
     notes: list[str] = []
+    mkfs_options = ""  # disk-image-create --mkfs-options: extra mkfs flags for the root file system
     packages = list(r.data["packages"])
     if fam == "debian":
         elements = ["debian-minimal", "vm", "block-device-mbr"]
@@ -154,9 +155,15 @@ def plan_dib(
         )
         if rel in ("3", "4", "5"):
             env["FS_TYPE"] = "ext3"  # their kernels and legacy GRUB predate ext4
+            # GRUB 0.97 (slc-bootloader's menu.lst) and the 2.4 kernel of SLC 3 read only 128-byte ext2/3 inodes;
+            # mke2fs makes 256-byte ones by default. DIB has no variable for this: --mkfs-options becomes the
+            # block-device layer's root-fs-opts, the `opts` of its mkfs_root node (`mkfs -t ext3 -I 128 ...`).
+            mkfs_options = "-I 128"
         env["IMAGECTL_PACKAGES"] = " ".join(packages)
         packages = []  # installed by slc-bootstrap with the target's own yum, not by DIB's package-installs
     elements.append("imagectl-config")
+    if r.data.get("batch"):
+        elements.append("batch-worker")  # the recipe's batch: and the node's context at boot
     elements += [e for e in r.data["elements"] if e not in elements]
     argv = [
         "disk-image-create",
@@ -169,6 +176,8 @@ def plan_dib(
         "--image-size",
         _image_size_gb(r.data["disk_size"]),
     ]
+    if mkfs_options:
+        argv += ["--mkfs-options", mkfs_options]
     if fam == "slc":
         argv.append("-n")  # no DIB 'base' element: it expects install-packages and dib-init-system in the chroot
     if packages:

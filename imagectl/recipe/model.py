@@ -17,7 +17,7 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ RELEASES: dict[tuple[str, str], Release] = {
 }
 
 RECIPE_FORMATS = ("qcow2", "raw", "vmdk", "vhd", "tar")
+BATCH_SYSTEMS = ("pbs", "lsf", "slurm", "htcondor")
 SOURCE_MAX = 16 << 20  # bytes: a file a recipe adds to the image (it travels inside a generated script)
 assert set(RECIPE_FORMATS) <= set(CATALOGUE_FORMATS)
 
@@ -139,6 +140,30 @@ RECIPE_SCHEMA = Map(
             doc="OpenPGP public key files (relative to the recipe, inside its directory) that must have signed "
             "every SLC seed package before it is unpacked",
         ),
+        "batch": Map(
+            required=("system",),
+            doc="this image is a batch worker node: the batch system's client, configured (needs the batch-worker "
+            "element; the packages come from `packages`)",
+            fields={
+                "system": Str(
+                    enum=BATCH_SYSTEMS,
+                    doc="pbs (Torque/OpenPBS MOM), lsf, slurm (slurmd) or htcondor (startd)",
+                ),
+                "server": Str(
+                    pattern=r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}( [A-Za-z0-9][A-Za-z0-9.-]{0,252}){0,7}",
+                    rule="a host name (LSF: up to 8, space-separated)",
+                    doc="the batch server, LSF master candidates, slurmctld or HTCondor central manager "
+                    "(default: set at boot from the node's context, BATCH_SERVER)",
+                ),
+                "cluster": Str(pattern=r"[A-Za-z0-9_-]{1,40}", rule="a cluster name", doc="Slurm/LSF cluster name"),
+                "options": Table(
+                    Str(pattern=r"[A-Za-z$_][A-Za-z0-9_]{0,63}", rule="a configuration key"),
+                    Str(pattern=r"[^\n\x00-\x1f]{0,1024}", rule="a one-line value"),
+                    doc="extra lines of the system's main configuration (slurm.conf, mom_priv/config, lsf.conf, "
+                    "condor_config.local), KEY: VALUE",
+                ),
+            },
+        ),
         "network": Map(
             doc="dhcp (default) or static",
             fields={
@@ -198,6 +223,11 @@ class Recipe:
     path: Path
     data: dict[str, Any]  # merged, normalised (defaults filled in)
     chain: tuple[Path, ...]  # this file, its parent, ...
+    loc: Located | None = field(default=None, compare=False, repr=False)  # where each value came from
+
+    def pos(self, path: tuple[str | int, ...], *, key: bool = False) -> str:
+        """``file:line:column`` of a value (or key) of the merged recipe, for diagnostics made after loading."""
+        return str(self.loc.pos(path, key=key)) if self.loc is not None else f"{self.path}:1:1"
 
     @property
     def name(self) -> str:
@@ -356,7 +386,7 @@ def load_recipe(path: str | Path) -> Recipe:
     """
     data, chain, loc, abstract = _load_chain(Path(path), ())
     if abstract:
-        return Recipe(chain[0], data, chain)
+        return Recipe(chain[0], data, chain, loc)
     data.pop("abstract", None)  # a child of an abstract base is concrete
     validate(RECIPE_SCHEMA, loc)
     data = _normalise(data)
@@ -385,4 +415,4 @@ def load_recipe(path: str | Path) -> Recipe:
         problems.append(f"{loc.pos(('network',))}: network: static mode needs an address")
     if problems:
         raise RecipeError(problems)
-    return Recipe(chain[0], data, chain)
+    return Recipe(chain[0], data, chain, loc)

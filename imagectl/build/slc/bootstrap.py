@@ -1,9 +1,11 @@
 """Bootstrap an SLC root filesystem the way Debian's ``rinse`` does, for the ``slc-bootstrap`` DIB element.
 
-Stage 1 (host side, no rpm needed): read the release's yum repository (over https when the mirror offers it),
-resolve the seed (:data:`SEEDS`) for the arch, fetch every package through the project's HTTP session with its
-checksum verified, check every package's OpenPGP signature against the pinned keys (``--gpg-key``, from the
-recipe's ``gpg_keys``; no key, no build), unpack them into the target and write the chroot's yum configuration.
+Stage 1 (host side, no rpm needed): read the release's yum repository (over https when the mirror offers it;
+``repodata/``, or for SLC 3 and any mirror without it, yum 2.0's ``headers/``), resolve the seed (:data:`SEEDS`)
+for the arch, fetch every package through the project's HTTP session, verified against the repository's checksum
+(``repodata/``) or its header (``headers/``), check every package's OpenPGP signature against the pinned keys
+(``--gpg-key``, from the recipe's ``gpg_keys``; no key, no build), unpack them into the target and write the
+chroot's yum configuration.
 Stage 2 (inside the chroot, with the *target's* rpm and yum, so the rpm database has the Berkeley-DB format
 SLC <= 6 reads): ``rpm --initdb``, check the seed's GPG signatures again with the release's keys (defence in
 depth), register the seed (``rpm -i --justdb --nodeps --noscripts``), ``ldconfig``, then ``yum -y install`` the
@@ -30,16 +32,37 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
+
 from imagectl.build.slc.bootloader import packages as boot_packages
-from imagectl.build.slc.repo import Package, YumRepository, resolve
+from imagectl.build.slc.headers import RPM_MAX, HeadersRepository
+from imagectl.build.slc.repo import (
+    NO_REPOSITORY_HINT,
+    MissingFileError,
+    Package,
+    RepositoryReader,
+    YumRepository,
+    resolve,
+)
 from imagectl.build.slc.rpmsig import PinnedKeys, SignatureError
 from imagectl.build.slc.seed import AFTER, SEEDS, unpack
-from imagectl.errors import ImagectlError, InvalidInputError, KeyProblemError, LocalIOError, report
+from imagectl.errors import DownloadError, ImagectlError, InvalidInputError, KeyProblemError, LocalIOError, report
+from imagectl.fsio import read_regular
 from imagectl.http import make_session, safe_url
 from imagectl.recipe.model import RELEASES
 from imagectl.runner import run
 
-__all__ = ["SEED_DIR", "Bootstrap", "main", "repository_url", "stage1", "stage2", "stage2_commands", "yum_config"]
+__all__ = [
+    "SEED_DIR",
+    "Bootstrap",
+    "main",
+    "open_repository",
+    "repository_url",
+    "stage1",
+    "stage2",
+    "stage2_commands",
+    "yum_config",
+]
 
 SEED_DIR = "var/cache/imagectl-seed"  # where stage 1 leaves the seed .rpm files inside the target for stage 2
 _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -126,6 +149,46 @@ def _atomic_write(path: Path, text: str) -> None:
         raise LocalIOError(f"cannot write {path}: {e.strerror}") from None
 
 
+def open_repository(
+    url: str,
+    release: str,
+    cache: Path,
+    *,
+    session: requests.Session,
+    timeout: float = 30.0,
+    attempts: int = 3,
+) -> tuple[RepositoryReader, str]:
+    """A reader for the repository at ``url``, chosen by what the mirror serves: ``repodata/repomd.xml``, else yum
+    2.0's ``headers/header.info``; SLC 3, whose mirrors serve headers/, tries that first. Its index is fetched
+    (once: the reader's ``packages`` uses it). Returns the reader and one line for the user saying how it is read.
+
+    Raises DownloadError (exit 13) naming both files if the mirror has neither, RepoMetadataError if what it serves
+    is not an index.
+    """
+    kinds: list[type[RepositoryReader]] = [YumRepository, HeadersRepository]
+    if release == "3":
+        kinds.reverse()
+    missing: list[MissingFileError] = []
+    probe_https = True
+    line = ""
+    for kind in kinds:
+        reader = kind(url, cache, session=session, timeout=timeout, attempts=attempts)
+        if probe_https:
+            line = reader.prefer_https()
+            # Ask https again for the other file only if it answered this time, with an HTTP error (https taken,
+            # or a refused connection, settles it).
+            probe_https = not reader.https_refused and reader.url.startswith("http://")
+        url = reader.url  # stays on https once the first probe chose it
+        try:
+            reader.load_index()
+        except MissingFileError as e:
+            missing.append(e)
+            continue
+        tried = f"; no {kinds[0].index_path} there" if missing else ""
+        return reader, f"{line}; read through {reader.index_path}{tried}"
+    raise DownloadError(f"{missing[0].message}, and {missing[1].message}", hint=NO_REPOSITORY_HINT)
+
+
 def chroot_url(url: str, release: str) -> str:
     """The URL the chroot's own yum is given for a repository: ``url``, except that releases whose yum predates
     TLS 1.2 (SLC 3-5) get the http form of an https URL (stage 1 on the host reads https either way)."""
@@ -154,11 +217,12 @@ def stage1(
 
     Seed packages come from the release's ``os`` repository and the ``extra_repos`` (the best arch, then the
     newest version, wins). Every package must be signed by one of ``gpg_keys`` (public key files); all are
-    downloaded and verified before the first is unpacked. Raises KeyProblemError (no key given, or a key file
-    gpg cannot read; before any download), DownloadError (mirror unreachable, HTTP errors), RepoMetadataError,
-    UnknownPackageError (a seed name the repositories lack, with close names), ChecksumMismatchError and
-    SignatureError (nothing of that package is kept or unpacked), UnsafeArchiveError, ToolError/ToolMissingError
-    (gpg, gpgv), LocalIOError.
+    downloaded and verified before the first is unpacked (a headers/ repository's package also against its .hdr:
+    see :mod:`imagectl.build.slc.headers`). Raises KeyProblemError (no key given, or a key file gpg cannot read;
+    before any download), DownloadError (mirror unreachable, HTTP errors, neither repodata/ nor headers/),
+    RepoMetadataError, UnknownPackageError (a seed name the repositories lack, with close names),
+    ChecksumMismatchError, HeaderMismatchError and SignatureError (nothing of that package is kept or unpacked),
+    UnsafeArchiveError, ToolError/ToolMissingError (gpg, gpgv), LocalIOError.
     """
     repos = {"os": repository_url(mirror, release, arch), **dict(extra_repos)}
     chroot_repos = {name: chroot_url(url, release) for name, url in repos.items()}
@@ -174,16 +238,17 @@ def stage1(
         say(f"packages must be signed by {pinned.describe()} ({', '.join(str(k) for k in gpg_keys)})")
         session = make_session(retries=retries)
         available: list[Package] = []
-        readers: dict[str, YumRepository] = {}
+        readers: dict[str, RepositoryReader] = {}
         for name, url in repos.items():
-            reader = YumRepository(url, cache, session=session, timeout=timeout, attempts=retries + 1)
-            say(f"{name} repository: {reader.prefer_https()}")
+            reader, line = open_repository(url, release, cache, session=session, timeout=timeout, attempts=retries + 1)
+            say(f"{name} repository: {line}")
             readers[reader.url] = reader  # the key Package.repo_url carries
             available += reader.packages()
         where = " and ".join(safe_url(u) for u in repos.values())
         seed = resolve(available, SEEDS[release], arch, where=where)
-        total = sum(p.size for p in seed)
-        say(f"fetching {len(seed)} seed packages ({total / 1e6:.1f} MB) for SLC {release} {arch}")
+        sizes = [p.size for p in seed if p.size is not None]
+        total = f"{sum(sizes) / 1e6:.1f} MB" if len(sizes) == len(seed) else f"each at most {RPM_MAX >> 20} MiB"
+        say(f"fetching {len(seed)} seed packages ({total}) for SLC {release} {arch}")
         files: list[Path] = []
         for p in seed:
             reader = readers[p.repo_url]
@@ -197,9 +262,10 @@ def stage1(
     say(f"unpacking {len(files)} packages into {target}")
     unpack(files, target)
     keys_dir = target / "etc/pki/rpm-gpg"
+    _install_pinned_keys(gpg_keys, keys_dir, say)
     keys = sorted(f"/etc/pki/rpm-gpg/{k.name}" for k in keys_dir.glob("RPM-GPG-KEY*")) if keys_dir.is_dir() else []
     if not keys:
-        say("warning: the seed ships no GPG keys in /etc/pki/rpm-gpg; stage 2's yum checks packages by checksum only")
+        say("warning: no armoured GPG key for stage 2's yum; it checks packages by checksum only")
     yum_text = yum_config(chroot_repos, keys)
     _write_yum_config(target, release, yum_text)
     seed_dir = target / SEED_DIR
@@ -219,6 +285,22 @@ def stage1(
         gpg_keys=keys,
         install=list(dict.fromkeys([*AFTER[release], *install])),
     )
+
+
+def _install_pinned_keys(gpg_keys: Sequence[Path], keys_dir: Path, say: Callable[[str], None]) -> None:
+    """Put the recipe's pinned keys where stage 2's rpm and yum read keys (``RPM-GPG-KEY-imagectl-N``), so that
+    what yum installs is checked against the keys the image team chose, not only against those the seed ships.
+    rpm imports armoured keys only; a binary key file is left out, with a warning."""
+    for n, key in enumerate(gpg_keys, 1):
+        data = read_regular(key, 1 << 20, what="GPG key", error=InvalidInputError)
+        if not data.lstrip().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----"):
+            say(f"warning: {key} is not an armoured key; stage 2's rpm cannot import it")
+            continue
+        try:
+            keys_dir.mkdir(parents=True, exist_ok=True)
+            (keys_dir / f"RPM-GPG-KEY-imagectl-{n}").write_bytes(data)
+        except OSError as e:
+            raise LocalIOError(f"cannot install the pinned key into {keys_dir}: {e.strerror}") from None
 
 
 def stage2_commands(b: Bootstrap) -> list[list[str]]:
@@ -266,6 +348,36 @@ def _chroot_ready(target: Path, log_file: Path | None) -> Iterator[None]:
             resolv.unlink(missing_ok=True)
 
 
+_ELF_MACHINE = {"x86_64": 62, "i386": 3, "i486": 3, "i586": 3, "i686": 3, "ia64": 50}
+
+
+def check_runnable(target: Path, arch: str) -> None:
+    """Refuse stage 2, saying why, when the seed's ``/bin/rpm`` is not a program this target can run.
+
+    Stage 2 runs the target's own rpm and yum in the chroot. A mirror whose packages carry no real binaries (a
+    test fixture, a broken mirror) would otherwise fail there with "Exec format error" and nothing more. Raises
+    InvalidInputError naming what a real SLC mirror provides.
+    """
+    rpm = target / "bin/rpm"
+    try:
+        real = rpm.resolve()
+        if not real.is_relative_to(target.resolve()):  # an absolute link, read as the chroot will
+            real = (target / str(rpm.readlink()).lstrip("/")).resolve()
+        with real.open("rb") as f:
+            head = f.read(20)
+    except OSError as e:
+        raise InvalidInputError(f"stage 2 cannot read the seed's /bin/rpm in {target}: {e.strerror}") from None
+    machine = int.from_bytes(head[18:20], "little" if head[5:6] == b"\x01" else "big") if len(head) == 20 else -1
+    if head[:4] != b"\x7fELF" or machine != _ELF_MACHINE.get(arch):
+        what = "not an ELF program" if head[:4] != b"\x7fELF" else f"an ELF program for machine {machine}"
+        raise InvalidInputError(
+            f"stage 1 done (repository read, {arch} seed verified and unpacked), but stage 2 cannot run: the "
+            f"seed's /bin/rpm is {what}, not a {arch} program; stage 2 runs the target's own rpm and yum in the "
+            "chroot, which a real SLC mirror provides (its rpm, glibc, python and yum packages)",
+            hint="point IMAGECTL_MIRROR_SLC<N> (or the recipe's mirror:) at a real SLC mirror of that release",
+        )
+
+
 def stage2(b: Bootstrap, *, log_file: Path | None = None) -> None:
     """Run stage 2 in the chroot (needs root). Raises InvalidInputError if the target has no /bin/rpm or already
     has an rpm database, ToolError naming the step that failed, LocalIOError."""
@@ -275,6 +387,7 @@ def stage2(b: Bootstrap, *, log_file: Path | None = None) -> None:
         raise InvalidInputError(f"{b.target} already has an rpm database; stage 2 runs once, on a fresh tree")
     if os.geteuid() != 0:
         raise InvalidInputError("stage 2 needs root (chroot, mount, device nodes)", hint="run it under sudo")
+    check_runnable(b.target, b.arch)
     try:
         with _chroot_ready(b.target, log_file):
             for cmd in stage2_commands(b):

@@ -18,9 +18,11 @@ http, said once.
 
 from __future__ import annotations
 
+import abc
 import bz2
 import dataclasses
 import difflib
+import errno
 import gzip
 import hashlib
 import lzma
@@ -33,7 +35,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, ClassVar, Protocol
 
 import requests
 import urllib3.exceptions
@@ -53,8 +55,10 @@ from imagectl.store.base import Pace, paced
 __all__ = [
     "ChecksumMismatchError",
     "MetadataFile",
+    "MissingFileError",
     "Package",
     "RepoMetadataError",
+    "RepositoryReader",
     "UnknownPackageError",
     "YumRepository",
     "compatible_arches",
@@ -67,6 +71,10 @@ CHUNK = 1 << 20  # bytes per read
 REPOMD_MAX = 4 << 20  # bytes: a repomd.xml is a few KiB; anything this large is not one
 METADATA_MAX = 512 << 20  # bytes: cap for a primary file whose size repomd.xml does not declare (SLC 3/4 era)
 HTTPS_PROBE_TIMEOUT = 5.0  # seconds for the one https attempt on an http:// mirror (connect and each read)
+NO_REPOSITORY_HINT = (
+    "no yum repository there; an SLC mirror is the release directory (e.g. https://linuxsoft.cern.ch/cern/slc6X), "
+    "to which ARCH/yum/os is appended"
+)
 
 _REPO_NS = "{http://linux.duke.edu/metadata/repo}"
 _COMMON_NS = "{http://linux.duke.edu/metadata/common}"
@@ -89,6 +97,11 @@ class RepoMetadataError(InvalidInputError):
     """The mirror answered, but with something that is not yum repository metadata."""
 
 
+class MissingFileError(DownloadError):
+    """The mirror has no such file (HTTP 404 or 410, or no such local file): how stage 1 tells which repository
+    format a mirror serves."""
+
+
 @dataclass(frozen=True)
 class MetadataFile:
     """One ``<data>`` entry of repomd.xml (primary, filelists, ...)."""
@@ -109,10 +122,10 @@ class Package:
     arch: str
     evr: EVR
     href: str  # location relative to the repository (or to ``base``)
-    checksum_type: str  # as the repository spells it: sha256, sha (sha1), md5, ...
+    checksum_type: str  # as the repository spells it: sha256, sha (sha1), md5, ...; "" where none is declared
     checksum: str
-    size: int  # bytes of the .rpm file
-    repo_url: str = ""  # the repository it came from (set by YumRepository.packages)
+    size: int | None  # bytes of the .rpm file; None where the repository does not declare it (yum 2.0 headers/)
+    repo_url: str = ""  # the repository it came from (set by the reader's packages())
     base: str | None = None
     requires: tuple[str, ...] = field(default=(), compare=False)
     provides: tuple[str, ...] = field(default=(), compare=False)
@@ -330,11 +343,16 @@ def resolve(
     return [best[n] for n in wanted]
 
 
-class YumRepository:
-    """One yum repository at ``url`` (the directory that holds ``repodata/``), read through one HTTP session.
+class RepositoryReader(abc.ABC):
+    """What every repository format shares: the repository's URL, a cache, one HTTP session with retries, reads
+    bounded and paced (:func:`imagectl.store.base.paced`), https preferred when an ``http://`` mirror offers it.
 
-    ``cache`` holds verified primary files and packages, each under its checksum.
+    A subclass names its index file (``index_path``, at most ``index_max`` bytes), checks it (``_check_index``) and
+    turns it into packages; stage 1 uses nothing else.
     """
+
+    index_path: ClassVar[str]  # the file that says the repository is there, relative to it
+    index_max: ClassVar[int]  # bytes
 
     def __init__(
         self,
@@ -355,11 +373,12 @@ class YumRepository:
         self.pace = Pace(window=max(timeout, 1.0))  # how slow a mirror may get before a download fails
         self.attempts = max(1, attempts)
         self.downloaded = 0  # bytes received over the network by this object (tests and progress read it)
+        self.https_refused = False  # the https probe got no HTTP answer at all (TLS or connection failure)
 
     def prefer_https(self, *, timeout: float = HTTPS_PROBE_TIMEOUT, session: requests.Session | None = None) -> str:
-        """For an ``http://`` repository, try ``repodata/repomd.xml`` once over https (``timeout`` seconds, no
-        retries; a refused connection or TLS failure ends it at once); if that answers with a repomd document,
-        read everything over https from now on. Returns one line saying which was chosen, for the user.
+        """For an ``http://`` repository, try its index file once over https (``timeout`` seconds, no retries; a
+        refused connection or TLS failure ends it at once, and sets ``https_refused``); if that answers with an
+        index, read everything over https from now on. Returns one line saying which was chosen, for the user.
 
         Never raises for a failed probe: the repository stays on http.
         """
@@ -368,7 +387,7 @@ class YumRepository:
             return f"reading {safe_url(self.url)}"
         https = urllib.parse.urlunsplit(("https", *parts[1:]))
         probe = session or make_session(retries=0)  # one attempt: the https answer is a bonus, not a need
-        url = _join(https, "repodata/repomd.xml")
+        url = _join(https, self.index_path)
         why = ""
         try:
             with probe.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as resp:
@@ -380,11 +399,12 @@ class YumRepository:
                     body = bytearray()
                     for chunk in resp.iter_content(CHUNK):
                         body += chunk
-                        if len(body) > REPOMD_MAX:
+                        if len(body) > self.index_max:
                             break
-                    parse_repomd(bytes(body), safe_url(url))
+                    self._check_index(bytes(body), safe_url(url))
         except requests.RequestException as e:
             why = type(e).__name__
+            self.https_refused = True
         except RepoMetadataError:
             why = "not a yum repository there"
         finally:
@@ -403,27 +423,107 @@ class YumRepository:
             raise LocalIOError(f"cannot remove refused package {path}: {e.strerror}") from None
         _remove_empty(path.parent, self.cache)
 
+    @abc.abstractmethod
+    def _check_index(self, data: bytes, what: str) -> None:
+        """Raise RepoMetadataError unless ``data`` is this format's index file."""
+
+    @abc.abstractmethod
+    def load_index(self) -> None:
+        """Fetch and parse the index now, for the next :meth:`packages` to use. Raises MissingFileError if the
+        mirror has no such file, DownloadError, RepoMetadataError."""
+
+    @abc.abstractmethod
+    def packages(self) -> list[Package]:
+        """Every package the repository lists."""
+
+    @abc.abstractmethod
+    def download(self, pkg: Package) -> Path:
+        """The verified .rpm of ``pkg`` (one of :meth:`packages`) in the cache."""
+
+    def _read_index(self) -> bytes:
+        """The index file's bytes; raises RepoMetadataError past ``index_max`` bytes."""
+        url = _join(self.url, self.index_path)
+        buf = bytearray()
+        for chunk in self._chunks(url):
+            buf += chunk
+            if len(buf) > self.index_max:
+                raise RepoMetadataError(f"{safe_url(url)} is larger than {self.index_max} bytes; not its index file")
+        return bytes(buf)
+
+    def _chunks(self, url: str) -> Iterator[bytes]:
+        """The body of ``url`` in chunks; raises MissingFileError (HTTP 404/410, no such file) or DownloadError for
+        anything but a readable 2xx answer."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "file":
+            path = urllib.parse.unquote(parts.path)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang us
+                with os.fdopen(fd, "rb") as f:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise DownloadError(f"{url} is not a regular file")
+                    os.set_blocking(fd, True)
+                    while chunk := f.read(CHUNK):
+                        self.downloaded += len(chunk)
+                        yield chunk
+            except OSError as e:
+                kind = MissingFileError if e.errno == errno.ENOENT else DownloadError
+                raise kind(f"cannot read {url}: {e.strerror}") from None
+            return
+        try:
+            # identity: some mirrors add Content-Encoding: gzip to .gz files, which requests would then undo
+            resp = self.session.get(url, stream=True, timeout=self.timeout, headers={"Accept-Encoding": "identity"})
+        except requests.RequestException as e:
+            raise DownloadError(f"cannot reach {safe_url(url)}: {type(e).__name__}") from None
+        with resp:
+            if resp.status_code >= 400:
+                hint = None
+                if resp.status_code == 404 and url.endswith(self.index_path):
+                    hint = NO_REPOSITORY_HINT
+                kind = MissingFileError if resp.status_code in (404, 410) else DownloadError
+                raise kind(f"HTTP {resp.status_code} from {safe_url(url)}", hint=hint)
+            # read1 hands over what each socket read brings, so a mirror that drips its answer trips the pace
+            # check (at least min_rate bytes/s over every window) instead of holding the build forever.
+            try:
+                for chunk in paced(iter(lambda: resp.raw.read1(CHUNK), b""), self.pace, safe_url(url)):
+                    self.downloaded += len(chunk)
+                    yield chunk
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+                raise DownloadError(f"connection lost while reading {safe_url(url)}: {type(e).__name__}") from None
+
+
+class YumRepository(RepositoryReader):
+    """One yum repository at ``url`` (the directory that holds ``repodata/``), read through one HTTP session.
+
+    ``cache`` holds verified primary files and packages, each under its checksum.
+    """
+
+    index_path = "repodata/repomd.xml"
+    index_max = REPOMD_MAX
+    _repomd: dict[str, MetadataFile] | None = None  # fetched by load_index, used once by packages
+
+    def _check_index(self, data: bytes, what: str) -> None:
+        parse_repomd(data, what)
+
+    def load_index(self) -> None:
+        self._repomd = self.repomd()
+
     def repomd(self) -> dict[str, MetadataFile]:
         """Fetch and parse repodata/repomd.xml (always fetched: it is what says whether anything changed).
 
         Raises DownloadError if the mirror cannot be reached or has no repository there, RepoMetadataError if
         what it serves is not repomd.xml.
         """
-        url = _join(self.url, "repodata/repomd.xml")
-        buf = bytearray()
-        for chunk in self._chunks(url):
-            buf += chunk
-            if len(buf) > REPOMD_MAX:
-                raise RepoMetadataError(f"{safe_url(url)} is larger than {REPOMD_MAX} bytes; not a repomd.xml")
-        return parse_repomd(bytes(buf), safe_url(url))
+        return parse_repomd(self._read_index(), safe_url(_join(self.url, self.index_path)))
 
     def packages(self) -> list[Package]:
-        """Every package of the repository's primary metadata (fetched once, then served from the cache).
+        """Every package of the repository's primary metadata (fetched once, then served from the cache), from
+        the repomd.xml :meth:`load_index` fetched, or a fresh one.
 
         Raises DownloadError, RepoMetadataError, or ChecksumMismatchError if the primary file does not match
         repomd.xml.
         """
-        primary = self.repomd()["primary"]
+        repomd, self._repomd = self._repomd or self.repomd(), None
+        primary = repomd["primary"]
         path = self._fetch(
             _join(primary.base or self.url, primary.href),
             primary.checksum_type,
@@ -514,46 +614,6 @@ class YumRepository:
         finally:
             if tmp:
                 Path(tmp).unlink(missing_ok=True)
-
-    def _chunks(self, url: str) -> Iterator[bytes]:
-        """The body of ``url`` in chunks; raises DownloadError for anything but a readable 2xx answer."""
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme == "file":
-            path = urllib.parse.unquote(parts.path)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang us
-                with os.fdopen(fd, "rb") as f:
-                    if not stat.S_ISREG(os.fstat(fd).st_mode):
-                        raise DownloadError(f"{url} is not a regular file")
-                    os.set_blocking(fd, True)
-                    while chunk := f.read(CHUNK):
-                        self.downloaded += len(chunk)
-                        yield chunk
-            except OSError as e:
-                raise DownloadError(f"cannot read {url}: {e.strerror}") from None
-            return
-        try:
-            # identity: some mirrors add Content-Encoding: gzip to .gz files, which requests would then undo
-            resp = self.session.get(url, stream=True, timeout=self.timeout, headers={"Accept-Encoding": "identity"})
-        except requests.RequestException as e:
-            raise DownloadError(f"cannot reach {safe_url(url)}: {type(e).__name__}") from None
-        with resp:
-            if resp.status_code >= 400:
-                hint = None
-                if resp.status_code == 404 and url.endswith("repodata/repomd.xml"):
-                    hint = (
-                        "no yum repository there; an SLC mirror is the release directory (e.g. "
-                        "https://linuxsoft.cern.ch/cern/slc6X), to which ARCH/yum/os is appended"
-                    )
-                raise DownloadError(f"HTTP {resp.status_code} from {safe_url(url)}", hint=hint)
-            # read1 hands over what each socket read brings, so a mirror that drips its answer trips the pace
-            # check (at least min_rate bytes/s over every window) instead of holding the build forever.
-            try:
-                for chunk in paced(iter(lambda: resp.raw.read1(CHUNK), b""), self.pace, safe_url(url)):
-                    self.downloaded += len(chunk)
-                    yield chunk
-            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-                raise DownloadError(f"connection lost while reading {safe_url(url)}: {type(e).__name__}") from None
 
 
 def _with_repo(p: Package, url: str) -> Package:
