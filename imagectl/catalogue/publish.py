@@ -242,9 +242,13 @@ def publish(
         _check_revoked(state, req.name, version)
         old = _existing(state, req.name, version, req.arch)
         if old is not None and (old.sha256 != sha256 or old.format != fmt):
+            differs = (
+                f"other bytes (sha256 {old.sha256[:12]}…)"
+                if old.sha256 != sha256
+                else f"format {old.format} (these same bytes as {fmt})"
+            )
             raise ConflictError(
-                f"{req.name}:{version} ({req.arch}) is already published with other bytes "
-                f"(sha256 {old.sha256[:12]}…); versions are immutable",
+                f"{req.name}:{version} ({req.arch}) is already published with {differs}; versions are immutable",
                 hint="publish under a new version (omit --version for an automatic one)",
             )
         if old is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,8 +133,9 @@ class _Verifier:
             self.problem(f"{METADATA}root.json is not the newest versioned root ({current.signed.version})")
         return current
 
-    def blob(self, rec: ImageRecord) -> None:
-        key = blob_key(rec.sha256)
+    def blob(self, label: str, sha256: str, size: int) -> None:
+        """Hash the blob ``sha256`` names, checking it against the signed ``size`` and ``sha256``."""
+        key = blob_key(sha256)
         h, n = hashlib.sha256(), 0
         try:
             with self.store.open_range(key) as stream:
@@ -141,16 +143,27 @@ class _Verifier:
                     h.update(chunk)
                     n += len(chunk)
         except ObjectMissingError:
-            self.problem(f"{rec.path}: blob {key} is missing")
+            self.problem(f"{label}: blob {key} is missing")
             return
         except ImagectlError as e:
-            self.problem(f"{rec.path}: blob {key} unreadable: {e.message}")
+            self.problem(f"{label}: blob {key} unreadable: {e.message}")
             return
         self.report.blob_bytes += n
-        if n != rec.size:
-            self.problem(f"{rec.path}: blob {key} has {n} bytes, signed length is {rec.size}")
-        elif h.hexdigest() != rec.sha256:
-            self.problem(f"{rec.path}: blob {key} has sha256 {h.hexdigest()}, signed is {rec.sha256}")
+        if n != size:
+            self.problem(f"{label}: blob {key} has {n} bytes, signed length is {size}")
+        elif h.hexdigest() != sha256:
+            self.problem(f"{label}: blob {key} has sha256 {h.hexdigest()}, signed is {sha256}")
+
+    def record_blob(self, rec: ImageRecord) -> None:
+        """The build record ``publish --from-build`` stored beside the image: signed (sha256, size) in custom."""
+        summary = rec.build_record
+        if summary is None or "sha256" not in summary:
+            return
+        sha, size = summary.get("sha256"), summary.get("size")
+        if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)) or type(size) is not int or size < 0:
+            self.problem(f"{rec.path}: build_record names no valid blob (sha256 {sha!r}, size {size!r})")
+            return
+        self.blob(f"{rec.path} (build record)", sha, size)
 
     def scope(self) -> _Scope | None:
         """What mirror.json says this partial mirror holds; None for a full catalogue (or an unusable file, which
@@ -256,7 +269,8 @@ class _Verifier:
                     continue
                 self.report.images += 1
                 if self.check_blobs:
-                    self.blob(rec)
+                    self.blob(rec.path, rec.sha256, rec.size)
+                    self.record_blob(rec)
         if scope is not None:
             for label in sorted(scope.images - seen):
                 self.problem(f"{MIRROR_FILE}: claims image {label}, which the signed metadata lacks")

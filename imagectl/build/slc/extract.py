@@ -292,7 +292,8 @@ def _check_data(m: CpioMember, e: FileEntry, archive: IO[bytes], algo: str, what
 
 def _check_link(m: CpioMember, e: FileEntry) -> None:
     target = m.link or ""
-    if not target or "\0" in target or len(os.fsencode(target)) > MAX_NAME:
+    # PATH_MAX counts the terminating NUL: the kernel takes at most MAX_NAME - 1 bytes (ENAMETOOLONG in pass 2)
+    if not target or "\0" in target or len(os.fsencode(target)) >= MAX_NAME:
         raise _Refused("its symlink target is empty, too long or contains a NUL byte")
     if target != e.link:
         raise _Refused(f"its symlink target {target!r} differs from the header's {e.link!r}")
@@ -305,6 +306,7 @@ def _plan(
     view = _View(root_fd)
     steps: list[_Step] = []
     seen: set[str] = set()
+    placed: dict[tuple[str, ...], CpioMember] = {}  # where each member lands, after symlinks: no two may share one
     groups: dict[tuple[int, int, int], list[_Step]] = {}
     m: CpioMember | None = None
     try:
@@ -342,6 +344,9 @@ def _plan(
                     groups.setdefault((*m.dev, m.ino), []).append(step)
                 else:
                     _check_data(m, entry, archive, algo, what)
+            earlier = placed.setdefault(path, m)
+            if earlier is not m and not (kind == stat.S_IFDIR and stat.S_IFMT(earlier.mode) == stat.S_IFDIR):
+                raise _Refused(f"it lands on /{'/'.join(path)}, where the earlier member {earlier.name!r} went")
             steps.append(step)
         for group in groups.values():
             m = group[-1].member  # the carrier, unless the refusal names another member
