@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(sudo qemu-utils qemu-system-x86 debootstrap fdisk gdisk dosfstools squashfs-tools kpartx
           gnupg debian-archive-keyring xz-utils zstd e2fsprogs rpm rpm2cpio cpio createrepo-c curl openssl
-          syslinux syslinux-common mtools xorriso shellcheck dash)
+          syslinux syslinux-common mtools xorriso shellcheck dash chromium
+          python3-nova)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

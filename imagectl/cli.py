@@ -162,7 +162,32 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     )
     emit(args, report.as_json(), "\n".join(lines))
     if report.problems:
-        raise VerifyFailedError(f"catalogue verify found {len(report.problems)} problem(s)")
+        hint = (
+            f"{report.needs_upgrade} image(s) lack the target file stock TUF clients download; "
+            f"add them with: imagectl catalogue upgrade {store.shown}"
+            if report.needs_upgrade
+            else None
+        )
+        raise VerifyFailedError(f"catalogue verify found {len(report.problems)} problem(s)", hint=hint)
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.upgrade import upgrade_catalogue
+
+    store = _store(cfg, args.dest)
+    report = upgrade_catalogue(store)
+    lines = [f"problem: {p}" for p in report.problems]
+    lines.append(
+        f"{store.shown}: {len(report.created)} target file(s) created, {report.present} already present"
+        + (f", {len(report.problems)} problem(s)" if report.problems else "")
+    )
+    emit(args, report.as_json(), "\n".join(lines))
+    if report.problems:
+        raise VerifyFailedError(
+            f"catalogue upgrade could not place {len(report.problems)} target file(s)",
+            hint=f"run: imagectl catalogue verify {store.shown}",
+        )
     return 0
 
 
@@ -226,8 +251,38 @@ def cmd_rotate(args: argparse.Namespace, cfg: Config) -> int:
 
 
 # -- publishing ----------------------------------------------------------------------------------------------
+def _before_change(args: argparse.Namespace, cfg: Config) -> None:
+    """Refuse, before anything is signed, a ``--site`` or ``--export`` that could only fail after the change: a
+    site directory that is not ours, a malformed ``KIND=PATH``, a HEPiX export without its certificate and key."""
+    if getattr(args, "site", None):
+        from imagectl.site.write import existing_site
+
+        existing_site(Path(args.site))
+    if getattr(args, "export", None):
+        from imagectl.export import parse_specs, signer
+
+        if any(kind == "hepix" for kind, _ in parse_specs(args.export)):
+            signer(cfg)
+
+
+def _after_change(args: argparse.Namespace, cfg: Config) -> None:
+    """Refresh what is rendered from the catalogue after a committed change: the browse site (``--site DIR``) and
+    the exports (``--export KIND=PATH``). The change itself is already visible; a failure here is reported with its
+    own exit code and says so."""
+    if getattr(args, "site", None):
+        from imagectl.site import refresh_site
+
+        refresh_site(cfg, Path(args.site), warn)
+    if getattr(args, "export", None):
+        from imagectl.export import refresh_exports
+
+        refresh_exports(cfg, args.export, warn)
+
+
 def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.publish import PublishRequest, publish, publish_build
+
+    _before_change(args, cfg)
 
     if args.from_build:
         if args.file or args.name or args.arch or args.os or args.os_version:
@@ -253,6 +308,7 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
                 for r in results
             ),
         )
+        _after_change(args, cfg)
         return 0
     if not (args.file and args.name and args.arch):
         raise InvalidInputError("publish needs FILE --name NAME --arch ARCH (or --from-build DIR)")
@@ -277,11 +333,14 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
         f"{what}: {rec.name}:{rec.version} {rec.arch} {rec.format} {rec.size} bytes sha256:{rec.sha256}"
         + (f"; channel {res.channel} -> {rec.version}" if res.channel else ""),
     )
+    _after_change(args, cfg)
     return 0
 
 
 def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.publish import promote
+
+    _before_change(args, cfg)
 
     before = promote(_store(cfg), _keys(cfg), args.ref, args.channel, cfg.expiry_days())
     emit(
@@ -289,24 +348,31 @@ def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
         {"ref": args.ref, "channel": args.channel, "previous": before or None},
         f"{args.channel} -> {args.ref}" + (f" (was {before})" if before else ""),
     )
+    _after_change(args, cfg)
     return 0
 
 
 def cmd_deprecate(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.publish import deprecate
 
+    _before_change(args, cfg)
+
     n = deprecate(_store(cfg), _keys(cfg), args.ref, args.reason, cfg.expiry_days())
     emit(args, {"ref": args.ref, "images": n}, f"deprecated {args.ref} ({n} arch(es))")
+    _after_change(args, cfg)
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.publish import revoke
 
+    _before_change(args, cfg)
+
     dropped = revoke(_store(cfg), _keys(cfg), args.ref, args.reason, cfg.expiry_days())
     for c in dropped:
         warn(f"channel {c} pointed at {args.ref} and now points nowhere")
     emit(args, {"ref": args.ref, "dropped_channels": dropped}, f"revoked {args.ref}")
+    _after_change(args, cfg)
     return 0
 
 
@@ -405,6 +471,73 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
         rec = reader.resolve(ref, _arch(args)).record
     full = {**rec.custom(), "sha256": rec.sha256, "path": rec.path}
     emit(args, full, "\n".join(f"{k}: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in full.items()))
+    return 0
+
+
+def cmd_site(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.site import build_site
+
+    res = build_site(_store(cfg, args.dest), cfg, Path(args.output), warn)
+    info = res.as_json()
+    emit(
+        args,
+        info,
+        f"wrote {res.path}/index.html: {info['names']} names, {info['images']} images, {res.files} files; "
+        f"metadata version {info['metadata_version']}, "
+        + (f"EXPIRED on {info['expires']}" if info["expired"] else f"expires {info['expires']}"),
+    )
+    return 0
+
+
+# -- exports (imagectl/export/) ------------------------------------------------------------------------------
+def _export_reader(cfg: Config, dest: str | None) -> Any:
+    from imagectl.catalogue.client import CatalogueReader
+
+    return CatalogueReader(_store(cfg, dest), cfg.cache_path, cfg.root, warn, retries=cfg.retries)
+
+
+def cmd_export_simplestreams(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl import export
+
+    with _export_reader(cfg, args.dest) as reader:
+        files = export.simplestreams(reader, Path(args.output), gpg_key=cfg.gpg_key, public_url=cfg.public_url)
+    signed = f"clearsigned by {cfg.gpg_key}" if cfg.gpg_key else "unsigned (no --gpg-key)"
+    emit(
+        args,
+        {"output": args.output, "files": files, "signed": bool(cfg.gpg_key)},
+        f"wrote {args.output}: " + ", ".join(files) + f"; {signed}",
+    )
+    return 0
+
+
+def cmd_export_hepix(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl import export
+
+    days = int(number(args.valid_days, "--valid-days", low=1, high=export.VALID_DAYS_MAX))
+    signer = export.signer(cfg)  # before any download: a wrong key must not cost a pass over every image
+    with _export_reader(cfg, args.dest) as reader:
+        doc = export.hepix(
+            reader,
+            Path(args.output),
+            signer,
+            cache=cfg.cache_path,
+            public_url=cfg.public_url,
+            list_url=args.list_url,
+            valid_days=days,
+        )
+    images = doc["hv:imagelist"]["hv:images"]
+    emit(args, doc, f"wrote {args.output}: {len(images)} image(s), S/MIME signed by {signer.dn}")
+    return 0
+
+
+def cmd_export_glance(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl import export
+    from imagectl.catalogue.model import parse_ref
+
+    ref = parse_ref(args.ref)
+    with _reader(cfg) as reader:
+        image = export.glance(reader, ref, _arch(args), public_url=cfg.public_url, root=cfg.root)
+    emit(args, image.as_json(), image.shell())
     return 0
 
 
@@ -689,6 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(cat, "verify", cmd_verify, "check every signature, version, expiry, hash and length", reader)
     sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
     sp.add_argument("--no-blobs", action="store_true", help="check metadata only, not image bytes")
+    sp = add(cat, "upgrade", cmd_upgrade, "add what a catalogue written by an older imagectl lacks", reader)
+    sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
     sp = add(cat, "gc", cmd_gc, "remove blobs and metadata versions no signed metadata refers to", writer)
     sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
     sp.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
@@ -716,6 +851,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("terms", nargs="*", metavar="TERM", help="words that must all appear (name, os, version…)")
     for f in ("arch", "os", "hypervisor", "format"):
         sp.add_argument(f"--{f}", help=f"only this {f}")
+    sp = add(
+        cat,
+        "site",
+        cmd_site,
+        "render a static browse site (HTML and a JSON feed) from verified metadata",
+        (*reader, "public_url"),
+    )
+    sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
+    sp.add_argument(
+        "-o", "--output", default="site", metavar="DIR", help="site directory, replaced atomically (default: ./site)"
+    )
 
     rec = sub.add_parser("recipe", help="check and inspect recipes").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"
@@ -747,6 +893,47 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--role", default="root", choices=("root", "targets", "snapshot", "timestamp"))
     sp.add_argument("--threshold", default="1", metavar="K[/N]", help="new threshold K of N new keys")
 
+    exp = sub.add_parser(
+        "export", help="render the catalogue for other tools (simplestreams, HEPiX, Glance)"
+    ).add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    sp = add(
+        exp,
+        "simplestreams",
+        cmd_export_simplestreams,
+        "write streams/v1 for sstream-query and mirrors",
+        (*reader, "public_url", "gpg_key"),
+    )
+    sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
+    sp.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="where streams/v1/ goes (serve it at the catalogue's base URL: item paths are blobs/sha256/HEX)",
+    )
+    sp = add(
+        exp,
+        "hepix",
+        cmd_export_hepix,
+        "write an S/MIME-signed HEPiX image list (vmcatcher, atrope)",
+        (*reader, "public_url"),
+    )
+    sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
+    sp.add_argument("-o", "--output", required=True, metavar="FILE", help="the signed list")
+    sp.add_argument("--cert", dest="hepix_cert", metavar="PEM", help="signing certificate (env IMAGECTL_HEPIX_CERT)")
+    sp.add_argument("--key", dest="hepix_key", metavar="PEM", help="its private key (env IMAGECTL_HEPIX_KEY)")
+    sp.add_argument("--list-url", help="where the list will be published (hv:uri; default: beside the catalogue)")
+    sp.add_argument("--valid-days", default="30", help="days until the list expires (dc:date:expires; default 30)")
+    sp = add(
+        exp,
+        "glance",
+        cmd_export_glance,
+        "print the `openstack image create` command for one image",
+        (*reader, "public_url"),
+    )
+    sp.add_argument("ref", metavar="NAME[:VERSION|@CHANNEL]")
+    sp.add_argument("--arch", help="architecture (default: the host's)")
+
     sp = add(sub, "build", cmd_build, "build a recipe's images with diskimage-builder", ())
     sp.add_argument("recipe", metavar="RECIPE")
     sp.add_argument(
@@ -775,7 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("assignments", nargs="+", metavar="KEY=VALUE", help="HOSTNAME=…, SSH_PUBLIC_KEY=@FILE, …")
     sp.add_argument("-o", "--output", required=True, metavar="ISO", help="where to write the ISO")
 
-    sp = add(sub, "publish", cmd_publish, "sign and publish an image file to a catalogue", writer)
+    sp = publish_p = add(sub, "publish", cmd_publish, "sign and publish an image file to a catalogue", writer)
     sp.add_argument("file", nargs="?", help="image file")
     sp.add_argument("--from-build", metavar="DIR", help="publish what `imagectl build` left in DIR (uses its records)")
     sp.add_argument("--name")
@@ -786,15 +973,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--os", help="operating system, e.g. slc, debian")
     sp.add_argument("--os-version", help="its release, e.g. 6, 12")
     sp.add_argument("--channel", help="also point this channel at the new version")
-    sp = add(sub, "promote", cmd_promote, "point a channel at a version", writer)
+    sp = promote_p = add(sub, "promote", cmd_promote, "point a channel at a version", writer)
     sp.add_argument("ref", metavar="NAME:VERSION")
     sp.add_argument("channel")
-    sp = add(sub, "deprecate", cmd_deprecate, "mark a version deprecated (still pullable, with a warning)", writer)
+    sp = deprecate_p = add(
+        sub, "deprecate", cmd_deprecate, "mark a version deprecated (still pullable, with a warning)", writer
+    )
     sp.add_argument("ref", metavar="NAME:VERSION")
     sp.add_argument("--reason", default="", help="shown to deployers")
     sp = add(sub, "revoke", cmd_revoke, "remove a version from the signed metadata", writer)
     sp.add_argument("ref", metavar="NAME:VERSION")
     sp.add_argument("--reason", required=True, help="shown to anyone who asks for the version")
+    for changer in (publish_p, promote_p, deprecate_p, sp):
+        changer.add_argument(
+            "--site", metavar="DIR", help="then refresh the browse site in DIR (imagectl catalogue site)"
+        )
+        changer.add_argument(
+            "--export",
+            action="append",
+            default=[],
+            metavar="KIND=PATH",
+            help="then refresh this export (imagectl export; repeatable)",
+        )
     sp = add(sub, "pull", cmd_pull, "download a verified image", reader)
     sp.add_argument("ref", metavar="NAME[:VERSION|@CHANNEL]")
     sp.add_argument("--arch", help="architecture (default: the host's)")

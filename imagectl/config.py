@@ -110,6 +110,10 @@ class Config:
     )
     expires_snapshot: int = _s(7, "days until newly signed snapshot metadata expires", low=1, high=3650, unit="days")
     expires_timestamp: int = _s(1, "days until newly signed timestamp metadata expires", low=1, high=3650, unit="days")
+    public_url: str | None = _s(None, "URL deployers reach the catalogue at, for download URLs in exports")
+    gpg_key: str | None = _s(None, "GnuPG key id that clearsigns simplestreams exports (GNUPGHOME is honoured)")
+    hepix_cert: str | None = _s(None, "PEM certificate that signs HEPiX image lists (S/MIME)")
+    hepix_key: str | None = _s(None, "PEM private key of --hepix-cert (mode 0600)")
     #: setting name -> where its value came from (a flag, a variable, file:line:column, "default")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 

@@ -155,7 +155,7 @@ def test_gc_reports_every_kind_of_entry_and_goes_on_after_each(
         "young": ["blobs/sha256/1-young", "metadata/1.snapshot.json", "metadata/1.targets.json"],  # just superseded
         "skipped": ["blobs/sha256/0-link: not a regular file; not followed, not removed"],
         "aborted_uploads": ["uploads/a", "uploads/b"],
-        "referenced": 5,  # timestamp, snapshot, targets, image-wn and the image's blob
+        "referenced": 6,  # timestamp, snapshot, targets, image-wn, the image's blob and its target file
         "bytes_freed": 12,
         "dry_run": dry_run,
     }

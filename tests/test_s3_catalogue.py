@@ -144,3 +144,53 @@ def test_mirror_directory_to_s3_and_pull(s3cat, cli, make_image, tmp_path):
     assert (tmp_path / "p.img").read_bytes() == img.read_bytes()
     r = cli("mirror", src, url, "--root", root, "--json")  # up to date: nothing copied again
     assert json.loads(r.out)["blobs_copied"] == 0 and json.loads(r.out)["blobs_present"] == 1
+
+
+@pytest.mark.parametrize("copy_max", [None, 1 << 20], ids=["CopyObject", "UploadPartCopy"])
+def test_target_files_on_s3_are_server_side_copies(s3cat, cli, make_image, monkeypatch, copy_max):
+    """Stock TUF clients fetch targets/NAME/VERSION/ARCH/HEX.FILE: on S3 a server-side copy of the blob (in parts
+    above 5 GiB, here above 1 MiB); verify says when it is missing, upgrade adds it, gc drops a revoked one."""
+    from imagectl.catalogue.model import target_file_key
+    from imagectl.store import s3 as s3_mod
+
+    copies: list[str] = []
+    if copy_max:
+        monkeypatch.setattr(s3_mod, "COPY_MAX", copy_max)
+        monkeypatch.setattr(s3_mod, "COPY_PART", 5 << 20)  # S3's smallest part: 12 MiB is 3 parts
+        real = s3_mod.S3Store._copy_parts
+
+        def counting(self, source, etag, key, size):
+            self.client.meta.events.register("after-call.s3.UploadPartCopy", lambda **_k: copies.append(key))
+            return real(self, source, etag, key, size)
+
+        monkeypatch.setattr(s3_mod.S3Store, "_copy_parts", counting)
+    url, keys, _root = s3cat
+    store = open_store(url)
+    img = make_image(12 << 20)
+    digest = sha256(img)
+    for version in ("1", "2"):
+        r = cli(
+            "publish", img, "--catalogue", url, "--keys", keys, "--name", "wn", "--arch", "x86_64", "--version", version
+        )
+        assert r.code == 0, r.err
+    keys_of = {v: target_file_key(f"wn/{v}/x86_64/wn-{v}-x86_64.qcow2", digest) for v in ("1", "2")}
+    sent = store.stats.bytes_sent
+    assert store.read(keys_of["1"], 13 << 20) == img.read_bytes()
+    assert store.stats.bytes_sent == sent  # reading sends nothing; the copies were made by the server
+    assert cli("catalogue", "verify", url).code == 0
+    assert copies == ([keys_of["1"]] * 3 + [keys_of["2"]] * 3 if copy_max else [])
+
+    store.delete(keys_of["1"])
+    r = cli("catalogue", "verify", url, "--no-blobs", "--json")
+    assert r.code == 15 and json.loads(r.out)["needs_upgrade"] == 1
+    r = cli("catalogue", "upgrade", url, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["created"] == [keys_of["1"]] and json.loads(r.out)["present"] == 1
+    assert store.read(keys_of["1"], 13 << 20) == img.read_bytes()
+
+    assert cli("revoke", "wn:2", "--catalogue", url, "--keys", keys, "--reason", "test").code == 0
+    r = cli("catalogue", "gc", url, "--grace", "0", "--json")
+    assert r.code == 0, r.err
+    assert keys_of["2"] in json.loads(r.out)["removed"] and keys_of["1"] not in json.loads(r.out)["removed"]
+    assert not store.exists(keys_of["2"]) and store.exists(keys_of["1"])
+    assert cli("catalogue", "verify", url).code == 0

@@ -23,7 +23,7 @@ from imagectl.errors import InvalidInputError
 from tests.conftest import EXPIRY, Catalogue, CliResult, sha256
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "catalogue" / "schema"
-SCHEMAS = ("image-custom", "image-role-extension", "pull-result", "list-entry")
+SCHEMAS = ("image-custom", "image-role-extension", "pull-result", "list-entry", "show")
 Doc = dict[str, Any]
 
 
@@ -123,7 +123,8 @@ def test_schema_is_valid_draft_2020_12(name: str) -> None:
     schema = load_schema(name)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     Draft202012Validator.check_schema(schema)
-    assert schema["additionalProperties"] is False
+    for shape in schema.get("oneOf", [schema]):  # show: a name, or one image in full
+        assert shape["additionalProperties"] is False
 
 
 def test_shared_definitions_do_not_drift_apart() -> None:
@@ -262,6 +263,30 @@ def test_list_and_search_json_validate(populated: Populated, cli: Callable[..., 
             assert_valid("list-entry", row, " ".join(args))
 
 
+def test_show_json_validates(populated: Populated, cli: Callable[..., CliResult]) -> None:
+    cat = populated.cat
+    reader = ("--catalogue", cat.dir, "--root", cat.root, "--json")
+    name = json.loads(ok(cli, "catalogue", "show", "slc6-wn", *reader).out)
+    assert_valid("show", name, "show slc6-wn")
+    assert list(name["revoked"]) == ["6.3"] and name["channels"]["stable"]["version"] == "6.1"
+    assert {(i["version"], i["arch"]) for i in name["images"]} == {
+        ("6.1", "i386"),
+        ("6.1", "x86_64"),
+        (populated.auto, "x86_64"),
+    }
+    for ref, arch in (
+        ("slc6-wn@stable", "x86_64"),
+        ("slc6-wn:6.1", "i386"),
+        (f"debian12:{populated.debian}", "aarch64"),
+    ):
+        full = json.loads(ok(cli, "catalogue", "show", ref, *reader, "--arch", arch).out)
+        assert_valid("show", full, f"show {ref}")
+        assert full["path"] == model.target_path(full["name"], full["version"], arch, full["format"])
+    # the two shapes are told apart: a name summary is not an image, and the other way round
+    assert not validator("show").is_valid({**name, "sha256": HEX})
+    assert not validator("show").is_valid({**full, "images": []})
+
+
 # -- malformed documents are refused -----------------------------------------------------------------------------
 TS = "2026-11-25T15:02:03Z"
 HEX = "ec829685b10d28841f98cae7a11fed92cb7cfab018b06efb23faec015c87fd8b"
@@ -307,6 +332,14 @@ ENTRY: Doc = {
     "deprecated": None,
     "channels": ["stable", "testing"],
 }
+
+SHOW_NAME: Doc = {
+    "name": "debian12",
+    "channels": {},
+    "revoked": EXT["revoked"],
+    "images": [{k: v for k, v in ENTRY.items() if k != "channels"}],
+}
+SHOW_FULL: Doc = {**CUSTOM, "sha256": HEX, "path": "slc6-wn/6.1/x86_64/slc6-wn-6.1-x86_64.qcow2"}
 
 
 def put(key: str, value: Any) -> Callable[[Doc], Doc]:
@@ -364,6 +397,13 @@ BAD = [
     ("list-entry", ENTRY, put("channels", ["Stable"]), "bad channel"),
     ("list-entry", ENTRY, put("arch", "sparc64"), "unknown arch"),
     ("list-entry", ENTRY, put("path", "x"), "unknown field"),
+    ("show", SHOW_NAME, drop("revoked"), "name without revoked"),
+    ("show", SHOW_NAME, put("images", [{**ENTRY}]), "image summary with channels"),
+    ("show", SHOW_NAME, put("channels", {"stable": "6.1"}), "channel as a bare version"),
+    ("show", SHOW_FULL, drop("path"), "image without its path"),
+    ("show", SHOW_FULL, drop("sha256"), "image without its digest"),
+    ("show", SHOW_FULL, put("path", "../etc/passwd"), "path with '..'"),
+    ("show", SHOW_FULL, put("channels", ["stable"]), "unknown field"),
 ]
 
 

@@ -86,3 +86,17 @@ def test_elements_and_shims_are_in_the_wheel_with_their_modes(installed: tuple[P
     for script in ("slc-bootstrap/root.d/10-slc-bootstrap", "imagectl-config/install.d/60-imagectl-config"):
         assert os.access(Path(elements) / script, os.X_OK), script
     assert os.access(Path(found["shims"]) / "bin" / "sudo", os.X_OK)
+
+
+def test_catalogue_site_runs_from_the_wheel(installed: tuple[Path, dict[str, str]]) -> None:
+    """The browse site's template, CSS and JS are package data."""
+    tmp, env = installed
+    cat, site = tmp / "site-cat", tmp / "site"
+    _run(["imagectl", "catalogue", "init", cat, "--keys", tmp / "site-keys"], tmp, env)
+    (tmp / "img.raw").write_bytes(b"x" * 4096)
+    _run(["imagectl", "publish", tmp / "img.raw", "--catalogue", cat, "--keys", tmp / "site-keys", "--name", "wn",
+          "--arch", "x86_64", "--version", "1"], tmp, env)  # fmt: skip
+    _run(["imagectl", "catalogue", "site", cat, "-o", site, "--root", cat / "metadata" / "1.root.json"], tmp, env)
+    for asset in ("assets/site.css", "assets/site.js", "index.json", "images/wn.html"):
+        assert (site / asset).stat().st_size > 0, asset
+    assert "imagectl pull wn:1 --arch x86_64" in (site / "images" / "wn.html").read_text()

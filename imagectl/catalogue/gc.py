@@ -1,14 +1,14 @@
 """``imagectl catalogue gc``: delete what no signed metadata refers to, once it is older than a grace period.
 
-Referenced, and so always kept: every ``N.root.json`` and ``root.json``, ``timestamp.json``, the snapshot it
-names, the targets and image-role versions that snapshot names, the blob of every image those roles list and
-every build-record blob they reference. Anything else under ``metadata/`` and ``blobs/`` is an orphan: the
-leftovers of a publisher that died or lost a compare-and-swap, blobs of revoked versions, superseded metadata
-versions, temp files (``.NAME.XXXX.tmp``) of a publisher killed mid-write; on an object store also unfinished
-multi-part uploads of a publisher killed mid-upload. Symlinks and other non-files are reported and left alone: gc
-never follows one (a ``blobs/sha256`` that points elsewhere must not get elsewhere emptied). An orphan
-younger than the grace period is kept, because a publisher still running may be about to sign a reference to it
-(blobs are uploaded before the commit) and a reader may still be fetching the previous snapshot's files.
+Referenced, and so always kept: every ``N.root.json`` and ``root.json``, ``timestamp.json``, the snapshot it names, the
+targets and image-role versions that snapshot names, the blob and the target file (``targets/…``) of every image those
+roles list and every build-record blob they reference. Anything else under ``metadata/``, ``blobs/`` and ``targets/`` is
+an orphan: the leftovers of a publisher that died or lost a compare-and-swap, blobs and target files of revoked
+versions, superseded metadata versions, temp files (``.NAME.XXXX.tmp``) of a publisher killed mid-write; on an object
+store also unfinished multi-part uploads of a publisher killed mid-upload. Symlinks and other non-files are reported and
+left alone: gc never follows one (a ``blobs/sha256`` that points elsewhere must not get elsewhere emptied). An orphan
+younger than the grace period is kept, because a publisher still running may be about to sign a reference to it (blobs
+are uploaded before the commit) and a reader may still be fetching the previous snapshot's files.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from imagectl.catalogue.model import BLOBS, METADATA
+from imagectl.catalogue.model import BLOBS, METADATA, TARGETS, target_file_key
 from imagectl.catalogue.state import load_state
 from imagectl.fsio import SymlinkRefusedError
 from imagectl.store import Store
@@ -57,6 +57,7 @@ def _referenced(store: Store) -> set[str]:
             continue
         for t in md.signed.targets.values():
             keep.add(BLOBS + t.hashes["sha256"])
+            keep.add(target_file_key(t.path, t.hashes["sha256"]))
             record = t.custom.get("build_record") if isinstance(t.custom, dict) else None
             if isinstance(record, dict) and isinstance(record.get("sha256"), str):
                 keep.add(BLOBS + record["sha256"])
@@ -70,7 +71,7 @@ def collect_garbage(store: Store, *, grace: dt.timedelta, dry_run: bool = False)
     """
     keep = _referenced(store)
     report = GcReport(referenced=len(keep), dry_run=dry_run)
-    for prefix in (METADATA, BLOBS):
+    for prefix in (METADATA, BLOBS, TARGETS):
         try:
             entries = list(store.list_entries(prefix, hidden=True))  # hidden: temp files of killed publishers
         except SymlinkRefusedError:

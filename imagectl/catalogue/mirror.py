@@ -25,7 +25,7 @@ from typing import Any
 from imagectl.catalogue import model
 from imagectl.catalogue.client import CatalogueReader
 from imagectl.catalogue.metadata import ROOT_MAX, cap_for, parse_metadata
-from imagectl.catalogue.model import METADATA, ImageRecord, blob_key
+from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, target_file_key
 from imagectl.catalogue.verify import MIRROR_FILE
 from imagectl.errors import (
     CatalogueStateError,
@@ -203,6 +203,7 @@ def mirror(
                     report.bytes_copied += _copy_blob(src, dest, sha, size, Path(tmp))
                     report.blobs_copied += 1
                     say(f"copied {blob_key(sha)} ({size} bytes)")
+                dest.place_target(blob_key(rec.sha256), target_file_key(rec.path, rec.sha256), rec.size)
         # 2. metadata: the root chain, then targets, the selected image roles and the snapshot, as verified
         root_now = _trusted(reader, "root.json")[1]
         for n in range(1, root_now + 1):

@@ -28,6 +28,7 @@ __all__ = [
     "host_arch",
     "parse_ref",
     "role_for",
+    "target_file_key",
     "target_path",
     "version_key",
 ]
@@ -46,6 +47,7 @@ _TOKEN = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}")  # arch, format, hyper
 ROLE_PREFIX = "image-"
 METADATA = "metadata/"
 BLOBS = "blobs/sha256/"
+TARGETS = "targets/"  # a stock TUF client's target base: consistent-snapshot target files (hard links of blobs)
 
 
 REASON_MAX = 500  # characters of a revoke or deprecate reason
@@ -146,6 +148,14 @@ def role_for(name: str) -> str:
 
 def target_path(name: str, version: str, arch: str, fmt: str) -> str:
     return f"{name}/{version}/{arch}/{name}-{version}-{arch}.{fmt}"
+
+
+def target_file_key(path: str, sha256: str) -> str:
+    """Where a stock TUF client (consistent snapshots: ``prefix_targets_with_hash``) fetches the target ``path``
+    with this SHA-256: ``targets/NAME/VERSION/ARCH/HEX.NAME-VERSION-ARCH.FORMAT``. Same bytes as the blob; on a
+    directory the same file (a hard link)."""
+    parent, _, base = path.rpartition("/")
+    return f"{TARGETS}{parent}/{sha256}.{base}" if parent else f"{TARGETS}{sha256}.{base}"
 
 
 def blob_key(sha256: str) -> str:

@@ -21,7 +21,7 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timest
 
 from imagectl.catalogue import model
 from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
-from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, target_path, utcnow
+from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, target_file_key, target_path, utcnow
 from imagectl.catalogue.state import CatalogueState, load_state, metadata_bytes, transact
 from imagectl.errors import (
     CatalogueStateError,
@@ -295,6 +295,9 @@ def publish(
             build_record=req.build_record,
         )
         expires = now + dt.timedelta(days=expiry_days["targets"])
+        # The target file a stock TUF client fetches exists before any metadata names it (and is repaired by a
+        # no-op publish of the same bytes).
+        store.place_target(blob_key(sha256), target_file_key(record.path, sha256), size)
         if old is None:
             state.add_target(state.role_for_update(req.name, expires), record)
         if req.channel is not None:

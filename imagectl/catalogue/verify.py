@@ -41,6 +41,7 @@ class Report:
     roles: int = 0
     images: int = 0
     blob_bytes: int = 0
+    needs_upgrade: int = 0  # images without the target file stock TUF clients fetch: `catalogue upgrade` adds them
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class Report:
             "roles_checked": self.roles,
             "images_checked": self.images,
             "blob_bytes_hashed": self.blob_bytes,
+            "needs_upgrade": self.needs_upgrade,
         }
 
 
@@ -133,9 +135,10 @@ class _Verifier:
             self.problem(f"{METADATA}root.json is not the newest versioned root ({current.signed.version})")
         return current
 
-    def blob(self, label: str, sha256: str, size: int) -> None:
-        """Hash the blob ``sha256`` names, checking it against the signed ``size`` and ``sha256``."""
-        key = blob_key(sha256)
+    def blob(self, label: str, sha256: str, size: int, key: str | None = None, what: str = "blob") -> None:
+        """Hash the blob ``sha256`` names (or the file at ``key``), checking it against the signed ``size`` and
+        ``sha256``."""
+        key = key or blob_key(sha256)
         h, n = hashlib.sha256(), 0
         try:
             with self.store.open_range(key) as stream:
@@ -143,16 +146,26 @@ class _Verifier:
                     h.update(chunk)
                     n += len(chunk)
         except ObjectMissingError:
-            self.problem(f"{label}: blob {key} is missing")
+            self.problem(f"{label}: {what} {key} is missing")
             return
         except ImagectlError as e:
-            self.problem(f"{label}: blob {key} unreadable: {e.message}")
+            self.problem(f"{label}: {what} {key} unreadable: {e.message}")
             return
         self.report.blob_bytes += n
         if n != size:
-            self.problem(f"{label}: blob {key} has {n} bytes, signed length is {size}")
+            self.problem(f"{label}: {what} {key} has {n} bytes, signed length is {size}")
         elif h.hexdigest() != sha256:
-            self.problem(f"{label}: blob {key} has sha256 {h.hexdigest()}, signed is {sha256}")
+            self.problem(f"{label}: {what} {key} has sha256 {h.hexdigest()}, signed is {sha256}")
+
+    def target_file(self, rec: ImageRecord) -> None:
+        """The file a stock TUF client downloads (``targets/…``): present, and (with blobs) the signed bytes — a
+        hard link of the blob just hashed counts as checked."""
+        key = model.target_file_key(rec.path, rec.sha256)
+        if not self.store.exists(key):
+            self.report.needs_upgrade += 1
+            self.problem(f"{rec.path}: target file {key} is missing (stock TUF clients cannot download it)")
+        elif self.check_blobs and not self.store.same_object(blob_key(rec.sha256), key):
+            self.blob(rec.path, rec.sha256, rec.size, key, "target file")
 
     def record_blob(self, rec: ImageRecord) -> None:
         """The build record ``publish --from-build`` stored beside the image: signed (sha256, size) in custom."""
@@ -190,7 +203,7 @@ class _Verifier:
 
     def listing(self) -> None:
         """Report entries a listable store holds that are not plain files (symlinks are never followed)."""
-        for prefix in (METADATA, BLOBS):
+        for prefix in (METADATA, BLOBS, model.TARGETS):
             try:
                 for entry in self.store.list_entries(prefix):
                     if not entry.regular:
@@ -271,6 +284,7 @@ class _Verifier:
                 if self.check_blobs:
                     self.blob(rec.path, rec.sha256, rec.size)
                     self.record_blob(rec)
+                self.target_file(rec)
         if scope is not None:
             for label in sorted(scope.images - seen):
                 self.problem(f"{MIRROR_FILE}: claims image {label}, which the signed metadata lacks")

@@ -204,6 +204,19 @@ class Store(abc.ABC):
         """
         raise self._refuse()
 
+    def place_target(self, blob: str, key: str, size: int) -> bool:
+        """Make ``key`` hold the bytes of ``blob`` (which must have ``size`` bytes), for clients that fetch an image
+        by its target path rather than by its blob key. A directory makes a hard link (no second copy), an object
+        store a server-side copy (no bytes through this machine). Returns whether anything was written: False
+        when ``key`` already holds the blob's bytes. A ``key`` holding other bytes (damage) is replaced. Raises
+        ObjectMissingError when ``blob`` is missing, CatalogueStateError when it has another size."""
+        raise self._refuse()
+
+    def same_object(self, a: str, b: str) -> bool:
+        """Whether ``a`` and ``b`` are known, cheaply, to be one stored object (a hard link): then checking the
+        bytes of one checks both. False means "not known", not "different"."""
+        return False
+
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
         raise self._refuse()

@@ -8,6 +8,7 @@ dangling ``.lock``) is reported, never read through, written through or deleted 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -17,8 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from imagectl.errors import LocalIOError
-from imagectl.fsio import Beneath
+from imagectl.errors import CatalogueStateError, ImagectlError, LocalIOError
+from imagectl.fsio import Beneath, SymlinkRefusedError, describe_mode
 from imagectl.store.base import CHUNK, ObjectEntry, ObjectMissingError, ObjectTooLargeError, RangeStream, Store
 from imagectl.store.digest import FileChangedError, FileDigest, Hasher
 
@@ -251,6 +252,88 @@ class LocalStore(Store):
         """True if ``key`` holds exactly the digest's bytes, False if it holds other bytes, None if absent."""
         held = self._digest(key, digest.size)
         return None if held is None else held == (digest.size, digest.sha256)
+
+    def place_target(self, blob: str, key: str, size: int) -> bool:
+        """A hard link of ``blob`` at ``key`` (one inode: the bytes are stored once); where the file system
+        refuses a hard link (another mount, no hard links, too many links), a copy. Both names are reached without
+        following symlinks; a non-file at ``key`` is refused, never replaced or written through. The new name
+        appears atomically (link to a temp name, then rename), so a reader never sees a partial file."""
+        bparent, bname = self.tree.split(self._check(blob))
+        parent, name = self.tree.split(self._check(key))
+        with contextlib.ExitStack() as stack:
+            try:
+                bdir = stack.enter_context(self.tree.dir(bparent))
+            except FileNotFoundError:
+                raise ObjectMissingError(f"{blob} not found in {self.shown}") from None
+            bst = self._stat_at(bdir, bname, blob)
+            if bst is None or not stat.S_ISREG(bst.st_mode):
+                raise ObjectMissingError(f"{blob} not found in {self.shown}")
+            if bst.st_size != size:
+                raise CatalogueStateError(
+                    f"{blob} has {bst.st_size} bytes, signed length is {size}",
+                    hint=f"run: imagectl catalogue verify {self.shown}",
+                )
+            d = stack.enter_context(self.tree.dir(parent, create=True))
+            st = self._stat_at(d, name, key)
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                raise SymlinkRefusedError(f"refusing {self.root}/{key}: it is {describe_mode(st.st_mode)}")
+            if st is not None and (st.st_dev, st.st_ino) == (bst.st_dev, bst.st_ino):
+                return False
+            if st is not None and st.st_size == size and self._digest(key) == self._digest(blob):
+                return False  # a copy (a file system without hard links), and a good one
+            tmp = _temp_name(name)
+            try:
+                os.link(bname, tmp, src_dir_fd=bdir, dst_dir_fd=d, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise _io_error("link", self.root / key, e) from e
+                return self._copy_blob(blob, key, size)
+            try:
+                # Touch the shared inode: blob and target file are referenced from now on, and gc (which goes by
+                # age) must not take an old orphan blob for garbage while the publish that reuses it commits.
+                with contextlib.suppress(OSError):
+                    os.utime(tmp, dir_fd=d, follow_symlinks=False)
+                os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+                tmp = ""
+            except OSError as e:
+                raise _io_error("link", self.root / key, e) from e
+            finally:
+                if tmp:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp, dir_fd=d)
+            return True
+        raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
+
+    def _stat_at(self, d: int, name: str, key: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=d, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _io_error("check", self.root / key, e) from e
+
+    def _copy_blob(self, blob: str, key: str, size: int) -> bool:
+        fd = self._open(blob)
+        with os.fdopen(fd, "rb") as src:
+
+            def write(out: int) -> None:
+                left = size
+                while left > 0 and (block := src.read(min(CHUNK, left))):
+                    left -= len(block)
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(out, view) :]
+                if left:
+                    raise CatalogueStateError(f"{blob} got shorter while it was copied to {key}")
+
+            return self._put(key, write, exclusive=False)
+
+    def same_object(self, a: str, b: str) -> bool:
+        try:
+            sa, sb = self.tree.lstat(self._check(a)), self.tree.lstat(self._check(b))
+        except (OSError, ImagectlError):
+            return False
+        return stat.S_ISREG(sa.st_mode) and (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
     def delete(self, key: str) -> None:
         self.tree.unlink(self._check(key))

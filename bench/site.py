@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Benchmark the browse site (``imagectl catalogue site``): render, write, load and filter a large catalogue.
+
+One run measures, each against a baseline taken in the same run:
+
+1. **render**: :func:`imagectl.site.render_site` of an in-memory model of N names x V versions (default
+   1,000 x 10 = 10,000 versions; a tenth deprecated, every 25th revoked, channels on the newest) against
+   ``json.dumps`` of the same data (the feed): ratio render / json. Also writing the files into place
+   (:func:`imagectl.site.write.write_site`: temp directory, fsync, swap).
+2. **browser**: headless Chromium loads ``index.html`` from the directory (file://) with a filter in the URL
+   (``#q=name-0042``); site.js writes ``performance.now()`` into the DOM when it has read the rows, applied the
+   filter and is ready (``data-ready-ms``, from navigation start) and how long the filter took
+   (``data-filter-ms``). Then a filter change through the form (arch select, ``change`` event), timed in the page.
+   Baseline: the same page rendered from an empty catalogue (same template, CSS and JS, no rows).
+3. **real command**: ``imagectl catalogue site`` (a fresh process: TUF metadata of every name, render, write) on a
+   real signed catalogue of 20 names x 5 versions, against ``imagectl catalogue list`` of the same catalogue
+   (which reads the same verified metadata): ratio site / list.
+
+Targets: render + write of 10,000 versions under 1 s; load + filter in Chromium under 1 s. This prints figures
+and never asserts them. Everything lives in one temp directory removed in a ``finally``; Chromium is killed in a
+``finally``.
+
+    python3 bench/site.py                  # 1,000 x 10
+    python3 bench/site.py --names 100      # smoke check
+    python3 bench/site.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _common import imagectl_cmd, log  # bench/ is on sys.path when a script runs
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from imagectl.catalogue.keys import KeyRing  # noqa: E402
+from imagectl.catalogue.model import ARCHES, ImageRecord, target_path  # noqa: E402
+from imagectl.catalogue.publish import PublishRequest, init_catalogue, publish  # noqa: E402
+from imagectl.config import Config  # noqa: E402
+from imagectl.site import render_site  # noqa: E402
+from imagectl.site.feed import feed  # noqa: E402
+from imagectl.site.model import MetadataInfo, SiteImage, SiteModel, make_name  # noqa: E402
+from imagectl.site.write import write_site  # noqa: E402
+from imagectl.store.local import LocalStore  # noqa: E402
+
+TARGET_S = 1.0
+
+
+def model(names: int, versions: int) -> SiteModel:
+    """A catalogue of ``names`` x ``versions`` images, built in memory (no signing: 10,000 signed versions through
+    the CLI would take hours, and the renderer only ever sees this model)."""
+    out = []
+    for n in range(names):
+        name = f"name-{n:04d}"
+        os_, osv = ("slc", str(4 + n % 3)) if n % 2 else ("debian", "12")
+        images, revoked = [], {}
+        for v in range(1, versions + 1):
+            version = f"{n % 7 + 1}.{v}"
+            if v % 25 == 0:
+                revoked[version] = {"at": "2026-11-25T15:02:07Z", "reason": "built from a bad mirror", "sha256": []}
+                continue
+            arch = ARCHES[(n + v) % 3]
+            deprecated = {"at": "2026-11-25T15:02:07Z", "reason": "old kernel"} if v <= versions // 10 else None
+            rec = ImageRecord(name, version, arch, "qcow2", "hvm" if v % 2 else "xen-pv", os_, osv, 300_000 + v,
+                              f"{n:032x}{v:032x}", "2026-11-25T15:02:03Z", target_path(name, version, arch, "qcow2"),
+                              deprecated=deprecated)  # fmt: skip
+            images.append(SiteImage(rec))
+        newest = f"{n % 7 + 1}.{versions}"
+        channels = {"stable": {"version": newest, "updated": "2026-11-25T15:02:03Z"}}
+        out.append(make_name(name, images, channels, revoked))
+    meta = MetadataInfo(42, 42, "2026-12-26T15:02:07Z", "timestamp", False, "c" * 64)
+    return SiteModel("https://images.example.org/catalogue/", meta, tuple(out))
+
+
+def timed(fn: Callable[[], Any], rounds: int) -> tuple[float, list[float]]:
+    runs = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs), runs
+
+
+def browser(tmp: Path, big: Path, empty: Path, rounds: int) -> dict[str, float]:
+    from tests.test_site import Chromium  # the DevTools-over-a-pipe driver the tests use
+
+    b = Chromium(tmp / "profile")
+    try:
+        figures: dict[str, list[float]] = {"ready": [], "filter": [], "change": [], "empty_ready": []}
+        for _ in range(rounds):
+            for key, site in (("empty_ready", empty), ("ready", big)):
+                b.open((site / "index.html").as_uri() + "#q=name-0042")
+                figures[key].append(float(b.eval("document.documentElement.dataset.readyMs")))
+                if key == "ready":
+                    figures["filter"].append(float(b.eval("document.documentElement.dataset.filterMs")))
+                    figures["change"].append(
+                        float(
+                            b.eval(
+                                "(() => { const s = document.getElementById('f-arch'); const t = performance.now();"
+                                " s.value = 'i386'; s.dispatchEvent(new Event('change', {bubbles: true}));"
+                                " return performance.now() - t; })()"
+                            )
+                        )
+                    )
+        return {k: statistics.median(v) for k, v in figures.items()}
+    finally:
+        b.close()
+
+
+def real_command(tmp: Path, names: int, versions: int, rounds: int) -> dict[str, float]:
+    """``imagectl catalogue site`` against ``imagectl catalogue list`` on a real signed catalogue."""
+    store = LocalStore(tmp / "cat")
+    expiry = Config().expiry_days()
+    init = init_catalogue(store, tmp / "keys", expiry)
+    keys = KeyRing(tmp / "keys")
+    image = tmp / "image.qcow2"
+    image.write_bytes(os.urandom(64 << 10))
+    for n in range(names):
+        for v in range(1, versions + 1):
+            req = PublishRequest(file=str(image), name=f"real-{n:02d}", arch="x86_64", version=f"1.{v}",
+                                 format="qcow2", os="slc", os_version="6")  # fmt: skip
+            publish(store, keys, req, expiry)
+    env = {**os.environ, "IMAGECTL_CACHE_DIR": str(tmp / "cache"), "IMAGECTL_CONFIG": str(tmp / "none.yaml")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)  # this checkout
+    (tmp / "none.yaml").write_text("")
+    base = ["--root", f"sha256:{init.root_sha256}"]
+
+    def run(args: list[str]) -> None:
+        subprocess.run([*imagectl_cmd(), *args], check=True, env=env, stdout=subprocess.DEVNULL)
+
+    cat = str(store.root)
+    run(["catalogue", "list", "--catalogue", cat, *base])  # warm: the cache holds the trusted metadata
+    site_s, _ = timed(lambda: run(["catalogue", "site", cat, "-o", str(tmp / "real-site"), *base]), rounds)
+    list_s, _ = timed(lambda: run(["catalogue", "list", "--catalogue", cat, *base]), rounds)
+    return {"site_s": site_s, "list_s": list_s, "ratio": site_s / list_s}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--names", type=int, default=1000)
+    ap.add_argument("--versions", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="imagectl-bench-site-") as t:
+        tmp = Path(t)
+        log(f"building a model of {args.names} names x {args.versions} versions")
+        big, empty = model(args.names, args.versions), model(0, 0)
+        render_s, render_runs = timed(lambda: render_site(big), args.rounds)
+        json_s, _ = timed(lambda: json.dumps(feed(big), sort_keys=True, separators=(",", ":")), args.rounds)
+        files = render_site(big)
+        n = iter(range(1 << 30))
+        write_s, _ = timed(lambda: write_site(files, tmp / f"site-{next(n)}", {"public_url": None}), args.rounds)
+        write_site(render_site(empty), tmp / "empty", {"public_url": None})
+        index_mib = len(files["index.html"]) / (1 << 20)
+        log("loading it in headless Chromium")
+        page = browser(tmp, tmp / "site-0", tmp / "empty", args.rounds)
+        log("timing imagectl catalogue site on a real catalogue")
+        real = real_command(tmp, 20, 5, args.rounds)
+    result = {
+        "versions": args.names * args.versions,
+        "files": len(files),
+        "index_html_mib": round(index_mib, 2),
+        "render_s": round(render_s, 3),
+        "render_runs_s": [round(r, 3) for r in render_runs],
+        "json_dumps_s": round(json_s, 3),
+        "render_over_json": round(render_s / json_s, 2),
+        "write_s": round(write_s, 3),
+        "render_plus_write_s": round(render_s + write_s, 3),
+        "chromium_ready_ms": round(page["ready"], 1),
+        "chromium_filter_ms": round(page["filter"], 1),
+        "chromium_change_ms": round(page["change"], 1),
+        "chromium_empty_ready_ms": round(page["empty_ready"], 1),
+        "ready_over_empty": round(page["ready"] / page["empty_ready"], 2),
+        "real_site_s": round(real["site_s"], 3),
+        "real_list_s": round(real["list_s"], 3),
+        "real_site_over_list": round(real["ratio"], 2),
+        "target_s": TARGET_S,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"site of {result['versions']} versions ({result['files']} files, index.html {index_mib:.1f} MiB):")
+    print(f"  render        {render_s:.3f} s  vs json.dumps of the same data {json_s:.3f} s: ratio "
+          f"{result['render_over_json']}")  # fmt: skip
+    print(f"  write (swap)  {write_s:.3f} s;  render + write {render_s + write_s:.3f} s (target < {TARGET_S:g} s)")
+    print(f"  Chromium      ready (load + filter) {page['ready']:.0f} ms vs an empty site {page['empty_ready']:.0f} ms:"
+          f" ratio {result['ready_over_empty']}; the filter itself {page['filter']:.1f} ms; a change of the arch"
+          f" select {page['change']:.1f} ms (target < {TARGET_S * 1000:.0f} ms)")  # fmt: skip
+    print(f"  real command  imagectl catalogue site {real['site_s']:.2f} s vs catalogue list {real['list_s']:.2f} s"
+          f" (20 names x 5 versions): ratio {result['real_site_over_list']}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
