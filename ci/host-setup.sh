@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(sudo qemu-utils qemu-system-x86 debootstrap fdisk gdisk dosfstools squashfs-tools kpartx
           gnupg debian-archive-keyring xz-utils zstd e2fsprogs rpm rpm2cpio cpio createrepo-c curl openssl
-          syslinux syslinux-common mtools xorriso shellcheck dash chromium
+          syslinux syslinux-common mtools xorriso shellcheck dash chromium rsync
           python3-nova)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -303,7 +304,8 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
             args,
             [{**r.record.summary(), "created": r.created, "uploaded": r.uploaded} for r in results],
             "\n".join(
-                f"{'published' if r.created else 'already published'}: {r.record.name}:{r.record.version} "
+                f"{'published' if r.created else 'boot test added' if r.boot_test_added else 'already published'}: "
+                f"{r.record.name}:{r.record.version} "
                 f"{r.record.arch} {r.record.hypervisor} {r.record.format} sha256:{r.record.sha256}"
                 for r in results
             ),
@@ -349,6 +351,20 @@ def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
         f"{args.channel} -> {args.ref}" + (f" (was {before})" if before else ""),
     )
     _after_change(args, cfg)
+    return 0
+
+
+def cmd_protect(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.protect import protect
+
+    store = _store(cfg, args.dest)
+    res = protect(store, _keys(cfg), args.channels, cfg.expiry_days(), off=args.off)
+    emit(
+        args,
+        {"protected_channels": res.protected, "changed": res.changed},
+        f"protected channels of {store.shown}: {', '.join(res.protected) or 'none'}"
+        + ("" if res.changed else " (unchanged)"),
+    )
     return 0
 
 
@@ -441,6 +457,11 @@ def cmd_search(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _boot_text(test: dict[str, Any]) -> str:
+    verdict = "boot test passed" if test["passed"] else "boot test FAILED"
+    return f"{verdict} ({test['accel']}, {test['seconds']} s, {test['host']}, {test['at']})"
+
+
 def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.model import parse_ref
 
@@ -453,7 +474,7 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
                 "name": ref.name,
                 "channels": ext["channels"],
                 "revoked": ext["revoked"],
-                "images": [r.summary() for r in images],
+                "images": [{**r.summary(), "boot_test": r.boot_test} for r in images],
             }
             lines = [
                 f"name: {ref.name}",
@@ -463,6 +484,7 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
                 *(
                     f"  {r.version} {r.arch} {r.format} {r.size} bytes sha256:{r.sha256}"
                     + (" (deprecated)" if r.deprecated else "")
+                    + (f"; {_boot_text(r.boot_test)}" if r.boot_test else "")
                     for r in images
                 ),
             ]
@@ -705,17 +727,49 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.build.matrix import plan_matrix
+    from imagectl.catalogue.model import check_arch
+    from imagectl.recipe.model import load_recipe
+
+    recipes = [(text, load_recipe(_recipe_path(text))) for text in args.recipes]
+    entries = plan_matrix(recipes, [check_arch(a) for a in args.arch] or None, cfg.cache_path)
+    rows = [
+        [
+            e.job,
+            e.target.arch,
+            e.target.hypervisor,
+            ",".join(e.runner.tags),
+            "kvm" if e.runner.kvm else "-",
+            "yes" if e.runner.buildable_here else "no",
+            "cached" if e.cached else "-",
+            e.build_key[:12],
+        ]
+        for e in entries
+    ]
+    header = ["JOB", "ARCH", "HYPERVISOR", "RUNNER TAGS", "BOOT", "BUILDS HERE", "CACHE", "BUILD KEY"]
+    notes = sorted({f"{e.target.arch} {e.target.hypervisor}: {e.runner.why}" for e in entries})
+    emit(args, {"entries": [e.as_json() for e in entries]}, "\n".join([_table(rows, header), *notes]))
+    return 0
+
+
 def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.build.boottest import BootFailedError, boot_test
     from imagectl.catalogue.model import check_arch, host_arch
 
     image = Path(args.image)
     live = sys.stderr.isatty() and not args.json
+    record = None
+    if args.record is not None:  # checked before the boot: a wrong record should not cost a boot's minutes
+        from imagectl.build.bootrecord import open_record
+
+        record = open_record(image, Path(args.record) if args.record else None)
 
     def progress(stage: str) -> None:
         if live or " " in stage:  # stages live on a terminal; sentences (KVM fallback) always
             print(f"imagectl: {stage}", file=sys.stderr)
 
+    started = time.monotonic()
     try:
         res = boot_test(
             image,
@@ -732,9 +786,15 @@ def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
             print("--- last console lines ---", file=sys.stderr)
             for line in e.tail:
                 print(f"  {printable(line)}", file=sys.stderr)
+        if record is not None:
+            record.write(passed=False, marker=args.marker, accel=e.accel or "tcg", seconds=time.monotonic() - started)
+            print(f"imagectl: the failed boot test is recorded in {printable(str(record.path))}", file=sys.stderr)
         raise
+    if record is not None:
+        record.write(passed=True, marker=args.marker, accel=res.accel, seconds=res.seconds)
     data = {
         "passed": True,
+        "record": str(record.path) if record is not None else None,
         "image": str(image),
         "accel": res.accel,
         "fell_back": res.fell_back,
@@ -748,7 +808,8 @@ def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
         data,
         f"booted {image} to {args.marker!r} in {res.seconds:.0f} s under {res.accel}"
         + (" (after KVM was dropped)" if res.fell_back else "")
-        + f"; console log {res.log_path}",
+        + f"; console log {res.log_path}"
+        + (f"; recorded in {record.path}" if record is not None else ""),
     )
     return 0
 
@@ -841,6 +902,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-sign roles expiring within DAYS (default: those past half their validity)",
     )
     sp.add_argument("--all", action="store_true", help="re-sign every role")
+    sp = add(cat, "protect", cmd_protect, "let channels point only at versions that passed a boot test", writer)
+    sp.add_argument("dest", metavar="DEST", help="catalogue location")
+    sp.add_argument("channels", nargs="+", metavar="CHANNEL")
+    sp.add_argument("--off", action="store_true", help="stop protecting these channels")
     sp = add(cat, "list", cmd_list, "list images (every version and arch)", reader)
     sp.add_argument("name", nargs="?", help="only this image name")
     sp.add_argument("--arch", help="only this architecture")
@@ -944,6 +1009,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rebuild", action="store_true", help="build even if an identical build is cached")
     sp.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
 
+    sp = add(sub, "plan", cmd_plan, "the build matrix for CI: one entry per recipe, arch and hypervisor", ())
+    sp.add_argument("recipes", nargs="+", metavar="RECIPE")
+    sp.add_argument(
+        "--arch", action="append", default=[], help="only this arch (repeatable; default: all of each recipe's)"
+    )
+
     sp = add(sub, "test", cmd_test, "boot an image under qemu and wait for its login prompt", (), network=False)
     sp.add_argument("image", metavar="IMAGE")
     sp.add_argument("--arch", help="architecture (default: the host's)")
@@ -957,6 +1028,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--log", metavar="PATH", help="where to keep the console log")
     sp.add_argument("--context", metavar="ISO", help="attach this context disk (imagectl context) as a CD-ROM")
+    sp.add_argument(
+        "--record",
+        nargs="?",
+        const="",
+        metavar="RECORD",
+        help="write the result (pass or fail) into the image's build record (default: NAME-ARCH.build.json beside it)",
+    )
 
     sp = add(sub, "context", cmd_context, "make a node's context disk (an ISO labelled CONTEXT) for batch workers", ())
     sp.add_argument("assignments", nargs="+", metavar="KEY=VALUE", help="HOSTNAME=…, SSH_PUBLIC_KEY=@FILE, …")

@@ -29,6 +29,7 @@ code cause
 21   an external tool is not installed
 22   this host cannot build that architecture (message names the kind of host that can)
 23   boot test failed: no login prompt (or marker) before the deadline
+24   protected channel: a version with an arch lacking a passing boot test (message names the arches)
 ==== ===============================================================
 """
 
@@ -47,6 +48,7 @@ __all__ = [
     "LocalIOError",
     "MixAndMatchError",
     "NotFoundError",
+    "ProtectedChannelError",
     "RevokedError",
     "RollbackError",
     "ToolError",
@@ -190,3 +192,9 @@ class UnsupportedHostError(ImagectlError):
 
 class BootTestError(ImagectlError):
     exit_code = 23
+
+
+class ProtectedChannelError(ImagectlError):
+    """A promote or publish into a protected channel of a version some arch of which has no passing boot test."""
+
+    exit_code = 24

@@ -2,8 +2,13 @@
 
 The blob is hashed and length-checked while it streams (no second read), written to a ``.part`` file in the
 content-addressed client cache so an interrupted pull resumes with an HTTP Range request, and moved into the
-cache only once its SHA-256 matches the signed one. The destination gets a copy through a temp file in its own
-directory and ``os.replace``: it either holds verified bytes or is untouched.
+cache only once its SHA-256 matches the signed one. The first destination is then a hard link of the cache entry
+(the image bytes are written once), made under a temp name in its own directory and renamed over the
+destination: it either holds verified bytes or is untouched. Later destinations of the same image get copies (two
+destinations are never one file), as does any destination where a link is not possible or not safe (another file
+system; a destination that must keep another owner or group/other write permission, which would then apply to
+the cache entry too). The cache re-hashes an entry every time it serves it, so a
+destination changed later (a booted qcow2) costs a new download, never a wrong image.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from imagectl.store.base import StatusError
 __all__ = ["PullResult", "pull"]
 
 CHUNK = 1 << 20  # bytes
+WRITEBACK = 32 << 20  # bytes: start writing the .part to disk every this many, while the rest still downloads
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
@@ -160,6 +166,16 @@ class _BackgroundHash:
         return self._h.hexdigest()
 
 
+def _start_writeback(f: IO[bytes], start: int, end: int) -> int:
+    """Start (without waiting) writing bytes ``start``..``end`` of ``f`` to disk and drop them from the page cache
+    once written: the final fsync then waits for the last few MiB only, and a GiB download does not push a GiB of
+    other files out of memory. Linux's POSIX_FADV_DONTNEED starts writeback of dirty pages; elsewhere a no-op."""
+    f.flush()
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(f.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
+    return end
+
+
 def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, progress: Progress) -> None:
     """Fill the open ``.part`` file ``f`` with the verified blob, resuming from what it already holds.
 
@@ -183,7 +199,7 @@ def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, prog
             h, have = _BackgroundHash(), 0
         f.seek(have)
         progress.update(have)
-        attempt = 0
+        attempt, flushed = 0, have
         while have < want_len:
             try:
                 with store.open_range(blob_key(want_sha), have) as stream:
@@ -211,6 +227,8 @@ def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, prog
                         f.write(chunk)
                         have += len(chunk)
                         progress.update(len(chunk))
+                        if have - flushed >= WRITEBACK:
+                            flushed = _start_writeback(f, flushed, have)
                 if have < want_len:
                     raise DownloadError(f"blob ended after {have} of {want_len} bytes")
             except StatusError:
@@ -233,24 +251,18 @@ def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, prog
         )
 
 
-def _copy_verified(src: IO[bytes], name: str, dest: Destination, length: int, sha256: str) -> None:
-    """Copy the open cache entry ``src`` to ``dest`` atomically, hashing on the way; refuse (and leave ``dest``
-    alone) on a mismatch."""
-    with _replacing(dest) as tmp:
-        h = hashlib.sha256()
-        n = 0
-        src.seek(0)
-        with open(tmp, "wb") as fout:
-            while block := src.read(CHUNK):
-                h.update(block)
-                n += len(block)
-                fout.write(block)
-            fout.flush()
-            os.fsync(fout.fileno())
-        if n != length or h.hexdigest() != sha256:
-            raise ImageMismatchError(
-                f"cached blob {name[:16]}… does not match the signed hash; removed it and downloading again"
-            )
+def _verify_entry(src: IO[bytes], name: str, length: int, sha256: str) -> None:
+    """Hash the open cache entry ``src``; ImageMismatchError unless it has the signed length and SHA-256."""
+    h = hashlib.sha256()
+    n = 0
+    src.seek(0)
+    while block := src.read(CHUNK):
+        h.update(block)
+        n += len(block)
+    if n != length or h.hexdigest() != sha256:
+        raise ImageMismatchError(
+            f"cached blob {name[:16]}… does not match the signed hash; removed it and downloading again"
+        )
 
 
 def _reflink(src: IO[bytes], dst: IO[bytes]) -> bool:
@@ -262,20 +274,53 @@ def _reflink(src: IO[bytes], dst: IO[bytes]) -> bool:
         return False
 
 
-def _place(src: IO[bytes], dest: Destination) -> None:
-    """Copy a blob verified moments ago (open as ``src``) to ``dest`` through a temp file, fsync, rename."""
-    with _replacing(dest) as tmp, open(tmp, "wb") as fout:
-        if not _reflink(src, fout):
-            src.seek(0)
-            size = os.fstat(src.fileno()).st_size
-            done = 0
-            while done < size:  # sendfile: the kernel copies, the bytes never pass through Python
-                sent = os.sendfile(fout.fileno(), src.fileno(), done, size - done)
-                if sent == 0:
-                    break
-                done += sent
-        fout.flush()
-        os.fsync(fout.fileno())  # the destination is what the deployer relies on after we say "done"
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def _linkable(src: IO[bytes], dest: Destination, private_cache: bool) -> bool:
+    """Whether the destination may share the cache entry's inode: only when no other name shares it yet (two
+    destinations must never be one file: booting one would change the other), when nothing about the destination
+    would then apply to the cache too — no other owner to give it, no group or other write permission, and no read
+    permission for others unless the cache directory keeps them out — and when the entry is ours."""
+    st = os.fstat(src.fileno())
+    return (
+        st.st_nlink == 1
+        and dest.owner is None
+        and not dest.mode & 0o022
+        and (private_cache or not dest.mode & 0o077)
+        and st.st_uid == os.geteuid()
+    )
+
+
+def _place(src: IO[bytes], dest: Destination, d: int, name: str, private_cache: bool) -> bool:
+    """Put the verified cache entry ``name`` (in directory ``d``, open as ``src``) at ``dest``: a hard link where
+    :func:`_linkable`, else a copy (reflink, else the kernel's sendfile), fsynced; either way through a temp name
+    and a rename. Returns whether it linked."""
+    os.fsync(src.fileno())  # the one write of the bytes is durable before any name of them is published
+    with _replacing(dest) as tmp:
+        if _linkable(src, dest, private_cache):
+            os.unlink(tmp)
+            try:
+                os.link(name, tmp, src_dir_fd=d, follow_symlinks=False)
+                return True
+            except OSError as e:
+                if e.errno not in _NO_LINK:
+                    raise
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "wb") as fout:
+            if not _reflink(src, fout):
+                size = os.fstat(src.fileno()).st_size
+                done = 0
+                while done < size:  # sendfile: the kernel copies, the bytes never pass through Python
+                    sent = os.sendfile(fout.fileno(), src.fileno(), done, size - done)
+                    if sent == 0:
+                        break
+                    done += sent
+            fout.flush()
+            os.fsync(fout.fileno())  # the destination is what the deployer relies on after we say "done"
+    return False
 
 
 def _open_in(d: int, name: str, flags: int) -> IO[bytes] | None:
@@ -331,17 +376,21 @@ def pull(
         warn(f"{rec.name}:{rec.version} is deprecated since {rec.deprecated.get('at', '?')}: {reason}")
     dest = destination(out, rec.name, rec.version, rec.arch, rec.format)
     sha = resolved.target.hashes["sha256"]
-    with client_cache(cache).dir("blobs/sha256", create=True) as d, _locked(d, f".{sha}.lock"):
+    tree = client_cache(cache)
+    private = not os.stat(tree.root).st_mode & 0o077  # only this user can reach what is in the cache
+    with tree.dir("blobs/sha256", create=True) as d, _locked(d, f".{sha}.lock"):
         cached = False
         blob = _open_in(d, sha, os.O_RDONLY)
         if blob is not None:
             with blob:
                 try:
-                    _copy_verified(blob, sha, dest, resolved.target.length, sha)
+                    _verify_entry(blob, sha, resolved.target.length, sha)
                     cached = True
                 except ImageMismatchError as e:  # the cache is ours to repair: drop the entry and fetch again
                     os.unlink(sha, dir_fd=d)
                     warn(str(e))
+                if cached:
+                    _place(blob, dest, d, sha, private)
         if not cached:
             part = _open_in(d, f"{sha}.part", os.O_RDWR | os.O_CREAT)
             assert part is not None  # O_CREAT
@@ -355,7 +404,7 @@ def pull(
                 finally:
                     bar.finish()
                 os.rename(f"{sha}.part", sha, src_dir_fd=d, dst_dir_fd=d)
-                _place(part, dest)
+                _place(part, dest, d, sha, private)
     return PullResult(
         path=str(dest.path),
         name=rec.name,

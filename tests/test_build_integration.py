@@ -69,16 +69,35 @@ def test_cached_rebuild_is_reused(built):
     [out] = json.loads(r.stdout)
     assert out["cached"] is True
     assert Path(out["images"][0]).read_bytes()[:4] == b"QFI\xfb"
+    # `imagectl plan` computes the very key the real build filed its cache entry under, and says it is cached
+    r = run_imagectl("plan", DEMO, "--arch", "x86_64", "--json", env=built["env"])
+    [entry] = json.loads(r.out)["entries"]
+    assert entry["build_key"] == json.loads(Path(out["record"]).read_text())["build_key"] and entry["cached"] is True
 
 
 @pytest.mark.boot
 def test_boots_to_login_prompt(built, cli: Callable[..., CliResult]):
     [image] = built["out"]["images"]
     log = Path(built["tmp"]) / "console.log"
-    r = cli("test", image, "--arch", "x86_64", "--timeout", "600", "--log", log, "--json")
+    record = Path(built["out"]["record"])
+    r = cli("test", image, "--arch", "x86_64", "--timeout", "600", "--log", log, "--record", "--json")
     assert r.code == 0, r.err
     res = json.loads(r.out)
     assert res["passed"] is True and "login:" in log.read_text(errors="replace")
+    # the real boot is in the real build record, and travels into a protected channel's signed metadata
+    test = json.loads(record.read_text())["boot_test"]
+    assert res["record"] == str(record) and test["image_sha256"] == sha256(Path(image))
+    assert (test["passed"], test["accel"], test["marker"]) == (True, res["accel"], "login:")
+    assert abs(test["seconds"] - res["seconds"]) <= 1 and test["seconds"] > 0
+    cat, keys = Path(built["tmp"]) / "protected-cat", Path(built["tmp"]) / "protected-keys"
+    assert cli("catalogue", "init", cat, "--keys", keys).code == 0
+    assert cli("catalogue", "protect", cat, "stable", "--keys", keys).code == 0
+    r = cli("publish", "--from-build", record, "--catalogue", cat, "--keys", keys, "--channel", "stable", "--json")
+    assert r.code == 0, r.err
+    [pub] = json.loads(r.out)
+    read = ("--catalogue", cat, "--root", cat / "metadata" / "1.root.json")
+    shown = json.loads(cli("catalogue", "show", "debian12-demo@stable", *read, "--arch", "x86_64", "--json").out)
+    assert shown["version"] == pub["version"] and shown["boot_test"] == test
     # The real KVM -> TCG fallback: where /dev/kvm answers but the guest ends under TCG, it was because KVM was
     # tried and abandoned (on this project's machines KVM guests hang after the bootloader), and the note says why.
     from imagectl.build.boottest import kvm_problem

@@ -205,7 +205,26 @@ def test_cache_entries_are_private_files(served: Served, cli: Callable[..., CliR
         os.umask(old)
     assert r.code == 0, r.err
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in blobs(tmp_path).iterdir()}
-    assert modes == {sha: 0o600, f".{sha}.lock": 0o600}
+    # the entry is the destination's inode (a hard link, in a 0700 cache): the destination's 0644 applies to both
+    assert modes == {sha: 0o644, f".{sha}.lock": 0o600}
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
+    assert (tmp_path / "x.qcow2").stat().st_ino == (blobs(tmp_path) / sha).stat().st_ino
+
+
+@pytest.mark.http
+def test_a_cache_others_can_enter_keeps_its_entries_private(
+    served: Served, cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    """A cache directory of mode 0755 (allowed: only write access for others is refused): a 0644 destination would
+    make the entry readable through it, so the destination is a copy and the entry stays 0600."""
+    cat, srv, sha = served
+    os.chmod(tmp_path / "cache", 0o755)
+    r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
+    assert r.code == 0, r.err
+    assert stat.S_IMODE((blobs(tmp_path) / sha).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "x.qcow2").stat().st_mode) == 0o644
+    assert (tmp_path / "x.qcow2").stat().st_ino != (blobs(tmp_path) / sha).stat().st_ino
+    assert (tmp_path / "x.qcow2").read_bytes() == (blobs(tmp_path) / sha).read_bytes()
 
 
 @pytest.mark.http
@@ -253,6 +272,7 @@ def test_the_copy_to_the_destination_takes_as_many_sendfile_calls_as_it_needs(
         return real(out_fd, in_fd, offset, min(count, 1 << 16))
 
     monkeypatch.setattr(pull_mod.os, "sendfile", sendfile)
+    os.chmod(tmp_path / "cache", 0o755)  # a cache others may enter: the destination is a copy, not a link
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 0, r.err
     assert hashlib.sha256((tmp_path / "x.qcow2").read_bytes()).hexdigest() == sha

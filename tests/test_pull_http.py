@@ -592,3 +592,38 @@ def test_pull_64mib_peak_rss_is_bounded(env: Env, make_image: Callable[..., Path
     assert env.srv.served.bytes_for(sha) == size  # it really streamed 64 MiB over HTTP
     assert file_sha256(out) == sha
     assert 10 * 1024 < maxrss_kib < 150 * 1024, f"peak RSS of the pull was {maxrss_kib / 1024:.1f} MiB"
+
+
+def test_the_image_is_written_once_and_a_changed_destination_never_poisons_the_cache(
+    env: Env, make_image: Callable[..., Path]
+) -> None:
+    """The first destination is a hard link of the verified cache entry (one write of the bytes); a second one is a
+    copy (two VMs' disks must never be one file). A deployer who writes into the first destination (boots a qcow2)
+    changes the cache entry too: the next pull re-hashes it, drops it, downloads again and leaves the changed
+    destination alone."""
+    img = make_image(1_000_000)
+    sha = env.publish(img)
+    first, second = env.tmp / "first.qcow2", env.tmp / "second.qcow2"
+    assert env.pull("wn", "-o", first).code == 0
+    assert first.stat().st_ino == (env.blobs / sha).stat().st_ino and first.stat().st_nlink == 2
+
+    env.srv.clear()
+    r = env.pull("wn", "-o", second, "--json")  # from the cache: hashed, then copied; no byte over HTTP
+    assert r.code == 0 and json.loads(r.out)["cached"] is True, r.err
+    assert env.blob_requests(sha) == []
+    assert second.stat().st_ino != first.stat().st_ino and second.stat().st_nlink == 1
+
+    with open(first, "r+b") as f:  # a booted image writes into its file
+        f.seek(4096)
+        f.write(b"guest data")
+    assert second.read_bytes() == img.read_bytes()
+    env.srv.clear()
+    third = env.tmp / "third.qcow2"
+    r = env.pull("wn", "-o", third, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["cached"] is False
+    assert "cached blob" in r.err and "does not match the signed hash" in r.err
+    assert env.srv.served.bytes_for(sha) == 1_000_000
+    assert third.read_bytes() == img.read_bytes() and file_sha256(env.blobs / sha) == sha
+    assert third.stat().st_ino == (env.blobs / sha).stat().st_ino  # the fresh entry's first destination: a link
+    assert b"guest data" in first.read_bytes()  # the deployer's file is theirs: untouched by the repair

@@ -23,7 +23,7 @@ from imagectl.errors import InvalidInputError
 from tests.conftest import EXPIRY, Catalogue, CliResult, sha256
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "catalogue" / "schema"
-SCHEMAS = ("image-custom", "image-role-extension", "pull-result", "list-entry", "show")
+SCHEMAS = ("image-custom", "image-role-extension", "pull-result", "list-entry", "show", "plan", "targets-extension")
 Doc = dict[str, Any]
 
 
@@ -287,6 +287,13 @@ def test_show_json_validates(populated: Populated, cli: Callable[..., CliResult]
     assert not validator("show").is_valid({**full, "images": []})
 
 
+def test_plan_json_validates(cli: Callable[..., CliResult]) -> None:
+    doc = json.loads(ok(cli, "plan", "debian12-demo", "slc3-worker", "slc6-worker", "--json").out)
+    assert_valid("plan", doc, "imagectl plan")
+    assert len(doc["entries"]) == 2 + 4 + 4 and {e["runner"]["tags"][1] for e in doc["entries"]} == {"x86_64", "ia64"}
+    assert not validator("plan").is_valid({"entries": [{**doc["entries"][0], "job": "Debian12"}]})
+
+
 # -- malformed documents are refused -----------------------------------------------------------------------------
 TS = "2026-11-25T15:02:03Z"
 HEX = "ec829685b10d28841f98cae7a11fed92cb7cfab018b06efb23faec015c87fd8b"
@@ -340,6 +347,31 @@ SHOW_NAME: Doc = {
     "images": [{k: v for k, v in ENTRY.items() if k != "channels"}],
 }
 SHOW_FULL: Doc = {**CUSTOM, "sha256": HEX, "path": "slc6-wn/6.1/x86_64/slc6-wn-6.1-x86_64.qcow2"}
+BOOT: Doc = {
+    "passed": True,
+    "marker": "login:",
+    "accel": "tcg",
+    "seconds": 85,
+    "host": "b1",
+    "at": TS,
+    "image_sha256": HEX,
+}
+TESTED: Doc = {**CUSTOM, "boot_test": BOOT}
+PLAN_ENTRY: Doc = {
+    "job": "slc3-worker-ia64-xen-pv",
+    "recipe": "recipes/slc/slc3-worker.yaml",
+    "name": "slc3-worker-xen",
+    "arch": "ia64",
+    "hypervisor": "xen-pv",
+    "formats": ["qcow2", "raw"],
+    "os": "slc",
+    "os_version": "3",
+    "build_key": HEX,
+    "cached": False,
+    "runner": {"arch": "ia64", "kvm": False, "tags": ["imagectl", "ia64"], "buildable_here": False, "why": "Itanium"},
+}
+PLAN: Doc = {"entries": [PLAN_ENTRY]}
+PROTECTED: Doc = {"protected_channels": ["production", "stable"]}
 
 
 def put(key: str, value: Any) -> Callable[[Doc], Doc]:
@@ -348,6 +380,18 @@ def put(key: str, value: Any) -> Callable[[Doc], Doc]:
 
 def drop(key: str) -> Callable[[Doc], Doc]:
     return lambda d: {k: v for k, v in d.items() if k != key}
+
+
+def boot(**fields: Any) -> Callable[[Doc], Doc]:
+    return lambda d: {**d, "boot_test": {k: v for k, v in {**d["boot_test"], **fields}.items() if v is not ...}}
+
+
+def entry(**fields: Any) -> Callable[[Doc], Doc]:
+    return lambda d: {"entries": [{k: v for k, v in {**d["entries"][0], **fields}.items() if v is not ...}]}
+
+
+def runner(**fields: Any) -> Callable[[Doc], Doc]:
+    return lambda d: entry(runner={**d["entries"][0]["runner"], **fields})(d)
 
 
 def revoked(**fields: Any) -> Callable[[Doc], Doc]:
@@ -404,6 +448,32 @@ BAD = [
     ("show", SHOW_FULL, drop("sha256"), "image without its digest"),
     ("show", SHOW_FULL, put("path", "../etc/passwd"), "path with '..'"),
     ("show", SHOW_FULL, put("channels", ["stable"]), "unknown field"),
+    ("image-custom", TESTED, boot(seconds=85.5), "float seconds in boot_test"),
+    ("image-custom", TESTED, boot(seconds="85"), "seconds as a string"),
+    ("image-custom", TESTED, boot(extra=1), "unknown member of boot_test"),
+    ("image-custom", TESTED, boot(host=...), "boot_test without host"),
+    ("image-custom", TESTED, boot(accel="hvf"), "unknown accelerator"),
+    ("image-custom", TESTED, boot(passed="yes"), "passed not a boolean"),
+    ("image-custom", TESTED, boot(marker="login:\x1b[2J"), "control character in marker"),
+    ("image-custom", TESTED, boot(image_sha256=HEX.upper()), "upper-case digest"),
+    ("image-custom", TESTED, put("boot_test", None), "null boot_test (optional fields are omitted)"),
+    ("show", {**SHOW_FULL, "boot_test": BOOT}, boot(at="2026-11-25"), "boot_test at without a time"),
+    ("targets-extension", PROTECTED, put("protected_channels", []), "empty (the member is omitted instead)"),
+    ("targets-extension", PROTECTED, put("protected_channels", ["stable", "stable"]), "repeated channel"),
+    ("targets-extension", PROTECTED, put("protected_channels", ["Stable"]), "bad channel"),
+    ("targets-extension", PROTECTED, put("aliases", {}), "unknown member"),
+    ("plan", PLAN, drop("entries"), "no entries"),
+    ("plan", PLAN, entry(job="slc3.worker-ia64"), "job with a dot"),
+    ("plan", PLAN, entry(build_key=HEX[:12]), "short build key"),
+    ("plan", PLAN, entry(cached=...), "entry without cached"),
+    ("plan", PLAN, entry(formats=[]), "no formats"),
+    ("plan", PLAN, entry(arch="sparc64"), "unknown arch"),
+    ("plan", PLAN, entry(extra=1), "unknown entry member"),
+    ("plan", PLAN, runner(tags=["imagectl", "x86_64", "kvm"]), "a third tag"),
+    ("plan", PLAN, runner(tags=["ia64"]), "tags without imagectl"),
+    ("plan", PLAN, runner(kvm="yes"), "kvm not a boolean"),
+    ("plan", PLAN, runner(why="two\nlines"), "why on two lines"),
+    ("plan", PLAN, runner(buildable_here=...), "runner without buildable_here"),
 ]
 
 

@@ -34,7 +34,7 @@ from imagectl.recipe.schema import RecipeError
 from imagectl.runner import run, tool_version
 from imagectl.urls import redact, redact_json
 
-__all__ = ["BuildOptions", "BuildOutput", "build_key", "build_recipe"]
+__all__ = ["BuildOptions", "BuildOutput", "build_key", "build_recipe", "dib_version", "is_cached", "target_key"]
 
 RECORD_FORMAT = 1
 _HOOK_PATH = re.compile(r"Copying hooks (\S+)/([^/\s]+)/([a-z-]+\.d)/([^/\s]+)\s*$")
@@ -60,7 +60,8 @@ class BuildOutput:
     seconds: float
 
 
-def _dib_version() -> str:
+def dib_version() -> str:
+    """The installed diskimage-builder's version (part of every build key); ToolMissingError when it is absent."""
     try:
         return importlib.metadata.version("diskimage-builder")
     except importlib.metadata.PackageNotFoundError:
@@ -111,6 +112,33 @@ def build_key(inv: DibInvocation, recipe: Recipe, dib_version: str, elements: st
         "imagectl": __version__,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def target_key(
+    recipe: Recipe,
+    target: BuildTarget,
+    paths: list[Path],
+    dib: str,
+    formats: list[str] | None = None,
+    *,
+    output_dir: Path = Path("/imagectl-out"),
+    config_dir: Path = Path("/imagectl-config"),
+) -> tuple[DibInvocation, str, str]:
+    """The DIB invocation of ``target``, the digest of the elements it uses and its build key.
+
+    The one computation ``imagectl build`` and ``imagectl plan`` share, so a plan's key is the key a build of the
+    same target files its cache entry under. The directories do not change the key (the output base is replaced
+    by ``OUT``, the config directory is left out): ``plan`` passes placeholders, ``build`` the real ones.
+    """
+    inv = plan_dib(target, output_dir, config_dir, paths, formats)
+    digest = elements_digest(inv, paths)
+    return inv, digest, build_key(inv, recipe, dib, digest)
+
+
+def is_cached(cache_dir: Path, key: str) -> bool:
+    """Whether the build cache under ``cache_dir`` holds a finished build with this key (what a build would reuse,
+    if its images still match their record)."""
+    return (cache_dir / "builds" / key / "build.json").is_file()
 
 
 class _Progress:
@@ -354,7 +382,7 @@ def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
     if missing:  # what DIB would only say after start-up, as "Element 'x' not found"
         raise RecipeError(missing)
     check_host(sorted({t.arch for t in chosen}, key=[t.arch for t in chosen].index))
-    dib_version = _dib_version()
+    dib = dib_version()
     for tool in ("disk-image-create", "qemu-img", "sudo"):
         if shutil.which(tool) is None:
             raise ToolMissingError(
@@ -374,15 +402,15 @@ def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
             "chain": [str(p) for p in recipe.chain],
             "merged": recipe.data,
         },
-        "dib": {"version": dib_version},
+        "dib": {"version": dib},
     }
     outputs = []
     for t in chosen:
         config_dir = opts.output / ".imagectl-work" / t.basename / "config"
         write_config(recipe, config_dir)
-        inv = plan_dib(t, opts.output.resolve(), config_dir.resolve(), paths, opts.formats)
-        digest = elements_digest(inv, paths)
-        key = build_key(inv, recipe, dib_version, digest)
+        inv, digest, key = target_key(
+            recipe, t, paths, dib, opts.formats, output_dir=opts.output.resolve(), config_dir=config_dir.resolve()
+        )
         base = {**record_base, "dib": {**record_base["dib"], "elements_digest": digest}}
         outputs.append(_build_one(inv, key, opts, base))
     return outputs

@@ -22,6 +22,7 @@ __all__ = [
     "auto_version",
     "blob_key",
     "check_arch",
+    "check_boot_test",
     "check_channel",
     "check_name",
     "check_version",
@@ -193,6 +194,50 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
+BOOT_TEST_KEYS = ("passed", "marker", "accel", "seconds", "host", "at", "image_sha256")
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_boot_test(value: Any, where: str) -> dict[str, Any]:
+    """``value`` if it is a well-formed ``boot_test`` (catalogue/README.md §4.2), else InvalidInputError naming
+    ``where`` and the first problem.
+
+    Exactly the seven members, each of its type: no floats (signed metadata is canonical JSON), no control
+    characters in the text a terminal shows, a UTC timestamp, a lower-case SHA-256. Used where a boot test enters
+    a catalogue (publish, from a build record) and where one is read back (:meth:`ImageRecord.from_target`)."""
+
+    def bad(why: str) -> InvalidInputError:
+        return InvalidInputError(f"{where}: boot_test {why}")
+
+    if not isinstance(value, dict):
+        raise bad("is not an object")
+    extra = sorted(str(k) for k in value if k not in BOOT_TEST_KEYS)
+    if extra:
+        raise bad(f"has unknown member {extra[0]!r}")
+    missing = [k for k in BOOT_TEST_KEYS if k not in value]
+    if missing:
+        raise bad(f"lacks {missing[0]!r}")
+    if not isinstance(value["passed"], bool):
+        raise bad("passed must be true or false")
+    if value["accel"] not in ("kvm", "tcg"):
+        raise bad(f"accel must be kvm or tcg, not {_describe(str(value['accel']))}")
+    seconds = value["seconds"]
+    if isinstance(seconds, float):
+        raise bad(f"seconds must be a whole number, not {seconds!r} (canonical JSON has no floats)")
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 <= seconds <= 10**7:
+        raise bad(f"seconds must be a whole number from 0 to 10000000, not {_describe(str(seconds))}")
+    for key, most in (("marker", 256), ("host", 255)):
+        text = value[key]
+        if not isinstance(text, str) or not 1 <= len(text) <= most or not text.isprintable():
+            raise bad(f"{key} must be 1-{most} printable characters")
+    if not isinstance(value["at"], str) or not _TIMESTAMP.fullmatch(value["at"]):
+        raise bad("at must be a UTC timestamp like 2026-11-25T15:02:03Z")
+    if not isinstance(value["image_sha256"], str) or not _SHA256.fullmatch(value["image_sha256"]):
+        raise bad("image_sha256 must be 64 lower-case hex digits")
+    return {k: value[k] for k in BOOT_TEST_KEYS}
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One published image (name, version, arch) as the signed metadata describes it."""
@@ -212,6 +257,14 @@ class ImageRecord:
     parent: str | None = None
     build_record: dict[str, Any] | None = None
     deprecated: dict[str, str] | None = None
+    boot_test: dict[str, Any] | None = None
+
+    @property
+    def boot_passed(self) -> bool:
+        """Whether a boot test of exactly these bytes passed (what a protected channel asks of every arch)."""
+        return bool(
+            self.boot_test and self.boot_test["passed"] is True and self.boot_test["image_sha256"] == self.sha256
+        )
 
     def custom(self) -> dict[str, Any]:
         """The target's custom fields (catalogue/schema/image-custom.schema.json)."""
@@ -224,7 +277,7 @@ class ImageRecord:
             "size": self.size,
             "created": self.created,
         }
-        for key in ("os", "os_version", "recipe_digest", "parent", "build_record", "deprecated"):
+        for key in ("os", "os_version", "recipe_digest", "parent", "build_record", "deprecated", "boot_test"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -234,6 +287,7 @@ class ImageRecord:
         """Build from a verified TUF target; raises InvalidInputError if the custom fields are malformed."""
         if not isinstance(custom, dict) or "sha256" not in hashes:
             raise InvalidInputError(f"target {path} is not an imagectl image (no custom fields or no sha256)")
+        where = f"target {path}"
         try:
             rec = cls(
                 name=str(custom["name"]),
@@ -251,6 +305,7 @@ class ImageRecord:
                 parent=custom.get("parent"),
                 build_record=custom.get("build_record"),
                 deprecated=custom.get("deprecated"),
+                boot_test=None if custom.get("boot_test") is None else check_boot_test(custom["boot_test"], where),
             )
         except KeyError as e:
             raise InvalidInputError(f"target {path} lacks the custom field {e.args[0]!r}") from None
@@ -271,6 +326,11 @@ class ImageRecord:
             raise InvalidInputError(f"target {path} has custom fields of {expected}")
         if custom.get("size") != length:
             raise InvalidInputError(f"target {path} has size {custom.get('size')!r} but length {length}")
+        if "boot_test" in custom and rec.boot_test is None:
+            raise InvalidInputError(f"target {path} has a null boot_test (optional fields are omitted, never null)")
+        if rec.boot_test is not None and rec.boot_test["image_sha256"] != rec.sha256:
+            other = rec.boot_test["image_sha256"][:12]
+            raise InvalidInputError(f"target {path} has a boot_test of other bytes (sha256 {other}…)")
         return rec
 
     def summary(self) -> dict[str, Any]:

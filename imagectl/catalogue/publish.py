@@ -22,10 +22,12 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timest
 from imagectl.catalogue import model
 from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
 from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, target_file_key, target_path, utcnow
+from imagectl.catalogue.protect import check_tested, is_protected, refuse_untested
 from imagectl.catalogue.state import CatalogueState, load_state, metadata_bytes, transact
 from imagectl.errors import (
     CatalogueStateError,
     ConflictError,
+    ImageMismatchError,
     InvalidInputError,
     KeyProblemError,
     LocalIOError,
@@ -125,6 +127,7 @@ class PublishRequest:
     recipe_digest: str | None = None
     parent: str | None = None
     build_record: dict[str, object] | None = None
+    boot_test: dict[str, object] | None = None  # from the build record (imagectl test --record): model.check_boot_test
 
     def validated(self) -> PublishRequest:
         model.check_name(self.name)
@@ -147,6 +150,8 @@ class PublishRequest:
             raise InvalidInputError(f"recipe digest must be sha256:<64 hex digits>, got {self.recipe_digest!r}")
         if self.build_record is not None:
             _check_canonical(self.build_record, "build record")
+        if self.boot_test is not None:
+            model.check_boot_test(self.boot_test, self.file)
         return self
 
 
@@ -172,6 +177,7 @@ class PublishResult:
     created: bool  # False: identical bytes were already published under this version (a no-op)
     uploaded: bool  # whether blob bytes were sent (False when the same bytes were already stored)
     channel: str | None
+    boot_test_added: bool = False  # an existing image (same bytes) took the request's boot test
 
 
 def detect_format(path: str) -> str:
@@ -237,6 +243,12 @@ def publish(
     sha256, size = digest.sha256, digest.size
     if size == 0:
         raise InvalidInputError(f"{req.file} is empty")
+    if req.boot_test is not None and req.boot_test["image_sha256"] != sha256:
+        raise ImageMismatchError(
+            f"the boot test given for {req.file} booted other bytes (sha256 {str(req.boot_test['image_sha256'])[:12]}"
+            f"…, the file has {sha256[:12]}…): a record from another build",
+            hint="boot this image and record it: imagectl test IMAGE --record",
+        )
 
     def check(state: CatalogueState, version: str) -> ImageRecord | None:
         _check_revoked(state, req.name, version)
@@ -263,9 +275,17 @@ def publish(
 
     # Check before uploading, so a doomed publish sends no bytes; the commit checks again, where it counts, and
     # starts from this same verified state (no second load of a role that may hold thousands of versions).
-    prechecked = load_state(store) if req.version is not None else None
-    if prechecked is not None and req.version is not None:
-        check(prechecked, req.version)
+    prechecked = load_state(store) if req.version is not None or req.channel is not None else None
+    old_pre = check(prechecked, req.version) if prechecked is not None and req.version is not None else None
+    if prechecked is not None and req.channel is not None and is_protected(prechecked, req.channel):
+        # Refused before any byte is sent; the commit checks again against the state it signs.
+        tested = req.boot_test or (old_pre.boot_test if old_pre is not None else None)
+        mine = ImageRecord(
+            req.name, req.version or "-", req.arch, fmt, req.hypervisor, None, None, size, sha256, "", ""
+        )
+        others = [r for r in prechecked.images(req.name) if r.version == req.version and r.arch != req.arch]
+        what = f"publish {req.name}" + (f":{req.version}" if req.version else "")
+        check_tested(prechecked, req.channel, what, [*others, dataclasses.replace(mine, boot_test=tested)])
     uploaded = store.upload_file(blob_key(sha256), req.file, digest)
 
     def apply(state: CatalogueState) -> tuple[ImageRecord, ImageRecord | None]:
@@ -293,12 +313,18 @@ def publish(
             recipe_digest=req.recipe_digest,
             parent=req.parent,
             build_record=req.build_record,
+            boot_test=req.boot_test,
         )
         expires = now + dt.timedelta(days=expiry_days["targets"])
+        if old is not None and req.boot_test is not None and old.boot_test != req.boot_test:
+            record = dataclasses.replace(old, boot_test=req.boot_test)  # same bytes, now (re)tested
+        if req.channel is not None and is_protected(state, req.channel):  # every arch, before anything is signed
+            others = [r for r in state.images(req.name) if r.version == version and r.arch != req.arch]
+            check_tested(state, req.channel, f"publish {req.name}:{version}", [*others, record])
         # The target file a stock TUF client fetches exists before any metadata names it (and is repaired by a
         # no-op publish of the same bytes).
         store.place_target(blob_key(sha256), target_file_key(record.path, sha256), size)
-        if old is None:
+        if record is not old:
             state.add_target(state.role_for_update(req.name, expires), record)
         if req.channel is not None:
             _set_channel(state.role_for_update(req.name, expires), req.channel, version, now)
@@ -307,7 +333,8 @@ def publish(
         return record, old
 
     record, old = transact(store, apply, first=prechecked)
-    return PublishResult(record=record, created=old is None, uploaded=uploaded, channel=req.channel)
+    added = old is not None and record is not old
+    return PublishResult(record, created=old is None, uploaded=uploaded, channel=req.channel, boot_test_added=added)
 
 
 def _set_channel(md: Metadata[Targets], channel: str, version: str, now: dt.datetime) -> None:
@@ -339,7 +366,7 @@ def promote(store: Store, keys: KeyRing, ref: str, channel: str, expiry_days: di
 
     def apply(state: CatalogueState) -> str:
         now = utcnow()
-        _version_records(state, r.name, version)
+        check_tested(state, channel, f"promote {r.name}:{version}", _version_records(state, r.name, version))
         md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
         before = str(CatalogueState.ext(md)["channels"].get(channel, {}).get("version", ""))
         _set_channel(md, channel, version, now)
@@ -464,27 +491,38 @@ def publish_build(
     build record is stored as a content-addressed blob and referenced (sha256, size, summary) from the signed
     image metadata, so it is verifiable without bloating the metadata.
     """
-    results: list[PublishResult] = []
-    shared = version
+    # Every record is checked before anything is stored, so a bad one leaves nothing of the build published.
+    checked = []
     for path, record in _load_records(source):
         target = record["target"]
         images = record.get("images") or []
         if not isinstance(images, list):
             raise InvalidInputError(f"{path}: images must be a list")
-        found = [_record_image(path, i) for i in images]
-        chosen = [(f, i_fmt) for f, i_fmt in found if fmt in (None, i_fmt)]
+        found = [(_record_image(path, i), i) for i in images]
+        chosen = [(f, i_fmt, entry) for (f, i_fmt), entry in found if fmt in (None, i_fmt)]
         if not chosen:
-            raise NotFoundError(f"{path} has no {fmt} image (formats: {', '.join(i for _, i in found)})")
-        image_file, image_fmt = chosen[0]
+            raise NotFoundError(f"{path} has no {fmt} image (formats: {', '.join(i for (_, i), _ in found)})")
+        missing = [k for k in ("name", "arch", "hypervisor", "os", "os_version") if not isinstance(target.get(k), str)]
+        if missing:
+            raise InvalidInputError(f"{path}: target.{missing[0]} is missing or not a string")
+        image_file, image_fmt, entry = chosen[0]
+        checked.append((path, record, image_file, image_fmt, _boot_test(path, record, image_file, entry)))
+    if channel is not None:
+        state = load_state(store)
+        if is_protected(state, channel):
+            names = ", ".join(sorted({str(r["target"]["name"]) for _, r, *_ in checked}))
+            untested = sorted({str(r["target"]["arch"]) for _, r, _, _, bt in checked if not (bt and bt["passed"])})
+            refuse_untested(channel, f"publish {names}" + (f":{version}" if version else ""), untested)
+    results: list[PublishResult] = []
+    shared = version
+    for _path, record, image_file, image_fmt, boot_test in checked:
+        target = record["target"]
         record = redact_json(record)  # published: a record made by an older imagectl may hold a mirror password
         data = json.dumps(record, sort_keys=True).encode()
         record_sha = hashlib.sha256(data).hexdigest()
         store.write_new(blob_key(record_sha), data)
         recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
         dib = record.get("dib") if isinstance(record.get("dib"), dict) else {}
-        missing = [k for k in ("name", "arch", "hypervisor", "os", "os_version") if not isinstance(target.get(k), str)]
-        if missing:
-            raise InvalidInputError(f"{path}: target.{missing[0]} is missing or not a string")
         summary = {
             "sha256": record_sha,
             "size": len(data),
@@ -506,8 +544,25 @@ def publish_build(
             channel=channel,
             recipe_digest=recipe.get("digest"),
             build_record={k: v for k, v in summary.items() if v is not None},
+            boot_test=boot_test,
         )
         res = publish(store, keys, req, expiry_days)
         shared = shared or res.record.version
         results.append(res)
     return results
+
+
+def _boot_test(path: Path, record: dict[str, Any], image: Path, entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The record's ``boot_test`` (imagectl test --record), checked: its shape (InvalidInputError, exit 3) and that
+    it booted the bytes the record says ``image`` holds (ImageMismatchError, exit 11: a record from another build;
+    publish then checks the file's own bytes)."""
+    if record.get("boot_test") is None:
+        return None
+    test = model.check_boot_test(record["boot_test"], f"build record {path}")
+    if test["image_sha256"] != entry.get("sha256"):
+        raise ImageMismatchError(
+            f"build record {path}: its boot test booted other bytes (sha256 {test['image_sha256'][:12]}…) than "
+            f"{image.name} (sha256 {str(entry.get('sha256'))[:12]}…): a record from another build",
+            hint="boot this image and record it: imagectl test IMAGE --record",
+        )
+    return test

@@ -124,6 +124,8 @@ def file_digest(path: str, *, part_size: int = 0, memo_dir: Path | None = None) 
     result = h.result()
     if memo is not None:
         with contextlib.suppress(OSError):
-            memo.parent.mkdir(parents=True, exist_ok=True)
+            # the cache directory is private (0700) whoever makes it first: pull's hard links rely on it
+            memo.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            memo.parent.mkdir(mode=0o700, exist_ok=True)
             memo.write_text(" ".join([result.sha256, str(result.size), *result.parts]) + "\n")
     return result

