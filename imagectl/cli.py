@@ -161,6 +161,11 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
         + ("OK" if not report.problems else f"{len(report.problems)} problem(s)")
         + partial
     )
+    if report.needs_rebin:  # not a problem: the catalogue is valid, publishes into these names are just slower
+        lines.append(
+            f"note: {len(report.needs_rebin)} name(s) would benefit from hash bins ({', '.join(report.needs_rebin[:5])}"
+            f"{', …' if len(report.needs_rebin) > 5 else ''}): imagectl catalogue rebin {store.shown}"
+        )
     emit(args, report.as_json(), "\n".join(lines))
     if report.problems:
         hint = (
@@ -234,6 +239,20 @@ def cmd_resign(args: argparse.Namespace, cfg: Config) -> int:
     within = dt.timedelta(days=number(args.within, "--within", low=0, high=3650)) if args.within is not None else None
     roles = resign(_store(cfg, args.dest), _keys(cfg), cfg.expiry_days(), within=within, everything=args.all)
     emit(args, {"resigned": roles}, f"re-signed: {', '.join(roles)}" if roles else "nothing about to expire")
+    return 0
+
+
+def cmd_rebin(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue import model
+    from imagectl.catalogue.bins import MAX_BITS
+    from imagectl.catalogue.upgrade import rebin_catalogue
+
+    bits = int(number(args.bits, "--bits", low=1, high=MAX_BITS)) if args.bits is not None else None
+    names = [model.check_name(n) for n in args.names]
+    report = rebin_catalogue(_store(cfg, args.dest), _keys(cfg), cfg.expiry_days(), names, bits=bits)
+    lines = [f"{n}: {b} bins" for n, b in sorted(report.rebinned.items())]
+    lines += [f"{n}: unchanged" for n in report.unchanged]
+    emit(args, report.as_json(), "\n".join(lines) or "no name needs bins")
     return 0
 
 
@@ -902,6 +921,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-sign roles expiring within DAYS (default: those past half their validity)",
     )
     sp.add_argument("--all", action="store_true", help="re-sign every role")
+    sp = add(cat, "rebin", cmd_rebin, "spread the versions of big image names over hash bins", writer)
+    sp.add_argument("dest", metavar="DEST", help="catalogue location")
+    sp.add_argument("names", nargs="*", metavar="NAME", help="names to (re-)bin (default: those past the threshold)")
+    sp.add_argument("--bits", metavar="B", help="2**B bins per name (default: sized for what the name holds)")
     sp = add(cat, "protect", cmd_protect, "let channels point only at versions that passed a boot test", writer)
     sp.add_argument("dest", metavar="DEST", help="catalogue location")
     sp.add_argument("channels", nargs="+", metavar="CHANNEL")

@@ -136,34 +136,79 @@ def _replacing(dest: Destination) -> Iterator[str]:
         _check_target(dest.path)  # still nothing, a regular file or a link: safe to rename over
 
 
-class _BackgroundHash:
-    """SHA-256 on a worker thread fed through a bounded queue.
+class _Sink:
+    """Hashes and writes the downloaded bytes on two worker threads, each fed through a bounded queue.
 
-    hashlib releases the GIL on large updates, so hashing overlaps with reading the socket and writing the file
-    (bench/pull.py measured ~1 s per GiB saved); the queue bounds memory to a few chunks.
+    The receiving thread only reads the socket; SHA-256 and the file writes run beside it and beside each other
+    (hashlib and file writes release the GIL), and the queues bound memory to a few chunks each. Every
+    ``WRITEBACK`` bytes the writer starts the file's writeback, so the final fsync waits for little. A failure of
+    the writer (disk full) is raised in the receiving thread at its next :meth:`put` or :meth:`drain`.
     """
 
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-        self._t = threading.Thread(target=self._run, name="sha256", daemon=True)
-        self._t.start()
+    def __init__(self, f: IO[bytes], h: Any, have: int) -> None:
+        self.f, self.h = f, h
+        self.flushed = self.written = have
+        self.error: OSError | None = None
+        self._queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=4), queue.Queue(maxsize=4)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(q, work), name=name, daemon=True)
+            for q, work, name in zip(
+                self._queues, (self._hash, self._write), ("pull-sha256", "pull-write"), strict=True
+            )
+        ]
+        for t in self._threads:
+            t.start()
 
-    def _run(self) -> None:
-        while (block := self._q.get()) is not None:
-            self._h.update(block)
+    def _hash(self, block: bytes) -> None:
+        self.h.update(block)
 
-    def update(self, block: bytes) -> None:
-        self._q.put(block)
+    def _write(self, block: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.f.write(block)
+            self.written += len(block)
+            if self.written - self.flushed >= WRITEBACK:
+                self.flushed = _start_writeback(self.f, self.flushed, self.written)
+        except OSError as e:  # disk full, an I/O error: handed to the receiving thread, which raises it
+            self.error = e
+
+    @staticmethod
+    def _run(q: queue.Queue[bytes | None], work: Callable[[bytes], None]) -> None:
+        while True:
+            block = q.get()
+            try:
+                if block is None:
+                    return
+                work(block)
+            finally:
+                q.task_done()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    def put(self, block: bytes) -> None:
+        self._raise()
+        for q in self._queues:
+            q.put(block)
+
+    def drain(self) -> None:
+        """Wait until every block put so far is hashed and written (then the file may be flushed or truncated)."""
+        for q in self._queues:
+            q.join()
+        self._raise()
 
     def close(self) -> None:
-        if self._t.is_alive():
-            self._q.put(None)
-            self._t.join()
+        for q, t in zip(self._queues, self._threads, strict=True):
+            if t.is_alive():
+                q.put(None)
+                t.join()
 
     def hexdigest(self) -> str:
-        self.close()
-        return self._h.hexdigest()
+        self.drain()
+        return str(self.h.hexdigest())
 
 
 def _start_writeback(f: IO[bytes], start: int, end: int) -> int:
@@ -179,15 +224,16 @@ def _start_writeback(f: IO[bytes], start: int, end: int) -> int:
 def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, progress: Progress) -> None:
     """Fill the open ``.part`` file ``f`` with the verified blob, resuming from what it already holds.
 
-    The .part is not fsynced: a blob is re-hashed whenever it is served from the cache, so a file torn by a
-    crash can never reach a destination; the destination copy is what gets fsynced. Raises ImageMismatchError
-    when the bytes break the signed length or hash, DownloadError when the retries are
-    spent, LocalIOError when the cache cannot be written.
+    The .part is not fsynced here: the caller fsyncs the verified entry before any destination names it, and a
+    blob is re-hashed whenever it is served from the cache, so a file torn by a crash never reaches a
+    destination. Raises ImageMismatchError when the bytes break the signed length or hash, DownloadError when the
+    retries are spent, LocalIOError when the cache cannot be written.
     """
     want_len = resolved.target.length
     want_sha = resolved.target.hashes["sha256"]
-    h = _BackgroundHash()
+    h = hashlib.sha256()
     have = 0
+    sink: _Sink | None = None
     try:
         f.seek(0)
         while have < want_len and (block := f.read(CHUNK)):
@@ -195,11 +241,11 @@ def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, prog
             have += len(block)
         if have > want_len or f.read(1):  # an older, longer attempt: start over
             f.truncate(0)
-            h.close()
-            h, have = _BackgroundHash(), 0
+            h, have = hashlib.sha256(), 0
         f.seek(have)
         progress.update(have)
-        attempt, flushed = 0, have
+        sink = _Sink(f, h, have)
+        attempt = 0
         while have < want_len:
             try:
                 with store.open_range(blob_key(want_sha), have) as stream:
@@ -213,22 +259,21 @@ def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, prog
                     if stream.offset not in (0, have):
                         raise DownloadError(f"asked for bytes from {have}, the server sent from {stream.offset}")
                     if stream.offset != have:  # the server ignored Range: restart cleanly
+                        sink.drain()
+                        sink.close()
                         f.truncate(0)
                         f.seek(0)
                         progress.update(-have)
-                        h.close()
-                        h, have = _BackgroundHash(), 0
+                        have = 0
+                        sink = _Sink(f, hashlib.sha256(), 0)
                     for chunk in stream.chunks:
                         if have + len(chunk) > want_len:
                             raise ImageMismatchError(
                                 f"{resolved.record.path}: server sent more than the signed {want_len} bytes"
                             )
-                        h.update(chunk)
-                        f.write(chunk)
+                        sink.put(chunk)
                         have += len(chunk)
                         progress.update(len(chunk))
-                        if have - flushed >= WRITEBACK:
-                            flushed = _start_writeback(f, flushed, have)
                 if have < want_len:
                     raise DownloadError(f"blob ended after {have} of {want_len} bytes")
             except StatusError:
@@ -237,16 +282,19 @@ def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, prog
                 attempt += 1
                 if attempt > retries:
                     raise
+                sink.drain()
                 f.flush()
                 time.sleep(min(0.2 * 2**attempt, 5.0))
+        got = sink.hexdigest()
         f.flush()
     except OSError as e:
         raise _io_error("write", "the download cache", e) from None
     finally:
-        h.close()
-    if h.hexdigest() != want_sha:
+        if sink is not None:
+            sink.close()
+    if got != want_sha:
         raise ImageMismatchError(
-            f"{resolved.record.path}: downloaded bytes have sha256 {h.hexdigest()[:16]}…, "
+            f"{resolved.record.path}: downloaded bytes have sha256 {got[:16]}…, "
             f"signed metadata says {want_sha[:16]}… (tampered or corrupted blob; nothing written)"
         )
 

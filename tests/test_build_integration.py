@@ -75,6 +75,27 @@ def test_cached_rebuild_is_reused(built):
     assert entry["build_key"] == json.loads(Path(out["record"]).read_text())["build_key"] and entry["cached"] is True
 
 
+def test_rebuild_with_one_more_package_downloads_only_it(built, tmp_path):
+    """The package cache: the module's build (an empty cache) downloaded everything and kept it; the demo plus one
+    package (a new build key: DIB runs again) reuses the cached base system and every package but the new one
+    (tree, which needs nothing the demo lacks), each checked against the mirror's signed indexes."""
+    cold = json.loads(Path(built["out"]["record"]).read_text())["package_cache"]
+    assert cold["hits"] == 0 and cold["downloaded"] > 100 and cold["base"]["reused"] is False
+    recipe = tmp_path / "plus-one.yaml"
+    recipe.write_text(f"extends: {DEMO}\npackages: [tree]\n")
+    r = run_imagectl(
+        "build", recipe, "--arch", "x86_64", "-o", tmp_path / "out", "--json", env=built["env"], timeout=1800
+    )
+    assert r.code == 0, r.err[-3000:]
+    [out] = json.loads(r.out)
+    record = json.loads(Path(out["record"]).read_text())
+    cache = record["package_cache"]
+    assert [p.split("_")[0] for p in cache["downloaded_packages"]] == ["tree"], cache["downloaded_packages"]
+    assert cache["base"]["reused"] is True and cache["base"]["key"] == cold["base"]["key"]
+    assert cache["hits"] >= 50 and cache["rejected_packages"] == [] and cache["removed_damaged"] == 0
+    assert "tree" in {p["name"] for p in record["packages"]}
+
+
 @pytest.mark.boot
 def test_boots_to_login_prompt(built, cli: Callable[..., CliResult]):
     [image] = built["out"]["images"]

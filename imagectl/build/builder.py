@@ -9,6 +9,7 @@ from the build cache.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -25,6 +26,7 @@ from typing import Any
 
 from imagectl import __version__
 from imagectl.build import hostcompat
+from imagectl.build.aptproxy import DebianPackageCache
 from imagectl.build.configscript import write_config
 from imagectl.build.elements import check_elements, dib_elements_dir, elements_paths
 from imagectl.build.plan import BuildTarget, DibInvocation, check_host, plan_dib, targets
@@ -316,8 +318,21 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, record_base: di
         env["PATH"] = f"{shim_bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
     progress = _Progress(t.basename, opts.progress)
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    # Debian: packages and the base system through imagectl's verified cache (imagectl-package-cache element)
+    pkgcache = None
+    if "imagectl-package-cache" in inv.elements:
+        work = opts.cache_dir / "work" / f"{t.basename}.{os.getpid()}"
+        pkgcache = DebianPackageCache(
+            opts.cache_dir, work, inv.env, inv.argv[inv.argv.index("-a") + 1], record_base["dib"]["version"]
+        )
+    cache_record, succeeded = None, False
     try:
-        run(inv.argv, env=env, log_file=log_file, on_line=progress.line, what="disk-image-create")
+        serving: contextlib.AbstractContextManager[dict[str, str]] = (
+            pkgcache.serving() if pkgcache else contextlib.nullcontext({})
+        )
+        with serving as cache_env:
+            run(inv.argv, env={**env, **cache_env}, log_file=log_file, on_line=progress.line, what="disk-image-create")
+        succeeded = True
     except ToolMissingError:
         raise
     except ToolError as e:
@@ -329,6 +344,10 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, record_base: di
             returncode=e.returncode,
             log_file=log_file,
         ) from None
+    finally:
+        if pkgcache is not None:
+            cache_record = pkgcache.finish(succeeded)
+            shutil.rmtree(pkgcache.work, ignore_errors=True)
     finished = dt.datetime.now(dt.UTC).replace(microsecond=0)
     record = {
         **record_base,
@@ -355,6 +374,8 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, record_base: di
         ],
         "log": log_file.name,
     }
+    if cache_record is not None:
+        record["package_cache"] = cache_record  # what came from the package cache, what was downloaded
     # The record is published with the image (publish --from-build): no credential may be in it.
     data = json.dumps(redact_json(record), indent=2, sort_keys=True) + "\n"
     record_path.write_text(data)

@@ -118,8 +118,10 @@ def plan_dib(
     mkfs_options = ""  # disk-image-create --mkfs-options: extra mkfs flags for the root file system
     packages = list(r.data["packages"])
     if fam == "debian":
-        elements = ["debian-minimal", "vm", "block-device-mbr"]
+        # imagectl-package-cache: packages and the base system from imagectl's verified cache (see its README)
+        elements = ["debian-minimal", "vm", "block-device-mbr", "imagectl-package-cache"]
         env["DIB_DISTRIBUTION_MIRROR"] = mirror
+        env["DIB_APT_LOCAL_CACHE"] = "0"  # not DIB's shared apt cache: unverified, and emptied as a build starts
         env["DIB_DEBIAN_SECURITY_MIRROR"] = mirror + "-security/"
         if target.arch == "i386":
             # debian-minimal maps a kernel package for amd64 and arm64 only; an i386 image needs one named.

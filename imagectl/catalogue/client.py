@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import stat
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from tuf.api.serialization import SerializationError
 from tuf.ngclient import Updater, UpdaterConfig
 
 from imagectl import __version__
-from imagectl.catalogue import model
+from imagectl.catalogue import bins, model
 from imagectl.catalogue.fetcher import StoreFetcher
 from imagectl.catalogue.metadata import ROOT_MAX, SNAPSHOT_MAX, TARGETS_MAX, TIMESTAMP_MAX, ValueCounter, parse_metadata
 from imagectl.catalogue.model import METADATA, ImageRecord, ImageRef
@@ -260,6 +261,7 @@ class CatalogueReader:
         return sorted(r.removeprefix(model.ROLE_PREFIX) for r in top.delegations.roles)
 
     def role(self, name: str) -> Targets:
+        """The verified image role of NAME (for a binned name: its channels, revocations and bin delegation)."""
         if name in self._roles:
             return self._roles[name]
         names = self.names()
@@ -269,29 +271,73 @@ class CatalogueReader:
                 hint=f"images: {', '.join(names[:20])}" if names else "the catalogue is empty",
             )
         with translate_tuf(self.shown_url):
-            self.updater.get_targetinfo(f"{name}/-/-/-")  # loads and verifies the image role
-        role = model.role_for(name)
-        md = Metadata[Targets].from_file(str(self.dir / f"{role}.json"))
-        self._roles[name] = md.signed
-        return md.signed
+            self.updater.get_targetinfo(f"{name}/-/-/-")  # loads and verifies the image role (and one bin)
+        self._roles[name] = self._trusted(model.role_for(name))
+        return self._roles[name]
 
-    def images(self, name: str) -> list[ImageRecord]:
-        role = self.role(name)
+    def _trusted(self, role: str) -> Targets:
+        """A role the Updater has just verified and persisted, read back from its metadata directory."""
+        path = self.dir / f"{urllib.parse.quote(role, '')}.json"
+        return Metadata[Targets].from_file(str(path)).signed
+
+    def role_names(self, name: str) -> list[str]:
+        """The roles holding NAME's images: its image role, and its bins when it is binned."""
+        succinct = self._succinct(name)
+        return [model.role_for(name), *([] if succinct is None else succinct.get_roles())]
+
+    def _succinct(self, name: str) -> Any:
+        d = self.role(name).delegations
+        return None if d is None else d.succinct_roles
+
+    def _bin(self, name: str, role: str) -> Targets:
+        if role not in self._roles:
+            succinct = self._succinct(name)
+            with translate_tuf(self.shown_url):
+                self.updater.get_targetinfo(bins.probe_path(name, succinct, role))  # fetches and verifies the bin
+            self._roles[role] = self._trusted(role)
+        return self._roles[role]
+
+    def _records(self, name: str, targets: dict[str, TargetFile]) -> list[ImageRecord]:
         out = []
-        for path, t in role.targets.items():
+        for path, t in targets.items():
             try:
                 out.append(ImageRecord.from_target(path, t.length, t.hashes, t.custom))
             except InvalidInputError as e:
                 raise UntrustedMetadataError(f"signed metadata of {name} is malformed: {e}") from None
+        return out
+
+    def images(self, name: str) -> list[ImageRecord]:
+        """Every image of NAME, oldest first; for a binned name every bin is fetched (a listing reads the name's
+        metadata in full, a pull by version or channel does not: :meth:`resolve`)."""
+        role = self.role(name)
+        succinct = self._succinct(name)
+        out = self._records(name, role.targets)
+        if succinct is not None:
+            for r in succinct.get_roles():
+                out += self._records(name, self._bin(name, r).targets)
         return sorted(out, key=lambda r: (model.version_key(r.version), r.arch))
+
+    def _version_for_arch(self, name: str, version: str, arch: str) -> list[ImageRecord]:
+        """The images of NAME:VERSION for ARCH, looked up by path (one bin per format, in the likely order)."""
+        out = []
+        for fmt in model.FORMATS:
+            path = model.target_path(name, version, arch, fmt)
+            with translate_tuf(self.shown_url):
+                t = self.updater.get_targetinfo(path)
+            if t is not None:
+                out += self._records(name, {path: t})
+                break
+        return out
 
     def ext(self, name: str) -> dict[str, dict[str, Any]]:
         ext = self.role(name).unrecognized_fields.get(EXT, {})
         return {"channels": dict(ext.get("channels", {})), "revoked": dict(ext.get("revoked", {}))}
 
     def resolve(self, ref: ImageRef, arch: str) -> Resolved:
-        """The one image ``ref`` names for ``arch``; raises NotFoundError/RevokedError saying what exists."""
-        images = self.images(ref.name)
+        """The one image ``ref`` names for ``arch``; raises NotFoundError/RevokedError saying what exists.
+
+        For a binned name and a known version (``NAME:VERSION``, ``NAME@CHANNEL``) only the bins of that version's
+        paths are read; every bin is read only to choose the newest (``NAME``) or to say what exists."""
         ext = self.ext(ref.name)
         version = ref.version
         if ref.channel is not None:
@@ -305,6 +351,11 @@ class CatalogueReader:
         if version is not None and version in ext["revoked"]:
             why = ext["revoked"][version]
             raise RevokedError(f"{ref.name}:{version} was revoked on {why.get('at', '?')}: {why.get('reason', '')}")
+        if version is not None and self._succinct(ref.name) is not None:
+            found = self._version_for_arch(ref.name, version, arch)
+            if found:
+                return self._verified(found[0])
+        images = self.images(ref.name)
         for_arch = [r for r in images if r.arch == arch]
         if version is not None:
             if not any(r.version == version for r in images):
@@ -329,6 +380,9 @@ class CatalogueReader:
                     hint=f"ask for one explicitly, e.g. {ref.name}:{for_arch[-1].version}",
                 )
             rec = live[-1]
+        return self._verified(rec)
+
+    def _verified(self, rec: ImageRecord) -> Resolved:
         with translate_tuf(self.shown_url):
             target = self.updater.get_targetinfo(rec.path)
         if target is None:  # the walk disagrees with the role we read: never expected, never trusted

@@ -194,15 +194,22 @@ def detect_format(path: str) -> str:
     return ext if ext in model.FORMATS else "raw"
 
 
-def _existing(state: CatalogueState, name: str, version: str, arch: str) -> ImageRecord | None:
+def _existing(state: CatalogueState, name: str, version: str, arch: str, first: str = "") -> ImageRecord | None:
     """The image published as NAME:VERSION for ARCH, found by its possible target paths (one per format), not by
     building a record of every version of the name."""
     md = state.role(model.role_for(name))
     if md is None:
         return None
-    for fmt in model.FORMATS:
+    formats: list[str] = list(model.FORMATS)
+    if state.succinct(md) is not None:
+        # Each format's path hashes into another bin: ask the store which target files exist under
+        # targets/NAME/VERSION/ARCH/ (one listing; a target file is made before any metadata lists it, §6) and
+        # read only those formats' bins, plus the requested one's. The signed bin still decides.
+        listed = {k.rsplit(".", 1)[-1] for k in state.store.list(f"{model.TARGETS}{name}/{version}/{arch}/")}
+        formats = [f for f in formats if f in listed or f == first]
+    for fmt in sorted(formats, key=lambda f: f != first):
         path = target_path(name, version, arch, fmt)
-        t = md.signed.targets.get(path)
+        t = state.target(name, path)
         if t is not None:
             return ImageRecord.from_target(path, t.length, t.hashes, t.custom)
     return None
@@ -252,7 +259,7 @@ def publish(
 
     def check(state: CatalogueState, version: str) -> ImageRecord | None:
         _check_revoked(state, req.name, version)
-        old = _existing(state, req.name, version, req.arch)
+        old = _existing(state, req.name, version, req.arch, fmt)
         if old is not None and (old.sha256 != sha256 or old.format != fmt):
             differs = (
                 f"other bytes (sha256 {old.sha256[:12]}…)"
@@ -283,7 +290,8 @@ def publish(
         mine = ImageRecord(
             req.name, req.version or "-", req.arch, fmt, req.hypervisor, None, None, size, sha256, "", ""
         )
-        others = [r for r in prechecked.images(req.name) if r.version == req.version and r.arch != req.arch]
+        known = prechecked.version_images(req.name, req.version) if req.version else []
+        others = [r for r in known if r.arch != req.arch]
         what = f"publish {req.name}" + (f":{req.version}" if req.version else "")
         check_tested(prechecked, req.channel, what, [*others, dataclasses.replace(mine, boot_test=tested)])
     uploaded = store.upload_file(blob_key(sha256), req.file, digest)
@@ -319,13 +327,13 @@ def publish(
         if old is not None and req.boot_test is not None and old.boot_test != req.boot_test:
             record = dataclasses.replace(old, boot_test=req.boot_test)  # same bytes, now (re)tested
         if req.channel is not None and is_protected(state, req.channel):  # every arch, before anything is signed
-            others = [r for r in state.images(req.name) if r.version == version and r.arch != req.arch]
+            others = [r for r in state.version_images(req.name, version) if r.arch != req.arch]
             check_tested(state, req.channel, f"publish {req.name}:{version}", [*others, record])
         # The target file a stock TUF client fetches exists before any metadata names it (and is repaired by a
         # no-op publish of the same bytes).
         store.place_target(blob_key(sha256), target_file_key(record.path, sha256), size)
         if record is not old:
-            state.add_target(state.role_for_update(req.name, expires), record)
+            state.add_image(record, expires)  # re-signs one bin of a binned name, not all its versions
         if req.channel is not None:
             _set_channel(state.role_for_update(req.name, expires), req.channel, version, now)
         if state.changed:
@@ -346,7 +354,7 @@ def _set_channel(md: Metadata[Targets], channel: str, version: str, now: dt.date
 
 def _version_records(state: CatalogueState, name: str, version: str) -> list[ImageRecord]:
     _check_revoked(state, name, version)
-    records = [r for r in state.images(name) if r.version == version]
+    records = state.version_images(name, version)
     if not records:
         known = sorted({r.version for r in state.images(name)}, key=model.version_key)
         if not known:
@@ -387,10 +395,10 @@ def deprecate(store: Store, keys: KeyRing, ref: str, reason: str | None, expiry_
     def apply(state: CatalogueState) -> int:
         now = utcnow()
         records = _version_records(state, r.name, version)
-        md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
+        expires = now + dt.timedelta(days=expiry_days["targets"])
         note = {"at": now.isoformat().replace("+00:00", "Z"), "reason": model.clean_reason(reason)}
         for rec in records:
-            state.add_target(md, dataclasses.replace(rec, deprecated=note))
+            state.add_image(dataclasses.replace(rec, deprecated=note), expires)
         state.commit(keys, expiry_days)
         return len(records)
 
@@ -414,7 +422,7 @@ def revoke(store: Store, keys: KeyRing, ref: str, reason: str, expiry_days: dict
         records = _version_records(state, r.name, version)
         md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
         for rec in records:
-            del md.signed.targets[rec.path]
+            state.remove_target(r.name, rec.path)
         ext = CatalogueState.ext(md)
         ext["revoked"][version] = {
             "reason": model.clean_reason(reason),

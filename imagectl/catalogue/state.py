@@ -29,11 +29,13 @@ from tuf.api.metadata import (
     MetaFile,
     Root,
     Snapshot,
+    SuccinctRoles,
     TargetFile,
     Targets,
     Timestamp,
 )
 
+from imagectl.catalogue import bins, model
 from imagectl.catalogue.keys import KeyRing
 from imagectl.catalogue.metadata import (
     ROOT_MAX,
@@ -78,7 +80,7 @@ def encoded(md: Metadata[Any], key: str) -> bytes:
     except UntrustedMetadataError as e:
         raise CatalogueStateError(
             f"cannot write {key}: {e.message}",
-            hint="an image name holds at most ~15,000 versions: revoke old ones, or publish under a new name",
+            hint="spread the name over more hash bins: imagectl catalogue rebin DEST NAME --bits B",
         ) from None
     return data
 
@@ -102,29 +104,102 @@ class CatalogueState:
 
     # -- reading ------------------------------------------------------------------------------------------
     def role_names(self) -> list[str]:
+        """The image roles ``image-NAME`` that targets delegates (not their bins), sorted."""
         d = self.targets.signed.delegations
         return sorted(d.roles) if d is not None and d.roles is not None else []
 
+    def _delegator(self, role: str) -> Metadata[Targets] | None:
+        """The verified metadata that delegates ``role``: targets for an image role, the image role for a bin
+        (None when nothing delegates it now, e.g. a bin a re-bin replaced)."""
+        name = bins.name_of_bin(role)
+        if name is None:
+            return self.targets if role in self.role_names() else None
+        parent = self.role(role_for(name))
+        succinct = None if parent is None else self.succinct(parent)
+        return parent if succinct is not None and succinct.is_delegated_role(role) else None
+
     def role(self, role: str) -> Metadata[Targets] | None:
-        """The verified metadata of a delegated image role, or None if the name was never published."""
+        """The verified metadata of a delegated image role or bin, or None if nothing delegates it."""
         if role in self.roles:
             return self.roles[role]
+        delegator = self._delegator(role)
         meta = self.snapshot.signed.meta.get(f"{role}.json")
-        if meta is None or role not in self.role_names():
+        if meta is None or delegator is None:
             return None
         key = f"{METADATA}{meta.version}.{role}.json"
         md = _parse(self.store.read(key, cap_for(key)), key)
-        _verify(self.targets, role, md, key)
+        _verify(delegator, role, md, key)
         if md.signed.version != meta.version:
             raise UntrustedMetadataError(f"{key} has version {md.signed.version}, snapshot says {meta.version}")
         self.roles[role] = cast("Metadata[Targets]", md)
         return self.roles[role]
 
-    def images(self, name: str) -> list[ImageRecord]:
+    @staticmethod
+    def succinct(md: Metadata[Targets]) -> SuccinctRoles | None:
+        """The hash-bin delegation of a binned image role, None for a plain one."""
+        d = md.signed.delegations
+        return None if d is None else d.succinct_roles
+
+    def bin_roles(self, name: str) -> list[str]:
+        """The bins of NAME (empty for a plain role or an unknown name), in bin order."""
+        md = self.role(role_for(name))
+        succinct = None if md is None else self.succinct(md)
+        return [] if succinct is None else list(succinct.get_roles())
+
+    def all_roles(self) -> list[str]:
+        """Every delegated role below targets: image roles and, after each binned one, its bins."""
+        out = []
+        for role in self.role_names():
+            out.append(role)
+            out += self.bin_roles(role.removeprefix(ROLE_PREFIX))
+        return out
+
+    def holder(self, name: str, path: str) -> Metadata[Targets] | None:
+        """The role that holds (or would hold) target ``path`` of NAME: its image role, or the one bin the path
+        hashes into. Reads at most two files."""
+        md = self.role(role_for(name))
+        succinct = None if md is None else self.succinct(md)
+        if md is None or succinct is None:
+            return md
+        return self.role(bins.bin_role_for(succinct, path))
+
+    def target(self, name: str, path: str) -> TargetFile | None:
+        md = self.holder(name, path)
+        return None if md is None else md.signed.targets.get(path)
+
+    def target_roles(self, name: str) -> list[Metadata[Targets]]:
+        """The roles that hold NAME's targets: its image role, or every bin of it (reads them all)."""
         md = self.role(role_for(name))
         if md is None:
             return []
-        return [ImageRecord.from_target(p, t.length, t.hashes, t.custom) for p, t in md.signed.targets.items()]
+        if self.succinct(md) is None:
+            return [md]
+        return [b for b in (self.role(r) for r in self.bin_roles(name)) if b is not None]
+
+    def images(self, name: str) -> list[ImageRecord]:
+        """Every image of NAME (every bin of a binned name is read)."""
+        return [
+            ImageRecord.from_target(p, t.length, t.hashes, t.custom)
+            for md in self.target_roles(name)
+            for p, t in md.signed.targets.items()
+        ]
+
+    def version_images(self, name: str, version: str) -> list[ImageRecord]:
+        """Every arch of NAME:VERSION. A binned name is asked by target path (each arch and format), so only the
+        bins those paths hash into are read, never all of them."""
+        md = self.role(role_for(name))
+        if md is None:
+            return []
+        if self.succinct(md) is None:
+            return [r for r in self.images(name) if r.version == version]
+        out = []
+        for arch in model.ARCHES:
+            for fmt in model.FORMATS:
+                path = model.target_path(name, version, arch, fmt)
+                t = self.target(name, path)
+                if t is not None:
+                    out.append(ImageRecord.from_target(path, t.length, t.hashes, t.custom))
+        return out
 
     def names(self) -> list[str]:
         return [r.removeprefix(ROLE_PREFIX) for r in self.role_names()]
@@ -138,12 +213,18 @@ class CatalogueState:
 
     # -- changing -----------------------------------------------------------------------------------------
     def role_for_update(self, name: str, expires: dt.datetime) -> Metadata[Targets]:
-        """The image role of ``name``, created (and delegated from targets) if new."""
+        """The image role of ``name``, created (and delegated from targets) if new; marked to be re-signed."""
+        md = self._name_role(name, expires)
+        self.changed.add(role_for(name))
+        return md
+
+    def _name_role(self, name: str, expires: dt.datetime) -> Metadata[Targets]:
         role = role_for(name)
         md = self.role(role)
         if md is None:
             md = Metadata(Targets(version=1, expires=expires))
             self.new_roles.add(role)
+            self.changed.add(role)
             targets = self.targets.signed
             if targets.delegations is None:
                 targets.delegations = Delegations(keys={}, roles={})
@@ -160,20 +241,76 @@ class CatalogueState:
             )
             self.roles[role] = md
             self.changed.add("targets")
-        self.changed.add(role)
         return md
 
+    def add_image(self, record: ImageRecord, expires: dt.datetime) -> None:
+        """Add (or replace) the target of ``record``, re-signing only the role that holds it (one bin of a binned
+        name; the image role itself only when the name is new or plain)."""
+        md = self._name_role(record.name, expires)
+        succinct = self.succinct(md)
+        role = role_for(record.name) if succinct is None else bins.bin_role_for(succinct, record.path)
+        self._put(role, record)
+
     def add_target(self, md: Metadata[Targets], record: ImageRecord) -> None:
+        """Add ``record`` to image role ``md``, or to the bin it hashes into when ``md`` is binned."""
+        succinct = self.succinct(md)
+        self._put(role_for(record.name) if succinct is None else bins.bin_role_for(succinct, record.path), record)
+
+    def _put(self, role: str, record: ImageRecord) -> None:
+        md = self.role(role)
+        assert md is not None
         md.signed.targets[record.path] = TargetFile(
             length=record.size,
             hashes={"sha256": record.sha256},
             path=record.path,
             unrecognized_fields={"custom": record.custom()},
         )
+        self.changed.add(role)
+
+    def remove_target(self, name: str, path: str) -> None:
+        md = self.role(role_for(name))
+        succinct = None if md is None else self.succinct(md)
+        role = role_for(name) if succinct is None else bins.bin_role_for(succinct, path)
+        held = self.role(role)
+        if held is not None and path in held.signed.targets:
+            del held.signed.targets[path]
+            self.changed.add(role)
+
+    def rebin(self, name: str, bits: int | None = None) -> int:
+        """Spread NAME's targets over ``2**bits`` new bins (default :func:`bins.bin_bits` of its size); the image
+        role keeps its ``x-imagectl`` and delegates to the bins. Re-signs every version of NAME once: this is the
+        one operation whose cost grows with the name. Returns the bit length (unchanged: nothing to do)."""
+        md = self.role(role_for(name))
+        if md is None:
+            raise CatalogueStateError(f"no image named {name!r} in the catalogue")
+        targets = [t for held in self.target_roles(name) for t in held.signed.targets.values()]
+        bits = bits or bins.bin_bits(len(targets))
+        if not 1 <= bits <= bins.MAX_BITS:
+            raise CatalogueStateError(f"a name has 2 to {2**bins.MAX_BITS} bins (1 to {bins.MAX_BITS} bits)")
+        old = self.succinct(md)
+        if old is not None and old.bit_length == bits:
+            return bits
+        d = self.targets.signed.get_delegated_role(role_for(name))
+        keys = {k: self.root.signed.keys[k] for k in d.keyids}
+        succinct = SuccinctRoles(list(d.keyids), d.threshold, bits, bins.bin_prefix(name, bits))
+        md.signed.delegations = Delegations(keys=keys, succinct_roles=succinct)
+        md.signed.targets = {}
+        self.changed.add(role_for(name))
+        for role in succinct.get_roles():
+            self.roles[role] = Metadata(Targets(version=1, expires=md.signed.expires))
+            self.new_roles.add(role)
+            self.changed.add(role)
+        for t in targets:
+            self.roles[succinct.get_role_for_target(t.path)].signed.targets[t.path] = t
+        return bits
+
+    def crowded(self, name: str) -> bool:
+        """Whether NAME would benefit from (re-)binning: a plain role or any loaded bin past the threshold."""
+        return any(len(md.signed.targets) > bins.BIN_THRESHOLD for md in self.target_roles(name))
 
     def _signers(self, role: str, keys: KeyRing, delegator: Metadata[Any]) -> list[Any]:
         r = delegator.signed.get_delegated_role(role)
-        label = "targets" if role.startswith(ROLE_PREFIX) else role  # image roles use the targets keys
+        label = "targets" if role.startswith(ROLE_PREFIX) else role  # image roles and bins use the targets keys
         return keys.signers_for(label, r.keyids, r.threshold)
 
     def _sign(self, md: Metadata[Any], role: str, keys: KeyRing, delegator: Metadata[Any]) -> None:
@@ -206,21 +343,42 @@ class CatalogueState:
             md.signed.version += 1
             md.signed.expires = now + dt.timedelta(days=days)
 
+        # A plain image role this change takes past the threshold is binned now: one re-sign of at most
+        # BIN_THRESHOLD + (what this commit adds) targets, after which every publish re-signs one bin.
+        for role in sorted(self.changed):
+            md = self.roles.get(role)
+            if (
+                md is not None
+                and bins.name_of_bin(role) is None
+                and role.startswith(ROLE_PREFIX)
+                and self.succinct(md) is None
+                and len(md.signed.targets) > bins.BIN_THRESHOLD
+            ):
+                self.rebin(role.removeprefix(ROLE_PREFIX))
         changed = (self.changed | set(resign)) - {"root", "snapshot", "timestamp"}
         image_roles = sorted(r for r in changed if r != "targets")
         writes: list[tuple[str, Metadata[Any]]] = [(r, self.roles[r]) for r in image_roles]
         if "targets" in changed:
             writes.append(("targets", self.targets))
+
+        def delegator(role: str) -> Metadata[Any]:
+            name = bins.name_of_bin(role)
+            if role == "targets":
+                return self.root
+            return self.targets if name is None else self.roles[role_for(name)]
+
         # Every key is checked before the first byte is written, so a missing key leaves the catalogue as it was.
         for role, _md in writes:
-            self._signers(role, keys, self.targets if role != "targets" else self.root)
+            self._signers(role, keys, delegator(role))
         for role in ("snapshot", "timestamp"):
             self._signers(role, keys, self.root)
         for role, md in writes:
             bump(md, expiry_days["targets"])
             if role in self.new_roles:
-                md.signed.version = 1
-            self._write_versioned(role, md, keys, self.targets if role != "targets" else self.root)
+                # a role name a snapshot listed before (a bin of an earlier re-bin) must not go back in version
+                listed = self.snapshot.signed.meta.get(f"{role}.json")
+                md.signed.version = 1 if listed is None else listed.version + 1
+            self._write_versioned(role, md, keys, delegator(role))
             self.snapshot.signed.meta[f"{role}.json"] = MetaFile(version=md.signed.version)
         bump(self.snapshot, expiry_days["snapshot"])
         self._write_versioned("snapshot", self.snapshot, keys, self.root)

@@ -14,8 +14,9 @@ from typing import Any
 
 from tuf.api.metadata import Metadata, Root
 
+from imagectl.catalogue import bins
 from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
-from imagectl.catalogue.model import utcnow
+from imagectl.catalogue.model import role_for, utcnow
 from imagectl.catalogue.state import CatalogueState, load_state, transact
 from imagectl.errors import InvalidInputError
 from imagectl.store import Store
@@ -35,7 +36,10 @@ def require_keys(state: CatalogueState, keys: KeyRing, roles: list[str]) -> None
             r = state.root.signed.roles[role]
             keys.signers_for(role, r.keyids, r.threshold)
         else:
-            d = state.targets.signed.get_delegated_role(role)
+            name = bins.name_of_bin(role)
+            parent = state.targets if name is None else state.role(role_for(name))
+            assert parent is not None
+            d = parent.signed.get_delegated_role(role)
             keys.signers_for("targets", d.keyids, d.threshold)
 
 
@@ -49,7 +53,7 @@ def expiring_roles(state: CatalogueState, within: dt.timedelta | None, expiry_da
         ("snapshot", state.snapshot, "snapshot"),
         ("timestamp", state.timestamp, "timestamp"),
     ]
-    for r in state.role_names():
+    for r in state.all_roles():
         role_md = state.role(r)
         if role_md is not None:
             candidates.append((r, role_md, "targets"))
@@ -77,7 +81,7 @@ def resign(
 
     def chosen(state: CatalogueState) -> list[str]:
         if everything:
-            return ["root", "targets", "snapshot", "timestamp", *state.role_names()]
+            return ["root", "targets", "snapshot", "timestamp", *state.all_roles()]
         return expiring_roles(state, within, expiry_days)
 
     with store.lock():
@@ -155,14 +159,22 @@ def rotate(
         if role == "targets":
             top = state.root.signed.roles["targets"]
             d = state.targets.signed.delegations
+            new_keys = {k: state.root.signed.keys[k] for k in top.keyids}
+            for r in state.all_roles():
+                state.role(r)  # load (verified by the old keys) before the delegations change
             for name in state.role_names():
-                state.role(name)
-                assert d is not None and d.roles is not None
+                md = state.role(name)
+                assert d is not None and d.roles is not None and md is not None
                 d.roles[name].keyids = list(top.keyids)
                 d.roles[name].threshold = top.threshold
+                inner = md.signed.delegations
+                if inner is not None and inner.succinct_roles is not None:  # a binned name delegates to its bins
+                    inner.succinct_roles.keyids = list(top.keyids)
+                    inner.succinct_roles.threshold = top.threshold
+                    inner.keys = dict(new_keys)
             if d is not None:
-                d.keys = {k: state.root.signed.keys[k] for k in top.keyids}
-            delegated = frozenset(["targets", *state.role_names()])
+                d.keys = new_keys
+            delegated = frozenset(["targets", *state.all_roles()])
         state.commit(new_ring, expiry_days, resign=delegated)
 
     if role in ("targets", "snapshot", "timestamp"):

@@ -4,6 +4,10 @@ Today that means the target files (``targets/NAME/VERSION/ARCH/HEX.NAME-VERSION-
 download: catalogues published before they existed hold image bytes only at ``blobs/sha256/HEX``. Upgrading writes no
 metadata and needs no signing key: it only adds files named by metadata already signed, so it is safe to run at any
 time, next to publishers, as often as wanted (what exists is kept). ``catalogue verify`` says when it is needed.
+
+Re-binning (``catalogue rebin``, :func:`rebin_catalogue`) is the other step: a name whose image role holds more than
+``bins.BIN_THRESHOLD`` versions (a catalogue written before hashed bins, or a name that outgrew its bins) is spread
+over hash bins. That re-signs metadata, so it needs the targets keys (catalogue/README.md §2.2).
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from imagectl.catalogue.model import blob_key, target_file_key
-from imagectl.catalogue.state import load_state
-from imagectl.errors import CatalogueStateError, ImagectlError
+from imagectl.catalogue.keys import KeyRing
+from imagectl.catalogue.model import blob_key, role_for, target_file_key
+from imagectl.catalogue.state import CatalogueState, load_state, transact
+from imagectl.catalogue.trust import require_keys
+from imagectl.errors import CatalogueStateError, ImagectlError, NotFoundError
 from imagectl.store import Store
 
-__all__ = ["UpgradeReport", "upgrade_catalogue"]
+__all__ = ["RebinReport", "UpgradeReport", "rebin_catalogue", "upgrade_catalogue"]
 
 
 @dataclass
@@ -57,3 +63,49 @@ def upgrade_catalogue(store: Store, say: Callable[[str], None] = lambda _m: None
                 report.present += 1
     report.created.sort()
     return report
+
+
+@dataclass
+class RebinReport:
+    rebinned: dict[str, int] = field(default_factory=dict)  # name -> bins it now has
+    unchanged: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def rebin_catalogue(
+    store: Store,
+    keys: KeyRing,
+    expiry_days: dict[str, int],
+    names: list[str] | None = None,
+    *,
+    bits: int | None = None,
+) -> RebinReport:
+    """Spread the versions of each of ``names`` (default: every name that would benefit, i.e. a role or a bin past
+    the threshold) over hash bins sized for what it holds now, or ``2**bits`` bins; one commit. This is how an
+    older catalogue (no bins) or a name that outgrew its bins is brought to bounded publishes; it re-signs every
+    version of those names once. Raises KeyProblemError before writing when the targets keys are missing."""
+
+    def apply(state: CatalogueState) -> RebinReport:
+        report = RebinReport()
+        chosen = names if names else [n for n in state.names() if state.crowded(n)]
+        for name in chosen:
+            before = state.succinct(state.role(role_for(name)) or _missing(name))
+            now = state.rebin(name, bits)
+            if before is not None and before.bit_length == now:
+                report.unchanged.append(name)
+            else:
+                report.rebinned[name] = 2**now
+        require_keys(state, keys, ["targets", "snapshot", "timestamp"])
+        if state.changed:
+            state.commit(keys, expiry_days)
+        return report
+
+    if not store.writable:
+        raise CatalogueStateError(f"catalogue {store.shown} is read-only over this protocol")
+    return transact(store, apply)
+
+
+def _missing(name: str) -> Any:
+    raise NotFoundError(f"no image named {name!r} in the catalogue")

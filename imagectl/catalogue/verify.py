@@ -20,7 +20,7 @@ from typing import Any
 
 from tuf.api.metadata import Metadata
 
-from imagectl.catalogue import model
+from imagectl.catalogue import bins, model
 from imagectl.catalogue.metadata import ROOT_MAX, cap_for, parse_metadata, verify_signatures
 from imagectl.catalogue.model import BLOBS, METADATA, ROLE_PREFIX, ImageRecord, blob_key, utcnow
 from imagectl.errors import CatalogueStateError, ImagectlError, InvalidInputError
@@ -42,6 +42,7 @@ class Report:
     images: int = 0
     blob_bytes: int = 0
     needs_upgrade: int = 0  # images without the target file stock TUF clients fetch: `catalogue upgrade` adds them
+    needs_rebin: list[str] = field(default_factory=list)  # names whose role (or a bin) is past bins.BIN_THRESHOLD
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class Report:
             "images_checked": self.images,
             "blob_bytes_hashed": self.blob_bytes,
             "needs_upgrade": self.needs_upgrade,
+            "needs_rebin": self.needs_rebin,
         }
 
 
@@ -213,6 +215,38 @@ class _Verifier:
             except CatalogueStateError:
                 return  # a read-only store over HTTP cannot list
 
+    def targets(
+        self,
+        key: str,
+        md: Metadata[Any],
+        name: str,
+        bin_of: tuple[Any, str] | None,
+        scope: _Scope | None,
+        seen: set[str],
+    ) -> None:
+        """Check the targets of an image role or bin: in the name (and in the bin their path hashes into, else a
+        client never finds them), well-formed, and their blobs and target files."""
+        for path, t in md.signed.targets.items():
+            if not path.startswith(name + "/"):
+                self.problem(f"{key}: target {path} is outside the role's image name")
+            elif bin_of is not None and bins.bin_role_for(bin_of[0], path) != bin_of[1]:
+                self.problem(f"{key}: target {path} is in the wrong bin (its path hashes elsewhere)")
+            try:
+                rec = ImageRecord.from_target(path, t.length, t.hashes, t.custom)
+            except InvalidInputError as e:
+                self.problem(f"{key}: {e}")
+                continue
+            label = f"{rec.name}:{rec.version} {rec.arch}"
+            seen.add(label)
+            if scope is not None and label not in scope.images and not self.store.exists(blob_key(rec.sha256)):
+                self.report.skipped.append(f"{label}: not held by this partial mirror")
+                continue
+            self.report.images += 1
+            if self.check_blobs:
+                self.blob(rec.path, rec.sha256, rec.size)
+                self.record_blob(rec)
+            self.target_file(rec)
+
     def run(self) -> Report:
         scope = self.scope()
         self.listing()
@@ -247,7 +281,9 @@ class _Verifier:
         delegated = sorted(d.roles) if d is not None and d.roles is not None else []
         listed = {k.removesuffix(".json") for k in snap.signed.meta} - {"targets"}
         for extra in sorted(listed - set(delegated)):
-            self.problem(f"{snap_key}: lists {extra}, which targets does not delegate")
+            name = bins.name_of_bin(extra)
+            if name is None or model.role_for(name) not in delegated:  # a bin (current or re-binned away) is fine
+                self.problem(f"{snap_key}: lists {extra}, which targets does not delegate")
         if scope is not None:
             for role in sorted(scope.roles - set(delegated)):
                 self.problem(f"{MIRROR_FILE}: claims {role.removeprefix(ROLE_PREFIX)}, which the signed metadata lacks")
@@ -267,24 +303,42 @@ class _Verifier:
             self.signed_by(targets, role, md, key)
             self.version(md, meta.version, key)
             self.fresh(md, key)
-            for path, t in md.signed.targets.items():
-                if not path.startswith(role.removeprefix(ROLE_PREFIX) + "/"):
-                    self.problem(f"{key}: target {path} is outside the role's image name")
-                try:
-                    rec = ImageRecord.from_target(path, t.length, t.hashes, t.custom)
-                except InvalidInputError as e:
-                    self.problem(f"{key}: {e}")
+            name = role.removeprefix(ROLE_PREFIX)
+            self.targets(key, md, name, None, scope, seen)
+            d = md.signed.delegations
+            succinct = None if d is None else d.succinct_roles
+            if d is not None and (
+                d.roles or succinct is None or succinct.name_prefix != bins.bin_prefix(name, succinct.bit_length)
+            ):
+                self.problem(f"{key}: delegates other than {name}'s hash bins (image roles delegate only to bins)")
+                continue
+            if succinct is None:
+                if len(md.signed.targets) > bins.BIN_THRESHOLD:
+                    self.report.needs_rebin.append(name)
+                continue
+            if md.signed.targets:
+                self.problem(f"{key}: a binned image role holds targets (they belong in its bins)")
+            crowded = False
+            for bin_role in succinct.get_roles():
+                bmeta = snap.signed.meta.get(f"{bin_role}.json")
+                if bmeta is None:
+                    self.problem(f"{snap_key}: bin {bin_role} is not listed")
                     continue
-                label = f"{rec.name}:{rec.version} {rec.arch}"
-                seen.add(label)
-                if scope is not None and label not in scope.images and not self.store.exists(blob_key(rec.sha256)):
-                    self.report.skipped.append(f"{label}: not held by this partial mirror")
+                bkey = f"{METADATA}{bmeta.version}.{bin_role}.json"
+                if scope is not None and role not in scope.roles and not self.store.exists(bkey):
                     continue
-                self.report.images += 1
-                if self.check_blobs:
-                    self.blob(rec.path, rec.sha256, rec.size)
-                    self.record_blob(rec)
-                self.target_file(rec)
+                bmd = self.load(bkey)
+                if bmd is None:
+                    continue
+                self.signed_by(md, bin_role, bmd, bkey)
+                self.version(bmd, bmeta.version, bkey)
+                self.fresh(bmd, bkey)
+                if bmd.signed.delegations is not None:
+                    self.problem(f"{bkey}: a bin delegates further")
+                crowded |= len(bmd.signed.targets) > bins.BIN_THRESHOLD
+                self.targets(bkey, bmd, name, (succinct, bin_role), scope, seen)
+            if crowded:
+                self.report.needs_rebin.append(name)
         if scope is not None:
             for label in sorted(scope.images - seen):
                 self.problem(f"{MIRROR_FILE}: claims image {label}, which the signed metadata lacks")

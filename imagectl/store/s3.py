@@ -67,8 +67,12 @@ _LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _CONDITION_HEADERS = "ImagectlConditionHeaders"  # private call parameter, see _install_header_hook
 
 
-COPY_MAX = 5 << 30  # bytes: the largest object one CopyObject may copy; larger ones are copied in parts
-COPY_PART = 1 << 30  # bytes per UploadPartCopy (S3 allows 5 MiB..5 GiB): a 20 GiB image is 20 server-side copies
+# Server-side copies (the target files of catalogue/README.md §6): one CopyObject up to COPY_MAX bytes, else
+# UploadPartCopy parts of COPY_PART bytes, `concurrency` at a time (S3 allows parts of 5 MiB..5 GiB and one
+# CopyObject up to 5 GiB). A server copies parts in parallel much faster than one object end to end
+# (bench/targets.py: SeaweedFS, 256 MiB).
+COPY_MAX = 64 << 20  # bytes
+COPY_PART = 64 << 20  # bytes
 
 
 @dataclass
@@ -592,20 +596,23 @@ class S3Store(Store):
         part = max(COPY_PART, -(-size // 10_000))
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, ContentType=_content_type(key))
         upload_id = str(upload["UploadId"])
+
+        def copy(n: int) -> dict[str, Any]:
+            start = (n - 1) * part
+            resp = self.client.upload_part_copy(
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                PartNumber=n,
+                CopySource=source,
+                CopySourceIfMatch=etag,
+                CopySourceRange=f"bytes={start}-{min(start + part, size) - 1}",
+            )
+            return {"PartNumber": n, "ETag": resp["CopyPartResult"]["ETag"]}
+
         try:
-            parts = []
-            for n, start in enumerate(range(0, size, part), 1):
-                end = min(start + part, size) - 1
-                resp = self.client.upload_part_copy(
-                    Bucket=self.bucket,
-                    Key=full,
-                    UploadId=upload_id,
-                    PartNumber=n,
-                    CopySource=source,
-                    CopySourceIfMatch=etag,
-                    CopySourceRange=f"bytes={start}-{end}",
-                )
-                parts.append({"PartNumber": n, "ETag": resp["CopyPartResult"]["ETag"]})
+            with concurrent.futures.ThreadPoolExecutor(self.transfer.concurrency) as pool:
+                parts = list(pool.map(copy, range(1, -(-size // part) + 1)))
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )

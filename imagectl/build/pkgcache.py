@@ -1,0 +1,170 @@
+"""imagectl's package cache: downloaded packages and bootstrapped base systems, shared by every build on a host.
+
+Layout under the ``cache_dir`` setting::
+
+    packages/FAMILY/sha256/HEX      one package file, named by the SHA-256 of its bytes (mode 0444)
+    packages/FAMILY/.lock           flock: one writer at a time (adding, removing)
+    packages/FAMILY/indexes/        parsed signed indexes (debindex), named by their verified hash
+    base/FAMILY/KEY/base.tar.gz     a bootstrapped base system, KEY = (release, arch, mirror state, tools)
+    base/FAMILY/KEY/base.json       its SHA-256, size and what KEY was made of
+
+Nothing is trusted by name. A package is handed out only when its bytes hash to the SHA-256 a signed index gives
+for the file asked for (:meth:`PackageCache.get` re-hashes every time; a file that does not match is removed); a
+base tarball only when its bytes match the SHA-256 recorded when it was stored. Files enter by atomic rename of a
+complete, verified temp file in the same directory, under the lock, so concurrent builds never see half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from imagectl.errors import LocalIOError
+from imagectl.fsio import atomic_write
+
+__all__ = ["BaseCache", "PackageCache", "sha256_file"]
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _is_hex64(s: str) -> bool:
+    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+
+
+class PackageCache:
+    """Content-addressed package files of one OS family (``debian``, ``slc``)."""
+
+    def __init__(self, cache_dir: Path, family: str) -> None:
+        self.root = cache_dir / "packages" / family
+        self.objects = self.root / "sha256"
+        self.lock = self.root / ".lock"
+        self.removed = 0  # entries found damaged and removed, for the build record
+
+    def path(self, sha256: str) -> Path:
+        if not _is_hex64(sha256):
+            raise ValueError(f"not a SHA-256: {sha256!r}")
+        return self.objects / sha256
+
+    def get(self, sha256: str, size: int) -> Path | None:
+        """The cached file whose bytes have this SHA-256 and size (the values a signed index gives), verified now;
+        None when there is none. A file whose bytes do not match (tampered, truncated, bit rot) is removed."""
+        path = self.path(sha256)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size or sha256_file(path) != sha256:
+            with _locked(self.lock), contextlib.suppress(FileNotFoundError):
+                now = os.lstat(path)
+                if (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):  # not a good copy put there meanwhile
+                    os.unlink(path)
+                    self.removed += 1
+            return None
+        return path
+
+    @contextlib.contextmanager
+    def adding(self, sha256: str, size: int) -> Iterator[tuple[IO[bytes], Any]]:
+        """A temp file in the cache to write a download into, and a running SHA-256 of what was written (``h``).
+        On a clean exit the file becomes the entry for ``sha256`` only if exactly ``size`` bytes hashing to it
+        were written (else it is dropped); an existing entry is kept. Yields (file, hash)."""
+        self.path(sha256)
+        try:
+            self.objects.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.objects, prefix=".", suffix=".part")
+        except OSError as e:
+            raise LocalIOError.from_os("write", self.objects, e) from None
+        h = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f, h
+                f.flush()
+                os.fsync(f.fileno())
+                written = f.tell()
+            if written == size and h.hexdigest() == sha256:
+                os.chmod(tmp, 0o444)
+                with _locked(self.lock):
+                    os.replace(tmp, self.path(sha256))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+class BaseCache:
+    """Bootstrapped base systems (debootstrap's result as a tarball), one per key; storing a new one for the same
+    (release, arch, mirror) removes the older ones, made from an earlier state of the mirror."""
+
+    def __init__(self, cache_dir: Path, family: str) -> None:
+        self.root = cache_dir / "base" / family
+        self.lock = self.root / ".lock"
+
+    def find(self, key: str) -> Path | None:
+        """The verified tarball for ``key``, or None (an entry whose bytes changed is removed)."""
+        entry = self.root / key
+        try:
+            meta = json.loads((entry / "base.json").read_text())
+            tarball = entry / "base.tar.gz"
+            if tarball.is_symlink() or not tarball.is_file():
+                raise ValueError("not a regular file")
+            if tarball.stat().st_size == meta["size"] and sha256_file(tarball) == meta["sha256"]:
+                return tarball
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        with _locked(self.lock):
+            shutil.rmtree(entry, ignore_errors=True)
+        return None
+
+    def store(self, key: str, tarball: Path, meta: dict[str, Any]) -> None:
+        """Move ``tarball`` (same file system) into the cache under ``key``, with its SHA-256 recorded."""
+        group = {k: meta[k] for k in ("release", "arch", "mirror")}
+        staging = self.root / f".{key}.{os.getpid()}.tmp"
+        with _locked(self.lock):
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            os.replace(tarball, staging / "base.tar.gz")
+            record = {
+                **meta,
+                "sha256": sha256_file(staging / "base.tar.gz"),
+                "size": (staging / "base.tar.gz").stat().st_size,
+            }
+            atomic_write(staging / "base.json", json.dumps(record, indent=2, sort_keys=True).encode())
+            for other in self.root.iterdir():
+                if other.name.startswith(".") or other.name == key:
+                    continue
+                try:
+                    old = json.loads((other / "base.json").read_text())
+                except (OSError, ValueError):
+                    continue
+                if {k: old.get(k) for k in group} == group:  # the same base, from an older mirror state
+                    shutil.rmtree(other, ignore_errors=True)
+            shutil.rmtree(self.root / key, ignore_errors=True)
+            os.replace(staging, self.root / key)
