@@ -610,6 +610,41 @@ def cmd_pull(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _load_records(args: argparse.Namespace, cfg: Config, refs: Sequence[str]) -> list[Any]:
+    """The build records ``refs`` name: ``*.build.json`` files, or images of the catalogue (one verified session)."""
+    from imagectl.records import is_record_path, load_file, load_published
+
+    out: list[Any] = [load_file(Path(r)) if is_record_path(r) else None for r in refs]
+    if None in out:
+        with _reader(cfg) as reader:
+            arch = _arch(args)
+            out = [o if o is not None else load_published(reader, r, arch) for o, r in zip(out, refs, strict=True)]
+    return out
+
+
+def cmd_diff(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.diff import diff_records
+
+    a, b = _load_records(args, cfg, [args.a, args.b])
+    d = diff_records(a, b)
+    emit(args, d.as_json(), d.text())
+    return 0
+
+
+def cmd_sbom(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.fsio import atomic_write
+    from imagectl.sbom import sbom_bytes
+
+    [loaded] = _load_records(args, cfg, [args.ref])
+    data = sbom_bytes(loaded)
+    if args.output in (None, "-"):
+        sys.stdout.write(data.decode())
+        return 0
+    atomic_write(Path(args.output), data)  # replaces a symlink at the path, never writes through it
+    emit(args, {"output": args.output, "image": loaded.label}, f"wrote {args.output}: SPDX 2.3 SBOM of {loaded.label}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
     data = {s.name: {"value": getattr(cfg, s.name), "from": cfg.sources.get(s.name)} for s in SETTINGS}
     emit(args, data, "\n".join(f"{k} = {v['value']!r}  ({v['from']})" for k, v in data.items()))
@@ -1101,6 +1136,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--arch", help="architecture (default: the host's)")
     sp.add_argument("-o", "--output", metavar="PATH", help="file or directory (default: ./NAME-VERSION-ARCH.FMT)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    sp = add(sub, "diff", cmd_diff, "compare two images: packages, merged recipe, size (from build records)", reader)
+    sp.add_argument("a", metavar="A", help="NAME:VERSION, NAME@CHANNEL or a *.build.json file")
+    sp.add_argument("b", metavar="B", help="the same, compared against A")
+    sp.add_argument("--arch", help="architecture of catalogue images (default: the host's)")
+    sp = add(sub, "sbom", cmd_sbom, "an SPDX 2.3 JSON SBOM of an image, from its build record", reader)
+    sp.add_argument("ref", metavar="REF", help="NAME:VERSION, NAME@CHANNEL or a *.build.json file")
+    sp.add_argument("--arch", help="architecture of a catalogue image (default: the host's)")
+    sp.add_argument("-o", "--output", metavar="FILE", help="write here, atomically (default: stdout)")
     add(
         sub,
         "config",
