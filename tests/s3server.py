@@ -44,6 +44,7 @@ __all__ = ["S3Server", "find_weed", "listening_sockets", "seaweedfs", "seaweedfs
 START_TIMEOUT = 60.0  # seconds until S3 must accept a write
 STOP_TIMEOUT = 15.0  # seconds of SIGTERM grace (weed mini stops its components one by one, ~4 s) before SIGKILL
 REGION = "us-east-1"
+VOLUME_MAX = 4000  # volumes the volume server may hold: one or more per bucket, so this bounds a session's buckets
 
 # The servers `weed mini` starts, each with an HTTP port and a gRPC port. Its admin plugin worker dials the admin
 # gRPC port as "admin HTTP port + 10000" whatever -admin.port.grpc says, so every pair keeps that offset.
@@ -168,6 +169,11 @@ def _command(weed: str, root: Path, ports: dict[str, int], s3_config: Path) -> l
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-s3.autoCreateBucket=false",  # as on AWS: a PUT into a missing bucket fails (NoSuchBucket)
+        # Each bucket is a collection holding at least one volume of its own. The default (0) sizes the volume count
+        # from free disk / 128 MB, re-checked while running: on a host with 10 GB free, the 77th bucket's first PUT
+        # fails with InternalError "no free volumes left", and builds filling the disk lower it further. Volumes
+        # grow on demand (no preallocation), so a fixed count costs nothing until used.
+        f"-volume.max={VOLUME_MAX}",
         f"-s3.config={s3_config}",
         f"-filer.localSocket={root / 'filer.sock'}",  # default /tmp/seaweedfs-…; keep them in our dir
         f"-s3.localSocket={root / 's3.sock'}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import threading
 import uuid
@@ -17,7 +18,7 @@ from imagectl.store import s3 as s3mod
 from imagectl.store.digest import file_digest
 from imagectl.store.s3 import S3Store, TransferSettings
 from tests.conftest import require_tools
-from tests.s3server import S3Server, is_loopback, listening_sockets, seaweedfs_server
+from tests.s3server import VOLUME_MAX, S3Server, is_loopback, listening_sockets, seaweedfs_server
 
 MiB = 1 << 20
 
@@ -338,6 +339,22 @@ def test_s3_no_credentials(aws_env: S3Server, monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(KeyProblemError, match="no S3 credentials found") as exc:
         store.read("metadata/root.json", 100)
     assert exc.value.hint and "AWS_ACCESS_KEY_ID" in exc.value.hint
+
+
+@pytest.mark.s3
+def test_seaweedfs_volume_count_does_not_follow_free_disk(seaweedfs: S3Server) -> None:
+    """Every bucket holds a volume of its own; left to itself, weed sizes the volume count from free disk (5 GB free
+    gave 40) and a session's later buckets then fail their first PUT with InternalError (CI run of 8c5d36d)."""
+    port = seaweedfs.ports["master.port"]
+    out = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{port}/dir/status"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    topology = json.loads(out)["Topology"]
+    assert topology["Max"] == VOLUME_MAX
+    assert topology["Free"] > VOLUME_MAX // 2, topology  # room left for the rest of the session's buckets
 
 
 @pytest.mark.s3
