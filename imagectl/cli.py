@@ -166,6 +166,11 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
             f"note: {len(report.needs_rebin)} name(s) would benefit from hash bins ({', '.join(report.needs_rebin[:5])}"
             f"{', …' if len(report.needs_rebin) > 5 else ''}): imagectl catalogue rebin {store.shown}"
         )
+    if report.needs_reindex:
+        lines.append(
+            "note: the name index is crowded (publishes of new names are slower): "
+            f"imagectl catalogue rebin {store.shown}"
+        )
     emit(args, report.as_json(), "\n".join(lines))
     if report.problems:
         hint = (
@@ -252,6 +257,8 @@ def cmd_rebin(args: argparse.Namespace, cfg: Config) -> int:
     report = rebin_catalogue(_store(cfg, args.dest), _keys(cfg), cfg.expiry_days(), names, bits=bits)
     lines = [f"{n}: {b} bins" for n, b in sorted(report.rebinned.items())]
     lines += [f"{n}: unchanged" for n in report.unchanged]
+    if report.index_roles:
+        lines.append(f"names spread over {report.index_roles} index roles")
     emit(args, report.as_json(), "\n".join(lines) or "no name needs bins")
     return 0
 

@@ -27,7 +27,7 @@ from tuf.api.serialization import SerializationError
 from tuf.ngclient import Updater, UpdaterConfig
 
 from imagectl import __version__
-from imagectl.catalogue import bins, model
+from imagectl.catalogue import bins, index, model
 from imagectl.catalogue.fetcher import StoreFetcher
 from imagectl.catalogue.metadata import ROOT_MAX, SNAPSHOT_MAX, TARGETS_MAX, TIMESTAMP_MAX, ValueCounter, parse_metadata
 from imagectl.catalogue.model import METADATA, ImageRecord, ImageRef
@@ -254,11 +254,12 @@ class CatalogueReader:
         return data
 
     # -- verified reads -----------------------------------------------------------------------------------
+    def _name_index(self) -> dict[str, str]:
+        """NAME -> the role delegating its image role, from the verified targets.json alone (no index role read)."""
+        return index.delegated_names(Metadata[Targets].from_file(str(self.dir / "targets.json")).signed)
+
     def names(self) -> list[str]:
-        top = Metadata[Targets].from_file(str(self.dir / "targets.json")).signed
-        if top.delegations is None or top.delegations.roles is None:
-            return []
-        return sorted(r.removeprefix(model.ROLE_PREFIX) for r in top.delegations.roles)
+        return sorted(self._name_index())
 
     def role(self, name: str) -> Targets:
         """The verified image role of NAME (for a binned name: its channels, revocations and bin delegation)."""
@@ -281,9 +282,12 @@ class CatalogueReader:
         return Metadata[Targets].from_file(str(path)).signed
 
     def role_names(self, name: str) -> list[str]:
-        """The roles holding NAME's images: its image role, and its bins when it is binned."""
+        """The roles on the way to NAME's images: its index role (in an indexed catalogue), its image role, and its
+        bins when it is binned."""
         succinct = self._succinct(name)
-        return [model.role_for(name), *([] if succinct is None else succinct.get_roles())]
+        holder = self._name_index().get(name, "targets")
+        via = [] if holder == "targets" else [holder]
+        return [*via, model.role_for(name), *([] if succinct is None else succinct.get_roles())]
 
     def _succinct(self, name: str) -> Any:
         d = self.role(name).delegations

@@ -51,7 +51,7 @@ def _referenced(store: Store) -> set[str]:
     }
     for name, meta in state.snapshot.signed.meta.items():
         keep.add(f"{METADATA}{meta.version}.{name}")
-    for role in state.all_roles():  # image roles and the bins of binned names
+    for role in state.all_roles():  # index roles, image roles and the bins of binned names
         md = state.role(role)
         if md is None:
             continue

@@ -16,12 +16,16 @@ imagectl writes stays readable, on the writing side too (catalogue/README.md §9
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
+from securesystemslib.signer import Signer
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata
 from tuf.api.serialization import SerializationError
 
+from imagectl.catalogue.canonical import canonical_bytes
 from imagectl.errors import UntrustedMetadataError
 
 __all__ = [
@@ -35,6 +39,8 @@ __all__ = [
     "check_bounds",
     "kind_of",
     "parse_metadata",
+    "sign_with",
+    "signed_file_bytes",
     "verify_signatures",
 ]
 
@@ -105,8 +111,31 @@ def verify_signatures(delegator: Metadata[Any], role: str, md: Metadata[Any], ke
     """``delegator.verify_delegate(role, md)``, with every failure (bad signatures, and metadata that cannot be put
     in canonical form to be checked, e.g. a float) as UntrustedMetadataError naming ``key``."""
     try:
-        delegator.verify_delegate(role, md)
+        delegator.signed.verify_delegate(role, canonical_bytes(md.signed), md.signatures)
     except UnsignedMetadataError as e:
         raise UntrustedMetadataError(f"{key}: signature check failed: {e}") from None
     except SerializationError:
         raise UntrustedMetadataError(f"{key}: cannot be checked: not canonical JSON (a float?)") from None
+
+
+def sign_with(md: Metadata[Any], signers: Iterable[Signer]) -> bytes:
+    """Add a signature by each of ``signers`` to ``md`` (keeping those it has), over canonical bytes made once;
+    returns those bytes (:func:`signed_file_bytes` makes the file from them)."""
+    payload = canonical_bytes(md.signed)
+    for signer in signers:
+        try:
+            signature = signer.sign(payload)
+        except Exception as e:
+            raise UnsignedMetadataError(f"Failed to sign: {e}") from e
+        md.signatures[signature.keyid] = signature
+    return payload
+
+
+def signed_file_bytes(md: Metadata[Any], payload: bytes) -> bytes:
+    """The metadata file of ``md`` whose ``signed`` is ``payload`` (its canonical bytes, as just signed):
+    ``{"signatures":[...],"signed":PAYLOAD}``, compact JSON with sorted keys, without encoding ``signed`` a second
+    time (a 2,000-name snapshot cost a publish ~4 ms per encoding)."""
+    if md.unrecognized_fields:  # keys beside signatures and signed: not this shape
+        return json.dumps(md.to_dict(), separators=(",", ":"), sort_keys=True).encode() + b"\n"
+    sigs = json.dumps([s.to_dict() for s in md.signatures.values()], separators=(",", ":"), sort_keys=True)
+    return b'{"signatures":' + sigs.encode() + b',"signed":' + payload + b"}\n"

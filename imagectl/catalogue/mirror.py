@@ -214,7 +214,8 @@ def mirror(
                 else src.read(f"{METADATA}{n}.root.json", ROOT_MAX)
             )
             report.metadata_written += dest.write_new(f"{METADATA}{n}.root.json", data)
-        roles = [r for n in chosen for r in reader.role_names(n)]  # image roles, and the bins of binned names
+        # index roles (shared by names), image roles, and the bins of binned names
+        roles = list(dict.fromkeys(r for n in chosen for r in reader.role_names(n)))
         files = ["targets.json", *(f"{r}.json" for r in roles), "snapshot.json"]
         for f in files:
             data, version = _trusted(reader, f)

@@ -35,7 +35,7 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
-from imagectl.catalogue import bins, model
+from imagectl.catalogue import bins, index, model
 from imagectl.catalogue.keys import KeyRing
 from imagectl.catalogue.metadata import (
     ROOT_MAX,
@@ -43,6 +43,8 @@ from imagectl.catalogue.metadata import (
     cap_for,
     check_bounds,
     parse_metadata,
+    sign_with,
+    signed_file_bytes,
     verify_signatures,
 )
 from imagectl.catalogue.model import METADATA, ROLE_PREFIX, ImageRecord, role_for, utcnow
@@ -71,10 +73,11 @@ def metadata_bytes(md: Metadata[Any]) -> bytes:
 _parse = parse_metadata
 
 
-def encoded(md: Metadata[Any], key: str) -> bytes:
-    """The bytes of ``md`` as written to ``key``, refused (CatalogueStateError, before anything is written) when a
+def encoded(md: Metadata[Any], key: str, payload: bytes | None = None) -> bytes:
+    """The bytes of ``md`` as written to ``key`` (made from ``payload``, the canonical bytes just signed, when
+    given), refused (CatalogueStateError, before anything is written) when a
     client would refuse them: over the format's size cap or its JSON value limit."""
-    data = metadata_bytes(md)
+    data = metadata_bytes(md) if payload is None else signed_file_bytes(md, payload)
     try:
         check_bounds(data, key)
     except UntrustedMetadataError as e:
@@ -101,19 +104,37 @@ class CatalogueState:
     changed: set[str] = field(default_factory=set)
     new_roles: set[str] = field(default_factory=set)  # created by this change: signed as version 1
     timestamp_tag: str = ""  # version tag of timestamp.json as read: the commit swaps it only if unchanged
+    _names: dict[str, str] | None = None  # NAME -> role delegating image-NAME (targets or an index role)
 
     # -- reading ------------------------------------------------------------------------------------------
-    def role_names(self) -> list[str]:
-        """The image roles ``image-NAME`` that targets delegates (not their bins), sorted."""
-        d = self.targets.signed.delegations
-        return sorted(d.roles) if d is not None and d.roles is not None else []
+    def name_index(self) -> dict[str, str]:
+        """NAME -> the role that delegates ``image-NAME``: ``targets``, or the index role holding NAME."""
+        if self._names is None:
+            self._names = index.delegated_names(self.targets.signed)
+        return self._names
 
-    def _delegator(self, role: str) -> Metadata[Targets] | None:
-        """The verified metadata that delegates ``role``: targets for an image role, the image role for a bin
-        (None when nothing delegates it now, e.g. a bin a re-bin replaced)."""
+    def role_names(self) -> list[str]:
+        """The image roles ``image-NAME`` of every name (not their bins, nor index roles), sorted."""
+        return sorted(role_for(n) for n in self.name_index())
+
+    def index_roles(self) -> list[str]:
+        """The index roles targets delegates (empty while the catalogue is not indexed)."""
+        return index.index_roles(self.targets.signed)
+
+    def delegator(self, role: str) -> Metadata[Targets] | None:
+        """The verified metadata that delegates ``role``: targets for an index role, targets or the name's index
+        role for an image role, the image role for a bin (None when nothing delegates it now, e.g. a bin a
+        re-bin replaced, an index role a re-index replaced)."""
         name = bins.name_of_bin(role)
+        if index.is_index(role):
+            return self.targets if role in self.index_roles() else None
         if name is None:
-            return self.targets if role in self.role_names() else None
+            parent_name = (
+                self.name_index().get(role.removeprefix(ROLE_PREFIX)) if role.startswith(ROLE_PREFIX) else None
+            )
+            if parent_name is None:
+                return None
+            return self.targets if parent_name == "targets" else self.role(parent_name)
         parent = self.role(role_for(name))
         succinct = None if parent is None else self.succinct(parent)
         return parent if succinct is not None and succinct.is_delegated_role(role) else None
@@ -122,7 +143,7 @@ class CatalogueState:
         """The verified metadata of a delegated image role or bin, or None if nothing delegates it."""
         if role in self.roles:
             return self.roles[role]
-        delegator = self._delegator(role)
+        delegator = self.delegator(role)
         meta = self.snapshot.signed.meta.get(f"{role}.json")
         if meta is None or delegator is None:
             return None
@@ -147,8 +168,9 @@ class CatalogueState:
         return [] if succinct is None else list(succinct.get_roles())
 
     def all_roles(self) -> list[str]:
-        """Every delegated role below targets: image roles and, after each binned one, its bins."""
-        out = []
+        """Every delegated role below targets: index roles, then image roles and, after each binned one, its
+        bins (a delegator always comes before what it delegates)."""
+        out = self.index_roles()
         for role in self.role_names():
             out.append(role)
             out += self.bin_roles(role.removeprefix(ROLE_PREFIX))
@@ -202,7 +224,7 @@ class CatalogueState:
         return out
 
     def names(self) -> list[str]:
-        return [r.removeprefix(ROLE_PREFIX) for r in self.role_names()]
+        return sorted(self.name_index())
 
     @staticmethod
     def ext(md: Metadata[Targets]) -> dict[str, dict[str, Any]]:
@@ -225,23 +247,101 @@ class CatalogueState:
             md = Metadata(Targets(version=1, expires=expires))
             self.new_roles.add(role)
             self.changed.add(role)
-            targets = self.targets.signed
-            if targets.delegations is None:
-                targets.delegations = Delegations(keys={}, roles={})
             top = self.root.signed.roles["targets"]
-            for keyid in top.keyids:
-                targets.delegations.keys[keyid] = self.root.signed.keys[keyid]
-            assert targets.delegations.roles is not None
-            targets.delegations.roles[role] = DelegatedRole(
-                name=role,
-                keyids=list(top.keyids),
-                threshold=top.threshold,
-                terminating=True,
-                paths=[f"{name}/*/*/*"],
-            )
+            indexed = self.index_roles()
+            if indexed:  # one more pattern in targets, one more delegation in the name's index role
+                holder_role = index.index_role(name, index.bits_of(indexed[0]))
+                holder = self.role(holder_role)
+                if holder is None:  # cannot happen in a catalogue we wrote: every index role is made at once
+                    raise CatalogueStateError(f"index role {holder_role} is delegated but missing")
+                self._index_name(holder_role, name, top.keyids, top.threshold)
+                self._delegate_image(holder, name, top.keyids, top.threshold)
+                self.changed.add(holder_role)
+                self.name_index()[name] = holder_role
+            else:
+                self._delegate_image(self.targets, name, top.keyids, top.threshold)
+                self.name_index()[name] = "targets"
             self.roles[role] = md
             self.changed.add("targets")
         return md
+
+    def _keys_into(self, md: Metadata[Targets], keyids: list[str]) -> Delegations:
+        if md.signed.delegations is None:
+            md.signed.delegations = Delegations(keys={}, roles={})
+        for keyid in keyids:
+            md.signed.delegations.keys[keyid] = self.root.signed.keys[keyid]
+        return md.signed.delegations
+
+    def _delegate(self, md: Metadata[Targets], role: str, keyids: list[str], threshold: int) -> DelegatedRole:
+        """The delegation of ``role`` in ``md``, made (terminating, no paths yet) if missing."""
+        d = self._keys_into(md, keyids)
+        assert d.roles is not None
+        if role not in d.roles:
+            d.roles[role] = DelegatedRole(
+                name=role, keyids=list(keyids), threshold=threshold, terminating=True, paths=[]
+            )
+        return d.roles[role]
+
+    def _index_name(self, role: str, name: str, keyids: list[str], threshold: int) -> None:
+        """Add NAME's path pattern to index role ``role``'s delegation in targets."""
+        paths = self._delegate(self.targets, role, keyids, threshold).paths
+        assert paths is not None
+        paths.append(index.name_pattern(name))
+
+    def _delegate_image(self, md: Metadata[Targets], name: str, keyids: list[str], threshold: int) -> None:
+        d = self._keys_into(md, keyids)
+        assert d.roles is not None
+        d.roles[role_for(name)] = index.image_delegation(name, keyids, threshold)
+
+    def reindex(self, bits: int | None = None) -> int:
+        """Spread every name over ``2**bits`` new index roles (default :func:`index.index_bits` of the number of
+        names); targets delegates the index roles, each index role its names' image roles, which are not
+        re-signed. Returns the bit length (unchanged: nothing to do)."""
+        names = self.name_index()
+        bits = bits or index.index_bits(len(names))
+        if not 1 <= bits <= index.MAX_BITS:
+            raise CatalogueStateError(f"an index has 2 to {2**index.MAX_BITS} roles (1 to {index.MAX_BITS} bits)")
+        old = self.index_roles()
+        if old and index.bits_of(old[0]) == bits:
+            return bits
+        current: dict[str, DelegatedRole] = {}  # each name's delegation as it is now (its keys and threshold)
+        for holder_role in {*names.values()}:
+            holder = self.targets if holder_role == "targets" else self.role(holder_role)
+            if holder is None or holder.signed.delegations is None or holder.signed.delegations.roles is None:
+                raise CatalogueStateError(f"{holder_role} is delegated but missing")
+            current.update(holder.signed.delegations.roles)
+        top = self.root.signed.roles["targets"]
+        expires = self.targets.signed.expires
+        self.targets.signed.delegations = Delegations(keys={}, roles={})
+        made: dict[str, Metadata[Targets]] = {}
+        width = len(f"{2**bits - 1:x}")
+        for n in range(2**bits):  # every index role exists, so a new name always finds its own
+            role = f"{index.INDEX_PREFIX}{bits}-{n:0{width}x}"
+            made[role] = Metadata(Targets(version=1, expires=expires))
+            self._delegate(self.targets, role, top.keyids, top.threshold)
+            self.roles[role] = made[role]
+            self.new_roles.add(role)
+            self.changed.add(role)
+        self._names = {}
+        for name in sorted(names):
+            role = index.index_role(name, bits)
+            was = current[role_for(name)]
+            self._index_name(role, name, top.keyids, top.threshold)
+            self._delegate_image(made[role], name, was.keyids, was.threshold)
+            self._names[name] = role
+        self.changed.add("targets")
+        return bits
+
+    def index_crowded(self) -> bool:
+        """Whether the name index should be (re-)made: too many names straight under targets, or an index role
+        past :data:`index.INDEX_CROWDED` names."""
+        indexed = self.index_roles()
+        if not indexed:
+            return len(self.name_index()) > index.INDEX_THRESHOLD
+        counts: dict[str, int] = {}
+        for holder in self.name_index().values():
+            counts[holder] = counts.get(holder, 0) + 1
+        return max(counts.values(), default=0) > index.INDEX_CROWDED
 
     def add_image(self, record: ImageRecord, expires: dt.datetime) -> None:
         """Add (or replace) the target of ``record``, re-signing only the role that holds it (one bin of a binned
@@ -290,7 +390,9 @@ class CatalogueState:
         old = self.succinct(md)
         if old is not None and old.bit_length == bits:
             return bits
-        d = self.targets.signed.get_delegated_role(role_for(name))
+        parent = self.delegator(role_for(name))
+        assert parent is not None
+        d = parent.signed.get_delegated_role(role_for(name))
         keys = {k: self.root.signed.keys[k] for k in d.keyids}
         succinct = SuccinctRoles(list(d.keyids), d.threshold, bits, bins.bin_prefix(name, bits))
         md.signed.delegations = Delegations(keys=keys, succinct_roles=succinct)
@@ -310,13 +412,13 @@ class CatalogueState:
 
     def _signers(self, role: str, keys: KeyRing, delegator: Metadata[Any]) -> list[Any]:
         r = delegator.signed.get_delegated_role(role)
-        label = "targets" if role.startswith(ROLE_PREFIX) else role  # image roles and bins use the targets keys
+        # index roles, image roles and bins are signed with the targets keys
+        label = "targets" if role.startswith(ROLE_PREFIX) or index.is_index(role) else role
         return keys.signers_for(label, r.keyids, r.threshold)
 
-    def _sign(self, md: Metadata[Any], role: str, keys: KeyRing, delegator: Metadata[Any]) -> None:
+    def _sign(self, md: Metadata[Any], role: str, keys: KeyRing, delegator: Metadata[Any]) -> bytes:
         md.signatures.clear()
-        for signer in self._signers(role, keys, delegator):
-            md.sign(signer, append=True)
+        return sign_with(md, self._signers(role, keys, delegator))
 
     def _write_versioned(self, role: str, md: Metadata[Any], keys: KeyRing, delegator: Metadata[Any]) -> None:
         """Sign and create ``N.ROLE.json``; if N is taken (a concurrent or a dead publisher), use the next N.
@@ -325,9 +427,9 @@ class CatalogueState:
         swap decides which of two racing publishers' files become the catalogue.
         """
         for _ in range(_MAX_SKIPS):
-            self._sign(md, role, keys, delegator)
+            payload = self._sign(md, role, keys, delegator)
             key = f"{METADATA}{md.signed.version}.{role}.json"
-            if self.store.write_new(key, encoded(md, key)):
+            if self.store.write_new(key, encoded(md, key, payload)):
                 return
             md.signed.version += 1
         raise CommitConflict(f"{_MAX_SKIPS} versions of {role} in a row were taken")
@@ -355,6 +457,8 @@ class CatalogueState:
                 and len(md.signed.targets) > bins.BIN_THRESHOLD
             ):
                 self.rebin(role.removeprefix(ROLE_PREFIX))
+        if self.new_roles and self.index_crowded():  # a new name took the catalogue (or an index role) past it
+            self.reindex()
         changed = (self.changed | set(resign)) - {"root", "snapshot", "timestamp"}
         image_roles = sorted(r for r in changed if r != "targets")
         writes: list[tuple[str, Metadata[Any]]] = [(r, self.roles[r]) for r in image_roles]
@@ -362,10 +466,11 @@ class CatalogueState:
             writes.append(("targets", self.targets))
 
         def delegator(role: str) -> Metadata[Any]:
-            name = bins.name_of_bin(role)
             if role == "targets":
                 return self.root
-            return self.targets if name is None else self.roles[role_for(name)]
+            md = self.delegator(role)
+            assert md is not None, role
+            return md
 
         # Every key is checked before the first byte is written, so a missing key leaves the catalogue as it was.
         for role, _md in writes:
@@ -384,10 +489,9 @@ class CatalogueState:
         self._write_versioned("snapshot", self.snapshot, keys, self.root)
         bump(self.timestamp, expiry_days["timestamp"])
         self.timestamp.signed.snapshot_meta = MetaFile(version=self.snapshot.signed.version)
-        self._sign(self.timestamp, "timestamp", keys, self.root)
-        if not self.store.write_if_match(
-            f"{METADATA}timestamp.json", encoded(self.timestamp, f"{METADATA}timestamp.json"), self.timestamp_tag
-        ):
+        payload = self._sign(self.timestamp, "timestamp", keys, self.root)
+        ts_bytes = encoded(self.timestamp, f"{METADATA}timestamp.json", payload)
+        if not self.store.write_if_match(f"{METADATA}timestamp.json", ts_bytes, self.timestamp_tag):
             raise CommitConflict("another publisher changed the catalogue first")
         root_copy = metadata_bytes(self.root)
         if self.store.read(f"{METADATA}root.json", ROOT_MAX) != root_copy:  # heal a rotation cut short

@@ -14,9 +14,8 @@ from typing import Any
 
 from tuf.api.metadata import Metadata, Root
 
-from imagectl.catalogue import bins
 from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
-from imagectl.catalogue.model import role_for, utcnow
+from imagectl.catalogue.model import utcnow
 from imagectl.catalogue.state import CatalogueState, load_state, transact
 from imagectl.errors import InvalidInputError
 from imagectl.store import Store
@@ -36,9 +35,8 @@ def require_keys(state: CatalogueState, keys: KeyRing, roles: list[str]) -> None
             r = state.root.signed.roles[role]
             keys.signers_for(role, r.keyids, r.threshold)
         else:
-            name = bins.name_of_bin(role)
-            parent = state.targets if name is None else state.role(role_for(name))
-            assert parent is not None
+            parent = state.delegator(role)
+            assert parent is not None, role
             d = parent.signed.get_delegated_role(role)
             keys.signers_for("targets", d.keyids, d.threshold)
 
@@ -158,22 +156,22 @@ def rotate(
         delegated: frozenset[str] = frozenset()
         if role == "targets":
             top = state.root.signed.roles["targets"]
-            d = state.targets.signed.delegations
             new_keys = {k: state.root.signed.keys[k] for k in top.keyids}
             for r in state.all_roles():
                 state.role(r)  # load (verified by the old keys) before the delegations change
-            for name in state.role_names():
-                md = state.role(name)
-                assert d is not None and d.roles is not None and md is not None
-                d.roles[name].keyids = list(top.keyids)
-                d.roles[name].threshold = top.threshold
+            # every delegation below targets (index roles, image roles, bins) moves to the new keys
+            for md in [state.targets, *(state.role(r) for r in state.all_roles())]:
+                assert md is not None
                 inner = md.signed.delegations
-                if inner is not None and inner.succinct_roles is not None:  # a binned name delegates to its bins
+                if inner is None:
+                    continue
+                for dr in (inner.roles or {}).values():
+                    dr.keyids = list(top.keyids)
+                    dr.threshold = top.threshold
+                if inner.succinct_roles is not None:  # a binned name delegates to its bins
                     inner.succinct_roles.keyids = list(top.keyids)
                     inner.succinct_roles.threshold = top.threshold
-                    inner.keys = dict(new_keys)
-            if d is not None:
-                d.keys = new_keys
+                inner.keys = dict(new_keys)
             delegated = frozenset(["targets", *state.all_roles()])
         state.commit(new_ring, expiry_days, resign=delegated)
 

@@ -69,6 +69,7 @@ def upgrade_catalogue(store: Store, say: Callable[[str], None] = lambda _m: None
 class RebinReport:
     rebinned: dict[str, int] = field(default_factory=dict)  # name -> bins it now has
     unchanged: list[str] = field(default_factory=list)
+    index_roles: int = 0  # index roles the names were spread over by this run (0: the index was left as it was)
 
     def as_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,7 +86,9 @@ def rebin_catalogue(
     """Spread the versions of each of ``names`` (default: every name that would benefit, i.e. a role or a bin past
     the threshold) over hash bins sized for what it holds now, or ``2**bits`` bins; one commit. This is how an
     older catalogue (no bins) or a name that outgrew its bins is brought to bounded publishes; it re-signs every
-    version of those names once. Raises KeyProblemError before writing when the targets keys are missing."""
+    version of those names once. Without ``names``, the name index is also made (or re-made with more index roles)
+    when the catalogue has outgrown it (catalogue/README.md §2.3). Raises KeyProblemError before writing when the
+    targets keys are missing."""
 
     def apply(state: CatalogueState) -> RebinReport:
         report = RebinReport()
@@ -97,6 +100,8 @@ def rebin_catalogue(
                 report.unchanged.append(name)
             else:
                 report.rebinned[name] = 2**now
+        if not names and state.index_crowded():  # too many names under targets or one index role
+            report.index_roles = 2 ** state.reindex()
         require_keys(state, keys, ["targets", "snapshot", "timestamp"])
         if state.changed:
             state.commit(keys, expiry_days)

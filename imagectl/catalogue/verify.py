@@ -20,7 +20,7 @@ from typing import Any
 
 from tuf.api.metadata import Metadata
 
-from imagectl.catalogue import bins, model
+from imagectl.catalogue import bins, index, model
 from imagectl.catalogue.metadata import ROOT_MAX, cap_for, parse_metadata, verify_signatures
 from imagectl.catalogue.model import BLOBS, METADATA, ROLE_PREFIX, ImageRecord, blob_key, utcnow
 from imagectl.errors import CatalogueStateError, ImagectlError, InvalidInputError
@@ -31,6 +31,7 @@ __all__ = ["MIRROR_FILE", "Report", "verify_catalogue"]
 
 MIRROR_FILE = "mirror.json"  # at a partial mirror's root: the image names and images it holds
 MIRROR_FILE_MAX = 16 << 20  # bytes
+MISSING_SHOWN = 20  # missing target files listed one by one; the rest are counted in one problem
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Report:
     blob_bytes: int = 0
     needs_upgrade: int = 0  # images without the target file stock TUF clients fetch: `catalogue upgrade` adds them
     needs_rebin: list[str] = field(default_factory=list)  # names whose role (or a bin) is past bins.BIN_THRESHOLD
+    needs_reindex: bool = False  # targets (or an index role) delegates more names than the index keeps per role
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +57,7 @@ class Report:
             "blob_bytes_hashed": self.blob_bytes,
             "needs_upgrade": self.needs_upgrade,
             "needs_rebin": self.needs_rebin,
+            "needs_reindex": self.needs_reindex,
         }
 
 
@@ -72,6 +75,7 @@ class _Verifier:
         self.check_blobs = check_blobs
         self.report = Report()
         self.now = utcnow()
+        self._listed: tuple[str, set[str] | None] = ("", None)  # (NAME, its target files) for the name at hand
 
     def problem(self, text: str) -> None:
         self.report.problems.append(text)
@@ -103,6 +107,12 @@ class _Verifier:
         except ImagectlError as e:
             self.problem(e.message.replace("signature check failed", "bad signatures"))
             return False
+
+    def checked(self, delegator: Metadata[Any], role: str, md: Metadata[Any], key: str, version: int) -> None:
+        """Signed by ``delegator`` for ``role``, at the version the snapshot (or timestamp) says, not expired."""
+        self.signed_by(delegator, role, md, key)
+        self.version(md, version, key)
+        self.fresh(md, key)
 
     def fresh(self, md: Metadata[Any], key: str) -> None:
         self.report.roles += 1
@@ -163,11 +173,25 @@ class _Verifier:
         """The file a stock TUF client downloads (``targets/…``): present, and (with blobs) the signed bytes — a
         hard link of the blob just hashed counts as checked."""
         key = model.target_file_key(rec.path, rec.sha256)
-        if not self.store.exists(key):
+        if not self.target_present(rec.name, key):
             self.report.needs_upgrade += 1
-            self.problem(f"{rec.path}: target file {key} is missing (stock TUF clients cannot download it)")
+            if self.report.needs_upgrade <= MISSING_SHOWN:  # then one line with the count, at the end
+                self.problem(f"{rec.path}: target file {key} is missing (stock TUF clients cannot download it)")
         elif self.check_blobs and not self.store.same_object(blob_key(rec.sha256), key):
             self.blob(rec.path, rec.sha256, rec.size, key, "target file")
+
+    def target_present(self, name: str, key: str) -> bool:
+        """Whether target file ``key`` of NAME exists: one listing of ``targets/NAME/`` per name (a few LISTs on
+        S3, where a HEAD per image made verify of 100,000 images take minutes), a check per key where the store
+        cannot list (HTTP). Only the current name's listing is held, so memory does not grow with the catalogue."""
+        if self._listed[0] != name:
+            try:
+                found = {e.key for e in self.store.list_entries(f"{model.TARGETS}{name}/") if e.regular}
+            except ImagectlError:  # not listable (HTTP), or a symlinked directory: ask key by key
+                found = None
+            self._listed = (name, found)
+        listed = self._listed[1]
+        return self.store.exists(key) if listed is None else key in listed
 
     def record_blob(self, rec: ImageRecord) -> None:
         """The build record ``publish --from-build`` stored beside the image: signed (sha256, size) in custom."""
@@ -237,7 +261,8 @@ class _Verifier:
                 self.problem(f"{key}: {e}")
                 continue
             label = f"{rec.name}:{rec.version} {rec.arch}"
-            seen.add(label)
+            if scope is not None:  # only a partial mirror's claims need every label: memory stays flat otherwise
+                seen.add(label)
             if scope is not None and label not in scope.images and not self.store.exists(blob_key(rec.sha256)):
                 self.report.skipped.append(f"{label}: not held by this partial mirror")
                 continue
@@ -246,6 +271,99 @@ class _Verifier:
                 self.blob(rec.path, rec.sha256, rec.size)
                 self.record_blob(rec)
             self.target_file(rec)
+
+    def index_role(
+        self, snap: Metadata[Any], snap_key: str, targets: Metadata[Any], role: str, scope: Any
+    ) -> list[tuple[str, Metadata[Any]]]:
+        """Check index role ``role`` (signatures, version, expiry, that it holds no targets and delegates exactly
+        the names whose patterns targets gives it, each hashing to it); return its image roles."""
+        meta = snap.signed.meta.get(f"{role}.json")
+        if meta is None:
+            self.problem(f"{snap_key}: index role {role} is not listed")
+            return []
+        key = f"{METADATA}{meta.version}.{role}.json"
+        if scope is not None and not self.store.exists(key):
+            self.report.skipped.append(f"{role}: not held by this partial mirror")
+            return []
+        md = self.load(key)
+        if md is None:
+            return []
+        self.checked(targets, role, md, key, meta.version)
+        if md.signed.targets:
+            self.problem(f"{key}: an index role holds targets (they belong in image roles)")
+        patterns = set(targets.signed.get_delegated_role(role).paths or [])
+        d = md.signed.delegations
+        inner = dict(d.roles) if d is not None and d.roles is not None else {}
+        if d is not None and d.succinct_roles is not None:
+            self.problem(f"{key}: an index role delegates hash bins (only image roles)")
+        bits = index.bits_of(role)
+        out = []
+        for image_role, dr in sorted(inner.items()):
+            name = image_role.removeprefix(ROLE_PREFIX)
+            if not image_role.startswith(ROLE_PREFIX) or dr.paths != [index.name_pattern(name)]:
+                self.problem(f"{key}: delegates {image_role}, which is not an image role of its own name")
+                continue
+            if index.name_pattern(name) not in patterns:
+                self.problem(f"{key}: delegates {name}, which targets does not route to {role}")
+                continue
+            if index.index_role(name, bits) != role:
+                self.problem(f"{key}: holds {name}, whose name hashes to another index role")
+            out.append((image_role, md))
+        if len(out) > index.INDEX_CROWDED:
+            self.report.needs_reindex = True
+        for pattern in sorted(patterns - {index.name_pattern(r.removeprefix(ROLE_PREFIX)) for r, _ in out}):
+            self.problem(f"{METADATA}targets.json: routes {pattern} to {role}, which does not delegate it")
+        return out
+
+    def image_role(
+        self, snap: Metadata[Any], snap_key: str, delegator: Metadata[Any], role: str, scope: Any, seen: set[str]
+    ) -> None:
+        meta = snap.signed.meta.get(f"{role}.json")
+        if meta is None:
+            self.problem(f"{snap_key}: delegated role {role} is not listed")
+            return
+        key = f"{METADATA}{meta.version}.{role}.json"
+        if scope is not None and role not in scope.roles and not self.store.exists(key):
+            self.report.skipped.append(f"{role.removeprefix(ROLE_PREFIX)}: not held by this partial mirror")
+            return
+        md = self.load(key)
+        if md is None:
+            return
+        self.checked(delegator, role, md, key, meta.version)
+        name = role.removeprefix(ROLE_PREFIX)
+        self.targets(key, md, name, None, scope, seen)
+        d = md.signed.delegations
+        succinct = None if d is None else d.succinct_roles
+        if d is not None and (
+            d.roles or succinct is None or succinct.name_prefix != bins.bin_prefix(name, succinct.bit_length)
+        ):
+            self.problem(f"{key}: delegates other than {name}'s hash bins (image roles delegate only to bins)")
+            return
+        if succinct is None:
+            if len(md.signed.targets) > bins.BIN_THRESHOLD:
+                self.report.needs_rebin.append(name)
+            return
+        if md.signed.targets:
+            self.problem(f"{key}: a binned image role holds targets (they belong in its bins)")
+        crowded = False
+        for bin_role in succinct.get_roles():
+            bmeta = snap.signed.meta.get(f"{bin_role}.json")
+            if bmeta is None:
+                self.problem(f"{snap_key}: bin {bin_role} is not listed")
+                continue
+            bkey = f"{METADATA}{bmeta.version}.{bin_role}.json"
+            if scope is not None and role not in scope.roles and not self.store.exists(bkey):
+                continue
+            bmd = self.load(bkey)
+            if bmd is None:
+                continue
+            self.checked(md, bin_role, bmd, bkey, bmeta.version)
+            if bmd.signed.delegations is not None:
+                self.problem(f"{bkey}: a bin delegates further")
+            crowded |= len(bmd.signed.targets) > bins.BIN_THRESHOLD
+            self.targets(bkey, bmd, name, (succinct, bin_role), scope, seen)
+        if crowded:
+            self.report.needs_rebin.append(name)
 
     def run(self) -> Report:
         scope = self.scope()
@@ -263,9 +381,7 @@ class _Verifier:
         snap = self.load(snap_key)
         if snap is None:
             return self.report
-        self.signed_by(root, "snapshot", snap, snap_key)
-        self.version(snap, ts.signed.snapshot_meta.version, snap_key)
-        self.fresh(snap, snap_key)
+        self.checked(root, "snapshot", snap, snap_key, ts.signed.snapshot_meta.version)
         tmeta = snap.signed.meta.get("targets.json")
         if tmeta is None:
             self.problem(f"{snap_key}: does not list targets.json")
@@ -274,71 +390,37 @@ class _Verifier:
         targets = self.load(t_key)
         if targets is None:
             return self.report
-        self.signed_by(root, "targets", targets, t_key)
-        self.version(targets, tmeta.version, t_key)
-        self.fresh(targets, t_key)
+        self.checked(root, "targets", targets, t_key, tmeta.version)
         d = targets.signed.delegations
-        delegated = sorted(d.roles) if d is not None and d.roles is not None else []
+        top = sorted(d.roles) if d is not None and d.roles is not None else []
+        # (image role, the metadata delegating it): straight from targets, or through the name index
+        image_roles: list[tuple[str, Metadata[Any]]] = []
+        for role in top:
+            if role.startswith(ROLE_PREFIX):
+                image_roles.append((role, targets))
+            elif index.is_index(role):
+                image_roles += self.index_role(snap, snap_key, targets, role, scope)
+            else:
+                self.problem(f"{t_key}: delegates {role}, which is neither an image role nor an index role")
+        delegated = {r for r, _ in image_roles}
+        if not any(index.is_index(r) for r in top) and len(image_roles) > index.INDEX_THRESHOLD:
+            self.report.needs_reindex = True
         listed = {k.removesuffix(".json") for k in snap.signed.meta} - {"targets"}
-        for extra in sorted(listed - set(delegated)):
+        for extra in sorted(listed - delegated - set(top)):
             name = bins.name_of_bin(extra)
+            if index.is_index(extra):
+                continue  # an index role a re-index replaced: listed for good (clients refuse a dropped role)
             if name is None or model.role_for(name) not in delegated:  # a bin (current or re-binned away) is fine
                 self.problem(f"{snap_key}: lists {extra}, which targets does not delegate")
         if scope is not None:
-            for role in sorted(scope.roles - set(delegated)):
+            for role in sorted(scope.roles - delegated):
                 self.problem(f"{MIRROR_FILE}: claims {role.removeprefix(ROLE_PREFIX)}, which the signed metadata lacks")
         seen: set[str] = set()
-        for role in delegated:
-            meta = snap.signed.meta.get(f"{role}.json")
-            if meta is None:
-                self.problem(f"{snap_key}: delegated role {role} is not listed")
-                continue
-            key = f"{METADATA}{meta.version}.{role}.json"
-            if scope is not None and role not in scope.roles and not self.store.exists(key):
-                self.report.skipped.append(f"{role.removeprefix(ROLE_PREFIX)}: not held by this partial mirror")
-                continue
-            md = self.load(key)
-            if md is None:
-                continue
-            self.signed_by(targets, role, md, key)
-            self.version(md, meta.version, key)
-            self.fresh(md, key)
-            name = role.removeprefix(ROLE_PREFIX)
-            self.targets(key, md, name, None, scope, seen)
-            d = md.signed.delegations
-            succinct = None if d is None else d.succinct_roles
-            if d is not None and (
-                d.roles or succinct is None or succinct.name_prefix != bins.bin_prefix(name, succinct.bit_length)
-            ):
-                self.problem(f"{key}: delegates other than {name}'s hash bins (image roles delegate only to bins)")
-                continue
-            if succinct is None:
-                if len(md.signed.targets) > bins.BIN_THRESHOLD:
-                    self.report.needs_rebin.append(name)
-                continue
-            if md.signed.targets:
-                self.problem(f"{key}: a binned image role holds targets (they belong in its bins)")
-            crowded = False
-            for bin_role in succinct.get_roles():
-                bmeta = snap.signed.meta.get(f"{bin_role}.json")
-                if bmeta is None:
-                    self.problem(f"{snap_key}: bin {bin_role} is not listed")
-                    continue
-                bkey = f"{METADATA}{bmeta.version}.{bin_role}.json"
-                if scope is not None and role not in scope.roles and not self.store.exists(bkey):
-                    continue
-                bmd = self.load(bkey)
-                if bmd is None:
-                    continue
-                self.signed_by(md, bin_role, bmd, bkey)
-                self.version(bmd, bmeta.version, bkey)
-                self.fresh(bmd, bkey)
-                if bmd.signed.delegations is not None:
-                    self.problem(f"{bkey}: a bin delegates further")
-                crowded |= len(bmd.signed.targets) > bins.BIN_THRESHOLD
-                self.targets(bkey, bmd, name, (succinct, bin_role), scope, seen)
-            if crowded:
-                self.report.needs_rebin.append(name)
+        for role, delegator in image_roles:
+            self.image_role(snap, snap_key, delegator, role, scope, seen)
+        if self.report.needs_upgrade > MISSING_SHOWN:
+            more = self.report.needs_upgrade - MISSING_SHOWN
+            self.problem(f"{more} more image(s) lack their target file (stock TUF clients cannot download them)")
         if scope is not None:
             for label in sorted(scope.images - seen):
                 self.problem(f"{MIRROR_FILE}: claims image {label}, which the signed metadata lacks")
