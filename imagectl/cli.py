@@ -686,7 +686,7 @@ def cmd_recipe_list(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_recipe_validate(args: argparse.Namespace, cfg: Config) -> int:
-    from imagectl.build.elements import check_elements
+    from imagectl.imaging.elements import check_elements
     from imagectl.recipe.model import load_recipe
     from imagectl.recipe.schema import RecipeError
 
@@ -739,8 +739,8 @@ def cmd_recipe_show(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
-    from imagectl.build.builder import BuildOptions, build_recipe
     from imagectl.catalogue.model import check_arch, check_format
+    from imagectl.imaging.builder import BuildOptions, build_recipe
     from imagectl.recipe.model import load_recipe
 
     recipe = load_recipe(_recipe_path(args.recipe))
@@ -789,8 +789,8 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
-    from imagectl.build.matrix import plan_matrix
     from imagectl.catalogue.model import check_arch
+    from imagectl.imaging.matrix import plan_matrix
     from imagectl.recipe.model import load_recipe
 
     recipes = [(text, load_recipe(_recipe_path(text))) for text in args.recipes]
@@ -815,14 +815,14 @@ def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
-    from imagectl.build.boottest import BootFailedError, boot_test
     from imagectl.catalogue.model import check_arch, host_arch
+    from imagectl.imaging.boottest import BootFailedError, boot_test
 
     image = Path(args.image)
     live = sys.stderr.isatty() and not args.json
     record = None
     if args.record is not None:  # checked before the boot: a wrong record should not cost a boot's minutes
-        from imagectl.build.bootrecord import open_record
+        from imagectl.imaging.bootrecord import open_record
 
         record = open_record(image, Path(args.record) if args.record else None)
 
@@ -876,7 +876,7 @@ def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_context(args: argparse.Namespace, cfg: Config) -> int:
-    from imagectl.build.context import KNOWN_KEYS, make_context_iso, parse_assignments
+    from imagectl.imaging.context import KNOWN_KEYS, make_context_iso, parse_assignments
 
     values = parse_assignments(args.assignments)
     out = make_context_iso(values, Path(args.output))

@@ -54,8 +54,8 @@ DEMO_RECIPE = recipes_dir() / "demo" / "debian12-demo.yaml"
 
 def _built_image(workdir: Path, recipe_path: Path, cfg: Config, boot: bool, say: Callable[[str], None]) -> Path:
     """Build (or reuse from the build cache) the recipe for this host's arch, boot-test it; return the build dir."""
-    from imagectl.build.boottest import boot_test
-    from imagectl.build.builder import BuildOptions, build_recipe
+    from imagectl.imaging.boottest import boot_test
+    from imagectl.imaging.builder import BuildOptions, build_recipe
     from imagectl.recipe.model import load_recipe
 
     if not recipe_path.is_file():

@@ -34,7 +34,7 @@ def elements_dir() -> Path:
 
 def hostcompat_dir() -> Path:
     """The partx-based kpartx/dmsetup shims for kernels without device-mapper."""
-    return _path("build", "hostcompat")
+    return _path("imaging", "hostcompat")
 
 
 def shipped_recipes() -> dict[str, Path]:

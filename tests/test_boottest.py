@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from imagectl.build import boottest
-from imagectl.build.boottest import BootFailedError, KvmProbe, boot_test, detect_format
 from imagectl.errors import InvalidInputError, LocalIOError, ToolError, ToolMissingError, UnsupportedHostError
+from imagectl.imaging import boottest
+from imagectl.imaging.boottest import BootFailedError, KvmProbe, boot_test, detect_format
 from imagectl.runner import run
 from tests.conftest import require_tools, unavailable
 from tests.hostile_yum import Member, newc
@@ -352,7 +352,7 @@ def test_qemu_dies_with_a_killed_imagectl(fake: Fake) -> None:
     """kill -9 of the process running the boot test (no finally runs) still ends qemu: PR_SET_PDEATHSIG."""
     fake.plan(tcg={"output": GOOD[:2]})
     code = (
-        "import sys; from pathlib import Path; from imagectl.build.boottest import boot_test; "
+        "import sys; from pathlib import Path; from imagectl.imaging.boottest import boot_test; "
         "boot_test(Path(sys.argv[1]), arch='x86_64', accel='tcg', timeout=60, log_path=Path(sys.argv[2]))"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

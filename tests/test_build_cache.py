@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from imagectl.build.aptproxy import DebianPackageCache
-from imagectl.build.debindex import IndexError_, parse_release, suites
-from imagectl.build.pkgcache import BaseCache, PackageCache
+from imagectl.imaging.aptproxy import DebianPackageCache
+from imagectl.imaging.debindex import IndexError_, parse_release, suites
+from imagectl.imaging.pkgcache import BaseCache, PackageCache
 from tests.hostile_yum import GpgKey, need_tools
 from tests.httpserver import TestHTTPServer
 

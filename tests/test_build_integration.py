@@ -56,7 +56,7 @@ def test_build_leaves_image_and_record(built):
     assert {"openssh-server", "linux-image-amd64", "grub-pc", "systemd"} <= names  # read from the image
     assert rec["started"] <= rec["finished"] and rec["host"]["qemu-img"].startswith("qemu-img version")
     # Without device-mapper (as on this project's machines) the partx shims did DIB's kpartx/dmsetup work for real.
-    from imagectl.build.hostcompat import has_device_mapper
+    from imagectl.imaging.hostcompat import has_device_mapper
 
     assert rec["host"]["hostcompat_partx_shims"] is (not has_device_mapper())
 
@@ -121,7 +121,7 @@ def test_boots_to_login_prompt(built, cli: Callable[..., CliResult]):
     assert shown["version"] == pub["version"] and shown["boot_test"] == test
     # The real KVM -> TCG fallback: where /dev/kvm answers but the guest ends under TCG, it was because KVM was
     # tried and abandoned (on this project's machines KVM guests hang after the bootloader), and the note says why.
-    from imagectl.build.boottest import kvm_problem
+    from imagectl.imaging.boottest import kvm_problem
 
     if res["accel"] == "tcg" and kvm_problem("x86_64") is None:
         assert res["fell_back"] is True and res["note"], res
@@ -135,8 +135,8 @@ def test_boots_to_login_prompt(built, cli: Callable[..., CliResult]):
 def test_worker_is_contextualised_at_boot(built, tmp_path):
     """One image, many nodes: the demo (a Slurm worker) booted with a context disk comes up with the given
     hostname (its login prompt says so), the authorised key, its own SSH host keys and the batch server."""
-    from imagectl.build.boottest import boot_test
-    from imagectl.build.context import make_context_iso
+    from imagectl.imaging.boottest import boot_test
+    from imagectl.imaging.context import make_context_iso
 
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKm8p3b4hf2k5l3Q1tY0yB5x4Yh3mC2Wq9hG2t7mKx7Z deployer@site"
     iso = make_context_iso(
@@ -231,8 +231,8 @@ def test_a_real_dib_failure_names_phase_element_and_log(tmp_path: Path) -> None:
     """A real disk-image-create run that fails inside an element of the test's own (it exits 1 in root.d, before
     debootstrap, so it costs seconds): the live progress saw the element's script, and the one-line error names
     the phase, the script, the element and the log, which holds the element's own output."""
-    from imagectl.build.builder import BuildOptions, build_recipe
     from imagectl.errors import ToolError
+    from imagectl.imaging.builder import BuildOptions, build_recipe
     from imagectl.recipe.model import load_recipe
 
     element = tmp_path / "recipes" / "elements" / "imagectl-test-fail" / "root.d"
@@ -270,7 +270,7 @@ def built_i386(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def test_i386_demo_builds_and_boots(built_i386: dict[str, object]) -> None:
     """The i386 image: built (without bookworm-security, which the record says) and booted to its login prompt by
     the real qemu-system-i386 (the command line is the fake's business elsewhere; here it boots a real kernel)."""
-    from imagectl.build.boottest import boot_test
+    from imagectl.imaging.boottest import boot_test
 
     out = built_i386["out"]
     assert isinstance(out, dict)
@@ -292,7 +292,7 @@ def test_slc6_worker_builds_as_far_as_a_fixture_mirror_allows(tmp_path: Path) ->
     resolution, the whole of stage 1 (repository, signatures, safe unpacking), then a clear stop where the fixture
     cannot go on, since its packages carry no real rpm and yum for stage 2; the message says what a real mirror
     provides."""
-    from imagectl.build.slc.seed import SEEDS
+    from imagectl.imaging.slc.seed import SEEDS
     from tests.hostile_yum import DIR, REG, GpgKey, Member, make_repo, need_tools, write_rpm
     from tests.httpserver import TestHTTPServer
 

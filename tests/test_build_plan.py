@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from imagectl.build import hostcompat
-from imagectl.build.builder import _Progress, build_key, elements_paths
-from imagectl.build.configscript import script_text
-from imagectl.build.plan import check_host, plan_dib, targets
 from imagectl.errors import InvalidInputError, UnsupportedHostError
+from imagectl.imaging import hostcompat
+from imagectl.imaging.builder import _Progress, build_key, elements_paths
+from imagectl.imaging.configscript import script_text
+from imagectl.imaging.plan import check_host, plan_dib, targets
 from imagectl.recipe.model import load_recipe
 from tests.conftest import REPO
 
@@ -219,7 +219,7 @@ def test_config_script(tmp_path):
 def test_elements_digest_covers_used_elements_only(tmp_path):
     import shutil
 
-    from imagectl.build.builder import elements_digest
+    from imagectl.imaging.builder import elements_digest
 
     els = tmp_path / "elements"
     shutil.copytree(REPO / "recipes" / "elements", els)
@@ -247,7 +247,7 @@ def test_cache_hit_verifies_and_drops_damaged_entries(tmp_path):
     import hashlib
     import json
 
-    from imagectl.build.builder import _cache_hit
+    from imagectl.imaging.builder import _cache_hit
 
     cache, out = tmp_path / "cache" / "KEY", tmp_path / "out"
     cache.mkdir(parents=True)

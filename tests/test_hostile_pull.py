@@ -151,8 +151,8 @@ def test_password_in_the_catalogue_url_is_never_shown_or_stored(
 def test_mirror_credentials_never_reach_the_build_record_or_log(tmp_path: Path) -> None:
     """Finding: IMAGECTL_MIRROR_SLC6=http://u:p@… was copied into the build record, which publish --from-build
     stores in the public catalogue."""
-    from imagectl.build.builder import build_key
-    from imagectl.build.plan import BuildTarget, plan_dib
+    from imagectl.imaging.builder import build_key
+    from imagectl.imaging.plan import BuildTarget, plan_dib
     from imagectl.recipe.model import load_recipe
     from imagectl.runner import run
     from imagectl.urls import redact_json

@@ -1,4 +1,4 @@
-"""Mutants of imagectl/build/slc/extract.py that the rest of the suite let survive (issue 13; tests/MUTANTS.md).
+"""Mutants of imagectl/imaging/slc/extract.py that the rest of the suite let survive (issue 13; tests/MUTANTS.md).
 
 Each hostile package is refused with its exact one-line message (exit 11), leaves the target as it was and the
 sentinel beside it untouched; each honest one lands where rpm would put it.
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from imagectl.build.slc import extract
-from imagectl.build.slc.extract import UnsafeArchiveError
-from imagectl.build.slc.seed import unpack
 from imagectl.errors import LocalIOError
+from imagectl.imaging.slc import extract
+from imagectl.imaging.slc.extract import UnsafeArchiveError
+from imagectl.imaging.slc.seed import unpack
 from tests import hostile_yum
 from tests.hostile_yum import DIR, LNK, MTIME, REG, Decl, Member, change, declare, write_rpm
 from tests.test_slc_unpack import snapshot

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imagectl.build.matrix import runner_for
-from imagectl.build.plan import host_machine, targets
+from imagectl.imaging.matrix import runner_for
+from imagectl.imaging.plan import host_machine, targets
 from imagectl.recipe.model import load_recipe
 from tests.conftest import REPO, CliResult
 from tests.test_build_fake import fake_dib as fake_dib  # the stand-in disk-image-create (a fixture)

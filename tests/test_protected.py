@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from imagectl.build import boottest
 from imagectl.catalogue.keys import KeyRing
 from imagectl.catalogue.model import ImageRecord, utcnow
 from imagectl.catalogue.state import load_state
 from imagectl.errors import InvalidInputError
+from imagectl.imaging import boottest
 from tests.conftest import EXPIRY, Catalogue, CliResult, sha256
 from tests.test_boottest import FAKE_QEMU, GOOD
 from tests.test_build_fake import DEMO, FAKE

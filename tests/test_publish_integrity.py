@@ -276,7 +276,7 @@ def test_recipe_file_sources_stay_inside_the_recipe_directory(cli: Callable[...,
 
 
 def test_recipe_source_swapped_for_a_symlink_after_validation_is_refused_at_build(tmp_path: Path) -> None:
-    from imagectl.build.configscript import script_text
+    from imagectl.imaging.configscript import script_text
     from imagectl.recipe.model import load_recipe
 
     d = tmp_path / "r"

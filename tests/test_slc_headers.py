@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from imagectl.build.slc import bootstrap, headers
-from imagectl.build.slc import repo as repo_mod
-from imagectl.build.slc import seed as seed_mod
-from imagectl.build.slc.evr import EVR
-from imagectl.build.slc.headers import HeaderMismatchError, HeadersRepository, header_difference, parse_header_info
-from imagectl.build.slc.repo import RepoMetadataError, resolve
-from imagectl.build.slc.rpmfile import read_layout
+from imagectl.imaging.slc import bootstrap, headers
+from imagectl.imaging.slc import repo as repo_mod
+from imagectl.imaging.slc import seed as seed_mod
+from imagectl.imaging.slc.evr import EVR
+from imagectl.imaging.slc.headers import HeaderMismatchError, HeadersRepository, header_difference, parse_header_info
+from imagectl.imaging.slc.repo import RepoMetadataError, resolve
+from imagectl.imaging.slc.rpmfile import read_layout
 from tests import test_slc_repo
 from tests.hostile_yum import REG, Member, write_rpm
 from tests.httpserver import TestHTTPServer

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from imagectl.build.slc import bootloader, bootstrap
-from imagectl.build.slc import seed as seed_mod
-from imagectl.build.slc.evr import EVR, compare_evr, rpmvercmp
-from imagectl.build.slc.repo import (
+from imagectl.errors import ImagectlError, InvalidInputError, NotFoundError
+from imagectl.imaging.slc import bootloader, bootstrap
+from imagectl.imaging.slc import seed as seed_mod
+from imagectl.imaging.slc.evr import EVR, compare_evr, rpmvercmp
+from imagectl.imaging.slc.repo import (
     Package,
     RepoMetadataError,
     UnknownPackageError,
@@ -34,10 +35,9 @@ from imagectl.build.slc.repo import (
     parse_repomd,
     resolve,
 )
-from imagectl.build.slc.rpmfile import write_payload
-from imagectl.build.slc.rpmsig import PinnedKeys
-from imagectl.build.slc.seed import unpack
-from imagectl.errors import ImagectlError, InvalidInputError, NotFoundError
+from imagectl.imaging.slc.rpmfile import write_payload
+from imagectl.imaging.slc.rpmsig import PinnedKeys
+from imagectl.imaging.slc.seed import unpack
 from tests.conftest import require_tools, unavailable
 from tests.hostile_yum import GpgKey, need_tools
 from tests.httpserver import Fault, TestHTTPServer

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from imagectl.build.plan import plan_dib, targets
-from imagectl.build.slc import bootstrap
-from imagectl.build.slc import seed as seed_mod
-from imagectl.build.slc.extract import UnsafeArchiveError
-from imagectl.build.slc.repo import YumRepository
-from imagectl.build.slc.rpmfile import RpmFormatError, write_payload
-from imagectl.build.slc.rpmsig import PinnedKeys, SignatureError
-from imagectl.build.slc.seed import unpack
+from imagectl.imaging.plan import plan_dib, targets
+from imagectl.imaging.slc import bootstrap
+from imagectl.imaging.slc import seed as seed_mod
+from imagectl.imaging.slc.extract import UnsafeArchiveError
+from imagectl.imaging.slc.repo import YumRepository
+from imagectl.imaging.slc.rpmfile import RpmFormatError, write_payload
+from imagectl.imaging.slc.rpmsig import PinnedKeys, SignatureError
+from imagectl.imaging.slc.seed import unpack
 from imagectl.recipe.model import load_recipe
 from imagectl.recipe.schema import RecipeError
 from tests.hostile_yum import (

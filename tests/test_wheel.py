@@ -74,7 +74,7 @@ def test_elements_and_shims_are_in_the_wheel_with_their_modes(installed: tuple[P
     tmp, env = installed
     code = (
         "import json\n"
-        "from imagectl.build.elements import elements_paths\n"
+        "from imagectl.imaging.elements import elements_paths\n"
         "from imagectl.recipe.model import load_recipe\n"
         "from imagectl.resources import hostcompat_dir, shipped_recipes\n"
         "r = load_recipe(shipped_recipes()['slc6-worker'])\n"

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from imagectl.build.builder import startup_cause
-from imagectl.build.configscript import worker_files
-from imagectl.build.context import context_script, make_context_iso, parse_assignments
-from imagectl.build.elements import check_elements
-from imagectl.build.plan import BuildTarget, plan_dib
 from imagectl.errors import InvalidInputError
+from imagectl.imaging.builder import startup_cause
+from imagectl.imaging.configscript import worker_files
+from imagectl.imaging.context import context_script, make_context_iso, parse_assignments
+from imagectl.imaging.elements import check_elements
+from imagectl.imaging.plan import BuildTarget, plan_dib
 from imagectl.recipe.model import load_recipe
 from tests.conftest import REPO, CliResult, require_tools
 
@@ -335,7 +335,7 @@ def test_shipped_elements_are_executable() -> None:
 
 def test_an_elements_own_error_line_is_the_cause(tmp_path: Path) -> None:
     """Our element helpers report like the CLI (``imagectl: error: …``); the build's one-line error quotes it."""
-    from imagectl.build.builder import element_error
+    from imagectl.imaging.builder import element_error
 
     log = tmp_path / "build.log"
     log.write_text(

@@ -8,7 +8,7 @@
   live next to it on the EFI system partition.
 
 The text is generated here so that it is unit-testable; the ``slc-bootloader`` element calls
-``python3 -m imagectl.build.slc.bootloader`` outside the chroot (the target has only its own python 2).
+``python3 -m imagectl.imaging.slc.bootloader`` outside the chroot (the target has only its own python 2).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagectl.build.slc.evr import rpmvercmp
 from imagectl.errors import ImagectlError, InvalidInputError, LocalIOError, NotFoundError, report
+from imagectl.imaging.slc.evr import rpmvercmp
 
 __all__ = [
     "Kernel",
@@ -248,7 +248,7 @@ def write_config(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m imagectl.build.slc.bootloader", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python3 -m imagectl.imaging.slc.bootloader", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("packages", "print the packages to install"), ("config", "write the configuration")):
         s = sub.add_parser(name, help=help_)

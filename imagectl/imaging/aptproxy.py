@@ -3,7 +3,7 @@
 diskimage-builder supports building through an HTTP proxy (``http_proxy`` goes to debootstrap; its ``dpkg``
 element writes ``Acquire::http::Proxy`` into the chroot and removes it before the image is finished), so the cache
 needs no bind mount, no device-mapper and no change to the image: every ``GET`` of a pool file the mirror's signed
-index lists is answered from :class:`~imagectl.build.pkgcache.PackageCache` when a file with exactly that SHA-256
+index lists is answered from :class:`~imagectl.imaging.pkgcache.PackageCache` when a file with exactly that SHA-256
 and size is there, else downloaded, checked against the index as it streams and stored. Bytes that do not match
 are refused (HTTP 502) and not stored; anything else (indexes, files the index does not list, other hosts) is
 passed through unchanged and not cached. Why a proxy rather than seeding ``/var/cache/apt/archives``: DIB's
@@ -36,10 +36,10 @@ from typing import Any
 
 import requests
 
-from imagectl.build.debindex import DEFAULT_KEYRING, DebianIndex, suites
-from imagectl.build.pkgcache import BaseCache, PackageCache
 from imagectl.errors import ImagectlError
 from imagectl.http import make_session
+from imagectl.imaging.debindex import DEFAULT_KEYRING, DebianIndex, suites
+from imagectl.imaging.pkgcache import BaseCache, PackageCache
 from imagectl.runner import tool_version
 from imagectl.urls import redact
 

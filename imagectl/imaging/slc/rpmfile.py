@@ -4,7 +4,7 @@ of the payload's "newc" cpio archive with their data.
 Why not the ``rpm2cpio`` program: it writes the archive to stdout only, and :func:`imagectl.runner.run` streams a
 child's output as text to a log, not as bytes to a file; running it under a shell redirect is what the project
 forbids. Why read the archive here rather than with ``cpio``: the code that checks a member's name must be the code
-that writes it (see :mod:`imagectl.build.slc.extract`), so each member is given exactly as stored: raw name bytes,
+that writes it (see :mod:`imagectl.imaging.slc.extract`), so each member is given exactly as stored: raw name bytes,
 type, ids, link count, inode and where its data lies.
 
 The layout (rpm's "lead", signature header, header, payload) follows rpm's file format documentation; every size

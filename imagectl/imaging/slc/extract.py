@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from imagectl.build.slc.rpmfile import (
+from imagectl.errors import ImagectlError, LocalIOError
+from imagectl.imaging.slc.rpmfile import (
     FILE_GHOST,
     MAX_NAME,
     CpioMember,
@@ -57,7 +58,6 @@ from imagectl.build.slc.rpmfile import (
     read_layout,
     write_payload,
 )
-from imagectl.errors import ImagectlError, LocalIOError
 
 __all__ = ["MAX_LINK_HOPS", "UnsafeArchiveError", "extract_rpm"]
 

@@ -12,7 +12,7 @@ depth), register the seed (``rpm -i --justdb --nodeps --noscripts``), ``ldconfig
 rest. ``--stage2`` performs stage 2 (as root, through the one subprocess wrapper);
 otherwise its commands are printed, one per line, for a person or another tool to run.
 
-Usage: ``python3 -m imagectl.build.slc.bootstrap --release 6 --arch x86_64 --target DIR --gpg-key FILE [...]
+Usage: ``python3 -m imagectl.imaging.slc.bootstrap --release 6 --arch x86_64 --target DIR --gpg-key FILE [...]
 [--mirror URL] [--repo NAME=URL ...] [--install PKG ...] [--hypervisor hvm|xen-pv] [--cache DIR] [--stage2]``
 """
 
@@ -34,9 +34,12 @@ from pathlib import Path
 
 import requests
 
-from imagectl.build.slc.bootloader import packages as boot_packages
-from imagectl.build.slc.headers import RPM_MAX, HeadersRepository
-from imagectl.build.slc.repo import (
+from imagectl.errors import DownloadError, ImagectlError, InvalidInputError, KeyProblemError, LocalIOError, report
+from imagectl.fsio import read_regular
+from imagectl.http import make_session, safe_url
+from imagectl.imaging.slc.bootloader import packages as boot_packages
+from imagectl.imaging.slc.headers import RPM_MAX, HeadersRepository
+from imagectl.imaging.slc.repo import (
     NO_REPOSITORY_HINT,
     MissingFileError,
     Package,
@@ -44,11 +47,8 @@ from imagectl.build.slc.repo import (
     YumRepository,
     resolve,
 )
-from imagectl.build.slc.rpmsig import PinnedKeys, SignatureError
-from imagectl.build.slc.seed import AFTER, SEEDS, unpack
-from imagectl.errors import DownloadError, ImagectlError, InvalidInputError, KeyProblemError, LocalIOError, report
-from imagectl.fsio import read_regular
-from imagectl.http import make_session, safe_url
+from imagectl.imaging.slc.rpmsig import PinnedKeys, SignatureError
+from imagectl.imaging.slc.seed import AFTER, SEEDS, unpack
 from imagectl.recipe.model import RELEASES
 from imagectl.runner import run
 
@@ -218,7 +218,7 @@ def stage1(
     Seed packages come from the release's ``os`` repository and the ``extra_repos`` (the best arch, then the
     newest version, wins). Every package must be signed by one of ``gpg_keys`` (public key files); all are
     downloaded and verified before the first is unpacked (a headers/ repository's package also against its .hdr:
-    see :mod:`imagectl.build.slc.headers`). Raises KeyProblemError (no key given, or a key file gpg cannot read;
+    see :mod:`imagectl.imaging.slc.headers`). Raises KeyProblemError (no key given, or a key file gpg cannot read;
     before any download), DownloadError (mirror unreachable, HTTP errors, neither repodata/ nor headers/),
     RepoMetadataError, UnknownPackageError (a seed name the repositories lack, with close names),
     ChecksumMismatchError, HeaderMismatchError and SignatureError (nothing of that package is kept or unpacked),
@@ -408,7 +408,7 @@ def _repo_arg(value: str) -> tuple[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python3 -m imagectl.build.slc.bootstrap", description=(__doc__ or "").split("\n")[0]
+        prog="python3 -m imagectl.imaging.slc.bootstrap", description=(__doc__ or "").split("\n")[0]
     )
     p.add_argument("--release", required=True, choices=sorted(SEEDS))
     p.add_argument("--arch", required=True)

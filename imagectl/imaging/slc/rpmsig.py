@@ -8,7 +8,7 @@ payload. Each signature found is checked with GnuPG's ``gpgv`` against a keyring
 least one must be there. A key that its key file revokes counts for nothing; an expired one still counts (the
 packages of an ended release were signed while it was valid). When only the header is signed, the payload is
 bound to it through the header's ``PAYLOADDIGEST`` (rpm >= 4.14), checked here, or else through the header's
-per-file digests, which :mod:`imagectl.build.slc.extract` checks for every file it writes.
+per-file digests, which :mod:`imagectl.imaging.slc.extract` checks for every file it writes.
 
 Why gpgv rather than the host's ``rpmkeys --checksig``: an unsigned package passes ``rpmkeys -K`` ("digests OK"),
 and newer rpm (the Sequoia backend) refuses SHA-1 signatures, which is what every SLC package carries. What was
@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from imagectl.build.slc.rpmfile import (
+from imagectl.errors import ImageMismatchError, KeyProblemError
+from imagectl.imaging.slc.rpmfile import (
     CHUNK,
     DIGEST_ALGOS,
     TAG_PAYLOADDIGEST,
@@ -40,7 +41,6 @@ from imagectl.build.slc.rpmfile import (
     file_entries,
     read_layout,
 )
-from imagectl.errors import ImageMismatchError, KeyProblemError
 from imagectl.runner import run
 
 __all__ = ["KEY_MAX", "PinnedKeys", "SignatureError", "Verified"]

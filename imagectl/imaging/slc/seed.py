@@ -4,7 +4,7 @@ A seed is what the target's own ``rpm`` and ``yum`` need to *run* inside the chr
 seed in an rpm database of the target's format and lets yum install everything else). It is not a dependency
 closure: declared dependencies that are not needed to run (``pygpgme`` for yum 3, documentation, scriptlet
 helpers) are left to stage 2's yum, listed in :data:`AFTER`. Names follow each era's RHEL packaging; a name that
-a mirror lacks fails fast with the closest names the mirror has (see :func:`imagectl.build.slc.repo.resolve`).
+a mirror lacks fails fast with the closest names the mirror has (see :func:`imagectl.imaging.slc.repo.resolve`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from imagectl.build.slc.extract import UnsafeArchiveError, extract_rpm
 from imagectl.errors import LocalIOError
+from imagectl.imaging.slc.extract import UnsafeArchiveError, extract_rpm
 
 __all__ = ["AFTER", "SEEDS", "UnsafeArchiveError", "unpack"]
 
@@ -194,7 +194,7 @@ AFTER: dict[str, tuple[str, ...]] = {
 def unpack(packages: Iterable[Path], target: Path, *, tmp_dir: Path | None = None) -> None:
     """Unpack each .rpm's files into ``target`` (created if missing), as ``rpm2cpio PKG | cpio -idmu`` would, but
     checked against each package's header and written relative to an open descriptor of ``target`` that no
-    member can leave (see :mod:`imagectl.build.slc.extract` for what is refused and the symlink policy).
+    member can leave (see :mod:`imagectl.imaging.slc.extract` for what is refused and the symlink policy).
 
     No rpm database is written: that is stage 2's job, done by the target's own rpm. Raises UnsafeArchiveError
     (exit 11) naming the package and the member, before anything of that package is written; RpmFormatError for

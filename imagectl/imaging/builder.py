@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from imagectl import __version__
-from imagectl.build import hostcompat
-from imagectl.build.aptproxy import DebianPackageCache
-from imagectl.build.configscript import write_config
-from imagectl.build.elements import check_elements, dib_elements_dir, elements_paths
-from imagectl.build.plan import BuildTarget, DibInvocation, check_host, plan_dib, targets
 from imagectl.errors import LocalIOError, ToolError, ToolMissingError
+from imagectl.imaging import hostcompat
+from imagectl.imaging.aptproxy import DebianPackageCache
+from imagectl.imaging.configscript import write_config
+from imagectl.imaging.elements import check_elements, dib_elements_dir, elements_paths
+from imagectl.imaging.plan import BuildTarget, DibInvocation, check_host, plan_dib, targets
 from imagectl.recipe.model import Recipe
 from imagectl.recipe.schema import RecipeError
 from imagectl.runner import run, tool_version

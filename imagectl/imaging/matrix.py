@@ -1,7 +1,7 @@
 """``imagectl plan``: the build matrix a CI pipeline fans out, one entry per (recipe, arch, hypervisor).
 
 Nothing is built. Each entry carries the build key ``imagectl build`` would compute (the same function,
-:func:`imagectl.build.builder.target_key`), whether the build cache already holds that build, and the runner it
+:func:`imagectl.imaging.builder.target_key`), whether the build cache already holds that build, and the runner it
 needs. Unlike ``build``, the plan lists arches this host cannot build: a pipeline sends those jobs elsewhere.
 
 Runner tags are a convention CI templates and runner registrations share: every job carries ``imagectl`` and the
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagectl.build.builder import dib_version, is_cached, target_key
-from imagectl.build.elements import check_elements, elements_paths
-from imagectl.build.plan import BuildTarget, buildable_arches, host_machine, targets
 from imagectl.errors import InvalidInputError
+from imagectl.imaging.builder import dib_version, is_cached, target_key
+from imagectl.imaging.elements import check_elements, elements_paths
+from imagectl.imaging.plan import BuildTarget, buildable_arches, host_machine, targets
 from imagectl.recipe.model import Recipe
 from imagectl.recipe.schema import RecipeError
 

@@ -18,7 +18,7 @@ Trust: neither file is signed, and header.info carries no checksums. A package i
   header (:func:`header_difference`). So a tampered .hdr, or a header.info line pointing at another package (an
   older signed build, say), is refused with the package's name (exit 11) and nothing of it is kept;
 - and, checked by stage 1 before anything is unpacked, its OpenPGP signatures verify against the recipe's pinned
-  keys (:mod:`imagectl.build.slc.rpmsig`). Authenticity comes from there alone: a hostile mirror controls both the
+  keys (:mod:`imagectl.imaging.slc.rpmsig`). Authenticity comes from there alone: a hostile mirror controls both the
   .hdr and the .rpm, so the header check binds the choice to the package, it does not prove who built it.
 
 Bounds: header.info at most :data:`HEADER_INFO_MAX` bytes, a .hdr :data:`HDR_MAX` as served and
@@ -44,11 +44,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from imagectl.build.slc.evr import EVR
-from imagectl.build.slc.repo import Package, RepoMetadataError, RepositoryReader, _check_href, _join, _remove_empty
-from imagectl.build.slc.rpmfile import RpmFormatError, read_layout
 from imagectl.errors import DownloadError, ImagectlError, ImageMismatchError, LocalIOError
 from imagectl.http import safe_url
+from imagectl.imaging.slc.evr import EVR
+from imagectl.imaging.slc.repo import Package, RepoMetadataError, RepositoryReader, _check_href, _join, _remove_empty
+from imagectl.imaging.slc.rpmfile import RpmFormatError, read_layout
 
 __all__ = [
     "HDR_MAX",
@@ -238,7 +238,7 @@ def _gunzip(raw: bytes, what: str) -> bytes:
 class HeadersRepository(RepositoryReader):
     """One yum 2.0 repository at ``url`` (the directory that holds ``headers/``), read through one HTTP session.
 
-    Same interface as :class:`imagectl.build.slc.repo.YumRepository` for stage 1: :meth:`packages` lists what
+    Same interface as :class:`imagectl.imaging.slc.repo.YumRepository` for stage 1: :meth:`packages` lists what
     header.info names (no size, no checksum), :meth:`download` fetches a package's .hdr and .rpm and returns the
     .rpm once the two agree and match the header.info line (see the module's docstring).
     """

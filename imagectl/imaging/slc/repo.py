@@ -1,6 +1,6 @@
 """Read a yum repository (``repodata/repomd.xml`` and its primary metadata) and fetch verified packages from it.
 
-This is stage 1 of the SLC bootstrap (see :mod:`imagectl.build.slc.bootstrap`): the host's rpm cannot write the
+This is stage 1 of the SLC bootstrap (see :mod:`imagectl.imaging.slc.bootstrap`): the host's rpm cannot write the
 Berkeley-DB database SLC <= 6 reads, so we read the metadata ourselves, pick the seed packages and fetch them.
 Every byte goes through the project's one HTTP session, bounded by the size the metadata declares and hashed while
 it streams (sha256, or sha1 ``sha``/md5 in the old SLC 3/4 repositories). Packages land in a cache keyed by their
@@ -9,7 +9,7 @@ checksum, written atomically, so a second run downloads only ``repomd.xml``.
 Trust: ``repomd.xml`` -> primary -> package checksums form a chain, so a package cannot change without the
 repomd.xml changing; but repomd.xml itself is unsigned (as it was in the SLC era), so authenticity comes from the
 packages' GPG signatures, which stage 1 checks against the recipe's pinned keys before unpacking anything
-(:mod:`imagectl.build.slc.rpmsig`) and stage 2 checks again with the release's keys (``rpm -K``).
+(:mod:`imagectl.imaging.slc.rpmsig`) and stage 2 checks again with the release's keys (``rpm -K``).
 
 Transport: an ``http://`` repository is tried once over https (:meth:`YumRepository.prefer_https`) and read over
 https when that answers, so a mirror that offers TLS is never read in the clear; one that does not is read over
@@ -40,7 +40,6 @@ from typing import IO, ClassVar, Protocol
 import requests
 import urllib3.exceptions
 
-from imagectl.build.slc.evr import EVR
 from imagectl.errors import (
     DownloadError,
     ImagectlError,
@@ -50,6 +49,7 @@ from imagectl.errors import (
     NotFoundError,
 )
 from imagectl.http import make_session, safe_url
+from imagectl.imaging.slc.evr import EVR
 from imagectl.store.base import Pace, paced
 
 __all__ = [
