@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from imagectl.families import FAMILIES, Family
 from imagectl.recipe.model import Recipe
 
 __all__ = ["write_config"]
@@ -63,7 +64,7 @@ def _users(users: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _network(net: dict[str, Any]) -> list[str]:
+def _network(net: dict[str, Any], family: Family) -> list[str]:
     out: list[str] = []
     iface = net.get("interface", "eth0")
     if net.get("hostname"):
@@ -74,31 +75,10 @@ def _network(net: dict[str, Any]) -> list[str]:
         )
     for host, addr in sorted(net.get("hosts", {}).items()):
         out.append(f"grep -q {q(f' {host}$')} /etc/hosts || printf '%s %s\\n' {q(addr)} {q(host)} >> /etc/hosts")
-    static = net.get("mode") == "static"
-    rh = ["DEVICE=" + iface, "ONBOOT=yes"]
-    deb = [f"auto {iface}"]
-    if static:
-        ip, prefix = net["address"].split("/")
-        rh += ["BOOTPROTO=static", f"IPADDR={ip}", f"PREFIX={prefix}"]
-        deb += [f"iface {iface} inet static", f"    address {net['address']}"]
-        if net.get("gateway"):
-            rh.append(f"GATEWAY={net['gateway']}")
-            deb.append(f"    gateway {net['gateway']}")
-        for i, dns in enumerate(net.get("dns", []), 1):
-            rh.append(f"DNS{i}={dns}")
-        if net.get("dns"):
-            out += _file("/etc/resolv.conf", "".join(f"nameserver {d}\n" for d in net["dns"]).encode())
-    else:
-        rh.append("BOOTPROTO=dhcp")
-        deb.append(f"iface {iface} inet dhcp")
-    rh_text = ("\n".join(rh) + "\n").encode()
-    deb_text = ("\n".join(deb) + "\n").encode()
-    out.append(
-        f"if [ -d /etc/sysconfig/network-scripts ]; then "
-        f"{' && '.join(_file(f'/etc/sysconfig/network-scripts/ifcfg-{iface}', rh_text))}; "
-        f"elif [ -d /etc/network/interfaces.d ]; then "
-        f"{' && '.join(_file(f'/etc/network/interfaces.d/{iface}', deb_text))}; fi"
-    )
+    if net.get("mode") == "static" and net.get("dns"):
+        out += _file("/etc/resolv.conf", "".join(f"nameserver {d}\n" for d in net["dns"]).encode())
+    path, text = family.interface_file(iface, net)  # the family knows where its network configuration lives
+    out += _file(path, text)
     return out
 
 
@@ -110,7 +90,7 @@ def script_text(recipe: Recipe) -> str:
     for f in d["files"]:
         data = f["content"].encode() if "content" in f else recipe.source_bytes(f["source"])
         lines += _file(f["path"], data, f.get("mode", "0644"))
-    lines += _network(d["network"])
+    lines += _network(d["network"], FAMILIES[recipe.release.family])
     return "\n".join(lines) + "\n"
 
 

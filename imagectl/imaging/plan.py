@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagectl.errors import UnsupportedHostError
+from imagectl.families import family
 from imagectl.recipe.model import Recipe
 
 __all__ = ["BuildTarget", "DibInvocation", "buildable_arches", "check_host", "plan_dib", "targets"]
@@ -22,7 +23,6 @@ _HOST_KIND = {
     "x86_64": "an x86_64 build host (VT-x), e.g. any amd64 CI runner",
     "i386": "an x86 build host (i386 or x86_64)",
 }
-_DIB_ARCH = {"debian": {"x86_64": "amd64", "i386": "i386"}, "slc": {"x86_64": "x86_64", "i386": "i386", "ia64": "ia64"}}
 
 
 def host_machine() -> str:
@@ -105,84 +105,34 @@ def plan_dib(
     element applies inside the image.
     """
     r = target.recipe
-    fam, rel = r.release.family, r.release.release
-    mirror = r.mirror()
+    fam = family(r.release.family)
     fmts = formats or list(r.data["formats"])
     base = output_dir / target.basename
     env = {
         "ELEMENTS_PATH": ":".join(str(p) for p in elements_path),
         "IMAGECTL_CONFIG_DIR": str(config_dir),
-        "DIB_RELEASE": r.release.codename or rel,
+        "DIB_RELEASE": r.release.codename or r.release.release,
     }
-    notes: list[str] = []
-    mkfs_options = ""  # disk-image-create --mkfs-options: extra mkfs flags for the root file system
-    packages = list(r.data["packages"])
-    if fam == "debian":
-        # imagectl-package-cache: packages and the base system from imagectl's verified cache (see its README)
-        elements = ["debian-minimal", "vm", "block-device-mbr", "imagectl-package-cache"]
-        env["DIB_DISTRIBUTION_MIRROR"] = mirror
-        env["DIB_APT_LOCAL_CACHE"] = "0"  # not DIB's shared apt cache: unverified, and emptied as a build starts
-        env["DIB_DEBIAN_SECURITY_MIRROR"] = mirror + "-security/"
-        if target.arch == "i386":
-            # debian-minimal maps a kernel package for amd64 and arm64 only; an i386 image needs one named.
-            packages.append("linux-image-686")
-            # deb.debian.org's bookworm-security i386 index fails apt's size check (seen 2026-11, every try);
-            # leave the security suite out for i386 so the build can finish, and say so in the build record.
-            env["DIB_APT_SOURCES_CONF"] = (
-                f"default:deb {mirror} {r.release.codename} main\n"
-                f"updates:deb {mirror} {r.release.codename}-updates main"
-            )
-            notes.append("i386: bookworm-security omitted (its i386 index on deb.debian.org fails apt's size check)")
-    else:
-        # Our own bootstrap (rinse-style) and era bootloader replace DIB's yum-minimal and grub2.
-        elements = [
-            "slc-bootstrap",
-            "slc-bootloader",
-            "block-device-efi" if target.arch == "ia64" else "block-device-mbr",
-        ]
-        env.update(
-            {
-                "IMAGECTL_SLC_MIRROR": mirror,
-                "IMAGECTL_SLC_RELEASE": rel,
-                "IMAGECTL_SLC_ARCH": target.arch,
-                "IMAGECTL_HYPERVISOR": target.hypervisor,
-                "IMAGECTL_SLC_REPOS": " ".join(
-                    f"{repo['name']}={repo['url'].replace('{arch}', target.arch)}" for repo in r.data["repositories"]
-                ),
-                # The pinned package signing keys, absolute and colon-separated (the recipe refuses ':' in them).
-                "IMAGECTL_SLC_GPG_KEYS": ":".join(
-                    str((r.path.parent / k).resolve()) for k in r.data.get("gpg_keys", [])
-                ),
-            }
-        )
-        if rel in ("3", "4", "5"):
-            env["FS_TYPE"] = "ext3"  # their kernels and legacy GRUB predate ext4
-            # GRUB 0.97 (slc-bootloader's menu.lst) and the 2.4 kernel of SLC 3 read only 128-byte ext2/3 inodes;
-            # mke2fs makes 256-byte ones by default. DIB has no variable for this: --mkfs-options becomes the
-            # block-device layer's root-fs-opts, the `opts` of its mkfs_root node (`mkfs -t ext3 -I 128 ...`).
-            mkfs_options = "-I 128"
-        env["IMAGECTL_PACKAGES"] = " ".join(packages)
-        packages = []  # installed by slc-bootstrap with the target's own yum, not by DIB's package-installs
-    elements.append("imagectl-config")
+    own = fam.dib(r.release, target.arch, target.hypervisor, r, r.mirror())
+    env.update(own.env)
+    elements = [*own.elements, "imagectl-config"]
     if r.data.get("batch"):
         elements.append("batch-worker")  # the recipe's batch: and the node's context at boot
     elements += [e for e in r.data["elements"] if e not in elements]
     argv = [
         "disk-image-create",
         "-a",
-        _DIB_ARCH[fam][target.arch],
+        fam.dib_arch[target.arch],
         "-o",
         str(base),
         "-t",
         ",".join(fmts),
         "--image-size",
         _image_size_gb(r.data["disk_size"]),
+        *own.argv,
     ]
-    if mkfs_options:
-        argv += ["--mkfs-options", mkfs_options]
-    if fam == "slc":
-        argv.append("-n")  # no DIB 'base' element: it expects install-packages and dib-init-system in the chroot
-    if packages:
-        argv += ["-p", ",".join(packages)]
+    if own.packages:
+        argv += ["-p", ",".join(own.packages)]
     argv += elements
+    notes = list(own.notes)
     return DibInvocation(target, argv, env, elements, base, fmts, notes)

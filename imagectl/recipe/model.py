@@ -23,6 +23,7 @@ from typing import Any
 
 from imagectl.catalogue.model import FORMATS as CATALOGUE_FORMATS
 from imagectl.errors import InvalidInputError
+from imagectl.families import ARCHITECTURES, FAMILIES, HYPERVISORS, RELEASES, Release
 from imagectl.fsio import read_regular
 from imagectl.recipe.schema import Bool, Int, List, Map, RecipeError, Str, Table, validate
 from imagectl.recipe.yamlpos import Located, load_located
@@ -33,41 +34,6 @@ _NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
 _URL = r"(https?|file)://\S+"
 _SIZE = r"[1-9][0-9]*(\.[0-9]+)?[MG]"
 
-
-@dataclass(frozen=True)
-class Release:
-    """What imagectl knows about one OS release: where its packages come from and what it runs on."""
-
-    family: str
-    release: str
-    arches: tuple[str, ...]
-    mirror: str  # default mirror; a recipe's `mirror:` or IMAGECTL_MIRROR_<FAMILY><RELEASE> overrides it
-    repo_path: str  # appended to the mirror: the yum/apt repository of one arch ({arch} is substituted)
-    codename: str = ""
-
-    @property
-    def env(self) -> str:
-        return f"IMAGECTL_MIRROR_{self.family.upper()}{self.release}"
-
-
-RELEASES: dict[tuple[str, str], Release] = {
-    ("debian", "12"): Release(
-        "debian", "12", ("x86_64", "i386"), "http://deb.debian.org/debian", "", codename="bookworm"
-    ),
-    # SLC: CERN's rebuild of RHEL; linuxsoft.cern.ch kept one tree per release and arch.
-    ("slc", "3"): Release(
-        "slc", "3", ("i386", "x86_64", "ia64"), "https://linuxsoft.cern.ch/cern/slc30X", "{arch}/yum/os"
-    ),
-    ("slc", "4"): Release(
-        "slc", "4", ("i386", "x86_64", "ia64"), "https://linuxsoft.cern.ch/cern/slc4X", "{arch}/yum/os"
-    ),
-    ("slc", "5"): Release(
-        "slc", "5", ("i386", "x86_64", "ia64"), "https://linuxsoft.cern.ch/cern/slc5X", "{arch}/yum/os"
-    ),
-    ("slc", "6"): Release(
-        "slc", "6", ("i386", "x86_64", "ia64"), "https://linuxsoft.cern.ch/cern/slc6X", "{arch}/yum/os"
-    ),
-}
 
 RECIPE_FORMATS = ("qcow2", "raw", "vmdk", "vhd", "tar")
 BATCH_SYSTEMS = ("pbs", "lsf", "slurm", "htcondor")
@@ -91,18 +57,18 @@ RECIPE_SCHEMA = Map(
             required=("family", "release"),
             doc="operating system",
             fields={
-                "family": Str(enum=("slc", "debian"), doc="slc or debian"),
+                "family": Str(enum=tuple(FAMILIES), doc=" or ".join(FAMILIES)),
                 "release": Str(
                     numbers_ok=True,
                     pattern=r"[0-9]+",
                     rule="a release number (e.g. 6)",
-                    doc="3, 4, 5, 6 for slc; 12 for debian",
+                    doc="; ".join(f"{', '.join(f.releases)} for {n}" for n, f in FAMILIES.items()),
                 ),
             },
         ),
-        "architectures": List(Str(enum=("x86_64", "i386", "ia64")), min_items=1, unique=True, doc="x86_64, i386, ia64"),
+        "architectures": List(Str(enum=ARCHITECTURES), min_items=1, unique=True, doc=", ".join(ARCHITECTURES)),
         "hypervisors": List(
-            Str(enum=("hvm", "xen-pv")),
+            Str(enum=HYPERVISORS),
             min_items=1,
             unique=True,
             doc="hvm (fully virtualised, default) and/or xen-pv (paravirtualised)",
@@ -235,7 +201,7 @@ class Recipe:
 
     @property
     def release(self) -> Release:
-        return RELEASES[(self.data["os"]["family"], self.data["os"]["release"])]
+        return FAMILIES[self.data["os"]["family"]].releases[self.data["os"]["release"]]
 
     @property
     def architectures(self) -> list[str]:
@@ -364,8 +330,9 @@ def _gpg_key_problems(data: dict[str, Any], loc: Located, base: Path) -> list[st
     (a recipe cannot pin whatever key file the build host happens to have), and only SLC builds use them."""
     keys = data.get("gpg_keys", [])
     out = []
-    if keys and data["os"]["family"] != "slc":
-        out.append(f"{loc.pos(('gpg_keys',))}: gpg_keys: only slc builds verify package signatures with them")
+    if keys and not FAMILIES[data["os"]["family"]].signs_packages_with_recipe_keys:
+        signing = " and ".join(n for n, f in FAMILIES.items() if f.signs_packages_with_recipe_keys)
+        out.append(f"{loc.pos(('gpg_keys',))}: gpg_keys: only {signing} builds verify package signatures with them")
     root = base.resolve()
     for i, key in enumerate(keys):
         where, path = f"{loc.pos(('gpg_keys', i))}: gpg_keys[{i}]", (base / key).resolve()
@@ -391,20 +358,19 @@ def load_recipe(path: str | Path) -> Recipe:
     validate(RECIPE_SCHEMA, loc)
     data = _normalise(data)
     fam, rel = data["os"]["family"], data["os"]["release"]
-    if (fam, rel) not in RELEASES:
-        known = ", ".join(r for f, r in RELEASES if f == fam)
+    if rel not in FAMILIES[fam].releases:
+        known = ", ".join(FAMILIES[fam].releases)
         raise RecipeError(
             [f"{loc.pos(('os', 'release'))}: os.release: {fam} {rel} is not supported (expected one of {known})"]
         )
-    release = RELEASES[(fam, rel)]
+    release = FAMILIES[fam].releases[rel]
     problems = [
         f"{loc.pos(('architectures', i))}: architectures[{i}]: {fam} {rel} has no {a} release "
         f"(expected one of {', '.join(release.arches)})"
         for i, a in enumerate(data["architectures"])
         if a not in release.arches
     ]
-    if fam == "debian" and "xen-pv" in data["hypervisors"]:
-        problems.append(f"{loc.pos(('hypervisors',))}: hypervisors: xen-pv images are built for slc only")
+    problems += FAMILIES[fam].recipe_problems(release, data, loc.pos)
     for i, f in enumerate(data["files"]):
         if ("content" in f) == ("source" in f):
             problems.append(f"{loc.pos(('files', i))}: files[{i}]: give exactly one of content or source")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagectl.errors import ImagectlError, InvalidInputError, LocalIOError, NotFoundError, report
+from imagectl.families import FAMILIES
 from imagectl.imaging.slc.evr import rpmvercmp
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 HYPERVISORS = ("hvm", "xen-pv")
-RELEASES = ("3", "4", "5", "6")
+RELEASES = tuple(FAMILIES["slc"].releases)  # the SLC releases imagectl builds
 EFI_DIR = "boot/efi/EFI/redhat"  # where RHEL-family ia64 kernels, initrds and elilo.conf live
 
 

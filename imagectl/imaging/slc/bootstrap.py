@@ -35,6 +35,7 @@ from pathlib import Path
 import requests
 
 from imagectl.errors import DownloadError, ImagectlError, InvalidInputError, KeyProblemError, LocalIOError, report
+from imagectl.families import RELEASES
 from imagectl.fsio import read_regular
 from imagectl.http import make_session, safe_url
 from imagectl.imaging.slc.bootloader import packages as boot_packages
@@ -49,7 +50,6 @@ from imagectl.imaging.slc.repo import (
 )
 from imagectl.imaging.slc.rpmsig import PinnedKeys, SignatureError
 from imagectl.imaging.slc.seed import AFTER, SEEDS, unpack
-from imagectl.recipe.model import RELEASES
 from imagectl.runner import run
 
 __all__ = [
