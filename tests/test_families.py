@@ -96,3 +96,13 @@ def test_each_family_writes_its_own_network_configuration() -> None:
     ]
     path, text = FAMILIES["slc"].interface_file("eth0", {"mode": "dhcp"})
     assert (path, text) == ("/etc/sysconfig/network-scripts/ifcfg-eth0", b"DEVICE=eth0\nONBOOT=yes\nBOOTPROTO=dhcp\n")
+
+
+def test_every_recipe_format_and_arch_is_one_the_catalogue_accepts() -> None:
+    from imagectl.catalogue.model import ARCHES, FORMATS
+    from imagectl.catalogue.model import HYPERVISORS as CATALOGUE_HYPERVISORS
+    from imagectl.recipe.model import RECIPE_FORMATS
+
+    assert set(RECIPE_FORMATS) <= set(FORMATS)
+    assert set(ARCHITECTURES) <= set(ARCHES)
+    assert set(HYPERVISORS) <= set(CATALOGUE_HYPERVISORS)

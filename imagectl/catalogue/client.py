@@ -30,8 +30,7 @@ from imagectl import __version__
 from imagectl.catalogue import bins, index, model
 from imagectl.catalogue.fetcher import StoreFetcher
 from imagectl.catalogue.metadata import ROOT_MAX, SNAPSHOT_MAX, TARGETS_MAX, TIMESTAMP_MAX, ValueCounter, parse_metadata
-from imagectl.catalogue.model import METADATA, ImageRecord, ImageRef
-from imagectl.catalogue.state import EXT
+from imagectl.catalogue.model import EXT, METADATA, ImageRecord, ImageRef
 from imagectl.errors import (
     CatalogueStateError,
     DownloadError,

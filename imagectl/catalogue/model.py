@@ -15,6 +15,7 @@ from imagectl.errors import InvalidInputError
 
 __all__ = [
     "ARCHES",
+    "EXT",
     "FORMATS",
     "HYPERVISORS",
     "ImageRecord",
@@ -46,6 +47,7 @@ _OS_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,31}")
 _TOKEN = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}")  # arch, format, hypervisor, os as read from a catalogue
 
 ROLE_PREFIX = "image-"
+EXT = "x-imagectl"  # signed, catalogue-specific fields of an image role: channels and revocations
 METADATA = "metadata/"
 BLOBS = "blobs/sha256/"
 TARGETS = "targets/"  # a stock TUF client's target base: consistent-snapshot target files (hard links of blobs)

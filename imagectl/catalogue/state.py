@@ -47,7 +47,7 @@ from imagectl.catalogue.metadata import (
     signed_file_bytes,
     verify_signatures,
 )
-from imagectl.catalogue.model import METADATA, ROLE_PREFIX, ImageRecord, role_for, utcnow
+from imagectl.catalogue.model import EXT, METADATA, ROLE_PREFIX, ImageRecord, role_for, utcnow
 from imagectl.errors import (
     CatalogueStateError,
     ConflictError,
@@ -60,7 +60,6 @@ __all__ = ["EXT", "CatalogueState", "CommitConflict", "load_state", "metadata_by
 T = TypeVar("T")
 
 _MAX_SKIPS = 1000  # versioned names a commit may find taken before giving up
-EXT = "x-imagectl"  # signed, catalogue-specific fields of an image role: channels and revocations
 
 
 def metadata_bytes(md: Metadata[Any]) -> bytes:

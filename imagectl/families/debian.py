@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from imagectl.families import DibPlan, Family, Release
+from imagectl.families.base import DibPlan, Family, Release
 
 if TYPE_CHECKING:
     from imagectl.recipe.model import Recipe

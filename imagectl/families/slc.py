@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from imagectl.families import HYPERVISORS, DibPlan, Family, Release
+from imagectl.families.base import HYPERVISORS, DibPlan, Family, Release
 
 if TYPE_CHECKING:
     from imagectl.recipe.model import Recipe

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagectl.catalogue.model import FORMATS as CATALOGUE_FORMATS
 from imagectl.errors import InvalidInputError
 from imagectl.families import ARCHITECTURES, FAMILIES, HYPERVISORS, RELEASES, Release
 from imagectl.fsio import read_regular
@@ -38,7 +37,6 @@ _SIZE = r"[1-9][0-9]*(\.[0-9]+)?[MG]"
 RECIPE_FORMATS = ("qcow2", "raw", "vmdk", "vhd", "tar")
 BATCH_SYSTEMS = ("pbs", "lsf", "slurm", "htcondor")
 SOURCE_MAX = 16 << 20  # bytes: a file a recipe adds to the image (it travels inside a generated script)
-assert set(RECIPE_FORMATS) <= set(CATALOGUE_FORMATS)
 
 RECIPE_SCHEMA = Map(
     doc="A recipe",
