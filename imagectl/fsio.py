@@ -3,23 +3,38 @@
 Every file imagectl reads that a user or another program handed it (a config file, a recipe, a pinned root, a key,
 a build record) goes through :func:`read_regular`: it is opened without blocking (a FIFO cannot hang us), must be a
 regular file (``/dev/zero`` cannot exhaust memory, a socket or device is refused) and is read up to a limit.
-Every file imagectl writes for others to read goes through :func:`atomic_write` or :func:`replacing`: the path
-holds the old bytes or the new ones, never a mix, and a failure leaves no temp file behind.
+Every file imagectl writes for others to read goes through :class:`AtomicFile` (or its wrappers
+:func:`atomic_write`, :func:`replacing` and :func:`copy_verified`): the path holds the old bytes or the new ones,
+never a mix, and a failure leaves no temp file behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
 
-from imagectl.errors import ImagectlError, LocalIOError
+from imagectl.errors import ImagectlError, ImageMismatchError, LocalIOError
 
-__all__ = ["Beneath", "SymlinkRefusedError", "atomic_write", "describe_mode", "read_regular", "replacing"]
+__all__ = [
+    "AtomicFile",
+    "Beneath",
+    "SymlinkRefusedError",
+    "atomic_write",
+    "copy_verified",
+    "describe_mode",
+    "read_regular",
+    "replacing",
+]
+
+_COPY_CHUNK = 4 << 20  # bytes per read when copying
 
 
 def describe_mode(mode: int) -> str:
@@ -83,66 +98,237 @@ def read_regular(
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, exclusive: bool = False, mode: int = 0o644) -> bool:
-    """Write ``data`` to ``path`` through a temp file in the same directory, fsync, then ``os.replace``.
+_NO_HARDLINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 
-    With ``exclusive`` the final step is ``os.link`` instead, which fails if ``path`` exists: an atomic
-    create-if-absent that never exposes a half-written file. Returns False when ``exclusive`` found the file.
-    Raises LocalIOError (disk full said plainly) on any failure; no temp file is left behind.
+
+class AtomicFile:
+    """A new file that appears at its destination whole or not at all; the one way imagectl writes a file others
+    read (a catalogue entry, an export, a cache entry, an output image).
+
+    The bytes go to a temp file beside the destination (``.NAME.RANDOM`` + ``suffix``, created ``O_EXCL |
+    O_NOFOLLOW``, with exactly ``mode`` whatever the umask). :meth:`commit` flushes and fsyncs it, then renames it
+    over the destination with ``os.replace`` (a symlink there is replaced, never written through) or, with
+    ``exclusive``, hard-links it there with ``os.link``, which never replaces an existing destination (not even a
+    dangling symlink); :attr:`created` says whether it made the destination. :meth:`discard` removes the temp file.
+    As a context manager it commits on a clean exit and discards on any exception, so no temp file outlives a
+    failure, whether ours or the caller's.
+
+    With ``dir_fd`` everything happens relative to that directory descriptor (duplicated: the caller may close its
+    own) and the destination is its entry ``name`` (default: the last component of ``dest``), so a caller that
+    walks a tree by descriptor never follows a symlink; ``dest`` is then only the path error messages show.
+    Without ``dir_fd`` the temp file is made in ``dest``'s parent directory, which must exist.
+
+    With ``link`` (a directory descriptor, or None for the working directory, and a name in it) the temp file is a
+    hard link to that existing file instead of a new one: nothing is written and ``mode`` is not applied (the inode
+    is shared). A file system that refuses the hard link (another mount, no hard links, too many links) raises its
+    OSError unchanged, so the caller can fall back to a copy.
+
+    Every other OSError, in creating, writing (in the ``with`` block too), syncing or renaming, becomes a one-line
+    LocalIOError naming ``dest`` (disk full said plainly), after the temp file is removed.
+    """
+
+    def __init__(
+        self,
+        dest: str | os.PathLike[str],
+        *,
+        mode: int = 0o644,
+        exclusive: bool = False,
+        dir_fd: int | None = None,
+        name: str | None = None,
+        suffix: str = ".tmp",
+        link: tuple[int | None, str] | None = None,
+    ) -> None:
+        self.dest = dest
+        self.exclusive = exclusive
+        self.created = False
+        self._file: BinaryIO | None = None
+        self._dir: int | None = None
+        self._temp_made = False
+        self._done = False
+        path = Path(dest)
+        base = name or path.name
+        temp = f".{base}.{secrets.token_hex(4)}{suffix}"
+        self.temp = temp if dir_fd is not None else str(path.parent / temp)
+        self._target = base if dir_fd is not None else str(path)
+        try:
+            if dir_fd is not None:
+                self._dir = os.dup(dir_fd)
+            if link is None:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(self.temp, flags, 0o600, dir_fd=self._dir)
+                self._temp_made = True
+                self._file = os.fdopen(fd, "wb")
+                os.fchmod(fd, mode)
+            else:
+                os.link(link[1], self.temp, src_dir_fd=link[0], dst_dir_fd=self._dir, follow_symlinks=False)
+                self._temp_made = True
+        except OSError as e:
+            self._release()
+            if link is not None and e.errno in _NO_HARDLINK:
+                raise
+            raise self._error(e) from e
+
+    @property
+    def file(self) -> BinaryIO:
+        """The temp file, open for writing (buffered: :meth:`commit` flushes it)."""
+        if self._file is None:
+            raise ValueError(f"the temp file for {self.dest} is a hard link, not open for writing")
+        return self._file
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Write ``data`` to the temp file; raises LocalIOError (disk full said plainly) if it cannot."""
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            raise self._error(e) from e
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def seal(self) -> None:
+        """Flush, fsync and close the temp file, for a caller that fills it by name (another program) or commits
+        a set of files together later. Raises LocalIOError (temp file removed) if that fails."""
+        try:
+            self._sync()
+        except OSError as e:
+            self._release()
+            raise self._error(e) from e
+
+    def commit(self) -> bool:
+        """Make the temp file the destination (replacing it, or with ``exclusive`` only where there is none);
+        returns :attr:`created`. Raises LocalIOError (temp file removed, destination untouched) on failure."""
+        if self._done:
+            return self.created
+        try:
+            self._sync()
+            if self.exclusive:
+                try:
+                    os.link(self.temp, self._target, src_dir_fd=self._dir, dst_dir_fd=self._dir, follow_symlinks=False)
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(self.temp, self._target, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+                self._temp_made = False
+            self.created = True
+            return True
+        except OSError as e:
+            raise self._error(e) from e
+        finally:
+            self._release()
+
+    def discard(self) -> None:
+        """Remove the temp file; the destination is left as it was."""
+        self._release()
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is None:
+            self.commit()
+            return
+        self._release()
+        if isinstance(exc, OSError):
+            raise self._error(exc) from exc
+
+    def _sync(self) -> None:
+        if self._file is not None and not self._file.closed:
+            with self._file:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+
+    def _release(self) -> None:
+        self._done = True
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        if self._temp_made:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp, dir_fd=self._dir)
+            self._temp_made = False
+        if self._dir is not None:
+            os.close(self._dir)
+            self._dir = None
+
+    def _error(self, e: OSError) -> LocalIOError:
+        if e.errno == errno.EISDIR:
+            return LocalIOError(f"cannot write {self.dest}: it is a directory")
+        return LocalIOError.from_os("write", self.dest, e)
+
+
+def atomic_write(path: Path, data: bytes, *, exclusive: bool = False, mode: int = 0o644) -> bool:
+    """Write ``data`` to ``path`` (its parent directories made as needed) through :class:`AtomicFile`.
+
+    Returns False when ``exclusive`` found ``path`` there (nothing written). Raises LocalIOError on any failure.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise LocalIOError.from_os("write", path, e) from e
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-        else:
-            os.replace(tmp, path)
-            tmp = ""
-        return True
-    except OSError as e:
-        raise LocalIOError.from_os("write", path, e) from e
-    finally:
-        if tmp:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+    with AtomicFile(path, mode=mode, exclusive=exclusive) as f:
+        f.write(data)
+    return f.created
 
 
 @contextlib.contextmanager
 def replacing(dest: Path, *, mode: int = 0o644, suffix: str = ".part") -> Iterator[str]:
-    """A temp file beside ``dest``, yielded by name; a clean exit makes it ``dest`` (``mode``, ``os.replace``),
-    anything else removes it: the destination holds the new bytes in full or is untouched.
+    """The name of an empty :class:`AtomicFile` temp file beside ``dest``, for a caller (or another program) that
+    fills it by name: a clean exit gives it ``mode`` and makes it ``dest``, anything else removes it.
 
-    Raises LocalIOError for an OSError in the block or the rename.
+    The caller fsyncs what it writes there. Raises LocalIOError for an OSError in the block or the rename.
     """
-    try:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix)
-    except OSError as e:
-        raise LocalIOError.from_os("write", dest, e) from None
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-        tmp = ""
-    except OSError as e:
-        if e.errno == errno.EISDIR:
-            raise LocalIOError(f"cannot write {dest}: it is a directory") from None
-        raise LocalIOError.from_os("write", dest, e) from None
-    finally:
-        if tmp:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+    with AtomicFile(dest, mode=mode, suffix=suffix) as f:
+        f.seal()
+        yield f.temp
+        os.chmod(f.temp, mode)
+
+
+def copy_verified(
+    src: str | os.PathLike[str] | BinaryIO,
+    dest: Path,
+    *,
+    sha256: str,
+    size: int | None = None,
+    mode: int = 0o644,
+    what: str | None = None,
+) -> int:
+    """Copy the bytes of ``src`` (a path, or a binary file open for reading) to ``dest`` through
+    :class:`AtomicFile`, hashing them on the way; ``dest`` appears only if they have SHA-256 ``sha256`` and (when
+    given) are exactly ``size`` bytes. Returns how many bytes were copied.
+
+    Why: a cached or downloaded file is re-verified as it is copied out, in the same single read, so bytes that
+    changed on disk are never handed on. Reading stops one byte past ``size``: an endless source cannot fill the
+    disk. Raises ImageMismatchError naming ``what`` (default: ``src``) when the bytes differ, LocalIOError when
+    ``src`` cannot be read or ``dest`` written; either way ``dest`` is untouched and no temp file is left.
+    """
+    shown = what or str(os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "the source"))
+    h = hashlib.sha256()
+    got = 0
+    with contextlib.ExitStack() as stack:
+        try:
+            fin = stack.enter_context(open(src, "rb")) if isinstance(src, (str, os.PathLike)) else src
+        except OSError as e:
+            raise LocalIOError.from_os("read", shown, e) from e
+        out = stack.enter_context(AtomicFile(dest, mode=mode))
+        limit = None if size is None else size + 1
+        while limit is None or got < limit:
+            try:
+                block = fin.read(_COPY_CHUNK if limit is None else min(_COPY_CHUNK, limit - got))
+            except OSError as e:
+                raise LocalIOError.from_os("read", shown, e) from e
+            if not block:
+                break
+            h.update(block)
+            got += len(block)
+            out.write(block)
+        if size is not None and got != size:
+            held = f"more than {size}" if got > size else str(got)
+            raise ImageMismatchError(f"{shown} holds {held} bytes, not the expected {size}; {dest} not written")
+        if h.hexdigest() != sha256:
+            raise ImageMismatchError(
+                f"{shown} has sha256 {h.hexdigest()}, not the expected {sha256}; {dest} not written"
+            )
+    return got
 
 
 class SymlinkRefusedError(LocalIOError):

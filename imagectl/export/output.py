@@ -10,14 +10,13 @@ refresh into a write elsewhere.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from imagectl.errors import LocalIOError
-from imagectl.fsio import Beneath, SymlinkRefusedError, describe_mode
+from imagectl.fsio import AtomicFile, Beneath, SymlinkRefusedError, describe_mode
 
 __all__ = ["check_output_dir", "check_output_file", "write_files"]
 
@@ -61,41 +60,23 @@ def write_files(root: Path, files: Mapping[str, bytes], *, remove: Sequence[str]
     """
     check_output_dir(root)
     tree = Beneath(root)
-    staged: list[tuple[str, str, str]] = []  # (parent, temp name, final name)
+    staged: list[tuple[str, str, str, AtomicFile]] = []  # (parent, rel, final name, sealed temp file)
     try:
         for rel, data in files.items():
             parent, name = tree.split(rel)
             with tree.dir(parent, create=True) as d:
                 _existing_ok(tree, d, rel, name)
-                tmp = f".{name}.{os.getpid()}.{len(staged)}.tmp"
-                try:
-                    fd = os.open(
-                        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d
-                    )
-                except OSError as e:
-                    raise LocalIOError.from_os("write", root / rel, e) from None
-                staged.append((parent, tmp, name))
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        os.fchmod(f.fileno(), mode)  # exactly ``mode``, whatever the umask
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                except OSError as e:
-                    raise LocalIOError.from_os("write", root / rel, e) from None
-        while staged:
-            parent, tmp, name = staged[0]
+                temp = AtomicFile(root / rel, mode=mode, dir_fd=d, name=name)
+                staged.append((parent, rel, name, temp))
+                temp.write(data)
+                temp.seal()
+        for parent, rel, name, temp in staged:
             with tree.dir(parent) as d:
-                _existing_ok(tree, d, f"{parent}/{name}" if parent else name, name)
-                try:
-                    os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
-                except OSError as e:
-                    raise LocalIOError.from_os("write", root / parent / name, e) from None
-            staged.pop(0)
+                _existing_ok(tree, d, rel, name)
+            temp.commit()
     finally:
-        for parent, tmp, _name in staged:
-            with contextlib.suppress(OSError), tree.dir(parent) as d:
-                os.unlink(tmp, dir_fd=d)
+        for *_, temp in staged:
+            temp.discard()
     for rel in remove:
         parent, name = tree.split(rel)
         try:

@@ -20,7 +20,8 @@ from tuf.api.metadata import Metadata, Timestamp
 from imagectl.catalogue import model
 from imagectl.catalogue.client import CatalogueReader, client_cache
 from imagectl.catalogue.model import ImageRecord, blob_key
-from imagectl.errors import DownloadError, ImageMismatchError, InvalidInputError, LocalIOError
+from imagectl.errors import DownloadError, ImageMismatchError, InvalidInputError
+from imagectl.fsio import AtomicFile
 
 __all__ = ["CatalogueView", "NameView", "newest_live", "public_base", "read_view", "verified_sha512"]
 
@@ -129,14 +130,8 @@ def verified_sha512(reader: CatalogueReader, rec: ImageRecord, cache: Path) -> s
                 "(tampered or damaged blob; not exported)"
             )
         digest = s512.hexdigest()
-        tmp = f".{rec.sha256}.{os.getpid()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=d)
-            with os.fdopen(fd, "w") as f:
-                f.write(digest + "\n")
-            os.replace(tmp, rec.sha256, src_dir_fd=d, dst_dir_fd=d)
-        except OSError as e:
-            raise LocalIOError.from_os("write", tree.root / rel / rec.sha256, e) from None
+        with AtomicFile(tree.root / rel / rec.sha256, mode=0o600, dir_fd=d, name=rec.sha256) as f:
+            f.write(f"{digest}\n".encode())
         return digest
 
 

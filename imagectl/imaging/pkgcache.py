@@ -23,13 +23,12 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from imagectl.errors import LocalIOError
-from imagectl.fsio import atomic_write
+from imagectl.fsio import AtomicFile, atomic_write
 
 __all__ = ["BaseCache", "PackageCache", "sha256_file"]
 
@@ -95,26 +94,22 @@ class PackageCache:
         """A temp file in the cache to write a download into, and a running SHA-256 of what was written (``h``).
         On a clean exit the file becomes the entry for ``sha256`` only if exactly ``size`` bytes hashing to it
         were written (else it is dropped); an existing entry is kept. Yields (file, hash)."""
-        self.path(sha256)
+        dest = self.path(sha256)
         try:
             self.objects.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.objects, prefix=".", suffix=".part")
         except OSError as e:
             raise LocalIOError.from_os("write", self.objects, e) from None
         h = hashlib.sha256()
+        f = AtomicFile(dest, mode=0o444, suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as f:
-                yield f, h
-                f.flush()
-                os.fsync(f.fileno())
-                written = f.tell()
+            yield f.file, h  # the caller's exceptions (requests' are OSErrors) pass through unchanged
+            written = f.file.tell()
+            f.seal()
             if written == size and h.hexdigest() == sha256:
-                os.chmod(tmp, 0o444)
                 with _locked(self.lock):
-                    os.replace(tmp, self.path(sha256))
+                    f.commit()
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            f.discard()
 
 
 class BaseCache:

@@ -8,18 +8,16 @@ dangling ``.lock``) is reported, never read through, written through or deleted 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
-import secrets
 import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from imagectl.errors import CatalogueStateError, ImagectlError, LocalIOError
-from imagectl.fsio import Beneath, SymlinkRefusedError, describe_mode
+from imagectl.fsio import AtomicFile, Beneath, SymlinkRefusedError, describe_mode
 from imagectl.store.base import CHUNK, ObjectEntry, ObjectMissingError, ObjectTooLargeError, RangeStream, Store
 from imagectl.store.digest import FileChangedError, FileDigest, Hasher
 
@@ -28,10 +26,6 @@ __all__ = ["LocalStore"]
 _io_error = LocalIOError.from_os
 Writer = Callable[[int], None]  # fills an open file descriptor
 TEMP_SUFFIX = ".tmp"  # temp files are ``.NAME.RANDOM.tmp`` beside their final name; gc removes stale ones
-
-
-def _temp_name(name: str) -> str:
-    return f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
 
 
 class LocalStore(Store):
@@ -108,37 +102,16 @@ class LocalStore(Store):
 
     # -- writing ------------------------------------------------------------------------------------------
     def _put(self, key: str, write: Writer, *, exclusive: bool, mode: int = 0o644) -> bool:
-        """Write a temp file beside ``key`` with ``write(fd)``, fsync it, then make it ``key``: ``os.link``
-        (create-if-absent; False if ``key`` exists) or ``os.replace``. No temp file outlives a failure."""
+        """Fill an :class:`AtomicFile` beside ``key`` with ``write(fd)`` and make it ``key``: create-if-absent with
+        ``exclusive`` (False if ``key`` exists), else replace. ``mode`` is exact: a catalogue is meant to be served,
+        readable by the web server's user. No temp file outlives a failure."""
         parent, name = self.tree.split(self._check(key))
-        with self.tree.dir(parent, create=True) as d:
-            tmp = _temp_name(name)
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d)
-            except OSError as e:
-                raise _io_error("write", self.root / key, e) from e
-            try:
-                try:
-                    os.fchmod(fd, mode)  # a catalogue is meant to be served: readable by the web server's user
-                    write(fd)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                if exclusive:
-                    try:
-                        os.link(tmp, name, src_dir_fd=d, dst_dir_fd=d, follow_symlinks=False)
-                    except FileExistsError:
-                        return False
-                else:
-                    os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
-                    tmp = ""
-                return True
-            except OSError as e:
-                raise _io_error("write", self.root / key, e) from e
-            finally:
-                if tmp:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp, dir_fd=d)
+        with (
+            self.tree.dir(parent, create=True) as d,
+            AtomicFile(self.root / key, mode=mode, exclusive=exclusive, dir_fd=d, name=name, suffix=TEMP_SUFFIX) as f,
+        ):
+            write(f.fileno())
+        return f.created
 
     def _put_bytes(self, key: str, data: bytes, *, exclusive: bool) -> bool:
         def write(fd: int) -> None:
@@ -281,26 +254,14 @@ class LocalStore(Store):
                 return False
             if st is not None and st.st_size == size and self._digest(key) == self._digest(blob):
                 return False  # a copy (a file system without hard links), and a good one
-            tmp = _temp_name(name)
             try:
-                os.link(bname, tmp, src_dir_fd=bdir, dst_dir_fd=d, follow_symlinks=False)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
-                    raise _io_error("link", self.root / key, e) from e
+                staged = AtomicFile(self.root / key, dir_fd=d, name=name, suffix=TEMP_SUFFIX, link=(bdir, bname))
+            except OSError:  # the file system refuses hard links here: AtomicFile raised the errno unchanged
                 return self._copy_blob(blob, key, size)
-            try:
-                # Touch the shared inode: blob and target file are referenced from now on, and gc (which goes by
-                # age) must not take an old orphan blob for garbage while the publish that reuses it commits.
-                with contextlib.suppress(OSError):
-                    os.utime(tmp, dir_fd=d, follow_symlinks=False)
-                os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
-                tmp = ""
-            except OSError as e:
-                raise _io_error("link", self.root / key, e) from e
-            finally:
-                if tmp:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp, dir_fd=d)
+            # Touch the shared inode: blob and target file are referenced from now on, and gc (which goes by age)
+            # must not take an old orphan blob for garbage while the publish that reuses it commits.
+            with staged, contextlib.suppress(OSError):
+                os.utime(staged.temp, dir_fd=d, follow_symlinks=False)
             return True
         raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagectl.errors import ImagectlError, InvalidInputError, LocalIOError, NotFoundError, report
 from imagectl.families import FAMILIES
+from imagectl.fsio import atomic_write
 from imagectl.imaging.slc.evr import rpmvercmp
 
 __all__ = [
@@ -187,16 +186,7 @@ def _check_args(root: str, console: str, extra: str, title: str) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o600)  # grub.conf may carry a password one day; RHEL ships it 0600
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode(), mode=0o600)  # grub.conf may carry a password one day; RHEL ships it 0600
 
 
 def _symlink(link: Path, to: str) -> None:

@@ -36,7 +36,7 @@ import requests
 
 from imagectl.errors import DownloadError, ImagectlError, InvalidInputError, KeyProblemError, LocalIOError, report
 from imagectl.families import RELEASES
-from imagectl.fsio import read_regular
+from imagectl.fsio import atomic_write, read_regular
 from imagectl.http import make_session, safe_url
 from imagectl.imaging.slc.bootloader import packages as boot_packages
 from imagectl.imaging.slc.headers import RPM_MAX, HeadersRepository
@@ -126,7 +126,7 @@ def _write_yum_config(target: Path, release: str, text: str) -> None:
     """yum >= 2.2 reads /etc/yum.repos.d; SLC 3's yum 2.0 only /etc/yum.conf, so there our block is appended
     (replacing an earlier one) after the release's own [main] section."""
     if release != "3":
-        _atomic_write(target / "etc/yum.repos.d/imagectl.repo", text)
+        atomic_write(target / "etc/yum.repos.d/imagectl.repo", text.encode())
         return
     conf = target / "etc/yum.conf"
     begin, end = "# >>> imagectl", "# <<< imagectl"
@@ -135,18 +135,7 @@ def _write_yum_config(target: Path, release: str, text: str) -> None:
     except OSError as e:
         raise LocalIOError(f"cannot read {conf}: {e.strerror}") from None
     old = re.sub(rf"\n?{begin}.*?{end}\n", "", old, flags=re.S)
-    _atomic_write(conf, f"{old.rstrip()}\n\n{begin}\n{text}{end}\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.imagectl")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise LocalIOError(f"cannot write {path}: {e.strerror}") from None
+    atomic_write(conf, f"{old.rstrip()}\n\n{begin}\n{text}{end}\n".encode())
 
 
 def open_repository(

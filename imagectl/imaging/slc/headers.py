@@ -35,16 +35,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import re
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from imagectl.errors import DownloadError, ImagectlError, ImageMismatchError, LocalIOError
+from imagectl.fsio import AtomicFile, atomic_write
 from imagectl.http import safe_url
 from imagectl.imaging.slc.evr import EVR
 from imagectl.imaging.slc.repo import Package, RepoMetadataError, RepositoryReader, _check_href, _join, _remove_empty
@@ -293,25 +292,20 @@ class HeadersRepository(RepositoryReader):
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise LocalIOError(f"cannot use cache directory {d}: {e.strerror}") from None
-        tmp: Path | None = None
         try:
             hdr = self._retrying(lambda: self._check_hdr(pkg, self._fetch_hdr(pkg)))
-            tmp, digest = self._retrying(lambda: self._fetch_rpm(pkg, d))
-            self._check_rpm(pkg, hdr, tmp, safe_url(pkg.url))
-            try:
-                _atomic_write(hdr_file, hdr)
-                _atomic_write(sum_file, f"{digest}\n".encode())
-                os.replace(tmp, rpm_file)
-            except OSError as e:
-                raise LocalIOError(f"cannot write {rpm_file}: {e.strerror}") from None
+            with AtomicFile(rpm_file, suffix=".part") as rpm:
+                digest = self._retrying(lambda: self._fetch_rpm(pkg, rpm))
+                rpm.seal()
+                self._check_rpm(pkg, hdr, Path(rpm.temp), safe_url(pkg.url))
+                atomic_write(hdr_file, hdr)
+                atomic_write(sum_file, f"{digest}\n".encode())
             return rpm_file
         except ImagectlError:
             for f in kept:
                 f.unlink(missing_ok=True)
             raise
         finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
             _remove_empty(d, self.cache)
 
     def discard(self, path: Path) -> None:
@@ -353,32 +347,21 @@ class HeadersRepository(RepositoryReader):
             raise HeaderMismatchError(f"{pkg.nevra}: {what} describes {other}, not what header.info lists; refused")
         return hdr
 
-    def _fetch_rpm(self, pkg: Package, d: Path) -> tuple[Path, str]:
-        """The .rpm of ``pkg`` in a temporary file in ``d`` (removed if the download fails), and its sha256."""
-        try:
-            fd, name = tempfile.mkstemp(dir=d, prefix=f".{pkg.filename}.", suffix=".part")
-        except OSError as e:
-            raise LocalIOError(f"cannot write to {d}: {e.strerror}") from None
-        tmp, n, h = Path(name), 0, hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in self._chunks(pkg.url):
-                    n += len(chunk)
-                    if n > RPM_MAX:
-                        raise HeaderMismatchError(
-                            f"{pkg.nevra}: {safe_url(pkg.url)} sent more than {RPM_MAX} bytes, the cap for a package "
-                            "whose size the repository does not declare; refused, nothing kept"
-                        )
-                    h.update(chunk)
-                    out.write(chunk)
-            tmp.chmod(0o644)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise LocalIOError(f"cannot write {tmp}: {e.strerror}") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return tmp, h.hexdigest()
+    def _fetch_rpm(self, pkg: Package, out: AtomicFile) -> str:
+        """Download the .rpm of ``pkg`` into ``out`` (emptied first: this may be a retry); its sha256."""
+        out.file.seek(0)
+        out.file.truncate()
+        n, h = 0, hashlib.sha256()
+        for chunk in self._chunks(pkg.url):
+            n += len(chunk)
+            if n > RPM_MAX:
+                raise HeaderMismatchError(
+                    f"{pkg.nevra}: {safe_url(pkg.url)} sent more than {RPM_MAX} bytes, the cap for a package "
+                    "whose size the repository does not declare; refused, nothing kept"
+                )
+            h.update(chunk)
+            out.write(chunk)
+        return h.hexdigest()
 
     def _check_rpm(self, pkg: Package, hdr: bytes, rpm: Path, shown: str) -> None:
         """Raise HeaderMismatchError unless the .rpm at ``rpm`` (from ``shown``) has ``hdr`` as its main header."""
@@ -422,15 +405,3 @@ def _read_bounded(path: Path) -> bytes:
     if len(data) > HDR_UNPACKED_MAX:
         raise HeaderMismatchError(f"cached {path} is larger than {HDR_UNPACKED_MAX} bytes")
     return data
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(name, 0o644)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise

@@ -29,7 +29,6 @@ import lzma
 import os
 import re
 import stat
-import tempfile
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
@@ -48,6 +47,7 @@ from imagectl.errors import (
     LocalIOError,
     NotFoundError,
 )
+from imagectl.fsio import AtomicFile
 from imagectl.http import make_session, safe_url
 from imagectl.imaging.slc.evr import EVR
 from imagectl.store.base import Pace, paced
@@ -585,20 +585,15 @@ class YumRepository(RepositoryReader):
         cap = METADATA_MAX if size is None else size
         h = hashlib.new(algo)
         n = 0
-        try:
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        except OSError as e:
-            raise LocalIOError(f"cannot write to {dest.parent}: {e.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in self._chunks(url):
-                    n += len(chunk)
-                    if n > cap:
-                        raise ChecksumMismatchError(
-                            f"{what}: {safe_url(url)} sent more than the declared {cap} bytes; refused"
-                        )
-                    h.update(chunk)
-                    out.write(chunk)
+        with AtomicFile(dest, suffix=".part") as out:
+            for chunk in self._chunks(url):
+                n += len(chunk)
+                if n > cap:
+                    raise ChecksumMismatchError(
+                        f"{what}: {safe_url(url)} sent more than the declared {cap} bytes; refused"
+                    )
+                h.update(chunk)
+                out.write(chunk)
             if size is not None and n < size:
                 raise DownloadError(f"{what}: {safe_url(url)} ended after {n} of {size} bytes")
             if h.hexdigest() != digest:
@@ -606,14 +601,6 @@ class YumRepository(RepositoryReader):
                     f"{what}: checksum mismatch: metadata says {ctype} {digest}, downloaded bytes have "
                     f"{h.hexdigest()} ({n} bytes from {safe_url(url)}); refused, nothing kept"
                 )
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-            tmp = ""
-        except OSError as e:
-            raise LocalIOError(f"cannot write {dest}: {e.strerror}") from None
-        finally:
-            if tmp:
-                Path(tmp).unlink(missing_ok=True)
 
 
 def _with_repo(p: Package, url: str) -> Package:
