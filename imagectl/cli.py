@@ -350,6 +350,7 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
         os=args.os,
         os_version=args.os_version,
         channel=args.channel,
+        parent=args.parent,
     )
     store = _store(cfg)
     res = publish(store, _keys(cfg), req, cfg.expiry_days(), hash_memo=cfg.cache_path / "file-digests")
@@ -368,8 +369,20 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.publish import promote
 
+    if (args.channel is None) == (args.rollback is None):
+        raise InvalidInputError("promote needs NAME:VERSION CHANNEL, or NAME --rollback CHANNEL")
     _before_change(args, cfg)
+    if args.rollback is not None:
+        from imagectl.catalogue.lifecycle import rollback
 
+        was, now = rollback(_store(cfg), _keys(cfg), args.ref, args.rollback, cfg.expiry_days())
+        emit(
+            args,
+            {"name": args.ref, "channel": args.rollback, "version": now, "previous": was or None},
+            f"{args.ref}@{args.rollback} -> {now} (rolled back from {was or 'nothing'})",
+        )
+        _after_change(args, cfg)
+        return 0
     before = promote(_store(cfg), _keys(cfg), args.ref, args.channel, cfg.expiry_days())
     emit(
         args,
@@ -405,15 +418,56 @@ def cmd_deprecate(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _when(text: str) -> Any:
+    """A time given on the command line: ISO 8601 date or date-time; without a zone, UTC."""
+    import datetime as dt
+
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInputError(f"--at {text!r} is not a date or time (e.g. 2027-01-31 or 2027-01-31T12:00Z)") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
 def cmd_revoke(args: argparse.Namespace, cfg: Config) -> int:
-    from imagectl.catalogue.publish import revoke
+    from imagectl.catalogue import lifecycle
+
+    if args.at is not None and args.cascade:
+        raise InvalidInputError("revoke --at and --cascade do not go together: schedule each version")
+    _before_change(args, cfg)
+    if args.at is not None:
+        when = lifecycle.schedule_revocation(
+            _store(cfg), _keys(cfg), args.ref, args.reason, _when(args.at), cfg.expiry_days()
+        )
+        emit(args, {"ref": args.ref, "at": when, "scheduled": True}, f"{args.ref} will be revoked at {when}")
+        _after_change(args, cfg)
+        return 0
+    revoked, dropped = lifecycle.revoke(
+        _store(cfg), _keys(cfg), args.ref, args.reason, cfg.expiry_days(), cascade=args.cascade
+    )
+    for c in dropped:
+        name, _, channel = c.partition("@")
+        warn(f"channel {channel} of {name} pointed at a revoked version and now points nowhere")
+    labels = [f"{n}:{v}" for n, v in revoked]
+    emit(
+        args,
+        {"ref": args.ref, "revoked": labels, "dropped_channels": dropped},
+        f"revoked {', '.join(labels)}",
+    )
+    _after_change(args, cfg)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.catalogue.lifecycle import restore
 
     _before_change(args, cfg)
-
-    dropped = revoke(_store(cfg), _keys(cfg), args.ref, args.reason, cfg.expiry_days())
-    for c in dropped:
-        warn(f"channel {c} pointed at {args.ref} and now points nowhere")
-    emit(args, {"ref": args.ref, "dropped_channels": dropped}, f"revoked {args.ref}")
+    records = restore(_store(cfg), _keys(cfg), args.ref, cfg.expiry_days())
+    emit(
+        args,
+        {"ref": args.ref, "images": [r.summary() for r in records]},
+        f"restored {args.ref} ({', '.join(sorted(r.arch for r in records))})",
+    )
     _after_change(args, cfg)
     return 0
 
@@ -461,8 +515,32 @@ def _rows(reader: Any, names: list[str], keep: Callable[[Any], bool]) -> tuple[l
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
     with _reader(cfg) as reader:
         names = [args.name] if args.name else reader.names()
+        if args.outdated:
+            return _list_outdated(args, reader, names)
         data, text = _rows(reader, names, lambda r: args.arch in (None, r.arch))
     emit(args, data, text)
+    return 0
+
+
+def _list_outdated(args: argparse.Namespace, reader: Any, names: list[str]) -> int:
+    """Images built from a parent channel that has moved on since (their parent_image.channel points elsewhere)."""
+    from imagectl.catalogue.lifecycle import outdated
+
+    records = [r for n in names for r in reader.images(n) if args.arch in (None, r.arch)]
+    parents = {r.parent_image["name"] for r in records if isinstance(r.parent_image, dict)}
+    known = set(reader.names())
+    channels = {p: reader.ext(p)["channels"] for p in sorted(parents) if p in known}
+    found = outdated(records, channels)
+    data = [
+        {**r.summary(), "parent": r.parent_image, "parent_now": f["parent_now"]}
+        for r, f in ((next(x for x in records if x.path == f["path"]), f) for f in found)
+    ]
+    lines = [
+        f"{d['name']}:{d['version']} {d['arch']}: built from {d['parent']['name']}@{d['parent']['channel']} = "
+        f"{d['parent']['version']}, which now points at {d['parent_now']}"
+        for d in data
+    ]
+    emit(args, data, "\n".join(lines) or "no image is outdated")
     return 0
 
 
@@ -500,13 +578,23 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
                 "name": ref.name,
                 "channels": ext["channels"],
                 "revoked": ext["revoked"],
+                "revoke_at": ext["revoke_at"],
                 "images": [{**r.summary(), "boot_test": r.boot_test} for r in images],
             }
+            if args.history:
+                data["history"] = ext["history"]
             lines = [
                 f"name: {ref.name}",
                 "channels: "
                 + (", ".join(f"{c} -> {p['version']}" for c, p in sorted(ext["channels"].items())) or "none"),
                 *(f"revoked: {v}: {w.get('reason', '')}" for v, w in sorted(ext["revoked"].items())),
+                *(f"revokes at {w.get('at')}: {v}: {w.get('reason', '')}" for v, w in sorted(ext["revoke_at"].items())),
+                *(
+                    f"history {c}: {m.get('at')} {m.get('action')} -> {m.get('version') or '(none)'}"
+                    for c, moves in (sorted(ext["history"].items()) if args.history else [])
+                    for m in moves
+                    if isinstance(m, dict)
+                ),
                 *(
                     f"  {r.version} {r.arch} {r.format} {r.size} bytes sha256:{r.sha256}"
                     + (" (deprecated)" if r.deprecated else "")
@@ -974,8 +1062,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(cat, "list", cmd_list, "list images (every version and arch)", reader)
     sp.add_argument("name", nargs="?", help="only this image name")
     sp.add_argument("--arch", help="only this architecture")
+    sp.add_argument(
+        "--outdated", action="store_true", help="only images whose parent channel has moved on since they were built"
+    )
     sp = add(cat, "show", cmd_show, "show one image name, or one image in full", reader)
     sp.add_argument("ref", metavar="NAME[:VERSION|@CHANNEL]")
+    sp.add_argument("--history", action="store_true", help="also every signed move of each channel")
     sp.add_argument("--arch", help="architecture (default: the host's, when a version or channel is given)")
     sp = add(cat, "search", cmd_search, "find images by words and fields", reader)
     sp.add_argument("terms", nargs="*", metavar="TERM", help="words that must all appear (name, os, version…)")
@@ -1116,9 +1208,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--os", help="operating system, e.g. slc, debian")
     sp.add_argument("--os-version", help="its release, e.g. 6, 12")
     sp.add_argument("--channel", help="also point this channel at the new version")
+    sp.add_argument(
+        "--parent",
+        metavar="NAME@CHANNEL",
+        help="the image this one was built from (NAME@CHANNEL or NAME:VERSION in this catalogue): its version and "
+        "sha256 are signed with the image, for `catalogue list --outdated` and `revoke --cascade`",
+    )
     sp = promote_p = add(sub, "promote", cmd_promote, "point a channel at a version", writer)
-    sp.add_argument("ref", metavar="NAME:VERSION")
-    sp.add_argument("channel")
+    sp.add_argument("ref", metavar="NAME:VERSION", help="NAME:VERSION (or NAME with --rollback)")
+    sp.add_argument("channel", nargs="?")
+    sp.add_argument("--rollback", metavar="CHANNEL", help="move CHANNEL of NAME back to its previous version")
     sp = deprecate_p = add(
         sub, "deprecate", cmd_deprecate, "mark a version deprecated (still pullable, with a warning)", writer
     )
@@ -1127,7 +1226,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(sub, "revoke", cmd_revoke, "remove a version from the signed metadata", writer)
     sp.add_argument("ref", metavar="NAME:VERSION")
     sp.add_argument("--reason", required=True, help="shown to anyone who asks for the version")
-    for changer in (publish_p, promote_p, deprecate_p, sp):
+    sp.add_argument("--at", metavar="DATE", help="take effect at DATE (ISO 8601; UTC unless a zone is given)")
+    sp.add_argument("--cascade", action="store_true", help="also revoke every image built from this one")
+    revoke_p = sp
+    sp = add(sub, "restore", cmd_restore, "list a revoked version again (while its blobs are kept)", writer)
+    sp.add_argument("ref", metavar="NAME:VERSION")
+    for changer in (publish_p, promote_p, deprecate_p, revoke_p, sp):
         changer.add_argument(
             "--site", metavar="DIR", help="then refresh the browse site in DIR (imagectl catalogue site)"
         )

@@ -9,20 +9,19 @@ SHA-256 before a byte of it is parsed. A record file is the user's own input, re
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagectl.buildrecord import MAX_SIZE, BuildRecord, parse
 from imagectl.catalogue.client import CatalogueReader
 from imagectl.catalogue.model import ImageRef, blob_key, parse_ref
-from imagectl.catalogue.publish import RECORD_MAX
-from imagectl.errors import ImageMismatchError, InvalidInputError, LocalIOError, NotFoundError
+from imagectl.errors import ImageMismatchError, LocalIOError, NotFoundError
 from imagectl.fsio import read_regular
 from imagectl.site.model import Package
 from imagectl.store.base import ObjectMissingError, ObjectTooLargeError
 
-__all__ = ["LoadedRecord", "is_record_path", "load_file", "load_published", "packages", "parse_record"]
+__all__ = ["LoadedRecord", "is_record_path", "load_file", "load_published", "packages"]
 
 
 @dataclass(frozen=True)
@@ -30,13 +29,18 @@ class LoadedRecord:
     """One image's build record and what is known of the image itself."""
 
     label: str  # NAME:VERSION (ARCH) or the file path: what messages and output call it
-    record: dict[str, Any]
+    build: BuildRecord
     name: str
     version: str | None
     arch: str
     os: str  # the record's target.os ("debian", "slc", …): chooses the purl type
     images: dict[str, tuple[int | None, str | None]]  # format -> (size, sha256) of the image files
     signed_format: str | None = None  # for a published image: the format the catalogue signed
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The record as JSON, for readers of free-form members (the merged recipe, a package's licence)."""
+        return self.build.to_dict()
 
 
 def is_record_path(text: str) -> bool:
@@ -45,45 +49,22 @@ def is_record_path(text: str) -> bool:
     return "/" in text or (text.endswith(".json") and not any(c in text for c in ":@"))
 
 
-def parse_record(data: bytes, where: str) -> dict[str, Any]:
-    """The build record in ``data``; InvalidInputError (exit 3) if it is not JSON or not a format-1 record."""
-    try:
-        record = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise InvalidInputError(f"{where} is not a readable build record: {type(e).__name__}") from None
-    if not isinstance(record, dict) or record.get("format") != 1 or not isinstance(record.get("target"), dict):
-        raise InvalidInputError(f"{where} is not an imagectl build record (format 1)")
-    return record
-
-
-def _images(record: dict[str, Any]) -> dict[str, tuple[int | None, str | None]]:
-    out: dict[str, tuple[int | None, str | None]] = {}
-    images = record.get("images")
-    for i in images if isinstance(images, list) else []:
-        if isinstance(i, dict) and isinstance(i.get("format"), str) and i["format"] not in out:
-            size, sha = i.get("size"), i.get("sha256")
-            out[i["format"]] = (size if type(size) is int else None, sha if isinstance(sha, str) else None)
-    return out
-
-
-def _text(target: dict[str, Any], key: str, default: str = "") -> str:
-    value = target.get(key)
-    return value if isinstance(value, str) else default
+def _images(record: BuildRecord) -> dict[str, tuple[int | None, str | None]]:
+    return {f: (i.size, i.sha256) for f, i in record.images_by_format().items()}
 
 
 def load_file(path: Path) -> LoadedRecord:
     """The build record at ``path``: LocalIOError (exit 14) if it is missing or unreadable, InvalidInputError
     (exit 3) if it is not a build record."""
-    data = read_regular(path, RECORD_MAX, what="build record", error=LocalIOError)
-    record = parse_record(data, str(path))
-    target = record["target"]
+    record = parse(read_regular(path, MAX_SIZE, what="build record", error=LocalIOError), str(path))
+    target = record.target
     return LoadedRecord(
         label=str(path),
-        record=record,
-        name=_text(target, "name", path.name.removesuffix(".build.json")),
-        version=target.get("version") if isinstance(target.get("version"), str) else None,
-        arch=_text(target, "arch"),
-        os=_text(target, "os"),
+        build=record,
+        name=target.name or path.name.removesuffix(".build.json"),
+        version=target.version,
+        arch=target.arch or "",
+        os=target.os or "",
         images=_images(record),
     )
 
@@ -107,8 +88,8 @@ def load_published(reader: CatalogueReader, ref: ImageRef | str, arch: str) -> L
     sha, size = summary.get("sha256"), summary.get("size")
     if not isinstance(sha, str) or len(sha) != 64 or type(size) is not int or size < 0:
         raise ImageMismatchError(f"{label}: the signed build-record summary names no valid blob")
-    if size > RECORD_MAX:
-        raise ImageMismatchError(f"{label}: its build record is {size} bytes, more than the {RECORD_MAX} read")
+    if size > MAX_SIZE:
+        raise ImageMismatchError(f"{label}: its build record is {size} bytes, more than the {MAX_SIZE} read")
     try:
         data = reader.store.read(blob_key(sha), size)  # refused past the signed size: never an endless read
     except ObjectMissingError:
@@ -119,26 +100,20 @@ def load_published(reader: CatalogueReader, ref: ImageRef | str, arch: str) -> L
         raise ImageMismatchError(
             f"{label}: its build record does not match the signed size and SHA-256 (tampered or corrupt)"
         )
-    record = parse_record(data, f"the build record of {label}")
-    target = record["target"]
+    record = parse(data, f"the build record of {label}")
     return LoadedRecord(
         label=label,
-        record=record,
+        build=record,
         name=rec.name,
         version=rec.version,
         arch=rec.arch,
-        os=rec.os or _text(target, "os"),
+        os=rec.os or record.target.os or "",
         images={**_images(record), rec.format: (rec.size, rec.sha256)},  # the signed image wins over the record
         signed_format=rec.format,
     )
 
 
 def packages(loaded: LoadedRecord) -> tuple[Package, ...]:
-    """The record's package list, sorted by name, arch and version; entries that are not objects are skipped."""
-    raw = loaded.record.get("packages")
-    out = [
-        Package(str(p.get("name", "")), str(p.get("version", "")), str(p.get("arch", "")))
-        for p in (raw if isinstance(raw, list) else [])
-        if isinstance(p, dict)
-    ]
+    """The record's package list, sorted by name, arch and version."""
+    out = [Package(p.name, p.version or "", p.arch or "") for p in loaded.build.packages or ()]
     return tuple(sorted(out, key=lambda p: (p.name, p.arch, p.version)))

@@ -23,7 +23,16 @@ from imagectl.errors import InvalidInputError
 from tests.conftest import EXPIRY, Catalogue, CliResult, sha256
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "catalogue" / "schema"
-SCHEMAS = ("image-custom", "image-role-extension", "pull-result", "list-entry", "show", "plan", "targets-extension")
+SCHEMAS = (
+    "image-custom",
+    "image-role-extension",
+    "pull-result",
+    "list-entry",
+    "show",
+    "plan",
+    "targets-extension",
+    "build-record",  # validated against real records in tests/test_buildrecord.py
+)
 Doc = dict[str, Any]
 
 

@@ -10,6 +10,7 @@ just trusted.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import hashlib
 import os
@@ -52,6 +53,10 @@ from imagectl.store import ObjectMissingError, Store
 __all__ = ["CatalogueReader", "Resolved"]
 
 _ROLLBACK = re.compile(r"must be >=|Expected \S+\.json version")
+
+
+def _stamp(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 @contextlib.contextmanager
@@ -333,8 +338,19 @@ class CatalogueReader:
         return out
 
     def ext(self, name: str) -> dict[str, dict[str, Any]]:
+        """NAME's signed ``x-imagectl``: channels, revoked, and (catalogue/README.md §5) revoke_at and history."""
         ext = self.role(name).unrecognized_fields.get(EXT, {})
-        return {"channels": dict(ext.get("channels", {})), "revoked": dict(ext.get("revoked", {}))}
+        return {k: dict(ext.get(k, {})) for k in ("channels", "revoked", "revoke_at", "history")}
+
+    def revoked_now(self, name: str, version: str, now: dt.datetime | None = None) -> dict[str, Any] | None:
+        """The tombstone (or the scheduled revocation whose time has come) of NAME:VERSION, else None."""
+        ext = self.ext(name)
+        if version in ext["revoked"]:
+            return dict(ext["revoked"][version])
+        due = ext["revoke_at"].get(version)
+        if isinstance(due, dict) and isinstance(due.get("at"), str) and due["at"] <= _stamp(now or model.utcnow()):
+            return {"reason": due.get("reason", ""), "at": due["at"], "scheduled": True}
+        return None
 
     def resolve(self, ref: ImageRef, arch: str) -> Resolved:
         """The one image ``ref`` names for ``arch``; raises NotFoundError/RevokedError saying what exists.
@@ -351,8 +367,8 @@ class CatalogueReader:
             if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
                 raise UntrustedMetadataError(f"signed channel {ref.channel!r} of {ref.name} is malformed")
             version = pointer["version"]
-        if version is not None and version in ext["revoked"]:
-            why = ext["revoked"][version]
+        why = None if version is None else self.revoked_now(ref.name, version)
+        if why is not None:
             raise RevokedError(f"{ref.name}:{version} was revoked on {why.get('at', '?')}: {why.get('reason', '')}")
         if version is not None and self._succinct(ref.name) is not None:
             found = self._version_for_arch(ref.name, version, arch)
@@ -376,7 +392,7 @@ class CatalogueReader:
                     f"{ref.name} has no {arch} image (arches: {', '.join(arches) or 'none'})",
                     hint="choose one with --arch",
                 )
-            live = [r for r in for_arch if not r.deprecated]
+            live = [r for r in for_arch if not r.deprecated and self.revoked_now(ref.name, r.version) is None]
             if not live:
                 raise NotFoundError(
                     f"every {arch} version of {ref.name} is deprecated",

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from imagectl.buildrecord import check_boot_test
 from imagectl.errors import InvalidInputError
 
 __all__ = [
@@ -192,52 +193,26 @@ def parse_ref(text: str) -> ImageRef:
     return ImageRef(check_name(text))
 
 
+def _parent_image(value: Any, where: str) -> dict[str, Any]:
+    """A target's ``parent_image``, checked as the writer writes it (it names what deployers are shown)."""
+    if not isinstance(value, dict) or set(value) - {"name", "version", "sha256", "channel"}:
+        raise InvalidInputError(f"{where}: parent_image is not an object of name, version, sha256 (and channel)")
+    name, version = value.get("name"), value.get("version")
+    check_name(name if isinstance(name, str) else "")
+    check_version(version if isinstance(version, str) else "")
+    if not isinstance(value.get("sha256"), str) or not _SHA256.fullmatch(value["sha256"]):
+        raise InvalidInputError(f"{where}: parent_image has no valid sha256")
+    if "channel" in value:
+        check_channel(value["channel"] if isinstance(value["channel"], str) else "")
+    return dict(value)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-BOOT_TEST_KEYS = ("passed", "marker", "accel", "seconds", "host", "at", "image_sha256")
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def check_boot_test(value: Any, where: str) -> dict[str, Any]:
-    """``value`` if it is a well-formed ``boot_test`` (catalogue/README.md §4.2), else InvalidInputError naming
-    ``where`` and the first problem.
-
-    Exactly the seven members, each of its type: no floats (signed metadata is canonical JSON), no control
-    characters in the text a terminal shows, a UTC timestamp, a lower-case SHA-256. Used where a boot test enters
-    a catalogue (publish, from a build record) and where one is read back (:meth:`ImageRecord.from_target`)."""
-
-    def bad(why: str) -> InvalidInputError:
-        return InvalidInputError(f"{where}: boot_test {why}")
-
-    if not isinstance(value, dict):
-        raise bad("is not an object")
-    extra = sorted(str(k) for k in value if k not in BOOT_TEST_KEYS)
-    if extra:
-        raise bad(f"has unknown member {extra[0]!r}")
-    missing = [k for k in BOOT_TEST_KEYS if k not in value]
-    if missing:
-        raise bad(f"lacks {missing[0]!r}")
-    if not isinstance(value["passed"], bool):
-        raise bad("passed must be true or false")
-    if value["accel"] not in ("kvm", "tcg"):
-        raise bad(f"accel must be kvm or tcg, not {_describe(str(value['accel']))}")
-    seconds = value["seconds"]
-    if isinstance(seconds, float):
-        raise bad(f"seconds must be a whole number, not {seconds!r} (canonical JSON has no floats)")
-    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 <= seconds <= 10**7:
-        raise bad(f"seconds must be a whole number from 0 to 10000000, not {_describe(str(seconds))}")
-    for key, most in (("marker", 256), ("host", 255)):
-        text = value[key]
-        if not isinstance(text, str) or not 1 <= len(text) <= most or not text.isprintable():
-            raise bad(f"{key} must be 1-{most} printable characters")
-    if not isinstance(value["at"], str) or not _TIMESTAMP.fullmatch(value["at"]):
-        raise bad("at must be a UTC timestamp like 2026-11-25T15:02:03Z")
-    if not isinstance(value["image_sha256"], str) or not _SHA256.fullmatch(value["image_sha256"]):
-        raise bad("image_sha256 must be 64 lower-case hex digits")
-    return {k: value[k] for k in BOOT_TEST_KEYS}
 
 
 @dataclass(frozen=True)
@@ -257,6 +232,7 @@ class ImageRecord:
     path: str  # TUF target path
     recipe_digest: str | None = None
     parent: str | None = None
+    parent_image: dict[str, Any] | None = None  # {name, version, sha256[, channel]} of the image it was built from
     build_record: dict[str, Any] | None = None
     deprecated: dict[str, str] | None = None
     boot_test: dict[str, Any] | None = None
@@ -279,7 +255,16 @@ class ImageRecord:
             "size": self.size,
             "created": self.created,
         }
-        for key in ("os", "os_version", "recipe_digest", "parent", "build_record", "deprecated", "boot_test"):
+        for key in (
+            "os",
+            "os_version",
+            "recipe_digest",
+            "parent",
+            "parent_image",
+            "build_record",
+            "deprecated",
+            "boot_test",
+        ):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -305,6 +290,7 @@ class ImageRecord:
                 path=path,
                 recipe_digest=custom.get("recipe_digest"),
                 parent=custom.get("parent"),
+                parent_image=_parent_image(custom["parent_image"], where) if "parent_image" in custom else None,
                 build_record=custom.get("build_record"),
                 deprecated=custom.get("deprecated"),
                 boot_test=None if custom.get("boot_test") is None else check_boot_test(custom["boot_test"], where),

@@ -13,14 +13,17 @@ import json
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
 
+from imagectl import buildrecord
 from imagectl.catalogue import model
 from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
+from imagectl.catalogue.lifecycle import resolve_parent, set_channel
 from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, target_file_key, target_path, utcnow
 from imagectl.catalogue.protect import check_tested, is_protected, refuse_untested
 from imagectl.catalogue.state import CatalogueState, load_state, metadata_bytes, transact
@@ -37,9 +40,9 @@ from imagectl.errors import (
 from imagectl.fsio import describe_mode, read_regular
 from imagectl.store import Store
 from imagectl.store.digest import file_digest
-from imagectl.urls import redact_json, safe_url
+from imagectl.urls import safe_url
 
-__all__ = ["PublishRequest", "PublishResult", "deprecate", "init_catalogue", "promote", "publish", "revoke"]
+__all__ = ["PublishRequest", "PublishResult", "deprecate", "init_catalogue", "promote", "publish"]
 
 
 @dataclass(frozen=True)
@@ -320,6 +323,7 @@ def publish(
             path=target_path(req.name, version, req.arch, fmt),
             recipe_digest=req.recipe_digest,
             parent=req.parent,
+            parent_image=None if req.parent is None else resolve_parent(state, req.parent, req.arch),
             build_record=req.build_record,
             boot_test=req.boot_test,
         )
@@ -335,7 +339,7 @@ def publish(
         if record is not old:
             state.add_image(record, expires)  # re-signs one bin of a binned name, not all its versions
         if req.channel is not None:
-            _set_channel(state.role_for_update(req.name, expires), req.channel, version, now)
+            set_channel(state.role_for_update(req.name, expires), req.channel, version, now, "publish")
         if state.changed:
             state.commit(keys, expiry_days)
         return record, old
@@ -343,13 +347,6 @@ def publish(
     record, old = transact(store, apply, first=prechecked)
     added = old is not None and record is not old
     return PublishResult(record, created=old is None, uploaded=uploaded, channel=req.channel, boot_test_added=added)
-
-
-def _set_channel(md: Metadata[Targets], channel: str, version: str, now: dt.datetime) -> None:
-    CatalogueState.ext(md)["channels"][channel] = {
-        "version": version,
-        "updated": now.isoformat().replace("+00:00", "Z"),
-    }
 
 
 def _version_records(state: CatalogueState, name: str, version: str) -> list[ImageRecord]:
@@ -376,8 +373,7 @@ def promote(store: Store, keys: KeyRing, ref: str, channel: str, expiry_days: di
         now = utcnow()
         check_tested(state, channel, f"promote {r.name}:{version}", _version_records(state, r.name, version))
         md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
-        before = str(CatalogueState.ext(md)["channels"].get(channel, {}).get("version", ""))
-        _set_channel(md, channel, version, now)
+        before = set_channel(md, channel, version, now, "promote")
         state.commit(keys, expiry_days)
         return before
 
@@ -405,69 +401,29 @@ def deprecate(store: Store, keys: KeyRing, ref: str, reason: str | None, expiry_
     return transact(store, apply)
 
 
-def revoke(store: Store, keys: KeyRing, ref: str, reason: str, expiry_days: dict[str, int]) -> list[str]:
-    """Remove every arch of NAME:VERSION from the signed metadata, keeping a signed tombstone with the reason.
-
-    Channels that pointed at the version are dropped; their names are returned.
-    """
-    r = model.parse_ref(ref)
-    if r.version is None:
-        raise InvalidInputError(f"revoke needs NAME:VERSION, got {ref!r}")
-    if not model.clean_reason(reason):
-        raise InvalidInputError("revoke needs a non-empty --reason: deployers are shown it")
-    version = r.version
-
-    def apply(state: CatalogueState) -> list[str]:
-        now = utcnow()
-        records = _version_records(state, r.name, version)
-        md = state.role_for_update(r.name, now + dt.timedelta(days=expiry_days["targets"]))
-        for rec in records:
-            state.remove_target(r.name, rec.path)
-        ext = CatalogueState.ext(md)
-        ext["revoked"][version] = {
-            "reason": model.clean_reason(reason),
-            "at": now.isoformat().replace("+00:00", "Z"),
-            "sha256": sorted({rec.sha256 for rec in records}),
-        }
-        dropped = [c for c, p in ext["channels"].items() if p.get("version") == version]
-        for c in dropped:
-            del ext["channels"][c]
-        state.commit(keys, expiry_days)
-        return dropped
-
-    return transact(store, apply)
-
-
-RECORD_MAX = 64 << 20  # bytes: a build record with a package list of tens of thousands of entries fits easily
-
-
-def _load_records(source: Path) -> list[tuple[Path, dict[str, Any]]]:
+def _load_records(source: Path) -> list[tuple[Path, buildrecord.BuildRecord]]:
     try:
         files = [source] if source.is_file() else sorted(source.glob("*.build.json"))
     except OSError as e:
         raise LocalIOError.from_os("read", source, e) from None
     if not files:
         raise NotFoundError(f"no build records (*.build.json) in {source}", hint="run imagectl build first")
-    out = []
-    for f in files:
-        data = read_regular(f, RECORD_MAX, what="build record", error=InvalidInputError)
-        try:
-            record = json.loads(data)
-        except (ValueError, RecursionError) as e:
-            raise InvalidInputError(f"{f} is not a readable build record: {e}") from None
-        if not isinstance(record, dict) or record.get("format") != 1 or not isinstance(record.get("target"), dict):
-            raise InvalidInputError(f"{f} is not an imagectl build record (format 1)")
-        out.append((f, record))
-    return out
+    return [
+        (
+            f,
+            buildrecord.parse(
+                read_regular(f, buildrecord.MAX_SIZE, what="build record", error=InvalidInputError), str(f)
+            ),
+        )
+        for f in files
+    ]
 
 
-def _record_image(record_path: Path, image: object) -> tuple[Path, str]:
+def _record_image(record_path: Path, image: buildrecord.ImageFile) -> tuple[Path, str]:
     """The image file a record names, and its format: a plain file name in the record's own directory, naming a
     regular file there (not a symlink). Raises InvalidInputError otherwise: a record is input, and
     ``"file": "../../../etc/hostname"`` must not publish the build host's files."""
-    if not isinstance(image, dict) or not all(isinstance(image.get(k), str) for k in ("file", "format")):
-        raise InvalidInputError(f"{record_path}: images[] entries need a file name and a format")
-    name = image["file"]
+    name = image.file
     if name in ("", ".", "..") or "/" in name or "\0" in name or name.startswith("."):
         raise InvalidInputError(f"{record_path}: image file {name!r} is not a plain file name in the build directory")
     path = record_path.parent / name
@@ -479,7 +435,14 @@ def _record_image(record_path: Path, image: object) -> tuple[Path, str]:
         raise LocalIOError.from_os("read", path, e) from None
     if not stat.S_ISREG(st.st_mode):
         raise InvalidInputError(f"{record_path}: image file {name} is {describe_mode(st.st_mode)}, not a regular file")
-    return path, model.check_format(image["format"])
+    return path, model.check_format(image.format)
+
+
+def _recipe_parent(record: buildrecord.BuildRecord) -> str | None:
+    """The recipe's ``parent:`` (NAME@CHANNEL or NAME:VERSION), from the merged recipe the build recorded."""
+    merged = record.recipe.merged if record.recipe is not None else None
+    parent = merged.get("parent") if isinstance(merged, Mapping) else None
+    return parent if isinstance(parent, str) else None
 
 
 def publish_build(
@@ -502,15 +465,11 @@ def publish_build(
     # Every record is checked before anything is stored, so a bad one leaves nothing of the build published.
     checked = []
     for path, record in _load_records(source):
-        target = record["target"]
-        images = record.get("images") or []
-        if not isinstance(images, list):
-            raise InvalidInputError(f"{path}: images must be a list")
-        found = [(_record_image(path, i), i) for i in images]
+        found = [(_record_image(path, i), i) for i in record.images or ()]
         chosen = [(f, i_fmt, entry) for (f, i_fmt), entry in found if fmt in (None, i_fmt)]
         if not chosen:
             raise NotFoundError(f"{path} has no {fmt} image (formats: {', '.join(i for (_, i), _ in found)})")
-        missing = [k for k in ("name", "arch", "hypervisor", "os", "os_version") if not isinstance(target.get(k), str)]
+        missing = record.target.missing()
         if missing:
             raise InvalidInputError(f"{path}: target.{missing[0]} is missing or not a string")
         image_file, image_fmt, entry = chosen[0]
@@ -518,39 +477,38 @@ def publish_build(
     if channel is not None:
         state = load_state(store)
         if is_protected(state, channel):
-            names = ", ".join(sorted({str(r["target"]["name"]) for _, r, *_ in checked}))
-            untested = sorted({str(r["target"]["arch"]) for _, r, _, _, bt in checked if not (bt and bt["passed"])})
+            names = ", ".join(sorted({str(r.target.name) for _, r, *_ in checked}))
+            untested = sorted({str(r.target.arch) for _, r, _, _, bt in checked if not (bt and bt["passed"])})
             refuse_untested(channel, f"publish {names}" + (f":{version}" if version else ""), untested)
     results: list[PublishResult] = []
     shared = version
     for _path, record, image_file, image_fmt, boot_test in checked:
-        target = record["target"]
-        record = redact_json(record)  # published: a record made by an older imagectl may hold a mirror password
-        data = json.dumps(record, sort_keys=True).encode()
+        record = record.redacted()  # published: a record made by an older imagectl may hold a mirror password
+        target = record.target
+        data = json.dumps(record.to_dict(), sort_keys=True).encode()
         record_sha = hashlib.sha256(data).hexdigest()
         store.write_new(blob_key(record_sha), data)
-        recipe = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
-        dib = record.get("dib") if isinstance(record.get("dib"), dict) else {}
         summary = {
             "sha256": record_sha,
             "size": len(data),
-            "build_key": record.get("build_key"),
-            "started": record.get("started"),
-            "finished": record.get("finished"),
-            "dib_version": dib.get("version"),
-            "packages": len(record.get("packages") or []),
+            "build_key": record.build_key,
+            "started": record.started,
+            "finished": record.finished,
+            "dib_version": record.dib.version if record.dib else None,
+            "packages": len(record.packages or ()),
         }
         req = PublishRequest(
             file=str(image_file),
-            name=str(target["name"]),
-            arch=str(target["arch"]),
-            version=shared or target.get("version"),
+            name=str(target.name),
+            arch=str(target.arch),
+            version=shared or target.version,
             format=image_fmt,
-            hypervisor=str(target["hypervisor"]),
-            os=str(target["os"]),
-            os_version=str(target["os_version"]),
+            hypervisor=str(target.hypervisor),
+            os=str(target.os),
+            os_version=str(target.os_version),
             channel=channel,
-            recipe_digest=recipe.get("digest"),
+            recipe_digest=record.recipe.digest if record.recipe else None,
+            parent=_recipe_parent(record),
             build_record={k: v for k, v in summary.items() if v is not None},
             boot_test=boot_test,
         )
@@ -560,17 +518,19 @@ def publish_build(
     return results
 
 
-def _boot_test(path: Path, record: dict[str, Any], image: Path, entry: dict[str, Any]) -> dict[str, Any] | None:
-    """The record's ``boot_test`` (imagectl test --record), checked: its shape (InvalidInputError, exit 3) and that
-    it booted the bytes the record says ``image`` holds (ImageMismatchError, exit 11: a record from another build;
-    publish then checks the file's own bytes)."""
-    if record.get("boot_test") is None:
+def _boot_test(
+    path: Path, record: buildrecord.BuildRecord, image: Path, entry: buildrecord.ImageFile
+) -> dict[str, Any] | None:
+    """The record's ``boot_test`` (imagectl test --record; its form was checked when the record was read), if it
+    booted the bytes the record says ``image`` holds: ImageMismatchError (exit 11) otherwise, a record from another
+    build (publish then checks the file's own bytes)."""
+    test = record.boot_test
+    if test is None:
         return None
-    test = model.check_boot_test(record["boot_test"], f"build record {path}")
-    if test["image_sha256"] != entry.get("sha256"):
+    if test.image_sha256 != entry.sha256:
         raise ImageMismatchError(
-            f"build record {path}: its boot test booted other bytes (sha256 {test['image_sha256'][:12]}…) than "
-            f"{image.name} (sha256 {str(entry.get('sha256'))[:12]}…): a record from another build",
+            f"build record {path}: its boot test booted other bytes (sha256 {test.image_sha256[:12]}…) than "
+            f"{image.name} (sha256 {str(entry.sha256)[:12]}…): a record from another build",
             hint="boot this image and record it: imagectl test IMAGE --record",
         )
-    return test
+    return test.to_dict()

@@ -9,9 +9,9 @@ regular file (not a symlink), an imagectl build record, and describe exactly thi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
-import json
 import os
 import socket
 import stat
@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagectl.buildrecord import MAX_SIZE, BootTest, BuildRecord, NotJSONError, parse
 from imagectl.errors import ImageMismatchError, InvalidInputError, LocalIOError, NotFoundError
 from imagectl.fsio import SymlinkRefusedError, atomic_write, describe_mode, read_regular
 
 __all__ = ["BootRecord", "open_record"]
-
-RECORD_MAX = 64 << 20  # bytes, as publish --from-build reads it
 
 
 def _sha256(path: Path) -> str:
@@ -38,7 +37,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _load(path: Path, image: Path, sha256: str) -> tuple[dict[str, Any], int]:
+def _load(path: Path, image: Path, sha256: str) -> tuple[BuildRecord, int]:
     """The record at ``path`` (not through a symlink) and its mode; refused unless it describes ``image`` with
     these bytes."""
     try:
@@ -56,18 +55,14 @@ def _load(path: Path, image: Path, sha256: str) -> tuple[dict[str, Any], int]:
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             raise SymlinkRefusedError(f"refusing build record {path}: it changed while being opened")
 
-    data = read_regular(path, RECORD_MAX, what="build record", error=InvalidInputError, check=same_file)
+    data = read_regular(path, MAX_SIZE, what="build record", error=InvalidInputError, check=same_file)
     try:
-        record = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise InvalidInputError(f"build record {path} is not JSON: {e}") from None
-    if not isinstance(record, dict) or record.get("format") != 1 or not isinstance(record.get("target"), dict):
-        raise InvalidInputError(f"{path} is not an imagectl build record (format 1)")
-    images = record.get("images")
-    entries = [i for i in images if isinstance(i, dict)] if isinstance(images, list) else []
-    files = [str(i.get("file")) for i in entries]
-    entry = next((i for i in entries if i.get("file") == image.name), None)
+        record = parse(data, str(path))
+    except NotJSONError as e:
+        raise InvalidInputError(f"build record {path} is not JSON: {e.reason}") from None
+    entry = record.image(image.name)
     if entry is None:
+        files = [i.file for i in record.images or ()]
         raise ImageMismatchError(
             f"build record {path} is for {', '.join(files) or 'no image'}, not {image.name}",
             hint="pass this image's record with --record RECORD",
@@ -79,9 +74,9 @@ def _load(path: Path, image: Path, sha256: str) -> tuple[dict[str, Any], int]:
         same = False
     if not same:
         raise ImageMismatchError(f"build record {path} describes {described}, not {image}")
-    if entry.get("sha256") != sha256:
+    if entry.sha256 != sha256:
         raise ImageMismatchError(
-            f"{image} has sha256 {sha256[:12]}…, its build record {path} says {str(entry.get('sha256'))[:12]}…: "
+            f"{image} has sha256 {sha256[:12]}…, its build record {path} says {str(entry.sha256)[:12]}…: "
             "the image changed after the build",
             hint="build it again (imagectl build), then test the new image",
         )
@@ -101,18 +96,17 @@ class BootRecord:
         (it may have been rebuilt while the guest booted)."""
         record, mode = _load(self.path, self.image, self.image_sha256)
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        result = {
-            "passed": passed,
-            "marker": marker,
-            "accel": accel,
-            "seconds": max(0, round(seconds)),
-            "host": socket.gethostname()[:255] or "unknown",
-            "at": now.isoformat().replace("+00:00", "Z"),
-            "image_sha256": self.image_sha256,
-        }
-        record["boot_test"] = result
-        atomic_write(self.path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode=mode)
-        return result
+        result = BootTest(
+            passed=passed,
+            marker=marker,
+            accel=accel,
+            seconds=max(0, round(seconds)),
+            host=socket.gethostname()[:255] or "unknown",
+            at=now.isoformat().replace("+00:00", "Z"),
+            image_sha256=self.image_sha256,
+        )
+        atomic_write(self.path, dataclasses.replace(record, boot_test=result).to_json().encode(), mode=mode)
+        return result.to_dict()
 
 
 def open_record(image: Path, record: Path | None = None) -> BootRecord:

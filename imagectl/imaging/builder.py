@@ -10,6 +10,7 @@ from the build cache.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from imagectl import __version__
-from imagectl.errors import LocalIOError, ToolError, ToolMissingError
+from imagectl.buildrecord import BuildRecord, Dib, ImageFile, Package, RecipeInfo, Target
+from imagectl.errors import ImageMismatchError, LocalIOError, ToolError, ToolMissingError
+from imagectl.fsio import AtomicFile, copy_verified
 from imagectl.imaging import hostcompat
 from imagectl.imaging.aptproxy import DebianPackageCache
 from imagectl.imaging.configscript import write_config
@@ -34,11 +37,10 @@ from imagectl.imaging.plan import BuildTarget, DibInvocation, check_host, plan_d
 from imagectl.recipe.model import Recipe
 from imagectl.recipe.schema import RecipeError
 from imagectl.runner import run, tool_version
-from imagectl.urls import redact, redact_json
+from imagectl.urls import redact
 
 __all__ = ["BuildOptions", "BuildOutput", "build_key", "build_recipe", "dib_version", "is_cached", "target_key"]
 
-RECORD_FORMAT = 1
 _HOOK_PATH = re.compile(r"Copying hooks (\S+)/([^/\s]+)/([a-z-]+\.d)/([^/\s]+)\s*$")
 _RUNNING = re.compile(r"dib-run-parts Running \S+/([a-z-]+\.d)/([^/\s]+)\s*$")
 
@@ -220,34 +222,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _packages(manifest_dir: Path) -> list[dict[str, str]]:
+def _packages(manifest_dir: Path) -> tuple[Package, ...]:
     """The image's package list, from the dpkg/rpm manifest DIB's manifests element copies out of the image."""
-    out: list[dict[str, str]] = []
+    out: list[Package] = []
     for f in sorted(manifest_dir.glob("dib-manifest-dpkg-*")) + sorted(manifest_dir.glob("dib-manifest-rpm-*")):
         try:
             data = json.loads(f.read_text())
         except ValueError:
             continue
         for p in data.get("packages", []):
-            out.append(
-                {
-                    "name": p.get("package") or p.get("name", ""),
-                    "version": p.get("version", ""),
-                    "arch": p.get("arch", ""),
-                }
-            )
-    return out
+            name, version, arch = (str(p.get(k) or "") for k in ("package", "version", "arch"))
+            out.append(Package(name or str(p.get("name") or ""), version, arch))
+    return tuple(out)
 
 
 def _copy(src: Path, dst: Path) -> None:
-    """Atomic copy (temp + rename) so a destination never holds a half-copied image."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise LocalIOError(f"cannot write {dst}: {e.strerror}") from None
+    """Atomic copy (temp + rename) so a destination never holds a half-copied file."""
+    with AtomicFile(dst) as out, src.open("rb") as fin:
+        shutil.copyfileobj(fin, out.file, 1 << 20)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -256,32 +248,25 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:
-        shutil.copyfile(src, dst)
+        _copy(src, dst)
 
 
 def _cache_hit(cache: Path, images: list[Path], record_path: Path) -> bool:
-    """Copy a cached build to the output, verifying each image against the cached record's SHA-256."""
+    """Copy a cached build to the output, verifying each image against the cached record's size and SHA-256."""
     try:
         record = json.loads((cache / "build.json").read_text())
-        want = {i["file"]: i["sha256"] for i in record["images"]}
+        want = {i["file"]: (str(i["sha256"]), i.get("size")) for i in record["images"]}
     except (OSError, ValueError, KeyError, TypeError):
         return False
     for img in images:
-        tmp = img.with_name(f".{img.name}.tmp")
-        h = hashlib.sha256()
+        sha256, size = want.get(img.name, ("", None))
         try:
-            with (cache / img.name).open("rb") as fin, tmp.open("wb") as fout:
-                while block := fin.read(1 << 20):
-                    h.update(block)
-                    fout.write(block)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            return False
-        if h.hexdigest() != want.get(img.name):
-            tmp.unlink(missing_ok=True)
+            copy_verified(cache / img.name, img, sha256=sha256, size=size if isinstance(size, int) else None)
+        except ImageMismatchError:
             shutil.rmtree(cache, ignore_errors=True)  # a damaged entry is dropped, never served
             return False
-        os.replace(tmp, img)
+        except LocalIOError:
+            return False
     _copy(cache / "build.json", record_path)
     return True
 
@@ -297,7 +282,7 @@ def _host_tools() -> dict[str, str]:
     }
 
 
-def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, record_base: dict[str, Any]) -> BuildOutput:
+def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeInfo, dib: Dib) -> BuildOutput:
     t = inv.target
     cache = opts.cache_dir / "builds" / key
     record_path = opts.output / f"{t.basename}.build.json"
@@ -323,7 +308,7 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, record_base: di
     if "imagectl-package-cache" in inv.elements:
         work = opts.cache_dir / "work" / f"{t.basename}.{os.getpid()}"
         pkgcache = DebianPackageCache(
-            opts.cache_dir, work, inv.env, inv.argv[inv.argv.index("-a") + 1], record_base["dib"]["version"]
+            opts.cache_dir, work, inv.env, inv.argv[inv.argv.index("-a") + 1], str(dib.version)
         )
     cache_record, succeeded = None, False
     try:
@@ -349,35 +334,32 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, record_base: di
             cache_record = pkgcache.finish(succeeded)
             shutil.rmtree(pkgcache.work, ignore_errors=True)
     finished = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    record = {
-        **record_base,
-        "target": {
-            "name": t.image_name,
-            "recipe": t.recipe.name,
-            "arch": t.arch,
-            "hypervisor": t.hypervisor,
-            "os": t.recipe.release.family,
-            "os_version": t.recipe.release.release,
-            "version": t.recipe.data.get("version"),
-        },
-        "build_key": key,
-        "dib": {**record_base["dib"], "command": inv.argv, "env": inv.env, "elements": inv.elements},
-        "host": {**_host_tools(), "device_mapper": not compat, "hostcompat_partx_shims": compat},
-        "notes": inv.notes,
-        "started": started.isoformat().replace("+00:00", "Z"),
-        "finished": finished.isoformat().replace("+00:00", "Z"),
-        "seconds": int((finished - started).total_seconds()),
-        "packages": _packages(inv.output_base.with_suffix(".d") / "dib-manifests"),
-        "images": [
-            {"file": img.name, "format": img.suffix.lstrip("."), "size": img.stat().st_size, "sha256": _sha256(img)}
-            for img in images
-        ],
-        "log": log_file.name,
-    }
-    if cache_record is not None:
-        record["package_cache"] = cache_record  # what came from the package cache, what was downloaded
+    record = BuildRecord(
+        target=Target(
+            name=t.image_name,
+            recipe=t.recipe.name,
+            arch=t.arch,
+            hypervisor=t.hypervisor,
+            os=t.recipe.release.family,
+            os_version=t.recipe.release.release,
+            version=t.recipe.data.get("version"),
+        ),
+        imagectl=__version__,
+        recipe=recipe,
+        dib=dataclasses.replace(dib, command=tuple(inv.argv), env=dict(inv.env), elements=tuple(inv.elements)),
+        build_key=key,
+        host={**_host_tools(), "device_mapper": not compat, "hostcompat_partx_shims": compat},
+        notes=tuple(inv.notes),
+        started=started.isoformat().replace("+00:00", "Z"),
+        finished=finished.isoformat().replace("+00:00", "Z"),
+        seconds=int((finished - started).total_seconds()),
+        packages=_packages(inv.output_base.with_suffix(".d") / "dib-manifests"),
+        images=tuple(ImageFile(img.name, img.suffix.lstrip("."), img.stat().st_size, _sha256(img)) for img in images),
+        log=log_file.name,
+        package_cache=cache_record,  # what came from the package cache, what was downloaded (None: not used)
+    )
     # The record is published with the image (publish --from-build): no credential may be in it.
-    data = json.dumps(redact_json(record), indent=2, sort_keys=True) + "\n"
+    data = record.redacted().to_json()
     record_path.write_text(data)
     # Into the cache last, and atomically per directory: a half-filled cache entry is never taken for a hit.
     staging = opts.cache_dir / "builds" / f".{key}.tmp"
@@ -414,17 +396,9 @@ def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
     except OSError as e:
         raise LocalIOError(f"cannot create {opts.output}: {e.strerror}") from None
     paths = elements_paths(recipe)
-    record_base: dict[str, Any] = {
-        "format": RECORD_FORMAT,
-        "imagectl": __version__,
-        "recipe": {
-            "path": str(recipe.path),
-            "digest": recipe.digest(),
-            "chain": [str(p) for p in recipe.chain],
-            "merged": recipe.data,
-        },
-        "dib": {"version": dib},
-    }
+    recipe_info = RecipeInfo(
+        path=str(recipe.path), digest=recipe.digest(), chain=tuple(str(p) for p in recipe.chain), merged=recipe.data
+    )
     outputs = []
     for t in chosen:
         config_dir = opts.output / ".imagectl-work" / t.basename / "config"
@@ -432,6 +406,5 @@ def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
         inv, digest, key = target_key(
             recipe, t, paths, dib, opts.formats, output_dir=opts.output.resolve(), config_dir=config_dir.resolve()
         )
-        base = {**record_base, "dib": {**record_base["dib"], "elements_digest": digest}}
-        outputs.append(_build_one(inv, key, opts, base))
+        outputs.append(_build_one(inv, key, opts, recipe_info, Dib(version=dib, elements_digest=digest)))
     return outputs

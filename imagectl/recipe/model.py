@@ -45,6 +45,11 @@ RECIPE_SCHEMA = Map(
         "name": Str(pattern=_NAME, rule="an image name: 1-64 of a-z 0-9 . _ -", doc="image name in the catalogue"),
         "description": Str(doc="one line for people browsing the catalogue"),
         "extends": Str(doc="path of a parent recipe, relative to this file"),
+        "parent": Str(
+            pattern=_NAME + r"(@[a-z][a-z0-9_-]{0,31}|:[0-9A-Za-z][0-9A-Za-z._+~-]{0,63})",
+            rule="a published image: NAME@CHANNEL or NAME:VERSION",
+            doc="the published image this one is built from (recorded at publish: catalogue list --outdated)",
+        ),
         "abstract": Bool(doc="true for a base recipe that is only extended, never built"),
         "version": Str(
             pattern=r"[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}",
