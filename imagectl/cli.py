@@ -731,7 +731,7 @@ def cmd_sbom(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.sbom import sbom_bytes
 
     [loaded] = _load_records(args, cfg, [args.ref])
-    data = sbom_bytes(loaded)
+    data = loaded.sbom or sbom_bytes(loaded)  # the SBOM publish stored (verified), else made from the record
     if args.output in (None, "-"):
         sys.stdout.write(data.decode())
         return 0

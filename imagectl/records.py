@@ -15,7 +15,7 @@ from typing import Any
 
 from imagectl.buildrecord import MAX_SIZE, BuildRecord, parse
 from imagectl.catalogue.client import CatalogueReader
-from imagectl.catalogue.model import ImageRef, blob_key, parse_ref
+from imagectl.catalogue.model import ImageRef, blob_key, parse_ref, side_blobs
 from imagectl.errors import ImageMismatchError, LocalIOError, NotFoundError
 from imagectl.fsio import read_regular
 from imagectl.site.model import Package
@@ -36,6 +36,7 @@ class LoadedRecord:
     os: str  # the record's target.os ("debian", "slc", …): chooses the purl type
     images: dict[str, tuple[int | None, str | None]]  # format -> (size, sha256) of the image files
     signed_format: str | None = None  # for a published image: the format the catalogue signed
+    sbom: bytes | None = None  # for a published image: the SBOM publish stored, verified against its signed hash
 
     @property
     def record(self) -> dict[str, Any]:
@@ -85,22 +86,8 @@ def load_published(reader: CatalogueReader, ref: ImageRef | str, arch: str) -> L
         raise NotFoundError(
             f"{label} has no build record", hint="only `publish --from-build` stores one; compare record files instead"
         )
-    sha, size = summary.get("sha256"), summary.get("size")
-    if not isinstance(sha, str) or len(sha) != 64 or type(size) is not int or size < 0:
-        raise ImageMismatchError(f"{label}: the signed build-record summary names no valid blob")
-    if size > MAX_SIZE:
-        raise ImageMismatchError(f"{label}: its build record is {size} bytes, more than the {MAX_SIZE} read")
-    try:
-        data = reader.store.read(blob_key(sha), size)  # refused past the signed size: never an endless read
-    except ObjectMissingError:
-        raise ImageMismatchError(f"{label}: its build record {blob_key(sha)} is missing from the catalogue") from None
-    except ObjectTooLargeError:
-        raise ImageMismatchError(f"{label}: its build record is longer than the signed {size} bytes") from None
-    if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
-        raise ImageMismatchError(
-            f"{label}: its build record does not match the signed size and SHA-256 (tampered or corrupt)"
-        )
-    record = parse(data, f"the build record of {label}")
+    blobs = {what: _signed_blob(reader, label, what, sha, size) for what, sha, size in side_blobs(summary)}
+    record = parse(blobs["build record"], f"the build record of {label}")
     return LoadedRecord(
         label=label,
         build=record,
@@ -110,7 +97,28 @@ def load_published(reader: CatalogueReader, ref: ImageRef | str, arch: str) -> L
         os=rec.os or record.target.os or "",
         images={**_images(record), rec.format: (rec.size, rec.sha256)},  # the signed image wins over the record
         signed_format=rec.format,
+        sbom=blobs.get("SBOM"),
     )
+
+
+def _signed_blob(reader: CatalogueReader, label: str, what: str, sha: Any, size: Any) -> bytes:
+    """The blob ``sha`` of ``size`` bytes the signed metadata names for ``label``, read within that size and
+    checked: ImageMismatchError (exit 11) when it is missing, longer, shorter or has another SHA-256."""
+    if not isinstance(sha, str) or len(sha) != 64 or type(size) is not int or size < 0:
+        raise ImageMismatchError(f"{label}: the signed {what} summary names no valid blob")
+    if size > MAX_SIZE:
+        raise ImageMismatchError(f"{label}: its {what} is {size} bytes, more than the {MAX_SIZE} read")
+    try:
+        data = reader.store.read(blob_key(sha), size)  # refused past the signed size: never an endless read
+    except ObjectMissingError:
+        raise ImageMismatchError(f"{label}: its {what} {blob_key(sha)} is missing from the catalogue") from None
+    except ObjectTooLargeError:
+        raise ImageMismatchError(f"{label}: its {what} is longer than the signed {size} bytes") from None
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+        raise ImageMismatchError(
+            f"{label}: its {what} does not match the signed size and SHA-256 (tampered or corrupt)"
+        )
+    return data
 
 
 def packages(loaded: LoadedRecord) -> tuple[Package, ...]:

@@ -241,3 +241,41 @@ def test_what_is_a_record_file_and_what_a_reference() -> None:
         False,
         False,
     ]
+
+
+def test_publish_stores_the_sbom_signed_verified_kept_and_mirrored(
+    catalogue: Catalogue, cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    """publish --from-build stores the SPDX document content-addressed, referenced (sha256, size) from the signed
+    build-record summary: `imagectl sbom REF` prints exactly those bytes, pyspdxtools accepts them, gc keeps
+    them, a mirror copies them, and verify hashes them (a tampered copy is a problem)."""
+    from imagectl.catalogue.state import load_state
+
+    a, _b = _two(tmp_path)
+    _publish(cli, catalogue, a, "1")
+    [rec] = load_state(catalogue.store).images("wn")
+    assert rec.build_record is not None
+    ref = rec.build_record["sbom"]
+    assert set(ref) == {"sha256", "size", "spdx"} and ref["spdx"] == "SPDX-2.3"
+    blob = catalogue.dir / "blobs" / "sha256" / ref["sha256"]
+    assert blob.stat().st_size == ref["size"] and hashlib.sha256(blob.read_bytes()).hexdigest() == ref["sha256"]
+    out = tmp_path / "stored.spdx.json"
+    where = ("--catalogue", catalogue.dir, "--root", catalogue.root, "--arch", "x86_64")
+    r = cli("sbom", "wn:1", *where, "-o", out)
+    assert r.code == 0, r.err
+    assert out.read_bytes() == blob.read_bytes()
+    _validate(out)
+    assert json.loads(out.read_bytes())["packages"][0]["checksums"][0]["checksumValue"] == rec.sha256
+    assert cli("catalogue", "gc", catalogue.dir, "--grace", "0").code == 0
+    assert blob.exists()
+    mirror = tmp_path / "mirror"
+    r = cli("mirror", catalogue.dir, mirror, "--root", catalogue.root, "--json")
+    assert r.code == 0, r.err
+    assert (mirror / "blobs" / "sha256" / ref["sha256"]).read_bytes() == blob.read_bytes()
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes().replace(b"bash", b"bosh"))
+    r = cli("catalogue", "verify", catalogue.dir, "--json")
+    problems = json.loads(r.out)["problems"]
+    assert r.code != 0 and any("(SBOM)" in p for p in problems), problems
+    r = cli("sbom", "wn:1", *where)
+    assert r.code == 11 and "its SBOM does not match the signed size and SHA-256" in r.err

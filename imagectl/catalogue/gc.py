@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from imagectl.catalogue.model import BLOBS, METADATA, TARGETS, target_file_key
+from imagectl.catalogue.model import BLOBS, METADATA, TARGETS, side_blobs, target_file_key
 from imagectl.catalogue.state import load_state
 from imagectl.fsio import SymlinkRefusedError
 from imagectl.store import Store
@@ -59,8 +59,7 @@ def _referenced(store: Store) -> set[str]:
             keep.add(BLOBS + t.hashes["sha256"])
             keep.add(target_file_key(t.path, t.hashes["sha256"]))
             record = t.custom.get("build_record") if isinstance(t.custom, dict) else None
-            if isinstance(record, dict) and isinstance(record.get("sha256"), str):
-                keep.add(BLOBS + record["sha256"])
+            keep.update(BLOBS + sha for _what, sha, _size in side_blobs(record) if isinstance(sha, str))
     return keep
 
 

@@ -194,8 +194,11 @@ def mirror(
             for rec in images:
                 report.images.append(f"{name}:{rec.version} {rec.arch}")
                 wanted = [(rec.sha256, rec.size)]
-                if isinstance(rec.build_record, dict) and isinstance(rec.build_record.get("sha256"), str):
-                    wanted.append((rec.build_record["sha256"], int(rec.build_record.get("size", 0))))
+                wanted += [
+                    (sha, size)
+                    for _what, sha, size in model.side_blobs(rec.build_record)
+                    if isinstance(sha, str) and type(size) is int
+                ]
                 for sha, size in wanted:
                     if dest.exists(blob_key(sha)):
                         report.blobs_present += 1

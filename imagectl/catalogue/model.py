@@ -31,6 +31,7 @@ __all__ = [
     "host_arch",
     "parse_ref",
     "role_for",
+    "side_blobs",
     "target_file_key",
     "target_path",
     "version_key",
@@ -205,6 +206,19 @@ def _parent_image(value: Any, where: str) -> dict[str, Any]:
     if "channel" in value:
         check_channel(value["channel"] if isinstance(value["channel"], str) else "")
     return dict(value)
+
+
+def side_blobs(build_record: Any) -> list[tuple[str, str, Any]]:
+    """The blobs an image's signed ``build_record`` summary references, as (what, sha256, size) — the build record
+    itself and, inside it, the SBOM ``publish --from-build`` stored (``"sbom": {"sha256", "size"}``). Values are as
+    signed (``size`` unchecked): gc keeps them, verify hashes them, mirror copies them."""
+    out: list[tuple[str, str, Any]] = []
+    if not isinstance(build_record, dict):
+        return out
+    for what, summary in (("build record", build_record), ("SBOM", build_record.get("sbom"))):
+        if isinstance(summary, dict) and "sha256" in summary:
+            out.append((what, summary.get("sha256"), summary.get("size")))  # type: ignore[arg-type]
+    return out
 
 
 def utcnow() -> dt.datetime:

@@ -438,6 +438,30 @@ def _record_image(record_path: Path, image: buildrecord.ImageFile) -> tuple[Path
     return path, model.check_format(image.format)
 
 
+def _store_sbom(
+    store: Store, record: buildrecord.BuildRecord, fmt: str, version: str | None
+) -> dict[str, object] | None:
+    """Store the SPDX 2.3 SBOM of the image (from the record's package list) content-addressed, as the build record
+    is; its (sha256, size) go into the signed build-record summary. None when the record names no image SHA-256
+    (an SBOM must say which bytes it describes)."""
+    from imagectl.records import LoadedRecord
+    from imagectl.sbom import sbom_bytes
+
+    target = record.target
+    images = {f: (i.size, i.sha256) for f, i in record.images_by_format().items()}
+    loaded = LoadedRecord(
+        f"{target.name} ({target.arch})", record, str(target.name), version, str(target.arch), str(target.os or ""),
+        images, signed_format=fmt,
+    )  # fmt: skip
+    try:
+        data = sbom_bytes(loaded)
+    except InvalidInputError:
+        return None
+    sha = hashlib.sha256(data).hexdigest()
+    store.write_new(blob_key(sha), data)
+    return {"sha256": sha, "size": len(data), "spdx": "SPDX-2.3"}
+
+
 def _recipe_parent(record: buildrecord.BuildRecord) -> str | None:
     """The recipe's ``parent:`` (NAME@CHANNEL or NAME:VERSION), from the merged recipe the build recorded."""
     merged = record.recipe.merged if record.recipe is not None else None
@@ -488,6 +512,7 @@ def publish_build(
         data = json.dumps(record.to_dict(), sort_keys=True).encode()
         record_sha = hashlib.sha256(data).hexdigest()
         store.write_new(blob_key(record_sha), data)
+        sbom = _store_sbom(store, record, image_fmt, shared or target.version)
         summary = {
             "sha256": record_sha,
             "size": len(data),
@@ -496,6 +521,7 @@ def publish_build(
             "finished": record.finished,
             "dib_version": record.dib.version if record.dib else None,
             "packages": len(record.packages or ()),
+            "sbom": sbom,
         }
         req = PublishRequest(
             file=str(image_file),

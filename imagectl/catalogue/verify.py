@@ -194,15 +194,13 @@ class _Verifier:
         return self.store.exists(key) if listed is None else key in listed
 
     def record_blob(self, rec: ImageRecord) -> None:
-        """The build record ``publish --from-build`` stored beside the image: signed (sha256, size) in custom."""
-        summary = rec.build_record
-        if summary is None or "sha256" not in summary:
-            return
-        sha, size = summary.get("sha256"), summary.get("size")
-        if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)) or type(size) is not int or size < 0:
-            self.problem(f"{rec.path}: build_record names no valid blob (sha256 {sha!r}, size {size!r})")
-            return
-        self.blob(f"{rec.path} (build record)", sha, size)
+        """The build record ``publish --from-build`` stored beside the image, and the SBOM it references: signed
+        (sha256, size) in custom."""
+        for what, sha, size in model.side_blobs(rec.build_record):
+            if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)) or type(size) is not int or size < 0:
+                self.problem(f"{rec.path}: the {what} names no valid blob (sha256 {sha!r}, size {size!r})")
+                continue
+            self.blob(f"{rec.path} ({what})", sha, size)
 
     def scope(self) -> _Scope | None:
         """What mirror.json says this partial mirror holds; None for a full catalogue (or an unusable file, which
