@@ -25,10 +25,18 @@ here = os.path.dirname(os.path.abspath(__file__))  # imagectl passes a minimal e
 with open(os.path.join(here, "calls.jsonl"), "a") as f:
     apply = open(os.path.join(os.environ["IMAGECTL_CONFIG_DIR"], "apply.sh")).read()
     f.write(json.dumps({"argv": args, "apply": apply}) + "\n")
+if os.path.exists(os.path.join(here, "startup")):  # what DIB says when a host tool is missing, before any element
+    print("2026-11-25 15:10:27.001 | Building elements: base vm", flush=True)
+    print(sys.argv[0] + ": line 3: kpartx: command not found", flush=True)
+    sys.exit(127)
 print("2026-11-25 15:10:27.615 | Copying hooks /x/elements/debian-minimal/root.d/08-debootstrap", flush=True)
 print("2026-11-25 15:10:28.239 | dib-run-parts Running /tmp/dib_build.X/hooks/root.d/08-debootstrap", flush=True)
 if os.path.exists(os.path.join(here, "fail")):
     print("E: Failed getting release file", flush=True)
+    sys.exit(1)
+if os.path.exists(os.path.join(here, "traceback")):  # a Python helper inside an element script dies
+    for line in open(os.path.join(here, "traceback")).read().splitlines():
+        print("2026-11-25 15:10:29.100 | " + line, flush=True)
     sys.exit(1)
 os.makedirs(out + ".d/dib-manifests", exist_ok=True)
 with open(out + ".d/dib-manifests/dib-manifest-dpkg-x", "w") as f:
@@ -100,6 +108,59 @@ def test_build_failure_names_phase_element_and_log(fake_dib, cli, tmp_path):
     assert text.startswith("+ disk-image-create -a amd64 ") and "+ env " in text  # exact command and env logged
     assert "E: Failed getting release file" in text
     assert not (out / "debian12-demo-x86_64.build.json").exists()  # no record for a failed build
+
+
+def test_build_failure_at_start_up_names_the_cause(fake_dib, cli, tmp_path):
+    """DIB stops before its first element script: the one-line error quotes why from the log (G2 of issue 12)."""
+    (fake_dib.parent / "startup").touch()
+    out = tmp_path / "out"
+    r = cli("build", DEMO, "--arch", "x86_64", "-o", out)
+    assert r.code == 20
+    log = out / "debian12-demo-x86_64.log"
+    assert r.err == (
+        "imagectl: error: building debian12-demo-x86_64 failed in start-up (before the first element script): "
+        f"kpartx is not installed on this host: disk-image-create exit 127; log: {log}\n"
+    )
+
+
+TRACEBACK = """Traceback (most recent call last):
+  File "/usr/lib/python3.11/runpy.py", line 198, in _run_module_as_main
+    return _run_code(code, main_globals, None,
+  File "/tmp/in_target.d/helper.py", line 3, in <module>
+    import imagectl.imaging.slc.bootstrap
+ModuleNotFoundError: No module named 'imagectl'
+"""
+
+
+def test_build_failure_in_a_python_element_names_its_exception(fake_dib, cli, tmp_path):
+    """A traceback in an element script (no `imagectl: error:` line of ours): its exception is the cause (G3)."""
+    (fake_dib.parent / "traceback").write_text(TRACEBACK)
+    out = tmp_path / "out"
+    r = cli("build", DEMO, "--arch", "x86_64", "-o", out)
+    assert r.code == 20
+    log = out / "debian12-demo-x86_64.log"
+    assert r.err == (
+        "imagectl: error: building debian12-demo-x86_64 failed in root.d/08-debootstrap (element debian-minimal): "
+        f"ModuleNotFoundError: No module named 'imagectl': disk-image-create exit 1; log: {log}\n"
+    )
+    # the message is quoted from the log: bounded, and a terminal escape in it is shown, never sent
+    (fake_dib.parent / "traceback").write_text(TRACEBACK.replace("'imagectl'", "'\x1b[2Jx" + "y" * 5000 + "'"))
+    r = cli("build", DEMO, "--arch", "x86_64", "-o", out)
+    assert r.code == 20 and "\x1b" not in r.err and "ModuleNotFoundError: No module named '\\x1b[2Jxyyy" in r.err
+    assert len(r.err) < 600 and r.err.count("\n") == 1, r.err
+
+
+def test_slc_recipe_without_gpg_keys_is_refused_before_dib(fake_dib, cli, tmp_path):
+    """Issue 12 G1: an SLC recipe that pins no package signing key validates (with a warning) but does not build:
+    refused before diskimage-builder starts, with the recipe position and where the key comes from, exit 7."""
+    slc6 = REPO / "recipes" / "slc" / "slc6-worker.yaml"
+    out = tmp_path / "out"
+    r = cli("build", slc6, "--arch", "x86_64", "-o", out)
+    assert r.code == 7
+    [line] = r.err.splitlines()
+    assert line.startswith(f"imagectl: error: {slc6}:5:11: gpg_keys: no GPG key pinned for SLC 6, so it cannot be")
+    assert "RPM-GPG-KEYs/RPM-GPG-KEY-cern" in line and "fingerprint" in line
+    assert not fake_dib.exists() and not out.exists()  # no DIB run, no output directory
 
 
 def test_build_refuses_before_any_work(fake_dib, cli, tmp_path):

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from imagectl.errors import InvalidInputError, UnsupportedHostError
+from imagectl.families import FAMILIES
 from imagectl.imaging import hostcompat
 from imagectl.imaging.builder import _Progress, build_key, elements_paths
 from imagectl.imaging.configscript import script_text
 from imagectl.imaging.plan import check_host, plan_dib, targets
 from imagectl.recipe.model import load_recipe
-from tests.conftest import REPO
+from tests.conftest import REPO, require_tools
 
 RECIPES = [p for p in sorted(REPO.glob("recipes/**/*.yaml")) if not load_recipe(p).data.get("abstract")]
 COMBOS = [(p, t.arch, t.hypervisor) for p in RECIPES for t in targets(load_recipe(p))]
@@ -69,25 +70,66 @@ def test_dib_invocation_for_every_recipe_target(path, arch, hv, tmp_path, monkey
         if rel in ("3", "4", "5"):
             assert argv[argv.index("--mkfs-options") + 1] == "-I 128"
         else:
-            assert "--mkfs-options" not in argv
+            assert argv[argv.index("--mkfs-options") + 1] == SLC6_MKFS
         assert set(recipe.data["packages"]) <= set(env["IMAGECTL_PACKAGES"].split())
 
 
 @pytest.mark.parametrize("release", ["3", "4", "5", "6"])
 def test_legacy_grub_releases_get_ext3_with_128_byte_inodes(release, tmp_path):
     """SLC 3-5 boot with GRUB 0.97 (and SLC 3 runs Linux 2.4): the root file system is ext3 with 128-byte inodes,
-    passed as DIB's FS_TYPE and --mkfs-options (which DIB's block-device layer hands to `mkfs -t ext3 -I 128`)."""
+    passed as DIB's FS_TYPE and --mkfs-options (which DIB's block-device layer hands to `mkfs -t ext3 -I 128`).
+    SLC 6 (RHEL 6's ext4-patched GRUB 0.97, Linux 2.6.32) gets ext4 with exactly the features of its time."""
     src = tmp_path / "r.yaml"
     src.write_text(f"name: r\nos: {{family: slc, release: {release}}}\narchitectures: [x86_64]\n")
     [target] = targets(load_recipe(src))
     inv = plan_dib(target, tmp_path / "out", tmp_path / "cfg", [])
     size = inv.argv.index("--image-size")
     if release == "6":
-        assert "FS_TYPE" not in inv.env and "--mkfs-options" not in inv.argv  # DIB's ext4 and GRUB 2-era defaults
-        assert inv.argv[size + 2] == "-n"
+        assert "FS_TYPE" not in inv.env  # DIB's default, ext4
+        assert inv.argv[size + 2 : size + 5] == ["--mkfs-options", SLC6_MKFS, "-n"]
     else:
         assert inv.env["FS_TYPE"] == "ext3"
         assert inv.argv[size + 2 : size + 5] == ["--mkfs-options", "-I 128", "-n"]
+
+
+# What RHEL 6's own mkfs.ext4 made: the host's /etc/mke2fs.conf defaults are cleared first (none), so no newer
+# feature (metadata_csum, 64bit, orphan_file, ...) reaches a kernel that would mount it read-only or not at all.
+SLC6_MKFS = (
+    "-O none,has_journal,ext_attr,resize_inode,dir_index,filetype,extent,flex_bg,sparse_super,large_file,"
+    "huge_file,uninit_bg,dir_nlink,extra_isize"
+)
+REFUSED_BY_SLC6 = {"metadata_csum", "metadata_csum_seed", "64bit", "orphan_file", "orphan_present", "quota",
+                   "project", "encrypt", "casefold", "verity", "inline_data", "large_dir", "ea_inode"}  # fmt: skip
+
+
+def test_slc6_ext4_has_only_features_its_kernel_knows(tmp_path):
+    """A real mkfs.ext4 (the host's e2fsprogs and /etc/mke2fs.conf, with the options DIB itself adds for ext4)
+    given the SLC 6 plan's --mkfs-options makes a file system none of whose features is newer than 2.6.32."""
+    require_tools("mkfs.ext4", "dumpe2fs", install="e2fsprogs")
+    src = tmp_path / "r.yaml"
+    src.write_text("name: r\nos: {family: slc, release: 6}\narchitectures: [x86_64]\n")
+    [target] = targets(load_recipe(src))
+    inv = plan_dib(target, tmp_path / "out", tmp_path / "cfg", [])
+    opts = inv.argv[inv.argv.index("--mkfs-options") + 1]
+    image = tmp_path / "root.img"
+    with image.open("wb") as f:
+        f.truncate(64 << 20)
+    # DIB: MKFS_OPTS="-i 4096 -J size=64 $MKFS_OPTS", then `mkfs -t ext4 OPTS -L LABEL -U UUID -q DEVICE`
+    mkfs = ["mkfs.ext4", "-F", "-i", "4096", "-J", "size=4", *opts.split(), "-L", "cloudimg-rootfs", "-q"]
+    p = subprocess.run([*mkfs, str(image)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    [line] = [x for x in p.stdout.splitlines() if x.startswith("Filesystem features:")]
+    features = set(line.split(":", 1)[1].split())
+    assert not features & REFUSED_BY_SLC6, features
+    assert {"has_journal", "extent", "uninit_bg", "dir_index"} <= features  # ext4 as RHEL 6 made it
+    assert features <= set(FAMILIES["slc"].releases["6"].mkfs_options.removeprefix("-O none,").split(","))
+    # the host's defaults would have given at least one refused feature (this e2fsprogs has metadata_csum)
+    p = subprocess.run(["mkfs.ext4", "-F", "-q", str(image)], capture_output=True, text=True)
+    p = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True)
+    [line] = [x for x in p.stdout.splitlines() if x.startswith("Filesystem features:")]
+    assert set(line.split(":", 1)[1].split()) & REFUSED_BY_SLC6
 
 
 def test_mirror_override_by_environment(tmp_path, monkeypatch):

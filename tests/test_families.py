@@ -106,3 +106,30 @@ def test_every_recipe_format_and_arch_is_one_the_catalogue_accepts() -> None:
     assert set(RECIPE_FORMATS) <= set(FORMATS)
     assert set(ARCHITECTURES) <= set(ARCHES)
     assert set(HYPERVISORS) <= set(CATALOGUE_HYPERVISORS)
+
+
+@pytest.mark.parametrize("rel", ["3", "4", "5", "6"])
+def test_slc_alone_chooses_the_root_file_system(rel: str, tmp_path: Path) -> None:
+    """families/slc.py owns each release's file system and mkfs options; the DIB command carries them, and the
+    slc-bootloader element's README says the same."""
+    from imagectl.families import slc
+
+    src = tmp_path / "r.yaml"
+    src.write_text(f"name: r\nos: {{family: slc, release: {rel}}}\narchitectures: [x86_64]\n")
+    [t] = targets(load_recipe(src))
+    inv = plan_dib(t, tmp_path, tmp_path / "cfg", [])
+    opts = inv.argv[inv.argv.index("--mkfs-options") + 1]
+    release = FAMILIES["slc"].releases[rel]
+    assert (release.fs_type, release.mkfs_options) == slc._filesystem(rel)
+    assert opts == release.mkfs_options
+    readme = (REPO / "recipes/elements/slc-bootloader/README.rst").read_text()
+    if rel == "6":
+        assert release.fs_type == "ext4" and "FS_TYPE" not in inv.env
+        features = opts.removeprefix("-O none,").split(",")
+        assert opts.startswith("-O none,") and features == list(slc.EXT4_FEATURES_2_6_32)
+        assert not set(features) & set(slc.EXT4_FEATURES_TOO_NEW)
+        assert {"metadata_csum", "metadata_csum_seed", "64bit", "orphan_file"} <= set(slc.EXT4_FEATURES_TOO_NEW)
+        assert "SLC 6\n  ext4" in readme and ",".join(features[:2]) in readme
+    else:
+        assert (release.fs_type, opts, inv.env["FS_TYPE"]) == ("ext3", "-I 128", "ext3")
+        assert "SLC 3 to 5\n  ext3 with 128-byte inodes" in readme

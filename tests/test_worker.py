@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from imagectl.errors import InvalidInputError
-from imagectl.imaging.builder import startup_cause
+from imagectl.imaging.builder import python_error, startup_cause
 from imagectl.imaging.configscript import worker_files
 from imagectl.imaging.context import context_script, make_context_iso, parse_assignments
 from imagectl.imaging.elements import check_elements
@@ -47,10 +47,12 @@ def image_root(tmp: Path, system: str = "slurm", server: str = "default-head", o
     return root
 
 
-def run_context(shell: str, root: Path, context: str | None, *args: str, cmdline: str = "") -> list[str]:
+def run_context(
+    shell: str, root: Path, context: str | None, *args: str, cmdline: str = "", env_extra: dict[str, str] | None = None
+) -> list[str]:
     """Run imagectl-context under ``shell``; return its output lines (it must exit 0)."""
     require_tools(shell)
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "IMAGECTL_ROOT": str(root)}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "IMAGECTL_ROOT": str(root), **(env_extra or {})}
     cmd = root.parent / "cmdline"
     cmd.write_text(cmdline)
     env["IMAGECTL_CMDLINE_FILE"] = str(cmd)
@@ -364,3 +366,158 @@ def test_slc_bootstrap_provides_the_operating_system() -> None:
     no SLC build could get past DIB's start-up)."""
     provides = (REPO / "recipes/elements/slc-bootstrap/element-provides").read_text().split()
     assert provides == ["operating-system"]
+
+
+# -- time keeping, SSH host keys on SLC (issue 12 G7, G8) -------------------------------------------------------------
+NTP = "ntp1.cern.ch ip-time-1.cern.ch"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_slc6_worker_keeps_time_with_ntpdate(tmp_path: Path, shell: str) -> None:
+    """SLC 6 worker: ntpdate (no ntp.conf, no systemd). NTP_SERVERS reaches ntpdate's step-tickers, which its init
+    script reads at boot, after imagectl-context (S07) has run."""
+    root = image_root(tmp_path)
+    (root / "etc/rc.d/init.d").mkdir(parents=True)
+    (root / "etc/rc.d/init.d/ntpdate").write_text("#!/bin/sh\n")
+    (root / "etc/rc.d/init.d/ntpdate").chmod(0o755)
+    out = run_context(shell, root, context_script({"NTP_SERVERS": NTP}))
+    assert f"imagectl-context: time servers {NTP} (/etc/ntp/step-tickers)" in out
+    assert (root / "etc/ntp/step-tickers").read_text() == "ntp1.cern.ch\nip-time-1.cern.ch\n"
+
+
+def test_ntpd_and_its_step_tickers_get_the_servers(tmp_path: Path) -> None:
+    """SLC 3 to 5: the ntp package, whose ntpd init script sets the clock from step-tickers before ntpd starts."""
+    root = image_root(tmp_path)
+    (root / "etc/ntp").mkdir()
+    (root / "etc/ntp/step-tickers").write_text("")
+    (root / "etc/ntp.conf").write_text("driftfile /var/lib/ntp/drift\nserver 0.rhel.pool.ntp.org\n")
+    out = run_context("dash", root, context_script({"NTP_SERVERS": NTP}))
+    assert f"imagectl-context: time servers {NTP} (/etc/ntp.conf, /etc/ntp/step-tickers)" in out
+    assert (root / "etc/ntp.conf").read_text() == (
+        "driftfile /var/lib/ntp/drift\nserver ntp1.cern.ch iburst\nserver ip-time-1.cern.ch iburst\n"
+    )
+    assert (root / "etc/ntp/step-tickers").read_text() == "ntp1.cern.ch\nip-time-1.cern.ch\n"
+
+
+def test_no_time_service_is_said_never_claimed(tmp_path: Path) -> None:
+    root = image_root(tmp_path)
+    out = run_context("dash", root, context_script({"NTP_SERVERS": "ntp1.cern.ch"}))
+    assert not any("time servers" in line for line in out), out
+    assert (
+        "imagectl-context: NTP_SERVERS not applied: this image has no time service (timesyncd, ntpd or ntpdate)" in out
+    )
+    assert not (root / "etc/ntp").exists()
+
+
+def test_hostile_time_servers_are_refused(tmp_path: Path) -> None:
+    root = image_root(tmp_path)
+    (root / "etc/systemd").mkdir()
+    canary = tmp_path / "globbed"
+    canary.mkdir()
+    out = run_context("dash", root, context_script({"NTP_SERVERS": f"ok.example\n[Time]\nNTP=evil * {canary}/*"}))
+    assert "imagectl-context: refusing time server '[Time]'" in out
+    assert "imagectl-context: refusing time server 'NTP=evil'" in out
+    assert "imagectl-context: time servers ok.example (timesyncd)" in out, out
+    assert (root / "etc/systemd/timesyncd.conf.d/imagectl.conf").read_text() == "[Time]\nNTP=ok.example\n"
+
+
+STUB_KEYGEN = """#!/bin/sh
+# ssh-keygen of OpenSSH < 5.8 (SLC 3 to 6): no -A
+echo "$*" >> "$(dirname "$0")/calls"
+case " $* " in *" -A "*) echo "ssh-keygen: illegal option -- A" >&2; exit 1 ;; esac
+while [ $# -gt 0 ]; do
+    case "$1" in -f) f=$2; shift ;; -t) t=$2; shift ;; esac
+    shift
+done
+echo "$t private" > "$f" && echo "$t public" > "$f.pub"
+"""
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_host_keys_without_ssh_keygen_a(tmp_path: Path, shell: str) -> None:
+    """G8: SLC's ssh-keygen has no -A; the node still makes its own rsa and dsa host keys, by name."""
+    stub = tmp_path / "bin" / "ssh-keygen"
+    stub.parent.mkdir()
+    stub.write_text(STUB_KEYGEN)
+    stub.chmod(0o755)
+    root = image_root(tmp_path)
+    out = run_context(shell, root, None, env_extra={"IMAGECTL_SSH_KEYGEN": str(stub)})
+    assert "imagectl-context: made this node's SSH host keys: rsa dsa" in out
+    for t in ("rsa", "dsa"):
+        assert (root / f"etc/ssh/ssh_host_{t}_key").read_text() == f"{t} private\n"
+        assert (root / f"etc/ssh/ssh_host_{t}_key.pub").read_text() == f"{t} public\n"
+    calls = (tmp_path / "bin" / "calls").read_text().splitlines()
+    assert calls[0] == f"-A -f {root}"
+    assert calls[1:] == [f"-q -t {t} -f {root}/etc/ssh/ssh_host_{t}_key -C  -N " for t in ("rsa", "dsa")]
+    # keys there: nothing is made again
+    out = run_context(shell, root, None, env_extra={"IMAGECTL_SSH_KEYGEN": str(stub)})
+    assert (
+        not any("SSH host keys" in line for line in out)
+        and len((tmp_path / "bin" / "calls").read_text().splitlines()) == 3
+    )
+
+
+# -- a Python traceback inside an element script (issue 12 G3) -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("log", "cause"),
+    [
+        (  # the last exception of a chained traceback, DIB's timestamps stripped
+            "2026-12-01 15:02:04.463 | dib-run-parts Running /tmp/hooks/root.d/10-slc-bootstrap\n"
+            "2026-12-01 15:02:04.470 | Traceback (most recent call last):\n"
+            '2026-12-01 15:02:04.470 |   File "x.py", line 1, in <module>\n'
+            "2026-12-01 15:02:04.470 | KeyError: 'a'\n"
+            "2026-12-01 15:02:04.470 | \n"
+            "2026-12-01 15:02:04.470 | During handling of the above exception, another exception occurred:\n"
+            "2026-12-01 15:02:04.470 | Traceback (most recent call last):\n"
+            '2026-12-01 15:02:04.470 |   File "x.py", line 3, in <module>\n'
+            "2026-12-01 15:02:04.470 |     raise urllib.error.URLError('no route')\n"
+            "2026-12-01 15:02:04.470 | urllib.error.URLError: <urlopen error no route>\n"
+            "2026-12-01 15:02:04.480 | ++ exit 1\n",
+            "URLError: <urlopen error no route>",
+        ),
+        (  # python3 -m of a package that is not installed: no traceback, one line (what O1 of the audit saw)
+            "2026-12-01 15:02:04.463 | dib-run-parts Running /tmp/hooks/root.d/10-slc-bootstrap\n"
+            "2026-12-01 15:02:04.470 | /usr/bin/python3: Error while finding module specification for "
+            "'imagectl.imaging.slc.bootstrap' (ModuleNotFoundError: No module named 'imagectl')\n",
+            "Error while finding module specification for 'imagectl.imaging.slc.bootstrap' (ModuleNotFoundError: "
+            "No module named 'imagectl')",
+        ),
+        (  # a traceback of an earlier script that went on is not this one's cause
+            'Traceback (most recent call last):\n  File "a.py", line 1\nValueError: old\n'
+            "dib-run-parts Running /tmp/hooks/install.d/50-x\nE: Unable to locate package x\n",
+            None,
+        ),
+        ('Traceback (most recent call last):\n  File "a", line 1\nSystemExit\n', "SystemExit"),
+        ('Traceback (most recent call last):\n  File "a", line 1\nOSError: \x1b]0;x\x07' + "z" * 400 + "\n", None),
+    ],
+)
+def test_python_error_in_an_element_script(tmp_path: Path, log: str, cause: str | None) -> None:
+    path = tmp_path / "build.log"
+    path.write_text(log)
+    got = python_error(path)
+    if log.startswith("Traceback") and "OSError" in log:  # bounded, control characters escaped
+        assert got is not None and got.startswith("OSError: \\x1b]0;x\\x07zzz") and len(got) == 200, got
+        assert got.endswith("…") and got.isprintable()
+    else:
+        assert got == cause
+
+
+# -- gpg_keys: valid, but not buildable (issue 12 G1) ---------------------------------------------------------------
+def test_slc_recipe_without_gpg_keys_validates_with_a_warning(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    shipped = REPO / "recipes" / "slc" / "slc6-worker.yaml"
+    res = cli("recipe", "validate", shipped)
+    assert res.code == 0 and res.out.startswith(f"ok: {shipped} (slc6-worker:")
+    [warning] = res.err.splitlines()
+    assert warning.startswith(f"imagectl: warning: {shipped}:5:11: gpg_keys: no GPG key pinned for SLC 6")
+    assert "https://linuxsoft.cern.ch/cern/slc6X/x86_64/RPM-GPG-KEYs/RPM-GPG-KEY-cern" in warning
+    assert "check its fingerprint" in warning
+    res = cli("recipe", "validate", shipped, "--json")
+    assert res.code == 0 and json.loads(res.out)[0]["warnings"][0].startswith(f"{shipped}:5:11: gpg_keys:")
+    # with a key pinned (a child of the shipped recipe), no warning; Debian never needs one
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "RPM-GPG-KEY-site").write_text("placeholder: validate checks the file exists\n")
+    child = tmp_path / "site-slc6.yaml"
+    child.write_text(f"name: site-slc6\nextends: {shipped}\ngpg_keys: [keys/RPM-GPG-KEY-site]\n")
+    res = cli("recipe", "validate", child, REPO / "recipes" / "demo" / "debian12-demo.yaml")
+    assert res.code == 0 and res.err == "", res.err
+    assert res.out.count("ok: ") == 2

@@ -78,6 +78,12 @@ class Family(abc.ABC):
                 )
         return out
 
+    def build_needs(self, release: Release, data: Mapping[str, Any], pos: Any) -> list[str]:
+        """What a valid, concrete recipe still lacks before it can be built, one line each with ``file:line:col``
+        (``pos(path)``): ``recipe validate`` warns with them, ``imagectl build`` refuses the recipe with the first
+        before any build work. Nothing by default."""
+        return []
+
     @staticmethod
     def resolve(recipe: Recipe, rel: str) -> Path:
         """A path the recipe names relative to its own file, absolute."""

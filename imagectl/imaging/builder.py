@@ -27,7 +27,8 @@ from typing import Any
 
 from imagectl import __version__
 from imagectl.buildrecord import BuildRecord, Dib, ImageFile, Package, RecipeInfo, Target
-from imagectl.errors import ImageMismatchError, LocalIOError, ToolError, ToolMissingError
+from imagectl.errors import ImageMismatchError, KeyProblemError, LocalIOError, ToolError, ToolMissingError, printable
+from imagectl.families import family
 from imagectl.fsio import AtomicFile, copy_verified
 from imagectl.imaging import hostcompat
 from imagectl.imaging.aptproxy import DebianPackageCache
@@ -39,7 +40,16 @@ from imagectl.recipe.schema import RecipeError
 from imagectl.runner import run, tool_version
 from imagectl.urls import redact
 
-__all__ = ["BuildOptions", "BuildOutput", "build_key", "build_recipe", "dib_version", "is_cached", "target_key"]
+__all__ = [
+    "BuildOptions",
+    "BuildOutput",
+    "build_key",
+    "build_recipe",
+    "dib_version",
+    "is_cached",
+    "python_error",
+    "target_key",
+]
 
 _HOOK_PATH = re.compile(r"Copying hooks (\S+)/([^/\s]+)/([a-z-]+\.d)/([^/\s]+)\s*$")
 _RUNNING = re.compile(r"dib-run-parts Running \S+/([a-z-]+\.d)/([^/\s]+)\s*$")
@@ -214,6 +224,39 @@ def startup_cause(log_file: Path) -> str | None:
     return None
 
 
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\):\s*$")
+_DIB_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \| ")  # DIB's timestamp on each log line
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*)(?:: (.*))?$")
+# `python3 -m pkg.module` without the package: no traceback, one line naming the exception
+_NO_MODULE = re.compile(r"python[0-9.]*: (Error while finding module specification for .*|No module named .*)$")
+CAUSE_MAX = 200  # characters of a cause quoted from a log
+
+
+def _bounded(text: str) -> str:
+    text = printable(text)
+    return text if len(text) <= CAUSE_MAX else text[: CAUSE_MAX - 1] + "…"
+
+
+def python_error(log_file: Path) -> str | None:
+    """The exception a Python program died of in the current element script (after the log's last
+    ``dib-run-parts Running`` line), e.g. ``ModuleNotFoundError: No module named 'imagectl'``: the last line of its
+    last traceback, or python's one-line ``-m`` failure. Bounded and printable. None when there is neither."""
+    tail = [_DIB_PREFIX.sub("", line) for line in _log_tail(log_file)]
+    start = max((i for i, line in enumerate(tail) if "dib-run-parts Running" in line), default=-1)
+    tail = tail[start + 1 :]
+    found = None
+    for i, line in enumerate(tail):
+        if _TRACEBACK.search(line):
+            # frames are indented; the first line after them that is not says what was raised
+            rest = [x for x in tail[i + 1 :] if x.strip()]
+            end = next((x for x in rest if not x.startswith(" ")), None)
+            if end is not None and (m := _EXCEPTION_LINE.match(end.strip())):
+                found = m.group(1) + (f": {m.group(2)}" if m.group(2) else "")
+        elif m := _NO_MODULE.search(line):
+            found = m.group(1)
+    return _bounded(found) if found else None
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -321,7 +364,12 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
     except ToolMissingError:
         raise
     except ToolError as e:
-        cause = element_error(log_file) or (startup_cause(log_file) if progress.current is None else None)
+        # ours, else DIB's reason for stopping before the first script, else a Python program's exception
+        cause = (
+            element_error(log_file)
+            or (startup_cause(log_file) if progress.current is None else None)
+            or python_error(log_file)
+        )
         raise ToolError(
             f"building {t.basename} failed in {progress.where()}"
             + (f": {cause}" if cause else "")
@@ -385,6 +433,9 @@ def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
     if missing:  # what DIB would only say after start-up, as "Element 'x' not found"
         raise RecipeError(missing)
     check_host(sorted({t.arch for t in chosen}, key=[t.arch for t in chosen].index))
+    needs = family(recipe.release.family).build_needs(recipe.release, recipe.data, recipe.pos)
+    if needs:  # a valid recipe that cannot build (SLC without gpg_keys): refused before DIB, not inside it
+        raise KeyProblemError(needs[0])
     dib = dib_version()
     for tool in ("disk-image-create", "qemu-img", "sudo"):
         if shutil.which(tool) is None:

@@ -3,7 +3,8 @@
 Merge rules for ``extends:`` (the child is the recipe that names a parent):
 - scalars (name, description, version, disk_size, mirror) and the lists architectures, hypervisors and formats:
   the child's value replaces the parent's;
-- mappings (os, network, boot_test): merged key by key, the child's keys winning;
+- mappings (os, network, boot_test, batch): merged key by key, the child's keys winning, one level deep (a
+  child's batch.options or network.hosts replaces the parent's whole);
 - packages and elements: the parent's, then the child's, duplicates dropped; a child entry ``-NAME`` removes
   NAME inherited from the parent;
 - repositories, users and files: the parent's, then the child's; an entry with the same ``name`` (``path`` for
@@ -129,7 +130,7 @@ RECIPE_SCHEMA = Map(
                     Str(pattern=r"[A-Za-z$_][A-Za-z0-9_]{0,63}", rule="a configuration key"),
                     Str(pattern=r"[^\n\x00-\x1f]{0,1024}", rule="a one-line value"),
                     doc="extra lines of the system's main configuration (slurm.conf, mom_priv/config, lsf.conf, "
-                    "condor_config.local), KEY: VALUE",
+                    "config.d/50-imagectl.conf of HTCondor), KEY: VALUE",
                 ),
             },
         ),
