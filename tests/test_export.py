@@ -9,9 +9,11 @@ with a hostile reason and a revoked one; slc5-wn i386 hvm; slc5-ia64 ia64; debia
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -32,6 +34,7 @@ from tests.httpserver import TestHTTPServer
 HOSTILE = "CVE $(touch pwned) `touch pwned2`; rm -rf / && echo 'x' \"y\" | tee | * ?"
 ATROPE = "atrope==2.0.0"
 ATROPE_VENV = Path("/var/tmp/imagectl-test-venvs/atrope-2.0.0")  # kept between runs: a venv per run is 20 s
+DATES = ("dc:date:created", "dc:date:expires")  # of a HEPiX image list
 
 
 @dataclass
@@ -271,7 +274,7 @@ def pki(tmp_path: Path) -> Pki:
     return Pki(d / "ca.pem", d / "it.pem", d / "it.key", subj, ca_subj)
 
 
-def hepix_list(published: Published, cli: Callable[..., CliResult], pki: Pki, out: Path, url: str) -> dict:  # type: ignore[type-arg]
+def hepix_list(published: Published, cli: Callable[..., CliResult], pki: Pki, out: Path, url: str, *extra: str) -> dict:  # type: ignore[type-arg]
     r = cli(
         "export",
         "hepix",
@@ -285,6 +288,7 @@ def hepix_list(published: Published, cli: Callable[..., CliResult], pki: Pki, ou
         "--public-url",
         url,
         "--json",
+        *extra,
     )
     assert r.code == 0, r.err
     verified = openssl("smime", "-verify", "-CAfile", pki.ca, "-in", out)
@@ -332,6 +336,17 @@ def test_hepix_list_verified_by_openssl(published: Published, cli: Callable[...,
         )
         assert entries["slc5-wn (i386)"]["hv:format"] == "raw" and entries["debian12 (x86_64)"]["sl:osname"] == "debian"
         assert len({e["dc:identifier"] for e in entries.values()}) == 6
+        # every image expires with the list (atrope reads the per-image dc:date:expires), 30 days by default
+        created, expires = (dt.datetime.fromisoformat(doc[k].replace("Z", "+00:00")) for k in DATES)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", doc["dc:date:expires"])
+        assert abs(created - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=10)
+        assert expires - created == dt.timedelta(days=30)
+        assert {e["dc:date:expires"] for e in entries.values()} == {doc["dc:date:expires"]}
+        week = hepix_list(published, cli, pki, cat.dir / "week.smime", srv.url, "--valid-days", "7")["hv:imagelist"]
+        created, expires = (dt.datetime.fromisoformat(week[k].replace("Z", "+00:00")) for k in DATES)
+        assert expires - created == dt.timedelta(days=7)
+        assert {e["hv:image"]["dc:date:expires"] for e in week["hv:images"]} == {week["dc:date:expires"]}
+        assert len(week["hv:images"]) == 6
         # tampered: the signature no longer verifies
         out.write_bytes(out.read_bytes().replace(b'"6.1"', b'"6.3"', 1))
         p = subprocess.run(

@@ -283,6 +283,45 @@ def test_a_change_with_site_refreshes_it(
     assert "https://images.example.org/cat/" in page  # the public URL the site was made with is kept
 
 
+def test_publish_and_deprecate_with_site_refresh_it(
+    site_catalogue: Catalogue,
+    cli: Callable[..., CliResult],
+    rendered: Path,
+    make_image: Callable[..., Path],
+) -> None:
+    """``--site DIR`` on the other two changers: the page shows the new version, then its deprecation."""
+    assert "6.4" not in (rendered / "images" / "slc6-wn.html").read_text()
+    img = make_image(size=5000, seed="slc6-wn-6.4")
+    args = ["--name", "slc6-wn", "--version", "6.4", "--arch", "x86_64", "--os", "slc", "--os-version", "6"]
+    r = cli("publish", img, *site_catalogue.args(), *args, "--channel", "testing", "--site", rendered)
+    assert r.code == 0, r.err
+    assert "imagectl: warning" not in r.err
+    page = (rendered / "images" / "slc6-wn.html").read_text()
+    order = re.findall(r'<section class="version s-(\w+)" id="v-([^"]+)"', page)
+    assert order == [("current", "6.4"), ("revoked", "6.3"), ("current", "6.2"), ("deprecated", "6.1")]
+    assert re.search(r'id="h-6\.4">6\.4 <span class="status s-current">current</span> <span class="chan">testing', page)
+    assert "imagectl pull slc6-wn:6.4 --arch x86_64 --catalogue https://images.example.org/cat/" in page
+    rows = [r for r in parse(rendered / "index.html").rows if r["q"].split()[:2] == ["slc6-wn", "6.4"]]
+    assert [(r["arch"], r["status"]) for r in rows] == [("x86_64", "current")]
+    feed = json.loads((rendered / "index.json").read_text())
+    [slc6] = [n for n in feed["names"] if n["name"] == "slc6-wn"]
+    assert slc6["versions"][0]["version"] == "6.4" and slc6["versions"][0]["status"] == "current"
+
+    r = cli("deprecate", "slc6-wn:6.2", "--reason", "superseded by 6.4", *site_catalogue.args(), "--site", rendered)
+    assert r.code == 0, r.err
+    page = (rendered / "images" / "slc6-wn.html").read_text()
+    order = re.findall(r'<section class="version s-(\w+)" id="v-([^"]+)"', page)
+    assert order == [("current", "6.4"), ("revoked", "6.3"), ("deprecated", "6.2"), ("deprecated", "6.1")]
+    assert "superseded by 6.4" in page
+    rows = [r for r in parse(rendered / "index.html").rows if r["q"].split()[:2] == ["slc6-wn", "6.2"]]
+    assert sorted((r["arch"], r["status"]) for r in rows) == [("i386", "deprecated"), ("x86_64", "deprecated")]
+    feed = json.loads((rendered / "index.json").read_text())
+    Draft202012Validator(json.loads(SCHEMA.read_text())).validate(feed)
+    [slc6] = [n for n in feed["names"] if n["name"] == "slc6-wn"]
+    [v62] = [v for v in slc6["versions"] if v["version"] == "6.2"]
+    assert v62["status"] == "deprecated", v62
+
+
 def test_a_site_dir_that_is_not_a_site_is_refused_before_the_change(
     site_catalogue: Catalogue, cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from imagectl.catalogue import index
 from imagectl.catalogue.model import target_file_key
 from imagectl.errors import CatalogueStateError, LocalIOError
 from imagectl.store import ObjectMissingError
@@ -209,6 +210,61 @@ def test_an_old_catalogue_is_upgraded_in_place(
     assert r.err.splitlines()[0] == f"imagectl: error: catalogue {srv.url} is read-only over this protocol"
 
 
+@pytest.mark.http
+def test_the_next_publish_makes_its_own_target_file_and_upgrade_the_rest(
+    http_catalogue: tuple[Catalogue, TestHTTPServer],
+    cli: Callable[..., CliResult],
+    make_image: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """An old-layout catalogue (blobs only): the next publish makes the target file of the image it publishes (a
+    new version, and a no-op re-publish of an old one, which signs nothing), so a stock client downloads those at
+    once; verify keeps naming the other images until ``catalogue upgrade`` makes their files (§6 "Upgrading")."""
+    cat, srv = http_catalogue
+    python_tuf = [sys.executable, "-I", str(CLIENTS / "tuf_download.py")]
+    old = {f"n{i}": make_image(30_000 + i, seed=f"old{i}") for i in range(3)}
+    paths = {name: publish(cli, cat, image, name, "1") for name, image in old.items()}
+    _strip_target_files(cat)
+    r = cli("catalogue", "verify", cat.dir, "--json")
+    assert r.code == 15 and json.loads(r.out)["needs_upgrade"] == 3
+    got = _run(python_tuf, srv.url, cat.root, paths["n0"], tmp_path / "c0")
+    assert not got["ok"] and got["error"] in {"DownloadHTTPError", "DownloadError"}, got
+
+    new = make_image(40_000, seed="new")
+    new_path = publish(cli, cat, new, "n0", "2")  # a new version of an old name
+    assert (cat.dir / target_file_key(new_path, sha256(new))).is_file()
+    assert not (cat.dir / target_file_key(paths["n0"], sha256(old["n0"]))).exists(), "publish upgrades one image"
+    got = _run(python_tuf, srv.url, cat.root, new_path, tmp_path / "c1")
+    assert got["ok"], got
+    assert sha256(Path(got["path"])) == sha256(new)
+    r = cli("catalogue", "verify", cat.dir, "--json")
+    assert r.code == 15
+    report = json.loads(r.out)
+    assert report["needs_upgrade"] == 3  # n0:1, n1:1, n2:1; not n0:2
+    assert not [p for p in report["problems"] if new_path in p]
+    r = cli("catalogue", "verify", cat.dir)
+    assert "3 image(s) lack the target file stock TUF clients download" in r.err
+    assert f"imagectl catalogue upgrade {LocalStore(cat.dir).shown}" in r.err
+
+    signed = sorted(p.name for p in (cat.dir / "metadata").iterdir())
+    assert publish(cli, cat, old["n1"], "n1", "1") == paths["n1"]  # a no-op re-publish of an old image
+    assert sorted(p.name for p in (cat.dir / "metadata").iterdir()) == signed, "a no-op re-publish signs nothing"
+    key = target_file_key(paths["n1"], sha256(old["n1"]))
+    blob = cat.dir / "blobs" / "sha256" / sha256(old["n1"])
+    assert (cat.dir / key).stat().st_ino == blob.stat().st_ino
+    assert json.loads(cli("catalogue", "verify", cat.dir, "--json").out)["needs_upgrade"] == 2
+
+    r = cli("catalogue", "upgrade", cat.dir, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["created"] == sorted(target_file_key(paths[n], sha256(old[n])) for n in ("n0", "n2"))
+    assert json.loads(r.out)["present"] == 2
+    r = cli("catalogue", "verify", cat.dir, "--json")
+    assert r.code == 0 and json.loads(r.out)["needs_upgrade"] == 0
+    got = _run(python_tuf, srv.url, cat.root, paths["n0"], tmp_path / "c0")  # the same client state as before
+    assert got["ok"], got
+    assert sha256(Path(got["path"])) == sha256(old["n0"])
+
+
 def test_an_upgrade_reports_a_damaged_blob_and_goes_on(
     catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path]
 ) -> None:
@@ -337,6 +393,64 @@ def test_a_stock_python_tuf_lists_the_versions_of_a_name(
         (e["version"], e["sha256"], e["size"], e["channels"]) for e in listed
     )
     assert {i["version"] for i in got} == {"6.1", "6.2", "6.10"}
+
+
+LIST_NAMES = r"""
+import json, pathlib, sys
+from tuf.api.metadata import Metadata
+from tuf.ngclient import Updater
+metadata_url, root, work = sys.argv[1:4]
+pathlib.Path(work).mkdir(parents=True, exist_ok=True)
+Updater(metadata_dir=work, metadata_base_url=metadata_url, bootstrap=pathlib.Path(root).read_bytes()).refresh()
+names = []
+for role, d in Metadata.from_file(work + "/targets.json").signed.delegations.roles.items():
+    if role.startswith("image-"):
+        names.append(role[len("image-"):])
+    elif role.startswith("names~b"):
+        names += [p[: -len("/*/*/*")] for p in d.paths]
+print(json.dumps({"roles": sorted(Metadata.from_file(work + "/targets.json").signed.delegations.roles),
+                  "names": sorted(names), "files": sorted(p.name for p in pathlib.Path(work).iterdir())}))
+"""
+
+
+@pytest.mark.http
+def test_a_stock_python_tuf_lists_the_names_of_a_plain_and_an_indexed_catalogue(
+    http_catalogue: tuple[Catalogue, TestHTTPServer],
+    cli: Callable[..., CliResult],
+    make_image: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """catalogue/README.md §9.5: the names are the image roles ``targets.json`` delegates, or, in an indexed
+    catalogue, the path patterns of its index roles there; no index role is fetched to list them. (The index
+    thresholds are lowered, as in tests/test_index.py, so that a handful of names is indexed.)"""
+    cat, srv = http_catalogue
+
+    def stock_names(work: str) -> dict[str, Any]:
+        argv = [sys.executable, "-I", "-c", LIST_NAMES, f"{srv.url}metadata/", str(cat.root), str(tmp_path / work)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        out: dict[str, Any] = json.loads(r.stdout)
+        return out
+
+    def listed() -> list[str]:
+        r = cli("catalogue", "list", "--catalogue", cat.dir, "--root", cat.root, "--json")
+        return sorted({e["name"] for e in json.loads(r.out)})
+
+    for name in ("a1", "b2"):
+        publish(cli, cat, make_image(5_000, seed=name), name, "1")
+    got = stock_names("plain")
+    assert got["roles"] == ["image-a1", "image-b2"] and got["names"] == listed() == ["a1", "b2"]
+
+    monkeypatch.setattr(index, "INDEX_THRESHOLD", 3)
+    monkeypatch.setattr(index, "INDEX_FILL", 2)
+    monkeypatch.setattr(index, "INDEX_CROWDED", 4)
+    for name in ("c3", "d4", "e5", "f6"):
+        publish(cli, cat, make_image(5_000, seed=name), name, "1")
+    got = stock_names("indexed")
+    assert got["roles"] and all(index.is_index(r) for r in got["roles"]), got["roles"]
+    assert got["names"] == listed() == ["a1", "b2", "c3", "d4", "e5", "f6"]
+    assert not [f for f in got["files"] if f.startswith(("names~", "image-"))], "listing fetched no index role"
 
 
 @pytest.mark.s3

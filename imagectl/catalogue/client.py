@@ -161,6 +161,7 @@ class CatalogueReader:
             self._lock.close()  # a refused catalogue must not keep the cache locked for the next command
             raise
         self._roles: dict[str, Targets] = {}
+        self._names: dict[str, str] | None = None
 
     def _updater(self, bootstrap: bytes) -> Updater:
         with translate_tuf(self.shown_url):
@@ -259,8 +260,13 @@ class CatalogueReader:
 
     # -- verified reads -----------------------------------------------------------------------------------
     def _name_index(self) -> dict[str, str]:
-        """NAME -> the role delegating its image role, from the verified targets.json alone (no index role read)."""
-        return index.delegated_names(Metadata[Targets].from_file(str(self.dir / "targets.json")).signed)
+        """NAME -> the role delegating its image role, from the verified targets.json alone (no index role read).
+
+        Read once per reader: the Updater refreshes top-level metadata only when the reader is made, so targets.json
+        cannot change under it (reading it again per name made listing N names cost N parses of targets.json)."""
+        if self._names is None:
+            self._names = index.delegated_names(Metadata[Targets].from_file(str(self.dir / "targets.json")).signed)
+        return self._names
 
     def names(self) -> list[str]:
         return sorted(self._name_index())
@@ -269,8 +275,8 @@ class CatalogueReader:
         """The verified image role of NAME (for a binned name: its channels, revocations and bin delegation)."""
         if name in self._roles:
             return self._roles[name]
-        names = self.names()
-        if name not in names:
+        if name not in self._name_index():
+            names = self.names()
             raise NotFoundError(
                 f"no image named {name!r} in {self.shown_url}",
                 hint=f"images: {', '.join(names[:20])}" if names else "the catalogue is empty",

@@ -12,7 +12,7 @@ or re-indexing a catalogue re-signs targets and the ~names/:data:`INDEX_FILL` in
 
 Names cannot contain ``~``, so no image role is an index role; B is in the role name, so a re-index to another B
 makes new names (the old ones stay listed in the snapshot, undelegated, as re-binned bins do: TUF clients refuse
-a snapshot that drops a role they have seen). catalogue/README.md §2.3.
+a snapshot that drops a role they have seen). catalogue/README.md §2.2.
 """
 
 from __future__ import annotations
