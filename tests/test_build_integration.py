@@ -286,51 +286,66 @@ def test_i386_demo_builds_and_boots(built_i386: dict[str, object]) -> None:
 
 
 @pytest.mark.slc
-def test_slc6_worker_builds_as_far_as_a_fixture_mirror_allows(tmp_path: Path) -> None:
-    """The shipped SLC6 worker recipe through real diskimage-builder, with its mirror set to a yum repository this
-    test serves on 127.0.0.1 (every seed package of the release, signed with a test key the recipe pins): element
-    resolution, the whole of stage 1 (repository, signatures, safe unpacking), then a clear stop where the fixture
-    cannot go on, since its packages carry no real rpm and yum for stage 2; the message says what a real mirror
-    provides."""
+@pytest.mark.parametrize(
+    ("release", "arch", "index"),
+    [("6", "x86_64", "repodata/repomd.xml"), ("4", "x86_64", "repodata/repomd.xml"), ("3", "i386", "header.info")],
+)
+def test_shipped_slc_workers_build_as_far_as_a_fixture_mirror_allows(
+    tmp_path: Path, release: str, arch: str, index: str
+) -> None:
+    """Each shipped SLC worker recipe through real diskimage-builder, with its mirror set to a repository this test
+    serves on 127.0.0.1 (every seed package of the release, signed with a test key the recipe pins; SLC3's as a
+    yum 2.0 ``headers/`` repository, as SLC3 mirrors serve it): element resolution, the whole of stage 1
+    (repository, signatures, safe unpacking), then a clear stop where the fixture cannot go on, since its packages
+    carry no real rpm and yum for stage 2; the message says what a real mirror provides."""
     from imagectl.imaging.slc.seed import SEEDS
     from tests.hostile_yum import DIR, REG, GpgKey, Member, make_repo, need_tools, write_rpm
     from tests.httpserver import TestHTTPServer
+    from tests.test_slc_headers import write_yum2
 
     need_tools("rpmsign", "gpg", "gpgv", "createrepo_c")
+    name = f"slc{release}-worker"
     key = GpgKey.generate(tmp_path / "gnupg", "imagectl fixture mirror <fixture@example.invalid>")
     try:
         built = tmp_path / "rpms"
         built.mkdir()
         rpms = []
-        for name in SEEDS["6"]:
-            members = [Member(f"./usr/share/doc/{name}", DIR), Member(f"./usr/share/doc/{name}/README", REG, b"x\n")]
-            if name == "rpm":  # a /bin/rpm that is a shell script, not the x86_64 program a real mirror has
+        for pkg in SEEDS[release]:
+            members = [Member(f"./usr/share/doc/{pkg}", DIR), Member(f"./usr/share/doc/{pkg}/README", REG, b"x\n")]
+            if pkg == "rpm":  # a /bin/rpm that is a shell script, not the program a real mirror has
                 members = [Member("./bin", DIR), Member("./bin/rpm", REG | 0o111, b"#!/bin/sh\nexit 1\n")]
-            rpms.append(write_rpm(built, name, members, version="1.0", release="1.el6", arch="x86_64"))
+            rpms.append(write_rpm(built, pkg, members, version="1.0", release=f"1.el{release}", arch=arch))
         key.sign(*rpms)
     finally:
         key.close()
     mirror = tmp_path / "mirror"
-    make_repo(mirror, rpms)
+    if index == "header.info":
+        write_yum2(mirror / arch / "yum" / "os", rpms)
+    else:
+        make_repo(mirror, rpms, arch=arch)
     recipe_dir = tmp_path / "recipes"
     (recipe_dir / "keys").mkdir(parents=True)
     shutil.copyfile(key.public, recipe_dir / "keys" / "fixture.asc")
-    child = recipe_dir / "slc6-fixture.yaml"
-    child.write_text(f"extends: {REPO / 'recipes/slc/slc6-worker.yaml'}\ngpg_keys: [keys/fixture.asc]\n")
+    child = recipe_dir / f"{name}-fixture.yaml"
+    child.write_text(f"extends: {REPO / 'recipes/slc' / (name + '.yaml')}\ngpg_keys: [keys/fixture.asc]\n")
     with TestHTTPServer(mirror) as srv:
-        env = {**os.environ, "IMAGECTL_CACHE_DIR": str(tmp_path / "cache"), "IMAGECTL_MIRROR_SLC6": srv.url}
-        r = run_imagectl("build", child, "--arch", "x86_64", "-o", tmp_path / "out", env=env, timeout=1800)
+        env = {
+            **os.environ,
+            "IMAGECTL_CACHE_DIR": str(tmp_path / "cache"),
+            f"IMAGECTL_MIRROR_SLC{release}": srv.url,
+        }
+        r = run_imagectl("build", child, "--arch", arch, "-o", tmp_path / "out", env=env, timeout=1800)
         served = [p for _m, p, _r in srv.served.requests]
     assert r.code == 20, r.err[-3000:]
-    log = tmp_path / "out" / "slc6-worker-x86_64.log"
+    log = tmp_path / "out" / f"{name}-{arch}.log"
     assert r.err.splitlines()[0] == (
-        "imagectl: error: building slc6-worker-x86_64 failed in root.d/10-slc-bootstrap (element slc-bootstrap): "
-        "stage 1 done (repository read, x86_64 seed verified and unpacked), but stage 2 cannot run: the seed's "
-        "/bin/rpm is not an ELF program, not a x86_64 program; stage 2 runs the target's own rpm and yum in the "
+        f"imagectl: error: building {name}-{arch} failed in root.d/10-slc-bootstrap (element slc-bootstrap): "
+        f"stage 1 done (repository read, {arch} seed verified and unpacked), but stage 2 cannot run: the seed's "
+        f"/bin/rpm is not an ELF program, not a {arch} program; stage 2 runs the target's own rpm and yum in the "
         "chroot, which a real SLC mirror provides (its rpm, glibc, python and yum packages): disk-image-create "
         f"exit 3; log: {log}"
     )
     text = log.read_text()
     assert "Expanded element dependencies to:" in text and "slc-bootstrap" in text and "batch-worker" in text
-    assert sum(p.endswith(".rpm") for p in served) == len(SEEDS["6"])  # every seed package fetched once
-    assert any(p.endswith("repodata/repomd.xml") for p in served)
+    assert sum(p.endswith(".rpm") for p in served) == len(SEEDS[release])  # every seed package fetched once
+    assert any(p.endswith(index) for p in served)
