@@ -35,12 +35,14 @@ def warn(msg: str) -> None:
     print(f"imagectl: warning: {printable(msg)}", file=sys.stderr)
 
 
-def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+def emit(args: argparse.Namespace, data: Any, text: str | Sequence[str]) -> None:
+    """Print ``data`` as JSON (--json) or ``text`` for a terminal. Text quotes names and reasons from a catalogue,
+    so control characters are escaped: a string line by line; a sequence item by item, so a newline inside an item
+    (a reason signed by another writer) is shown as ``\\n`` and cannot forge a line of its own."""
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     elif text:
-        # Text shown on a terminal quotes names and reasons from a catalogue: escape control characters per line.
-        print("\n".join(escape(line) for line in text.split("\n")))
+        print("\n".join(escape(line) for line in (text.split("\n") if isinstance(text, str) else text)))
 
 
 def _setting_flags(p: argparse.ArgumentParser, *names: str) -> None:
@@ -171,7 +173,7 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
             "note: the name index is crowded (publishes of new names are slower): "
             f"imagectl catalogue rebin {store.shown}"
         )
-    emit(args, report.as_json(), "\n".join(lines))
+    emit(args, report.as_json(), lines)
     if report.problems:
         hint = (
             f"{report.needs_upgrade} image(s) lack the target file stock TUF clients download; "
@@ -193,7 +195,7 @@ def cmd_upgrade(args: argparse.Namespace, cfg: Config) -> int:
         f"{store.shown}: {len(report.created)} target file(s) created, {report.present} already present"
         + (f", {len(report.problems)} problem(s)" if report.problems else "")
     )
-    emit(args, report.as_json(), "\n".join(lines))
+    emit(args, report.as_json(), lines)
     if report.problems:
         raise VerifyFailedError(
             f"catalogue upgrade could not place {len(report.problems)} target file(s)",
@@ -216,7 +218,7 @@ def cmd_gc(args: argparse.Namespace, cfg: Config) -> int:
         f"{verb} {len(report.removed)} unreferenced file(s), {human_size(report.bytes_freed)}; kept "
         f"{report.referenced} referenced and {len(report.young)} younger than {grace:g} h"
     )
-    emit(args, report.as_json(), "\n".join(lines))
+    emit(args, report.as_json(), lines)
     return 0
 
 
@@ -259,7 +261,7 @@ def cmd_rebin(args: argparse.Namespace, cfg: Config) -> int:
     lines += [f"{n}: unchanged" for n in report.unchanged]
     if report.index_roles:
         lines.append(f"names spread over {report.index_roles} index roles")
-    emit(args, report.as_json(), "\n".join(lines) or "no name needs bins")
+    emit(args, report.as_json(), lines or ["no name needs bins"])
     return 0
 
 
@@ -540,7 +542,7 @@ def _list_outdated(args: argparse.Namespace, reader: Any, names: list[str]) -> i
         f"{d['parent']['version']}, which now points at {d['parent_now']}"
         for d in data
     ]
-    emit(args, data, "\n".join(lines) or "no image is outdated")
+    emit(args, data, lines or ["no image is outdated"])
     return 0
 
 
@@ -602,11 +604,11 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
                     for r in images
                 ),
             ]
-            emit(args, data, "\n".join(lines))
+            emit(args, data, lines)
             return 0
         rec = reader.resolve(ref, _arch(args)).record
     full = {**rec.custom(), "sha256": rec.sha256, "path": rec.path}
-    emit(args, full, "\n".join(f"{k}: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in full.items()))
+    emit(args, full, [f"{k}: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in full.items()])
     return 0
 
 
@@ -742,7 +744,7 @@ def cmd_sbom(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_config(args: argparse.Namespace, cfg: Config) -> int:
     data = {s.name: {"value": getattr(cfg, s.name), "from": cfg.sources.get(s.name)} for s in SETTINGS}
-    emit(args, data, "\n".join(f"{k} = {v['value']!r}  ({v['from']})" for k, v in data.items()))
+    emit(args, data, [f"{k} = {v['value']!r}  ({v['from']})" for k, v in data.items()])
     return 0
 
 
@@ -769,7 +771,7 @@ def cmd_recipe_list(args: argparse.Namespace, cfg: Config) -> int:
         data.append({"name": stem, "path": str(path), "abstract": abstract, "description": r.data.get("description")})
     lines = [f"{d['name']:<20} {'(abstract base) ' if d['abstract'] else ''}{d['description'] or ''}" for d in data]
     lines.append("build one with: imagectl build NAME (or copy its file from the paths in --json and edit it)")
-    emit(args, data, "\n".join(lines))
+    emit(args, data, lines)
     return 0
 
 
@@ -877,7 +879,7 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
         f"{'cached' if o.cached else 'built'}: {', '.join(map(str, o.images))} ({o.seconds:.0f} s; record {o.record})"
         for o in outputs
     ]
-    emit(args, data, "\n".join(lines))
+    emit(args, data, lines)
     return 0
 
 

@@ -2,11 +2,16 @@
 and can misbehave on request, as a hostile catalogue host would: drop the connection mid-body, ignore Range, send
 endless or huge data, serve other bytes, answer with an error status, drip-feed the body a byte at a time, lie
 about lengths (Content-Length, Content-Range), redirect to other schemes, hosts or in circles.
+
+With ``tls=make_tls_cert(dir)`` it speaks HTTPS instead, with a self-signed certificate for 127.0.0.1 that a client
+trusts through ``REQUESTS_CA_BUNDLE`` (imagectl's one requests session reads it from the environment).
 """
 
 from __future__ import annotations
 
 import re
+import ssl
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -49,9 +54,23 @@ class _QuietServer(ThreadingHTTPServer):
         """A client hanging up mid-answer is what refusals look like; anything else is still reported."""
         import sys
 
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):  # also a TLS connection cut short
             return
         super().handle_error(request, client_address)
+
+
+def make_tls_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by ``openssl req -x509`` in ``directory``:
+    (certificate, key). The certificate is its own CA: point REQUESTS_CA_BUNDLE at it to trust it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "server.crt", directory / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
 
 
 class TestHTTPServer:
@@ -59,7 +78,7 @@ class TestHTTPServer:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, root: Path, prefix: str = "") -> None:
+    def __init__(self, root: Path, prefix: str = "", tls: tuple[Path, Path] | None = None) -> None:
         self.root = Path(root)
         self.prefix = prefix.strip("/")
         self.faults: list[Fault] = []
@@ -68,12 +87,18 @@ class TestHTTPServer:
         handler = self._handler()
         self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:  # the handshake happens in the handler's thread (setup), never in the accepting one
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/" + (f"{self.prefix}/" if self.prefix else "")
+        return f"{self.scheme}://{host}:{port}/" + (f"{self.prefix}/" if self.prefix else "")
 
     def add_fault(self, fault: Fault) -> Fault:
         with self.lock:
@@ -112,6 +137,11 @@ class TestHTTPServer:
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                if isinstance(self.connection, ssl.SSLSocket):
+                    self.connection.do_handshake()
 
             def _file(self) -> Path | None:
                 path = self.path.split("?", 1)[0].lstrip("/")
@@ -173,21 +203,26 @@ class TestHTTPServer:
                     try:
                         while not head and sent < fault.endless_limit:
                             self.wfile.write(b"10000\r\n" + b"\0" * 65536 + b"\r\n")
+                            self.wfile.flush()
                             sent += 65536
                     except (BrokenPipeError, ConnectionResetError):
                         pass
+                    self._count(sent)  # body bytes the kernel took (those in its buffers included)
                     self.close_connection = True
                     return
                 if fault and fault.drip is not None:
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
+                    sent = 0
                     try:
                         for i in range(0 if head else len(body)):
                             self.wfile.write(body[i : i + 1])
                             self.wfile.flush()
+                            sent += 1
                             time.sleep(fault.drip)
                     except (BrokenPipeError, ConnectionResetError):
                         pass
+                    self._count(sent)
                     self.close_connection = True
                     return
                 if fault and fault.content_length is not None:
@@ -196,6 +231,8 @@ class TestHTTPServer:
                     try:
                         if not head:
                             self.wfile.write(body[: fault.content_length])
+                            self.wfile.flush()
+                            self._count(len(body[: fault.content_length]))
                     except (BrokenPipeError, ConnectionResetError):
                         pass
                     self.close_connection = True
@@ -213,8 +250,7 @@ class TestHTTPServer:
                                 sent += 65536
                         except (BrokenPipeError, ConnectionResetError):
                             pass
-                        with server.lock:
-                            server.served.body_bytes[self.path] += sent
+                        self._count(sent)
                     self.close_connection = True
                     return
                 self.send_header("Content-Length", str(len(body)))
@@ -229,7 +265,11 @@ class TestHTTPServer:
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     return
+                self._count(len(body))
+
+            def _count(self, n: int) -> None:
+                """Add ``n`` body bytes sent for this request's path to ``served.body_bytes``."""
                 with server.lock:
-                    server.served.body_bytes[self.path] += len(body)
+                    server.served.body_bytes[self.path] += n
 
         return Handler

@@ -14,11 +14,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, Catalogue, CliResult, run_imagectl
-from tests.httpserver import Fault, TestHTTPServer
+from tests.conftest import REPO, Catalogue, CliResult, run_imagectl, sha256
+from tests.httpserver import Fault, TestHTTPServer, make_tls_cert
 
 ARCH = "x86_64"
 
@@ -112,6 +113,24 @@ def test_pull_into_a_directory_and_keeping_the_mode_of_a_replaced_file(
     r = pull(cli, cat, srv.url, "-o", link)
     assert r.code == 0, r.err
     assert victim.read_bytes() == b"do not touch" and not link.is_symlink() and link.stat().st_size == 300_000
+
+
+@pytest.mark.http
+def test_pull_to_proc_self_fd_1_on_a_pipe_is_refused(
+    served: tuple[Catalogue, TestHTTPServer, str], tmp_path: Path
+) -> None:
+    """Finding: `-o /proc/self/fd/1` replaced what stdout was. In a real process whose stdout is a pipe, that name
+    is a symlink to the pipe: refused (14) before any byte of the image is asked for, nothing written to the pipe."""
+    cat, srv, sha = served
+    r = run_imagectl("pull", "wn", "--catalogue", srv.url, "--root", cat.root, "--arch", ARCH, "-o",
+                     "/proc/self/fd/1", timeout=60)  # fmt: skip
+    assert r.code == 14, r.err
+    assert error_line(r) == (
+        "imagectl: error: refusing to write /proc/self/fd/1: it is a FIFO, and pull writes regular files only"
+    )
+    assert r.out == ""
+    assert not any(p.endswith(sha) for _m, p, _r in srv.served.requests)
+    assert not list((tmp_path / "cache").rglob(f"*{sha}*"))  # nothing downloaded into the cache either
 
 
 # -- item 4: secrets never leave ------------------------------------------------------------------------------
@@ -226,6 +245,68 @@ def test_redirects_to_other_schemes_are_refused(
     assert why in error_line(r)
 
 
+@pytest.fixture
+def https_served(
+    served: tuple[Catalogue, TestHTTPServer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Catalogue, TestHTTPServer, TestHTTPServer, str]]:
+    """The ``served`` catalogue also over HTTPS (a self-signed certificate for 127.0.0.1 made by openssl, trusted
+    through REQUESTS_CA_BUNDLE, which imagectl's requests session reads); returns (catalogue, https server,
+    plain http server, blob sha256)."""
+    cat, plain, sha = served
+    cert, key = make_tls_cert(tmp_path / "tls")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    with TestHTTPServer(cat.dir, prefix="cat", tls=(cert, key)) as tls:
+        assert tls.url.startswith("https://127.0.0.1:")
+        yield cat, tls, plain, sha
+
+
+@pytest.mark.http
+def test_pull_over_https(
+    https_served: tuple[Catalogue, TestHTTPServer, TestHTTPServer, str],
+    cli: Callable[..., CliResult],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The positive control of the downgrade test below: over TLS, a pull works (and follows a redirect that stays
+    on https); without trusting the certificate it is refused."""
+    cat, tls, plain, sha = https_served
+    tls.add_fault(Fault(suffix="timestamp.json", redirect="timestamp.json?again", times=1))  # https -> https
+    r = pull(cli, cat, tls.url, "-o", tmp_path / "x.qcow2", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["sha256"] == sha
+    assert sha256(tmp_path / "x.qcow2") == sha
+    assert any(p.endswith("timestamp.json?again") for _m, p, _r in tls.served.requests)
+    assert any(p.endswith(sha) for _m, p, _r in tls.served.requests) and plain.served.requests == []
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    r = pull(cli, cat, tls.url, "-o", tmp_path / "y.qcow2", "--cache-dir", tmp_path / "c2")
+    assert r.code == 13, r.err
+    assert error_line(r) == f"imagectl: error: cannot reach {tls.url}metadata/1.root.json: SSLError"
+    assert not (tmp_path / "y.qcow2").exists()
+
+
+@pytest.mark.http
+@pytest.mark.parametrize("what", ["metadata", "blob"])
+def test_a_redirect_from_https_down_to_http_is_refused(
+    https_served: tuple[Catalogue, TestHTTPServer, TestHTTPServer, str],
+    cli: Callable[..., CliResult],
+    tmp_path: Path,
+    what: str,
+) -> None:
+    """A catalogue read over https that redirects to http (the same files, served in the clear) is refused: a
+    network attacker could otherwise strip TLS. The plain server is never asked."""
+    cat, tls, plain, sha = https_served
+    key = "metadata/timestamp.json" if what == "metadata" else f"blobs/sha256/{sha}"
+    tls.add_fault(Fault(suffix=key.rsplit("/", 1)[1], redirect=plain.url + key))
+    r = pull(cli, cat, tls.url, "-o", tmp_path / "x.qcow2")
+    assert r.code == 13, r.err
+    assert error_line(r) == (
+        f"imagectl: error: refusing the redirect of {tls.url}{key} to {plain.url}{key}: only http(s), and never "
+        "from https to http"
+    )
+    assert plain.served.requests == []
+    assert not (tmp_path / "x.qcow2").exists()
+
+
 @pytest.mark.http
 def test_redirect_loops_end(
     served: tuple[Catalogue, TestHTTPServer, str], cli: Callable[..., CliResult], tmp_path: Path
@@ -236,27 +317,69 @@ def test_redirect_loops_end(
     assert r.code == 13 and "redirects" in error_line(r)
 
 
+def _kernel_buffer_bound() -> int:
+    """The most a loopback connection can hold that the client never read: the server's send buffer plus the
+    client's receive buffer, at their largest (net.ipv4.tcp_wmem and tcp_rmem maxima), plus a chunk in flight."""
+    wmem = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    rmem = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[2])
+    return wmem + rmem + 2 * 65536
+
+
+SHORT = "wn/1/x86_64/wn-1-x86_64.qcow2"
+
+
 @pytest.mark.http
 @pytest.mark.parametrize(
-    "fault",
+    ("fault", "message"),
     [
-        Fault(suffix="BLOB", content_length=10_000_000),  # claims more than it sends, then closes
-        Fault(suffix="BLOB", content_length=1000),  # claims less than the signed length
-        Fault(suffix="BLOB", chunked_endless=True, endless_limit=8 << 20),  # no length at all, far too much
+        (  # claims more than it sends (the whole 300,000 bytes), then closes: refused on the header
+            Fault(suffix="BLOB", content_length=10_000_000),
+            f"{SHORT}: the catalogue's blob has 10000000 bytes, more than the signed 300000 bytes (tampered or "
+            "damaged blob; nothing written)",
+        ),
+        (  # claims less than the signed length and sends that much
+            Fault(suffix="BLOB", content_length=1000),
+            f"{SHORT}: the catalogue's blob has 1000 bytes, fewer than the signed 300000 bytes (tampered or damaged "
+            "blob; nothing written)",
+        ),
+        (  # no length at all, far too much
+            Fault(suffix="BLOB", chunked_endless=True, endless_limit=1 << 30),
+            f"{SHORT}: server sent more than the signed 300000 bytes",
+        ),
+        (  # no length, the file and then zeros until the connection closes
+            Fault(suffix="BLOB", endless=True, endless_limit=1 << 30),
+            f"{SHORT}: server sent more than the signed 300000 bytes",
+        ),
     ],
-    ids=["longer-content-length", "shorter-content-length", "chunked-endless"],
+    ids=["longer-content-length", "shorter-content-length", "chunked-endless", "endless-without-length"],
 )
 def test_lying_lengths_and_huge_bodies(
-    served: tuple[Catalogue, TestHTTPServer, str], cli: Callable[..., CliResult], tmp_path: Path, fault: Fault
+    served: tuple[Catalogue, TestHTTPServer, str],
+    cli: Callable[..., CliResult],
+    tmp_path: Path,
+    fault: Fault,
+    message: str,
 ) -> None:
+    """Each lie is a mismatch with the signed length (exit 11), found as soon as the server tells it (a header) or
+    its bytes pass the signed length; the client then hangs up. The server counts the body bytes it got out."""
     cat, srv, sha = served
     fault.suffix = sha
     srv.add_fault(fault)
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
-    assert r.code in (11, 13), r.err  # a mismatch where the server said so, a failed download where it broke off
-    error_line(r)
+    assert r.code == 11, r.err
+    assert error_line(r) == f"imagectl: error: {message}"
     assert not (tmp_path / "x.qcow2").exists()
-    assert srv.served.bytes_for(sha) <= 400_000  # never more than the signed length (+ what was in flight)
+    assert [(m, rng) for m, p, rng in srv.served.requests if p.endswith(sha)] == [("GET", None)]  # no retry
+    deadline = time.monotonic() + 10
+    while srv.served.bytes_for(sha) == 0 and time.monotonic() < deadline:  # the handler counts when it ends
+        time.sleep(0.05)
+    sent = srv.served.bytes_for(sha)
+    if fault.content_length is not None:
+        assert sent == min(fault.content_length, 300_000)  # what this fault sends, once
+    else:
+        # The client stopped reading at the signed length and hung up: the server got out the signed length, what
+        # the two kernels' socket buffers held, and no more; a client reading on would take all 1 GiB.
+        assert 300_000 < sent <= 300_000 + _kernel_buffer_bound() < fault.endless_limit, sent
 
 
 @pytest.mark.http
@@ -328,8 +451,8 @@ def _role_just_under_the_value_limit() -> bytes:
     return (head + '"expires":"2099-01-01T00:00:00Z","targets":{' + entries + "}}}").encode()
 
 
-def _peak_rss_mib(args: list[str], env: dict[str, str]) -> tuple[int, int, str]:
-    """Run ``imagectl ARGS`` in a child; its exit code, peak RSS (MiB) and stderr."""
+def _peak_rss_mib(args: list[str], env: dict[str, str]) -> tuple[int, int, str, str]:
+    """Run ``imagectl ARGS`` in a child; its exit code, peak RSS (MiB), stderr and stdout."""
     code = (
         "import re, sys\n"
         "from imagectl.cli import main\n"
@@ -342,19 +465,19 @@ def _peak_rss_mib(args: list[str], env: dict[str, str]) -> tuple[int, int, str]:
     p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=REPO,
                        timeout=120)  # fmt: skip
     *lines, peak = p.stderr.strip().splitlines()
-    return p.returncode, int(peak), "\n".join(lines)
+    return p.returncode, int(peak), "\n".join(lines), p.stdout
+
+
+HOSTILE_AT_THE_CAP = [
+    ("snapshot", b"[" + b"{}," * 666_000 + b"{}]"),  # under 2 MB, 1.3 M values: refused before parsing
+    ("image-wn", b'{"signed":{"targets":{' + b'"a":{},' * 700_000 + b'"b":{}}}}'),  # 4.9 MB of tiny objects
+    ("image-wn", _role_just_under_the_value_limit()),  # parsed in full, then refused for its signatures
+]
+HOSTILE_IDS = ["snapshot-of-empty-objects", "role-of-tiny-objects", "role-parsed-in-full"]
 
 
 @pytest.mark.http
-@pytest.mark.parametrize(
-    ("name", "body"),
-    [
-        ("snapshot", b"[" + b"{}," * 666_000 + b"{}]"),  # under 2 MB, 1.3 M values: refused before parsing
-        ("image-wn", b'{"signed":{"targets":{' + b'"a":{},' * 700_000 + b'"b":{}}}}'),  # 4.9 MB of tiny objects
-        ("image-wn", _role_just_under_the_value_limit()),  # parsed in full, then refused for its signatures
-    ],
-    ids=["snapshot-of-empty-objects", "role-of-tiny-objects", "role-parsed-in-full"],
-)
+@pytest.mark.parametrize(("name", "body"), HOSTILE_AT_THE_CAP, ids=HOSTILE_IDS)
 def test_hostile_metadata_at_the_cap_is_refused_within_bounded_memory(
     served: tuple[Catalogue, TestHTTPServer, str], tmp_path: Path, name: str, body: bytes
 ) -> None:
@@ -363,11 +486,50 @@ def test_hostile_metadata_at_the_cap_is_refused_within_bounded_memory(
     cat, srv, _ = served
     srv.add_fault(Fault(suffix=f".{name}.json", body=body))
     env = {**os.environ, "IMAGECTL_CACHE_DIR": str(tmp_path / "c"), "HOME": str(tmp_path)}
-    code, peak, err = _peak_rss_mib(["pull", "wn", "--catalogue", srv.url, "--root", str(cat.root), "--arch", ARCH,
-                                     "-o", str(tmp_path / "x")], env)  # fmt: skip
+    code, peak, err, _ = _peak_rss_mib(["pull", "wn", "--catalogue", srv.url, "--root", str(cat.root), "--arch", ARCH,
+                                        "-o", str(tmp_path / "x")], env)  # fmt: skip
     assert code == 8, err
     assert "JSON values" in err or "signed" in err, err
     print(f"peak RSS {peak} MiB")
+    assert peak < 150, f"peak RSS {peak} MiB"
+
+
+@pytest.mark.parametrize("command", ["catalogue-verify", "publish"])
+@pytest.mark.parametrize(("name", "body"), HOSTILE_AT_THE_CAP, ids=HOSTILE_IDS)
+def test_verify_and_publish_on_hostile_metadata_at_the_cap_stay_within_bounded_memory(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path], tmp_path: Path,
+    command: str, name: str, body: bytes,
+) -> None:  # fmt: skip
+    """Finding: the 16 MiB snapshot took pull, publish *and* verify to ~466 MiB RSS. The latest snapshot or image
+    role of a directory catalogue is replaced by the same hostile files as above; `catalogue verify` reports it
+    (exit 15) and `publish` refuses it as untrusted (exit 8), each with its child's peak RSS under 150 MiB."""
+    r = cli("publish", make_image(4096), *catalogue.args(), "--name", "wn", "--arch", ARCH, "--version", "1")
+    assert r.code == 0, r.err
+    files = sorted((catalogue.dir / "metadata").glob(f"*.{name}.json"), key=lambda p: int(p.name.split(".")[0]))
+    files[-1].write_bytes(body)
+    before = sorted(catalogue.dir.rglob("*"))
+    env = {**os.environ, "IMAGECTL_CACHE_DIR": str(tmp_path / "c"), "HOME": str(tmp_path)}
+    if command == "catalogue-verify":
+        args = ["catalogue", "verify", str(catalogue.dir)]
+    else:
+        image = str(make_image(8192, seed="2"))
+        args = ["publish", image, *map(str, catalogue.args()), "--name", "wn", "--arch", ARCH, "--version", "2"]
+    code, peak, err, out = _peak_rss_mib(args, env)
+    key = f"metadata/{files[-1].name}"
+    if body.startswith(b'{"signatures":[]'):  # parsed in full: only its (missing) signatures give it away
+        why = f"{key}: signature check failed: image-wn was signed by 0/1 keys"
+        first = f"problem: {key}: bad signatures: image-wn was signed by 0/1 keys"
+    else:
+        why = f"{key} holds more than 200000 JSON values: refused before parsing (metadata cap)"
+        first = f"problem: {key}: {why}"
+    if command == "catalogue-verify":
+        assert code == 15, err
+        assert out.splitlines()[0] == first, out[:2000]
+        assert err.startswith("imagectl: error: catalogue verify found "), err
+    else:
+        assert (code, err) == (8, f"imagectl: error: {why}")
+        assert sorted(catalogue.dir.rglob("*")) == before  # nothing stored, nothing signed
+    print(f"{command}: peak RSS {peak} MiB")
     assert peak < 150, f"peak RSS {peak} MiB"
 
 
@@ -473,6 +635,86 @@ def test_reasons_lose_control_characters_and_are_shown_escaped(
     assert r.code == 5 and "\x1b" not in r.err
     r = cli("catalogue", "show", "wn", "--catalogue", catalogue.dir, "--root", catalogue.root)
     assert r.code == 0 and "\x1b" not in r.out and "\x07" not in r.out
+
+
+def _swap(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _swap(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_swap(v, old, new) for v in value]
+    return new if value == old else value
+
+
+def _sign_as_another_writer(cat: Catalogue, role: str, old: str, new: str) -> None:
+    """Replace the string ``old`` by ``new`` in the latest ``role`` file and sign it again with the role's key:
+    what another tool holding that key (python-tuf, not imagectl's CLI, which cleans reasons) could publish."""
+    from tuf.api.metadata import Metadata
+    from tuf.api.serialization.json import JSONSerializer
+
+    from imagectl.catalogue.keys import KeyRing
+
+    def latest(r: str) -> Path:
+        return max((cat.dir / "metadata").glob(f"*.{r}.json"), key=lambda p: int(p.name.split(".")[0]))
+
+    path = latest(role)
+    md = Metadata.from_dict(_swap(json.loads(path.read_bytes()), old, new))
+    delegations = Metadata.from_bytes(latest("targets").read_bytes()).signed.delegations
+    assert delegations is not None and delegations.roles is not None
+    ring = KeyRing(cat.keys)
+    md.signatures.clear()
+    for keyid in delegations.roles[role].keyids:
+        md.sign(ring.signers[keyid], append=True)
+    path.write_bytes(md.to_bytes(JSONSerializer(compact=True)))  # standard JSON: control characters as \u escapes
+
+
+EVIL_REASON = "bad\x1b[2J\x1b]0;owned\x07 build\u202e\r\x00end"
+EVIL_SHOWN = "bad\\x1b[2J\\x1b]0;owned\\x07 build\\u202e\\r\\x00end"  # as errors.escape writes it
+CONTROL_CHARACTERS = [chr(c) for c in range(32)] + ["\x7f", "\u202e"]
+
+
+@pytest.mark.parametrize(
+    "newline",
+    [False, True],
+    ids=["control-characters", "newline"],
+)
+def test_a_reason_signed_by_another_writer_is_shown_escaped(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path], tmp_path: Path, newline: bool
+) -> None:
+    """Reasons are cleaned when imagectl signs them, but a catalogue may hold metadata another tool signed: what a
+    deployer is shown of it must still be escaped (no terminal escape sequence, no forged line)."""
+    for v in ("1", "2", "3"):
+        r = cli("publish", make_image(seed=v), *catalogue.args(), "--name", "wn", "--arch", ARCH, "--version", v)
+        assert r.code == 0, r.err
+    assert cli("deprecate", "wn:1", "--reason", "PLACEHOLDER", *catalogue.args()).code == 0
+    assert cli("revoke", "wn:2", "--reason", "PLACEHOLDER", *catalogue.args()).code == 0
+    evil = EVIL_REASON + ("\nrevoked: 9: forged" if newline else "")
+    shown = EVIL_SHOWN + ("\\nrevoked: 9: forged" if newline else "")
+    _sign_as_another_writer(catalogue, "image-wn", "PLACEHOLDER", evil)
+    assert cli("catalogue", "verify", catalogue.dir).code == 0  # genuinely signed
+    args = ["--catalogue", catalogue.dir, "--root", catalogue.root, "--cache-dir", tmp_path / "fresh"]
+
+    def clean(r: CliResult) -> CliResult:
+        assert not any(c in r.out + r.err for c in CONTROL_CHARACTERS if c != "\n"), (r.out, r.err)
+        return r
+
+    r = clean(cli("catalogue", "show", "wn", *args))
+    assert r.code == 0, r.err
+    assert [line for line in r.out.splitlines() if line.startswith("revoked:")] == [f"revoked: 2: {shown}"]
+    r = clean(cli("catalogue", "show", "wn:1", "--arch", ARCH, *args))
+    assert r.code == 0, r.err
+    [line] = [line for line in r.out.splitlines() if line.startswith("deprecated:")]
+    assert json.loads(line.removeprefix("deprecated: "))["reason"] == evil  # JSON-escaped, read back exactly
+    r = clean(cli("catalogue", "list", *args))
+    rows = [line.split() for line in r.out.splitlines()[1:]]
+    assert r.code == 0 and [(row[1], row[-1]) for row in rows] == [("1", "deprecated"), ("3", rows[1][-1])], r.out
+    r = clean(cli("catalogue", "list", "--json", *args))
+    assert [d["deprecated"] and d["deprecated"]["reason"] for d in json.loads(r.out)] == [evil, None]
+    r = clean(cli("pull", "wn:2", "--arch", ARCH, *args))
+    assert r.code == 5, r.err
+    assert error_line(r).endswith(": " + shown.replace("\\n", " ").replace("\\r", " "))
+    r = clean(cli("pull", "wn:1", "--arch", ARCH, "-o", tmp_path / "x.qcow2", *args))
+    assert r.code == 0, r.err
+    assert r.err.endswith(": " + shown.replace("\\n", " ").replace("\\r", " ") + "\n"), r.err
 
 
 def test_error_messages_escape_what_a_catalogue_says() -> None:

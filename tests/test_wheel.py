@@ -55,7 +55,13 @@ def test_shipped_recipes_validate_by_name_and_path(installed: tuple[Path, dict[s
     tmp, env = installed
     listed = json.loads(_run(["imagectl", "recipe", "list", "--json"], tmp, env))
     names = {r["name"] for r in listed}
-    assert {"debian12-demo", "slc4-worker", "slc6-worker", "slc-worker-base"} <= names
+    # Every recipe of the checkout, no more and no less, byte for byte: a recipe left out of the wheel fails here.
+    checkout = {p.relative_to(REPO / "recipes"): p for p in (REPO / "recipes").glob("*/*.yaml")}
+    checkout = {rel: p for rel, p in checkout.items() if "elements" not in rel.parts}
+    assert len(checkout) >= 5 and names == {rel.stem for rel in checkout}
+    shipped = {Path(*Path(r["path"]).parts[-2:]): Path(r["path"]) for r in listed}
+    assert set(shipped) == set(checkout)
+    assert all(shipped[rel].read_bytes() == p.read_bytes() for rel, p in checkout.items())
     assert all(r["path"].startswith(str(tmp / "venv")) for r in listed)
     out = _run(["imagectl", "recipe", "validate", *sorted(names)], tmp, env)
     assert out.count("ok: ") == len(names)

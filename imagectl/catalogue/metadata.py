@@ -17,6 +17,7 @@ imagectl writes stays readable, on the writing side too (catalogue/README.md §9
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,6 +50,9 @@ TIMESTAMP_MAX = 16_384
 SNAPSHOT_MAX = 2_000_000
 TARGETS_MAX = 5_000_000  # targets.json and every image role
 MAX_JSON_VALUES = 200_000  # ~28,000 plain versions (7 values each), ~13,000 with build records (15 each)
+
+
+_CONTROL_BYTE = re.compile(rb"[\x00-\x1f]")
 
 
 def cap_for(key: str) -> int:
@@ -135,7 +139,10 @@ def signed_file_bytes(md: Metadata[Any], payload: bytes) -> bytes:
     """The metadata file of ``md`` whose ``signed`` is ``payload`` (its canonical bytes, as just signed):
     ``{"signatures":[...],"signed":PAYLOAD}``, compact JSON with sorted keys, without encoding ``signed`` a second
     time (a 2,000-name snapshot cost a publish ~4 ms per encoding)."""
-    if md.unrecognized_fields:  # keys beside signatures and signed: not this shape
+    # Keys beside signatures and signed: not this shape. A control character in a string: canonical JSON keeps it
+    # raw (it escapes only quote and backslash), which JSON readers refuse, so the file gets JSON's own escapes (the
+    # signature is over the canonical form of the parsed value, whichever way the file spells it).
+    if md.unrecognized_fields or _CONTROL_BYTE.search(payload):
         return json.dumps(md.to_dict(), separators=(",", ":"), sort_keys=True).encode() + b"\n"
     sigs = json.dumps([s.to_dict() for s in md.signatures.values()], separators=(",", ":"), sort_keys=True)
     return b'{"signatures":' + sigs.encode() + b',"signed":' + payload + b"}\n"
