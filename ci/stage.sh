@@ -12,8 +12,10 @@
 #              (IMAGECTL_CACHE_DIR) unless IMAGECTL_REBUILD=1; else imagectl build -> $IMAGECTL_OUT/build/JOB/
 #   test       imagectl test IMAGE --record: boot result into the build record, console log in $IMAGECTL_OUT/boot/
 #   publish    imagectl publish --from-build $IMAGECTL_OUT/build/JOB --channel $IMAGECTL_CHANNEL (keys needed)
-#   promote    imagectl promote NAME:VERSION $IMAGECTL_PROMOTE_CHANNEL for what publish published (keys needed)
-#   refresh    imagectl catalogue verify, and the browse site in $IMAGECTL_SITE when that is set (no keys)
+#   promote    imagectl promote NAME:VERSION $IMAGECTL_PROMOTE_CHANNEL for what publish published (keys needed):
+#              for $IMAGECTL_JOB, or, with IMAGECTL_JOB unset, for every $IMAGECTL_OUT/jobs/JOB.publish.json
+#   refresh    imagectl catalogue verify; the browse site in $IMAGECTL_SITE, the simplestreams export in
+#              $IMAGECTL_EXPORT_SIMPLESTREAMS and the HEPiX list in $IMAGECTL_EXPORT_HEPIX, each when set (no keys)
 #
 # Inputs (environment; IMAGECTL_CATALOGUE and IMAGECTL_CACHE_DIR are imagectl's own settings, see README):
 #   IMAGECTL_RECIPES          recipe paths or shell patterns, space-separated (default "recipes/*.yaml recipes/*/*.yaml")
@@ -30,9 +32,20 @@
 #   IMAGECTL_CHANNEL          publish: channel to move (default testing)
 #   IMAGECTL_PROMOTE_CHANNEL  promote: channel to move (default stable)
 #   IMAGECTL_KEYS_FILE        publish/promote: the signing keys, as the CI system hands them over: a file holding
-#                             `tar -C KEYDIR -czf - . | base64 -w0` (a GitLab file variable, a GitHub secret written
-#                             to a file), the tar.gz itself, or a directory of *.key files
+#                             `tar -C KEYDIR -czf - . | base64 -w0` (a GitLab file variable), the tar.gz itself,
+#                             or a directory of *.key files. Every other stage deletes such a file (the job's own
+#                             copy of a CI file variable; a directory is left alone) and unsets the variable.
+#   IMAGECTL_KEYS_TARBALL     publish/promote: the same base64 text in the variable itself (a GitHub secret), used
+#                             when IMAGECTL_KEYS_FILE is unset; unset by every stage before imagectl runs
+#   IMAGECTL_ENVIRONMENT      plan (GitLab): child publish and promote jobs run in the environments
+#                             ENV/CHANNEL, e.g. catalogue/testing and catalogue/stable (default catalogue), so the
+#                             key file variable can be scoped to ENV/*
 #   IMAGECTL_SITE             refresh: render the catalogue's browse site into this directory
+#   IMAGECTL_EXPORT_SIMPLESTREAMS  refresh: imagectl export simplestreams into this directory (streams/v1/;
+#                             IMAGECTL_GPG_KEY clearsigns it, IMAGECTL_PUBLIC_URL sets the download URLs)
+#   IMAGECTL_EXPORT_HEPIX     refresh: imagectl export hepix into this file; needs IMAGECTL_HEPIX_CERT and
+#                             IMAGECTL_HEPIX_KEY (PEM files: the list's S/MIME signer); IMAGECTL_HEPIX_LIST_URL is
+#                             where the list will be published (default: beside the catalogue)
 #   IMAGECTL_OUT              where artefacts go (default imagectl-out): plan.json, images.gitlab-ci.yml,
 #                             matrix.json, build/JOB/ (images and build records), boot/JOB.console.log,
 #                             jobs/JOB.*.json (what each stage's imagectl printed), jobs/JOB.cached (build skipped)
@@ -41,7 +54,8 @@
 #   IMAGECTL_PYTHON           the Python that reads plan JSON (default python3)
 #
 # Signing keys exist only in publish and promote: unpacked into a private 0700 directory that an EXIT trap
-# removes; nothing here prints them, and this script never runs with `set -x`.
+# removes; nothing here prints them, and this script never runs with `set -x`. Every other stage first deletes a
+# key file the CI system handed over and unsets the key variables, before any recipe code or imagectl runs.
 set -euo pipefail
 set +x  # a caller's `bash -x` must not trace key handling
 
@@ -85,11 +99,40 @@ recipes() {
 	done
 }
 
-# The signing keys, unpacked into a private directory; exports IMAGECTL_KEYS (imagectl's setting).
+# Stages that sign nothing get no keys: a key file the CI system handed over (a GitLab file variable that is
+# not scoped to the publish/promote environments) is deleted, and the key variables are unset, before any
+# imagectl or recipe code (diskimage-builder runs recipe code as root) starts. One line says so; no key material
+# and no path is printed. A directory of keys is a runner's own: it is left in place, only the variable goes.
+drop_keys() {
+	local f=${IMAGECTL_KEYS_FILE:-} what="no signing keys in this job"
+	if [ -n "$f" ] && { [ -f "$f" ] || [ -L "$f" ]; }; then
+		rm -f -- "$f"
+		what="removed the signing key file from this job and unset its variable"
+	elif [ -n "$f" ] && [ -d "$f" ]; then
+		what="unset the signing key variable (it names a directory, left in place)"
+	elif [ -n "$f" ] || [ -n "${IMAGECTL_KEYS_TARBALL:-}" ] || [ -n "${IMAGECTL_KEYS:-}" ]; then
+		what="unset the signing key variables"
+	fi
+	unset IMAGECTL_KEYS_FILE IMAGECTL_KEYS_TARBALL IMAGECTL_KEYS
+	say "$STAGE: $what (keys belong to publish and promote only)"
+}
+
+# The signing keys, unpacked into a private directory; exports IMAGECTL_KEYS (imagectl's setting). From the file
+# IMAGECTL_KEYS_FILE names, else from the base64 text in IMAGECTL_KEYS_TARBALL (a GitHub secret), which is unset.
 unpack_keys() {
-	need IMAGECTL_KEYS_FILE
-	local src=$IMAGECTL_KEYS_FILE magic
+	local src=${IMAGECTL_KEYS_FILE:-} magic
 	umask 077
+	if [ -z "$src" ]; then
+		[ -n "${IMAGECTL_KEYS_TARBALL:-}" ] || die "$STAGE needs IMAGECTL_KEYS_FILE or IMAGECTL_KEYS_TARBALL (see ci/README.md)"
+		KEYS_TMP=$(mktemp -d "${TMPDIR:-/tmp}/imagectl-keys.XXXXXX") # mode 0700
+		printf '%s' "$IMAGECTL_KEYS_TARBALL" | base64 -d 2>/dev/null |
+			tar -xzf - -C "$KEYS_TMP" --no-same-owner --no-same-permissions 2>/dev/null ||
+			die "IMAGECTL_KEYS_TARBALL is not base64 of a tar.gz (make it with: tar -C KEYDIR -czf - . | base64 -w0)"
+		unset IMAGECTL_KEYS_TARBALL
+		check_keys
+		return 0
+	fi
+	unset IMAGECTL_KEYS_TARBALL
 	KEYS_TMP=$(mktemp -d "${TMPDIR:-/tmp}/imagectl-keys.XXXXXX") # mode 0700
 	if [ -d "$src" ]; then
 		cp -- "$src"/*.key "$KEYS_TMP"/ 2>/dev/null || die "IMAGECTL_KEYS_FILE names a directory without *.key files"
@@ -105,6 +148,10 @@ unpack_keys() {
 	else
 		die "IMAGECTL_KEYS_FILE does not name a file or directory"
 	fi
+	check_keys
+}
+
+check_keys() {
 	# Only plain key files at the top: a symlink or device planted in the tarball is refused, not followed.
 	if [ -n "$(find "$KEYS_TMP" -mindepth 1 ! -type d ! -type f -print -quit)" ]; then
 		die "the key tarball holds something other than plain files"
@@ -151,6 +198,15 @@ entries = [e for e in plan["entries"] if any(fnmatch.fnmatchcase(e["job"], p) fo
 with open(os.path.join(out, "plan.json"), "w") as f:
     json.dump({**plan, "entries": entries}, f, indent=2)
 have = set(os.environ.get("IMAGECTL_RUNNER_ARCHES", "x86_64 i386").split())
+# Publish and promote run in environments ENV/CHANNEL (catalogue/testing, catalogue/stable), so a GitLab file
+# variable holding the signing keys can be scoped to ENV/* and reaches no other job.
+env_prefix = os.environ.get("IMAGECTL_ENVIRONMENT") or "catalogue"
+
+def environment(channel):
+    return "".join(c if c.isalnum() or c in "-_/" else "-" for c in f"{env_prefix}/{channel}")
+
+environments = {"publish": environment(os.environ.get("IMAGECTL_CHANNEL") or "testing"),
+                "promote": environment(os.environ.get("IMAGECTL_PROMOTE_CHANNEL") or "stable")}
 
 def q(s):  # a YAML double-quoted scalar (JSON strings are valid YAML)
     return json.dumps(str(s))
@@ -190,13 +246,15 @@ for e in entries:
         y += [f"{stage}-{job}:", f"  stage: {stage}", common.rstrip("\n"), f"  needs: [{q(prev)}]",
               f"  script: ['bash \"$IMAGECTL_CI_DIR/stage.sh\" {stage}']"]
         if stage == "publish":
-            y += ["  rules:", "    - if: $IMAGECTL_CATALOGUE", *("    " + w for w in wait), "    - when: never"]
+            y += [f"  environment: {{name: {q(environments['publish'])}}}",
+                  "  rules:", "    - if: $IMAGECTL_CATALOGUE", *("    " + w for w in wait), "    - when: never"]
         else:
             y += wait
         y += [art]
         prev = f"{stage}-{job}"
     y += [f"promote-{job}:", "  stage: promote", common.rstrip("\n"), f"  needs: [{q(prev)}]",
           "  script: ['bash \"$IMAGECTL_CI_DIR/stage.sh\" promote']",
+          f"  environment: {{name: {q(environments['promote'])}}}",
           "  rules:",
           '    - if: $IMAGECTL_CATALOGUE && $CI_COMMIT_REF_PROTECTED == "true"',
           "      when: manual", "      allow_failure: true", "    - when: never",
@@ -206,14 +264,24 @@ for e in entries:
           + (f"; waiting for {where} (none declared in IMAGECTL_RUNNER_ARCHES)" if waiting else ""))
 with open(os.path.join(out, "images.gitlab-ci.yml"), "w") as f:
     f.write("\n".join(y) + "\n")
-matrix = {"include": [{"job": e["job"], "recipe": e["recipe"], "arch": e["arch"], "hypervisor": e["hypervisor"],
-                       "build_key": e["build_key"],
-                       "runs-on": ["self-hosted", *e["runner"]["tags"]]} for e in entries]}
+# GitHub: the whole matrix, and one per runner kind (x86 hosts; Itanium hosts), so that the x86 images' promote
+# and refresh jobs need only the x86 image jobs and never wait for an ia64 job queued for an Itanium runner.
+def row(e):
+    return {"job": e["job"], "recipe": e["recipe"], "arch": e["arch"], "hypervisor": e["hypervisor"],
+            "build_key": e["build_key"], "runs-on": ["self-hosted", *e["runner"]["tags"]]}
+
+def kind(e):
+    return "itanium" if e["runner"]["arch"] == "ia64" else "x86"
+
+matrix = {"include": [row(e) for e in entries]}
+kinds = {k: {"include": [row(e) for e in entries if kind(e) == k]} for k in ("x86", "itanium")}
 with open(os.path.join(out, "matrix.json"), "w") as f:
-    json.dump(matrix, f)
+    json.dump({**matrix, "by_runner": kinds}, f)
 if os.environ.get("GITHUB_OUTPUT"):
     with open(os.environ["GITHUB_OUTPUT"], "a") as f:
         f.write(f"matrix={json.dumps(matrix)}\ncount={len(entries)}\n")
+        for k, m in kinds.items():
+            f.write(f"matrix_{k}={json.dumps(m)}\ncount_{k}={len(m['include'])}\n")
 print(f"imagectl-ci: plan: {len(entries)} of {len(plan['entries'])} entries kept (IMAGECTL_JOBS={' '.join(pats)})")
 PY
 }
@@ -312,17 +380,35 @@ for r in json.load(open(sys.argv[1])):
 PY
 }
 
+# promote for one job: IMAGECTL_JOB; with it unset (GitHub's promote job, which gathers the image jobs'
+# artefacts), every job whose publish stage left $OUT/jobs/JOB.publish.json. The keys are unpacked once.
 stage_promote() {
-	if skipped; then return 0; fi
 	need IMAGECTL_CATALOGUE
-	local published="$OUT/jobs/$IMAGECTL_JOB.publish.json" versions nv
-	[ -f "$published" ] || die "nothing to promote: $published is missing (did publish run?)"
-	versions=$("$PY" -c 'import json,sys; print(" ".join(sorted({r["name"]+":"+r["version"] for r in json.load(open(sys.argv[1]))})))' "$published")
-	[ -n "$versions" ] || die "nothing to promote: $published lists no image"
+	local -a jobs=()
+	local published versions nv job
+	if [ -n "${IMAGECTL_JOB:-}" ]; then
+		if skipped; then return 0; fi
+		published="$OUT/jobs/$IMAGECTL_JOB.publish.json"
+		[ -f "$published" ] || die "nothing to promote: $published is missing (did publish run?)"
+		jobs=("$IMAGECTL_JOB")
+	else
+		for published in "$OUT"/jobs/*.publish.json; do
+			[ -f "$published" ] && jobs+=("$(basename "$published" .publish.json)")
+		done
+		if [ "${#jobs[@]}" -eq 0 ]; then
+			say "nothing was published in this run ($OUT/jobs/*.publish.json): nothing to promote"
+			return 0
+		fi
+	fi
 	unpack_keys
-	for nv in $versions; do # NAME:VERSION has no spaces (imagectl's identifiers)
-		run promote "$nv" "${IMAGECTL_PROMOTE_CHANNEL:-stable}" --json >>"$OUT/jobs/$IMAGECTL_JOB.promote.json"
-		say "promoted $nv to ${IMAGECTL_PROMOTE_CHANNEL:-stable}"
+	for job in "${jobs[@]}"; do
+		published="$OUT/jobs/$job.publish.json"
+		versions=$("$PY" -c 'import json,sys; print(" ".join(sorted({r["name"]+":"+r["version"] for r in json.load(open(sys.argv[1]))})))' "$published")
+		[ -n "$versions" ] || die "nothing to promote: $published lists no image"
+		for nv in $versions; do # NAME:VERSION has no spaces (imagectl's identifiers)
+			run promote "$nv" "${IMAGECTL_PROMOTE_CHANNEL:-stable}" --json >>"$OUT/jobs/$job.promote.json"
+			say "promoted $nv to ${IMAGECTL_PROMOTE_CHANNEL:-stable}"
+		done
 	done
 }
 
@@ -333,9 +419,32 @@ stage_refresh() {
 		run catalogue site "$IMAGECTL_CATALOGUE" -o "$IMAGECTL_SITE"
 		say "site rendered in $IMAGECTL_SITE"
 	fi
+	# The exports, when configured: imagectl reads IMAGECTL_GPG_KEY, IMAGECTL_PUBLIC_URL and IMAGECTL_HEPIX_CERT/KEY
+	# from the environment itself.
+	if [ -n "${IMAGECTL_EXPORT_SIMPLESTREAMS:-}" ]; then
+		run export simplestreams "$IMAGECTL_CATALOGUE" -o "$IMAGECTL_EXPORT_SIMPLESTREAMS"
+		say "simplestreams export refreshed in $IMAGECTL_EXPORT_SIMPLESTREAMS"
+	fi
+	if [ -n "${IMAGECTL_EXPORT_HEPIX:-}" ]; then
+		if [ -z "${IMAGECTL_HEPIX_CERT:-}" ] || [ -z "${IMAGECTL_HEPIX_KEY:-}" ]; then
+			die "IMAGECTL_EXPORT_HEPIX needs IMAGECTL_HEPIX_CERT and IMAGECTL_HEPIX_KEY (the list's signing certificate and key)"
+		fi
+		local -a url=()
+		if [ -n "${IMAGECTL_HEPIX_LIST_URL:-}" ]; then url=(--list-url "$IMAGECTL_HEPIX_LIST_URL"); fi
+		run export hepix "$IMAGECTL_CATALOGUE" -o "$IMAGECTL_EXPORT_HEPIX" "${url[@]}"
+		say "HEPiX image list refreshed in $IMAGECTL_EXPORT_HEPIX"
+	elif [ -n "${IMAGECTL_HEPIX_CERT:-}" ]; then
+		say "IMAGECTL_HEPIX_CERT is set but IMAGECTL_EXPORT_HEPIX is not: no HEPiX list written"
+	fi
 }
 
 main() {
+	case "$STAGE" in
+	publish | promote) ;;
+	validate | plan | build | test | refresh) drop_keys ;;
+	esac
+	# The HEPiX signing key is refresh's alone; it is the runner's file, so it is only unset elsewhere.
+	if [ "$STAGE" != refresh ]; then unset IMAGECTL_HEPIX_KEY; fi
 	case "$STAGE" in
 	validate) stage_validate ;;
 	plan) stage_plan ;;
