@@ -1288,7 +1288,17 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM runs the finally blocks that stop child processes, for this call only: a caller that runs main()
+    # in-process (the tests do) gets its own handler back, and processes it forks later die of SIGTERM as usual
+    # (a multiprocessing pool worker that raised SystemExit instead once held its queue's lock as it died).
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("IMAGECTL_DEBUG") == "1"

@@ -252,8 +252,10 @@ def test_concurrent_builds_do_not_corrupt_the_cache(tmp_path: Path) -> None:
     bad = bytearray(good)
     bad[12345] ^= 1
     jobs = [(str(tmp_path), sha, good if i % 3 else bytes(bad)) for i in range(12)]  # a third write wrong bytes
-    with multiprocessing.get_context("fork").Pool(6) as pool:
-        pool.map(_add, jobs)
+    # spawn, not fork: a forked copy of this multi-threaded pytest process can inherit a lock another thread held
+    # (and a SIGTERM handler an in-process CLI call left behind): one such pool hung a CI run. Bounded in time.
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        pool.map_async(_add, jobs).get(timeout=300)
     cache = PackageCache(tmp_path, "debian")
     assert [p.name for p in cache.objects.iterdir()] == [sha]  # one entry, no temp files
     assert cache.get(sha, len(good)) is not None and cache.path(sha).read_bytes() == good

@@ -175,3 +175,17 @@ def test_a_control_character_in_a_build_record_does_not_break_the_catalogue(
     assert json.loads(r.out)["build_record"]["dib_version"] == "3.4\x1b[31m"
     r = cli("catalogue", "show", *args)
     assert r.code == 0 and "\x1b" not in r.out and '"dib_version": "3.4\\u001b[31m"' in r.out, r.out
+
+
+def test_cli_main_gives_the_callers_sigterm_handler_back(capsys: pytest.CaptureFixture[str]) -> None:
+    """main() turns SIGTERM into SystemExit for its own run only. Left behind in a process that runs it in-process,
+    the handler was inherited by forked multiprocessing workers, one of which died holding its pool's queue lock
+    and hung a CI run (tests/test_build_cache.py::test_concurrent_builds_do_not_corrupt_the_cache)."""
+    import signal
+
+    from imagectl.cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["recipe", "list"]) == 0
+    assert "debian12-demo" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is before
