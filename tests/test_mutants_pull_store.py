@@ -23,7 +23,7 @@ from imagectl.http import make_session
 from imagectl.progress import Progress
 from imagectl.store.http import HTTPStore
 from imagectl.store.local import LocalStore
-from tests.conftest import CliResult
+from tests.conftest import CliResult, unavailable
 from tests.httpserver import Fault, TestHTTPServer
 from tests.test_hostile_pull import error_line, pull
 from tests.test_mutants_pull import SIZE, Served, blobs, served  # noqa: F401  (served: a fixture)
@@ -39,7 +39,7 @@ def test_a_replaced_file_keeps_its_owner_when_root_pulls(
 ) -> None:
     """Mutant: ``owner = None`` (root pulling over another user's file handed it to root)."""
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        unavailable("needs root")
     cat, srv, sha = served
     dest = tmp_path / "x.qcow2"
     dest.write_bytes(b"old")
