@@ -204,6 +204,12 @@ class Started:
 
     It leads its own process group, so :meth:`stop` (also run on leaving the ``with`` block, whatever happens)
     ends it *and everything it started*. Its stdout and stderr go to the log file given to :func:`start`.
+
+    The leader is never reaped before :meth:`stop` has signalled its group: :meth:`poll` and :meth:`wait` see it
+    exit without reaping it (``waitid(WNOWAIT)``), so its zombie keeps the group's id reserved. Once a leader is
+    reaped and its group empty, the kernel may hand that number to a new process group (pids wrap at 32768 here),
+    and a late ``killpg`` would signal a stranger: that is how a boot test once SIGTERMed a build's
+    disk-image-create that had been given the old qemu's pid.
     """
 
     def __init__(self, proc: subprocess.Popen[bytes], argv: list[str], log_file: Path | None) -> None:
@@ -211,6 +217,8 @@ class Started:
         self.argv = argv
         self.log_file = log_file
         self.started = time.monotonic()
+        self._code: int | None = None  # seen exiting (the zombie may still be there)
+        self._reaped = False
 
     @property
     def pid(self) -> int:
@@ -218,24 +226,40 @@ class Started:
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.returncode
+        return self._code
 
     def poll(self) -> int | None:
-        """Exit code if it has exited (negative: killed by that signal), else None; never blocks."""
-        return self._proc.poll()
+        """Exit code if it has exited (negative: killed by that signal), else None; never blocks, never reaps."""
+        if self._code is None and not self._reaped:
+            try:
+                info = os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # reaped elsewhere (it should not be): take Popen's word
+                self._reaped = True
+                self._code = self._proc.returncode
+                return self._code
+            if info is not None:
+                self._code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        return self._code
 
     def wait(self, timeout: float) -> int | None:
         """Wait up to ``timeout`` seconds for it to exit; its exit code, or None if it is still running."""
-        try:
-            return self._proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(0.05, left))
+        return self._code
 
     def stop(self, grace: float = 5.0) -> int | None:
-        """SIGTERM the process group, SIGKILL it after ``grace`` seconds; idempotent. Returns the exit code.
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds, then reap the leader; idempotent. Returns
+        the exit code.
 
-        The group is signalled even when the leader has already exited, so nothing it started is left behind.
+        The group is signalled even when the leader has already exited, so nothing it started is left behind; it
+        is safe because the unreaped leader still holds the group's id. After the leader is reaped, never again.
         """
+        if self._reaped:
+            return self._code
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(self._proc.pid, sig)
@@ -244,7 +268,13 @@ class Started:
             if sig == signal.SIGTERM:
                 self.wait(grace)
         # After SIGKILL the leader dies promptly; reap it so no zombie is left.
-        return self.wait(grace)
+        try:
+            code = self._proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            return None
+        self._reaped = True
+        self._code = code
+        return code
 
     def __enter__(self) -> Started:
         return self

@@ -58,3 +58,41 @@ def test_failure_and_missing_tool() -> None:
     assert e.value.returncode == 3 and e.value.exit_code == 20
     with pytest.raises(ToolMissingError, match="no-such-tool-here not found"):
         run(["no-such-tool-here"])
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter of ``pid`` (``Z`` for a zombie), or None once its pid is free."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return None
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
+
+
+def test_a_started_program_is_not_reaped_before_its_group_is_signalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CI run lost a real build: a boot test's stop() sent SIGTERM to the process group of a qemu it had already
+    reaped, the kernel had given that number to the build's disk-image-create (pids wrap at 32768 here), and
+    the build died. poll() and wait() now see the exit without reaping, so the zombie keeps the group's id
+    reserved until stop() has signalled it; once stop() has reaped the leader, nothing is signalled again."""
+    from imagectl import runner
+
+    started = runner.start(["sh", "-c", "exit 3"], log_file=tmp_path / "log")
+    assert started.wait(30) == 3 and started.poll() == 3 and started.returncode == 3
+    assert _state(started.pid) == "Z"  # seen exiting, still holding its pid (and so its group's id)
+    signalled: list[tuple[int, int]] = []
+    real_killpg = os.killpg
+
+    def killpg(pgid: int, sig: int) -> None:
+        signalled.append((pgid, sig))
+        real_killpg(pgid, sig)
+
+    monkeypatch.setattr(runner.os, "killpg", killpg)
+    assert started.stop() == 3
+    assert signalled and all(pgid == started.pid for pgid, _sig in signalled)  # while the zombie held the id
+    assert _state(started.pid) != "Z"  # reaped now (the number may already belong to someone else)
+    signalled.clear()
+    with started:  # leaving the block stops it again: idempotent, and no signal to a number that is free
+        pass
+    assert started.stop() == 3 and signalled == []
