@@ -148,7 +148,7 @@ class _Sink:
     def __init__(self, f: IO[bytes], h: Any, have: int) -> None:
         self.f, self.h = f, h
         self.flushed = self.written = have
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
         self._queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=4), queue.Queue(maxsize=4)]
         self._threads = [
             threading.Thread(target=self._run, args=(q, work), name=name, daemon=True)
@@ -163,24 +163,25 @@ class _Sink:
         self.h.update(block)
 
     def _write(self, block: bytes) -> None:
-        if self.error is not None:
-            return
-        try:
-            self.f.write(block)
-            self.written += len(block)
-            if self.written - self.flushed >= WRITEBACK:
-                self.flushed = _start_writeback(self.f, self.flushed, self.written)
-        except OSError as e:  # disk full, an I/O error: handed to the receiving thread, which raises it
-            self.error = e
+        self.f.write(block)
+        self.written += len(block)
+        if self.written - self.flushed >= WRITEBACK:
+            self.flushed = _start_writeback(self.f, self.flushed, self.written)
 
-    @staticmethod
-    def _run(q: queue.Queue[bytes | None], work: Callable[[bytes], None]) -> None:
+    def _run(self, q: queue.Queue[bytes | None], work: Callable[[bytes], None]) -> None:
+        """Feed ``work`` until the end marker. A failure (disk full, an I/O error, or a bug) is kept for the
+        receiving thread, which raises it; the worker goes on taking blocks without working on them, so a
+        producer never waits on a full queue that nobody empties (a dead writer thread once hung a pull)."""
         while True:
             block = q.get()
             try:
                 if block is None:
                     return
-                work(block)
+                if self.error is None:
+                    work(block)
+            except BaseException as e:  # noqa: BLE001 - any failure, handed to the receiving thread
+                if self.error is None:
+                    self.error = e
             finally:
                 q.task_done()
 

@@ -189,3 +189,37 @@ def test_cli_main_gives_the_callers_sigterm_handler_back(capsys: pytest.CaptureF
     assert main(["recipe", "list"]) == 0
     assert "debian12-demo" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_failing_pull_writer_ends_the_pull_instead_of_hanging() -> None:
+    """Found by mutation testing: an exception other than OSError in the writer thread ended that thread, and the
+    receiving thread then waited forever on the writer's full queue (a pull hung until its caller gave up). Any
+    failure is now handed to the receiving thread, which raises it; the workers keep emptying their queues."""
+    import hashlib
+    import io
+    import threading
+
+    from imagectl import pull
+
+    class Broken(io.BytesIO):
+        def write(self, b: object) -> int:
+            raise TypeError("a bug in the writer")
+
+    sink = pull._Sink(Broken(), hashlib.sha256(), 0)
+    raised: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            for _ in range(50):  # far more blocks than the queues hold
+                sink.put(b"x" * 10)
+            sink.drain()
+        except BaseException as e:
+            raised.append(e)
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the receiving side still waits on a queue nobody empties"
+    assert [type(e) for e in raised] == [TypeError] and str(raised[0]) == "a bug in the writer"
+    sink.close()
+    assert [th.is_alive() for th in sink._threads] == [False, False]
