@@ -8,4 +8,4 @@ echo "+ ruff check"; python3 -m ruff check imagectl tests bench
 echo "+ ruff format --check"; python3 -m ruff format --check imagectl tests bench
 echo "+ mypy --strict imagectl"; python3 -m mypy imagectl
 echo "+ lint-imports (the layering contracts in pyproject.toml)"; lint-imports
-echo "+ pytest"; exec python3 -m pytest "$@"
+echo "+ pytest"; exec python3 -m pytest --durations=25 "$@"

@@ -2,11 +2,11 @@
 
 Every generated input must either load or raise an ``ImagectlError`` whose message is one non-empty line with exit
 code 3 (invalid input) and names where the problem is (the file, the variable or the flag). Anything else is a bug
-and fails the test with its traceback. Each input is bounded: at most 5 s of CPU time of this process and 60 s of
-wall time (generous: CI machines are loaded and shared; the loaders take milliseconds) and at most 50 MiB of Python
-heap at peak, measured with ``tracemalloc`` around that one input (an RSS limit would be process-wide). What loads
-must be usable: a recipe's data survives ``json.dumps(allow_nan=False)`` and its digest; a config's numbers are
-finite and within their declared bounds.
+and fails the test with its traceback. Each input is bounded (``tests/fuzzbound.py``): at most 5 s of CPU time of
+this process and 60 s of wall time (generous: CI machines are loaded and shared; the loaders take milliseconds)
+and at most 50 MiB of Python heap at peak, measured with ``tracemalloc`` around that one input (an RSS limit would
+be process-wide). What loads must be usable: a recipe's data survives ``json.dumps(allow_nan=False)`` and its
+digest; a config's numbers are finite and within their declared bounds.
 
 Derandomised (the "imagectl-fuzz" profile below: same inputs every run, no example database), 10,000 recipe
 inputs (3,000 + 3,000 + 2,000 + 2,000) and 10,500 config inputs (3,000 + 3,000 + 3,000 + 1,500) in all, each
@@ -17,14 +17,11 @@ with ``-m fuzz``.
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import json
 import math
 import os
 import re
-import time
-import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +33,7 @@ from hypothesis import strategies as st
 from imagectl.config import SETTINGS, Config, load_config
 from imagectl.errors import ImagectlError
 from imagectl.recipe.model import RECIPE_SCHEMA, Recipe, load_recipe
+from tests.fuzzbound import bounded as within_bounds
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
@@ -48,23 +46,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 FUZZ = settings.get_profile("imagectl-fuzz")
-
-# Per input: CPU seconds of this process (what a blow-up costs; other processes on a shared 2-core machine do not
-# count: wall-clock bounds failed here under load, 5.3 s for an input that takes 0.1 s), and a wall-clock bound
-# far above it for an input that blocks instead of computing.
-CPU_LIMIT = 5.0
-WALL_LIMIT = 60.0
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _frozen_heap() -> Iterator[None]:
-    """Move what the test process holds so far out of the collector's way (gc.freeze), so that a full collection
-    of pytest's own heap, which the inputs did not make, does not land inside one input's bound."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
 
 MEMORY_LIMIT = 50 * 2**20  # bytes of Python heap per input (tracemalloc peak)
 
@@ -79,19 +60,7 @@ def bounded(load: Callable[[], T], *, names: tuple[str, ...]) -> T | ImagectlErr
     The error must be one line, exit code 3, and mention one of ``names`` (the file, variable or flag it came
     from). Any other exception propagates: Hypothesis shows it, shrunk, with its traceback.
     """
-    tracemalloc.start()
-    start, cpu_start = time.monotonic(), time.process_time()
-    try:
-        result: T | ImagectlError = load()
-    except ImagectlError as e:
-        result = e
-    finally:
-        took, cpu = time.monotonic() - start, time.process_time() - cpu_start
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    assert cpu < CPU_LIMIT, f"one input took {cpu:.1f} s of CPU"
-    assert took < WALL_LIMIT, f"one input took {took:.1f} s"
-    assert peak < MEMORY_LIMIT, f"one input peaked at {peak / 2**20:.1f} MiB"
+    result = within_bounds(load, memory_limit=MEMORY_LIMIT)
     if isinstance(result, ImagectlError):
         message = str(result)
         assert message and "\n" not in message and "\r" not in message, repr(message)

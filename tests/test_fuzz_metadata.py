@@ -3,9 +3,9 @@ before (and after) any signature says they are genuine (issue 7).
 
 Every generated file must either be read or be refused with an ``ImagectlError`` whose message is one line and
 whose exit code is that of untrusted metadata (8, or 9/10/12/17 for TUF's own refusals) or invalid input (3);
-anything else (a parser's KeyError, a RecursionError, a MemoryError) is a bug. Each input is bounded: at most 5 s
-of CPU time of this process, 60 s of wall time and 100 MiB of Python heap at its peak (``tracemalloc``), the
-reader's part of the 150 MiB RSS bound a pull keeps on any input within the caps.
+anything else (a parser's KeyError, a RecursionError, a MemoryError) is a bug. Each input is bounded
+(``tests/fuzzbound.py``): at most 5 s of CPU time of this process, 60 s of wall time and 100 MiB of Python heap at
+its peak (``tracemalloc``), the reader's part of the 150 MiB RSS bound a pull keeps on any input within the caps.
 
 Three readers are driven: the bounded parser with the custom-field reader behind it (``parse_metadata``,
 ``ImageRecord.from_target``, channels), ``catalogue verify`` over a catalogue with one file replaced, and a real
@@ -17,10 +17,7 @@ client (``CatalogueReader``: tuf.ngclient through our fetcher) fetching a replac
 
 from __future__ import annotations
 
-import gc
 import json
-import time
-import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +35,7 @@ from imagectl.catalogue.verify import verify_catalogue
 from imagectl.errors import ImagectlError, InvalidInputError
 from imagectl.store.local import LocalStore
 from tests.conftest import EXPIRY, write_pattern
+from tests.fuzzbound import bounded as within_bounds
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
@@ -51,23 +49,6 @@ settings.register_profile(
 )
 FUZZ = settings.get_profile("imagectl-fuzz-metadata")
 
-# Per input: CPU seconds of this process (what a blow-up costs; other processes on a shared 2-core machine do not
-# count: wall-clock bounds failed here under load, 5.3 s for an input that takes 0.1 s), and a wall-clock bound
-# far above it for an input that blocks instead of computing.
-CPU_LIMIT = 5.0
-WALL_LIMIT = 60.0
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _frozen_heap() -> Iterator[None]:
-    """Move what the test process holds so far out of the collector's way (gc.freeze), so that a full collection
-    of pytest's own heap, which the inputs did not make, does not land inside one input's bound."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
 MEMORY_LIMIT = 100 * 2**20  # bytes of Python heap per input
 EXIT_CODES = {3, 8, 9, 10, 12, 13, 17}  # invalid input, untrusted metadata and its kinds (13: a fetch refused)
 T = TypeVar("T")
@@ -75,19 +56,7 @@ _COUNT = iter(range(10**9))
 
 
 def bounded(read: Callable[[], T]) -> T | ImagectlError:
-    tracemalloc.start()
-    start, cpu_start = time.monotonic(), time.process_time()
-    try:
-        result: T | ImagectlError = read()
-    except ImagectlError as e:
-        result = e
-    finally:
-        took, cpu = time.monotonic() - start, time.process_time() - cpu_start
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    assert cpu < CPU_LIMIT, f"one input took {cpu:.1f} s of CPU"
-    assert took < WALL_LIMIT, f"one input took {took:.1f} s"
-    assert peak < MEMORY_LIMIT, f"one input peaked at {peak / 2**20:.1f} MiB"
+    result = within_bounds(read, memory_limit=MEMORY_LIMIT)
     if isinstance(result, ImagectlError):
         assert result.message and "\n" not in result.message, repr(result.message)
         assert result.exit_code in EXIT_CODES, (type(result).__name__, result.message)
