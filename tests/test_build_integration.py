@@ -6,6 +6,7 @@ five minutes. One build serves every test in this module.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -59,6 +60,31 @@ def test_build_leaves_image_and_record(built):
     from imagectl.imaging.hostcompat import has_device_mapper
 
     assert rec["host"]["hostcompat_partx_shims"] is (not has_device_mapper())
+
+
+def test_the_image_carries_no_cluster_secret(built, tmp_path):
+    """The munge package makes a random key when it is installed, at build time: every node from the image, and
+    every reader of the catalogue, would share the key Slurm trusts. The batch-worker element deletes it, like
+    the SSH host keys; each node gets its cluster's key from its context (test_worker_is_contextualised_at_boot)."""
+    import subprocess
+
+    [image] = built["out"]["images"]
+    raw = tmp_path / "image.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", image, raw], check=True, timeout=600)
+    table = json.loads(subprocess.run(["sfdisk", "-J", raw], capture_output=True, check=True).stdout)
+    offset = table["partitiontable"]["partitions"][0]["start"] * 512
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", "--read-only", "--offset", str(offset), raw],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        ls = subprocess.run(["debugfs", "-R", "ls -l /etc/munge", loop], capture_output=True, text=True, timeout=60)
+        ssh = subprocess.run(["debugfs", "-R", "ls -l /etc/ssh", loop], capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+    assert ls.returncode == 0 and ssh.returncode == 0, (ls.stderr, ssh.stderr)
+    assert "sshd_config" in ssh.stdout and "ssh_host_" not in ssh.stdout
+    assert ".." in ls.stdout and "munge.key" not in ls.stdout, ls.stdout
 
 
 def test_cached_rebuild_is_reused(built):
@@ -134,13 +160,20 @@ def test_boots_to_login_prompt(built, cli: Callable[..., CliResult]):
 @pytest.mark.boot
 def test_worker_is_contextualised_at_boot(built, tmp_path):
     """One image, many nodes: the demo (a Slurm worker) booted with a context disk comes up with the given
-    hostname (its login prompt says so), the authorised key, its own SSH host keys and the batch server."""
+    hostname (its login prompt says so), the authorised key, its own SSH host keys, the batch server and the
+    cluster's munge key."""
     from imagectl.imaging.boottest import boot_test
     from imagectl.imaging.context import make_context_iso
 
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKm8p3b4hf2k5l3Q1tY0yB5x4Yh3mC2Wq9hG2t7mKx7Z deployer@site"
     iso = make_context_iso(
-        {"HOSTNAME": "node42", "SSH_PUBLIC_KEY": key, "BATCH_SERVER": "head01", "BATCH_START": "no"},
+        {
+            "HOSTNAME": "node42",
+            "SSH_PUBLIC_KEY": key,
+            "BATCH_SERVER": "head01",
+            "BATCH_START": "no",
+            "MUNGE_KEY": base64.b64encode(bytes(range(128))).decode(),
+        },
         tmp_path / "ctx.iso",
     )
     [image] = built["out"]["images"]
@@ -153,9 +186,11 @@ def test_worker_is_contextualised_at_boot(built, tmp_path):
         "imagectl-context: hostname node42",
         "imagectl-context: made this node's SSH host keys",
         "imagectl-context: 1 authorised key(s) for root: ssh-ed25519 deployer@site",
+        "imagectl-context: slurm: munge key installed (128 bytes in /etc/munge/munge.key)",
         "imagectl-context: slurm server head01 (SlurmctldHost=head01 in /etc/slurm/slurm.conf)",
     ):
         assert line in console, line
+    assert base64.b64encode(bytes(range(128))).decode()[:40] not in console  # the secret is never printed
     assert "Started slurmd" not in console.replace("\x1b[0;1;39m", "")  # BATCH_START=no: the daemon stays off
 
 

@@ -9,6 +9,7 @@ image with a real context ISO, is in tests/test_build_integration.py.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from tests.conftest import REPO, CliResult, require_tools
 
 SCRIPT = REPO / "recipes" / "elements" / "batch-worker" / "batch-worker-files" / "imagectl-context"
 SHELLS = ("dash", "bash")
+MUNGE_KEY = bytes(range(128))  # what `mungekey` makes: 1024 bits
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKm8p3b4hf2k5l3Q1tY0yB5x4Yh3mC2Wq9hG2t7mKx7Z deployer@site"
 
 
@@ -70,15 +72,21 @@ def run_context(
 def test_context_makes_the_node_itself(tmp_path: Path, shell: str) -> None:
     root = image_root(tmp_path, options="SlurmdTimeout 300\n")
     values = {"HOSTNAME": "node42.example.org", "SSH_PUBLIC_KEY": KEY, "BATCH_SERVER": "head01", "SITE": "it's 'q'"}
+    values["MUNGE_KEY"] = base64.encodebytes(MUNGE_KEY).decode()  # the cluster's key, 76-column lines
     out = run_context(shell, root, context_script({**values, "USERNAME": "batchops"}))
     assert out == [
         "imagectl-context: context from " + str(tmp_path / "ctx"),
         "imagectl-context: hostname node42.example.org",
         "imagectl-context: 1 authorised key(s) for root: ssh-ed25519 deployer@site",
         "imagectl-context: 1 authorised key(s) for batchops: ssh-ed25519 deployer@site",
+        "imagectl-context: slurm: munge key installed (128 bytes in /etc/munge/munge.key)",
         "imagectl-context: slurm server head01 (SlurmctldHost=head01 in /etc/slurm/slurm.conf)",
         "imagectl-context: done",
     ]
+    munge = root / "etc/munge/munge.key"
+    assert munge.read_bytes() == MUNGE_KEY and munge.stat().st_mode & 0o777 == 0o400
+    assert list(munge.parent.iterdir()) == [munge]  # no part file left
+    assert "MUNGE_KEY" not in (root / "etc/imagectl/context.env").read_text()  # the secret is in one place
     assert (root / "etc/hostname").read_text() == "node42.example.org\n"
     assert "127.0.1.1 node42.example.org node42\n" in (root / "etc/hosts").read_text()
     assert (root / "root/.ssh/authorized_keys").read_text() == KEY + "\n"
@@ -165,8 +173,13 @@ def test_build_mode_removes_host_keys_and_uses_the_recipes_server(tmp_path: Path
     root = image_root(tmp_path, server="head-from-recipe")
     for k in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "ssh_host_rsa_key"):
         (root / "etc/ssh" / k).write_text("a key every node would share")
+    (root / "etc/munge").mkdir()
+    (root / "etc/munge/munge.key").write_bytes(
+        b"made by the munge package at install: every reader of the image has it"
+    )
     out = run_context("bash", root, None, "--build")
     assert list((root / "etc/ssh").iterdir()) == []  # each node makes its own at first boot
+    assert list((root / "etc/munge").iterdir()) == []  # each node gets its cluster's from the context
     assert "SlurmctldHost=head-from-recipe" in (root / "etc/slurm/slurm.conf").read_text()
     assert not any(line.endswith("done") for line in out)
 
@@ -174,9 +187,35 @@ def test_build_mode_removes_host_keys_and_uses_the_recipes_server(tmp_path: Path
 def test_no_server_yet_says_so(tmp_path: Path) -> None:
     root = image_root(tmp_path, server="")
     out = run_context("dash", root, None)
-    assert out == ["imagectl-context: slurm: no batch server yet (give BATCH_SERVER in the node's context)",
+    assert out == [NO_MUNGE_KEY,
+                   "imagectl-context: slurm: no batch server yet (give BATCH_SERVER in the node's context)",
                    "imagectl-context: done"]  # fmt: skip
     assert not (root / "etc/slurm/slurm.conf").exists()
+
+
+NO_MUNGE_KEY = (
+    "imagectl-context: slurm: no munge key yet, slurmd stays off"
+    " (give MUNGE_KEY, the cluster's key in base64, in the node's context)"
+)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize(
+    ("value", "refusal"),
+    [
+        ("not base64 at all!", "not base64"),
+        (base64.b64encode(b"k" * 16).decode(), "16 bytes (munge takes 32 to 1024)"),
+        (base64.b64encode(b"k" * 1025).decode(), "1025 bytes (munge takes 32 to 1024)"),
+    ],
+)
+def test_a_bad_munge_key_is_refused_and_nothing_is_written(
+    tmp_path: Path, shell: str, value: str, refusal: str
+) -> None:
+    root = image_root(tmp_path)
+    out = run_context(shell, root, context_script({"MUNGE_KEY": value}))
+    assert f"imagectl-context: slurm: refusing MUNGE_KEY: {refusal}" in out
+    assert not any(value in line for line in out)
+    assert list((root / "etc/munge").iterdir()) == []
 
 
 def test_the_scripts_are_posix_sh() -> None:

@@ -18,7 +18,16 @@ from imagectl.runner import run
 
 __all__ = ["KNOWN_KEYS", "context_script", "make_context_iso", "parse_assignments"]
 
-KNOWN_KEYS = ("HOSTNAME", "SSH_PUBLIC_KEY", "USERNAME", "BATCH_SERVER", "BATCH_CLUSTER", "BATCH_START", "NTP_SERVERS")
+KNOWN_KEYS = (
+    "HOSTNAME",
+    "SSH_PUBLIC_KEY",
+    "USERNAME",
+    "BATCH_SERVER",
+    "BATCH_CLUSTER",
+    "BATCH_START",
+    "NTP_SERVERS",
+    "MUNGE_KEY",
+)
 _KEY = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 VALUE_MAX = 64 << 10  # characters of one value (a few SSH keys, not a file system)
 LABEL = "CONTEXT"  # the volume label imagectl-context (and OpenNebula's one-context) looks for
