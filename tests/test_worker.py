@@ -218,6 +218,20 @@ def test_a_bad_munge_key_is_refused_and_nothing_is_written(
     assert list((root / "etc/munge").iterdir()) == []
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_munge_key_on_the_kernel_command_line_is_ignored(tmp_path: Path, shell: str) -> None:
+    root = image_root(tmp_path)
+    value = base64.b64encode(MUNGE_KEY).decode()
+    out = run_context(shell, root, None, cmdline=f"ro quiet imagectl.MUNGE_KEY={value} imagectl.HOSTNAME=n1")
+    assert out[0] == (
+        "imagectl-context: ignoring MUNGE_KEY on the kernel command line (every local user can read /proc/cmdline;"
+        " give it on the CONTEXT disk)"
+    )
+    assert NO_MUNGE_KEY in out and "imagectl-context: hostname n1" in out
+    assert not any(value in line for line in out) and not (root / "etc/munge").exists()
+    assert "MUNGE_KEY" not in (root / "etc/imagectl/context.env").read_text()
+
+
 def test_the_scripts_are_posix_sh() -> None:
     """Old SLC releases have bash 2.05: imagectl-context sticks to POSIX sh (dash parses it; shellcheck in sh
     mode finds no bashism or unquoted expansion). The element's own hook is bash, as DIB runs it."""
