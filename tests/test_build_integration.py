@@ -166,13 +166,14 @@ def test_worker_is_contextualised_at_boot(built, tmp_path):
     from imagectl.imaging.context import make_context_iso
 
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKm8p3b4hf2k5l3Q1tY0yB5x4Yh3mC2Wq9hG2t7mKx7Z deployer@site"
+    munge_key = base64.b64encode(bytes(range(128))).decode()
     iso = make_context_iso(
         {
             "HOSTNAME": "node42",
             "SSH_PUBLIC_KEY": key,
             "BATCH_SERVER": "head01",
             "BATCH_START": "no",
-            "MUNGE_KEY": base64.b64encode(bytes(range(128))).decode(),
+            "MUNGE_KEY": munge_key,
         },
         tmp_path / "ctx.iso",
     )
@@ -190,7 +191,7 @@ def test_worker_is_contextualised_at_boot(built, tmp_path):
         "imagectl-context: slurm server head01 (SlurmctldHost=head01 in /etc/slurm/slurm.conf)",
     ):
         assert line in console, line
-    assert base64.b64encode(bytes(range(128))).decode()[:40] not in console  # the secret is never printed
+    assert munge_key[:40] not in console  # the secret is never printed
     assert "Started slurmd" not in console.replace("\x1b[0;1;39m", "")  # BATCH_START=no: the daemon stays off
 
 
