@@ -52,6 +52,34 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped, but IMAGECTL_REQUIRE_ALL=1 requires every test to run here: {reason}"
 
 
+# tests/run.sh runs the suite in two pytest-xdist workers (`--dist loadgroup`). The tests that share one costly
+# module fixture form a chain that must stay in one worker, or each worker would build the demo again: each
+# chain is an xdist group. The chains go to the front of the queue, then the other slow tests, so the two workers
+# end close together (a chain queued last would run alone at the end).
+# Here the pipeline's chain takes ~470 s, the demo's ~550 s with its boots, the i386 build and boot ~330 s.
+CHAINS = {  # module.fixture -> xdist group
+    "tests.test_ci_templates.pipeline": "gitlab-pipeline",
+    "tests.test_build_integration.built": "demo-x86_64",
+    "tests.test_build_integration.built_i386": "demo-i386",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    ranks = {}
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)  # which fixture definitions the test uses, wherever requested
+        defs = info.name2fixturedefs.values() if info else ()
+        used = {f"{d.func.__module__}.{d.argname}" for ds in defs for d in ds}
+        chain = next((i for i, fixture in enumerate(CHAINS) if fixture in used), None)
+        if chain is not None:
+            item.add_marker(pytest.mark.xdist_group(list(CHAINS.values())[chain]))
+            ranks[item.nodeid] = chain
+        else:
+            ranks[item.nodeid] = len(CHAINS) + (0 if item.get_closest_marker("slow") else 1)
+    items.sort(key=lambda item: ranks[item.nodeid])  # stable: a module's order is kept within each rank
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's config, cache or IMAGECTL_* variables."""
