@@ -26,60 +26,25 @@ _TOOLS: tuple[str, ...] = ("coreutils", "grep", "pcre", "sed", "gawk", "findutil
 _TOOLS += ("shadow-utils", "libattr", "libacl", "libselinux", "libsepol", "pam", "cracklib", "cracklib-dicts")
 _TOOLS += ("libstdc++",)
 
+# SLC 3 and 4 alike: the terminal libraries (5 too); what rpm 4.2/4.3 link against (db4, beecrypt); python 2
+# with libxml2, which yum 2.x runs under.
+_TERMCAP = ("libtermcap", "termcap", "ncurses")
+_RPM4_DB4 = ("mktemp", "zlib", "bzip2-libs", "popt", "db4", "beecrypt", "elfutils-libelf")
+_PYTHON2_XML = ("readline", "gdbm", "openssl", "krb5-libs", "e2fsprogs", "expat", "python", "libxml2", "libxml2-python")
+
 SEEDS: dict[str, tuple[str, ...]] = {
     # SLC 3 (RHEL 3): rpm 4.2 on db4 and beecrypt; yum 2.0 under python 2.2 reads headers with libxml2-python.
-    "3": (
-        *_BASE,
-        "libtermcap",
-        "termcap",
-        "ncurses",
-        *_TOOLS,
-        "mktemp",
-        "zlib",
-        "bzip2-libs",
-        "popt",
-        "db4",
-        "beecrypt",
-        "elfutils-libelf",
-        "rpm",
-        "rpm-python",
-        "readline",
-        "gdbm",
-        "openssl",
-        "krb5-libs",
-        "e2fsprogs",
-        "expat",
-        "python",
-        "libxml2",
-        "libxml2-python",
-        "yum",
-    ),
+    "3": (*_BASE, *_TERMCAP, *_TOOLS, *_RPM4_DB4, "rpm", "rpm-python", *_PYTHON2_XML, "yum"),
     # SLC 4 (RHEL 4): rpm 4.3 (db4, beecrypt, sqlite); yum 2.4 under python 2.3 needs elementtree, sqlite, urlgrabber.
     "4": (
         *_BASE,
-        "libtermcap",
-        "termcap",
-        "ncurses",
+        *_TERMCAP,
         *_TOOLS,
-        "mktemp",
-        "zlib",
-        "bzip2-libs",
-        "popt",
-        "db4",
-        "beecrypt",
-        "elfutils-libelf",
+        *_RPM4_DB4,
         "sqlite",
         "rpm",
         "rpm-python",
-        "readline",
-        "gdbm",
-        "openssl",
-        "krb5-libs",
-        "e2fsprogs",
-        "expat",
-        "python",
-        "libxml2",
-        "libxml2-python",
+        *_PYTHON2_XML,
         "python-elementtree",
         "python-sqlite",
         "python-urlgrabber",
@@ -90,9 +55,7 @@ SEEDS: dict[str, tuple[str, ...]] = {
     "5": (
         *_BASE,
         "tzdata",
-        "libtermcap",
-        "termcap",
-        "ncurses",
+        *_TERMCAP,
         *_TOOLS,
         "libcap",
         "audit-libs",
