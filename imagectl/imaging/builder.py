@@ -353,6 +353,11 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
         pkgcache = DebianPackageCache(
             opts.cache_dir, work, inv.env, inv.argv[inv.argv.index("-a") + 1], str(dib.version)
         )
+    # SLC: the bootstrap's download cache (packages under their repository checksums, each checked again on every
+    # use), in imagectl's cache and so shared by every build on this host, as the Debian cache is. Like the
+    # proxy's environment, it is not in the build key: where packages are cached does not change what is built.
+    if "slc-bootstrap" in inv.elements:
+        env["IMAGECTL_SLC_CACHE"] = str(opts.cache_dir / "slc")
     cache_record, succeeded = None, False
     try:
         serving: contextlib.AbstractContextManager[dict[str, str]] = (
