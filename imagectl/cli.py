@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -925,8 +926,19 @@ def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
         if live or " " in stage:  # stages live on a terminal; sentences (KVM fallback) always
             print(f"imagectl: {stage}", file=sys.stderr)
 
+    hypervisor = args.hypervisor or (record.hypervisor if record is not None else "hvm")
     started = time.monotonic()
+    work = None
     try:
+        direct = None
+        if hypervisor == "xen-pv":  # no boot loader in the image: what Xen's pygrub extracts, booted directly
+            from imagectl.imaging.boottest import detect_format
+            from imagectl.imaging.pvboot import pygrub_extract
+
+            work = Path(tempfile.mkdtemp(prefix="imagectl-pv-"))
+            pv = pygrub_extract(image, detect_format(image), work)
+            progress(f"xen-pv: booting what {pv.pygrub} read from the image; command line: {printable(pv.args)}")
+            direct = (pv.kernel, pv.initrd, pv.args)
         res = boot_test(
             image,
             arch=check_arch(args.arch or host_arch()),
@@ -936,6 +948,7 @@ def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
             log_path=Path(args.log) if args.log else None,
             on_progress=progress,
             cdrom=Path(args.context) if args.context else None,
+            direct=direct,
         )
     except BootFailedError as e:
         if e.tail and not args.json:
@@ -946,12 +959,16 @@ def cmd_test(args: argparse.Namespace, cfg: Config) -> int:
             record.write(passed=False, marker=args.marker, accel=e.accel or "tcg", seconds=time.monotonic() - started)
             print(f"imagectl: the failed boot test is recorded in {printable(str(record.path))}", file=sys.stderr)
         raise
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     if record is not None:
         record.write(passed=True, marker=args.marker, accel=res.accel, seconds=res.seconds)
     data = {
         "passed": True,
         "record": str(record.path) if record is not None else None,
         "image": str(image),
+        "hypervisor": hypervisor,
         "accel": res.accel,
         "fell_back": res.fell_back,
         "seconds": round(res.seconds, 1),
@@ -1192,6 +1209,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--log", metavar="PATH", help="where to keep the console log")
     sp.add_argument("--context", metavar="ISO", help="attach this context disk (imagectl context) as a CD-ROM")
+    sp.add_argument(
+        "--hypervisor",
+        choices=("hvm", "xen-pv"),
+        help="xen-pv: boot what Xen's pygrub reads from the image (default: the build record's, else hvm)",
+    )
     sp.add_argument(
         "--record",
         nargs="?",

@@ -90,6 +90,7 @@ class BootRecord:
     path: Path
     image: Path
     image_sha256: str
+    hypervisor: str = "hvm"  # what the record says the image was built for (xen-pv boots through pygrub)
 
     def write(self, *, passed: bool, marker: str, accel: str, seconds: float) -> dict[str, Any]:
         """Add (or replace) ``boot_test`` in the record, atomically; return it. The record is checked again first
@@ -124,5 +125,5 @@ def open_record(image: Path, record: Path | None = None) -> BootRecord:
         raise InvalidInputError(f"{image} is {describe_mode(st.st_mode)}, not an image file")
     path = record if record is not None else image.with_name(f"{image.stem}.build.json")
     sha256 = _sha256(image)
-    _load(path, image, sha256)
-    return BootRecord(path, image, sha256)
+    rec, _mode = _load(path, image, sha256)
+    return BootRecord(path, image, sha256, rec.target.hypervisor or "hvm")

@@ -133,6 +133,7 @@ def boot_test(
     virtio: bool = True,
     probe: KvmProbe | None = None,
     cdrom: Path | None = None,
+    direct: tuple[Path, Path | None, str] | None = None,
 ) -> BootResult:
     """Boot ``image`` (an ``arch`` guest) under qemu until ``marker`` appears on its serial console.
 
@@ -143,7 +144,8 @@ def boot_test(
     older than virtio (2.6.25). ``on_progress`` receives the phases 'bootloader', 'kernel', 'userspace',
     'login prompt' and a sentence when KVM is not used or abandoned. ``probe`` (default :class:`KvmProbe`) sets
     how soon ``auto`` gives up on a silent KVM boot. ``cdrom`` is attached read-only as a CD-ROM (a node's
-    context disk, made by ``imagectl context``).
+    context disk, made by ``imagectl context``). ``direct`` (kernel, initrd, command line) boots that kernel
+    instead of the disk's boot loader, with ``console=ttyS0`` added (a xen-pv image: :mod:`pvboot`).
 
     Raises BootFailedError (exit 23) when the marker is not seen in time or qemu stops first, InvalidInputError
     for an unknown accel or arch or an image qemu cannot boot (a tar archive), UnsupportedHostError for ia64 (no
@@ -190,7 +192,7 @@ def boot_test(
         use_kvm = problem is None
 
     def argv(acc: str) -> list[str]:
-        return _qemu_argv(emulator, acc, image, fmt, log_path, memory_mib, virtio, cdrom)
+        return _qemu_argv(emulator, acc, image, fmt, log_path, memory_mib, virtio, cdrom) + _direct(direct)
 
     kvm_seconds = 0.0
     if use_kvm:
@@ -489,6 +491,21 @@ def _qemu_argv(
         "-nic",
         f"user,model={nic}",  # a DHCP answer, so the guest's network setup does not wait for a timeout
         *extra,
+    ]
+
+
+def _direct(direct: tuple[Path, Path | None, str] | None) -> list[str]:
+    """qemu's direct kernel boot; the console added last, so the kernel's and getty's console is the serial port
+    the boot test watches, whatever console (Xen's hvc0) the image's own command line names."""
+    if direct is None:
+        return []
+    kernel, initrd, args = direct
+    return [
+        "-kernel",
+        os.fspath(kernel),
+        *(["-initrd", os.fspath(initrd)] if initrd is not None else []),
+        "-append",
+        f"{args} console=ttyS0,115200".strip(),
     ]
 
 

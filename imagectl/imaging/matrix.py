@@ -87,8 +87,8 @@ def runner_for(target: BuildTarget, host: str | None = None) -> Runner:
         why = "ia64 builds need an Itanium build host (VT-i); QEMU has no ia64 emulator, so it boots only there too"
         kvm = False
     elif hv == "xen-pv":
-        why = f"{on}; a xen-pv image boots only under Xen, so imagectl test cannot boot it"
-        kvm = False
+        why = f"{on}; a xen-pv image is boot-tested through Xen's pygrub (xen-utils-4.17) and qemu"
+        kvm = True
     elif arch in _X86:
         why = f"{on}; the boot test uses KVM when it works and falls back to TCG (slower) when it does not"
         kvm = True
