@@ -72,37 +72,43 @@ def pygrub_extract(image: Path, fmt: str, work: Path, *, pygrub: str | None = No
         _convert(image, fmt, raw)
     out_dir = work / "pygrub"
     out_dir.mkdir(mode=0o700)
-    try:
-        p = subprocess.run(
-            [tool, "--quiet", "--output-format=simple0", f"--output-directory={out_dir}", os.fspath(raw)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=PYGRUB_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise BootFailedError(f"pygrub did not finish reading {image.name} in {PYGRUB_TIMEOUT:g} s") from None
-    if p.returncode != 0 or not p.stdout:
-        reason = _last_line(p.stderr) or f"exit {p.returncode}"
-        raise BootFailedError(f"pygrub found nothing to boot in {image.name}: {reason}")
-    return _parse(p.stdout[:OUTPUT_MAX], out_dir, image.name, tool)
+    argv = [tool, "--quiet", "--output-format=simple0", f"--output-directory={out_dir}", os.fspath(raw)]
+    done = _bounded(argv, PYGRUB_TIMEOUT, work / "pygrub.log")
+    if done is None:
+        raise BootFailedError(f"pygrub did not finish reading {image.name} in {PYGRUB_TIMEOUT:g} s")
+    code, out, err = done
+    if code != 0 or not out:
+        raise BootFailedError(f"pygrub found nothing to boot in {image.name}: {err or f'exit {code}'}")
+    return _parse(out, out_dir, image.name, tool)
 
 
 def _convert(image: Path, fmt: str, raw: Path) -> None:
     if shutil.which("qemu-img") is None:
         raise ToolMissingError("qemu-img is not installed", hint="apt-get install qemu-utils")
-    try:
-        p = subprocess.run(
-            ["qemu-img", "convert", "-f", fmt, "-O", "raw", os.fspath(image), os.fspath(raw)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=CONVERT_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise ToolError(f"qemu-img convert of {image.name} took longer than {CONVERT_TIMEOUT:g} s") from None
-    if p.returncode != 0:
-        raise ToolError(f"qemu-img convert {image.name} to raw failed: {_last_line(p.stderr)}", returncode=p.returncode)
+    argv = ["qemu-img", "convert", "-f", fmt, "-O", "raw", os.fspath(image), os.fspath(raw)]
+    done = _bounded(argv, CONVERT_TIMEOUT, raw.with_suffix(".log"))
+    if done is None:
+        raise ToolError(f"qemu-img convert of {image.name} took longer than {CONVERT_TIMEOUT:g} s")
+    if done[0] != 0:
+        raise ToolError(f"qemu-img convert {image.name} to raw failed: {done[2]}", returncode=done[0])
+
+
+def _bounded(argv: list[str], timeout: float, log: Path) -> tuple[int, bytes, str] | None:
+    """Run ``argv`` for at most ``timeout`` s, its output into files beside ``log`` (what the image makes pygrub
+    print can be any size): exit code, the first OUTPUT_MAX bytes of stdout, the last line of stderr; None on
+    timeout."""
+    out_path, err_path = log.with_suffix(".out"), log.with_suffix(".err")
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        try:
+            code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            return None
+    with out_path.open("rb") as f:
+        head = f.read(OUTPUT_MAX)
+    with err_path.open("rb") as f:
+        f.seek(max(0, err_path.stat().st_size - OUTPUT_MAX))
+        tail = _last_line(f.read())
+    return code, head, tail
 
 
 def _parse(out: bytes, out_dir: Path, name: str, tool: str) -> DirectBoot:
