@@ -1,0 +1,134 @@
+"""Mutants of the second random sample (tests/mutants-sample2.txt) that the rest of the suite let survive; each
+test names its mutant and checks exactly what the mutation changes (tests/MUTANTS.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from imagectl.imaging.slc.seed import unpack
+from tests.conftest import Catalogue, CliResult
+from tests.hostile_yum import DIR, REG, Member, write_rpm
+from tests.httpserver import TestHTTPServer
+from tests.test_hostile_pull import error_line
+
+ARCH = "x86_64"
+
+
+def _publish(cat: Catalogue, cli: Callable[..., CliResult], image: Path) -> str:
+    r = cli("publish", image, *cat.args(), "--name", "wn", "--arch", ARCH, "--version", "1", "--json")
+    assert r.code == 0, r.err
+    return str(json.loads(r.out)["sha256"])
+
+
+def test_a_root_pin_that_is_no_sha256_is_named(catalogue: Catalogue, cli: Callable[..., CliResult], tmp_path: Path):
+    """client._bootstrap__mutmut_18: the refusal of a malformed `--root sha256:` pin says what it got."""
+    r = cli("pull", "wn", "--catalogue", catalogue.dir, "--root", "sha256:XYZ", "-o", tmp_path / "x")
+    assert r.code == 3
+    assert error_line(r) == "imagectl: error: --root sha256: needs 64 hex digits, got 'xyz'"
+
+
+@pytest.mark.http
+def test_pull_onto_a_fifo_says_how_to_name_a_file(
+    http_catalogue: tuple[Catalogue, TestHTTPServer], cli: Callable[..., CliResult], make_image, tmp_path: Path
+) -> None:
+    """pull._check_target__mutmut_36: the refusal of a FIFO destination carries its hint."""
+    cat, srv = http_catalogue
+    _publish(cat, cli, make_image(seed="fifo"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = cli("pull", "wn", "--catalogue", srv.url, "--root", cat.root, "--arch", ARCH, "-o", fifo)
+    assert r.code == 14
+    assert "hint: name a file or a directory with -o" in r.err
+
+
+@pytest.mark.http
+@pytest.mark.parametrize("points_at", ["a-file", "nothing"])
+def test_a_symlink_destination_is_replaced_by_the_image(
+    http_catalogue: tuple[Catalogue, TestHTTPServer],
+    cli: Callable[..., CliResult],
+    make_image,
+    tmp_path: Path,
+    points_at: str,
+) -> None:
+    """pull._check_target__mutmut_38: `-o LINK`, LINK a symlink to a regular file (or to nothing): the link itself
+    is replaced by the image, and what it pointed at is neither written nor created."""
+    cat, srv = http_catalogue
+    image = make_image(seed="symlinked")
+    _publish(cat, cli, image)
+    pointed = tmp_path / "elsewhere" / "target.img"
+    if points_at == "a-file":
+        pointed.parent.mkdir()
+        pointed.write_bytes(b"old")
+    link = tmp_path / "out.img"
+    link.symlink_to(pointed)
+    r = cli("pull", "wn", "--catalogue", srv.url, "--root", cat.root, "--arch", ARCH, "-o", link)
+    assert r.code == 0, r.err
+    assert not link.is_symlink() and link.read_bytes() == image.read_bytes()
+    assert (pointed.read_bytes() == b"old") if points_at == "a-file" else not pointed.parent.exists()
+
+
+@pytest.mark.http
+def test_verify_over_http_hashes_a_target_file_that_is_its_own_copy(
+    http_catalogue: tuple[Catalogue, TestHTTPServer], cli: Callable[..., CliResult], make_image
+) -> None:
+    """store.base.same_object__mutmut_1: only a local store can tell that a target file is the blob itself (a
+    hard link); over HTTP the target file is hashed too, so a damaged one is found."""
+    cat, srv = http_catalogue
+    sha = _publish(cat, cli, make_image(seed="copy"))
+    [target] = [p for p in (cat.dir / "targets").rglob(f"{sha}.*") if p.is_file()]
+    data = bytearray(target.read_bytes())
+    target.unlink()  # its own file now, not the blob's hard link
+    data[0] ^= 0xFF
+    target.write_bytes(bytes(data))
+    r = cli("catalogue", "verify", srv.url)
+    assert r.code != 0
+    key = target.relative_to(cat.dir).as_posix()
+    assert f"target file {key} has sha256 " in r.out + r.err, r.out + r.err
+
+
+def test_a_component_of_exactly_255_bytes_is_unpacked(tmp_path: Path) -> None:
+    """extract._split__mutmut_42: NAME_MAX (255 bytes) is the longest a component may be, and is allowed."""
+    name = "n" * 255
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    rpm = write_rpm(pkgs, "long", [Member("./opt", DIR), Member(f"./opt/{name}", REG, b"x\n")])
+    unpack([rpm], tmp_path / "target")
+    assert (tmp_path / "target" / "opt" / name).read_bytes() == b"x\n"
+
+
+def _pull_tofu(cli: Callable[..., CliResult], cat: Catalogue, out: Path) -> CliResult:
+    return cli("pull", "wn", "--catalogue", cat.dir, "--arch", ARCH, "-o", out)  # no --root: trust on first use
+
+
+def test_the_root_trusted_on_first_use_is_kept(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image, tmp_path: Path
+) -> None:
+    """client._bootstrap__mutmut_82: the root trusted on first use is the one read from the client's cache next
+    time (no second "first use": a server that swaps its root later is caught by the cached one)."""
+    _publish(catalogue, cli, make_image(seed="tofu"))
+    first = _pull_tofu(cli, catalogue, tmp_path / "a.img")
+    assert first.code == 0 and "on first use" in first.err, first.err
+    [cached] = list(Path(os.environ["IMAGECTL_CACHE_DIR"]).rglob("root.json"))
+    second = _pull_tofu(cli, catalogue, tmp_path / "b.img")
+    assert second.code == 0 and "on first use" not in second.err, second.err
+    assert cached.is_file()
+
+
+def test_a_cached_root_that_is_no_file_is_named(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image, tmp_path: Path
+) -> None:
+    """client._bootstrap__mutmut_89: a cached root replaced by a FIFO is refused (exit 14), named as the cached
+    root, without hanging."""
+    _publish(catalogue, cli, make_image(seed="fifo-root"))
+    assert _pull_tofu(cli, catalogue, tmp_path / "a.img").code == 0
+    [cached] = list(Path(os.environ["IMAGECTL_CACHE_DIR"]).rglob("root.json"))
+    cached.unlink()
+    os.mkfifo(cached)
+    r = _pull_tofu(cli, catalogue, tmp_path / "b.img")
+    assert r.code == 14
+    assert error_line(r) == f"imagectl: error: cached root {cached} is a FIFO, not a regular file"
