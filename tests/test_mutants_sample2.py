@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from imagectl.imaging.slc.seed import unpack
 from tests.conftest import Catalogue, CliResult
-from tests.hostile_yum import DIR, REG, Member, write_rpm
+from tests.hostile_yum import DIR, REG, Decl, Member, declare, write_rpm
 from tests.httpserver import TestHTTPServer
 from tests.test_hostile_pull import error_line
 
@@ -132,3 +133,53 @@ def test_a_cached_root_that_is_no_file_is_named(
     r = _pull_tofu(cli, catalogue, tmp_path / "b.img")
     assert r.code == 14
     assert error_line(r) == f"imagectl: error: cached root {cached} is a FIFO, not a regular file"
+
+
+@pytest.mark.http
+def test_a_filesystem_that_refuses_fadvise_still_gets_the_image(
+    http_catalogue: tuple[Catalogue, TestHTTPServer],
+    cli: Callable[..., CliResult],
+    make_image,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pull._start_writeback__mutmut_1: the early writeback is advice; where the file system refuses it (OSError,
+    as some network and FUSE file systems do), the pull goes on and the image is whole."""
+    import imagectl.pull
+
+    cat, srv = http_catalogue
+    image = make_image(size=imagectl.pull.WRITEBACK + 1024, seed="fadvise")
+    _publish(cat, cli, image)
+    calls = []
+
+    def refuse(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append(offset)
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    r = cli("pull", "wn", "--catalogue", srv.url, "--root", cat.root, "--arch", ARCH, "-o", tmp_path / "out.img")
+    assert r.code == 0, r.err
+    assert calls and (tmp_path / "out.img").read_bytes() == image.read_bytes()
+
+
+def test_a_name_whose_every_version_is_revoked_has_no_arch_left(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image, tmp_path: Path
+) -> None:
+    """client.resolve__mutmut_104: with its only version revoked, a name has no image of any arch, and says so."""
+    _publish(catalogue, cli, make_image(seed="revoked"))
+    assert cli("revoke", "wn:1", *catalogue.args(), "--reason", "bad").code == 0
+    r = cli("pull", "wn", "--catalogue", catalogue.dir, "--root", catalogue.root, "--arch", ARCH, "-o", tmp_path / "x")
+    assert r.code == 4
+    assert error_line(r) == f"imagectl: error: wn has no {ARCH} image (arches: none)"
+
+
+def test_a_member_naming_the_root_itself_is_the_root(tmp_path: Path) -> None:
+    """extract._split__mutmut_23: a member "." (the header's "/") is the target directory itself, not a '.'
+    component."""
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    f = Member("./f", REG, b"f\n")
+    declared = [Decl("/", stat.S_IFDIR | 0o755), *declare([f])]
+    rpm = write_rpm(pkgs, "dot", [Member(".", DIR), f], declared=declared)
+    unpack([rpm], tmp_path / "target")
+    assert (tmp_path / "target" / "f").read_bytes() == b"f\n"
