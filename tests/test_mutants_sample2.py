@@ -183,3 +183,16 @@ def test_a_member_naming_the_root_itself_is_the_root(tmp_path: Path) -> None:
     rpm = write_rpm(pkgs, "dot", [Member(".", DIR), f], declared=declared)
     unpack([rpm], tmp_path / "target")
     assert (tmp_path / "target" / "f").read_bytes() == b"f\n"
+
+
+def test_an_unknown_name_is_answered_with_the_names_there_are(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image, tmp_path: Path
+) -> None:
+    """client.role__mutmut_11: the hint lists the catalogue's names, comma-separated."""
+    for name in ("alpha", "beta"):
+        r = cli("publish", make_image(seed=name), *catalogue.args(), "--name", name, "--arch", ARCH, "--version", "1")
+        assert r.code == 0, r.err
+    r = cli("pull", "gamma", "--catalogue", catalogue.dir, "--root", catalogue.root, "-o", tmp_path / "x")
+    assert r.code == 4
+    assert error_line(r) == f"imagectl: error: no image named 'gamma' in file://{catalogue.dir}/"
+    assert "hint: images: alpha, beta\n" in r.err
