@@ -196,10 +196,11 @@ def test_worker_is_contextualised_at_boot(built, tmp_path):
 
 
 @pytest.mark.boot
-def test_xen_pv_boot_through_the_real_pygrub(built, tmp_path):
-    """Xen's own pygrub (Debian xen-utils-4.17) reads the demo's GRUB 2 configuration from the image, and the
-    kernel, initrd and command line it extracts boot the image under qemu to its login prompt: the path a xen-pv
-    image takes on a Xen host, all but the kernel's paravirtual entry point, which needs Xen itself."""
+def test_xen_pv_demo_builds_and_boots_through_the_real_pygrub(built, tmp_path):
+    """The demo as a Xen paravirtualised guest, built from the module build's package cache (every package a hit),
+    then boot-tested the way a Xen host boots it: Xen's own pygrub (Debian xen-utils-4.17) reads its GRUB 2
+    configuration, and the kernel, initrd and command line it extracts boot the image under qemu to its login
+    prompt. All but the kernel's paravirtual entry point, which needs Xen itself."""
     from imagectl.errors import ToolMissingError
     from imagectl.imaging.pvboot import find_pygrub
 
@@ -207,17 +208,28 @@ def test_xen_pv_boot_through_the_real_pygrub(built, tmp_path):
         find_pygrub()
     except ToolMissingError as e:
         unavailable(f"{e} ({e.hint})")
-    [image] = built["out"]["images"]
+    recipe = tmp_path / "demo-xen.yaml"
+    recipe.write_text(f"extends: {DEMO}\nhypervisors: [xen-pv]\n")
+    r = run_imagectl(
+        "build", recipe, "--arch", "x86_64", "-o", tmp_path / "out", "--json", env=built["env"], timeout=1800
+    )
+    assert r.code == 0, r.err[-3000:]
+    [out] = json.loads(r.out)
+    record = json.loads(Path(out["record"]).read_text())
+    assert record["target"]["hypervisor"] == "xen-pv" and record["package_cache"]["downloaded"] == 0
+    [image] = out["images"]
+    assert Path(image).name == "debian12-demo-xen-x86_64.qcow2"
     log = tmp_path / "pv.console.log"
     r = run_imagectl(
-        "test", image, "--hypervisor", "xen-pv", "--json", "--timeout", "900", "--log", log,
-        env=built["env"], timeout=1200,
-    )  # fmt: skip
+        "test", image, "--record", "--json", "--timeout", "900", "--log", log, env=built["env"], timeout=1200
+    )  # the hypervisor comes from the build record
     assert r.code == 0, r.err[-3000:]
     assert json.loads(r.out)["hypervisor"] == "xen-pv"
-    assert "xen-pv: booting what " in r.err and "command line: root=LABEL=cloudimg-rootfs ro" in r.err
+    [line] = [ln for ln in r.err.splitlines() if "xen-pv: booting what " in ln]
+    assert "command line: root=LABEL=cloudimg-rootfs ro" in line and line.endswith(" console=hvc0")
     console = log.read_text(errors="replace")
     assert "login:" in console and "GNU GRUB" not in console  # the kernel pygrub chose, booted without GRUB
+    assert json.loads(Path(out["record"]).read_text())["boot_test"]["passed"] is True
 
 
 def test_publish_from_build_and_pull_verified(built, cli: Callable[..., CliResult], tmp_path):

@@ -77,11 +77,41 @@ def test_a_new_family_is_one_module(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert inv.env["DIB_RELEASE"] == "tiny"
 
 
-def test_a_hypervisor_a_release_does_not_support_is_refused_at_its_position(tmp_path: Path) -> None:
+def test_a_hypervisor_a_release_does_not_support_is_refused_at_its_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every shipped release builds both; a family whose release builds hvm only (here one in debian's place)."""
+
+    class HvmOnly(Family):
+        name = "debian"
+        title = "HVM-only Debian"
+        releases: ClassVar = {"12": Release("debian", "12", ("x86_64",), "http://hvm.invalid", "", codename="x")}
+        dib_arch: ClassVar = {"x86_64": "amd64"}
+
+        def interface_file(self, iface: str, net: object) -> tuple[str, bytes]:
+            return f"/etc/x/{iface}", b""
+
+        def dib(self, release: Release, arch: str, hypervisor: str, recipe: object, mirror: str) -> DibPlan:
+            return DibPlan([], {}, [])
+
+    monkeypatch.setitem(FAMILIES, "debian", HvmOnly())
     f = tmp_path / "r.yaml"
     f.write_text("name: wn\nos: {family: debian, release: 12}\narchitectures: [x86_64]\nhypervisors: [hvm, xen-pv]\n")
-    with pytest.raises(RecipeError, match=r"r.yaml:4:20: hypervisors\[1\]: xen-pv images are not built for debian 12"):
+    with pytest.raises(
+        RecipeError,
+        match=r"r.yaml:4:20: hypervisors\[1\]: xen-pv images are not built for debian 12 \(expected one of hvm\)",
+    ):
         load_recipe(f)
+
+
+def test_a_debian_xen_pv_guest_has_xens_console_last(tmp_path: Path) -> None:
+    f = tmp_path / "r.yaml"
+    f.write_text("name: wn\nos: {family: debian, release: 12}\narchitectures: [x86_64]\nhypervisors: [hvm, xen-pv]\n")
+    hvm, pv = targets(load_recipe(f))
+    assert (hvm.hypervisor, pv.hypervisor, pv.basename) == ("hvm", "xen-pv", "wn-xen-x86_64")
+    assert "DIB_BOOTLOADER_DEFAULT_CMDLINE" not in plan_dib(hvm, tmp_path, tmp_path, [tmp_path]).env
+    cmdline = plan_dib(pv, tmp_path, tmp_path, [tmp_path]).env["DIB_BOOTLOADER_DEFAULT_CMDLINE"]
+    assert cmdline.split()[-1] == "console=hvc0"
 
 
 def test_each_family_writes_its_own_network_configuration() -> None:

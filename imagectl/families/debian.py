@@ -17,7 +17,17 @@ class Debian(Family):
     name = "debian"
     title = "Debian"
     releases = MappingProxyType(
-        {"12": Release("debian", "12", ("x86_64", "i386"), "http://deb.debian.org/debian", "", codename="bookworm")}
+        {
+            "12": Release(
+                "debian",
+                "12",
+                ("x86_64", "i386"),
+                "http://deb.debian.org/debian",
+                "",
+                codename="bookworm",
+                hypervisors=("hvm", "xen-pv"),
+            )
+        }
     )
     dib_arch = MappingProxyType({"x86_64": "amd64", "i386": "i386"})
 
@@ -48,6 +58,11 @@ class Debian(Family):
                 f"default:deb {mirror} {release.codename} main\nupdates:deb {mirror} {release.codename}-updates main"
             )
             notes.append("i386: bookworm-security omitted (its i386 index on deb.debian.org fails apt's size check)")
+        if hypervisor == "xen-pv":
+            # A Xen PV guest: Debian's kernel is also a domU kernel, and the host's pygrub reads the GRUB 2
+            # configuration DIB writes; Xen's console is hvc0, named last so it is /dev/console under Xen (which
+            # has no ttyS0). The image's own GRUB stays, unused under Xen.
+            env["DIB_BOOTLOADER_DEFAULT_CMDLINE"] = "nofb nomodeset gfxpayload=text console=hvc0"
         # imagectl-package-cache: packages and the base system from imagectl's verified cache (see its README)
         elements = ["debian-minimal", "vm", "block-device-mbr", "imagectl-package-cache"]
         return DibPlan(elements, env, packages, notes=notes)
