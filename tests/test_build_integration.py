@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,20 +102,26 @@ def test_cached_rebuild_is_reused(built):
     assert entry["build_key"] == json.loads(Path(out["record"]).read_text())["build_key"] and entry["cached"] is True
 
 
+def _build_from_demo(built, tmp_path: Path, change: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`imagectl build` of a recipe that extends the demo with ``change`` (one line of YAML), with the module
+    build's cache: its output entry and its build record."""
+    recipe = tmp_path / "child.yaml"
+    recipe.write_text(f"extends: {DEMO}\n{change}\n")
+    r = run_imagectl(
+        "build", recipe, "--arch", "x86_64", "-o", tmp_path / "out", "--json", env=built["env"], timeout=1800
+    )
+    assert r.code == 0, r.err[-3000:]
+    [out] = json.loads(r.out)
+    return out, json.loads(Path(out["record"]).read_text())
+
+
 def test_rebuild_with_one_more_package_downloads_only_it(built, tmp_path):
     """The package cache: the module's build (an empty cache) downloaded everything and kept it; the demo plus one
     package (a new build key: DIB runs again) reuses the cached base system and every package but the new one
     (tree, which needs nothing the demo lacks), each checked against the mirror's signed indexes."""
     cold = json.loads(Path(built["out"]["record"]).read_text())["package_cache"]
     assert cold["hits"] == 0 and cold["downloaded"] > 100 and cold["base"]["reused"] is False
-    recipe = tmp_path / "plus-one.yaml"
-    recipe.write_text(f"extends: {DEMO}\npackages: [tree]\n")
-    r = run_imagectl(
-        "build", recipe, "--arch", "x86_64", "-o", tmp_path / "out", "--json", env=built["env"], timeout=1800
-    )
-    assert r.code == 0, r.err[-3000:]
-    [out] = json.loads(r.out)
-    record = json.loads(Path(out["record"]).read_text())
+    _out, record = _build_from_demo(built, tmp_path, "packages: [tree]")
     cache = record["package_cache"]
     assert [p.split("_")[0] for p in cache["downloaded_packages"]] == ["tree"], cache["downloaded_packages"]
     assert cache["base"]["reused"] is True and cache["base"]["key"] == cold["base"]["key"]
@@ -208,14 +215,7 @@ def test_xen_pv_demo_builds_and_boots_through_the_real_pygrub(built, tmp_path):
         find_pygrub()
     except ToolMissingError as e:
         unavailable(f"{e} ({e.hint})")
-    recipe = tmp_path / "demo-xen.yaml"
-    recipe.write_text(f"extends: {DEMO}\nhypervisors: [xen-pv]\n")
-    r = run_imagectl(
-        "build", recipe, "--arch", "x86_64", "-o", tmp_path / "out", "--json", env=built["env"], timeout=1800
-    )
-    assert r.code == 0, r.err[-3000:]
-    [out] = json.loads(r.out)
-    record = json.loads(Path(out["record"]).read_text())
+    out, record = _build_from_demo(built, tmp_path, "hypervisors: [xen-pv]")
     assert record["target"]["hypervisor"] == "xen-pv" and record["package_cache"]["downloaded"] == 0
     [image] = out["images"]
     assert Path(image).name == "debian12-demo-xen-x86_64.qcow2"
