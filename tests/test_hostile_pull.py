@@ -436,7 +436,10 @@ def test_cache_writable_by_others_is_refused(
     cache.chmod(0o777)
     r = cli("catalogue", "list", "--catalogue", catalogue.dir, "--root", catalogue.root, "--cache-dir", cache)
     assert r.code == 14, r.err
-    assert "writable by others" in error_line(r)
+    assert error_line(r) == (
+        f"imagectl: error: refusing the client cache {cache}: it is writable by others (mode 0777), so someone else "
+        "could plant trusted metadata in it"
+    )
 
 
 # -- item 10: memory bounded before signatures ----------------------------------------------------------------

@@ -196,3 +196,33 @@ def test_an_unknown_name_is_answered_with_the_names_there_are(
     assert r.code == 4
     assert error_line(r) == f"imagectl: error: no image named 'gamma' in file://{catalogue.dir}/"
     assert "hint: images: alpha, beta\n" in r.err
+
+
+def test_metadata_files_are_compact_json_with_sorted_keys(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image
+) -> None:
+    """state.metadata_bytes__mutmut_7: every metadata file is written as compact JSON with sorted keys (the same
+    bytes whoever writes them, whatever order python-tuf builds its dicts in), ending in one newline."""
+    _publish(catalogue, cli, make_image(seed="sorted"))
+    files = sorted((catalogue.dir / "metadata").glob("*.json"))
+    assert len(files) >= 5
+    for f in files:
+        data = f.read_bytes()
+        assert data == json.dumps(json.loads(data), separators=(",", ":"), sort_keys=True).encode() + b"\n", f
+
+
+@pytest.mark.parametrize("blocks", [[10, 10], [3, 7, 9, 1], [25]])
+def test_part_digests_are_of_part_size_slices_whatever_the_blocks(blocks: list[int]) -> None:
+    """digest.Hasher.update__mutmut_12: a block that crosses a part boundary is split exactly at it."""
+    import hashlib
+
+    from imagectl.store.digest import Hasher
+
+    data = bytes(range(sum(blocks)))
+    h = Hasher(part_size=8)
+    pos = 0
+    for n in blocks:
+        h.update(data[pos : pos + n])
+        pos += n
+    want = tuple(hashlib.sha256(data[i : i + 8]).hexdigest() for i in range(0, len(data), 8))
+    assert h.result().parts == want and h.result().sha256 == hashlib.sha256(data).hexdigest()

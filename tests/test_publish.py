@@ -137,7 +137,7 @@ def test_revoke(catalogue: Catalogue, cli, make_image, tmp_path):
         (["--name", "wn", "--arch", "sparc"], 3, "unknown arch 'sparc'"),
         (["--name", "wn", "--arch", "x86_64", "--format", "exe"], 3, "unknown format"),
         (["--name", "wn", "--arch", "x86_64", "--hypervisor", "kvm"], 3, "unknown hypervisor"),
-        (["--name", "wn", "--arch", "x86_64", "--os", "slc"], 3, "--os and --os-version go together"),
+        (["--name", "wn", "--arch", "x86_64", "--os", "slc"], 3, "error: --os and --os-version go together\n"),
         (["--name", "WN", "--arch", "x86_64"], 3, "invalid image name"),
     ],
 )
