@@ -226,3 +226,15 @@ def test_part_digests_are_of_part_size_slices_whatever_the_blocks(blocks: list[i
         pos += n
     want = tuple(hashlib.sha256(data[i : i + 8]).hexdigest() for i in range(0, len(data), 8))
     assert h.result().parts == want and h.result().sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_verify_names_a_root_json_that_is_not_the_newest_root(
+    catalogue: Catalogue, cli: Callable[..., CliResult]
+) -> None:
+    """verify.roots__mutmut_79: metadata/root.json must be a copy of the newest N.root.json; verify says which."""
+    root = catalogue.dir / "metadata" / "root.json"
+    data = json.loads(root.read_bytes())
+    root.write_text(json.dumps(data, indent=1))  # the same root, other bytes
+    r = cli("catalogue", "verify", catalogue.dir, "--json")
+    assert r.code != 0
+    assert "metadata/root.json is not the newest versioned root (1)" in json.loads(r.out)["problems"], r.out
