@@ -238,3 +238,18 @@ def test_verify_names_a_root_json_that_is_not_the_newest_root(
     r = cli("catalogue", "verify", catalogue.dir, "--json")
     assert r.code != 0
     assert "metadata/root.json is not the newest versioned root (1)" in json.loads(r.out)["problems"], r.out
+
+
+def test_verify_names_a_blob_it_cannot_read(catalogue: Catalogue, cli: Callable[..., CliResult], make_image) -> None:
+    """verify.blob__mutmut_13: a blob that is no longer a readable file (here a FIFO) is a problem naming the
+    image, the blob and why."""
+    sha = _publish(catalogue, cli, make_image(seed="unreadable"))
+    blob = catalogue.dir / "blobs" / "sha256" / sha
+    blob.unlink()
+    os.mkfifo(blob)
+    r = cli("catalogue", "verify", catalogue.dir, "--json")
+    assert r.code != 0
+    problems = json.loads(r.out)["problems"]
+    assert any(p.startswith(f"wn/1/{ARCH}/") and f": blob blobs/sha256/{sha} unreadable: " in p for p in problems), (
+        problems
+    )
