@@ -16,6 +16,7 @@ from tests.conftest import Catalogue, CliResult
 from tests.hostile_yum import DIR, REG, Decl, Member, declare, write_rpm
 from tests.httpserver import TestHTTPServer
 from tests.test_hostile_pull import error_line
+from tests.test_mutants_group1 import binned, reader_of  # noqa: F401  (binned: a fixture)
 
 ARCH = "x86_64"
 
@@ -253,3 +254,26 @@ def test_verify_names_a_blob_it_cannot_read(catalogue: Catalogue, cli: Callable[
     assert any(p.startswith(f"wn/1/{ARCH}/") and f": blob blobs/sha256/{sha} unreadable: " in p for p in problems), (
         problems
     )
+
+
+def test_a_malformed_record_found_by_version_names_its_image(
+    binned: Catalogue,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """client._version_for_arch__mutmut_17: a pull of NAME:VERSION of a binned name reads only that version's
+    bins; a malformed record found there names its image (the error said 'signed metadata of None')."""
+    from imagectl.catalogue import model
+    from imagectl.errors import InvalidInputError, UntrustedMetadataError
+
+    cat = binned
+
+    def malformed(*_a: object) -> model.ImageRecord:
+        raise InvalidInputError("bad record")
+
+    with reader_of(cat, tmp_path / "c") as reader:
+        reader.role("wn")
+        monkeypatch.setattr(model.ImageRecord, "from_target", malformed)
+        with pytest.raises(UntrustedMetadataError) as e:
+            reader.resolve(model.parse_ref("wn:1.3"), ARCH)
+    assert str(e.value) == "signed metadata of wn is malformed: bad record"
