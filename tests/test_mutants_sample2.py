@@ -277,3 +277,34 @@ def test_a_malformed_record_found_by_version_names_its_image(
         with pytest.raises(UntrustedMetadataError) as e:
             reader.resolve(model.parse_ref("wn:1.3"), ARCH)
     assert str(e.value) == "signed metadata of wn is malformed: bad record"
+
+
+def test_a_signed_hypervisor_that_is_no_token_is_named() -> None:
+    """model.from_target__mutmut_113: a signed record whose hypervisor is not a plain token is refused, the
+    message naming the member."""
+    from imagectl.catalogue.model import ImageRecord
+    from imagectl.errors import InvalidInputError
+
+    custom = {"name": "wn", "version": "1", "arch": ARCH, "format": "qcow2", "hypervisor": "hvm x",
+              "size": 10, "created": "2026-11-25T15:02:03Z"}  # fmt: skip
+    path = f"wn/1/{ARCH}/wn-1-{ARCH}.qcow2"
+    with pytest.raises(InvalidInputError) as e:
+        ImageRecord.from_target(path, 10, {"sha256": "0" * 64}, custom)
+    assert str(e.value).startswith(f"target {path} has an invalid hypervisor "), str(e.value)
+
+
+def test_a_record_the_delegation_walk_does_not_find_is_refused(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """client._verified__mutmut_5: the image role lists the image, but python-tuf's walk from targets does not
+    find it (never expected: the two disagree); refused, naming the path."""
+    from imagectl.catalogue import model
+    from imagectl.errors import UntrustedMetadataError
+
+    _publish(catalogue, cli, make_image(seed="walk"))
+    with reader_of(catalogue, tmp_path / "c") as reader:
+        reader.role("wn")  # the image role read (through the walk, which then stops finding the image)
+        monkeypatch.setattr(reader.updater, "get_targetinfo", lambda _path: None)
+        with pytest.raises(UntrustedMetadataError) as e:
+            reader.resolve(model.parse_ref("wn:1"), ARCH)
+    assert str(e.value) == f"wn/1/{ARCH}/wn-1-{ARCH}.qcow2 is listed but not found by the TUF delegation walk"
