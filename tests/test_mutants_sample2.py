@@ -308,3 +308,16 @@ def test_a_record_the_delegation_walk_does_not_find_is_refused(
         with pytest.raises(UntrustedMetadataError) as e:
             reader.resolve(model.parse_ref("wn:1"), ARCH)
     assert str(e.value) == f"wn/1/{ARCH}/wn-1-{ARCH}.qcow2 is listed but not found by the TUF delegation walk"
+
+
+def test_a_missing_targets_file_the_snapshot_names_is_named(catalogue: Catalogue) -> None:
+    """state._read__mutmut_10: the publisher's load of a catalogue whose snapshot names a targets.json version
+    that is gone says which file is missing, and where."""
+    from imagectl.catalogue.state import load_state
+    from imagectl.errors import UntrustedMetadataError
+
+    [targets] = sorted((catalogue.dir / "metadata").glob("*.targets.json"))
+    targets.unlink()
+    with pytest.raises(UntrustedMetadataError) as e:
+        load_state(catalogue.store)
+    assert str(e.value) == f"metadata/{targets.name} is missing from {catalogue.store.shown}"
