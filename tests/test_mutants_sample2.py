@@ -321,3 +321,23 @@ def test_a_missing_targets_file_the_snapshot_names_is_named(catalogue: Catalogue
     with pytest.raises(UntrustedMetadataError) as e:
         load_state(catalogue.store)
     assert str(e.value) == f"metadata/{targets.name} is missing from {catalogue.store.shown}"
+
+
+def test_the_parent_recorded_is_the_parents_image_of_the_same_arch(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image
+) -> None:
+    """publish.publish__mutmut_256: an image built from a parent that exists for several arches records the sha256
+    of the parent's image for its own arch, not of the parent's first arch."""
+    from imagectl.catalogue.state import load_state
+
+    shas = {}
+    for arch in ("i386", ARCH):
+        r = cli("publish", make_image(seed=f"base-{arch}"), *catalogue.args(), "--name", "base", "--arch", arch,
+                "--version", "1", "--json")  # fmt: skip
+        assert r.code == 0, r.err
+        shas[arch] = json.loads(r.out)["sha256"]
+    r = cli("publish", make_image(seed="child"), *catalogue.args(), "--name", "wn", "--arch", ARCH, "--version", "1",
+            "--parent", "base:1")  # fmt: skip
+    assert r.code == 0, r.err
+    [child] = load_state(catalogue.store).images("wn")
+    assert child.parent_image is not None and child.parent_image["sha256"] == shas[ARCH]
