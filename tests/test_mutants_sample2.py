@@ -341,3 +341,11 @@ def test_the_parent_recorded_is_the_parents_image_of_the_same_arch(
     assert r.code == 0, r.err
     [child] = load_state(catalogue.store).images("wn")
     assert child.parent_image is not None and child.parent_image["sha256"] == shas[ARCH]
+
+
+def test_publish_of_a_file_that_fails_to_read_says_why(catalogue: Catalogue, cli: Callable[..., CliResult]) -> None:
+    """publish.publish__mutmut_15: a regular file whose read fails (/proc/self/mem at offset 0: EIO) is refused
+    with the file and the system's reason, and nothing is published."""
+    r = cli("publish", "/proc/self/mem", *catalogue.args(), "--name", "wn", "--arch", ARCH, "--format", "raw")
+    assert r.code == 14
+    assert error_line(r) == "imagectl: error: cannot read /proc/self/mem: Input/output error"
