@@ -349,3 +349,14 @@ def test_publish_of_a_file_that_fails_to_read_says_why(catalogue: Catalogue, cli
     r = cli("publish", "/proc/self/mem", *catalogue.args(), "--name", "wn", "--arch", ARCH, "--format", "raw")
     assert r.code == 14
     assert error_line(r) == "imagectl: error: cannot read /proc/self/mem: Input/output error"
+
+
+def test_a_publish_request_with_a_malformed_boot_test_names_its_file() -> None:
+    """publish.PublishRequest.validated__mutmut_42: the refusal of a malformed boot_test names the image file."""
+    from imagectl.catalogue.publish import PublishRequest
+    from imagectl.errors import InvalidInputError
+
+    req = PublishRequest(file="/b/wn.qcow2", name="wn", arch=ARCH, boot_test={"passed": True})
+    with pytest.raises(InvalidInputError) as e:
+        req.validated()
+    assert str(e.value).startswith("/b/wn.qcow2: boot_test "), str(e.value)
