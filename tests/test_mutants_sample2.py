@@ -380,3 +380,17 @@ def test_file_digest_reads_in_bounded_chunks(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert digest.sha256 == hashlib.sha256(bytes(64 << 20)).hexdigest()
     assert peak < 16 << 20, f"peak {peak} bytes"
+
+
+def test_a_binned_version_republished_in_another_format_is_refused(
+    binned: Catalogue,  # noqa: F811
+    cli: Callable[..., CliResult],
+    make_image,
+) -> None:
+    """publish._existing__mutmut_16: for a binned name the formats published for NAME:VERSION:ARCH are found by
+    listing its target files; an image of that version in another format (other bytes) is refused as for a name
+    that is not binned."""
+    r = cli("publish", make_image(seed="other-format"), *binned.args(), "--name", "wn", "--arch", ARCH,
+            "--version", "1.3", "--format", "raw")  # fmt: skip
+    assert r.code == 6, r.err
+    assert error_line(r).startswith(f"imagectl: error: wn:1.3 ({ARCH}) is already published with other bytes ")
