@@ -394,3 +394,12 @@ def test_a_binned_version_republished_in_another_format_is_refused(
             "--version", "1.3", "--format", "raw")  # fmt: skip
     assert r.code == 6, r.err
     assert error_line(r).startswith(f"imagectl: error: wn:1.3 ({ARCH}) is already published with other bytes ")
+
+
+def test_write_if_match_into_a_store_that_does_not_exist_writes_nothing(tmp_path: Path) -> None:
+    """store.local.write_if_match__mutmut_9: without the store's directory there is no such key: no match."""
+    from imagectl.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "gone")
+    assert store.write_if_match("metadata/timestamp.json", b"{}", "sha256:" + "0" * 64) is False
+    assert not (tmp_path / "gone").exists()

@@ -98,6 +98,7 @@ def test_a_file_changed_in_place_during_publish_is_refused_and_nothing_stored(
     with pytest.raises(FileChangedError, match="changed while it was being published") as e:
         publish(store, keys, PublishRequest(file=str(image), name="wn", arch=ARCH, version="1"), EXPIRY)
     assert e.value.exit_code == 14
+    assert e.value.hint == "publish a file nothing is writing to (wait for the build to finish)"
     assert not store.exists(blob_key(sha))
     assert load_state(store).names() == []  # nothing signed either
     if isinstance(store, S3Store):  # and no unfinished multipart upload left behind
