@@ -56,7 +56,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 # module fixture form a chain that must stay in one worker, or each worker would build the demo again: each
 # chain is an xdist group. The chains go to the front of the queue, then the other slow tests, so the two workers
 # end close together (a chain queued last would run alone at the end).
-# Here the pipeline's chain takes ~470 s, the demo's ~550 s with its boots, the i386 build and boot ~330 s.
+# Here the pipeline's chain takes ~490 s, the demo's ~900 s with its boots and child builds (one more package,
+# xen-pv), the i386 build and boot ~340 s: one worker takes the demo's, the other the pipeline's and the i386's.
 CHAINS = {  # module.fixture -> xdist group
     "tests.test_ci_templates.pipeline": "gitlab-pipeline",
     "tests.test_build_integration.built": "demo-x86_64",
