@@ -364,7 +364,13 @@ PY
 	say "$IMAGECTL_JOB: boot test of $image (console log $OUT/boot/$IMAGECTL_JOB.console.log)"
 	local -a boot=(test "$image" --arch "$arch" --timeout "${IMAGECTL_BOOT_TIMEOUT:-900}"
 		--log "$OUT/boot/$IMAGECTL_JOB.console.log" --json --record)
-	run "${boot[@]}" >"$OUT/jobs/$IMAGECTL_JOB.test.json"
+	local rc=0
+	run "${boot[@]}" >"$OUT/jobs/$IMAGECTL_JOB.test.json" || rc=$?
+	if [ "$rc" -eq 22 ] && [ "${IMAGECTL_HYPERVISOR:-hvm}" = "xen-pv" ]; then
+		say "$IMAGECTL_JOB: no boot test here: its kernel boots only under Xen (a protected channel will refuse it)"
+		return 0
+	fi
+	[ "$rc" -eq 0 ] || return "$rc"
 	say "$IMAGECTL_JOB: booted to its login prompt; the result is in the build record"
 }
 

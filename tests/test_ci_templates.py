@@ -900,3 +900,27 @@ def _run_step(script: str, env: dict[str, str], cwd: Path, logs: list[str]) -> N
     )  # fmt: skip
     logs.append(p.stdout + p.stderr)
     assert p.returncode == 0, f"step failed:\n{script}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize(("code", "stage_code"), [(22, 0), (23, 23)])
+def test_test_stage_of_a_xen_pv_image_whose_kernel_needs_xen(tmp_path, code, stage_code):
+    """A xen-pv image is boot-tested through pygrub; when its kernel boots only under Xen (imagectl test exit 22:
+    SLC 4/5's kernel-xen) the stage says so and passes, as it did for every xen-pv image before; a real boot
+    failure (23) still fails the job."""
+    env = _base_env(tmp_path)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool, body in (("pygrub", "exit 0"), ("imagectl-stand-in", f'echo "$@" >> {tmp_path}/calls; exit {code}')):
+        (bindir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bindir / tool).chmod(0o755)
+    proj = tmp_path / "proj"
+    jobs = proj / "imagectl-out" / "jobs"
+    jobs.mkdir(parents=True)
+    (jobs / "j.build.json").write_text(json.dumps([{"name": "wn-xen", "arch": "x86_64", "images": ["/i/wn.qcow2"]}]))
+    env.update(PATH=f"{bindir}:{env['PATH']}", IMAGECTL_CMD=str(bindir / "imagectl-stand-in"), IMAGECTL_JOB="j")
+    env.update(IMAGECTL_HYPERVISOR="xen-pv")
+    p = subprocess.run(["bash", str(STAGE), "test"], cwd=proj, env=env, capture_output=True, text=True, check=False)
+    assert p.returncode == stage_code, p.stdout + p.stderr
+    assert (tmp_path / "calls").read_text().startswith("test /i/wn.qcow2 --arch x86_64 ")
+    said = "j: no boot test here: its kernel boots only under Xen (a protected channel will refuse it)"
+    assert (said in p.stdout) is (code == 22), p.stdout

@@ -20,7 +20,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagectl.errors import InvalidInputError, ToolError, ToolMissingError
+from imagectl.errors import InvalidInputError, ToolError, ToolMissingError, UnsupportedHostError
 from imagectl.imaging.boottest import BootFailedError
 
 __all__ = ["DirectBoot", "find_pygrub", "pygrub_extract"]
@@ -61,8 +61,9 @@ def pygrub_extract(image: Path, fmt: str, work: Path, *, pygrub: str | None = No
     ``work`` (a private directory the caller removes). A qcow2 or other non-raw image is first converted to a
     sparse raw file there, since pygrub reads raw disks only.
 
-    Raises BootFailedError (exit 23) when pygrub finds no bootable entry, ToolMissingError when pygrub or
-    qemu-img is missing, ToolError when qemu-img fails.
+    Raises BootFailedError (exit 23) when pygrub finds no bootable entry, UnsupportedHostError (22) for a kernel
+    that boots only under Xen (SLC 4 and 5's kernel-xen; Debian's and SLC 6's kernels boot either way),
+    ToolMissingError when pygrub or qemu-img is missing, ToolError when qemu-img fails.
     """
     tool = pygrub or find_pygrub()
     work.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -121,6 +122,14 @@ def _parse(out: bytes, out_dir: Path, name: str, tool: str) -> DirectBoot:
     if "kernel" not in fields:
         raise BootFailedError(f"pygrub named no kernel for {name}")
     kernel = _ours(fields["kernel"], out_dir, "kernel", name)
+    with kernel.open("rb") as f:
+        header = f.read(0x206)
+    if header[0x202:0x206] != b"HdrS":  # no x86 boot protocol: a Xen-only kernel (SLC 4/5's kernel-xen)
+        raise UnsupportedHostError(
+            f"{name}: the kernel pygrub chose boots only under Xen (a paravirtual-only kernel, without the x86 "
+            "boot protocol qemu starts)",
+            hint="boot-test this image on a Xen host",
+        )
     initrd = _ours(fields["ramdisk"], out_dir, "initrd", name) if fields.get("ramdisk") else None
     args = fields.get("args", "").strip()
     if len(args.encode()) > ARGS_MAX or not args.isprintable():
