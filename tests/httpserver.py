@@ -163,7 +163,10 @@ class TestHTTPServer:
             def _serve(self, head: bool) -> None:
                 rng = self.headers.get("Range")
                 with server.lock:
-                    server.served.requests.append((self.command, self.path, rng))
+                    # Counted where it started: a request still finishing its bytes when a test calls clear() must
+                    # not add them to what is served after (the client has its bytes before _count runs).
+                    self.served = server.served
+                    self.served.requests.append((self.command, self.path, rng))
                 fault = server._fault_for(self.path)
                 if fault and fault.redirect is not None:
                     self.send_response(302)
@@ -270,6 +273,6 @@ class TestHTTPServer:
             def _count(self, n: int) -> None:
                 """Add ``n`` body bytes sent for this request's path to ``served.body_bytes``."""
                 with server.lock:
-                    server.served.body_bytes[self.path] += n
+                    self.served.body_bytes[self.path] += n
 
         return Handler
