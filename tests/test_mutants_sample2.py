@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +15,10 @@ import pytest
 from imagectl.imaging.slc.seed import unpack
 from tests.conftest import Catalogue, CliResult
 from tests.hostile_yum import DIR, REG, Decl, Member, declare, write_rpm
-from tests.httpserver import TestHTTPServer
+from tests.httpserver import Fault, TestHTTPServer
 from tests.test_hostile_pull import error_line
 from tests.test_mutants_group1 import binned, reader_of  # noqa: F401  (binned: a fixture)
+from tests.test_mutants_verify_client import indexed  # noqa: F401  (a fixture)
 
 ARCH = "x86_64"
 
@@ -403,3 +405,220 @@ def test_write_if_match_into_a_store_that_does_not_exist_writes_nothing(tmp_path
     store = LocalStore(tmp_path / "gone")
     assert store.write_if_match("metadata/timestamp.json", b"{}", "sha256:" + "0" * 64) is False
     assert not (tmp_path / "gone").exists()
+
+
+# -- the ten that survived the first round (tests/MUTANTS.md, "Sample 2: still surviving") ------------------------
+def test_a_key_directory_only_its_owner_can_search_but_not_list_is_refused(tmp_path: Path) -> None:
+    """keys._check_dir__mutmut_21: R_OK & X_OK is 0 (F_OK), which any existing directory passes. Root reads
+    every directory, so the check runs as an unprivileged user, on a key directory of mode 0300 (no read)."""
+    import sys
+    import tempfile
+
+    from tests.test_pull_http import NOBODY, as_unprivileged
+
+    # a directory every user can reach (tmp_path's parents are the owner's only); access() checks the path too
+    top = Path(tempfile.mkdtemp(prefix="imagectl-keys-", dir="/tmp"))
+    try:
+        top.chmod(0o711)
+        keydir = top / "keys"
+        keydir.mkdir(mode=0o300)
+        keydir.chmod(0o300)
+        if os.geteuid() == 0:
+            os.chown(keydir, NOBODY, NOBODY)
+        code = (
+            "import sys; from pathlib import Path; from imagectl.catalogue.keys import KeyRing\n"
+            "try:\n    KeyRing(Path(sys.argv[1]))\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+            "else:\n    print('accepted')\n"
+        )
+        p = as_unprivileged([sys.executable, "-c", code, str(keydir)], dict(os.environ))
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == f"KeyProblemError key directory {keydir} is not readable"
+    finally:
+        (top / "keys").chmod(0o700)
+        import shutil
+
+        shutil.rmtree(top)
+
+
+def test_a_tested_version_published_again_into_a_protected_channel_keeps_its_boot_test(
+    catalogue: Catalogue, cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    """publish.publish__mutmut_114: publishing NAME:VERSION again (same bytes) with the --channel of a protected
+    channel needs no boot test of its own when the published image has a passing one: the check before the upload
+    takes the published test, as the commit does. The mutant forgot it and refused before any byte was sent."""
+    import hashlib
+
+    from imagectl.catalogue.keys import KeyRing
+    from imagectl.catalogue.publish import PublishRequest, publish
+    from imagectl.catalogue.state import load_state
+    from tests.conftest import EXPIRY, write_pattern
+    from tests.test_mutants_group3 import BOOT_TEST
+
+    img = write_pattern(tmp_path / "wn.qcow2", 4096, seed="tested")
+    tested = dict(BOOT_TEST, image_sha256=hashlib.sha256(img.read_bytes()).hexdigest())
+    keys = KeyRing(catalogue.keys)
+    first = publish(catalogue.store, keys, PublishRequest(str(img), "wn", ARCH, version="1", boot_test=tested), EXPIRY)
+    assert first.created
+    assert cli("catalogue", "protect", catalogue.dir, "stable", *catalogue.args()[2:]).code == 0
+    again = publish(catalogue.store, keys, PublishRequest(str(img), "wn", ARCH, version="1", channel="stable"), EXPIRY)
+    assert (again.created, again.uploaded, again.channel, again.record.boot_test) == (False, False, "stable", tested)
+    md = load_state(catalogue.store).role("image-wn")
+    assert md is not None
+    assert md.signed.unrecognized_fields["x-imagectl"]["channels"]["stable"]["version"] == "1"
+
+
+def test_an_image_role_with_an_empty_list_of_delegated_roles_is_named(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image
+) -> None:
+    """verify._Verifier.image_role__mutmut_50: an image role may delegate only to its own hash bins. One signed
+    with ``"roles": []`` (no bins, no roles: valid TUF) is named; the mutant read succinct_roles of it and crashed."""
+    from tuf.api.metadata import Delegations
+
+    from tests.test_mutants_verify_client import change, report, role_key
+
+    _publish(catalogue, cli, make_image(seed="empty-roles"))
+
+    def edit(s) -> None:  # type: ignore[no-untyped-def]
+        md = s.role("image-wn")
+        md.signed.delegations = Delegations(keys={}, roles={})
+        s.changed.add("image-wn")
+
+    change(catalogue, edit, {"image-wn"})
+    key = role_key(catalogue, "image-wn")
+    assert json.loads((catalogue.dir / key).read_bytes())["signed"]["delegations"] == {"keys": {}, "roles": []}
+    assert report(catalogue).problems == [
+        f"{key}: delegates other than wn's hash bins (image roles delegate only to bins)"
+    ]
+
+
+def test_a_partial_mirror_missing_one_bin_checks_every_other_bin(binned: Catalogue) -> None:  # noqa: F811
+    """verify._Verifier.image_role__mutmut_76: in a partial mirror that does not claim the name, a bin it does not
+    hold is passed over and the next one checked; the mutant stopped at the first bin missing."""
+    from imagectl.catalogue import bins
+    from imagectl.catalogue.state import load_state
+    from tests.test_mutants_verify_client import report, role_key
+
+    (binned.dir / "mirror.json").write_text('{"names": [], "images": []}')
+    state = load_state(binned.store)
+    held = state.bin_roles("wn")
+    md = state.role("image-wn")
+    assert md is not None and md.signed.delegations is not None and md.signed.delegations.succinct_roles is not None
+    first = next(iter(md.signed.delegations.succinct_roles.get_roles()))
+    assert first in held and len(held) >= 3
+    (binned.dir / role_key(binned, first)).unlink()
+    damaged = sorted(held)[-1]
+    path = binned.dir / role_key(binned, damaged)
+    path.write_bytes(path.read_bytes().replace(b'"version"', b'"vers1on"', 1))
+    r = report(binned)
+    assert r.partial
+    key = role_key(binned, damaged)
+    assert r.problems[0] == f"{key}: bad signatures: {damaged} was signed by 0/1 keys", r.problems
+    assert all(p.startswith(f"{key}: ") for p in r.problems), r.problems
+    assert bins.name_of_bin(damaged) == "wn"
+
+
+def test_a_partial_mirror_of_an_indexed_catalogue_checks_the_index_roles_it_holds(indexed: Catalogue) -> None:  # noqa: F811
+    """verify._Verifier.index_role__mutmut_9: a partial mirror holding an index role has it checked, not
+    skipped; the mutant asked the store about None instead of the role's file."""
+    from imagectl.catalogue.state import load_state
+    from tests.test_mutants_verify_client import report
+
+    (indexed.dir / "mirror.json").write_text('{"names": [], "images": []}')
+    state = load_state(indexed.store)
+    n_index, n_names = len(state.index_roles()), len(state.names())
+    r = report(indexed)
+    assert r.partial and r.problems == [] and r.skipped == [], (r.problems, r.skipped)
+    assert r.roles == 4 + n_index + n_names  # root, timestamp, snapshot, targets, each index and image role
+
+
+def test_a_stray_role_listed_after_an_index_role_a_reindex_replaced_is_named(
+    indexed: Catalogue,  # noqa: F811
+    cli: Callable[..., CliResult],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify._Verifier.run__mutmut_108: the snapshot lists the index roles a re-index replaced for good, and
+    verify passes over them; a role listed after them that nothing delegates is still named (the mutant stopped
+    at the first replaced index role)."""
+    from tuf.api.metadata import MetaFile
+
+    from imagectl.catalogue import index
+    from imagectl.catalogue.state import load_state
+    from tests.test_mutants_verify_client import change, report, role_key
+
+    old = load_state(indexed.store).index_roles()
+    monkeypatch.setattr(index, "INDEX_CROWDED", 1)
+    monkeypatch.setattr(index, "INDEX_FILL", 1)
+    r = cli("catalogue", "rebin", indexed.dir, "--keys", indexed.keys)
+    assert r.code == 0, r.err
+    assert set(load_state(indexed.store).index_roles()).isdisjoint(old)
+    assert report(indexed).problems == []
+
+    def edit(s) -> None:  # type: ignore[no-untyped-def]
+        s.snapshot.signed.meta["zz-stray.json"] = MetaFile(version=1)
+
+    change(indexed, edit, {"targets"})
+    listed = [k.removesuffix(".json") for k in load_state(indexed.store).snapshot.signed.meta]
+    assert set(old) <= set(listed) and "zz-stray" in listed and max(old) < "zz-stray"
+    snap = role_key(indexed, "snapshot")
+    assert report(indexed).problems == [f"{snap}: lists zz-stray, which targets does not delegate"]
+
+
+def test_an_upload_of_a_file_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
+    """store.local.upload_file__mutmut_19: the refusal of a source that cannot be opened carries the reason (the
+    mutant raised TypeError building it)."""
+    from imagectl.errors import LocalIOError
+    from imagectl.store.digest import FileDigest
+    from imagectl.store.local import LocalStore
+
+    store = LocalStore(tmp_path / "cat")
+    (tmp_path / "cat").mkdir()
+    gone = tmp_path / "gone.qcow2"
+    with pytest.raises(LocalIOError) as e:
+        store.upload_file("blobs/sha256/" + "ab" * 32, str(gone), FileDigest("ab" * 32, 10))
+    assert str(e.value) == f"cannot read {gone}: No such file or directory"
+    assert not (tmp_path / "cat" / "blobs").exists() or list((tmp_path / "cat" / "blobs").rglob("*")) == []
+
+
+@pytest.mark.http
+def test_a_drip_fed_s3_read_fails_on_the_minimum_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_aws: None
+) -> None:
+    """store.open_store__mutmut_56: an s3:// catalogue gets the --min-rate pace too; an endpoint that drips one byte
+    every 0.5 s (each read well inside --timeout) fails within one window, naming the object. The endpoint is the
+    tests' HTTP server on 127.0.0.1 answering GetObject (path-style: /BUCKET/KEY)."""
+    import time
+
+    from imagectl.errors import DownloadError
+    from imagectl.store import open_store
+
+    obj = tmp_path / "s3" / "bucket" / "cat" / "metadata" / "timestamp.json"
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(b"{}" * 100)
+    with TestHTTPServer(tmp_path / "s3") as srv:
+        srv.add_fault(Fault(suffix="timestamp.json", drip=0.5))
+        for key, value in {
+            "AWS_ENDPOINT_URL": srv.url.rstrip("/"),
+            "AWS_ACCESS_KEY_ID": "AKTEST",
+            "AWS_SECRET_ACCESS_KEY": "test-secret",
+            "AWS_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(key, value)
+        store = open_store("s3://bucket/cat", timeout=2, retries=0, min_rate=1000)
+        t0 = time.monotonic()
+        with pytest.raises(DownloadError) as e:
+            store.read("metadata/timestamp.json", 1 << 20)
+        elapsed = time.monotonic() - t0
+    assert re.fullmatch(
+        r"s3://bucket/cat/metadata/timestamp\.json: too slow: \d bytes in 2 s, under the minimum 1000 bytes/s",
+        str(e.value),
+    ), str(e.value)
+    assert elapsed < 60, elapsed  # generous (a loaded machine); without the pace: 100 s of dripping
+
+
+def test_a_refusal_without_a_member_says_so() -> None:
+    """extract._unsafe__mutmut_3: a refusal that names no member (none of the current paths raises one: this pins
+    the helper's contract for the next) reads ``?`` where the member would be; the mutant crashed on None."""
+    from imagectl.imaging.slc import extract
+
+    e = extract._unsafe("bash-4.2.rpm", None, extract._Refused("the payload ends early"))
+    assert str(e) == "bash-4.2.rpm: refusing archive member ?: the payload ends early"
