@@ -36,7 +36,9 @@ class Fault:
     drip: float | None = None  # send the body one byte every ``drip`` seconds (a slow-loris server)
     content_length: int | None = None  # claim this Content-Length whatever the body is (then close)
     content_range: str | None = None  # send this Content-Range header (with a 206) whatever was asked
-    redirect: str | None = None  # answer 302 with this Location (relative paths are resolved by the client)
+    redirect: str | None = None  # answer redirect_status with this Location (relative paths: resolved by the client)
+    redirect_status: int = 302
+    stall: float | None = None  # wait this long (seconds) before answering at all: no status line, no headers
     chunked_endless: bool = False  # chunked transfer encoding, no length at all, bounded by endless_limit
 
 
@@ -168,8 +170,10 @@ class TestHTTPServer:
                     self.served = server.served
                     self.served.requests.append((self.command, self.path, rng))
                 fault = server._fault_for(self.path)
+                if fault and fault.stall is not None:
+                    time.sleep(fault.stall)
                 if fault and fault.redirect is not None:
-                    self.send_response(302)
+                    self.send_response(fault.redirect_status)
                     self.send_header("Location", fault.redirect)
                     self.send_header("Content-Length", "0")
                     self.end_headers()

@@ -249,10 +249,20 @@ def test_a_key_file_that_is_no_pem_key_is_named(tmp_path: Path) -> None:
         ("metadata/4.targets.json", metadata.TARGETS_MAX),
         ("metadata/7.image-wn.json", metadata.TARGETS_MAX),
         ("metadata/2.root.json", metadata.ROOT_MAX),
+        ("metadata/root.json", metadata.ROOT_MAX),
+        # image names may hold dots and end like a top-level role: an image role all the same (the mutation run
+        # of the third sample found `catalogue verify` refusing image-wn.root as "not root metadata")
+        ("metadata/5.image-wn.root.json", metadata.TARGETS_MAX),
+        ("metadata/5.image-buildroot.json", metadata.TARGETS_MAX),
+        ("metadata/6.image-nightly-snapshot.json", metadata.TARGETS_MAX),
+        ("metadata/6.image-a.timestamp~b2-1.json", metadata.TARGETS_MAX),
     ],
 )
 def test_cap_for_each_kind(key: str, cap: int) -> None:
     assert metadata.cap_for(key) == cap
+    role = metadata.role_of(key)
+    assert metadata.kind_of(key) == (role if role in ("root", "timestamp", "snapshot") else "targets")
+    assert metadata.kind_of(key) == ("targets" if cap == metadata.TARGETS_MAX else role)
 
 
 def test_signed_file_bytes_sorts_the_keys_of_each_signature() -> None:

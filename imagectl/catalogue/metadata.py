@@ -40,6 +40,7 @@ __all__ = [
     "check_bounds",
     "kind_of",
     "parse_metadata",
+    "role_of",
     "sign_with",
     "signed_file_bytes",
     "verify_signatures",
@@ -55,16 +56,21 @@ MAX_JSON_VALUES = 200_000  # ~28,000 plain versions (7 values each), ~13,000 wit
 _CONTROL_BYTE = re.compile(rb"[\x00-\x1f]")
 
 
+def role_of(key: str) -> str:
+    """The role whose metadata file is at ``key``: ``metadata/7.image-x.root.json`` holds ``image-x.root``,
+    ``metadata/timestamp.json`` holds ``timestamp``. Only a leading version number is cut off: image names may
+    contain dots, and end in ``.root`` or ``root`` (``buildroot``)."""
+    base = key.rsplit("/", 1)[-1].removesuffix(".json")
+    version, dot, role = base.partition(".")
+    return role if dot and version.isdigit() else base
+
+
+_CAPS = {"root": ROOT_MAX, "timestamp": TIMESTAMP_MAX, "snapshot": SNAPSHOT_MAX}
+
+
 def cap_for(key: str) -> int:
     """The size cap of the metadata file at ``key`` (``metadata/7.image-x.json``, ``metadata/timestamp.json``)."""
-    name = key.rsplit("/", 1)[-1]
-    if name.endswith("root.json"):
-        return ROOT_MAX
-    if name == "timestamp.json":
-        return TIMESTAMP_MAX
-    if name.endswith("snapshot.json"):
-        return SNAPSHOT_MAX
-    return TARGETS_MAX
+    return _CAPS.get(role_of(key), TARGETS_MAX)
 
 
 class ValueCounter:
@@ -91,8 +97,8 @@ def check_bounds(data: bytes, key: str, cap: int | None = None) -> None:
 
 def kind_of(key: str) -> str:
     """The TUF type of the metadata at ``key``: root, timestamp, snapshot or targets (image roles are targets)."""
-    name = key.rsplit("/", 1)[-1].removesuffix(".json").rsplit(".", 1)[-1]
-    return name if name in ("root", "timestamp", "snapshot") else "targets"
+    role = role_of(key)
+    return role if role in _CAPS else "targets"
 
 
 def parse_metadata(data: bytes, key: str) -> Metadata[Any]:

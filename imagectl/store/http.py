@@ -29,6 +29,22 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 MAX_REDIRECTS = 5
 
 
+def _timed_out(e: BaseException) -> bool:
+    """Whether a requests exception (or what it wraps: urllib3's MaxRetryError around a ReadTimeoutError) is a
+    timeout."""
+    seen: set[int] = set()
+    todo: list[object] = [e]
+    while todo:
+        x = todo.pop()
+        if not isinstance(x, BaseException) or id(x) in seen:  # a reason may be a plain string
+            continue
+        seen.add(id(x))
+        if isinstance(x, (requests.Timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
+            return True
+        todo += [getattr(x, "reason", None), x.__cause__, x.__context__, *x.args]
+    return False
+
+
 class HTTPStore(Store):
     writable = False
 
@@ -48,7 +64,9 @@ class HTTPStore(Store):
                     method, url, headers=headers, stream=True, timeout=self.timeout, allow_redirects=False
                 )
             except requests.RequestException as e:
-                raise DownloadError(f"cannot reach {safe_url(url)}: {type(e).__name__}") from e
+                # requests reports a read timeout under retries as a ConnectionError: say what happened
+                why = "no answer within --timeout" if _timed_out(e) else type(e).__name__
+                raise DownloadError(f"cannot reach {safe_url(url)}: {why}") from e
             if resp.status_code not in (301, 302, 303, 307, 308):
                 return resp
             resp.close()
