@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Catalogue, CliResult, sha256
+from tests.test_mutants_verify_client import binned, indexed  # noqa: F401  (fixtures)
 
 ARCH = "x86_64"
 
@@ -470,3 +471,74 @@ def test_a_server_that_never_answers_is_given_up_after_the_timeout(
     line = f"imagectl: error: cannot reach {srv.url}metadata/timestamp.json: no answer within --timeout"
     assert _error_line(r) == line
     assert elapsed < 8, elapsed  # given up before the server answers (generous: the timeout is 1 s)
+
+
+def test_an_index_of_more_bits_than_allowed_is_refused_with_the_range(catalogue: Catalogue) -> None:
+    """state.CatalogueState.reindex__mutmut_9: the refusal says the range of index sizes."""
+    from imagectl.catalogue import index
+    from imagectl.catalogue.state import load_state
+    from imagectl.errors import CatalogueStateError
+
+    with pytest.raises(CatalogueStateError) as e:
+        load_state(catalogue.store).reindex(index.MAX_BITS + 1)
+    assert str(e.value) == f"an index has 2 to {2**index.MAX_BITS} roles (1 to {index.MAX_BITS} bits)"
+
+
+def test_a_target_signed_into_the_wrong_bin_is_named(binned: Catalogue) -> None:  # noqa: F811
+    """verify._Verifier.targets__mutmut_15: a bin holding a target whose path hashes to another bin is named."""
+    from imagectl.catalogue import bins
+    from imagectl.catalogue.state import CatalogueState, load_state
+    from tests.test_mutants_verify_client import change, report, role_key
+
+    state = load_state(binned.store)
+    md = state.role("image-wn")
+    assert md is not None and md.signed.delegations is not None and md.signed.delegations.succinct_roles is not None
+    succinct = md.signed.delegations.succinct_roles
+    src = next(r for r in state.bin_roles("wn") if (b := state.role(r)) is not None and b.signed.targets)
+    dst = next(r for r in succinct.get_roles() if r != src)
+    moved: list[str] = []
+
+    def edit(s: CatalogueState) -> None:
+        a, b = s.role(src), s.role(dst)
+        assert a is not None and b is not None
+        path = next(iter(a.signed.targets))
+        b.signed.targets[path] = a.signed.targets.pop(path)
+        moved.append(path)
+        s.changed |= {src, dst}
+
+    change(binned, edit, {src, dst})
+    assert bins.bin_role_for(succinct, moved[0]) == src
+    problems = report(binned).problems
+    assert f"{role_key(binned, dst)}: target {moved[0]} is in the wrong bin (its path hashes elsewhere)" in problems
+
+
+def test_an_index_role_delegating_a_name_targets_does_not_route_there_checks_its_other_names(
+    indexed: Catalogue,  # noqa: F811
+) -> None:
+    """verify._Verifier.index_role__mutmut_58: one name an index role delegates but targets does not route to it
+    is named (and its image role, left out, as listed but not delegated); the index role's other names are still
+    checked (the mutant stopped there and reported each of them as listed but not delegated too)."""
+    from imagectl.catalogue import index
+    from imagectl.catalogue.state import CatalogueState, load_state
+    from tests.test_mutants_verify_client import change, report, role_key
+
+    state = load_state(indexed.store)
+    by_role: dict[str, list[str]] = {}
+    for name, holder in state.name_index().items():
+        by_role.setdefault(holder, []).append(name)
+    holder, names = next((r, sorted(n)) for r, n in sorted(by_role.items()) if len(n) >= 2)
+    first = names[0]
+
+    def edit(s: CatalogueState) -> None:
+        d = s.targets.signed.delegations
+        assert d is not None and d.roles is not None
+        paths = d.roles[holder].paths
+        assert paths is not None
+        paths.remove(index.name_pattern(first))
+
+    change(indexed, edit, {"targets"})
+    problems = report(indexed).problems
+    assert problems == [
+        f"{role_key(indexed, holder)}: delegates {first}, which targets does not route to {holder}",
+        f"{role_key(indexed, 'snapshot')}: lists image-{first}, which targets does not delegate",  # only that one
+    ]
