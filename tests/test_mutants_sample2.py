@@ -609,7 +609,8 @@ def test_a_drip_fed_s3_read_fails_on_the_minimum_rate(
             store.read("metadata/timestamp.json", 1 << 20)
         elapsed = time.monotonic() - t0
     assert re.fullmatch(
-        r"s3://bucket/cat/metadata/timestamp\.json: too slow: \d bytes in 2 s, under the minimum 1000 bytes/s",
+        # how many bytes and seconds depends on when the first chunk past the window arrives (a loaded machine)
+        r"s3://bucket/cat/metadata/timestamp\.json: too slow: \d+ bytes in \d+ s, under the minimum 1000 bytes/s",
         str(e.value),
     ), str(e.value)
     assert elapsed < 60, elapsed  # generous (a loaded machine); without the pace: 100 s of dripping
