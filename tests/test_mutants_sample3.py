@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Catalogue, CliResult, sha256
+from tests.test_hostile_pull import error_line
 from tests.test_mutants_verify_client import binned, indexed  # noqa: F401  (fixtures)
 
 ARCH = "x86_64"
@@ -34,12 +35,6 @@ def test_image_names_ending_like_a_top_level_role_are_image_roles(
     assert sha256(out) == sha256(image)
 
 
-def _error_line(r: CliResult) -> str:
-    lines = [line for line in r.err.splitlines() if line.startswith("imagectl: error:")]
-    assert len(lines) == 1 and "Traceback" not in r.err, r.err
-    return lines[0]
-
-
 def _list(cli: Callable[..., CliResult], cat: Catalogue, cache: Path) -> CliResult:
     return cli("catalogue", "list", "--catalogue", cat.dir, "--root", cat.root, "--cache-dir", cache)
 
@@ -53,7 +48,7 @@ def test_a_cache_writable_by_its_group_is_refused_with_the_chmod_that_fixes_it(
     cache.chmod(0o770)
     r = _list(cli, catalogue, cache)
     assert r.code == 14, r.err
-    assert _error_line(r) == (
+    assert error_line(r) == (
         f"imagectl: error: refusing the client cache {cache}: it is writable by its group (mode 0770), so someone "
         "else could plant trusted metadata in it"
     )
@@ -76,7 +71,7 @@ def test_a_cache_of_another_user_is_refused_naming_both_users(
     os.chown(cache, 65534, 65534)
     r = _list(cli, catalogue, cache)
     assert r.code == 14, r.err
-    assert _error_line(r) == (
+    assert error_line(r) == (
         f"imagectl: error: refusing the client cache {cache}: it belongs to uid 65534, not to this user (0)"
     )
     assert "hint: use a cache of your own: --cache-dir DIR or IMAGECTL_CACHE_DIR" in r.err
@@ -111,7 +106,7 @@ def test_a_root_with_too_many_values_is_named_with_where_it_came_from(
     (cat / "metadata" / "1.root.json").write_bytes(body)
     r = cli("catalogue", "list", "--catalogue", cat, "--cache-dir", tmp_path / "cache")
     assert r.code == 8, r.err
-    assert _error_line(r) == (
+    assert error_line(r) == (
         f"imagectl: error: metadata/1.root.json from {cat.as_uri()}/ holds more than {MAX_JSON_VALUES} JSON values: "
         "refused before parsing (metadata cap)"
     )
@@ -123,7 +118,7 @@ def test_a_directory_without_a_catalogue_is_named(cli: Callable[..., CliResult],
     empty.mkdir()
     r = cli("catalogue", "list", "--catalogue", empty, "--cache-dir", tmp_path / "cache")
     assert r.code == 16, r.err
-    assert _error_line(r) == f"imagectl: error: {empty.as_uri()}/ is not a catalogue (no metadata/1.root.json)"
+    assert error_line(r) == f"imagectl: error: {empty.as_uri()}/ is not a catalogue (no metadata/1.root.json)"
 
 
 def test_a_missing_signing_key_hints_at_the_key_ids(
@@ -331,7 +326,7 @@ def test_pull_into_a_directory_named_without_a_slash(
     (blocked / f"wn-1-{ARCH}.qcow2").mkdir(parents=True)
     r = cli(*pull, f"{blocked}/")
     assert r.code == 14, r.err
-    assert _error_line(r) == f"imagectl: error: cannot write {blocked / f'wn-1-{ARCH}.qcow2'}: it is a directory"
+    assert error_line(r) == f"imagectl: error: cannot write {blocked / f'wn-1-{ARCH}.qcow2'}: it is a directory"
 
 
 def test_a_version_without_the_arch_asked_lists_the_arches_it_has(
@@ -345,10 +340,10 @@ def test_a_version_without_the_arch_asked_lists_the_arches_it_has(
     read = ("--catalogue", catalogue.dir, "--root", catalogue.root, "--arch", ARCH, "-o", tmp_path / "x")
     r = cli("pull", "wn:1", *read)
     assert r.code == 4, r.err
-    assert _error_line(r) == f"imagectl: error: wn:1 has no {ARCH} image (arches: aarch64, i386)"
+    assert error_line(r) == f"imagectl: error: wn:1 has no {ARCH} image (arches: aarch64, i386)"
     r = cli("pull", "wn", *read)
     assert r.code == 4, r.err
-    assert _error_line(r) == f"imagectl: error: wn has no {ARCH} image (arches: aarch64, i386)"
+    assert error_line(r) == f"imagectl: error: wn has no {ARCH} image (arches: aarch64, i386)"
     assert "hint: choose one with --arch" in r.err
 
 
@@ -469,7 +464,7 @@ def test_a_server_that_never_answers_is_given_up_after_the_timeout(
         elapsed = time.monotonic() - t0
     assert r.code == 13, r.err
     line = f"imagectl: error: cannot reach {srv.url}metadata/timestamp.json: no answer within --timeout"
-    assert _error_line(r) == line
+    assert error_line(r) == line
     assert elapsed < 8, elapsed  # given up before the server answers (generous: the timeout is 1 s)
 
 
