@@ -178,6 +178,14 @@ class Catalogue:
     def args(self) -> list[str]:
         return ["--catalogue", str(self.dir), "--keys", str(self.keys)]
 
+    def symlink_blobs(self, to: Path) -> Path:
+        """Replace the (empty) blobs/sha256 prefix with a symlink to ``to``, which a hostile host might make."""
+        blobs = self.dir / "blobs" / "sha256"
+        blobs.mkdir(parents=True, exist_ok=True)
+        blobs.rmdir()
+        blobs.symlink_to(to)
+        return blobs
+
 
 @pytest.fixture
 def catalogue(tmp_path: Path, cli: Callable[..., CliResult]) -> Catalogue:

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from tuf.api.metadata import Metadata, Signature, Timestamp
 
-from imagectl.catalogue import bins, client, metadata, model
+from imagectl.catalogue import client, metadata, model
 from imagectl.catalogue.keys import KeyRing
 from imagectl.catalogue.state import load_state
 from imagectl.errors import InvalidInputError, KeyProblemError, LocalIOError, NotFoundError, UntrustedMetadataError
 from imagectl.store.local import LocalStore
 from tests.conftest import Catalogue, CliResult
+from tests.test_mutants_verify_client import bin_wn
 
 ARCH = "x86_64"
 
@@ -132,11 +133,8 @@ def binned(
     catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path], monkeypatch
 ) -> Catalogue:
     """A catalogue whose name ``wn`` is binned (thresholds lowered), versions 1.0 to 1.7."""
-    monkeypatch.setattr(bins, "BIN_THRESHOLD", 4)
-    monkeypatch.setattr(bins, "BIN_FILL", 2)
-    for i in range(8):
-        publish(cli, catalogue, make_image(5_000, seed=f"b{i}"), f"1.{i}")
-    assert len(load_state(catalogue.store).bin_roles("wn")) > 2, "not binned"
+    bin_wn(catalogue, cli, make_image, monkeypatch, 8)
+    assert len(load_state(catalogue.store).bin_roles("wn")) > 2, "not binned in more than two bins"
     return catalogue
 
 

@@ -218,36 +218,12 @@ def test_the_too_slow_message_counts_the_bytes_of_the_window() -> None:
     assert str(e.value) == "u: too slow: 10 bytes in 10 s, under the minimum 100 bytes/s"
 
 
-def test_gc_goes_on_past_a_symlinked_blob_directory(
-    catalogue: Catalogue, cli: Callable[..., CliResult], tmp_path: Path
-) -> None:
-    """gc.collect_garbage__mutmut_20: a symlinked blobs/sha256 is reported and left alone, and gc goes on to the
-    next prefix: an orphan target file is still removed."""
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    blobs = catalogue.dir / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-    blobs.rmdir()
-    blobs.symlink_to(elsewhere)
-    orphan = catalogue.dir / "targets" / "gone" / "1" / ARCH / "gone-1-x86_64.qcow2"
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"x")
-    r = cli("catalogue", "gc", catalogue.dir, "--grace", "0", "--json")
-    assert r.code == 0, r.err
-    got = json.loads(r.out)
-    assert got["skipped"] == ["blobs/sha256: a symlink or not a directory; not followed, nothing removed"]
-    assert f"targets/gone/1/{ARCH}/gone-1-x86_64.qcow2" in got["removed"] and not orphan.exists()
-
-
 def test_verify_names_a_symlinked_prefix_without_its_slash(catalogue: Catalogue, tmp_path: Path) -> None:
     """verify._Verifier.listing__mutmut_6: the problem names the directory as `blobs/sha256`."""
     from tests.test_mutants_verify_client import report
 
     (tmp_path / "elsewhere").mkdir()
-    blobs = catalogue.dir / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-    blobs.rmdir()
-    blobs.symlink_to(tmp_path / "elsewhere")
+    catalogue.symlink_blobs(tmp_path / "elsewhere")
     assert "blobs/sha256: a symlink or not a directory (not followed)" in report(catalogue).problems
 
 
@@ -274,14 +250,9 @@ def test_a_crowded_bin_that_is_not_the_last_still_asks_for_a_rebin(
     """verify._Verifier.image_role__mutmut_93: any crowded bin asks for a rebin, not only the last one checked."""
     from imagectl.catalogue import bins
     from imagectl.catalogue.state import load_state
-    from tests.test_mutants_verify_client import report
+    from tests.test_mutants_verify_client import bin_wn, report
 
-    monkeypatch.setattr(bins, "BIN_THRESHOLD", 4)
-    monkeypatch.setattr(bins, "BIN_FILL", 2)
-    for i in range(8):
-        r = cli("publish", make_image(5_000, seed=f"c{i}"), *catalogue.args(), "--name", "wn", "--arch", ARCH,
-                "--version", f"3.{i}")  # fmt: skip
-        assert r.code == 0, r.err
+    bin_wn(catalogue, cli, make_image, monkeypatch, 8, major=3)
     state = load_state(catalogue.store)
     md = state.role("image-wn")
     assert md is not None and md.signed.delegations is not None and md.signed.delegations.succinct_roles is not None

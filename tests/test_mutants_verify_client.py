@@ -61,13 +61,25 @@ def role_key(cat: Catalogue, role: str) -> str:
 
 @pytest.fixture
 def binned(catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path], monkeypatch):
-    """A catalogue whose name ``wn`` is binned (thresholds lowered)."""
+    """A catalogue whose name ``wn`` is binned (thresholds lowered), versions 1.0 to 1.5."""
+    return bin_wn(catalogue, cli, make_image, monkeypatch, 6)
+
+
+def bin_wn(
+    catalogue: Catalogue,
+    cli: Callable[..., CliResult],
+    make_image: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    count: int,
+    major: int = 1,
+) -> Catalogue:
+    """Publish ``count`` versions MAJOR.0, MAJOR.1, ... of ``wn`` with the bin thresholds lowered (4 versions make
+    a name binned, 2 per bin), so that ``wn`` ends up binned."""
     monkeypatch.setattr(bins, "BIN_THRESHOLD", 4)
     monkeypatch.setattr(bins, "BIN_FILL", 2)
-    for i in range(6):
-        publish(cli, catalogue, make_image(5_000, seed=f"b{i}"), "wn", f"1.{i}")
-    state = load_state(catalogue.store)
-    assert state.bin_roles("wn"), "not binned"
+    for i in range(count):
+        publish(cli, catalogue, make_image(5_000, seed=f"b{major}.{i}"), "wn", f"{major}.{i}")
+    assert load_state(catalogue.store).bin_roles("wn"), "not binned"
     return catalogue
 
 
