@@ -152,6 +152,34 @@ def test_a_directory_member_replaces_a_file_or_a_dangling_link_and_is_filled(roo
     assert sorted(p.name for p in root.iterdir()) == ["x"]  # no "nowhere" made through the old link
 
 
+@pytest.mark.parametrize("kind", ["none", "file"])
+def test_a_directory_stays_private_until_its_packaged_mode_is_set(
+    root: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every directory the archive makes is 0700 while it is filled, whatever the umask, new or replacing a file:
+    its packaged mode is set only at the end, by _set_meta. Observed at that seam, just before the mode is set
+    (sample 3's _apply__mutmut_41 made a directory that replaces a file with the umask's mode)."""
+    if kind == "file":
+        (root / "x").write_text("old\n")
+    seen: dict[int, int] = {}
+    set_meta = extract._set_meta
+
+    def observe(fd: int, step: object, as_root: bool) -> None:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            seen[st.st_ino] = stat.S_IMODE(st.st_mode)
+        set_meta(fd, step, as_root)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(extract, "_set_meta", observe)
+    old = os.umask(0o022)
+    try:
+        _unpack(root, [Member("./x", DIR), Member("./x/f", REG, b"new\n")])
+    finally:
+        os.umask(old)
+    assert seen == {(root / "x").stat().st_ino: 0o700}
+    assert stat.S_IMODE((root / "x").stat().st_mode) == 0o755 and (root / "x/f").read_bytes() == b"new\n"
+
+
 # -- symlink members -------------------------------------------------------------------------------------------------
 def test_an_empty_symlink_target_is_refused(root: Path) -> None:
     """Mutants: ``_check_link``'s empty-target case (as "", or replaced by a made-up target)."""

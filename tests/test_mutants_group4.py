@@ -220,6 +220,20 @@ def test_place_target_temp_name(local: LocalStore, monkeypatch: pytest.MonkeyPat
     assert (local.root / "targets" / "t").read_bytes() == b"hello"
 
 
+def test_place_target_goes_on_when_the_touch_is_refused(local: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Touching the linked inode is a courtesy to gc: where it is refused (a blob of another publisher, hard links
+    allowed to files one cannot write: fs.protected_hardlinks=0), the target is still placed. The refusal is
+    injected, since this host's sysctl is not the tests' to change (sample 3's place_target__mutmut_78)."""
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "utime", refuse)
+    assert local.place_target("blobs/b", "targets/t", 5) is True
+    assert (local.root / "targets" / "t").read_bytes() == b"hello"
+    assert [p.name for p in (local.root / "targets").iterdir()] == ["t"]  # no temp name left behind
+
+
 def test_place_target_links_in_the_opened_directory(
     local: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
