@@ -46,9 +46,17 @@ class Fault:
 class Served:
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
     body_bytes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Handler threads add paths to body_bytes while a test sums them: the sum took "dictionary changed size during
+    # iteration" one run in many (test_attacks' endless-metadata test, polling while the server counted).
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, path: str, n: int) -> None:
+        with self.lock:
+            self.body_bytes[path] += n
 
     def bytes_for(self, suffix: str) -> int:
-        return sum(n for p, n in self.body_bytes.items() if p.endswith(suffix))
+        with self.lock:
+            return sum(n for p, n in self.body_bytes.items() if p.endswith(suffix))
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -276,7 +284,6 @@ class TestHTTPServer:
 
             def _count(self, n: int) -> None:
                 """Add ``n`` body bytes sent for this request's path to ``served.body_bytes``."""
-                with server.lock:
-                    self.served.body_bytes[self.path] += n
+                self.served.count(self.path, n)
 
         return Handler
