@@ -150,6 +150,11 @@ def cmd_init(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.verify import verify_catalogue
 
@@ -159,9 +164,9 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     lines += [f"skipped: {s}" for s in report.skipped]
     partial = f"; partial mirror: {len(report.skipped)} not held (mirror.json)" if report.partial else ""
     lines.append(
-        f"{store.shown}: {report.roles} metadata files, {report.images} images"
+        f"{store.shown}: {_count(report.roles, 'metadata file')}, {_count(report.images, 'image')}"
         f"{'' if args.no_blobs else f', {report.blob_bytes} blob bytes hashed'}: "
-        + ("OK" if not report.problems else f"{len(report.problems)} problem(s)")
+        + ("OK" if not report.problems else _count(len(report.problems), "problem"))
         + partial
     )
     if report.needs_rebin:  # not a problem: the catalogue is valid, publishes into these names are just slower
@@ -182,7 +187,7 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
             if report.needs_upgrade
             else None
         )
-        raise VerifyFailedError(f"catalogue verify found {len(report.problems)} problem(s)", hint=hint)
+        raise VerifyFailedError(f"catalogue verify found {_count(len(report.problems), 'problem')}", hint=hint)
     return 0
 
 
@@ -193,13 +198,13 @@ def cmd_upgrade(args: argparse.Namespace, cfg: Config) -> int:
     report = upgrade_catalogue(store)
     lines = [f"problem: {p}" for p in report.problems]
     lines.append(
-        f"{store.shown}: {len(report.created)} target file(s) created, {report.present} already present"
-        + (f", {len(report.problems)} problem(s)" if report.problems else "")
+        f"{store.shown}: {_count(len(report.created), 'target file')} created, {report.present} already present"
+        + (f", {_count(len(report.problems), 'problem')}" if report.problems else "")
     )
     emit(args, report.as_json(), lines)
     if report.problems:
         raise VerifyFailedError(
-            f"catalogue upgrade could not place {len(report.problems)} target file(s)",
+            f"catalogue upgrade could not place {_count(len(report.problems), 'target file')}",
             hint=f"run: imagectl catalogue verify {store.shown}",
         )
     return 0

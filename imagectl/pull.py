@@ -85,7 +85,8 @@ def destination(out: str | None, rec_name: str, version: str, arch: str, fmt: st
         path = Path.cwd() / default
     elif out.endswith("/") or os.path.isdir(out):
         if not os.path.isdir(out):
-            raise LocalIOError(f"cannot write into {out}: no such directory")
+            what = "not a directory" if os.path.lexists(out.rstrip("/")) else "no such directory"
+            raise LocalIOError(f"cannot write into {out}: {what}")
         path = Path(out) / default
     else:
         path = Path(out)
@@ -289,7 +290,7 @@ def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, prog
         got = sink.hexdigest()
         f.flush()
     except OSError as e:
-        raise _io_error("write", "the download cache", e) from None
+        raise _io_error("use", "the download cache", e) from None  # reading a .part back, or writing it
     finally:
         if sink is not None:
             sink.close()

@@ -233,12 +233,18 @@ def _list(cli: Cli, cat: Catalogue, cache: Path) -> CliResult:
     return cli("catalogue", "list", "--catalogue", cat.dir, "--root", cat.root, "--cache-dir", cache)
 
 
-def test_a_client_cache_that_cannot_be_made(catalogue: Catalogue, cli: Cli, tmp_path: Path) -> None:
-    """client.py:106: a regular file where the cache should be. (client.py:108, "is not a directory", cannot be
-    reached: mkdir(exist_ok=True) already fails on anything but a directory.)"""
+def test_a_client_cache_that_is_a_file(catalogue: Catalogue, cli: Cli, tmp_path: Path) -> None:
+    """A regular file where the cache should be is named as such (it read "cannot create …: File exists")."""
     cache = tmp_path / "file"
     cache.write_text("not a directory")
-    refused(_list(cli, catalogue, cache), 14, f"cannot create the client cache {cache}: {os.strerror(errno.EEXIST)}")
+    refused(_list(cli, catalogue, cache), 14, f"the client cache {cache} is not a directory")
+
+
+def test_a_client_cache_that_cannot_be_made(catalogue: Catalogue, cli: Cli, tmp_path: Path) -> None:
+    """Its parent is a regular file: mkdir fails with ENOTDIR."""
+    (tmp_path / "file").write_text("not a directory")
+    cache = tmp_path / "file" / "cache"
+    refused(_list(cli, catalogue, cache), 14, f"cannot create the client cache {cache}: {os.strerror(errno.ENOTDIR)}")
 
 
 @pytest.mark.parametrize(("mode", "who"), [(0o770, "its group"), (0o702, "others"), (0o722, "others")])
@@ -445,6 +451,16 @@ def test_publish_on_a_timestamp_of_another_type(published: Catalogue, cli: Cli, 
     meta(published, "timestamp.json").write_bytes(snapshot.read_bytes())
     r = cli("publish", make_image(SIZE, seed="2"), *published.args(), "--name", "wn", "--arch", ARCH, "--version", "2")
     refused(r, 8, "metadata/timestamp.json holds snapshot metadata, not timestamp")
+
+
+def test_pull_of_a_timestamp_with_a_float(published: Catalogue, cli: Cli, tmp_path: Path) -> None:
+    """The deployer's side of the same: python-tuf's SerializationError is a RepositoryError, and was reported as
+    "bad metadata from URL:" with nothing after the colon."""
+    ts = meta(published, "timestamp.json")
+    ts.write_bytes(tampered(ts.read_bytes(), lambda s: s.update(x_imagectl_test=1.5)))
+    r = cli("pull", "wn", "--catalogue", published.dir, "--root", published.root, "-o", tmp_path / "x")
+    refused(r, 8, f"metadata from {url_of(published)} cannot be checked: not canonical JSON")
+    assert not (tmp_path / "x").exists()
 
 
 def test_publish_on_a_timestamp_with_a_float(published: Catalogue, cli: Cli, make_image: Callable[..., Path]):

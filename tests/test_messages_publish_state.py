@@ -93,22 +93,22 @@ def test_publish_of_other_bytes_under_a_taken_version_is_refused_with_the_way_ou
 
 
 @pytest.mark.parametrize(
-    ("first", "second", "theirs", "mine"),
+    ("first", "second", "differs"),
     [
-        (["--hypervisor", "hvm"], ["--hypervisor", "xen-pv"], "hvm/None/None", "xen-pv/None/None"),
-        (["--os", "debian", "--os-version", "12"], [], "hvm/debian/12", "hvm/None/None"),
+        (["--hypervisor", "hvm"], ["--hypervisor", "xen-pv"], "hypervisor hvm, not xen-pv"),
+        (["--os", "debian", "--os-version", "12"], [], "os debian, not unset; os version 12, not unset"),
+        (["--os", "debian", "--os-version", "12"], ["--os", "debian", "--os-version", "13"], "os version 12, not 13"),
     ],
-    ids=["hypervisor", "os"],
+    ids=["hypervisor", "os", "os-version"],
 )
 def test_publish_of_the_same_bytes_with_other_metadata_is_refused(
     catalogue: Catalogue, cli: Cli, make_image: Callable[..., Path], first: list[str], second: list[str],
-    theirs: str, mine: str,
+    differs: str,
 ) -> None:  # fmt: skip
     img = make_image()
     assert _publish(cli, catalogue, img, "--version", "1", *first).code == 0
     r = _publish(cli, catalogue, img, "--version", "1", *second)
-    _refused(r, 6, f"wn:1 ({ARCH}) is already published with the same bytes but hypervisor/os {theirs}, not {mine}; "
-             "versions are immutable")  # fmt: skip
+    _refused(r, 6, f"wn:1 ({ARCH}) is already published with the same bytes but {differs}; versions are immutable")
 
 
 def test_publish_refuses_a_version_against_the_rule(

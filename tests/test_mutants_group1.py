@@ -219,6 +219,44 @@ def test_a_scheduled_revocation_whose_time_has_come(
         assert reader.revoked_now("wn", "1", later) == {"reason": "end of support", "at": at, "scheduled": True}
 
 
+@pytest.mark.parametrize("deprecate", [True, False])
+def test_newest_when_the_others_are_deprecated_or_revoked_by_schedule(
+    catalogue: Catalogue,
+    cli: Callable[..., CliResult],
+    make_image: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    deprecate: bool,
+) -> None:
+    """wn:2's scheduled revocation has come: if wn:1 is deprecated, the name is "deprecated or revoked" and the
+    hint names wn:1 (it named wn:2, which is revoked); if not, wn:1 is the newest usable version. With both
+    revoked by schedule, nothing is left and no version is suggested."""
+    publish(cli, catalogue, make_image(4_000, seed="1"), "1")
+    publish(cli, catalogue, make_image(4_000, seed="2"), "2")
+    if deprecate:
+        assert cli("deprecate", "wn:1", "--reason", "old", *catalogue.args()).code == 0
+    at = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert cli("revoke", "wn:2", "--reason", "end of support", "--at", at, *catalogue.args()).code == 0
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    monkeypatch.setattr(model, "utcnow", lambda: later)  # the deployer's clock, three days on
+    with reader_of(catalogue, tmp_path / "c") as reader:
+        if deprecate:
+            with pytest.raises(NotFoundError) as e:
+                reader.resolve(model.parse_ref("wn"), ARCH)
+            assert (str(e.value), e.value.hint) == (
+                f"every {ARCH} version of wn is deprecated or revoked",
+                "ask for one explicitly, e.g. wn:1",
+            )
+        else:
+            assert reader.resolve(model.parse_ref("wn"), ARCH).record.version == "1"
+    monkeypatch.undo()
+    assert cli("revoke", "wn:1", "--reason", "end of support", "--at", at, *catalogue.args()).code == 0
+    monkeypatch.setattr(model, "utcnow", lambda: later)
+    with reader_of(catalogue, tmp_path / "c2") as reader, pytest.raises(NotFoundError) as e:
+        reader.resolve(model.parse_ref("wn"), ARCH)
+    assert (str(e.value), e.value.hint) == (f"every {ARCH} version of wn is revoked", None)
+
+
 # -- keys.py ---------------------------------------------------------------------------------------------------------
 def test_a_missing_key_directory_hints_at_keys(tmp_path: Path) -> None:
     with pytest.raises(KeyProblemError) as e:

@@ -190,7 +190,7 @@ def test_a_cache_that_cannot_be_written_is_a_local_error(
     monkeypatch.setattr(pull_mod, "_open_in", open_in)
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 14, r.err
-    assert error_line(r) == "imagectl: error: cannot write the download cache: disk full"
+    assert error_line(r) == "imagectl: error: cannot use the download cache: disk full"
 
 
 # -- the cache entries ----------------------------------------------------------------------------------------------

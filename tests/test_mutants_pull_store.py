@@ -86,7 +86,7 @@ def test_a_part_file_that_cannot_be_read_is_a_local_error(tmp_path: Path) -> Non
     AttributeError)."""
     with open(tmp_path / "x.part", "wb") as f, pytest.raises(LocalIOError) as e:
         pull_mod._download(None, _resolved(10, "0" * 64), f, 0, Progress("wn:1", 10, enabled=False))  # type: ignore[arg-type]
-    assert str(e.value) == "cannot write the download cache: read"
+    assert str(e.value) == "cannot use the download cache: read"
     assert e.value.exit_code == 14
 
 

@@ -386,6 +386,32 @@ def test_a_boot_test_of_other_bytes_is_refused_at_publish(build: Build, catalogu
     assert load_state(catalogue.store).names() == []
 
 
+def test_a_boot_test_in_a_record_that_names_no_image_sha256_is_checked_against_the_file(
+    build: Build, catalogue: Catalogue, cli: Cli
+) -> None:
+    """A record's image entry may leave out its sha256: its boot test is then checked against the image file's own
+    bytes, not refused as "(sha256 None…) a record from another build" whatever it booted."""
+    assert boot(cli, build, X86, "--record").code == 0
+    data = build.load(X86)
+    del data["images"][0]["sha256"]
+    build.record(X86).write_text(json.dumps(data))
+    r = cli("publish", "--from-build", build.record(X86), *catalogue.args(), "--json")
+    assert r.code == 0, r.err
+    (image,) = load_state(catalogue.store).images(data["target"]["name"])
+    assert image.boot_test is not None and image.boot_test["image_sha256"] == sha256(build.image(X86))
+
+
+def test_a_refused_publish_from_build_stores_no_blob(build: Build, catalogue: Catalogue, cli: Cli) -> None:
+    """The request made from a record is checked before its build record and SBOM are stored: a bad recipe digest
+    leaves no orphan blob for gc to find."""
+    data = build.load(X86)
+    data["recipe"]["digest"] = "md5:0"
+    build.record(X86).write_text(json.dumps(data))
+    r = cli("publish", "--from-build", build.record(X86), *catalogue.args())
+    assert (r.code, r.err) == (3, "imagectl: error: recipe digest must be sha256:<64 hex digits>, got 'md5:0'\n")
+    assert blobs(catalogue) == [] and load_state(catalogue.store).names() == []
+
+
 GOOD_TEST = {
     "passed": True,
     "marker": "login:",

@@ -80,16 +80,22 @@ def translate_tuf(url: str) -> Iterator[None]:
         raise UntrustedMetadataError(f"metadata from {url} does not match its signed length/hash: {e}") from None
     except tuf_exc.DownloadLengthMismatchError as e:
         raise UntrustedMetadataError(f"metadata from {url} is too long: {e}") from None
-    except tuf_exc.RepositoryError as e:
-        raise UntrustedMetadataError(f"bad metadata from {url}: {e}") from None
     except SerializationError:  # a signed part that cannot be canonicalised (a float) to check its signatures
+        # (before RepositoryError, which python-tuf's SerializationError subclasses)
         raise UntrustedMetadataError(f"metadata from {url} cannot be checked: not canonical JSON") from None
+    except tuf_exc.RepositoryError as e:
+        raise UntrustedMetadataError(f"bad metadata from {url}: {_why(e)}") from None
     except tuf_exc.DownloadHTTPError as e:
         raise NotFoundError(f"missing catalogue file at {url}: {e}") from None
     except tuf_exc.DownloadError as e:
         if isinstance(e.__cause__, ImagectlError):
             raise e.__cause__ from None  # our own error, with its own exit code (a refusal is not a network failure)
         raise DownloadError(f"download from {url} failed: {e}") from None
+
+
+def _why(e: Exception) -> str:
+    """What went wrong, for a message: python-tuf raises some errors without any text."""
+    return str(e) or type(e).__name__
 
 
 def client_cache(path: Path) -> Beneath:
@@ -101,9 +107,14 @@ def client_cache(path: Path) -> Beneath:
     """
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.stat(path)
+    except FileExistsError:
+        pass  # something that is not a directory: said below
     except OSError as e:
         raise LocalIOError.from_os("create the client cache", path, e) from None
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise LocalIOError.from_os("check the client cache", path, e) from None
     if not stat.S_ISDIR(st.st_mode):
         raise LocalIOError(f"the client cache {path} is not a directory")
     if st.st_uid != os.geteuid():
@@ -183,7 +194,7 @@ class CatalogueReader:
                     bootstrap=bootstrap,
                 )
             except tuf_exc.RepositoryError as e:
-                raise WrongRootError(f"the trusted root is not valid root metadata: {e}") from None
+                raise WrongRootError(f"the trusted root is not valid root metadata: {_why(e)}") from None
             updater.refresh()
         return updater
 
@@ -231,10 +242,8 @@ class CatalogueReader:
             data = read_regular(root, ROOT_MAX, what="trusted root", error=InvalidInputError)
             try:
                 pinned = parse_metadata(data, f"{METADATA}root.json")
-            except UntrustedMetadataError:
+            except UntrustedMetadataError:  # malformed, or another role's metadata (parsed as the key says)
                 raise InvalidInputError(f"{root} is not TUF root metadata") from None
-            if pinned.signed.type != "root":
-                raise InvalidInputError(f"{root} is {pinned.signed.type} metadata, not root")
             theirs = self._read_root(f"{METADATA}{pinned.signed.version}.root.json")
             try:
                 same = theirs is not None and parse_metadata(theirs, f"{METADATA}root.json") == pinned
@@ -392,17 +401,22 @@ class CatalogueReader:
                 raise NotFoundError(f"{ref.name}:{version} has no {arch} image (arches: {', '.join(arches)})")
             rec = pick[0]
         else:
+            if not images:
+                raise NotFoundError(f"{ref.name} has no image of any arch (none published, or every version revoked)")
             if not for_arch:
                 arches = sorted({r.arch for r in images})
                 raise NotFoundError(
-                    f"{ref.name} has no {arch} image (arches: {', '.join(arches) or 'none'})",
-                    hint="choose one with --arch",
+                    f"{ref.name} has no {arch} image (arches: {', '.join(arches)})", hint="choose one with --arch"
                 )
-            live = [r for r in for_arch if not r.deprecated and self.revoked_now(ref.name, r.version) is None]
+            usable = [r for r in for_arch if self.revoked_now(ref.name, r.version) is None]
+            if not usable:  # every one revoked at a date that has come
+                raise NotFoundError(f"every {arch} version of {ref.name} is revoked")
+            live = [r for r in usable if not r.deprecated]
             if not live:
                 raise NotFoundError(
-                    f"every {arch} version of {ref.name} is deprecated",
-                    hint=f"ask for one explicitly, e.g. {ref.name}:{for_arch[-1].version}",
+                    f"every {arch} version of {ref.name} is deprecated"
+                    + (" or revoked" if len(usable) < len(for_arch) else ""),
+                    hint=f"ask for one explicitly, e.g. {ref.name}:{usable[-1].version}",
                 )
             rec = live[-1]
         return self._verified(rec)

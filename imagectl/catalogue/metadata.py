@@ -27,7 +27,7 @@ from tuf.api.metadata import Metadata
 from tuf.api.serialization import SerializationError
 
 from imagectl.catalogue.canonical import canonical_bytes
-from imagectl.errors import UntrustedMetadataError
+from imagectl.errors import KeyProblemError, UntrustedMetadataError
 
 __all__ = [
     "MAX_JSON_VALUES",
@@ -105,7 +105,7 @@ def parse_metadata(data: bytes, key: str) -> Metadata[Any]:
     """Parse untrusted metadata bytes within the format's bounds, as the type its key says it is.
 
     Raises UntrustedMetadataError for oversized or malformed metadata, or metadata of another type (a targets
-    document served as ``timestamp.json``); never a parser's own exception.
+    document served as ``timestamp.json``), its message beginning with ``key``; never a parser's own exception.
     """
     check_bounds(data, key)
     try:
@@ -135,8 +135,8 @@ def sign_with(md: Metadata[Any], signers: Iterable[Signer]) -> bytes:
     for signer in signers:
         try:
             signature = signer.sign(payload)
-        except Exception as e:
-            raise UnsignedMetadataError(f"Failed to sign: {e}") from e
+        except Exception as e:  # a signer (a key file, a KMS) may fail in any way: one message
+            raise KeyProblemError(f"cannot sign with key {signer.public_key.keyid[:12]}…: {e}") from e
         md.signatures[signature.keyid] = signature
     return payload
 

@@ -274,12 +274,18 @@ def publish(
                 hint="publish under a new version (omit --version for an automatic one)",
             )
         if old is not None:
-            mine = (req.hypervisor, req.os, req.os_version)
-            theirs = (old.hypervisor, old.os, old.os_version)
-            if mine != theirs:
+            fields = (
+                ("hypervisor", old.hypervisor, req.hypervisor),
+                ("os", old.os, req.os),
+                ("os version", old.os_version, req.os_version),
+            )
+            differ = [
+                f"{what} {theirs or 'unset'}, not {mine or 'unset'}" for what, theirs, mine in fields if theirs != mine
+            ]
+            if differ:
                 raise ConflictError(
-                    f"{req.name}:{version} ({req.arch}) is already published with the same bytes but hypervisor/os "
-                    f"{'/'.join(map(str, theirs))}, not {'/'.join(map(str, mine))}; versions are immutable"
+                    f"{req.name}:{version} ({req.arch}) is already published with the same bytes but "
+                    f"{'; '.join(differ)}; versions are immutable"
                 )
         return old
 
@@ -438,12 +444,10 @@ def _record_image(record_path: Path, image: buildrecord.ImageFile) -> tuple[Path
     return path, model.check_format(image.format)
 
 
-def _store_sbom(
-    store: Store, record: buildrecord.BuildRecord, fmt: str, version: str | None
-) -> dict[str, object] | None:
-    """Store the SPDX 2.3 SBOM of the image (from the record's package list) content-addressed, as the build record
-    is; its (sha256, size) go into the signed build-record summary. None when the record names no image SHA-256
-    (an SBOM must say which bytes it describes)."""
+def _sbom(record: buildrecord.BuildRecord, fmt: str, version: str | None) -> bytes | None:
+    """The SPDX 2.3 SBOM of the image (from the record's package list), stored content-addressed as the build
+    record is; its (sha256, size) go into the signed build-record summary. None when the record names no image
+    SHA-256 (an SBOM must say which bytes it describes)."""
     from imagectl.records import LoadedRecord
     from imagectl.sbom import sbom_bytes
 
@@ -454,12 +458,9 @@ def _store_sbom(
         images, signed_format=fmt,
     )  # fmt: skip
     try:
-        data = sbom_bytes(loaded)
+        return sbom_bytes(loaded)
     except InvalidInputError:
         return None
-    sha = hashlib.sha256(data).hexdigest()
-    store.write_new(blob_key(sha), data)
-    return {"sha256": sha, "size": len(data), "spdx": "SPDX-2.3"}
 
 
 def _recipe_parent(record: buildrecord.BuildRecord) -> str | None:
@@ -510,18 +511,19 @@ def publish_build(
         record = record.redacted()  # published: a record made by an older imagectl may hold a mirror password
         target = record.target
         data = json.dumps(record.to_dict(), sort_keys=True).encode()
-        record_sha = hashlib.sha256(data).hexdigest()
-        store.write_new(blob_key(record_sha), data)
-        sbom = _store_sbom(store, record, image_fmt, shared or target.version)
+        sbom = _sbom(record, image_fmt, shared or target.version)
+        blobs = {hashlib.sha256(b).hexdigest(): b for b in (data, sbom) if b is not None}
         summary = {
-            "sha256": record_sha,
+            "sha256": hashlib.sha256(data).hexdigest(),
             "size": len(data),
             "build_key": record.build_key,
             "started": record.started,
             "finished": record.finished,
             "dib_version": record.dib.version if record.dib else None,
             "packages": len(record.packages or ()),
-            "sbom": sbom,
+            "sbom": None
+            if sbom is None
+            else {"sha256": hashlib.sha256(sbom).hexdigest(), "size": len(sbom), "spdx": "SPDX-2.3"},
         }
         req = PublishRequest(
             file=str(image_file),
@@ -537,7 +539,9 @@ def publish_build(
             parent=_recipe_parent(record),
             build_record={k: v for k, v in summary.items() if v is not None},
             boot_test=boot_test,
-        )
+        ).validated()  # a request refused leaves no blob behind: checked before the record and SBOM are stored
+        for sha, blob in blobs.items():
+            store.write_new(blob_key(sha), blob)
         res = publish(store, keys, req, expiry_days)
         shared = shared or res.record.version
         results.append(res)
@@ -553,7 +557,9 @@ def _boot_test(
     test = record.boot_test
     if test is None:
         return None
-    if test.image_sha256 != entry.sha256:
+    # A record that names no sha256 for the image cannot say which build it is from; publish then compares the
+    # boot test with the file's own bytes.
+    if entry.sha256 is not None and test.image_sha256 != entry.sha256:
         raise ImageMismatchError(
             f"build record {path}: its boot test booted other bytes (sha256 {test.image_sha256[:12]}…) than "
             f"{image.name} (sha256 {str(entry.sha256)[:12]}…): a record from another build",

@@ -76,6 +76,7 @@ class _Verifier:
         self.report = Report()
         self.now = utcnow()
         self._listed: tuple[str, set[str] | None] = ("", None)  # (NAME, its target files) for the name at hand
+        self.unheld: set[str] = set()  # name patterns routed to index roles a partial mirror does not hold
 
     def problem(self, text: str) -> None:
         self.report.problems.append(text)
@@ -97,7 +98,7 @@ class _Verifier:
         try:
             return parse_metadata(data, key)
         except ImagectlError as e:
-            self.problem(f"{key}: {e.message}")
+            self.problem(e.message)  # parse_metadata's messages begin with the key
             return None
 
     def signed_by(self, delegator: Metadata[Any], role: str, md: Metadata[Any], key: str) -> bool:
@@ -214,6 +215,9 @@ class _Verifier:
             return None
         try:
             info = json.loads(data)
+            missing = [k for k in ("names", "images") if not (isinstance(info, dict) and k in info)]
+            if missing:
+                raise ValueError(f"no {missing[0]!r}")
             names, images = info["names"], info["images"]
             if not (isinstance(names, list) and isinstance(images, list)):
                 raise TypeError("names and images must be lists")
@@ -231,7 +235,9 @@ class _Verifier:
             try:
                 for entry in self.store.list_entries(prefix):
                     if not entry.regular:
-                        self.problem(f"{entry.key}: not a regular file (a symlink or device; not followed)")
+                        self.problem(
+                            f"{entry.key}: not a regular file (a symlink, device, FIFO or socket; not followed)"
+                        )
             except SymlinkRefusedError:
                 self.problem(f"{prefix.rstrip('/')}: a symlink or not a directory (not followed)")
             except CatalogueStateError:
@@ -271,7 +277,7 @@ class _Verifier:
             self.target_file(rec)
 
     def index_role(
-        self, snap: Metadata[Any], snap_key: str, targets: Metadata[Any], role: str, scope: Any
+        self, snap: Metadata[Any], snap_key: str, targets: Metadata[Any], t_key: str, role: str, scope: Any
     ) -> list[tuple[str, Metadata[Any]]]:
         """Check index role ``role`` (signatures, version, expiry, that it holds no targets and delegates exactly
         the names whose patterns targets gives it, each hashing to it); return its image roles."""
@@ -282,6 +288,7 @@ class _Verifier:
         key = f"{METADATA}{meta.version}.{role}.json"
         if scope is not None and not self.store.exists(key):
             self.report.skipped.append(f"{role}: not held by this partial mirror")
+            self.unheld |= set(targets.signed.get_delegated_role(role).paths or [])
             return []
         md = self.load(key)
         if md is None:
@@ -310,7 +317,7 @@ class _Verifier:
         if len(out) > index.INDEX_CROWDED:
             self.report.needs_reindex = True
         for pattern in sorted(patterns - {index.name_pattern(r.removeprefix(ROLE_PREFIX)) for r, _ in out}):
-            self.problem(f"{METADATA}targets.json: routes {pattern} to {role}, which does not delegate it")
+            self.problem(f"{t_key}: routes {pattern} to {role}, which does not delegate it")
         return out
 
     def image_role(
@@ -397,7 +404,7 @@ class _Verifier:
             if role.startswith(ROLE_PREFIX):
                 image_roles.append((role, targets))
             elif index.is_index(role):
-                image_roles += self.index_role(snap, snap_key, targets, role, scope)
+                image_roles += self.index_role(snap, snap_key, targets, t_key, role, scope)
             else:
                 self.problem(f"{t_key}: delegates {role}, which is neither an image role nor an index role")
         delegated = {r for r, _ in image_roles}
@@ -408,6 +415,9 @@ class _Verifier:
             name = bins.name_of_bin(extra)
             if index.is_index(extra):
                 continue  # an index role a re-index replaced: listed for good (clients refuse a dropped role)
+            of = name or extra.removeprefix(ROLE_PREFIX)
+            if extra.startswith(ROLE_PREFIX) and index.name_pattern(of) in self.unheld:
+                continue  # delegated by an index role this partial mirror does not hold: not checked here
             if name is None or model.role_for(name) not in delegated:  # a bin (current or re-binned away) is fine
                 self.problem(f"{snap_key}: lists {extra}, which targets does not delegate")
         if scope is not None:

@@ -67,6 +67,10 @@ class HTTPStore(Store):
                 # requests reports a read timeout under retries as a ConnectionError: say what happened
                 why = "no answer within --timeout" if _timed_out(e) else type(e).__name__
                 raise DownloadError(f"cannot reach {safe_url(url)}: {why}") from e
+            except ValueError:
+                # requests parses a redirect's Location itself (even with allow_redirects=False) and lets a
+                # malformed one (http://[::1/x) escape as a ValueError
+                raise DownloadError(f"{safe_url(url)} redirects to an unparseable location") from None
             if resp.status_code not in (301, 302, 303, 307, 308):
                 return resp
             resp.close()

@@ -239,8 +239,10 @@ class LocalStore(Store):
             except FileNotFoundError:
                 raise ObjectMissingError(f"{blob} not found in {self.shown}") from None
             bst = self._stat_at(bdir, bname, blob)
-            if bst is None or not stat.S_ISREG(bst.st_mode):
+            if bst is None:
                 raise ObjectMissingError(f"{blob} not found in {self.shown}")
+            if not stat.S_ISREG(bst.st_mode):
+                raise SymlinkRefusedError(f"refusing {self.root}/{blob}: it is {describe_mode(bst.st_mode)}")
             if bst.st_size != size:
                 raise CatalogueStateError(
                     f"{blob} has {bst.st_size} bytes, signed length is {size}",
