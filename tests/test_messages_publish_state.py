@@ -60,11 +60,14 @@ def test_init_refuses_a_location_that_is_already_a_catalogue(cli: Cli, tmp_path:
 
 @pytest.mark.parametrize(("role", "threshold", "count"), [("snapshot", 2, 1), ("root", 0, 3)])
 def test_init_refuses_a_threshold_outside_its_keys(tmp_path: Path, role: str, threshold: int, count: int) -> None:
-    """publish.py:81, through the library: the CLI's --threshold parser refuses these first, in its own words."""
+    """publish.py:81, through the library: the CLI's --threshold parser refuses these first, in its own words.
+    Every threshold is checked before any key is made: none is left in the key directory (the keys of the roles
+    before snapshot were)."""
     with pytest.raises(InvalidInputError) as e:
         init_catalogue(LocalStore(tmp_path / "cat"), tmp_path / "keys", EXPIRY, {role: (threshold, count)})
     assert str(e.value) == f"threshold for {role} must be between 1 and the number of keys ({count})"
     assert e.value.exit_code == 3
+    assert not (tmp_path / "keys").exists() and not (tmp_path / "cat").exists()
 
 
 # -- publish.py: publish FILE -----------------------------------------------------------------------------------------

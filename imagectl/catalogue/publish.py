@@ -70,6 +70,10 @@ def init_catalogue(
         )
     if store.exists(f"{METADATA}root.json"):
         raise CatalogueStateError(f"{store.shown} is already a catalogue", hint="use a new, empty location")
+    for role in TOP_ROLES:  # all checked before the first key is made: a refusal leaves no key behind
+        threshold, count = thresholds.get(role, (1, 1))
+        if not 1 <= threshold <= count:
+            raise InvalidInputError(f"threshold for {role} must be between 1 and the number of keys ({count})")
     keydir.mkdir(mode=0o700, parents=True, exist_ok=True)
     now = utcnow()
     root = Root(expires=now + dt.timedelta(days=expiry_days["root"]), consistent_snapshot=True)
@@ -77,8 +81,6 @@ def init_catalogue(
     existing = KeyRing(keydir)
     for role in TOP_ROLES:
         threshold, count = thresholds.get(role, (1, 1))
-        if not 1 <= threshold <= count:
-            raise InvalidInputError(f"threshold for {role} must be between 1 and the number of keys ({count})")
         # Keys already in the directory are reused by file name (ROLE-N.key); this is the only time names matter.
         mine = [k for k, p in existing.paths.items() if p.name.startswith(f"{role}-")][:count]
         for keyid in mine:
