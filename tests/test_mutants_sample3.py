@@ -443,11 +443,12 @@ def test_an_index_of_more_bits_than_allowed_is_refused_with_the_range(catalogue:
     """state.CatalogueState.reindex__mutmut_9: the refusal says the range of index sizes."""
     from imagectl.catalogue import index
     from imagectl.catalogue.state import load_state
-    from imagectl.errors import CatalogueStateError
+    from imagectl.errors import InvalidInputError
 
-    with pytest.raises(CatalogueStateError) as e:
+    with pytest.raises(InvalidInputError) as e:
         load_state(catalogue.store).reindex(index.MAX_BITS + 1)
     assert str(e.value) == f"an index has 2 to {2**index.MAX_BITS} roles (1 to {index.MAX_BITS} bits)"
+    assert e.value.exit_code == 3
 
 
 def test_a_target_signed_into_the_wrong_bin_is_named(binned: Catalogue) -> None:  # noqa: F811

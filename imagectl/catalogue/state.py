@@ -51,6 +51,8 @@ from imagectl.catalogue.model import EXT, METADATA, ROLE_PREFIX, ImageRecord, ro
 from imagectl.errors import (
     CatalogueStateError,
     ConflictError,
+    InvalidInputError,
+    NotFoundError,
     UntrustedMetadataError,
 )
 from imagectl.store import ObjectMissingError, Store
@@ -251,8 +253,8 @@ class CatalogueState:
             if indexed:  # one more pattern in targets, one more delegation in the name's index role
                 holder_role = index.index_role(name, index.bits_of(indexed[0]))
                 holder = self.role(holder_role)
-                if holder is None:  # cannot happen in a catalogue we wrote: every index role is made at once
-                    raise CatalogueStateError(f"index role {holder_role} is delegated but missing")
+                if holder is None:  # every index role is made at once: signed metadata that lacks one is inconsistent
+                    raise UntrustedMetadataError(f"index role {holder_role} is delegated but missing")
                 self._index_name(holder_role, name, top.keyids, top.threshold)
                 self._delegate_image(holder, name, top.keyids, top.threshold)
                 self.changed.add(holder_role)
@@ -299,7 +301,7 @@ class CatalogueState:
         names = self.name_index()
         bits = bits or index.index_bits(len(names))
         if not 1 <= bits <= index.MAX_BITS:
-            raise CatalogueStateError(f"an index has 2 to {2**index.MAX_BITS} roles (1 to {index.MAX_BITS} bits)")
+            raise InvalidInputError(f"an index has 2 to {2**index.MAX_BITS} roles (1 to {index.MAX_BITS} bits)")
         old = self.index_roles()
         if old and index.bits_of(old[0]) == bits:
             return bits
@@ -381,11 +383,11 @@ class CatalogueState:
         one operation whose cost grows with the name. Returns the bit length (unchanged: nothing to do)."""
         md = self.role(role_for(name))
         if md is None:
-            raise CatalogueStateError(f"no image named {name!r} in the catalogue")
+            raise NotFoundError(f"no image named {name!r} in the catalogue")
         targets = [t for held in self.target_roles(name) for t in held.signed.targets.values()]
         bits = bits or bins.bin_bits(len(targets))
         if not 1 <= bits <= bins.MAX_BITS:
-            raise CatalogueStateError(f"a name has 2 to {2**bins.MAX_BITS} bins (1 to {bins.MAX_BITS} bits)")
+            raise InvalidInputError(f"a name has 2 to {2**bins.MAX_BITS} bins (1 to {bins.MAX_BITS} bits)")
         old = self.succinct(md)
         if old is not None and old.bit_length == bits:
             return bits
