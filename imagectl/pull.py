@@ -259,7 +259,9 @@ def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, prog
                             "(tampered or damaged blob; nothing written)"
                         )
                     if stream.offset not in (0, have):
-                        raise DownloadError(f"asked for bytes from {have}, the server sent from {stream.offset}")
+                        raise DownloadError(
+                            f"{resolved.record.path}: asked for bytes from {have}, the server sent from {stream.offset}"
+                        )
                     if stream.offset != have:  # the server ignored Range: restart cleanly
                         sink.drain()
                         sink.close()
@@ -277,7 +279,7 @@ def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, prog
                         have += len(chunk)
                         progress.update(len(chunk))
                 if have < want_len:
-                    raise DownloadError(f"blob ended after {have} of {want_len} bytes")
+                    raise DownloadError(f"{resolved.record.path}: blob ended after {have} of {want_len} bytes")
             except StatusError:
                 raise  # an error status: the session has already retried it
             except DownloadError:

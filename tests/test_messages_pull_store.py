@@ -155,7 +155,9 @@ def test_a_resumed_download_answered_from_another_offset(
     srv.add_fault(Fault(suffix=sha, content_range=f"bytes 5-{SIZE - 1}/{SIZE}"))
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 13, r.err
-    assert stderr_lines(r) == ["imagectl: error: asked for bytes from 100000, the server sent from 5"]
+    assert stderr_lines(r) == [
+        f"imagectl: error: wn/1/{ARCH}/wn-1-{ARCH}.qcow2: asked for bytes from 100000, the server sent from 5"
+    ]
     assert [rng for _m, p, rng in srv.served.requests if p.endswith(sha)] == ["bytes=100000-"]
 
 

@@ -126,7 +126,7 @@ def test_a_blob_cut_short_without_retries_says_how_far_it_got(
     srv.add_fault(Fault(suffix=sha, body=data[:100_000], content_range=f"bytes 0-{SIZE - 1}/{SIZE}"))
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 13, r.err
-    assert error_line(r) == f"imagectl: error: blob ended after 100000 of {SIZE} bytes"
+    assert error_line(r) == f"imagectl: error: wn/1/{ARCH}/wn-1-{ARCH}.qcow2: blob ended after 100000 of {SIZE} bytes"
 
 
 @pytest.mark.http
