@@ -1,0 +1,283 @@
+"""imagectl.imaging.repro: two synthetic DIB-like disks of the same tree, made differently, normalize to the same bytes.
+
+No DIB: each disk is an MBR (sfdisk) with one ext4 partition made by ``mke2fs -d`` from a copy of one small tree,
+the two copies created in different orders, with different mtimes (of the files written "at build time"),
+atimes and ctimes, fs UUIDs, hash seeds and disk ids, and with the build-host noise DIB leaves (host paths in the
+manifests, ldconfig's aux-cache, a random iSCSI name, the build day in /etc/shadow, the fs UUID in grub.cfg).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagectl.errors import InvalidInputError, ToolError
+from imagectl.imaging import repro
+from imagectl.imaging.repro import Ids, derive_ids, normalize
+from tests.conftest import require_tools, unavailable
+
+pytestmark = [pytest.mark.root]
+
+EPOCH = 1_700_000_000  # 2023-11-14
+OLD = EPOCH - 86400 * 30  # "package" files: older than the epoch, kept as they are
+MIB = 1024 * 1024
+DISK = 48 * MIB
+IDS = derive_ids("test-build-key", EPOCH)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_root_and_tools() -> None:
+    if os.geteuid() != 0:
+        unavailable("needs root (loop devices, mount)")
+    require_tools("sfdisk", "losetup", "mke2fs", "debugfs", "e2fsck", "dumpe2fs", "mount", install="e2fsprogs")
+
+
+# What the tree holds: path -> content (bytes), a symlink target ("->x"), or None for a directory.
+FILES: dict[str, bytes | str | None] = {
+    "etc": None,
+    "etc/hostname": b"demo\n",
+    "etc/shadow": b"root:*:{day}:0:99999:7:::\nuser:!:{day}:0:99999:7:::\n",
+    "etc/iscsi": None,
+    "etc/iscsi/initiatorname.iscsi": b"## DO NOT EDIT\nInitiatorName=iqn.1993-08.org.debian:01:{rand}\n",
+    "etc/dib-manifests": None,
+    "etc/dib-manifests/dib_arguments": b"-x -o /tmp/host-{rand}/out/demo-x86_64 -t raw vm\n",
+    "etc/dib-manifests/dib_environment": b'declare -x DIB_IMAGE_CACHE="/var/cache/x/work/demo-x86_64.{pid}"\n',
+    "boot": None,
+    "boot/grub": None,
+    "boot/grub/grub.cfg": b"search --no-floppy --fs-uuid --set=root {uuid}\nlinux /vmlinuz root=LABEL=r\n",
+    "usr": None,
+    "usr/bin": None,
+    "usr/bin/tool": b"#!/bin/sh\necho tool\n" * 300,
+    "usr/bin/tool-link": "->tool",
+    "usr/share": None,
+    "usr/share/doc": None,
+    "usr/share/doc/README": b"package documentation\n" * 50,
+    "var": None,
+    "var/cache": None,
+    "var/cache/ldconfig": None,
+    "var/cache/ldconfig/aux-cache": b"{rand}",
+}
+OLD_FILES = {"usr/bin/tool", "usr/share/doc/README", "etc/hostname"}  # mtimes below the epoch
+DELETED = {"var/cache/ldconfig/aux-cache"}
+EDITED = {
+    "etc/shadow",
+    "etc/iscsi/initiatorname.iscsi",
+    "boot/grub/grub.cfg",
+    "etc/dib-manifests/dib_arguments",
+    "etc/dib-manifests/dib_environment",
+}
+
+
+def make_tree(root: Path, *, seed: int, fs_uuid: str, reverse: bool) -> None:
+    """The tree, created in forward or reverse order; "build-time" entries get mtimes after the epoch."""
+    root.mkdir()
+    day = 19700 + seed  # the build day in /etc/shadow: differs between the builds
+    dirs = [p for p, c in FILES.items() if c is None]
+    others = [p for p, c in FILES.items() if c is not None]
+    for p in sorted(dirs, reverse=reverse):
+        (root / p).mkdir(parents=True, exist_ok=True)
+    for p in sorted(others, reverse=reverse):
+        c = FILES[p]
+        if isinstance(c, str):
+            (root / p).symlink_to(c[2:])
+        else:
+            assert c is not None
+            text = c.replace(b"{day}", str(day).encode()).replace(b"{uuid}", fs_uuid.encode())
+            (root / p).write_bytes(
+                text.replace(b"{rand}", os.urandom(8).hex().encode()).replace(b"{pid}", b"%d" % seed)
+            )
+        time.sleep(0.01)  # distinct ctimes
+    hard = root / "usr/bin/tool-hard"
+    os.link(root / "usr/bin/tool", hard)
+    os.chmod(root / "usr/bin/tool", 0o755)
+    os.chmod(root / "etc/shadow", 0o640)
+    # mtimes: package files old (the same in both), the rest at "build time" (differs); atimes differ too
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in [*dirnames, *filenames, ""]:
+            path = Path(dirpath, name) if name else Path(dirpath)
+            rel = path.relative_to(root).as_posix()
+            mtime = OLD if rel in OLD_FILES else EPOCH + 3600 * (seed + 1) + len(rel)
+            os.utime(path, (EPOCH + 777 * seed + len(rel), mtime), follow_symlinks=False)
+
+
+def make_disk(disk: Path, tree: Path, *, fs_uuid: str, hash_seed: str, label_id: int) -> None:
+    with disk.open("wb") as f:
+        f.truncate(DISK)
+    table = f"label: dos\nlabel-id: 0x{label_id:08x}\nstart=2048, type=83, bootable\n"
+    subprocess.run(["sfdisk", "-q", disk], input=table, text=True, check=True, timeout=60)
+    # some "GRUB" bytes in the gap, the same in both
+    with disk.open("r+b") as f:
+        f.seek(512)
+        f.write(b"core.img" * 64)
+    blocks = (DISK - MIB) // 4096
+    subprocess.run(
+        [
+            *("mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "cloudimg-rootfs", "-U", fs_uuid),
+            *("-E", f"hash_seed={hash_seed},offset={MIB}", "-d", tree, disk, str(blocks)),
+        ],
+        check=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("repro")
+    specs = {
+        "a": ("11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222", 0x7877CA5F, False),
+        "b": ("33333333-3333-4333-8333-333333333333", "44444444-4444-4444-8444-444444444444", 0xD9DB4F9B, True),
+    }
+    paths: dict[str, Path] = {}
+    for seed, (name, (fs_uuid, hash_seed, label_id, reverse)) in enumerate(specs.items()):
+        make_tree(d / f"tree-{name}", seed=seed, fs_uuid=fs_uuid, reverse=reverse)
+        make_disk(d / f"{name}.raw", d / f"tree-{name}", fs_uuid=fs_uuid, hash_seed=hash_seed, label_id=label_id)
+        t = time.monotonic()
+        normalize(d / f"{name}.raw", d / f"{name}.norm.raw", epoch=EPOCH, ids=IDS)
+        print(f"normalize {name}: {time.monotonic() - t:.1f} s")
+        paths[name] = d / f"{name}.norm.raw"
+        paths[f"tree-{name}"] = d / f"tree-{name}"
+        paths[f"in-{name}"] = d / f"{name}.raw"
+    return paths
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@contextlib.contextmanager
+def mounted_ro(disk: Path, where: Path) -> Iterator[Path]:
+    where.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-o", f"ro,noload,loop,offset={MIB}", disk, where], check=True, timeout=60)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", where], check=True, timeout=60)
+
+
+def test_two_different_builds_normalize_to_the_same_bytes(built: dict[str, Path]) -> None:
+    assert sha256(built["in-a"]) != sha256(built["in-b"])
+    assert sha256(built["a"]) == sha256(built["b"])
+    data = built["a"].read_bytes()
+    assert data[440:444] == IDS.disk_id.to_bytes(4, "little")  # MBR disk id from the build key
+    assert data[512:1024] == b"core.img" * 64  # the gap (GRUB's core.img) kept
+    assert built["a"].stat().st_size == DISK
+
+
+def test_normalized_fs_is_clean_with_the_derived_ids(built: dict[str, Path]) -> None:
+    fs = f"{built['a']}?offset={MIB}"
+    subprocess.run(["e2fsck", "-fn", fs], check=True, capture_output=True, timeout=120)
+    sb = subprocess.run(["dumpe2fs", "-h", fs], check=True, capture_output=True, text=True, timeout=60).stdout
+    assert f"Filesystem UUID:          {IDS.fs_uuid}" in sb
+    assert f"Directory Hash Seed:      {IDS.hash_seed}" in sb
+    assert "cloudimg-rootfs" in sb
+
+
+def test_tree_is_kept_and_only_the_noise_changed(built: dict[str, Path], tmp_path: Path) -> None:
+    src = built["tree-a"]
+    with mounted_ro(built["a"], tmp_path / "mnt") as mnt:
+        for rel, kind in FILES.items():
+            if rel in DELETED:
+                assert not os.path.lexists(mnt / rel), rel
+                continue
+            s, n = os.lstat(src / rel), os.lstat(mnt / rel)
+            assert (stat.S_IFMT(n.st_mode), stat.S_IMODE(n.st_mode)) == (
+                stat.S_IFMT(s.st_mode),
+                stat.S_IMODE(s.st_mode),
+            )
+            assert n.st_mtime == min(s.st_mtime, EPOCH), rel  # clamped, older kept
+            assert n.st_ctime == EPOCH and n.st_atime == EPOCH, rel  # pinned
+            if isinstance(kind, str):
+                assert os.readlink(mnt / rel) == kind[2:]
+            elif kind is not None and rel not in EDITED:
+                assert (mnt / rel).read_bytes() == (src / rel).read_bytes(), rel
+        assert os.lstat(mnt / "usr/bin/tool").st_ino == os.lstat(mnt / "usr/bin/tool-hard").st_ino  # hard link
+        assert (mnt / "lost+found").is_dir()
+        day = EPOCH // 86400
+        assert (mnt / "etc/shadow").read_text().split("\n")[0] == f"root:*:{day}:0:99999:7:::"
+        assert "GenerateName=yes" in (mnt / "etc/iscsi/initiatorname.iscsi").read_text()
+        assert (mnt / "etc/dib-manifests/dib_arguments").read_text() == "-x -o demo-x86_64 -t raw vm\n"
+        assert (mnt / "etc/dib-manifests/dib_environment").read_text() == 'declare -x DIB_IMAGE_CACHE="demo-x86_64"\n'
+        assert f"--set=root {IDS.fs_uuid}\n" in (mnt / "boot/grub/grub.cfg").read_text()
+
+
+def test_derive_ids_is_a_function_of_key_and_epoch() -> None:
+    assert derive_ids("k", 1) == derive_ids("k", 1)
+    assert derive_ids("k", 1) != derive_ids("k", 2) != derive_ids("j", 2)
+    assert isinstance(derive_ids("k", 1), Ids)
+
+
+def test_repack_initrd_is_deterministic_and_clamps() -> None:
+    def member(name: bytes, body: bytes, ino: int, mtime: int) -> bytes:
+        fields = [ino, 0o100644, 0, 0, 1, mtime, len(body), 8, 1, 0, 0, len(name) + 1, 0]
+        rec = b"070701" + b"".join(b"%08X" % v for v in fields) + name + b"\0"
+        rec += b"\0" * (-len(rec) % 4) + body
+        return rec + b"\0" * (-len(rec) % 4)
+
+    def initrd(ino: int, mtime: int, iqn: bytes) -> bytes:
+        cpio = member(b"etc/initiatorname.iscsi", iqn, ino, mtime) + member(b"TRAILER!!!", b"", 0, 0)
+        return gzip.compress(cpio, mtime=mtime)
+
+    fixed = {"etc/initiatorname.iscsi": b"GenerateName=yes\n"}
+    a = repro.repack_initrd(initrd(41, EPOCH + 5, b"InitiatorName=a\n"), EPOCH, fixed, "a")
+    b = repro.repack_initrd(initrd(97, EPOCH + 9, b"InitiatorName=b\n"), EPOCH, fixed, "b")
+    assert a == b and b"GenerateName=yes" in gzip.decompress(a)
+    with pytest.raises(InvalidInputError, match="not a single gzip'd cpio"):
+        repro.repack_initrd(b"\x28\xb5\x2f\xfd zstd", EPOCH, {}, "/boot/initrd.img-x")
+
+
+def loops_of(path: Path) -> str:
+    return subprocess.run(["losetup", "-j", path], capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def mounts_under(path: Path) -> list[str]:
+    return [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(path) in line]
+
+
+def assert_nothing_left(disk: Path, out: Path) -> None:
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")] == []  # no temp, no work dir
+    assert loops_of(disk) == ""
+    assert mounts_under(out.parent) == []
+
+
+def test_not_a_disk_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    disk, out = tmp_path / "junk.raw", tmp_path / "out.raw"
+    disk.write_bytes(os.urandom(4096) + b"\0" * (MIB - 4096))
+    with pytest.raises(InvalidInputError) as e:
+        normalize(disk, out, epoch=EPOCH, ids=IDS)
+    assert str(e.value) == f"{disk}: not a raw disk with an MBR partition table"
+    assert_nothing_left(disk, out)
+
+
+def test_a_partition_without_ext4_is_refused_and_its_loop_released(tmp_path: Path) -> None:
+    disk, out = tmp_path / "noext4.raw", tmp_path / "out.raw"
+    with disk.open("wb") as f:
+        f.truncate(8 * MIB)
+    subprocess.run(["sfdisk", "-q", disk], input="label: dos\nstart=2048, type=83\n", text=True, check=True)
+    with pytest.raises(InvalidInputError) as e:
+        normalize(disk, out, epoch=EPOCH, ids=IDS)
+    assert str(e.value) == f"{disk}: its partition holds no ext4 file system"
+    assert "\n" not in str(e.value)
+    assert_nothing_left(disk, out)
+
+
+def test_a_failure_while_mounted_releases_mounts_and_loops(
+    built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ToolError("mke2fs failed with exit code 1")
+
+    monkeypatch.setattr(repro, "_mke2fs", broken)
+    out = tmp_path / "out.raw"
+    with pytest.raises(ToolError, match=r"^mke2fs failed with exit code 1$"):
+        normalize(built["in-a"], out, epoch=EPOCH, ids=IDS)
+    assert_nothing_left(built["in-a"], out)
