@@ -198,6 +198,8 @@ class BuildRecord(_Section):
     images: tuple[ImageFile, ...] | None = None
     log: str | None = None
     package_cache: Mapping[str, Any] | None = None  # what the Debian package cache served (imagectl.imaging.aptproxy)
+    source_date_epoch: int | None = None  # seconds; set by a reproducible build (build --reproducible)
+    reproducible: bool | None = None  # True: images normalized to be bit-identical (issue 11); absent otherwise
     boot_test: BootTest | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     keep_null: frozenset[str] = frozenset()  # parse: {"boot_test"} for a record that says "boot_test": null
@@ -420,10 +422,21 @@ def from_dict(value: Any, where: str) -> BuildRecord:
         images=None if images is None else tuple(_image(p, v, where) for p, v in images),
         log=r.text("log"),
         package_cache=r.mapping("package_cache"),
+        source_date_epoch=r.count("source_date_epoch", "seconds"),
+        reproducible=_flag(r, "reproducible"),
         boot_test=None if boot_test is None else _boot_test(boot_test, where),
         extra=r.rest(),
         keep_null=r.nulls("boot_test"),
     )
+
+
+def _flag(r: _Reader, key: str) -> bool | None:
+    value = r.get(key)
+    if value is None and key not in r.value:
+        return None
+    if not isinstance(value, bool):
+        raise r.bad(key, "true or false")
+    return value
 
 
 def _no_constant(name: str) -> Any:

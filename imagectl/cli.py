@@ -839,12 +839,22 @@ def cmd_recipe_show(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _epoch(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds since 1970")
+    return int(text)
+
+
 def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.model import check_arch, check_format
-    from imagectl.imaging.builder import BuildOptions, build_recipe
+    from imagectl.imaging.builder import BuildOptions, build_recipe, check_reproducible, default_epoch
     from imagectl.recipe.model import load_recipe
 
     recipe = load_recipe(_recipe_path(args.recipe))
+    reproducible = args.reproducible or args.check_reproducible or args.source_date_epoch is not None
+    epoch = None
+    if reproducible:
+        epoch = args.source_date_epoch if args.source_date_epoch is not None else default_epoch(recipe)
     arches = [check_arch(a) for a in args.arch] or None
     formats = [check_format(f) for f in args.format] or None
     live = sys.stderr.isatty() and not args.quiet and not args.json
@@ -863,9 +873,10 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
         formats=formats,
         rebuild=args.rebuild,
         progress=progress,
+        source_date_epoch=epoch,
     )
     try:
-        outputs = build_recipe(recipe, opts)
+        outputs = check_reproducible(recipe, opts) if args.check_reproducible else build_recipe(recipe, opts)
     finally:
         if live:
             sys.stderr.write("\r\033[K")
@@ -1193,6 +1204,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", action="append", default=[], help="only this format (repeatable)")
     sp.add_argument("-o", "--output", default="build", help="output directory (default: ./build)")
     sp.add_argument("--rebuild", action="store_true", help="build even if an identical build is cached")
+    sp.add_argument(
+        "--reproducible",
+        action="store_true",
+        help="bit-identical images: SOURCE_DATE_EPOCH to DIB, the root fs normalized (needs root; qcow2 and raw)",
+    )
+    sp.add_argument(
+        "--source-date-epoch",
+        type=_epoch,
+        metavar="N",
+        help="seconds since 1970 for --reproducible (default: $SOURCE_DATE_EPOCH, else the recipe's last git commit)",
+    )
+    sp.add_argument(
+        "--check-reproducible",
+        action="store_true",
+        help="build reproducibly twice (the second without the build cache) and compare every image (exit 25 if not)",
+    )
     sp.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
 
     sp = add(sub, "plan", cmd_plan, "the build matrix for CI: one entry per recipe, arch and hypervisor", ())

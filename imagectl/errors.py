@@ -30,6 +30,7 @@ code cause
 22   this host cannot build that architecture (message names the kind of host that can)
 23   boot test failed: no login prompt (or marker) before the deadline
 24   protected channel: a version with an arch lacking a passing boot test (message names the arches)
+25   not reproducible: two builds of the same inputs differ (``build --check-reproducible``; names the files)
 ==== ===============================================================
 """
 
@@ -48,6 +49,7 @@ __all__ = [
     "LocalIOError",
     "MixAndMatchError",
     "NotFoundError",
+    "NotReproducibleError",
     "ProtectedChannelError",
     "RevokedError",
     "RollbackError",
@@ -198,3 +200,9 @@ class ProtectedChannelError(ImagectlError):
     """A promote or publish into a protected channel of a version some arch of which has no passing boot test."""
 
     exit_code = 24
+
+
+class NotReproducibleError(ImagectlError):
+    """``build --check-reproducible``: two builds of the same recipe, DIB and epoch gave different bytes."""
+
+    exit_code = 25

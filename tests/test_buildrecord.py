@@ -53,6 +53,8 @@ BASE: Doc = {  # every member imagectl writes, shaped as `imagectl build` and `i
     "images": [{"file": "wn-x86_64.qcow2", "format": "qcow2", "size": 4100, "sha256": HEX}],
     "log": "wn-x86_64.log",
     "package_cache": {"hits": 3, "base": {"key": None, "reused": False}},
+    "source_date_epoch": 1795897038,  # build --reproducible
+    "reproducible": True,
     "boot_test": BOOT,
 }
 
@@ -190,6 +192,10 @@ BAD = [
     (put("dib.env", {"DIB_RELEASE": 12}), f"{F}: dib.env must be an object of strings"),
     (put("host", {"kernel": 6}), f"{F}: host must be an object of strings and booleans"),
     (put("package_cache", "yes"), f"{F}: package_cache must be an object"),
+    (put("source_date_epoch", "1795897038"), f"{F}: source_date_epoch must be a whole number of seconds (0 or more)"),
+    (put("source_date_epoch", -1), f"{F}: source_date_epoch must be a whole number of seconds (0 or more)"),
+    (put("reproducible", 1), f"{F}: reproducible must be true or false"),
+    (put("reproducible", None), f"{F}: reproducible must be true or false"),
     (put("boot_test", []), f"build record {F}: boot_test is not an object"),
     (put("boot_test.seconds", 85.5), f"build record {F}: boot_test seconds must be a whole number, not 85.5"),
     (put("boot_test.accel", "hvf"), f"build record {F}: boot_test accel must be kvm or tcg, not 'hvf'"),

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import json
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -281,3 +283,109 @@ def test_a_failure_while_mounted_releases_mounts_and_loops(
     with pytest.raises(ToolError, match=r"^mke2fs failed with exit code 1$"):
         normalize(built["in-a"], out, epoch=EPOCH, ids=IDS)
     assert_nothing_left(built["in-a"], out)
+
+
+# -- imagectl build --reproducible / --check-reproducible, with a stand-in disk-image-create ----------------------
+
+FAKE_DIB = r"""#!/usr/bin/env python3
+import json, os, shutil, sys
+args = sys.argv[1:]
+out = args[args.index("-o") + 1]
+here = os.path.dirname(os.path.abspath(__file__))
+calls = os.path.join(here, "calls.jsonl")
+n = len(open(calls).read().splitlines()) if os.path.exists(calls) else 0
+with open(calls, "a") as f:
+    f.write(json.dumps({"argv": args, "sde": os.environ.get("SOURCE_DATE_EPOCH")}) + "\n")
+os.makedirs(out + ".d/dib-manifests", exist_ok=True)
+shutil.copyfile(os.path.join(here, "disk-%d.raw" % n), out + ".raw")  # a differently made disk on each run
+print("Build completed successfully", flush=True)
+"""
+
+
+@pytest.fixture
+def fake_repro_dib(built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    (bindir / "disk-image-create").write_text(FAKE_DIB)
+    (bindir / "disk-image-create").chmod(0o755)
+    (bindir / "disk-0.raw").write_bytes(built["in-a"].read_bytes())
+    (bindir / "disk-1.raw").write_bytes(built["in-b"].read_bytes())
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("IMAGECTL_CACHE_DIR", str(tmp_path / "cache"))
+    return bindir
+
+
+def test_build_reproducible_normalizes_converts_and_records(fake_repro_dib: Path, cli, tmp_path: Path) -> None:
+    from tests.test_build_fake import DEMO
+
+    out = tmp_path / "out"
+    args = ("build", DEMO, "--arch", "x86_64", "-o", out, "--format", "qcow2", "--format", "raw")
+    r = cli(*args, "--reproducible", "--source-date-epoch", str(EPOCH))
+    assert r.code == 0, r.err
+    [call] = [json.loads(x) for x in (fake_repro_dib / "calls.jsonl").read_text().splitlines()]
+    assert call["argv"][call["argv"].index("-t") + 1] == "raw" and call["sde"] == str(EPOCH)
+    record = json.loads((out / "debian12-demo-x86_64.build.json").read_text())
+    assert record["source_date_epoch"] == EPOCH and record["reproducible"] is True
+    raw, qcow2 = out / "debian12-demo-x86_64.raw", out / "debian12-demo-x86_64.qcow2"
+    assert qcow2.read_bytes()[:4] == b"QFI\xfb"
+    ids = derive_ids(record["build_key"], EPOCH)
+    assert raw.read_bytes()[440:444] == ids.disk_id.to_bytes(4, "little")
+    assert {i["file"]: i["sha256"] for i in record["images"]} == {raw.name: sha256(raw), qcow2.name: sha256(qcow2)}
+    assert [p.name for p in out.iterdir() if p.name.startswith(".debian12")] == []  # no temp file left
+    # a format qemu-img's bytes were not checked for is refused before any work
+    r = cli("build", DEMO, "--arch", "x86_64", "-o", out, "--format", "vmdk", "--reproducible")
+    assert (r.code, r.err.splitlines()[0]) == (
+        3,
+        "imagectl: error: --reproducible makes qcow2 and raw images, not vmdk",
+    )
+
+
+def test_check_reproducible_builds_twice_and_passes(fake_repro_dib: Path, cli, tmp_path: Path) -> None:
+    from tests.test_build_fake import DEMO
+
+    out = tmp_path / "out"
+    r = cli("build", DEMO, "--arch", "x86_64", "-o", out, "--check-reproducible", "--source-date-epoch", str(EPOCH))
+    assert r.code == 0, r.err
+    assert len((fake_repro_dib / "calls.jsonl").read_text().splitlines()) == 2  # the second bypassed the cache
+    a, b = out / "debian12-demo-x86_64.qcow2", out / "check-reproducible" / "debian12-demo-x86_64.qcow2"
+    assert sha256(a) == sha256(b)
+
+
+def test_check_reproducible_names_the_differing_files(
+    fake_repro_dib: Path,
+    cli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.test_build_fake import DEMO
+
+    # the second "build" has one more file and one changed: what imagectl does not pin
+    tree = tmp_path / "tree-c"
+    make_tree(tree, seed=2, fs_uuid="55555555-5555-4555-8555-555555555555", reverse=False)
+    (tree / "etc/hostname").write_bytes(b"other\n")
+    (tree / "etc/random-seed").write_bytes(os.urandom(16))
+    make_disk(
+        fake_repro_dib / "disk-1.raw",
+        tree,
+        fs_uuid="55555555-5555-4555-8555-555555555555",
+        hash_seed="66666666-6666-4666-8666-666666666666",
+        label_id=0x12345678,
+    )
+    monkeypatch.setattr("shutil.which", _which_without_diffoscope)
+    out = tmp_path / "out"
+    r = cli("build", DEMO, "--arch", "x86_64", "-o", out, "--check-reproducible", "--source-date-epoch", str(EPOCH))
+    assert r.code == 25, r.err
+    first = r.err.splitlines()[0]
+    assert first.startswith("imagectl: error: two builds of debian12-demo differ: ")
+    assert "differing files: /etc/hostname, /etc/random-seed" in first
+    report = out / "check-reproducible" / "debian12-demo-x86_64.qcow2.differences.txt"
+    assert report.read_text() == "/etc/hostname\n/etc/random-seed\n"
+    assert loops_of(out / "check-reproducible" / "debian12-demo-x86_64.qcow2") == ""
+    assert mounts_under(out) == []
+
+
+_real_which = shutil.which
+
+
+def _which_without_diffoscope(cmd: str, *args: object, **kwargs: object) -> str | None:
+    return None if cmd == "diffoscope" else _real_which(cmd, *args, **kwargs)  # type: ignore[arg-type]

@@ -27,10 +27,19 @@ from typing import Any
 
 from imagectl import __version__
 from imagectl.buildrecord import BuildRecord, Dib, ImageFile, Package, RecipeInfo, Target
-from imagectl.errors import ImageMismatchError, KeyProblemError, LocalIOError, ToolError, ToolMissingError, printable
+from imagectl.errors import (
+    ImageMismatchError,
+    InvalidInputError,
+    KeyProblemError,
+    LocalIOError,
+    NotReproducibleError,
+    ToolError,
+    ToolMissingError,
+    printable,
+)
 from imagectl.families import family
-from imagectl.fsio import AtomicFile, copy_verified
-from imagectl.imaging import hostcompat
+from imagectl.fsio import AtomicFile, copy_verified, replacing
+from imagectl.imaging import hostcompat, repro
 from imagectl.imaging.aptproxy import DebianPackageCache
 from imagectl.imaging.configscript import write_config
 from imagectl.imaging.elements import check_elements, dib_elements_dir, elements_paths
@@ -45,6 +54,8 @@ __all__ = [
     "BuildOutput",
     "build_key",
     "build_recipe",
+    "check_reproducible",
+    "default_epoch",
     "dib_version",
     "is_cached",
     "python_error",
@@ -63,6 +74,8 @@ class BuildOptions:
     formats: list[str] | None = None
     rebuild: bool = False
     progress: Callable[[str], None] = lambda _line: None
+    source_date_epoch: int | None = None  # seconds; set: a reproducible build (build --reproducible)
+    write_cache: bool = True  # False: the build cache is neither read for this build's key's entry nor written
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,7 @@ def target_key(
     *,
     output_dir: Path = Path("/imagectl-out"),
     config_dir: Path = Path("/imagectl-config"),
+    epoch: int | None = None,
 ) -> tuple[DibInvocation, str, str]:
     """The DIB invocation of ``target``, the digest of the elements it uses and its build key.
 
@@ -144,7 +158,7 @@ def target_key(
     same target files its cache entry under. The directories do not change the key (the output base is replaced
     by ``OUT``, the config directory is left out): ``plan`` passes placeholders, ``build`` the real ones.
     """
-    inv = plan_dib(target, output_dir, config_dir, paths, formats)
+    inv = plan_dib(target, output_dir, config_dir, paths, formats, epoch)
     digest = elements_digest(inv, paths)
     return inv, digest, build_key(inv, recipe, dib, digest)
 
@@ -331,7 +345,7 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
     record_path = opts.output / f"{t.basename}.build.json"
     images = [inv.output_base.with_suffix(f".{f}") for f in inv.formats]
     start = time.monotonic()
-    if not opts.rebuild and (cache / "build.json").is_file():
+    if opts.write_cache and not opts.rebuild and (cache / "build.json").is_file():
         if _cache_hit(cache, images, record_path):
             opts.progress(f"{t.basename}: identical build {key[:12]} found in the build cache; reused")
             return BuildOutput(t, images, record_path, True, time.monotonic() - start)
@@ -386,6 +400,8 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
         if pkgcache is not None:
             cache_record = pkgcache.finish(succeeded)
             shutil.rmtree(pkgcache.work, ignore_errors=True)
+    if opts.source_date_epoch is not None:
+        _make_reproducible(inv, key, opts.source_date_epoch, log_file, progress)
     finished = dt.datetime.now(dt.UTC).replace(microsecond=0)
     record = BuildRecord(
         target=Target(
@@ -410,10 +426,15 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
         images=tuple(ImageFile(img.name, img.suffix.lstrip("."), img.stat().st_size, _sha256(img)) for img in images),
         log=log_file.name,
         package_cache=cache_record,  # what came from the package cache, what was downloaded (None: not used)
+        source_date_epoch=opts.source_date_epoch,
+        reproducible=True if opts.source_date_epoch is not None else None,
     )
     # The record is published with the image (publish --from-build): no credential may be in it.
     data = record.redacted().to_json()
     record_path.write_text(data)
+    if not opts.write_cache:
+        shutil.rmtree(opts.output / ".imagectl-work" / t.basename, ignore_errors=True)
+        return BuildOutput(t, images, record_path, False, time.monotonic() - start)
     # Into the cache last, and atomically per directory: a half-filled cache entry is never taken for a hit.
     staging = opts.cache_dir / "builds" / f".{key}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -425,6 +446,62 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
     os.replace(staging, cache)
     shutil.rmtree(opts.output / ".imagectl-work" / t.basename, ignore_errors=True)
     return BuildOutput(t, images, record_path, False, time.monotonic() - start)
+
+
+# qemu-img's output is the same bytes for the same input, version and options (issue 11): these are fixed
+REPRODUCIBLE_FORMATS = ("qcow2", "raw")
+_CONVERT = {"qcow2": ["-c", "-f", "raw", "-O", "qcow2"]}  # what DIB itself runs for qcow2
+
+
+def _make_reproducible(inv: DibInvocation, key: str, epoch: int, log_file: Path, progress: _Progress) -> None:
+    """DIB's raw disk -> its normalized form (:func:`repro.normalize`, ids derived from ``key`` and ``epoch``) ->
+    each requested format, under temp names; DIB's own raw is replaced (or removed when raw was not asked for)."""
+    dib_raw = inv.output_base.with_suffix(".raw")
+    norm = inv.output_base.parent / f".{inv.output_base.name}.normalized.raw"
+    progress.current = ("normalize", "imagectl")
+    progress.say(f"{progress.label}: normalizing for a reproducible image [{time.monotonic() - progress.start:.0f}s]")
+    try:
+        repro.normalize(dib_raw, norm, epoch=epoch, ids=repro.derive_ids(key, epoch))
+        for fmt in inv.formats:
+            if fmt == "raw":
+                continue
+            progress.current = ("convert", "qemu-img")
+            with replacing(inv.output_base.with_suffix(f".{fmt}")) as temp:
+                run(["qemu-img", "convert", *_CONVERT[fmt], norm, temp], log_file=log_file, timeout=3600)
+        if "raw" in inv.formats:
+            os.replace(norm, dib_raw)
+    finally:
+        norm.unlink(missing_ok=True)
+        if "raw" not in inv.formats:
+            dib_raw.unlink(missing_ok=True)
+
+
+def default_epoch(recipe: Recipe) -> int:
+    """SOURCE_DATE_EPOCH for ``build --reproducible`` without ``--source-date-epoch``: the environment's
+    SOURCE_DATE_EPOCH, else the time of the last git commit that touched the recipe's files (fixed by the inputs,
+    unlike the time of the build). Raises InvalidInputError when there is neither."""
+    text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if text:
+        if not text.isdigit():
+            raise InvalidInputError(f"SOURCE_DATE_EPOCH={text!r} is not a whole number of seconds")
+        return int(text)
+    files = [str(p) for p in recipe.chain] or [str(recipe.path)]
+    try:
+        res = run(
+            ["git", "log", "-1", "--format=%ct", "--", *files],
+            cwd=Path(files[0]).parent,
+            timeout=30,
+            check=False,
+        )
+    except ToolError:
+        res = None
+    out = res.output.strip() if res is not None and res.returncode == 0 else ""
+    if not out.isdigit():
+        raise InvalidInputError(
+            f"no SOURCE_DATE_EPOCH for {recipe.path}: it is not in a git checkout",
+            hint="give one with --source-date-epoch N (seconds since 1970), or export SOURCE_DATE_EPOCH",
+        )
+    return int(out)
 
 
 def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
@@ -441,6 +518,13 @@ def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
     needs = family(recipe.release.family).build_needs(recipe.release, recipe.data, recipe.pos)
     if needs:  # a valid recipe that cannot build (SLC without gpg_keys): refused before DIB, not inside it
         raise KeyProblemError(needs[0])
+    if opts.source_date_epoch is not None:
+        other = [f for f in opts.formats or recipe.data["formats"] if f not in REPRODUCIBLE_FORMATS]
+        if other:
+            raise InvalidInputError(
+                f"--reproducible makes {' and '.join(REPRODUCIBLE_FORMATS)} images, not {other[0]}",
+                hint="choose them with --format qcow2 --format raw",
+            )
     dib = dib_version()
     for tool in ("disk-image-create", "qemu-img", "sudo"):
         if shutil.which(tool) is None:
@@ -460,7 +544,63 @@ def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
         config_dir = opts.output / ".imagectl-work" / t.basename / "config"
         write_config(recipe, config_dir)
         inv, digest, key = target_key(
-            recipe, t, paths, dib, opts.formats, output_dir=opts.output.resolve(), config_dir=config_dir.resolve()
+            recipe,
+            t,
+            paths,
+            dib,
+            opts.formats,
+            output_dir=opts.output.resolve(),
+            config_dir=config_dir.resolve(),
+            epoch=opts.source_date_epoch,
         )
         outputs.append(_build_one(inv, key, opts, recipe_info, Dib(version=dib, elements_digest=digest)))
     return outputs
+
+
+def check_reproducible(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
+    """``build --check-reproducible``: build reproducibly (as ``opts`` says, the build cache allowed), then again
+    into ``opts.output``/check-reproducible with the build cache bypassed (neither read nor written), and compare
+    the SHA-256 of every image. Returns the first build's outputs when all are equal; otherwise raises
+    NotReproducibleError naming the differing images and the files that differ in them (diffoscope's report when
+    diffoscope is installed, else imagectl's own comparison of the two root file systems), both written to
+    ``check-reproducible/NAME.differences.txt``."""
+    assert opts.source_date_epoch is not None
+    first = build_recipe(recipe, opts)
+    again = dataclasses.replace(opts, output=opts.output / "check-reproducible", rebuild=True, write_cache=False)
+    second = build_recipe(recipe, again)
+    problems = []
+    for one, two in zip(first, second, strict=True):
+        for a, b in zip(one.images, two.images, strict=True):
+            if _sha256(a) == _sha256(b):
+                continue
+            report = again.output / f"{a.name}.differences.txt"
+            problems.append(f"{a} and {b} differ ({_differences(a, b, report)}; details: {report})")
+    if problems:
+        raise NotReproducibleError(
+            f"two builds of {recipe.name} differ: " + "; ".join(problems),
+            hint="the differences are in the files named; issue 11 lists what is pinned",
+        )
+    return first
+
+
+def _differences(a: Path, b: Path, report: Path) -> str:
+    """What differs between images ``a`` and ``b``, in a few words; the full list goes to ``report``."""
+    if shutil.which("diffoscope"):
+        res = run(
+            ["diffoscope", "--text", report, a, b], timeout=3600, check=False, log_file=report.with_suffix(".log")
+        )
+        return f"diffoscope exit {res.returncode}"
+    work = report.parent / f".{a.name}.compare"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        paths = repro.differing_paths(a, b, a.suffix.lstrip("."), work)
+    except InvalidInputError as e:
+        return f"not compared: {e.message}"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report.write_text("".join(p + "\n" for p in paths))
+    if not paths:
+        return "the same files, different bytes"
+    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+    return "differing files: " + ", ".join(paths[:5]) + more

@@ -97,12 +97,18 @@ def _image_size_gb(size: str) -> str:
 
 
 def plan_dib(
-    target: BuildTarget, output_dir: Path, config_dir: Path, elements_path: list[Path], formats: list[str] | None = None
+    target: BuildTarget,
+    output_dir: Path,
+    config_dir: Path,
+    elements_path: list[Path],
+    formats: list[str] | None = None,
+    epoch: int | None = None,
 ) -> DibInvocation:
     """Compile ``target`` into a disk-image-create invocation.
 
     ``config_dir`` holds the generated per-image configuration (users, files, network) our ``imagectl-config``
-    element applies inside the image.
+    element applies inside the image. With ``epoch`` (a reproducible build) DIB gets SOURCE_DATE_EPOCH (mkinitramfs
+    and shadow honour it) and makes a raw disk only: imagectl normalizes it and converts it to ``formats`` itself.
     """
     r = target.recipe
     fam = family(r.release.family)
@@ -113,6 +119,8 @@ def plan_dib(
         "IMAGECTL_CONFIG_DIR": str(config_dir),
         "DIB_RELEASE": r.release.codename or r.release.release,
     }
+    if epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(epoch)
     own = fam.dib(r.release, target.arch, target.hypervisor, r, r.mirror())
     env.update(own.env)
     elements = [*own.elements, "imagectl-config"]
@@ -126,7 +134,7 @@ def plan_dib(
         "-o",
         str(base),
         "-t",
-        ",".join(fmts),
+        "raw" if epoch is not None else ",".join(fmts),
         "--image-size",
         _image_size_gb(r.data["disk_size"]),
         *own.argv,
@@ -135,4 +143,6 @@ def plan_dib(
         argv += ["-p", ",".join(own.packages)]
     argv += elements
     notes = list(own.notes)
+    if epoch is not None:
+        notes.append(f"reproducible: SOURCE_DATE_EPOCH={epoch}; DIB's raw disk normalized, then converted by imagectl")
     return DibInvocation(target, argv, env, elements, base, fmts, notes)

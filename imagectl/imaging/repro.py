@@ -32,7 +32,7 @@ from imagectl.errors import InvalidInputError, LocalIOError, ToolError
 from imagectl.fsio import Beneath, replacing
 from imagectl.runner import run
 
-__all__ = ["Ids", "derive_ids", "normalize"]
+__all__ = ["Ids", "derive_ids", "differing_paths", "normalize"]
 
 # seconds; generous for a loaded 2-core machine and a 2 GiB image, small enough that a hung tool is noticed
 _QUICK = 60.0
@@ -416,3 +416,64 @@ def _write_disk_id(temp: Path, disk_id: int) -> None:
             os.fsync(f.fileno())
     except OSError as e:
         raise LocalIOError.from_os("write", temp, e) from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# what differs between two images (build --check-reproducible without diffoscope)
+
+
+def differing_paths(a: Path, b: Path, fmt: str, work: Path) -> list[str]:
+    """The paths in the root file systems of the images ``a`` and ``b`` (of format ``fmt``: raw or qcow2) that
+    differ in type, mode, owner, size, content, link target, mtime or xattrs; "(partition table and boot gap)" when
+    the bytes before the partition differ. Sorted. Raises InvalidInputError when either is no MBR/ext4 disk."""
+    raws = []
+    for name, img in (("a", a), ("b", b)):
+        if fmt == "raw":
+            raws.append(img)
+        else:
+            raw = work / f"{name}.raw"
+            run(["qemu-img", "convert", "-f", fmt, "-O", "raw", img, raw], timeout=_SLOW)
+            raws.append(raw)
+    parts = [_partition(r) for r in raws]
+    out: list[str] = []
+    with raws[0].open("rb") as fa, raws[1].open("rb") as fb:
+        if parts[0] != parts[1] or fa.read(parts[0].offset) != fb.read(parts[1].offset):
+            out.append("(partition table and boot gap)")
+    with contextlib.ExitStack() as stack:
+        trees = []
+        for name, raw, part in zip(("a", "b"), raws, parts, strict=True):
+            loop = stack.enter_context(_attached(raw, part))
+            _superblock(loop, raw)
+            trees.append(_describe(stack.enter_context(_mounted(loop, work / f"mnt-{name}", "ro,noload"))))
+    keys = sorted(set(trees[0]) | set(trees[1]))
+    out += [k for k in keys if trees[0].get(k) != trees[1].get(k)]
+    return out
+
+
+def _describe(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every entry below ``root``: what a difference between two builds can be in."""
+    found: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in [*dirs, *files, *([""] if dirpath == str(root) else [])]:
+            path = os.path.join(dirpath, name) if name else dirpath
+            st = os.lstat(path)
+            what: tuple[object, ...] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+            if stat.S_ISREG(st.st_mode):
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    while block := f.read(1 << 20):
+                        h.update(block)
+                what += (st.st_size, h.hexdigest())
+            elif stat.S_ISLNK(st.st_mode):
+                what += (Path(path).readlink().as_posix(),)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                what += (st.st_rdev,)
+            with contextlib.suppress(OSError):
+                what += tuple(
+                    sorted(
+                        (x, os.getxattr(path, x, follow_symlinks=False))
+                        for x in os.listxattr(path, follow_symlinks=False)
+                    )
+                )
+            found["/" + os.path.relpath(path, root).removeprefix(".")] = what
+    return found
