@@ -389,3 +389,22 @@ _real_which = shutil.which
 
 def _which_without_diffoscope(cmd: str, *args: object, **kwargs: object) -> str | None:
     return None if cmd == "diffoscope" else _real_which(cmd, *args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_default_epoch_is_the_environment_s_else_the_recipe_s_last_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagectl.imaging.builder import default_epoch
+    from imagectl.recipe.model import load_recipe
+    from tests.test_build_fake import DEMO
+
+    recipe = load_recipe(DEMO)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1795897038")
+    assert default_epoch(recipe) == 1795897038
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(InvalidInputError, match=r"^SOURCE_DATE_EPOCH='yesterday' is not a whole number of seconds$"):
+        default_epoch(recipe)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    git = subprocess.run(
+        ["git", "log", "-1", "--format=%ct", "--", DEMO], capture_output=True, text=True, cwd=DEMO.parent
+    )
+    if git.returncode == 0 and git.stdout.strip():
+        assert default_epoch(recipe) == int(git.stdout)

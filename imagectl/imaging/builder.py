@@ -333,6 +333,7 @@ def _host_tools() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "qemu-img": tool_version(["qemu-img", "--version"]),
+        "mke2fs": tool_version(["mke2fs", "-V"]),  # with qemu-img, what a reproducible image's bytes depend on
         "sudo": tool_version(["sudo", "-V"]),
         "debootstrap": tool_version(["dpkg-query", "-W", "-f=${Version}", "debootstrap"]),
         "rpm": tool_version(["rpm", "--version"]),
