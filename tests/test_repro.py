@@ -364,6 +364,7 @@ def test_check_reproducible_names_the_differing_files(
     make_tree(tree, seed=2, fs_uuid="55555555-5555-4555-8555-555555555555", reverse=False)
     (tree / "etc/hostname").write_bytes(b"other\n")
     (tree / "etc/random-seed").write_bytes(os.urandom(16))
+    (tree / ".hidden").write_bytes(b"x")  # a dot file is named as itself
     make_disk(
         fake_repro_dib / "disk-1.raw",
         tree,
@@ -377,9 +378,9 @@ def test_check_reproducible_names_the_differing_files(
     assert r.code == 25, r.err
     first = r.err.splitlines()[0]
     assert first.startswith("imagectl: error: two builds of debian12-demo differ: ")
-    assert "differing files: /etc/hostname, /etc/random-seed" in first
+    assert "differing files: /.hidden, /etc/hostname, /etc/random-seed" in first
     report = out / "check-reproducible" / "debian12-demo-x86_64.qcow2.differences.txt"
-    assert report.read_text() == "/etc/hostname\n/etc/random-seed\n"
+    assert report.read_text() == "/.hidden\n/etc/hostname\n/etc/random-seed\n"
     assert loops_of(out / "check-reproducible" / "debian12-demo-x86_64.qcow2") == ""
     assert mounts_under(out) == []
 

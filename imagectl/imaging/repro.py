@@ -475,5 +475,6 @@ def _describe(root: Path) -> dict[str, tuple[object, ...]]:
                         for x in os.listxattr(path, follow_symlinks=False)
                     )
                 )
-            found["/" + os.path.relpath(path, root).removeprefix(".")] = what
+            rel = os.path.relpath(path, root)
+            found["/" if rel == "." else "/" + rel] = what
     return found
