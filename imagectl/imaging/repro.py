@@ -404,6 +404,13 @@ def _pin_inode_times(temp: str, offset: int, epoch: int, work: Path) -> None:
     errs = [x for x in res.output.splitlines() if x.strip() and not x.startswith("debugfs")]
     if errs:
         raise ToolError(f"debugfs could not pin inode times: {errs[0]}")
+    # The superblock's lifetime-writes counter grows by what each read-write session wrote, and what mke2fs -d
+    # writes depends on how the source files are laid out (DIB's fs, or an already normalized one): zero it, in a
+    # session of its own, which counts its bytes only after reading the counter.
+    res = run(["debugfs", "-w", "-R", "ssv kbytes_written 0", fs], env=env, timeout=_QUICK)
+    errs = [x for x in res.output.splitlines() if x.strip() and not x.startswith("debugfs")]
+    if errs:
+        raise ToolError(f"debugfs could not reset the lifetime writes: {errs[0]}")
     run(["e2fsck", "-fn", fs], env=env, timeout=_SLOW)
 
 
