@@ -165,12 +165,13 @@ def test_build_key_changes_when_and_only_when_an_input_changes(tmp_path, monkeyp
         dib: str = "3.43.0",
         elements: str = "e1",
         formats: list[str] | None = None,
+        epoch: int | None = None,
     ) -> str:
         if text is not None:
             src.write_text(text)
         recipe = load_recipe(src)
         [t] = [t for t in targets(recipe) if t.arch == arch]
-        inv = plan_dib(t, tmp_path / out, tmp_path / f"cfg-{out}", elements_paths(recipe), formats)
+        inv = plan_dib(t, tmp_path / out, tmp_path / f"cfg-{out}", elements_paths(recipe), formats, epoch)
         return build_key(inv, recipe, dib, elements)
 
     k0 = key(base_text)
@@ -184,11 +185,24 @@ def test_build_key_changes_when_and_only_when_an_input_changes(tmp_path, monkeyp
         "dib": key(base_text, dib="3.44.0"),
         "elements": key(base_text, elements="e2"),
         "disk": key(base_text + "disk_size: 3G\n"),
+        "reproducible": key(base_text, epoch=1795897038),
+        "epoch": key(base_text, epoch=1795897039),
     }
     monkeypatch.setenv("IMAGECTL_MIRROR_DEBIAN12", "http://mirror.example/debian")
     changed["mirror"] = key(base_text)
     assert all(k != k0 for k in changed.values()), changed
     assert len(set(changed.values())) == len(changed)
+
+
+def test_a_reproducible_build_asks_dib_for_raw_with_source_date_epoch(tmp_path):
+    recipe = load_recipe(REPO / "recipes/demo/debian12-demo.yaml")
+    [t] = [t for t in targets(recipe) if t.arch == "x86_64"]
+    inv = plan_dib(t, tmp_path / "o", tmp_path / "c", [], ["qcow2"], 1795897038)
+    assert inv.argv[inv.argv.index("-t") + 1] == "raw"  # imagectl normalizes it, then converts
+    assert inv.formats == ["qcow2"] and inv.env["SOURCE_DATE_EPOCH"] == "1795897038"
+    assert any(n.startswith("reproducible: SOURCE_DATE_EPOCH=1795897038") for n in inv.notes)
+    plain = plan_dib(t, tmp_path / "o", tmp_path / "c", [], ["qcow2"])
+    assert plain.argv[plain.argv.index("-t") + 1] == "qcow2" and "SOURCE_DATE_EPOCH" not in plain.env
 
 
 def test_progress_names_phase_script_and_element():
