@@ -410,3 +410,21 @@ def test_default_epoch_is_the_environment_s_else_the_recipe_s_last_commit(monkey
     )
     if git.returncode == 0 and git.stdout.strip():
         assert default_epoch(recipe) == int(git.stdout)
+
+
+def test_without_overlayfs_a_copy_gives_the_same_bytes(
+    built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = repro._mounted
+
+    def no_overlay(source: str, target: Path, options: str, fstype: str | None = None):  # type: ignore[no-untyped-def]
+        if fstype == "overlay":
+            raise ToolError("mount failed with exit code 32: unknown filesystem type 'overlay'")
+        return real(source, target, options, fstype)
+
+    monkeypatch.setattr(repro, "_mounted", no_overlay)
+    out = tmp_path / "copied.raw"
+    normalize(built["in-b"], out, epoch=EPOCH, ids=IDS)
+    assert sha256(out) == sha256(built["a"])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no work dir or temp file left
+    assert loops_of(built["in-b"]) == "" and mounts_under(tmp_path) == []
