@@ -846,6 +846,7 @@ def _epoch(text: str) -> int:
 
 
 def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl import buildrecord
     from imagectl.catalogue.model import check_arch, check_format
     from imagectl.imaging.builder import BuildOptions, build_recipe, check_reproducible, default_epoch
     from imagectl.recipe.model import load_recipe
@@ -896,6 +897,15 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
         f"{'cached' if o.cached else 'built'}: {', '.join(map(str, o.images))} ({o.seconds:.0f} s; record {o.record})"
         for o in outputs
     ]
+    if args.check_reproducible:  # check_reproducible raised if any image differed: say what was compared
+        for entry, o in zip(data, outputs, strict=True):
+            shas = {i.file: i.sha256 for i in buildrecord.parse(o.record.read_bytes(), str(o.record)).images or ()}
+            entry["reproducible"] = {str(i): shas.get(i.name) for i in o.images}
+            lines += [
+                f"reproducible: {i} (sha256 {shas.get(i.name)}): the same bytes from a second build "
+                f"({Path(args.output) / 'check-reproducible' / i.name})"
+                for i in o.images
+            ]
     emit(args, data, lines)
     return 0
 

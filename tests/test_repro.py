@@ -350,6 +350,7 @@ def test_check_reproducible_builds_twice_and_passes(fake_repro_dib: Path, cli, t
     assert len((fake_repro_dib / "calls.jsonl").read_text().splitlines()) == 2  # the second bypassed the cache
     a, b = out / "debian12-demo-x86_64.qcow2", out / "check-reproducible" / "debian12-demo-x86_64.qcow2"
     assert sha256(a) == sha256(b)
+    assert r.out.splitlines()[-1] == f"reproducible: {a} (sha256 {sha256(a)}): the same bytes from a second build ({b})"
 
 
 def test_check_reproducible_names_the_differing_files(
