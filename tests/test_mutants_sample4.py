@@ -1,0 +1,145 @@
+"""Tests for survivors of the fourth mutation sample (tests/MUTANTS.md), written after it was measured: they do not
+count in its score. Each was checked to fail with its mutant and to pass without."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from imagectl.catalogue import bins, index, model
+from imagectl.catalogue.metadata import ROOT_MAX
+from imagectl.catalogue.state import load_state
+from imagectl.errors import InvalidInputError, LocalIOError
+from imagectl.store import open_store
+from imagectl.store.http import _timed_out
+from imagectl.store.local import LocalStore
+from tests.conftest import Catalogue, CliResult
+from tests.test_mutants_verify_client import indexed, publish, report  # noqa: F401  (fixture)
+
+SHA = "ab" * 32
+
+
+def test_a_root_of_exactly_the_size_cap_is_read(catalogue: Catalogue, cli: Callable[..., CliResult]) -> None:
+    """client._read_root__mutmut_8: the cap is a maximum, not a bound excluded: a first root of exactly ROOT_MAX
+    bytes (padded with spaces, which JSON allows) is trusted on first use."""
+    root = catalogue.dir / "metadata" / "1.root.json"
+    data = root.read_bytes()
+    root.write_bytes(data + b" " * (ROOT_MAX - len(data)))
+    assert root.stat().st_size == ROOT_MAX
+    r = cli("catalogue", "list", "--catalogue", catalogue.dir)
+    assert r.code == 0, r.err
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            {"name": "base", "version": 5, "sha256": SHA},
+            "invalid version '': use 1-64 of A-Z a-z 0-9 . _ + ~ - starting with a letter or digit",
+        ),
+        (
+            {"name": "base", "version": "1", "sha256": SHA, "channel": 5},
+            "invalid channel '': use 1-32 of a-z 0-9 _ - starting with a letter",
+        ),
+    ],
+)
+def test_a_parent_image_field_that_is_not_a_string_is_refused(value: dict[str, object], message: str) -> None:
+    """model._parent_image__mutmut_27, _28, _44: a version or channel that is not a string is refused as the
+    empty string is, with the one-line error (not accepted, not a TypeError)."""
+    with pytest.raises(InvalidInputError) as e:
+        model._parent_image(value, "wn/1/x86_64/qcow2")
+    assert str(e.value) == message
+
+
+def test_an_index_of_the_largest_size_is_allowed(catalogue: Catalogue, cli: Callable[..., CliResult], make_image):
+    """state.reindex__mutmut_8: MAX_BITS itself is allowed (4,096 index roles)."""
+    publish(cli, catalogue, make_image(5_000, seed="a"), "wa", "1")
+    state = load_state(catalogue.store)
+    assert state.reindex(index.MAX_BITS) == index.MAX_BITS
+    assert len(state.index_roles()) == 2**index.MAX_BITS
+
+
+def test_a_name_of_exactly_the_bin_threshold_needs_no_rebin(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify.image_role__mutmut_59: a plain name of exactly BIN_THRESHOLD versions is not crowded (one more is,
+    and publish bins it then)."""
+    monkeypatch.setattr(bins, "BIN_THRESHOLD", 3)
+    for v in ("1", "2", "3"):
+        publish(cli, catalogue, make_image(5_000, seed=v), "wn", v)
+    assert load_state(catalogue.store).bin_roles("wn") == []
+    assert report(catalogue).needs_rebin == []
+    monkeypatch.setattr(bins, "BIN_THRESHOLD", 2)
+    assert report(catalogue).needs_rebin == ["wn"]
+
+
+def test_a_first_root_of_another_version_is_named(catalogue: Catalogue) -> None:
+    """verify.roots__mutmut_16: the version problem of metadata/1.root.json names that file."""
+    root = catalogue.dir / "metadata" / "1.root.json"
+    data = json.loads(root.read_bytes())
+    data["signed"]["version"] = 7
+    root.write_text(json.dumps(data))
+    assert "metadata/1.root.json: has version 7, expected 1" in report(catalogue).problems
+
+
+def test_a_bad_signature_on_an_image_role_names_its_file(catalogue: Catalogue, cli, make_image) -> None:
+    """state.role__mutmut_23: loading an image role whose signature fails names the file."""
+    publish(cli, catalogue, make_image(5_000, seed="a"), "wn", "1")
+    snap = json.loads((catalogue.dir / "metadata" / "timestamp.json").read_bytes())["signed"]["meta"]
+    snapshot = json.loads(
+        (catalogue.dir / "metadata" / f"{snap['snapshot.json']['version']}.snapshot.json").read_bytes()
+    )
+    key = f"metadata/{snapshot['signed']['meta']['image-wn.json']['version']}.image-wn.json"
+    data = json.loads((catalogue.dir / key).read_bytes())
+    data["signed"]["x-imagectl-test"] = "changed after signing"
+    (catalogue.dir / key).write_text(json.dumps(data))
+    with pytest.raises(Exception) as e:
+        load_state(catalogue.store).role("image-wn")
+    assert str(e.value).startswith(f"{key}: signature check failed: "), str(e.value)
+
+
+def test_place_target_names_a_blob_it_cannot_check(tmp_path: Path) -> None:
+    """local.place_target__mutmut_14: the stat error of the blob names the blob."""
+    store = LocalStore(tmp_path / "cat")
+    store.write("blobs/b", b"hello")
+    blob = "blobs/" + "n" * 300  # longer than a file name may be: ENAMETOOLONG
+    with pytest.raises(LocalIOError) as e:
+        store.place_target(blob, "targets/t", 5)
+    assert str(e.value) == f"cannot check {store.root}/{blob}: {os.strerror(errno.ENAMETOOLONG)}"
+
+
+def test_place_target_touches_the_blob_it_links(tmp_path: Path) -> None:
+    """local.place_target__mutmut_83: the linked inode's mtime is refreshed (gc goes by age, and an old orphan
+    blob reused by this publish must not look like garbage while the publish commits)."""
+    store = LocalStore(tmp_path / "cat")
+    store.write("blobs/b", b"hello")
+    old = time.time() - 7 * 86400
+    os.utime(store.root / "blobs" / "b", (old, old))
+    assert store.place_target("blobs/b", "targets/t", 5) is True
+    assert (store.root / "targets" / "t").stat().st_mtime > time.time() - 3600
+    assert (store.root / "blobs" / "b").stat().st_ino == (store.root / "targets" / "t").stat().st_ino
+
+
+def test_an_http_store_paces_over_the_timeout_window() -> None:
+    """store.open_store__mutmut_33: the minimum rate is checked over --timeout seconds (at least 1), not over
+    the default 30."""
+    store = open_store("http://127.0.0.1:9/cat", timeout=2.5, retries=0, min_rate=1000)
+    assert (store.pace.min_rate, store.pace.window) == (1000, 2.5)  # type: ignore[attr-defined]
+    store = open_store("http://127.0.0.1:9/cat", timeout=0.2, retries=0, min_rate=1000)
+    assert store.pace.window == 1.0  # type: ignore[attr-defined]
+
+
+def test_a_timeout_beside_a_wrapped_exception_is_found() -> None:
+    """http._timed_out__mutmut_12: the search of an exception chain keeps every branch: here the timeout is the
+    cause, and the first thing expanded is an argument that is itself an exception with arguments."""
+    e = requests.ConnectionError(ValueError("wrapped"))
+    e.__cause__ = TimeoutError()
+    assert _timed_out(e)
+    assert not _timed_out(requests.ConnectionError(ValueError("wrapped")))
