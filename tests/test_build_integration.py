@@ -129,6 +129,28 @@ def test_rebuild_with_one_more_package_downloads_only_it(built, tmp_path):
     assert "tree" in {p["name"] for p in record["packages"]}
 
 
+def test_the_demo_built_twice_reproducibly_is_bit_identical(built, tmp_path):
+    """Issue 11: `build --check-reproducible` builds the demo with --reproducible twice, the second time with the
+    build cache bypassed, and the two qcow2 files have one sha256 (DIB itself makes random fs UUIDs, disk ids and
+    layouts: without the normalization they always differ). The module build's package cache serves both."""
+    epoch = 1795897038  # 2026-11-28: any fixed time; kept in the record
+    out_dir = tmp_path / "out"
+    r = run_imagectl(
+        "build", DEMO, "--arch", "x86_64", "-o", out_dir, "--check-reproducible", "--source-date-epoch", epoch,
+        "--json", env=built["env"], timeout=3600,
+    )  # fmt: skip
+    assert r.code == 0, r.err[-3000:]
+    [out] = json.loads(r.out)
+    first = out_dir / "debian12-demo-x86_64.qcow2"
+    second = out_dir / "check-reproducible" / "debian12-demo-x86_64.qcow2"
+    assert sha256(first) == sha256(second) == out["reproducible"][str(first)]
+    assert sha256(first) != sha256(Path(built["out"]["images"][0]))  # DIB's own image is not that one
+    for record in (Path(out["record"]), out_dir / "check-reproducible" / "debian12-demo-x86_64.build.json"):
+        data = json.loads(record.read_text())
+        assert (data["source_date_epoch"], data["reproducible"]) == (epoch, True)
+        assert data["images"][0]["sha256"] == sha256(first)
+
+
 @pytest.mark.boot
 def test_boots_to_login_prompt(built, cli: Callable[..., CliResult]):
     [image] = built["out"]["images"]
