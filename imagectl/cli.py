@@ -26,6 +26,7 @@ from imagectl.errors import (
     printable,
     report,
 )
+from imagectl.text import agree, count
 
 __all__ = ["main"]
 
@@ -150,11 +151,6 @@ def cmd_init(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _count(n: int, noun: str) -> str:
-    """``1 image``, ``2 images``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.verify import verify_catalogue
 
@@ -164,14 +160,15 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     lines += [f"skipped: {s}" for s in report.skipped]
     partial = f"; partial mirror: {len(report.skipped)} not held (mirror.json)" if report.partial else ""
     lines.append(
-        f"{store.shown}: {_count(report.roles, 'metadata file')}, {_count(report.images, 'image')}"
+        f"{store.shown}: {count(report.roles, 'metadata file')}, {count(report.images, 'image')}"
         f"{'' if args.no_blobs else f', {report.blob_bytes} blob bytes hashed'}: "
-        + ("OK" if not report.problems else _count(len(report.problems), "problem"))
+        + ("OK" if not report.problems else count(len(report.problems), "problem"))
         + partial
     )
     if report.needs_rebin:  # not a problem: the catalogue is valid, publishes into these names are just slower
         lines.append(
-            f"note: {len(report.needs_rebin)} name(s) would benefit from hash bins ({', '.join(report.needs_rebin[:5])}"
+            f"note: {count(len(report.needs_rebin), 'name')} would benefit from hash bins "
+            f"({', '.join(report.needs_rebin[:5])}"
             f"{', …' if len(report.needs_rebin) > 5 else ''}): imagectl catalogue rebin {store.shown}"
         )
     if report.needs_reindex:
@@ -182,12 +179,13 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
     emit(args, report.as_json(), lines)
     if report.problems:
         hint = (
-            f"{report.needs_upgrade} image(s) lack the target file stock TUF clients download; "
+            f"{count(report.needs_upgrade, 'image')} {agree(report.needs_upgrade, 'lacks', 'lack')} the target file "
+            "stock TUF clients download; "
             f"add them with: imagectl catalogue upgrade {store.shown}"
             if report.needs_upgrade
             else None
         )
-        raise VerifyFailedError(f"catalogue verify found {_count(len(report.problems), 'problem')}", hint=hint)
+        raise VerifyFailedError(f"catalogue verify found {count(len(report.problems), 'problem')}", hint=hint)
     return 0
 
 
@@ -198,13 +196,13 @@ def cmd_upgrade(args: argparse.Namespace, cfg: Config) -> int:
     report = upgrade_catalogue(store)
     lines = [f"problem: {p}" for p in report.problems]
     lines.append(
-        f"{store.shown}: {_count(len(report.created), 'target file')} created, {report.present} already present"
-        + (f", {_count(len(report.problems), 'problem')}" if report.problems else "")
+        f"{store.shown}: {count(len(report.created), 'target file')} created, {report.present} already present"
+        + (f", {count(len(report.problems), 'problem')}" if report.problems else "")
     )
     emit(args, report.as_json(), lines)
     if report.problems:
         raise VerifyFailedError(
-            f"catalogue upgrade could not place {_count(len(report.problems), 'target file')}",
+            f"catalogue upgrade could not place {count(len(report.problems), 'target file')}",
             hint=f"run: imagectl catalogue verify {store.shown}",
         )
     return 0
@@ -221,7 +219,7 @@ def cmd_gc(args: argparse.Namespace, cfg: Config) -> int:
     lines += [f"skipped: {k}" for k in report.skipped]
     lines += [f"{'would abort' if args.dry_run else 'aborted'} unfinished upload: {k}" for k in report.aborted_uploads]
     lines.append(
-        f"{verb} {len(report.removed)} unreferenced file(s), {human_size(report.bytes_freed)}; kept "
+        f"{verb} {count(len(report.removed), 'unreferenced file')}, {human_size(report.bytes_freed)}; kept "
         f"{report.referenced} referenced and {len(report.young)} younger than {grace:g} h"
     )
     emit(args, report.as_json(), lines)
@@ -239,9 +237,9 @@ def cmd_mirror(args: argparse.Namespace, cfg: Config) -> int:
     emit(
         args,
         report.as_json(),
-        f"mirrored {len(report.images)} image(s) from {src.shown} to {dest.shown}: "
-        f"{report.blobs_copied} blob(s) copied ({human_size(report.bytes_copied)}), {report.blobs_present} already "
-        f"there; timestamp version {report.timestamp_version}",
+        f"mirrored {count(len(report.images), 'image')} from {src.shown} to {dest.shown}: "
+        f"{count(report.blobs_copied, 'blob')} copied ({human_size(report.bytes_copied)}), "
+        f"{report.blobs_present} already there; timestamp version {report.timestamp_version}",
     )
     return 0
 
@@ -670,7 +668,7 @@ def cmd_export_hepix(args: argparse.Namespace, cfg: Config) -> int:
             valid_days=days,
         )
     images = doc["hv:imagelist"]["hv:images"]
-    emit(args, doc, f"wrote {args.output}: {len(images)} image(s), S/MIME signed by {signer.dn}")
+    emit(args, doc, f"wrote {args.output}: {count(len(images), 'image')}, S/MIME signed by {signer.dn}")
     return 0
 
 
@@ -800,7 +798,8 @@ def cmd_recipe_validate(args: argparse.Namespace, cfg: Config) -> int:
                 what = (
                     "abstract base"
                     if r.data.get("abstract")
-                    else (f"{r.name}: {len(r.architectures)} arch(es) x {len(r.hypervisors)} hypervisor(s)")
+                    else f"{r.name}: {count(len(r.architectures), 'arch', 'arches')} x "
+                    f"{count(len(r.hypervisors), 'hypervisor')}"
                 )
                 print(f"ok: {path} ({what})")
                 for need in needs:
@@ -819,7 +818,9 @@ def cmd_recipe_validate(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     if failed:
-        raise InvalidInputError(f"{failed} of {len(args.paths)} recipe(s) have problems")
+        raise InvalidInputError(
+            f"{failed} of {count(len(args.paths), 'recipe')} {agree(failed, 'has', 'have')} problems"
+        )
     return 0
 
 

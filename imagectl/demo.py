@@ -26,6 +26,7 @@ from imagectl.errors import InvalidInputError, VerifyFailedError
 from imagectl.pull import pull
 from imagectl.resources import recipes_dir
 from imagectl.store.local import LocalStore
+from imagectl.text import count
 
 __all__ = ["make_disk_image", "run_demo"]
 
@@ -127,7 +128,7 @@ def run_demo(
         store, cfg.cache_path, cfg.root, lambda m: say(f"warning: {m}"), retries=cfg.retries
     ) as reader:
         images = reader.images(rec.name)
-        say(f"4. catalogue lists {len(images)} {rec.name} image(s); newest {images[-1].version}")
+        say(f"4. catalogue lists {count(len(images), rec.name + ' image')}; newest {images[-1].version}")
         got = pull(reader, ImageRef(rec.name, channel="testing"), arch, str(out), cfg.cache_path, progress=False)
     say(f"5. pulled {rec.name}@testing -> {got.path} (sha256 verified against the signed metadata)")
     report = verify_catalogue(store)

@@ -13,6 +13,7 @@ from typing import Any
 
 from imagectl.records import LoadedRecord, packages
 from imagectl.site.model import Package, PackageChanges, compare_packages
+from imagectl.text import count
 
 __all__ = ["ImageDiff", "diff_records", "flatten"]
 
@@ -80,7 +81,7 @@ class ImageDiff:
         lines += [f"+ {p.name} {p.version} {p.arch}".rstrip() for p in pc.added]
         lines += [f"- {p.name} {p.version} {p.arch}".rstrip() for p in pc.removed]
         lines += [f"~ {new.name} {old.version} -> {new.version} {new.arch}".rstrip() for old, new in pc.changed]
-        lines.append(f"recipe: {len(self.recipe)} key(s) changed")
+        lines.append(f"recipe: {count(len(self.recipe), 'key')} changed")
         for k, (a, b) in self.recipe.items():
             side = self.recipe_only.get(k)
             if side == "b":

@@ -250,7 +250,7 @@ def test_verify_lists_target_files_per_name_and_counts_missing_ones_beyond_twent
     problems: list[str] = report["problems"]  # type: ignore[assignment]
     assert report["needs_upgrade"] == 24 and len(problems) == 21, problems
     assert all("target file targets/many/2." in p for p in problems[:20])
-    assert problems[20] == "4 more image(s) lack their target file (stock TUF clients cannot download them)"
+    assert problems[20] == "4 more images lack their target file (stock TUF clients cannot download them)"
     r = cli("catalogue", "upgrade", catalogue.dir, "--json")
     assert r.code == 0, r.err
     assert verify(cli, catalogue)["ok"]

@@ -86,7 +86,7 @@ def test_a_missing_target_file_is_a_problem_with_the_upgrade_as_hint(
     assert r.out == f"problem: {problem}\n{shown}: 5 metadata files, 1 image, 5000 blob bytes hashed: 1 problem\n"
     assert r.err == (
         "imagectl: error: catalogue verify found 1 problem\n"
-        f"hint: 1 image(s) lack the target file stock TUF clients download; add them with: imagectl catalogue "
+        f"hint: 1 image lacks the target file stock TUF clients download; add them with: imagectl catalogue "
         f"upgrade {shown}\n"
     )
     r = _verify(cli, catalogue, "--json")
@@ -123,13 +123,13 @@ def test_names_past_the_bin_threshold_are_noted_five_at_most(
     r = crowded()
     assert r.code == 0, r.err
     assert r.out.splitlines()[1:] == [
-        f"note: 5 name(s) would benefit from hash bins (n0, n1, n2, n3, n4): imagectl catalogue rebin {shown}"
+        f"note: 5 names would benefit from hash bins (n0, n1, n2, n3, n4): imagectl catalogue rebin {shown}"
     ]
     publish(cli, catalogue, make_image(5_000, seed=names[5]), names[5])
     r = crowded()
     assert r.code == 0, r.err
     assert r.out.splitlines()[1:] == [
-        f"note: 6 name(s) would benefit from hash bins (n0, n1, n2, n3, n4, …): imagectl catalogue rebin {shown}"
+        f"note: 6 names would benefit from hash bins (n0, n1, n2, n3, n4, …): imagectl catalogue rebin {shown}"
     ]
     assert json.loads(crowded("--json").out)["needs_rebin"] == names
 

@@ -149,7 +149,7 @@ def test_write_root_without_the_root_keys_names_the_role(catalogue: Catalogue, t
     empty.mkdir()
     with pytest.raises(KeyProblemError) as e:
         state.write_root(KeyRing(empty), [], EXPIRY)
-    assert str(e.value) == f"need 1 root key(s) to sign, found 0 in {empty}"
+    assert str(e.value) == f"need 1 root key to sign, found 0 in {empty}"
 
 
 # -- imagectl/imaging/slc/extract.py -----------------------------------------------------------------------------------

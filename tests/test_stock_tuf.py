@@ -184,7 +184,7 @@ def test_an_old_catalogue_is_upgraded_in_place(
     r = cli("catalogue", "verify", cat.dir)
     assert r.code == 15
     assert r.out.count("target file targets/") == 4
-    assert "4 image(s) lack the target file stock TUF clients download" in r.err
+    assert "4 images lack the target file stock TUF clients download" in r.err
     assert f"imagectl catalogue upgrade {LocalStore(cat.dir).shown}" in r.err
     r = cli("catalogue", "verify", cat.dir, "--json")
     assert json.loads(r.out)["needs_upgrade"] == 4
@@ -243,7 +243,7 @@ def test_the_next_publish_makes_its_own_target_file_and_upgrade_the_rest(
     assert report["needs_upgrade"] == 3  # n0:1, n1:1, n2:1; not n0:2
     assert not [p for p in report["problems"] if new_path in p]
     r = cli("catalogue", "verify", cat.dir)
-    assert "3 image(s) lack the target file stock TUF clients download" in r.err
+    assert "3 images lack the target file stock TUF clients download" in r.err
     assert f"imagectl catalogue upgrade {LocalStore(cat.dir).shown}" in r.err
 
     signed = sorted(p.name for p in (cat.dir / "metadata").iterdir())

@@ -55,7 +55,7 @@ def _validate(cli: Callable[..., CliResult], path: Path) -> str:
     assert r.code == 3, (r.code, r.err)
     assert "Traceback" not in r.err
     problem, summary = r.err.splitlines()
-    assert summary == "imagectl: error: 1 of 1 recipe(s) have problems"
+    assert summary == "imagectl: error: 1 of 1 recipe has problems"
     # `recipe show` reports the same problem as the one-line `imagectl: error:` every command uses
     assert _one_error_line(cli("recipe", "show", path)) == problem
     return problem

@@ -16,6 +16,7 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from imagectl.errors import KeyProblemError
 from imagectl.fsio import read_regular
+from imagectl.text import count
 
 __all__ = ["KeyRing", "generate_key"]
 
@@ -92,7 +93,7 @@ class KeyRing:
         found = [self.signers[k] for k in keyids if k in self.signers]
         if len(found) < threshold:
             raise KeyProblemError(
-                f"need {threshold} {role} key(s) to sign, found {len(found)} in {self.dir}",
+                f"need {count(threshold, role + ' key')} to sign, found {len(found)} in {self.dir}",
                 hint=f"the {role} key ids are {', '.join(k[:12] for k in keyids)}",
             )
         return found

@@ -428,7 +428,10 @@ class _Verifier:
             self.image_role(snap, snap_key, delegator, role, scope, seen)
         if self.report.needs_upgrade > MISSING_SHOWN:
             more = self.report.needs_upgrade - MISSING_SHOWN
-            self.problem(f"{more} more image(s) lack their target file (stock TUF clients cannot download them)")
+            self.problem(
+                f"{more} more {'image lacks its' if more == 1 else 'images lack their'} target file "
+                "(stock TUF clients cannot download them)"
+            )
         if scope is not None:
             for label in sorted(scope.images - seen):
                 self.problem(f"{MIRROR_FILE}: claims image {label}, which the signed metadata lacks")

@@ -16,6 +16,7 @@ from typing import Any
 
 from imagectl.errors import InvalidInputError
 from imagectl.recipe.yamlpos import Located, PathKey
+from imagectl.text import count
 
 __all__ = ["Bool", "Int", "List", "Map", "RecipeError", "Spec", "Str", "Table", "validate"]
 
@@ -132,7 +133,7 @@ class List(Spec):
         if not isinstance(value, list):
             return self.fail(ctx, path, f"expected {self.expected()}, got {_kind(value)}")
         if len(value) < self.min_items:
-            return self.fail(ctx, path, f"expected at least {self.min_items} item(s)")
+            return self.fail(ctx, path, f"expected at least {count(self.min_items, 'item')}")
         seen: set[Any] = set()  # a set, not a list: 10,000 distinct items must not cost 10**8 comparisons
         for i, item in enumerate(value):
             if self.unique:
