@@ -71,7 +71,8 @@ def phases(log_text: str, wall: float) -> dict[str, float]:
 
 def build(tmp: Path, recipe: Path, name: str) -> dict[str, object]:
     out = tmp / name
-    cmd = [sys.executable, "-m", "imagectl", "build", str(recipe), "--arch", "x86_64", "-o", str(out), "--json"]
+    cmd = [sys.executable, "-m", "imagectl", "build", str(recipe), "--arch", "x86_64", "--hypervisor", "hvm"]
+    cmd += ["-o", str(out), "--json"]
     env = {**os.environ, "IMAGECTL_CACHE_DIR": str(tmp / "cache")}
     start = time.monotonic()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)

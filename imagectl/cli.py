@@ -872,6 +872,7 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
         output=Path(args.output),
         cache_dir=cfg.cache_path,
         arches=arches,
+        hypervisors=args.hypervisor or None,
         formats=formats,
         rebuild=args.rebuild,
         progress=progress,
@@ -908,6 +909,33 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
                 for i in o.images
             ]
     emit(args, data, lines)
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.rebuild import rebuild
+
+    [loaded] = _load_records(args, cfg, [args.ref])
+    live = sys.stderr.isatty() and not args.quiet and not args.json
+
+    def progress(line: str) -> None:
+        if live:
+            sys.stderr.write("\r\033[K" + line[: shutil.get_terminal_size().columns - 1])
+            sys.stderr.flush()
+
+    try:
+        result = rebuild(
+            loaded,
+            Path(args.output),
+            cfg.cache_path,
+            recipe_file=Path(args.recipe) if args.recipe else None,
+            progress=progress,
+        )
+    finally:
+        if live:
+            sys.stderr.write("\r\033[K")
+    emit(args, result.as_json(), result.text())
+    result.check()  # exit 25 when the bytes differ, after saying what differs
     return 0
 
 
@@ -1212,6 +1240,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--arch", action="append", default=[], help="only this arch (repeatable; default: all of the recipe's)"
     )
+    sp.add_argument(
+        "--hypervisor",
+        action="append",
+        default=[],
+        choices=["hvm", "xen-pv"],
+        help="only this hypervisor's image (repeatable; default: all of the recipe's)",
+    )
     sp.add_argument("--format", action="append", default=[], help="only this format (repeatable)")
     sp.add_argument("-o", "--output", default="build", help="output directory (default: ./build)")
     sp.add_argument("--rebuild", action="store_true", help="build even if an identical build is cached")
@@ -1231,6 +1266,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="build reproducibly twice (the second without the build cache) and compare every image (exit 25 if not)",
     )
+    sp.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+
+    sp = add(
+        sub,
+        "rebuild",
+        cmd_rebuild,
+        "build a published image again from its signed build record and compare the bytes (exit 25 if they differ)",
+        reader,
+    )
+    sp.add_argument("ref", metavar="REF", help="NAME:VERSION, NAME@CHANNEL or a *.build.json file")
+    sp.add_argument("--arch", help="architecture of a catalogue image (default: the host's)")
+    sp.add_argument("--recipe", help="the recipe file it was built from (default: the one its build record carries)")
+    sp.add_argument("-o", "--output", default="rebuild", help="output directory (default: ./rebuild)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
 
     sp = add(sub, "plan", cmd_plan, "the build matrix for CI: one entry per recipe, arch and hypervisor", ())

@@ -73,7 +73,14 @@ def _built_image(workdir: Path, recipe_path: Path, cfg: Config, boot: bool, say:
 
     [built] = build_recipe(
         recipe,
-        BuildOptions(output=out, cache_dir=cfg.cache_path, arches=[host_arch()], formats=["qcow2"], progress=progress),
+        BuildOptions(
+            output=out,
+            cache_dir=cfg.cache_path,
+            arches=[host_arch()],
+            hypervisors=["hvm"],  # the demo boots the fully virtualised image (xen-pv: imagectl test --hypervisor)
+            formats=["qcow2"],
+            progress=progress,
+        ),
     )
     say(f"2. {'reused' if built.cached else 'built'} {built.images[0]} ({built.seconds:.0f} s; record {built.record})")
     if boot:

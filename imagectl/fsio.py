@@ -37,6 +37,15 @@ __all__ = [
 _COPY_CHUNK = 4 << 20  # bytes per read when copying
 
 
+def sha256_file(path: Path | str) -> str:
+    """The SHA-256 (hex) of the file at ``path``, read in 1 MiB blocks; OSError as ``open`` and ``read`` raise it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def describe_mode(mode: int) -> str:
     """What kind of file ``mode`` (an ``st_mode``) is, in words, for a refusal message."""
     kinds = (

@@ -61,7 +61,7 @@ def fake_dib(tmp_path, monkeypatch):
 
 def test_build_record_and_cache(fake_dib, cli, tmp_path):
     out = tmp_path / "out"
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", out, "--json")
+    r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", out, "--json")
     assert r.code == 0, r.err
     [res] = json.loads(r.out)
     assert res["cached"] is False and res["name"] == "debian12-demo" and res["hypervisor"] == "hvm"
@@ -84,12 +84,12 @@ def test_build_record_and_cache(fake_dib, cli, tmp_path):
     image = out / "debian12-demo-x86_64.qcow2"
     first = image.read_bytes()
     # identical build: reused from the cache, disk-image-create not run again
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", tmp_path / "out2", "--json")
+    r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", tmp_path / "out2", "--json")
     assert r.code == 0 and json.loads(r.out)[0]["cached"] is True
     assert len(fake_dib.read_text().splitlines()) == 1
     assert (tmp_path / "out2" / "debian12-demo-x86_64.qcow2").read_bytes() == first
     # --rebuild forces a run
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", out, "--rebuild", "--json")
+    r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", out, "--rebuild", "--json")
     assert r.code == 0 and json.loads(r.out)[0]["cached"] is False
     assert len(fake_dib.read_text().splitlines()) == 2
 
@@ -97,7 +97,7 @@ def test_build_record_and_cache(fake_dib, cli, tmp_path):
 def test_build_failure_names_phase_element_and_log(fake_dib, cli, tmp_path):
     (fake_dib.parent / "fail").touch()
     out = tmp_path / "out"
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", out)
+    r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", out)
     assert r.code == 20
     log = out / "debian12-demo-x86_64.log"
     assert r.err == (
@@ -114,7 +114,7 @@ def test_build_failure_at_start_up_names_the_cause(fake_dib, cli, tmp_path):
     """DIB stops before its first element script: the one-line error quotes why from the log (G2 of issue 12)."""
     (fake_dib.parent / "startup").touch()
     out = tmp_path / "out"
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", out)
+    r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", out)
     assert r.code == 20
     log = out / "debian12-demo-x86_64.log"
     assert r.err == (
@@ -136,7 +136,7 @@ def test_build_failure_in_a_python_element_names_its_exception(fake_dib, cli, tm
     """A traceback in an element script (no `imagectl: error:` line of ours): its exception is the cause (G3)."""
     (fake_dib.parent / "traceback").write_text(TRACEBACK)
     out = tmp_path / "out"
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", out)
+    r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", out)
     assert r.code == 20
     log = out / "debian12-demo-x86_64.log"
     assert r.err == (
@@ -145,7 +145,7 @@ def test_build_failure_in_a_python_element_names_its_exception(fake_dib, cli, tm
     )
     # the message is quoted from the log: bounded, and a terminal escape in it is shown, never sent
     (fake_dib.parent / "traceback").write_text(TRACEBACK.replace("'imagectl'", "'\x1b[2Jx" + "y" * 5000 + "'"))
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", out)
+    r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", out)
     assert r.code == 20 and "\x1b" not in r.err and "ModuleNotFoundError: No module named '\\x1b[2Jxyyy" in r.err
     assert len(r.err) < 600 and r.err.count("\n") == 1, r.err
 

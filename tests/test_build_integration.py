@@ -31,7 +31,8 @@ def _build_demo(tmp_path_factory: pytest.TempPathFactory, arch: str) -> dict[str
         unavailable("the build integration test needs root (diskimage-builder mounts loop devices)")
     tmp = tmp_path_factory.mktemp(f"build-{arch}")
     env = {**os.environ, "IMAGECTL_CACHE_DIR": str(tmp / "cache")}
-    cmd = [sys.executable, "-m", "imagectl", "build", str(DEMO), "--arch", arch, "-o", str(tmp / "out"), "--json"]
+    cmd = [sys.executable, "-m", "imagectl", "build", str(DEMO), "--arch", arch, "--hypervisor", "hvm"]
+    cmd += ["-o", str(tmp / "out"), "--json"]
     r = run_imagectl(*cmd[3:], env=env, timeout=1800)
     assert r.code == 0, r.err[-3000:]
     [out] = json.loads(r.out)
@@ -102,14 +103,19 @@ def test_cached_rebuild_is_reused(built):
     assert entry["build_key"] == json.loads(Path(out["record"]).read_text())["build_key"] and entry["cached"] is True
 
 
-def _build_from_demo(built, tmp_path: Path, change: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`imagectl build` of a recipe that extends the demo with ``change`` (one line of YAML), with the module
-    build's cache: its output entry and its build record."""
-    recipe = tmp_path / "child.yaml"
-    recipe.write_text(f"extends: {DEMO}\n{change}\n")
+def _build_from_demo(
+    built, tmp_path: Path, change: str | None, hypervisor: str = "hvm"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`imagectl build` of the demo's ``hypervisor`` image, or of a recipe that extends the demo with ``change``
+    (one line of YAML), with the module build's cache: its output entry and its build record."""
+    recipe = DEMO
+    if change is not None:
+        recipe = tmp_path / "child.yaml"
+        recipe.write_text(f"extends: {DEMO}\n{change}\n")
     r = run_imagectl(
-        "build", recipe, "--arch", "x86_64", "-o", tmp_path / "out", "--json", env=built["env"], timeout=1800
-    )
+        "build", recipe, "--arch", "x86_64", "--hypervisor", hypervisor, "-o", tmp_path / "out", "--json",
+        env=built["env"], timeout=1800,
+    )  # fmt: skip
     assert r.code == 0, r.err[-3000:]
     [out] = json.loads(r.out)
     return out, json.loads(Path(out["record"]).read_text())
@@ -132,11 +138,13 @@ def test_rebuild_with_one_more_package_downloads_only_it(built, tmp_path):
 def test_the_demo_built_twice_reproducibly_is_bit_identical(built, tmp_path):
     """Issue 11: `build --check-reproducible` builds the demo with --reproducible twice, the second time with the
     build cache bypassed, and the two qcow2 files have one sha256 (DIB itself makes random fs UUIDs, disk ids and
-    layouts: without the normalization they always differ). The module build's package cache serves both."""
+    layouts: without the normalization they always differ). Published, the image is rebuilt from its signed
+    record by `imagectl rebuild`, a third build with the same sha256. The module build's package cache serves all."""
     epoch = 1795897038  # 2026-11-28: any fixed time; kept in the record
     out_dir = tmp_path / "out"
     r = run_imagectl(
-        "build", DEMO, "--arch", "x86_64", "-o", out_dir, "--check-reproducible", "--source-date-epoch", epoch,
+        "build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", out_dir, "--check-reproducible",
+        "--source-date-epoch", epoch,
         "--json", env=built["env"], timeout=3600,
     )  # fmt: skip
     assert r.code == 0, r.err[-3000:]
@@ -149,6 +157,21 @@ def test_the_demo_built_twice_reproducibly_is_bit_identical(built, tmp_path):
         data = json.loads(record.read_text())
         assert (data["source_date_epoch"], data["reproducible"]) == (epoch, True)
         assert data["images"][0]["sha256"] == sha256(first)
+    # `imagectl rebuild`: the published image, built a third time from its signed build record alone (its merged
+    # recipe, target, formats and epoch; the build cache bypassed), has the sha256 the catalogue signed
+    cat, keys = tmp_path / "cat", tmp_path / "keys"
+    assert run_imagectl("catalogue", "init", cat, "--keys", keys).code == 0
+    r = run_imagectl("publish", "--from-build", out["record"], "--catalogue", cat, "--keys", keys, "--version", "1")
+    assert r.code == 0, r.err
+    r = run_imagectl(
+        "rebuild", "debian12-demo:1", "--catalogue", cat, "--root", cat / "metadata" / "1.root.json",
+        "--arch", "x86_64", "-o", tmp_path / "rebuilt", "--json", env=built["env"], timeout=3600,
+    )  # fmt: skip
+    assert r.code == 0, r.err[-3000:]
+    doc = json.loads(r.out)
+    assert (doc["identical"], doc["sha256"], doc["expected_sha256"]) == (True, sha256(first), sha256(first))
+    assert doc["packages"] == {"added": [], "removed": [], "changed": []} and doc["notes"] == []
+    assert sha256(tmp_path / "rebuilt" / "debian12-demo-x86_64.qcow2") == sha256(first)
 
 
 @pytest.mark.boot
@@ -226,7 +249,8 @@ def test_worker_is_contextualised_at_boot(built, tmp_path):
 
 @pytest.mark.boot
 def test_xen_pv_demo_builds_and_boots_through_the_real_pygrub(built, tmp_path):
-    """The demo as a Xen paravirtualised guest, built from the module build's package cache (every package a hit),
+    """The demo's Xen paravirtualised image (the shipped recipe lists hvm and xen-pv), built from the module
+    build's package cache (every package a hit),
     then boot-tested the way a Xen host boots it: Xen's own pygrub (Debian xen-utils-4.17) reads its GRUB 2
     configuration, and the kernel, initrd and command line it extracts boot the image under qemu to its login
     prompt. All but the kernel's paravirtual entry point, which needs Xen itself."""
@@ -237,7 +261,7 @@ def test_xen_pv_demo_builds_and_boots_through_the_real_pygrub(built, tmp_path):
         find_pygrub()
     except ToolMissingError as e:
         unavailable(f"{e} ({e.hint})")
-    out, record = _build_from_demo(built, tmp_path, "hypervisors: [xen-pv]")
+    out, record = _build_from_demo(built, tmp_path, None, hypervisor="xen-pv")
     assert record["target"]["hypervisor"] == "xen-pv" and record["package_cache"]["downloaded"] == 0
     [image] = out["images"]
     assert Path(image).name == "debian12-demo-xen-x86_64.qcow2"

@@ -196,7 +196,7 @@ def test_build_key_changes_when_and_only_when_an_input_changes(tmp_path, monkeyp
 
 def test_a_reproducible_build_asks_dib_for_raw_with_source_date_epoch(tmp_path):
     recipe = load_recipe(REPO / "recipes/demo/debian12-demo.yaml")
-    [t] = [t for t in targets(recipe) if t.arch == "x86_64"]
+    [t] = targets(recipe, ["x86_64"], ["hvm"])
     inv = plan_dib(t, tmp_path / "o", tmp_path / "c", [], ["qcow2"], 1795897038)
     assert inv.argv[inv.argv.index("-t") + 1] == "raw"  # imagectl normalizes it, then converts
     assert inv.formats == ["qcow2"] and inv.env["SOURCE_DATE_EPOCH"] == "1795897038"

@@ -60,7 +60,7 @@ BASE: Doc = {  # every member imagectl writes, shaped as `imagectl build` and `i
 
 
 def _built(cli: Callable[..., CliResult], out: Path) -> Path:
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", out)
+    r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", out)
     assert r.code == 0, r.err
     return out / "debian12-demo-x86_64.build.json"
 

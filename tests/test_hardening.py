@@ -78,7 +78,7 @@ def test_publish_from_build_stores_no_mirror_password(
         assert r.code == 0, r.err
         return r
 
-    run("build", DEMO, "--arch", ARCH, "-o", out)
+    run("build", DEMO, "--arch", ARCH, "--hypervisor", "hvm", "-o", out)
     path = out / "debian12-demo-x86_64.build.json"
     built = json.loads(path.read_text())
     assert built["dib"]["env"]["DIB_DISTRIBUTION_MIRROR"] == "http://<hidden>@mirror.example/debian"

@@ -172,7 +172,7 @@ def test_a_recipe_parent_is_signed_by_publish_from_build(
     recipe = tmp_path / "child.yaml"
     recipe.write_text(f"extends: {DEMO}\nname: child\nparent: base@stable\n")
     out = tmp_path / "out"
-    assert cli("build", recipe, "--arch", "x86_64", "-o", out).code == 0
+    assert cli("build", recipe, "--arch", "x86_64", "--hypervisor", "hvm", "-o", out).code == 0
     run(cli, "publish", "--from-build", out, *catalogue.args(), "--version", "1.0")
     [rec] = load_state(catalogue.store).images("child")
     assert rec.parent == "base@stable"

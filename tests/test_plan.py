@@ -55,35 +55,46 @@ def slc_all(tmp_path: Path) -> Path:
 def test_demo_plan_entries(cli: Callable[..., CliResult], tmp_path: Path) -> None:
     entries = plan(cli, DEMO)
     keys = [str(e.pop("build_key")) for e in entries]
-    assert all(re.fullmatch(r"[0-9a-f]{64}", k) for k in keys) and len(set(keys)) == 2
+    assert all(re.fullmatch(r"[0-9a-f]{64}", k) for k in keys) and len(set(keys)) == 4
     x86_runner = {"arch": "x86_64", "kvm": True, "tags": ["imagectl", "x86_64"], "buildable_here": True}
+    whys = {
+        ("x86_64", "hvm"): X86_WHY,
+        ("x86_64", "xen-pv"): XEN_WHY.format("x86_64", ""),
+        ("i386", "hvm"): I386_WHY,
+        ("i386", "xen-pv"): XEN_WHY.format("i386", "natively "),
+    }
     assert entries == [
         {
-            "job": f"debian12-demo-{arch}-hvm",
+            "job": f"debian12-demo-{arch}-{hv}",
             "recipe": str(DEMO),
-            "name": "debian12-demo",
+            "name": "debian12-demo" + ("-xen" if hv == "xen-pv" else ""),
             "arch": arch,
-            "hypervisor": "hvm",
+            "hypervisor": hv,
             "formats": ["qcow2"],
             "os": "debian",
             "os_version": "12",
             "cached": False,
-            "runner": {**x86_runner, "why": why},
+            "runner": {**x86_runner, "why": whys[arch, hv]},
         }
-        for arch, why in (("x86_64", X86_WHY), ("i386", I386_WHY))
+        for arch, hv in whys
     ]
     # a shipped recipe named instead of a path: "recipe" is what was given, the key the same
-    [named] = plan(cli, "debian12-demo", "--arch", "i386")
-    assert named["recipe"] == "debian12-demo" and named["build_key"] == keys[1]
+    named = plan(cli, "debian12-demo", "--arch", "i386")
+    assert [e["recipe"] for e in named] == ["debian12-demo"] * 2 and [e["build_key"] for e in named] == keys[2:]
     # the readable table
     r = cli("plan", DEMO)
     assert r.code == 0, r.err
     lines = r.out.splitlines()
-    header = "JOB                       ARCH    HYPERVISOR  RUNNER TAGS      BOOT  BUILDS HERE  CACHE  BUILD KEY"
+    header = "JOB                          ARCH    HYPERVISOR  RUNNER TAGS      BOOT  BUILDS HERE  CACHE  BUILD KEY"
     assert lines[0] == header
     row = ["debian12-demo-x86_64-hvm", "x86_64", "hvm", "imagectl,x86_64", "kvm", "yes", "-", keys[0][:12]]
     assert lines[1].split() == row
-    assert lines[3:] == [f"i386 hvm: {I386_WHY}", f"x86_64 hvm: {X86_WHY}"]
+    assert lines[5:] == [
+        f"i386 hvm: {I386_WHY}",
+        f"i386 xen-pv: {XEN_WHY.format('i386', 'natively ')}",
+        f"x86_64 hvm: {X86_WHY}",
+        f"x86_64 xen-pv: {XEN_WHY.format('x86_64', '')}",
+    ]
 
 
 def test_slc_plan_every_arch_and_hypervisor(cli: Callable[..., CliResult], slc_all: Path) -> None:
@@ -130,8 +141,9 @@ def test_shipped_slc_recipes_together(cli: Callable[..., CliResult]) -> None:
         "slc4-worker-ia64-hvm",
         "slc4-worker-ia64-xen-pv",
         "debian12-demo-i386-hvm",
+        "debian12-demo-i386-xen-pv",
     ]
-    assert [e["recipe"] for e in entries] == ["slc3-worker"] * 4 + ["slc4-worker"] * 2 + ["debian12-demo"]
+    assert [e["recipe"] for e in entries] == ["slc3-worker"] * 4 + ["slc4-worker"] * 2 + ["debian12-demo"] * 2
     assert {e["os_version"] for e in entries if e["os"] == "slc"} == {"3", "4"}
     assert len({e["build_key"] for e in entries}) == len(entries)
 
@@ -168,24 +180,24 @@ def test_plan_key_is_the_key_of_a_real_cached_build(
     fake_dib: Path, cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:
     """`cached` flips once `imagectl build` has filed the build under the very key the plan printed."""
-    before = {e["arch"]: e for e in plan(cli, DEMO)}
+    before = {e["arch"]: e for e in plan(cli, DEMO) if e["hypervisor"] == "hvm"}
     assert before["x86_64"]["cached"] is False and before["i386"]["cached"] is False
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", tmp_path / "out", "--json")
+    r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", tmp_path / "out", "--json")
     assert r.code == 0, r.err
     record = json.loads((tmp_path / "out" / "debian12-demo-x86_64.build.json").read_text())
     assert record["build_key"] == before["x86_64"]["build_key"]
     assert (tmp_path / "cache" / "builds" / record["build_key"] / "build.json").is_file()
-    after = {e["arch"]: e for e in plan(cli, DEMO)}
+    after = {e["arch"]: e for e in plan(cli, DEMO) if e["hypervisor"] == "hvm"}
     assert after["x86_64"]["cached"] is True and after["i386"]["cached"] is False
     assert {a: e["build_key"] for a, e in after.items()} == {a: e["build_key"] for a, e in before.items()}
     # another output directory is the same build (a copy from the cache; DIB not run again)
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", tmp_path / "elsewhere", "--json")
+    r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", tmp_path / "elsewhere", "--json")
     assert r.code == 0 and json.loads(r.out)[0]["cached"] is True
     assert len(fake_dib.read_text().splitlines()) == 1
     # a different recipe meaning is a different key, not cached
     changed = tmp_path / "demo-changed.yaml"
     changed.write_text(DEMO.read_text().replace("disk_size: 2G", "disk_size: 3G"))
-    [moved] = plan(cli, changed, "--arch", "x86_64")
+    moved, _xen = plan(cli, changed, "--arch", "x86_64")
     assert moved["build_key"] != before["x86_64"]["build_key"] and moved["cached"] is False
 
 

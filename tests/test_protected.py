@@ -75,7 +75,7 @@ def build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli) -> Build:
     monkeypatch.setattr(boottest, "detect_format", lambda image: "qcow2")  # the fake images are not real qcow2
     out = tmp_path / "out"
     for arch in ("x86_64", "i386"):
-        r = cli("build", DEMO, "--arch", arch, "-o", out)
+        r = cli("build", DEMO, "--arch", arch, "--hypervisor", "hvm", "-o", out)
         assert r.code == 0, r.err
     b = Build(out, bindir)
     b.plan(tcg={"output": GOOD})

@@ -24,6 +24,7 @@ import pytest
 
 from imagectl.errors import InvalidInputError, ToolError
 from imagectl.imaging import repro
+from imagectl.imaging.builder import image_identity
 from imagectl.imaging.repro import Ids, derive_ids, normalize
 from tests.conftest import require_tools, unavailable
 
@@ -299,8 +300,30 @@ with open(calls, "a") as f:
     f.write(json.dumps({"argv": args, "sde": os.environ.get("SOURCE_DATE_EPOCH")}) + "\n")
 os.makedirs(out + ".d/dib-manifests", exist_ok=True)
 shutil.copyfile(os.path.join(here, "disk-%d.raw" % n), out + ".raw")  # a differently made disk on each run
+manifest = os.path.join(here, "manifest-%d.json" % n)  # the package list of run n, if the test gives one
+if os.path.exists(manifest):
+    shutil.copyfile(manifest, out + ".d/dib-manifests/dib-manifest-dpkg-debian12-demo")
 print("Build completed successfully", flush=True)
 """
+
+
+X86_HVM = ("--arch", "x86_64", "--hypervisor", "hvm")  # the demo's one image these tests build
+CHECK = (*X86_HVM, "--check-reproducible", "--source-date-epoch", str(EPOCH))
+
+
+def other_disk(disk: Path, tree: Path, changes: dict[str, bytes]) -> None:
+    """A stand-in DIB disk at ``disk`` of another tree: the test tree with ``changes`` (path -> bytes), made with
+    other ids, as a build whose inputs moved would make it."""
+    make_tree(tree, seed=2, fs_uuid="55555555-5555-4555-8555-555555555555", reverse=False)
+    for rel, data in changes.items():
+        (tree / rel).write_bytes(data)
+    make_disk(
+        disk,
+        tree,
+        fs_uuid="55555555-5555-4555-8555-555555555555",
+        hash_seed="66666666-6666-4666-8666-666666666666",
+        label_id=0x12345678,
+    )
 
 
 @pytest.fixture
@@ -320,7 +343,7 @@ def test_build_reproducible_normalizes_converts_and_records(fake_repro_dib: Path
     from tests.test_build_fake import DEMO
 
     out = tmp_path / "out"
-    args = ("build", DEMO, "--arch", "x86_64", "-o", out, "--format", "qcow2", "--format", "raw")
+    args = ("build", DEMO, *X86_HVM, "-o", out, "--format", "qcow2", "--format", "raw")
     r = cli(*args, "--reproducible", "--source-date-epoch", str(EPOCH))
     assert r.code == 0, r.err
     [call] = [json.loads(x) for x in (fake_repro_dib / "calls.jsonl").read_text().splitlines()]
@@ -329,12 +352,12 @@ def test_build_reproducible_normalizes_converts_and_records(fake_repro_dib: Path
     assert record["source_date_epoch"] == EPOCH and record["reproducible"] is True
     raw, qcow2 = out / "debian12-demo-x86_64.raw", out / "debian12-demo-x86_64.qcow2"
     assert qcow2.read_bytes()[:4] == b"QFI\xfb"
-    ids = derive_ids(record["build_key"], EPOCH)
+    ids = derive_ids(image_identity(record["recipe"]["digest"], "x86_64", "hvm"), EPOCH)
     assert raw.read_bytes()[440:444] == ids.disk_id.to_bytes(4, "little")
     assert {i["file"]: i["sha256"] for i in record["images"]} == {raw.name: sha256(raw), qcow2.name: sha256(qcow2)}
     assert [p.name for p in out.iterdir() if p.name.startswith(".debian12")] == []  # no temp file left
     # a format qemu-img's bytes were not checked for is refused before any work
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", out, "--format", "vmdk", "--reproducible")
+    r = cli("build", DEMO, *X86_HVM, "-o", out, "--format", "vmdk", "--reproducible")
     assert (r.code, r.err.splitlines()[0]) == (
         3,
         "imagectl: error: --reproducible makes qcow2 and raw images, not vmdk",
@@ -345,7 +368,7 @@ def test_check_reproducible_builds_twice_and_passes(fake_repro_dib: Path, cli, t
     from tests.test_build_fake import DEMO
 
     out = tmp_path / "out"
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", out, "--check-reproducible", "--source-date-epoch", str(EPOCH))
+    r = cli("build", DEMO, *CHECK, "-o", out)
     assert r.code == 0, r.err
     assert len((fake_repro_dib / "calls.jsonl").read_text().splitlines()) == 2  # the second bypassed the cache
     a, b = out / "debian12-demo-x86_64.qcow2", out / "check-reproducible" / "debian12-demo-x86_64.qcow2"
@@ -362,21 +385,14 @@ def test_check_reproducible_names_the_differing_files(
     from tests.test_build_fake import DEMO
 
     # the second "build" has one more file and one changed: what imagectl does not pin
-    tree = tmp_path / "tree-c"
-    make_tree(tree, seed=2, fs_uuid="55555555-5555-4555-8555-555555555555", reverse=False)
-    (tree / "etc/hostname").write_bytes(b"other\n")
-    (tree / "etc/random-seed").write_bytes(os.urandom(16))
-    (tree / ".hidden").write_bytes(b"x")  # a dot file is named as itself
-    make_disk(
-        fake_repro_dib / "disk-1.raw",
-        tree,
-        fs_uuid="55555555-5555-4555-8555-555555555555",
-        hash_seed="66666666-6666-4666-8666-666666666666",
-        label_id=0x12345678,
-    )
+    other_disk(fake_repro_dib / "disk-1.raw", tmp_path / "tree-c", {
+        "etc/hostname": b"other\n",
+        "etc/random-seed": os.urandom(16),
+        ".hidden": b"x",  # a dot file is named as itself
+    })  # fmt: skip
     monkeypatch.setattr("shutil.which", _which_without_diffoscope)
     out = tmp_path / "out"
-    r = cli("build", DEMO, "--arch", "x86_64", "-o", out, "--check-reproducible", "--source-date-epoch", str(EPOCH))
+    r = cli("build", DEMO, *CHECK, "-o", out)
     assert r.code == 25, r.err
     first = r.err.splitlines()[0]
     assert first.startswith("imagectl: error: two builds of debian12-demo differ: ")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import os
 import socket
 import stat
@@ -21,20 +20,16 @@ from typing import Any
 
 from imagectl.buildrecord import MAX_SIZE, BootTest, BuildRecord, NotJSONError, parse
 from imagectl.errors import ImageMismatchError, InvalidInputError, LocalIOError, NotFoundError
-from imagectl.fsio import SymlinkRefusedError, atomic_write, describe_mode, read_regular
+from imagectl.fsio import SymlinkRefusedError, atomic_write, describe_mode, read_regular, sha256_file
 
 __all__ = ["BootRecord", "open_record"]
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
+        return sha256_file(path)
     except OSError as e:
         raise LocalIOError.from_os("read", path, e) from None
-    return h.hexdigest()
 
 
 def _load(path: Path, image: Path, sha256: str) -> tuple[BuildRecord, int]:

@@ -38,7 +38,7 @@ from imagectl.errors import (
     printable,
 )
 from imagectl.families import family
-from imagectl.fsio import AtomicFile, copy_verified, replacing
+from imagectl.fsio import AtomicFile, copy_verified, replacing, sha256_file
 from imagectl.imaging import hostcompat, repro
 from imagectl.imaging.aptproxy import DebianPackageCache
 from imagectl.imaging.configscript import write_config
@@ -75,6 +75,7 @@ class BuildOptions:
     rebuild: bool = False
     progress: Callable[[str], None] = lambda _line: None
     source_date_epoch: int | None = None  # seconds; set: a reproducible build (build --reproducible)
+    hypervisors: list[str] | None = None  # only these of the recipe's hypervisors (imagectl rebuild)
     write_cache: bool = True  # False: the build cache is neither read for this build's key's entry nor written
 
 
@@ -138,6 +139,15 @@ def build_key(inv: DibInvocation, recipe: Recipe, dib_version: str, elements: st
         "env": {k: redact(v) for k, v in inv.env.items() if k not in ("ELEMENTS_PATH", "IMAGECTL_CONFIG_DIR")},
         "imagectl": __version__,
     }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def image_identity(recipe_digest: str, arch: str, hypervisor: str) -> str:
+    """What a reproducible image's ids (filesystem UUID, hash seed, disk id) are derived from, with its
+    SOURCE_DATE_EPOCH: the recipe's meaning and the target, not the build key, which also holds imagectl's version,
+    the formats and the mirror URL. So ``imagectl rebuild`` with a later imagectl (or another format list) gives
+    the same ids; anything else a new version changes shows in the files, where a diff can name it."""
+    material = {"recipe": recipe_digest, "arch": arch, "hypervisor": hypervisor}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
@@ -271,14 +281,6 @@ def python_error(log_file: Path) -> str | None:
     return _bounded(found) if found else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _packages(manifest_dir: Path) -> tuple[Package, ...]:
     """The image's package list, from the dpkg/rpm manifest DIB's manifests element copies out of the image."""
     out: list[Package] = []
@@ -402,7 +404,8 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
             cache_record = pkgcache.finish(succeeded)
             shutil.rmtree(pkgcache.work, ignore_errors=True)
     if opts.source_date_epoch is not None:
-        _make_reproducible(inv, key, opts.source_date_epoch, log_file, progress)
+        ids = repro.derive_ids(image_identity(recipe.digest or "", t.arch, t.hypervisor), opts.source_date_epoch)
+        _make_reproducible(inv, ids, opts.source_date_epoch, log_file, progress)
     finished = dt.datetime.now(dt.UTC).replace(microsecond=0)
     record = BuildRecord(
         target=Target(
@@ -424,7 +427,9 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
         finished=finished.isoformat().replace("+00:00", "Z"),
         seconds=int((finished - started).total_seconds()),
         packages=_packages(inv.output_base.with_suffix(".d") / "dib-manifests"),
-        images=tuple(ImageFile(img.name, img.suffix.lstrip("."), img.stat().st_size, _sha256(img)) for img in images),
+        images=tuple(
+            ImageFile(img.name, img.suffix.lstrip("."), img.stat().st_size, sha256_file(img)) for img in images
+        ),
         log=log_file.name,
         package_cache=cache_record,  # what came from the package cache, what was downloaded (None: not used)
         source_date_epoch=opts.source_date_epoch,
@@ -454,15 +459,15 @@ REPRODUCIBLE_FORMATS = ("qcow2", "raw")
 _CONVERT = {"qcow2": ["-c", "-f", "raw", "-O", "qcow2"]}  # what DIB itself runs for qcow2
 
 
-def _make_reproducible(inv: DibInvocation, key: str, epoch: int, log_file: Path, progress: _Progress) -> None:
-    """DIB's raw disk -> its normalized form (:func:`repro.normalize`, ids derived from ``key`` and ``epoch``) ->
+def _make_reproducible(inv: DibInvocation, ids: repro.Ids, epoch: int, log_file: Path, progress: _Progress) -> None:
+    """DIB's raw disk -> its normalized form (:func:`repro.normalize` with ``ids``) ->
     each requested format, under temp names; DIB's own raw is replaced (or removed when raw was not asked for)."""
     dib_raw = inv.output_base.with_suffix(".raw")
     norm = inv.output_base.parent / f".{inv.output_base.name}.normalized.raw"
     progress.current = ("normalize", "imagectl")
     progress.say(f"{progress.label}: normalizing for a reproducible image [{time.monotonic() - progress.start:.0f}s]")
     try:
-        repro.normalize(dib_raw, norm, epoch=epoch, ids=repro.derive_ids(key, epoch))
+        repro.normalize(dib_raw, norm, epoch=epoch, ids=ids)
         for fmt in inv.formats:
             if fmt == "raw":
                 continue
@@ -511,7 +516,7 @@ def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
     Raises UnsupportedHostError before any work for an arch this host cannot build, ToolMissingError when
     disk-image-create, qemu-img or sudo are missing, ToolError naming phase/element/log when a build fails.
     """
-    chosen = targets(recipe, opts.arches)
+    chosen = targets(recipe, opts.arches, opts.hypervisors)
     missing = check_elements(recipe)
     if missing:  # what DIB would only say after start-up, as "Element 'x' not found"
         raise RecipeError(missing)
@@ -572,7 +577,7 @@ def check_reproducible(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
     problems = []
     for one, two in zip(first, second, strict=True):
         for a, b in zip(one.images, two.images, strict=True):
-            if _sha256(a) == _sha256(b):
+            if sha256_file(a) == sha256_file(b):
                 continue
             report = again.output / f"{a.name}.differences.txt"
             problems.append(f"{a} and {b} differ ({_differences(a, b, report)}; details: {report})")

@@ -28,19 +28,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from imagectl.errors import LocalIOError
-from imagectl.fsio import AtomicFile, atomic_write
+from imagectl.fsio import AtomicFile, atomic_write, sha256_file
 
-__all__ = ["BaseCache", "PackageCache", "sha256_file"]
+__all__ = ["BaseCache", "PackageCache"]
 
 CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagectl.errors import UnsupportedHostError
+from imagectl.errors import InvalidInputError, UnsupportedHostError
 from imagectl.families import family
 from imagectl.recipe.model import Recipe
 
@@ -64,17 +64,22 @@ class BuildTarget:
         return f"{self.image_name}-{self.arch}"
 
 
-def targets(recipe: Recipe, arches: list[str] | None = None) -> list[BuildTarget]:
-    """The recipe's (arch, hypervisor) matrix, optionally limited to ``arches`` (which must be in the recipe)."""
+def targets(recipe: Recipe, arches: list[str] | None = None, hypervisors: list[str] | None = None) -> list[BuildTarget]:
+    """The recipe's (arch, hypervisor) matrix, optionally limited to ``arches`` and ``hypervisors`` (each of which
+    must be in the recipe: InvalidInputError otherwise)."""
     chosen = arches or recipe.architectures
     unknown = [a for a in chosen if a not in recipe.architectures]
     if unknown:
-        from imagectl.errors import InvalidInputError
-
         raise InvalidInputError(
             f"recipe {recipe.name} does not build {unknown[0]} (it builds {', '.join(recipe.architectures)})"
         )
-    return [BuildTarget(recipe, a, h) for a in chosen for h in recipe.hypervisors]
+    kinds = hypervisors or recipe.hypervisors
+    other = [h for h in kinds if h not in recipe.hypervisors]
+    if other:
+        raise InvalidInputError(
+            f"recipe {recipe.name} does not build {other[0]} images (it builds {', '.join(recipe.hypervisors)})"
+        )
+    return [BuildTarget(recipe, a, h) for a in chosen for h in kinds]
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from imagectl.errors import DownloadError, ImagectlError, ImageMismatchError, LocalIOError
-from imagectl.fsio import AtomicFile, atomic_write
+from imagectl.fsio import AtomicFile, atomic_write, sha256_file
 from imagectl.http import safe_url
 from imagectl.imaging.slc.evr import EVR
 from imagectl.imaging.slc.repo import Package, RepoMetadataError, RepositoryReader, _check_href, _join, _remove_empty
@@ -282,7 +282,7 @@ class HeadersRepository(RepositoryReader):
         try:
             if all(f.is_file() for f in kept):
                 try:
-                    if _sha256(rpm_file) == sum_file.read_text(encoding="ascii").strip():
+                    if sha256_file(rpm_file) == sum_file.read_text(encoding="ascii").strip():
                         self._check_rpm(pkg, self._check_hdr(pkg, _read_bounded(hdr_file)), rpm_file, str(rpm_file))
                         return rpm_file
                 except (HeaderMismatchError, UnicodeDecodeError):
@@ -389,14 +389,6 @@ class HeadersRepository(RepositoryReader):
             raise HeaderMismatchError(
                 f"{pkg.nevra}: the header of {shown} is not the one {what} holds ({why}); refused, nothing kept"
             )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_bounded(path: Path) -> bytes:
