@@ -929,6 +929,8 @@ def cmd_rebuild(args: argparse.Namespace, cfg: Config) -> int:
             Path(args.output),
             cfg.cache_path,
             recipe_file=Path(args.recipe) if args.recipe else None,
+            mirrors=[(m, s) for m, s in args.mirror],
+            anyway=args.anyway,
             progress=progress,
         )
     finally:
@@ -1278,6 +1280,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", metavar="REF", help="NAME:VERSION, NAME@CHANNEL or a *.build.json file")
     sp.add_argument("--arch", help="architecture of a catalogue image (default: the host's)")
     sp.add_argument("--recipe", help="the recipe file it was built from (default: the one its build record carries)")
+    sp.add_argument(
+        "--mirror",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("MIRROR", "SNAPSHOT"),
+        help="fetch MIRROR's files from SNAPSHOT (Debian; checked against the recorded signed indexes; repeatable)",
+    )
+    sp.add_argument(
+        "--anyway",
+        action="store_true",
+        help="build although the mirror is no longer in the recorded state, and list the packages that moved",
+    )
     sp.add_argument("-o", "--output", default="rebuild", help="output directory (default: ./rebuild)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
 

@@ -6,24 +6,34 @@ digest of the elements and ``SOURCE_DATE_EPOCH``. The rebuild builds that recipe
 bypassing the build cache (a cached copy would prove nothing), and compares the SHA-256 of the image in the signed
 format with the one the catalogue signed.
 
-The package versions are those the mirror serves now: a rebuild matches when the mirror is in the state it was in
-at the original build (a snapshot mirror, or a release that has not moved). When the bytes differ, the rebuild
-says which packages changed version against the record's list, and whether the diskimage-builder version or the
-elements differ: those are what explain a difference, before any file is compared.
+The packages are the mirror's, so a rebuild can only match while the mirror is in the state of the original build.
+For Debian images the record names that state (the SHA-256 of each Packages index the suites' InRelease files
+sign, from imagectl's package cache), and the rebuild is pinned to it: it checks each suite before building (a
+mirror that moved is refused in seconds, exit 25), and the package cache holds the build to the same indexes.
+``--mirror MIRROR SNAPSHOT`` fetches the bytes of MIRROR from SNAPSHOT (snapshot.debian.org, or a local copy)
+through that cache, checked against the same signed indexes, while the image still names MIRROR, as the original
+does; an InRelease that signs the pinned indexes is accepted past its Valid-Until. ``--anyway`` builds against
+the mirror as it is. When the bytes differ, the rebuild says which
+packages changed version against the record's list, and whether the diskimage-builder version or the elements
+differ: those are what explain a difference, before any file is compared.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagectl.buildrecord import BuildRecord
 from imagectl.errors import InvalidInputError, NotReproducibleError
 from imagectl.fsio import sha256_file
+from imagectl.http import make_session
 from imagectl.imaging.builder import REPRODUCIBLE_FORMATS, BuildOptions, BuildOutput, build_recipe, dib_version
+from imagectl.imaging.debindex import check_pinned
 from imagectl.recipe.model import Recipe, load_recipe
 from imagectl.records import LoadedRecord, load_file, packages
 from imagectl.site.model import Package, PackageChanges, compare_packages
@@ -137,17 +147,64 @@ def recipe_of(loaded: LoadedRecord, given: Path | None, work: Path) -> Recipe:
     return recipe
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HTTP = re.compile(r"https?://[^\s]+")
+
+
+def mirror_state(record: BuildRecord, label: str) -> dict[str, str] | None:
+    """The mirror state a Debian build record names (``package_cache.base.package_indexes``: ``MIRROR SUITE PATH``
+    -> the SHA-256 its signed InRelease gives that Packages index), or None when it names none (an SLC build, an
+    older record). InvalidInputError (exit 3) for one of another shape."""
+    base = (record.package_cache or {}).get("base")
+    state = base.get("package_indexes") if isinstance(base, Mapping) else None
+    if state is None:
+        return None
+    well_formed = isinstance(state, Mapping) and all(
+        isinstance(k, str) and k.count(" ") == 2 and isinstance(v, str) and _SHA256.fullmatch(v)
+        for k, v in state.items()
+    )
+    if not state or not well_formed:
+        raise InvalidInputError(f"{label}: its build record's package_cache.base.package_indexes is malformed")
+    return dict(state)
+
+
+def _fetch_from(pairs: list[tuple[str, str]], state: dict[str, str] | None, label: str) -> dict[str, str] | None:
+    """``--mirror MIRROR SNAPSHOT`` pairs, each MIRROR one the original build used (InvalidInputError otherwise)."""
+    if not pairs:
+        return None
+    if state is None:
+        raise InvalidInputError(
+            f"{label}: --mirror stands in for a Debian mirror behind imagectl's package cache, and its build record "
+            "names no mirror state"
+        )
+    used = sorted({k.split(" ")[0] for k in state})
+    out = {}
+    for mirror, snapshot in pairs:
+        if not _HTTP.fullmatch(snapshot):
+            raise InvalidInputError(f"--mirror {mirror} {snapshot}: the snapshot must be an http(s) URL")
+        if mirror.rstrip("/") not in used:
+            raise InvalidInputError(
+                f"--mirror {mirror}: not a mirror {label} was built from (it used {', '.join(used)})"
+            )
+        out[mirror.rstrip("/")] = snapshot.rstrip("/")
+    return out
+
+
 def rebuild(
     loaded: LoadedRecord,
     output: Path,
     cache_dir: Path,
     *,
     recipe_file: Path | None = None,
+    mirrors: list[tuple[str, str]] | None = None,
+    anyway: bool = False,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> Rebuild:
     """Build the image of ``loaded`` again into ``output`` (reproducibly, with its record's epoch, the build cache
-    bypassed) and return how it compares. Raises InvalidInputError (exit 3) when the record does not describe a
-    reproducible build or its recipe cannot be had, and what ``build_recipe`` raises for a build that fails."""
+    bypassed, pinned to its mirror state unless ``anyway``) and return how it compares. Raises InvalidInputError
+    (exit 3) when the record does not describe a reproducible build or its recipe cannot be had, MirrorMovedError
+    (exit 25) when the mirror is no longer in the recorded state, and what ``build_recipe`` raises for a build
+    that fails."""
     rec = loaded.build
     if rec.source_date_epoch is None or not rec.reproducible:
         raise InvalidInputError(
@@ -163,8 +220,15 @@ def rebuild(
     if fmt not in REPRODUCIBLE_FORMATS or expected is None:
         raise InvalidInputError(f"{loaded.label}: its {fmt} image has no SHA-256 a reproducible build can match")
     formats = [f for f in loaded.images if f in REPRODUCIBLE_FORMATS]
+    state = mirror_state(rec, loaded.label)
+    fetch_from = _fetch_from(mirrors or [], state, loaded.label)
+    pinned = None if anyway else state
     with tempfile.TemporaryDirectory(prefix="imagectl-rebuild-") as work:
         recipe = recipe_of(loaded, recipe_file, Path(work))
+        if pinned is not None:  # a mirror that moved is said now, not minutes into the build
+            with make_session() as session:
+                checked = check_pinned(session, pinned, fetch_from)
+            progress(f"{loaded.label}: {checked} suites in the recorded state")
         notes = []
         built_with = rec.dib.version if rec.dib is not None else None
         if built_with and built_with != dib_version():
@@ -179,6 +243,8 @@ def rebuild(
             write_cache=False,
             progress=progress,
             source_date_epoch=rec.source_date_epoch,
+            mirror_state=pinned,
+            fetch_from=fetch_from,
         )
         [out] = build_recipe(recipe, opts)
     return _compare(loaded, out, fmt, expected, notes)

@@ -36,8 +36,9 @@ class Mirror:
         self.root, self.key = root, key
         self.debs: dict[str, bytes] = {}
 
-    def publish(self, debs: dict[str, bytes], *, extra_unsigned: str = "") -> None:
-        """Write the pool files and a Packages.xz listing them; sign a new InRelease for it."""
+    def publish(self, debs: dict[str, bytes], *, extra_unsigned: str = "", fields: str = "") -> None:
+        """Write the pool files and a Packages.xz listing them; sign a new InRelease for it (with ``fields``, lines
+        such as ``Valid-Until: …``, added to the Release text)."""
         self.debs = debs
         stanzas = []
         for path, data in debs.items():
@@ -54,7 +55,7 @@ class Mirror:
         (dists / "main" / "binary-amd64").mkdir(parents=True, exist_ok=True)
         (dists / "main" / "binary-amd64" / "Packages.xz").write_bytes(packages)
         release = (
-            "Origin: Test\nSuite: stable\nCodename: bookworm\nDate: Tue, 01 Dec 2026 10:00:00 UTC\nSHA256:\n"
+            f"Origin: Test\nSuite: stable\nCodename: bookworm\nDate: Tue, 01 Dec 2026 10:00:00 UTC\n{fields}SHA256:\n"
             f" {hashlib.sha256(packages).hexdigest()} {len(packages)} main/binary-amd64/Packages.xz\n"
         )
         (dists / "Release").write_text(release)

@@ -38,7 +38,7 @@ import requests
 
 from imagectl.errors import ImagectlError
 from imagectl.http import make_session
-from imagectl.imaging.debindex import DEFAULT_KEYRING, DebianIndex, suites
+from imagectl.imaging.debindex import DEFAULT_KEYRING, DebianIndex, fetch_url, state_key, suites
 from imagectl.imaging.pkgcache import BaseCache, PackageCache
 from imagectl.runner import tool_version
 from imagectl.urls import redact
@@ -125,7 +125,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _download(self, url: str, sha256: str, size: int, name: str) -> Path | None:
         owner = self.server.owner
         try:
-            with owner.session.get(url, stream=True, timeout=60) as r:
+            with owner.session.get(fetch_url(url, owner.fetch_from), stream=True, timeout=60) as r:
                 if r.status_code != 200:
                     self._reply(r.status_code, f"upstream: HTTP {r.status_code}\n".encode())
                     return None
@@ -156,7 +156,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             owner.stats.passed += 1
         headers = {k: v for k in _ASK_HEADERS if (v := self.headers.get(k))}
         try:
-            r = owner.session.request("HEAD" if head else "GET", self.path, headers=headers, stream=True, timeout=60)
+            where = fetch_url(self.path, owner.fetch_from)
+            r = owner.session.request("HEAD" if head else "GET", where, headers=headers, stream=True, timeout=60)
         except requests.RequestException as e:
             self._reply(502, f"upstream: {e.__class__.__name__}\n".encode())
             return
@@ -191,7 +192,22 @@ class DebianPackageCache:
     """One build's view of the shared Debian package and base cache: the proxy, the environment that makes DIB
     use it, and what it did (for the build record)."""
 
-    def __init__(self, cache_dir: Path, work: Path, dib_env: dict[str, str], dib_arch: str, dib: str) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        work: Path,
+        dib_env: dict[str, str],
+        dib_arch: str,
+        dib: str,
+        *,
+        fetch_from: dict[str, str] | None = None,
+        pinned: dict[str, str] | None = None,
+    ) -> None:
+        """``fetch_from`` and ``pinned`` are for ``imagectl rebuild``: the bytes of a mirror fetched from a stand-in
+        (a snapshot of it), and each suite held to the signed Packages indexes the original build's record names
+        (:meth:`DebianIndex.load`); apt in the build's chroot then accepts those InRelease files past their
+        Valid-Until (our element's root.d/50, removed again in cleanup.d)."""
+        self.fetch_from, self.pinned = fetch_from, pinned
         self.cache = PackageCache(cache_dir, "debian")
         self.base = BaseCache(cache_dir, "debian")
         self.work, self.dib_env, self.arch, self.dib = work, dib_env, dib_arch, dib
@@ -234,6 +250,7 @@ class DebianPackageCache:
                 "DIB_DEBOOTSTRAP_CACHE": "0",  # our root.d/76 saves the base after debian-minimal's base install
                 "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE": "1",  # DIB untars it instead of bootstrapping, when prepare() put
                 # one there (root.d/75 then finds nothing to upgrade or install)
+                **({"IMAGECTL_PKGCACHE_PINNED": "1"} if self.pinned is not None else {}),
             }
         finally:
             server.shutdown()
@@ -245,7 +262,13 @@ class DebianPackageCache:
         env = self.dib_env
         wanted = suites(env)
         self.index = DebianIndex.load(
-            self.session, wanted, self.arch, self.cache.root / "indexes", keyring=self.keyring
+            self.session,
+            wanted,
+            self.arch,
+            self.cache.root / "indexes",
+            keyring=self.keyring,
+            fetch_from=self.fetch_from,
+            pinned=self.pinned,
         )
         mirror = env.get("DIB_DISTRIBUTION_MIRROR", "").rstrip("/")
         # The base is debootstrap's system after debian-minimal's dist-upgrade and base packages: it depends on
@@ -254,7 +277,8 @@ class DebianPackageCache:
             "release": env["DIB_RELEASE"],
             "arch": self.arch,
             "mirror": redact(mirror),
-            "mirror_state": {f"{redact(s.mirror)} {s.suite}": h for s, h in self.index.releases.items()},
+            "mirror_state": {state_key(s): h for s, h in self.index.releases.items()},
+            "package_indexes": dict(self.index.indexes),  # what imagectl rebuild pins: the signed Packages indexes
             "components": env.get("DIB_DEBIAN_COMPONENTS", "main"),
             "debootstrap": tool_version(["dpkg-query", "-W", "-f=${Version}", "debootstrap"]),
             "dib": self.dib,

@@ -76,6 +76,10 @@ class BuildOptions:
     progress: Callable[[str], None] = lambda _line: None
     source_date_epoch: int | None = None  # seconds; set: a reproducible build (build --reproducible)
     hypervisors: list[str] | None = None  # only these of the recipe's hypervisors (imagectl rebuild)
+    # imagectl rebuild (Debian): each suite held to the InRelease SHA-256 the record names, and mirrors whose
+    # bytes come from a stand-in (a snapshot); neither is in the build key, neither changes what the image names
+    mirror_state: dict[str, str] | None = None
+    fetch_from: dict[str, str] | None = None
     write_cache: bool = True  # False: the build cache is neither read for this build's key's entry nor written
 
 
@@ -368,7 +372,13 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
     if "imagectl-package-cache" in inv.elements:
         work = opts.cache_dir / "work" / f"{t.basename}.{os.getpid()}"
         pkgcache = DebianPackageCache(
-            opts.cache_dir, work, inv.env, inv.argv[inv.argv.index("-a") + 1], str(dib.version)
+            opts.cache_dir,
+            work,
+            inv.env,
+            inv.argv[inv.argv.index("-a") + 1],
+            str(dib.version),
+            fetch_from=opts.fetch_from,
+            pinned=opts.mirror_state,
         )
     # SLC: the bootstrap's download cache (packages under their repository checksums, each checked again on every
     # use), in imagectl's cache and so shared by every build on this host, as the Debian cache is. Like the

@@ -24,12 +24,25 @@ from pathlib import Path
 
 import requests
 
-from imagectl.errors import DownloadError, UntrustedMetadataError
+from imagectl.errors import DownloadError, NotReproducibleError, UntrustedMetadataError
 from imagectl.fsio import atomic_write
 from imagectl.runner import run
-from imagectl.urls import redact
+from imagectl.urls import redact, safe_url
 
-__all__ = ["DEFAULT_KEYRING", "DebianIndex", "IndexError_", "Suite", "parse_packages", "parse_release", "suites"]
+__all__ = [
+    "DEFAULT_KEYRING",
+    "DebianIndex",
+    "IndexError_",
+    "MirrorMovedError",
+    "Suite",
+    "check_pinned",
+    "fetch_url",
+    "index_key",
+    "parse_packages",
+    "parse_release",
+    "state_key",
+    "suites",
+]
 
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 RELEASE_MAX = 4 << 20  # bytes: an InRelease file (bookworm's is ~150 kB)
@@ -39,6 +52,26 @@ PACKAGES_TEXT_MAX = 512 << 20  # bytes, uncompressed
 
 class IndexError_(UntrustedMetadataError):
     """A mirror index that is unsigned, signed by a key not in the keyring, expired, or does not match its hash."""
+
+
+class MirrorMovedError(NotReproducibleError):
+    """A rebuild pinned to the mirror states of a build record met a suite in another state (exit 25)."""
+
+
+def fetch_url(url: str, fetch_from: dict[str, str] | None) -> str:
+    """Where to fetch ``url`` from: the same URL, or, when it lies under a mirror ``fetch_from`` maps, the same path
+    under that mirror's stand-in (a snapshot of it). What the build asks for, and what the image names, stays
+    ``url``; only the bytes come from elsewhere, and they are verified against the same signed indexes."""
+    for mirror, instead in (fetch_from or {}).items():
+        base = mirror.rstrip("/")
+        if url == base or url.startswith(base + "/"):
+            return instead.rstrip("/") + url[len(base) :]
+    return url
+
+
+def state_key(suite: Suite) -> str:
+    """How a build record names one suite's state: ``MIRROR SUITE`` (credentials redacted) -> InRelease SHA-256."""
+    return f"{redact(suite.mirror)} {suite.suite}"
 
 
 @dataclass(frozen=True)
@@ -77,8 +110,9 @@ class Release:
     date: str
 
 
-def parse_release(text: str) -> Release:
-    """The fields of a (verified) Release text that matter here."""
+def parse_release(text: str, *, check_expiry: bool = True) -> Release:
+    """The fields of a (verified) Release text that matter here. ``check_expiry`` False: a ``Valid-Until`` in the
+    past is accepted (only for the exact InRelease a signed build record pins: its freshness is not the question)."""
     files: dict[str, tuple[str, int]] = {}
     fields: dict[str, str] = {}
     section = ""
@@ -95,7 +129,7 @@ def parse_release(text: str) -> Release:
         when = email.utils.parsedate_to_datetime(until)
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.UTC)
-        if when < dt.datetime.now(dt.UTC):
+        if check_expiry and when < dt.datetime.now(dt.UTC):
             raise IndexError_(f"the mirror's Release file expired on {until} (a stale or frozen mirror)")
     return Release("", files, fields.get("Acquire-By-Hash", "").lower() == "yes", fields.get("Date", ""))
 
@@ -151,12 +185,32 @@ def _get(session: requests.Session, url: str, limit: int, timeout: float) -> byt
         raise DownloadError(f"{redact(url)}: {e.__class__.__name__}") from None
 
 
+def index_key(suite: Suite, path: str) -> str:
+    """How a build record names one signed package index: ``MIRROR SUITE PATH`` (credentials redacted), mapped to
+    the SHA-256 the suite's InRelease gives it. Those indexes are what decides which package files a build gets:
+    a new InRelease that signs the same indexes (Debian re-signs every few hours, with a new Date) is the same
+    state."""
+    return f"{state_key(suite)} {path}"
+
+
+def _pinned_problem(suite: Suite, rel: Release, paths: list[str], pinned: dict[str, str], shown: str) -> str | None:
+    """What differs between the indexes ``rel`` signs and the ones ``pinned`` names for ``suite``, or None."""
+    for path in paths:
+        want = pinned.get(index_key(suite, path))
+        got = rel.files.get(path, ("(none)", 0))[0]
+        if want != got:
+            return f"{shown} {suite.suite} {path} (sha256 {got[:12]}, the record's {(want or '(none)')[:12]})"
+    return None
+
+
 @dataclass
 class DebianIndex:
-    """Pool file URL -> (SHA-256, size, apt name) over every verified suite, and each suite's InRelease SHA-256."""
+    """Pool file URL -> (SHA-256, size, apt name) over every verified suite; each suite's InRelease SHA-256; and
+    each signed Packages index's SHA-256 (:func:`index_key`), the state a rebuild is pinned to."""
 
     files: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     releases: dict[Suite, str] = field(default_factory=dict)
+    indexes: dict[str, str] = field(default_factory=dict)
 
     def lookup(self, url: str) -> tuple[str, int, str] | None:
         return self.files.get(url)
@@ -171,28 +225,44 @@ class DebianIndex:
         *,
         keyring: Path = DEFAULT_KEYRING,
         timeout: float = 60.0,
+        fetch_from: dict[str, str] | None = None,
+        pinned: dict[str, str] | None = None,
     ) -> DebianIndex:
         """Fetch and verify the InRelease and Packages indexes of ``wanted`` for ``arch``. A Packages index already
         parsed is read back from ``cache`` (files named by the SHA-256 the signed InRelease gives it), so only the
         InRelease files are downloaded when the mirror has not changed.
 
-        Raises IndexError_ (bad signature, expired, hash mismatch) and DownloadError."""
+        ``fetch_from`` maps a mirror to a stand-in the bytes are fetched from (:func:`fetch_url`); ``pinned`` (a
+        build record's ``package_indexes``, for ``imagectl rebuild``) names the SHA-256 each signed Packages index
+        must have: another one raises MirrorMovedError, and an InRelease that signs the pinned indexes is accepted
+        past its Valid-Until.
+
+        Raises IndexError_ (bad signature, expired, hash mismatch), MirrorMovedError and DownloadError."""
         index = cls()
         for s in wanted:
             url = f"{s.mirror}/dists/{s.suite}/InRelease"
-            raw = _get(session, url, RELEASE_MAX, timeout)
-            rel = parse_release(verify_signed(raw, keyring, redact(url)).decode("utf-8", "replace"))
+            raw = _get(session, fetch_url(url, fetch_from), RELEASE_MAX, timeout)
+            signed = verify_signed(raw, keyring, redact(url)).decode("utf-8", "replace")
+            rel = parse_release(signed, check_expiry=pinned is None)
+            paths = [f"{comp}/binary-{arch}/Packages.xz" for comp in s.components]
+            if pinned is not None and (moved := _pinned_problem(s, rel, paths, pinned, redact(s.mirror))):
+                raise MirrorMovedError(
+                    f"the mirror is not in the state of the original build: {moved}",
+                    hint="rebuild from a snapshot of the mirror as it was: imagectl rebuild … --mirror MIRROR SNAPSHOT",
+                )
             index.releases[s] = hashlib.sha256(raw).hexdigest()
-            for comp in s.components:
-                path = f"{comp}/binary-{arch}/Packages.xz"
+            for path in paths:
                 if path not in rel.files:
                     raise IndexError_(f"{redact(url)} lists no {path}")
                 digest, size = rel.files[path]
+                index.indexes[index_key(s, path)] = digest
                 parsed = cache / f"{digest}.tsv"
                 entries = _read_tsv(parsed)
                 if entries is None:
-                    where = f"{comp}/binary-{arch}/by-hash/SHA256/{digest}" if rel.by_hash else path
-                    data = _get(session, f"{s.mirror}/dists/{s.suite}/{where}", PACKAGES_MAX, timeout)
+                    where = path.replace("/Packages.xz", f"/by-hash/SHA256/{digest}") if rel.by_hash else path
+                    data = _get(
+                        session, fetch_url(f"{s.mirror}/dists/{s.suite}/{where}", fetch_from), PACKAGES_MAX, timeout
+                    )
                     if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
                         raise IndexError_(f"{redact(s.mirror)}/dists/{s.suite}/{path} does not match its InRelease")
                     try:
@@ -204,6 +274,44 @@ class DebianIndex:
                 for filename, entry in entries.items():
                     index.files[f"{s.mirror}/{filename}"] = entry
         return index
+
+
+def check_pinned(
+    session: requests.Session,
+    pinned: dict[str, str],
+    fetch_from: dict[str, str] | None,
+    *,
+    keyring: Path | None = None,
+    timeout: float = 60.0,
+) -> int:
+    """Before a pinned rebuild: fetch and verify the InRelease of each suite a record's ``package_indexes`` names
+    (through ``fetch_from``) and compare the Packages indexes it signs with the pinned ones, so a mirror that moved
+    is said in seconds instead of minutes into a build. Suites whose recorded URL had its credentials redacted are
+    left to the build's own check. Returns how many suites were checked; raises MirrorMovedError naming every
+    suite that moved, IndexError_ and DownloadError. ``keyring`` defaults to the archive keyring apt uses."""
+    keyring = keyring or DEFAULT_KEYRING
+    by_suite: dict[tuple[str, str], list[str]] = {}
+    for key in pinned:
+        mirror, suite, path = key.rsplit(" ", 2)
+        by_suite.setdefault((mirror, suite), []).append(path)
+    moved = []
+    checked = 0
+    for (mirror, suite), paths in sorted(by_suite.items()):
+        if "<hidden>@" in mirror:
+            continue
+        s, where = Suite(mirror, suite), fetch_url(f"{mirror}/dists/{suite}/InRelease", fetch_from)
+        raw = _get(session, where, RELEASE_MAX, timeout)
+        rel = parse_release(verify_signed(raw, keyring, safe_url(where)).decode("utf-8", "replace"), check_expiry=False)
+        checked += 1
+        if problem := _pinned_problem(s, rel, sorted(paths), pinned, safe_url(fetch_url(mirror, fetch_from))):
+            moved.append(problem)
+    if moved:
+        raise MirrorMovedError(
+            f"the mirror is not in the state of the original build: {'; '.join(moved)}",
+            hint="rebuild from a snapshot of the mirror as it was: imagectl rebuild … --mirror MIRROR SNAPSHOT "
+            "(or --anyway, to build and list the packages that moved)",
+        )
+    return checked
 
 
 def _read_tsv(path: Path) -> dict[str, tuple[str, int, str]] | None:
