@@ -89,7 +89,12 @@ def test_elements_and_shims_are_in_the_wheel_with_their_modes(installed: tuple[P
     found = json.loads(_run(["python", "-c", code], tmp, env))
     [elements] = found["elements"]
     assert elements.startswith(str(tmp / "venv"))
-    for script in ("slc-bootstrap/root.d/10-slc-bootstrap", "imagectl-config/install.d/60-imagectl-config"):
+    for script in (
+        "slc-bootstrap/root.d/10-slc-bootstrap",
+        "imagectl-config/install.d/60-imagectl-config",
+        "imagectl-package-cache/root.d/50-imagectl-package-cache-pinned",
+        "imagectl-package-cache/cleanup.d/50-imagectl-package-cache-pinned",
+    ):
         assert os.access(Path(elements) / script, os.X_OK), script
     assert os.access(Path(found["shims"]) / "bin" / "sudo", os.X_OK)
 
