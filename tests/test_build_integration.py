@@ -127,12 +127,20 @@ def test_rebuild_with_one_more_package_downloads_only_it(built, tmp_path):
     (tree, which needs nothing the demo lacks), each checked against the mirror's signed indexes."""
     cold = json.loads(Path(built["out"]["record"]).read_text())["package_cache"]
     assert cold["hits"] == 0 and cold["downloaded"] > 100 and cold["base"]["reused"] is False
-    _out, record = _build_from_demo(built, tmp_path, "packages: [tree]")
+    out, record = _build_from_demo(built, tmp_path, "packages: [tree]")
     cache = record["package_cache"]
     assert [p.split("_")[0] for p in cache["downloaded_packages"]] == ["tree"], cache["downloaded_packages"]
     assert cache["base"]["reused"] is True and cache["base"]["key"] == cold["base"]["key"]
     assert cache["hits"] >= 50 and cache["rejected_packages"] == [] and cache["removed_damaged"] == 0
     assert "tree" in {p["name"] for p in record["packages"]}
+    # issue 11: `imagectl diff` of the two real builds shows exactly that package, and the recipe change behind it
+    r = run_imagectl("diff", built["out"]["record"], out["record"], "--json")
+    assert r.code == 0, r.err
+    d = json.loads(r.out)
+    assert [p["name"] for p in d["packages"]["added"]] == ["tree"]
+    assert (d["packages"]["removed"], d["packages"]["changed"]) == ([], [])
+    assert list(d["recipe"]) == ["packages"] and d["recipe"]["packages"]["b"][-1] == "tree"
+    assert d["size"]["format"] == "qcow2" and d["size"]["change"] == d["size"]["b"] - d["size"]["a"]
 
 
 def test_the_demo_built_twice_reproducibly_is_bit_identical(built, tmp_path):
