@@ -913,9 +913,28 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.rebuild import original_beside, original_published
+    from imagectl.records import is_record_path, load_file, load_published
+
+    out = Path(args.output)
+    if is_record_path(args.ref):
+        record = Path(args.ref)
+        if out.resolve() == record.resolve().parent:
+            raise InvalidInputError(
+                f"-o {args.output} is the directory of {record}: the rebuild would replace the image it is compared "
+                "with",
+                hint="give the rebuild its own directory",
+            )
+        loaded = load_file(record)
+        return _rebuild(args, cfg, loaded, original_beside(record, loaded))
+    with _reader(cfg) as reader:
+        loaded = load_published(reader, args.ref, _arch(args))
+        return _rebuild(args, cfg, loaded, original_published(reader, loaded, cfg.cache_path, cfg.retries))
+
+
+def _rebuild(args: argparse.Namespace, cfg: Config, loaded: Any, original: Callable[[Path], Path | None]) -> int:
     from imagectl.rebuild import rebuild
 
-    [loaded] = _load_records(args, cfg, [args.ref])
     live = sys.stderr.isatty() and not args.quiet and not args.json
 
     def progress(line: str) -> None:
@@ -931,6 +950,7 @@ def cmd_rebuild(args: argparse.Namespace, cfg: Config) -> int:
             recipe_file=Path(args.recipe) if args.recipe else None,
             mirrors=[(m, s) for m, s in args.mirror],
             anyway=args.anyway,
+            original=original,
             progress=progress,
         )
     finally:

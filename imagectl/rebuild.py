@@ -20,6 +20,7 @@ differ: those are what explain a difference, before any file is compared.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tempfile
@@ -29,17 +30,27 @@ from pathlib import Path
 from typing import Any
 
 from imagectl.buildrecord import BuildRecord
+from imagectl.catalogue.client import CatalogueReader
+from imagectl.catalogue.model import ImageRef
 from imagectl.errors import InvalidInputError, NotReproducibleError
 from imagectl.fsio import sha256_file
 from imagectl.http import make_session
-from imagectl.imaging.builder import REPRODUCIBLE_FORMATS, BuildOptions, BuildOutput, build_recipe, dib_version
+from imagectl.imaging.builder import (
+    REPRODUCIBLE_FORMATS,
+    BuildOptions,
+    BuildOutput,
+    build_recipe,
+    describe_differences,
+    dib_version,
+)
 from imagectl.imaging.debindex import check_pinned
+from imagectl.pull import pull
 from imagectl.recipe.model import Recipe, load_recipe
 from imagectl.records import LoadedRecord, load_file, packages
 from imagectl.site.model import Package, PackageChanges, compare_packages
 from imagectl.text import agree, count
 
-__all__ = ["Rebuild", "rebuild"]
+__all__ = ["Rebuild", "original_beside", "original_published", "rebuild"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class Rebuild:
     packages: PackageChanges  # the record's list -> the rebuilt image's
     notes: list[str] = field(default_factory=list)  # what else differs from the original build (DIB, elements)
     seconds: float = 0.0
+    files: str | None = None  # on a difference: which files differ from the original image, in a few words
 
     @property
     def matches(self) -> bool:
@@ -79,6 +91,7 @@ class Rebuild:
                             for a, b in self.packages.changed],
             },
             "notes": self.notes,
+            "files": self.files,
             "seconds": round(self.seconds, 1),
         }  # fmt: skip
 
@@ -98,6 +111,8 @@ class Rebuild:
             lines += [f"+ {p.name} {p.version} {p.arch}".rstrip() for p in pc.added]
             lines += [f"- {p.name} {p.version} {p.arch}".rstrip() for p in pc.removed]
             lines += [f"~ {b.name} {a.version} -> {b.version} {b.arch}".rstrip() for a, b in pc.changed]
+        if self.files:
+            lines.append(f"files: {self.files}")
         return lines + [f"note: {n}" for n in self.notes]
 
     def check(self) -> None:
@@ -113,8 +128,7 @@ class Rebuild:
         )
         raise NotReproducibleError(
             f"rebuild of {self.label} differs: sha256 {self.sha256}, the catalogue signed {self.expected} ({why})",
-            hint="the lines above say what differs; the mirror must serve the packages of the original build "
-            "(a snapshot mirror: IMAGECTL_MIRROR_<FAMILY><RELEASE>)",
+            hint="the lines above say what differs; other packages need the mirror as it was: --mirror MIRROR SNAPSHOT",
         )
 
 
@@ -198,13 +212,15 @@ def rebuild(
     recipe_file: Path | None = None,
     mirrors: list[tuple[str, str]] | None = None,
     anyway: bool = False,
+    original: Callable[[Path], Path | None] | None = None,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> Rebuild:
     """Build the image of ``loaded`` again into ``output`` (reproducibly, with its record's epoch, the build cache
     bypassed, pinned to its mirror state unless ``anyway``) and return how it compares. Raises InvalidInputError
     (exit 3) when the record does not describe a reproducible build or its recipe cannot be had, MirrorMovedError
     (exit 25) when the mirror is no longer in the recorded state, and what ``build_recipe`` raises for a build
-    that fails."""
+    that fails. On a difference, ``original(DIR)`` (if given) puts the original image, verified, in DIR and returns
+    its path (or None when it cannot be had); the files that differ are then named."""
     rec = loaded.build
     if rec.source_date_epoch is None or not rec.reproducible:
         raise InvalidInputError(
@@ -247,7 +263,16 @@ def rebuild(
             fetch_from=fetch_from,
         )
         [out] = build_recipe(recipe, opts)
-    return _compare(loaded, out, fmt, expected, notes)
+    result = _compare(loaded, out, fmt, expected, notes)
+    if result.matches or original is None:
+        return result
+    where = output / "original"
+    first = original(where)
+    if first is None:
+        return result
+    report = output / f"{result.image.name}.differences.txt"
+    progress(f"{loaded.label}: comparing the files of the rebuilt and the original image")
+    return dataclasses.replace(result, files=f"{describe_differences(first, result.image, report)} (details: {report})")
 
 
 def _compare(loaded: LoadedRecord, out: BuildOutput, fmt: str, expected: str, notes: list[str]) -> Rebuild:
@@ -268,3 +293,36 @@ def _compare(loaded: LoadedRecord, out: BuildOutput, fmt: str, expected: str, no
         notes=notes,
         seconds=out.seconds,
     )
+
+
+def original_beside(record: Path, loaded: LoadedRecord) -> Callable[[Path], Path | None]:
+    """For a record file: the original image is the file the record names beside it, if its bytes are still the
+    ones the record gives (else None: there is nothing trustworthy to compare with)."""
+
+    def find(_where: Path) -> Path | None:
+        fmt = loaded.signed_format or next(iter(loaded.images), None)
+        entry = loaded.build.images_by_format().get(fmt or "")
+        if entry is None or "/" in entry.file or entry.file in ("", ".", ".."):
+            return None
+        path = record.parent / entry.file
+        try:
+            ok = path.is_file() and not path.is_symlink() and sha256_file(path) == entry.sha256
+        except OSError:
+            return None
+        return path if ok else None
+
+    return find
+
+
+def original_published(
+    reader: CatalogueReader, loaded: LoadedRecord, cache: Path, retries: int
+) -> Callable[[Path], Path | None]:
+    """For a published image: pull it (verified against the signed metadata, as ``imagectl pull`` does) into the
+    directory given."""
+
+    def fetch(where: Path) -> Path | None:
+        where.mkdir(parents=True, exist_ok=True)
+        ref = ImageRef(loaded.name, version=loaded.version)
+        return Path(pull(reader, ref, loaded.arch, str(where) + "/", cache, retries=retries, progress=False).path)
+
+    return fetch

@@ -15,7 +15,15 @@ import pytest
 
 from tests.conftest import Catalogue, CliResult
 from tests.test_build_fake import DEMO
-from tests.test_repro import EPOCH, X86_HVM, built, fake_repro_dib, other_disk, sha256  # noqa: F401  (fixtures)
+from tests.test_repro import (  # noqa: F401  (built, fake_repro_dib: fixtures)
+    EPOCH,
+    X86_HVM,
+    _which_without_diffoscope,
+    built,
+    fake_repro_dib,
+    other_disk,
+    sha256,
+)
 
 pytestmark = [pytest.mark.root]
 
@@ -81,33 +89,38 @@ def test_a_published_image_rebuilt_from_its_signed_record_is_identical(
     assert len((fake_repro_dib / "calls.jsonl").read_text().splitlines()) == 3
 
 
-def test_a_rebuild_that_differs_exits_25_and_names_the_packages_that_moved(
+def test_a_rebuild_that_differs_exits_25_and_names_the_packages_and_files_that_moved(
     fake_repro_dib: Path,  # noqa: F811
     cli: Callable[..., CliResult],
     catalogue: Catalogue,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _manifest(fake_repro_dib, 0, {"bash": "5.2.15-2+b2", "slurmd": "22.05.8-4+deb12u3", "ed": "1.19-1"})
     _manifest(fake_repro_dib, 1, {"bash": "5.2.15-2+b3", "slurmd": "22.05.8-4+deb12u3", "vim-tiny": "2:9.0-1"})
     other_disk(fake_repro_dib / "disk-1.raw", tmp_path / "tree-moved", {"etc/hostname": b"moved\n"})  # mirror moved
     signed = _publish_reproducible(cli, catalogue, tmp_path / "out")
     again = tmp_path / "again"
+    monkeypatch.setattr("shutil.which", _which_without_diffoscope)  # imagectl's own comparison, as in CI
     r = _rebuild(cli, catalogue, again)
     assert r.code == 25, r.err
     got = sha256(again / IMAGE)
     assert got != signed
+    report = again / f"{IMAGE}.differences.txt"
     assert r.out.splitlines() == [
         f"rebuilt debian12-demo:1.0 (x86_64): {again / IMAGE} (sha256 {got}), differs from the signed {signed}",
         "packages against the build record: 1 added, 1 removed, 1 changed",
         "+ vim-tiny 2:9.0-1 amd64",
         "- ed 1.19-1 amd64",
         "~ bash 5.2.15-2+b2 -> 5.2.15-2+b3 amd64",
+        f"files: differing files: /etc/hostname (details: {report})",
     ]
+    assert report.read_text() == "/etc/hostname\n"
+    assert sha256(again / "original" / "debian12-demo-1.0-x86_64.qcow2") == signed  # pulled, verified
     assert r.err.splitlines() == [
         f"imagectl: error: rebuild of debian12-demo:1.0 (x86_64) differs: sha256 {got}, the catalogue signed "
         f"{signed} (3 packages differ from the build record)",
-        "hint: the lines above say what differs; the mirror must serve the packages of the original build "
-        "(a snapshot mirror: IMAGECTL_MIRROR_<FAMILY><RELEASE>)",
+        "hint: the lines above say what differs; other packages need the mirror as it was: --mirror MIRROR SNAPSHOT",
     ]
 
 
@@ -167,6 +180,39 @@ def test_a_record_file_is_rebuilt_against_its_own_sha256(
     r = cli("rebuild", record, "-o", tmp_path / "again")
     assert r.code == 0, r.err
     assert r.out.startswith(f"rebuilt {record}: {tmp_path / 'again' / IMAGE} (sha256 {sha256(out / IMAGE)}), identical")
+    # into the record's own directory, the rebuild would overwrite the image it is compared with: refused first
+    before = sha256(out / IMAGE)
+    r = cli("rebuild", record, "-o", out)
+    assert (r.code, r.err.splitlines()) == (
+        3,
+        [
+            f"imagectl: error: -o {out} is the directory of {record}: the rebuild would replace the image it is "
+            "compared with",
+            "hint: give the rebuild its own directory",
+        ],
+    )
+    assert sha256(out / IMAGE) == before and len((fake_repro_dib / "calls.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_record_file_that_differs_is_compared_with_the_image_beside_it(
+    fake_repro_dib: Path,  # noqa: F811
+    cli: Callable[..., CliResult],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    other_disk(fake_repro_dib / "disk-1.raw", tmp_path / "tree-moved", {"etc/motd": b"moved\n"})
+    out = tmp_path / "out"
+    record = _build(cli, DEMO, out)
+    monkeypatch.setattr("shutil.which", _which_without_diffoscope)
+    r = cli("rebuild", record, "-o", tmp_path / "again")
+    assert r.code == 25
+    report = tmp_path / "again" / f"{IMAGE}.differences.txt"
+    assert r.out.splitlines()[-1] == f"files: differing files: /etc/motd (details: {report})"
+    # an original whose bytes are no longer the record's is not compared with: nothing trustworthy to name
+    (out / IMAGE).write_bytes(b"edited")
+    (fake_repro_dib / "disk-2.raw").write_bytes((fake_repro_dib / "disk-1.raw").read_bytes())
+    r = cli("rebuild", record, "-o", tmp_path / "third")
+    assert r.code == 25 and not any(line.startswith("files: ") for line in r.out.splitlines())
 
 
 def test_a_recipe_with_files_the_record_does_not_hold_needs_recipe(

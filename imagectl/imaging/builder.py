@@ -590,7 +590,7 @@ def check_reproducible(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
             if sha256_file(a) == sha256_file(b):
                 continue
             report = again.output / f"{a.name}.differences.txt"
-            problems.append(f"{a} and {b} differ ({_differences(a, b, report)}; details: {report})")
+            problems.append(f"{a} and {b} differ ({describe_differences(a, b, report)}; details: {report})")
     if problems:
         raise NotReproducibleError(
             f"two builds of {recipe.name} differ: " + "; ".join(problems),
@@ -599,8 +599,9 @@ def check_reproducible(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
     return first
 
 
-def _differences(a: Path, b: Path, report: Path) -> str:
-    """What differs between images ``a`` and ``b``, in a few words; the full list goes to ``report``."""
+def describe_differences(a: Path, b: Path, report: Path) -> str:
+    """What differs between images ``a`` and ``b`` (of one format), in a few words; the full list goes to ``report``
+    (diffoscope's report when it is installed, else imagectl's own comparison of the two root file systems)."""
     if shutil.which("diffoscope"):
         res = run(
             ["diffoscope", "--text", report, a, b], timeout=3600, check=False, log_file=report.with_suffix(".log")
