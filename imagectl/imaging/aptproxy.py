@@ -274,6 +274,7 @@ class DebianPackageCache:
         # The base is debootstrap's system after debian-minimal's dist-upgrade and base packages: it depends on
         # every suite's signed state (updates and security too), so any of them changing makes a new base.
         self.base_meta = {
+            "format": 2,  # 2: the archive keeps the base's extended attributes (imagectl.imaging.xattrs)
             "release": env["DIB_RELEASE"],
             "arch": self.arch,
             "mirror": redact(mirror),
