@@ -1090,6 +1090,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
         quick=args.quick,
         boot=not args.no_boot,
         recipe=Path(args.recipe) if args.recipe else DEMO_RECIPE,
+        epoch=args.source_date_epoch,
     )
 
 
@@ -1421,6 +1422,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workdir", default="imagectl-demo", help="where the demo writes (default: ./imagectl-demo)")
     sp.add_argument("--recipe", help="recipe to build (default: the Debian demo, recipes/demo/debian12-demo.yaml)")
     sp.add_argument("--no-boot", action="store_true", help="skip the qemu boot test")
+    sp.add_argument(
+        "--source-date-epoch",
+        type=_epoch,
+        metavar="N",
+        help="build the demo reproducibly at this SOURCE_DATE_EPOCH (as build --reproducible does)",
+    )
     sp.add_argument(
         "--quick",
         action="store_true",

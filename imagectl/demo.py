@@ -53,8 +53,11 @@ def make_disk_image(path: Path, size_mib: int = 16, label: str = "imagectl-demo"
 DEMO_RECIPE = recipes_dir() / "demo" / "debian12-demo.yaml"
 
 
-def _built_image(workdir: Path, recipe_path: Path, cfg: Config, boot: bool, say: Callable[[str], None]) -> Path:
-    """Build (or reuse from the build cache) the recipe for this host's arch, boot-test it; return the build dir."""
+def _built_image(
+    workdir: Path, recipe_path: Path, cfg: Config, boot: bool, say: Callable[[str], None], epoch: int | None = None
+) -> Path:
+    """Build (or reuse from the build cache) the recipe's hvm image for this host's arch (reproducibly at ``epoch``
+    when given), boot-test it; return the build dir."""
     from imagectl.imaging.boottest import boot_test
     from imagectl.imaging.builder import BuildOptions, build_recipe
     from imagectl.recipe.model import load_recipe
@@ -80,6 +83,7 @@ def _built_image(workdir: Path, recipe_path: Path, cfg: Config, boot: bool, say:
             hypervisors=["hvm"],  # the demo boots the fully virtualised image (xen-pv: imagectl test --hypervisor)
             formats=["qcow2"],
             progress=progress,
+            source_date_epoch=epoch,
         ),
     )
     say(f"2. {'reused' if built.cached else 'built'} {built.images[0]} ({built.seconds:.0f} s; record {built.record})")
@@ -104,6 +108,7 @@ def run_demo(
     quick: bool = False,
     boot: bool = True,
     recipe: Path = DEMO_RECIPE,
+    epoch: int | None = None,
 ) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     catalogue, keydir = workdir / "catalogue", workdir / "keys"
@@ -123,7 +128,7 @@ def run_demo(
         )
         records = [publish(store, keys, req, cfg.expiry_days()).record]
     else:
-        build_dir = _built_image(workdir, recipe, cfg, boot, say)
+        build_dir = _built_image(workdir, recipe, cfg, boot, say, epoch)
         records = [r.record for r in publish_build(store, keys, build_dir, cfg.expiry_days(), channel="testing")]
     rec = records[0]
     say(f"3. published {rec.name}:{rec.version} ({arch}, {rec.size} bytes, sha256 {rec.sha256}) to channel testing")

@@ -341,12 +341,14 @@ def test_publish_from_build_and_pull_verified(built, cli: Callable[..., CliResul
 
 
 def test_demo_main_job(built, tmp_path):
-    """The README's first command: the demo reuses the module's build from the build cache (same build key)."""
+    """The README's first command: the demo, at the module build's epoch, reuses that build from the build cache
+    (same build key)."""
     import subprocess
     import sys
 
     work = tmp_path / "demo"
     cmd = [sys.executable, "-m", "imagectl", "demo", "--workdir", str(work), "--no-boot"]
+    cmd += ["--source-date-epoch", str(EPOCH)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=built["env"], timeout=900, check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "2. reused" in r.stdout  # the build key matched the integration build: no second DIB run

@@ -236,3 +236,22 @@ def test_a_recipe_with_files_the_record_does_not_hold_needs_recipe(
     ]
     r = cli("rebuild", record, "-o", tmp_path / "again", "--recipe", recipe)
     assert r.code == 0, r.err
+
+
+def test_the_demo_builds_reproducibly_at_an_epoch(
+    fake_repro_dib: Path,  # noqa: F811
+    cli: Callable[..., CliResult],
+    tmp_path: Path,
+) -> None:
+    """`imagectl demo --source-date-epoch N` builds the demo's hvm image as `build --reproducible` does (so CI's
+    reproducible demo build is the one the README's first command reuses), then publishes and pulls it."""
+    work = tmp_path / "demo"
+    r = cli("demo", "--workdir", work, "--no-boot", "--source-date-epoch", EPOCH)
+    assert r.code == 0, r.err
+    [call] = [json.loads(x) for x in (fake_repro_dib / "calls.jsonl").read_text().splitlines()]
+    assert call["sde"] == str(EPOCH) and call["argv"][call["argv"].index("-t") + 1] == "raw"
+    record = json.loads((work / "build" / "debian12-demo-x86_64.build.json").read_text())
+    assert (record["source_date_epoch"], record["reproducible"], record["target"]["hypervisor"]) == (EPOCH, True, "hvm")
+    assert any(line.startswith(f"2. built {work / 'build' / IMAGE} (") for line in r.out.splitlines())
+    [pulled] = (work / "pulled").glob("debian12-demo-*-x86_64.qcow2")
+    assert sha256(pulled) == sha256(work / "build" / IMAGE)
