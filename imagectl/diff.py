@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagectl.records import LoadedRecord, packages
-from imagectl.site.model import Package, PackageChanges, compare_packages
+from imagectl.site.model import PackageChanges, compare_packages
 from imagectl.text import count
 
 __all__ = ["ImageDiff", "diff_records", "flatten"]
@@ -52,20 +52,10 @@ class ImageDiff:
         return None if self.size_a is None or self.size_b is None else self.size_b - self.size_a
 
     def as_json(self) -> dict[str, Any]:
-        def pkg(p: Package) -> dict[str, str]:
-            return {"name": p.name, "version": p.version, "arch": p.arch}
-
         return {
             "a": self.a.label,
             "b": self.b.label,
-            "packages": {
-                "added": [pkg(p) for p in self.packages.added],
-                "removed": [pkg(p) for p in self.packages.removed],
-                "changed": [
-                    {"name": new.name, "arch": new.arch, "from": old.version, "to": new.version}
-                    for old, new in self.packages.changed
-                ],
-            },
+            "packages": self.packages.as_json(),
             "recipe": {
                 k: {"a": a, "b": b, **({"only": self.recipe_only[k]} if k in self.recipe_only else {})}
                 for k, (a, b) in self.recipe.items()
@@ -78,9 +68,7 @@ class ImageDiff:
         lines = [f"--- {self.a.label}", f"+++ {self.b.label}"]
         pc = self.packages
         lines.append(f"packages: {len(pc.added)} added, {len(pc.removed)} removed, {len(pc.changed)} changed")
-        lines += [f"+ {p.name} {p.version} {p.arch}".rstrip() for p in pc.added]
-        lines += [f"- {p.name} {p.version} {p.arch}".rstrip() for p in pc.removed]
-        lines += [f"~ {new.name} {old.version} -> {new.version} {new.arch}".rstrip() for old, new in pc.changed]
+        lines += pc.lines()
         lines.append(f"recipe: {count(len(self.recipe), 'key')} changed")
         for k, (a, b) in self.recipe.items():
             side = self.recipe_only.get(k)

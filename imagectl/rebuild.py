@@ -47,7 +47,7 @@ from imagectl.imaging.debindex import check_pinned
 from imagectl.pull import pull
 from imagectl.recipe.model import Recipe, load_recipe
 from imagectl.records import LoadedRecord, load_file, packages
-from imagectl.site.model import Package, PackageChanges, compare_packages
+from imagectl.site.model import PackageChanges, compare_packages
 from imagectl.text import agree, count
 
 __all__ = ["Rebuild", "original_beside", "original_published", "rebuild"]
@@ -67,15 +67,13 @@ class Rebuild:
     notes: list[str] = field(default_factory=list)  # what else differs from the original build (DIB, elements)
     seconds: float = 0.0
     files: str | None = None  # on a difference: which files differ from the original image, in a few words
+    published: bool = True  # expected is what a catalogue signed (else what a build record file gives)
 
     @property
     def matches(self) -> bool:
         return self.sha256 == self.expected
 
     def as_json(self) -> dict[str, Any]:
-        def pkg(p: Package) -> dict[str, str]:
-            return {"name": p.name, "version": p.version, "arch": p.arch}
-
         return {
             "image": self.label,
             "format": self.format,
@@ -84,12 +82,7 @@ class Rebuild:
             "sha256": self.sha256,
             "expected_sha256": self.expected,
             "identical": self.matches,
-            "packages": {
-                "added": [pkg(p) for p in self.packages.added],
-                "removed": [pkg(p) for p in self.packages.removed],
-                "changed": [{"name": a.name, "arch": a.arch, "from": a.version, "to": b.version}
-                            for a, b in self.packages.changed],
-            },
+            "packages": self.packages.as_json(),
             "notes": self.notes,
             "files": self.files,
             "seconds": round(self.seconds, 1),
@@ -97,7 +90,8 @@ class Rebuild:
 
     def text(self) -> list[str]:
         verdict = "identical to" if self.matches else "differs from"
-        lines = [f"rebuilt {self.label}: {self.image} (sha256 {self.sha256}), {verdict} the signed {self.expected}"]
+        whose = "the signed" if self.published else "the recorded"
+        lines = [f"rebuilt {self.label}: {self.image} (sha256 {self.sha256}), {verdict} {whose} {self.expected}"]
         return lines + self.explanation()
 
     def explanation(self) -> list[str]:
@@ -108,9 +102,7 @@ class Rebuild:
                 f"packages against the build record: {len(pc.added)} added, {len(pc.removed)} removed, "
                 f"{len(pc.changed)} changed"
             )
-            lines += [f"+ {p.name} {p.version} {p.arch}".rstrip() for p in pc.added]
-            lines += [f"- {p.name} {p.version} {p.arch}".rstrip() for p in pc.removed]
-            lines += [f"~ {b.name} {a.version} -> {b.version} {b.arch}".rstrip() for a, b in pc.changed]
+            lines += pc.lines()
         if self.files:
             lines.append(f"files: {self.files}")
         return lines + [f"note: {n}" for n in self.notes]
@@ -127,7 +119,8 @@ class Rebuild:
             else "the same packages as the build record"
         )
         raise NotReproducibleError(
-            f"rebuild of {self.label} differs: sha256 {self.sha256}, the catalogue signed {self.expected} ({why})",
+            f"rebuild of {self.label} differs: sha256 {self.sha256}, "
+            f"{'the catalogue signed' if self.published else 'its build record gives'} {self.expected} ({why})",
             hint="the lines above say what differs; other packages need the mirror as it was: --mirror MIRROR SNAPSHOT",
         )
 
@@ -292,6 +285,7 @@ def _compare(loaded: LoadedRecord, out: BuildOutput, fmt: str, expected: str, no
         packages=compare_packages(loaded.label, packages(loaded), packages(new)),
         notes=notes,
         seconds=out.seconds,
+        published=loaded.signed_format is not None,
     )
 
 

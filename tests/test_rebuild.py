@@ -204,10 +204,19 @@ def test_a_record_file_that_differs_is_compared_with_the_image_beside_it(
     out = tmp_path / "out"
     record = _build(cli, DEMO, out)
     monkeypatch.setattr("shutil.which", _which_without_diffoscope)
+    expected = sha256(out / IMAGE)
     r = cli("rebuild", record, "-o", tmp_path / "again")
     assert r.code == 25
+    got = sha256(tmp_path / "again" / IMAGE)
     report = tmp_path / "again" / f"{IMAGE}.differences.txt"
-    assert r.out.splitlines()[-1] == f"files: differing files: /etc/motd (details: {report})"
+    assert r.out.splitlines() == [
+        f"rebuilt {record}: {tmp_path / 'again' / IMAGE} (sha256 {got}), differs from the recorded {expected}",
+        f"files: differing files: /etc/motd (details: {report})",
+    ]
+    assert r.err.splitlines()[0] == (
+        f"imagectl: error: rebuild of {record} differs: sha256 {got}, its build record gives {expected} (the same "
+        "packages as the build record)"
+    )
     # an original whose bytes are no longer the record's is not compared with: nothing trustworthy to name
     (out / IMAGE).write_bytes(b"edited")
     (fake_repro_dib / "disk-2.raw").write_bytes((fake_repro_dib / "disk-1.raw").read_bytes())

@@ -224,7 +224,7 @@ def test_rebuild_through_a_snapshot_in_the_recorded_state_builds(
     record = _record_with_state(cli, tmp_path, _pin(ORIGINAL, trusted))
     r = cli("rebuild", record, "-o", tmp_path / "again", "--mirror", ORIGINAL, url)
     assert r.code == 0, r.err
-    assert r.out.startswith(f"rebuilt {record}: ") and ", identical to the signed " in r.out
+    assert r.out.startswith(f"rebuilt {record}: ") and ", identical to the recorded " in r.out
     assert [p for _m, p, _r in trusted.srv.served.requests] == ["/debian/dists/bookworm/InRelease"]  # type: ignore[attr-defined]
     record_b = _record_with_state(cli, tmp_path / "b", _pin("http://deb.example.invalid/other", trusted))
     r = cli("rebuild", record_b, "-o", tmp_path / "again", "--mirror", ORIGINAL, url)

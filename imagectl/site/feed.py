@@ -7,7 +7,7 @@ import shlex
 from typing import Any
 
 from imagectl.catalogue.model import ImageRecord
-from imagectl.site.model import BuildInfo, Package, PackageChanges, SiteImage, SiteModel, SiteVersion
+from imagectl.site.model import BuildInfo, PackageChanges, SiteImage, SiteModel, SiteVersion
 
 __all__ = ["FEED_FORMAT", "feed", "pull_command"]
 
@@ -31,19 +31,8 @@ def pull_command(model: SiteModel, rec: ImageRecord) -> str:
     )
 
 
-def _package(p: Package) -> dict[str, str]:
-    return {"name": p.name, "version": p.version, "arch": p.arch}
-
-
 def _changes(c: PackageChanges | None) -> dict[str, Any] | None:
-    if c is None:
-        return None
-    return {
-        "against": c.against,
-        "added": [_package(p) for p in c.added],
-        "removed": [_package(p) for p in c.removed],
-        "changed": [{"name": b.name, "arch": b.arch, "from": a.version, "to": b.version} for a, b in c.changed],
-    }
+    return None if c is None else {"against": c.against, **c.as_json()}
 
 
 def _build(b: BuildInfo | None) -> dict[str, Any] | None:

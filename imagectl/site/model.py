@@ -46,6 +46,25 @@ class PackageChanges:
     def empty(self) -> bool:
         return not (self.added or self.removed or self.changed)
 
+    def as_json(self) -> dict[str, list[dict[str, str]]]:
+        """The changes as every JSON document imagectl writes them (the site feed, diff, rebuild): added and
+        removed as ``{name, version, arch}``, changed as ``{name, arch, from, to}``."""
+
+        def pkg(p: Package) -> dict[str, str]:
+            return {"name": p.name, "version": p.version, "arch": p.arch}
+
+        return {
+            "added": [pkg(p) for p in self.added],
+            "removed": [pkg(p) for p in self.removed],
+            "changed": [{"name": b.name, "arch": b.arch, "from": a.version, "to": b.version} for a, b in self.changed],
+        }
+
+    def lines(self) -> list[str]:
+        """One line per change for a terminal: ``+ NAME VERSION ARCH``, ``- …``, ``~ NAME OLD -> NEW ARCH``."""
+        out = [f"+ {p.name} {p.version} {p.arch}".rstrip() for p in self.added]
+        out += [f"- {p.name} {p.version} {p.arch}".rstrip() for p in self.removed]
+        return out + [f"~ {b.name} {a.version} -> {b.version} {b.arch}".rstrip() for a, b in self.changed]
+
 
 @dataclass(frozen=True)
 class BuildInfo:
