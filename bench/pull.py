@@ -43,7 +43,8 @@ from _common import ensure_tool, imagectl_cmd, log, write_random  # bench/ is on
 RATIO_TARGET = 1.0  # pull / (curl + openssl dgst -sha256)
 CURL_RATIO_TARGET = 1.2  # pull / curl alone
 RSS_TARGET_MIB = 64.0
-PUBLISH_ARGS = ("--name", "bench", "--arch", "x86_64", "--version", "1", "--format", "raw")
+PUBLISH_ARGS = ("--arch", "x86_64", "--version", "1", "--format", "raw")
+SMALL_MIB = 1  # the second image: a pull of it is pull's fixed cost (start-up, TUF metadata, cache, link)
 
 
 # -- setup ---------------------------------------------------------------------------------------------------
@@ -208,12 +209,13 @@ class Bench:
     sha256: str
     imagectl: list[str]
 
-    def pull(self) -> Child:
+    def pull(self, name: str = "bench") -> Child:
         cache, out = self.tmp / "pull-cache", self.tmp / "pull.out"
         fresh(cache, out)
-        cache.mkdir()
+        # imagectl creates the cache itself, mode 0700 as any user's default cache: a cache others may read forces
+        # a copy of each image (imagectl.pull._linkable), which is not what a user of the default cache pays.
         env = {**os.environ, "IMAGECTL_CACHE_DIR": str(cache), "IMAGECTL_CONFIG": str(self.tmp / "config.yaml")}
-        cmd = [*self.imagectl, "pull", "bench:1", "--catalogue", self.base, "--root", str(self.root_json)]
+        cmd = [*self.imagectl, "pull", f"{name}:1", "--catalogue", self.base, "--root", str(self.root_json)]
         res = run_child([*cmd, "--arch", "x86_64", "-o", str(out), "--quiet"], self.tmp, env)
         fresh(cache, out)
         return res
@@ -241,20 +243,26 @@ def measure(b: Bench, rounds: int) -> dict[str, Any]:
     log("warm-up: one pull, one curl + hashes (brings the served blob into the page cache)")
     b.pull()
     b.curl_sha()
+    b.pull("small")
     pulls: list[Child] = []
+    smalls: list[Child] = []
     curls: list[tuple[Child, Child, Child]] = []
     for r in range(rounds):
         order = ("pull", "curl") if r % 2 == 0 else ("curl", "pull")  # alternate, and alternate who goes first
         for what in order:
             if what == "pull":
                 pulls.append(b.pull())
-                log(f"round {r + 1}: pull {pulls[-1].seconds:.3f} s, peak RSS {pulls[-1].maxrss_mib:.1f} MiB")
+                smalls.append(b.pull("small"))
+                log(
+                    f"round {r + 1}: pull {pulls[-1].seconds:.3f} s, peak RSS {pulls[-1].maxrss_mib:.1f} MiB; "
+                    f"pull of the {SMALL_MIB} MiB image {smalls[-1].seconds:.3f} s"
+                )
             else:
                 curls.append(b.curl_sha())
                 c, s, _ = curls[-1]
                 total = c.seconds + s.seconds
                 log(f"round {r + 1}: curl {c.seconds:.3f} s + sha256sum {s.seconds:.3f} s = {total:.3f} s")
-    return {"pulls": pulls, "curls": curls}
+    return {"pulls": pulls, "smalls": smalls, "curls": curls}
 
 
 def summarise(size_mib: int, rounds: int, base: str, runs: dict[str, Any], floor_mib: float) -> dict[str, Any]:
@@ -267,6 +275,8 @@ def summarise(size_mib: int, rounds: int, base: str, runs: dict[str, Any], floor
     fast_s = [c + o for c, o in zip(curl_s, ossl_s, strict=True)]
     pull_med, both_med, fast_med = statistics.median(pull_s), statistics.median(both_s), statistics.median(fast_s)
     curl_med = statistics.median(curl_s)
+    small_s = [c.seconds for c in runs["smalls"]]
+    fixed_med = statistics.median(small_s)
     ratio = pull_med / fast_med
     return {
         "size_mib": size_mib,
@@ -288,6 +298,11 @@ def summarise(size_mib: int, rounds: int, base: str, runs: dict[str, Any], floor
             "curl_peak_rss_mib": round(max(c.maxrss_mib for c, _, _ in runs["curls"]), 1),
             "sha256sum_peak_rss_mib": round(max(s.maxrss_mib for _, s, _ in runs["curls"]), 1),
         },
+        "pull_small": {
+            "size_mib": SMALL_MIB,
+            "median_s": round(fixed_med, 4),
+            "runs_s": [round(x, 4) for x in small_s],
+        },
         "curl_openssl": {
             "median_s": round(fast_med, 4),
             "runs_s": [round(x, 4) for x in fast_s],
@@ -306,6 +321,8 @@ def summarise(size_mib: int, rounds: int, base: str, runs: dict[str, Any], floor
         "curl_ratio_target": CURL_RATIO_TARGET,
         "curl_ratio_within_target": pull_med / curl_med <= CURL_RATIO_TARGET,
         "ratio_pull_over_curl_sha256sum": round(pull_med / both_med, 3),
+        # pull less its fixed cost, over curl: what the data path itself (receive, hash, write, fsync) costs
+        "ratio_pull_data_path_over_curl": round((pull_med - fixed_med) / curl_med, 3),
         "rss_target_mib": RSS_TARGET_MIB,
         "rss_within_target": max(pull_rss) <= RSS_TARGET_MIB,
         "rss_floor_mib": round(floor_mib, 1),
@@ -335,6 +352,10 @@ def report(s: dict[str, Any]) -> str:
             f"  ratio pull / curl alone:         {s['ratio_pull_over_curl']:.3f}"
             f"   (target <= {s['curl_ratio_target']}: {ok[s['curl_ratio_within_target']]})",
             f"  ratio pull / (curl + sha256sum): {s['ratio_pull_over_curl_sha256sum']:.3f}   (no target)",
+            f"  pull's fixed cost (a pull of a {s['pull_small']['size_mib']} MiB image): "
+            f"{s['pull_small']['median_s']:.3f} s   runs: {', '.join(f'{x:.3f}' for x in s['pull_small']['runs_s'])}",
+            f"  ratio (pull - fixed cost) / curl alone: {s['ratio_pull_data_path_over_curl']:.3f}"
+            "   (the data path: receive, hash, write, fsync; no target)",
             f"  pull peak RSS: {p['peak_rss_mib']:.1f} MiB   runs: {rss_runs}"
             f"   (target <= {s['rss_target_mib']:.0f} MiB: {ok[s['rss_within_target']]})",
             f"  (curl peak RSS {c['curl_peak_rss_mib']:.1f} MiB, sha256sum {c['sha256sum_peak_rss_mib']:.1f} MiB;"
@@ -373,14 +394,14 @@ def main() -> int:
         floor_mib = run_child(["true"], tmp).maxrss_mib
         log(f"writing a {args.size_mib} MiB image in {tmp}")
         write_random(image, args.size_mib)
+        write_random(tmp / "small.raw", SMALL_MIB)
         run_child([*imagectl, "catalogue", "init", str(cat), "--keys", str(keys)], tmp, env)
-        published = run_child(
-            [*imagectl, "publish", str(image), "--catalogue", str(cat), "--keys", str(keys), "--json", *PUBLISH_ARGS],
-            tmp,
-            env,
-        )
-        sha256 = json.loads(published.stdout)["sha256"]
-        image.unlink()  # the catalogue holds its own copy
+        sha256 = ""
+        for name, path in (("bench", image), ("small", tmp / "small.raw")):
+            where = ("--catalogue", str(cat), "--keys", str(keys), "--name", name)
+            published = run_child([*imagectl, "publish", str(path), "--json", *where, *PUBLISH_ARGS], tmp, env)
+            sha256 = sha256 or json.loads(published.stdout)["sha256"]
+            path.unlink()  # the catalogue holds its own copy
         root_json = tmp / "root.json"
         shutil.copyfile(cat / "metadata" / "1.root.json", root_json)
         with nginx_serving(nginx, tmp, cat, "metadata/timestamp.json") as base:
