@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -11,7 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -846,6 +847,28 @@ def _epoch(text: str) -> int:
     return int(text)
 
 
+@contextlib.contextmanager
+def _live_progress(
+    args: argparse.Namespace, keep: Callable[[str], bool] = lambda _line: False
+) -> Iterator[Callable[[str], None]]:
+    """The progress callback of a long command (build, rebuild): on a terminal it redraws one status line, cleared
+    on the way out; elsewhere (a CI log) it prints only the lines ``keep`` accepts. Silent with --quiet or --json."""
+    live = sys.stderr.isatty() and not args.quiet and not args.json
+
+    def progress(line: str) -> None:
+        if live:
+            sys.stderr.write("\r\033[K" + line[: shutil.get_terminal_size().columns - 1])
+            sys.stderr.flush()
+        elif keep(line) and not args.quiet:
+            print(line, file=sys.stderr)
+
+    try:
+        yield progress
+    finally:
+        if live:
+            sys.stderr.write("\r\033[K")
+
+
 def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl import buildrecord
     from imagectl.catalogue.model import check_arch, check_format
@@ -859,30 +882,18 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
         epoch = args.source_date_epoch if args.source_date_epoch is not None else default_epoch(recipe)
     arches = [check_arch(a) for a in args.arch] or None
     formats = [check_format(f) for f in args.format] or None
-    live = sys.stderr.isatty() and not args.quiet and not args.json
-
-    def progress(line: str) -> None:
-        if live:
-            sys.stderr.write("\r\033[K" + line[: shutil.get_terminal_size().columns - 1])
-            sys.stderr.flush()
-        elif "build cache" in line and not args.quiet:
-            print(line, file=sys.stderr)
-
-    opts = BuildOptions(
-        output=Path(args.output),
-        cache_dir=cfg.cache_path,
-        arches=arches,
-        hypervisors=args.hypervisor or None,
-        formats=formats,
-        rebuild=args.rebuild,
-        progress=progress,
-        source_date_epoch=epoch,
-    )
-    try:
+    with _live_progress(args, keep=lambda line: "build cache" in line) as progress:
+        opts = BuildOptions(
+            output=Path(args.output),
+            cache_dir=cfg.cache_path,
+            arches=arches,
+            hypervisors=args.hypervisor or None,
+            formats=formats,
+            rebuild=args.rebuild,
+            progress=progress,
+            source_date_epoch=epoch,
+        )
         outputs = check_reproducible(recipe, opts) if args.check_reproducible else build_recipe(recipe, opts)
-    finally:
-        if live:
-            sys.stderr.write("\r\033[K")
     data = [
         {
             "name": o.target.image_name,
@@ -935,14 +946,7 @@ def cmd_rebuild(args: argparse.Namespace, cfg: Config) -> int:
 def _rebuild(args: argparse.Namespace, cfg: Config, loaded: Any, original: Callable[[Path], Path | None]) -> int:
     from imagectl.rebuild import rebuild
 
-    live = sys.stderr.isatty() and not args.quiet and not args.json
-
-    def progress(line: str) -> None:
-        if live:
-            sys.stderr.write("\r\033[K" + line[: shutil.get_terminal_size().columns - 1])
-            sys.stderr.flush()
-
-    try:
+    with _live_progress(args) as progress:
         result = rebuild(
             loaded,
             Path(args.output),
@@ -953,9 +957,6 @@ def _rebuild(args: argparse.Namespace, cfg: Config, loaded: Any, original: Calla
             original=original,
             progress=progress,
         )
-    finally:
-        if live:
-            sys.stderr.write("\r\033[K")
     emit(args, result.as_json(), result.text())
     result.check()  # exit 25 when the bytes differ, after saying what differs
     return 0
@@ -963,11 +964,18 @@ def _rebuild(args: argparse.Namespace, cfg: Config, loaded: Any, original: Calla
 
 def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.model import check_arch
+    from imagectl.imaging.builder import default_epoch
     from imagectl.imaging.matrix import plan_matrix
-    from imagectl.recipe.model import load_recipe
+    from imagectl.recipe.model import Recipe, load_recipe
 
     recipes = [(text, load_recipe(_recipe_path(text))) for text in args.recipes]
-    entries = plan_matrix(recipes, [check_arch(a) for a in args.arch] or None, cfg.cache_path)
+
+    def epoch_for(recipe: Recipe) -> int | None:  # as build works it out: the keys are those build files under
+        if args.source_date_epoch is not None:
+            return int(args.source_date_epoch)
+        return default_epoch(recipe) if args.reproducible else None
+
+    entries = plan_matrix(recipes, [check_arch(a) for a in args.arch] or None, cfg.cache_path, epoch_for)
     rows = [
         [
             e.job,
@@ -1321,6 +1329,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("recipes", nargs="+", metavar="RECIPE")
     sp.add_argument(
         "--arch", action="append", default=[], help="only this arch (repeatable; default: all of each recipe's)"
+    )
+    sp.add_argument(
+        "--reproducible",
+        action="store_true",
+        help="the keys of build --reproducible (the epoch is part of a build's key)",
+    )
+    sp.add_argument(
+        "--source-date-epoch",
+        type=_epoch,
+        metavar="N",
+        help="the keys of build --source-date-epoch N (default with --reproducible: as build chooses it)",
     )
 
     sp = add(sub, "test", cmd_test, "boot an image under qemu and wait for its login prompt", (), network=False)

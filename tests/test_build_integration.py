@@ -74,6 +74,19 @@ def test_build_leaves_image_and_record(built):
     assert (rec["source_date_epoch"], rec["reproducible"]) == (EPOCH, True)
 
 
+def test_plan_names_the_reproducible_build(built):
+    """`imagectl plan --source-date-epoch N` computes the key the reproducible build filed its cache entry under
+    (the epoch is part of it), and says it is cached; without the epoch the key is another one."""
+    rec = json.loads(Path(built["out"]["record"]).read_text())
+    r = run_imagectl("plan", DEMO, "--arch", "x86_64", "--source-date-epoch", str(EPOCH), "--json", env=built["env"])
+    assert r.code == 0, r.err
+    [entry] = [e for e in json.loads(r.out)["entries"] if e["hypervisor"] == "hvm"]
+    assert (entry["build_key"], entry["cached"], entry["source_date_epoch"]) == (rec["build_key"], True, EPOCH)
+    r = run_imagectl("plan", DEMO, "--arch", "x86_64", "--json", env=built["env"])
+    [plain] = [e for e in json.loads(r.out)["entries"] if e["hypervisor"] == "hvm"]
+    assert plain["build_key"] != rec["build_key"] and plain["source_date_epoch"] is None
+
+
 def test_the_image_carries_no_cluster_secret(built, tmp_path):
     """The munge package makes a random key when it is installed, at build time: every node from the image, and
     every reader of the catalogue, would share the key Slurm trusts. The batch-worker element deletes it, like

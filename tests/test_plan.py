@@ -13,7 +13,7 @@ import pytest
 from imagectl.imaging.matrix import runner_for
 from imagectl.imaging.plan import host_machine, targets
 from imagectl.recipe.model import load_recipe
-from tests.conftest import REPO, CliResult
+from tests.conftest import REPO, CliResult, run_imagectl
 from tests.test_build_fake import fake_dib as fake_dib  # the stand-in disk-image-create (a fixture)
 
 pytestmark = pytest.mark.skipif(host_machine() != "x86_64", reason="the expectations are an x86_64 host's")
@@ -73,6 +73,7 @@ def test_demo_plan_entries(cli: Callable[..., CliResult], tmp_path: Path) -> Non
             "formats": ["qcow2"],
             "os": "debian",
             "os_version": "12",
+            "source_date_epoch": None,
             "cached": False,
             "runner": {**x86_runner, "why": whys[arch, hv]},
         }
@@ -199,6 +200,24 @@ def test_plan_key_is_the_key_of_a_real_cached_build(
     changed.write_text(DEMO.read_text().replace("disk_size: 2G", "disk_size: 3G"))
     moved, _xen = plan(cli, changed, "--arch", "x86_64")
     assert moved["build_key"] != before["x86_64"]["build_key"] and moved["cached"] is False
+
+
+def test_plan_for_reproducible_builds(cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The epoch is part of a reproducible build's key: `plan --source-date-epoch N` (or `--reproducible`, which
+    takes the epoch as build does) prints the keys `build --reproducible` files under; the real build's key is
+    checked in test_build_integration (test_plan_names_the_reproducible_build)."""
+    plain = plan(cli, DEMO, "--arch", "x86_64")
+    at = plan(cli, DEMO, "--arch", "x86_64", "--source-date-epoch", "1700000000")
+    assert [e["source_date_epoch"] for e in at] == [1700000000] * 2
+    assert [e["source_date_epoch"] for e in plain] == [None] * 2
+    assert {str(e["build_key"]) for e in at}.isdisjoint(str(e["build_key"]) for e in plain)
+    later = plan(cli, DEMO, "--arch", "x86_64", "--source-date-epoch", "1700000001")
+    assert {str(e["build_key"]) for e in later}.isdisjoint(str(e["build_key"]) for e in at)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert plan(cli, DEMO, "--arch", "x86_64", "--reproducible") == at
+    assert plan(cli, DEMO, "--arch", "x86_64") == plain  # the environment alone does not make a plan reproducible
+    r = run_imagectl("plan", DEMO, "--source-date-epoch", "yesterday")  # argparse's refusal: a real process
+    assert r.code == 2 and "'yesterday' is not a whole number of seconds since 1970" in r.err
 
 
 def test_runner_on_an_itanium_host() -> None:

@@ -299,6 +299,8 @@ def test_show_json_validates(populated: Populated, cli: Callable[..., CliResult]
 def test_plan_json_validates(cli: Callable[..., CliResult]) -> None:
     doc = json.loads(ok(cli, "plan", "debian12-demo", "slc3-worker", "slc6-worker", "--json").out)
     assert_valid("plan", doc, "imagectl plan")
+    reproducible = json.loads(ok(cli, "plan", "debian12-demo", "--source-date-epoch", "1700000000", "--json").out)
+    assert_valid("plan", reproducible, "imagectl plan --source-date-epoch")
     assert len(doc["entries"]) == 4 + 4 + 4 and {e["runner"]["tags"][1] for e in doc["entries"]} == {"x86_64", "ia64"}
     assert not validator("plan").is_valid({"entries": [{**doc["entries"][0], "job": "Debian12"}]})
 
@@ -376,6 +378,7 @@ PLAN_ENTRY: Doc = {
     "os": "slc",
     "os_version": "3",
     "build_key": HEX,
+    "source_date_epoch": 1700000000,
     "cached": False,
     "runner": {"arch": "ia64", "kvm": False, "tags": ["imagectl", "ia64"], "buildable_here": False, "why": "Itanium"},
 }
@@ -475,6 +478,8 @@ BAD = [
     ("plan", PLAN, entry(job="slc3.worker-ia64"), "job with a dot"),
     ("plan", PLAN, entry(build_key=HEX[:12]), "short build key"),
     ("plan", PLAN, entry(cached=...), "entry without cached"),
+    ("plan", PLAN, entry(source_date_epoch=...), "entry without source_date_epoch"),
+    ("plan", PLAN, entry(source_date_epoch="1700000000"), "epoch as a string"),
     ("plan", PLAN, entry(formats=[]), "no formats"),
     ("plan", PLAN, entry(arch="sparc64"), "unknown arch"),
     ("plan", PLAN, entry(extra=1), "unknown entry member"),

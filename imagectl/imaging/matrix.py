@@ -12,6 +12,7 @@ emulator).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class PlanEntry:
     build_key: str
     cached: bool
     runner: Runner
+    source_date_epoch: int | None = None  # the epoch the key was computed with (a reproducible build's)
 
     def as_json(self) -> dict[str, Any]:
         t = self.target
@@ -72,6 +74,7 @@ class PlanEntry:
             "os": t.recipe.release.family,
             "os_version": t.recipe.release.release,
             "build_key": self.build_key,
+            "source_date_epoch": self.source_date_epoch,
             "cached": self.cached,
             "runner": self.runner.as_json(),
         }
@@ -103,8 +106,17 @@ def _job(target: BuildTarget) -> str:
     return re.sub(r"[^a-z0-9_-]", "-", f"{target.recipe.name}-{target.arch}-{target.hypervisor}")
 
 
-def plan_matrix(recipes: list[tuple[str, Recipe]], arches: list[str] | None, cache_dir: Path) -> list[PlanEntry]:
+def plan_matrix(
+    recipes: list[tuple[str, Recipe]],
+    arches: list[str] | None,
+    cache_dir: Path,
+    epoch_for: Callable[[Recipe], int | None] = lambda _recipe: None,
+) -> list[PlanEntry]:
     """Every (recipe, arch, hypervisor) the recipes build, limited to ``arches`` when given.
+
+    ``epoch_for`` gives each recipe's SOURCE_DATE_EPOCH when the plan is for reproducible builds (``plan
+    --reproducible``): the epoch is part of a build's key, so each entry's key and cache state are those of
+    ``build --reproducible`` with that epoch.
 
     ``recipes`` pairs the text the user gave with the loaded recipe. With one recipe an arch it does not build is
     refused as ``build`` refuses it; with several, each recipe contributes the given arches it builds, and an arch
@@ -128,11 +140,13 @@ def plan_matrix(recipes: list[tuple[str, Recipe]], arches: list[str] | None, cac
         if arches and not chosen:
             continue
         paths = elements_paths(recipe)
+        epoch = epoch_for(recipe)
         for t in targets(recipe, chosen or None):
             job = _job(t)
             if job in seen:
                 raise InvalidInputError(f"{given} and {seen[job]} would both build {job}: give each recipe once")
             seen[job] = given
-            inv, _digest, key = target_key(recipe, t, paths, dib)
-            entries.append(PlanEntry(job, given, t, inv.formats, key, is_cached(cache_dir, key), runner_for(t)))
+            inv, _digest, key = target_key(recipe, t, paths, dib, epoch=epoch)
+            cached = is_cached(cache_dir, key)
+            entries.append(PlanEntry(job, given, t, inv.formats, key, cached, runner_for(t), epoch))
     return entries
