@@ -210,7 +210,7 @@ def _existing(state: CatalogueState, name: str, version: str, arch: str, first: 
         # Each format's path hashes into another bin: ask the store which target files exist under
         # targets/NAME/VERSION/ARCH/ (one listing; a target file is made before any metadata lists it, §6) and
         # read only those formats' bins, plus the requested one's. The signed bin still decides.
-        listed = {k.rsplit(".", 1)[-1] for k in state.store.list(f"{model.TARGETS}{name}/{version}/{arch}/")}
+        listed = state.target_file_formats(name, version, arch)
         formats = [f for f in formats if f in listed or f == first]
     for fmt in sorted(formats, key=lambda f: f != first):
         path = target_path(name, version, arch, fmt)

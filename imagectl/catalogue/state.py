@@ -105,7 +105,9 @@ class CatalogueState:
     changed: set[str] = field(default_factory=set)
     new_roles: set[str] = field(default_factory=set)  # created by this change: signed as version 1
     timestamp_tag: str = ""  # version tag of timestamp.json as read: the commit swaps it only if unchanged
+    root_copy: bytes = b""  # root.json as read (the convenience copy of the newest root; the chain decides)
     _names: dict[str, str] | None = None  # NAME -> role delegating image-NAME (targets or an index role)
+    _listed: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # target_file_formats, as listed
 
     # -- reading ------------------------------------------------------------------------------------------
     def name_index(self) -> dict[str, str]:
@@ -226,6 +228,17 @@ class CatalogueState:
 
     def names(self) -> list[str]:
         return sorted(self.name_index())
+
+    def target_file_formats(self, name: str, version: str, arch: str) -> set[str]:
+        """The formats of the target files under ``targets/NAME/VERSION/ARCH/`` (one listing of the store, kept
+        with this state). A target file is made before any metadata lists it (catalogue/README.md §6), so the
+        listing names at least every format this state's metadata holds for NAME:VERSION on ARCH; a publish that
+        checks the version before uploading and again in its commit, on the same state, lists once."""
+        key = (name, version, arch)
+        if key not in self._listed:
+            keys = self.store.list(f"{model.TARGETS}{name}/{version}/{arch}/")
+            self._listed[key] = {k.rsplit(".", 1)[-1] for k in keys}
+        return self._listed[key]
 
     @staticmethod
     def ext(md: Metadata[Targets]) -> dict[str, dict[str, Any]]:
@@ -495,8 +508,10 @@ class CatalogueState:
         if not self.store.write_if_match(f"{METADATA}timestamp.json", ts_bytes, self.timestamp_tag):
             raise CommitConflict("another publisher changed the catalogue first")
         root_copy = metadata_bytes(self.root)
-        if self.store.read(f"{METADATA}root.json", ROOT_MAX) != root_copy:  # heal a rotation cut short
+        # heal a rotation cut short: root.json one version behind the chain (read again only if it was then)
+        if self.root_copy != root_copy and self.store.read(f"{METADATA}root.json", ROOT_MAX) != root_copy:
             self.store.write(f"{METADATA}root.json", root_copy)
+        self.root_copy = root_copy
         self.changed.clear()
         self.new_roles.clear()
 
@@ -517,6 +532,7 @@ class CatalogueState:
         if not self.store.write_new(f"{METADATA}{root.signed.version}.root.json", data):
             raise ConflictError(f"root version {root.signed.version} already exists; retry")
         self.store.write(f"{METADATA}root.json", data)
+        self.root_copy = data
         return data
 
 
@@ -610,7 +626,6 @@ def load_state(store: Store, *, also_trust: Metadata[Root] | None = None) -> Cat
             f"{store.shown} is not a catalogue (no {METADATA}root.json)",
             hint="create one with: imagectl catalogue init DEST",
         ) from None
-    del root_bytes
     root = _walk_roots(store)
     try:
         ts_bytes, ts_tag = store.read_versioned(f"{METADATA}timestamp.json", TIMESTAMP_MAX)
@@ -627,4 +642,4 @@ def load_state(store: Store, *, also_trust: Metadata[Root] | None = None) -> Cat
     targets_key = f"{METADATA}{tmeta.version}.targets.json"
     targets = _read(store, targets_key)
     _verify_top(root, also_trust, "targets", targets, targets_key)
-    return CatalogueState(store, root, ts, snap, targets, timestamp_tag=ts_tag)
+    return CatalogueState(store, root, ts, snap, targets, timestamp_tag=ts_tag, root_copy=root_bytes)
