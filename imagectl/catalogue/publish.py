@@ -26,7 +26,7 @@ from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
 from imagectl.catalogue.lifecycle import resolve_parent, set_channel
 from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, target_file_key, target_path, utcnow
 from imagectl.catalogue.protect import check_tested, is_protected, refuse_untested
-from imagectl.catalogue.state import CatalogueState, load_state, metadata_bytes, transact
+from imagectl.catalogue.state import CatalogueState, Want, load_state, metadata_bytes, transact
 from imagectl.errors import (
     CatalogueStateError,
     ConflictError,
@@ -293,7 +293,13 @@ def publish(
 
     # Check before uploading, so a doomed publish sends no bytes; the commit checks again, where it counts, and
     # starts from this same verified state (no second load of a role that may hold thousands of versions).
-    prechecked = load_state(store) if req.version is not None or req.channel is not None else None
+    # What the checks and the commit read of the name is fetched with targets.json (one round of requests on S3).
+    want = Want(
+        req.name,
+        paths=() if req.version is None else (target_path(req.name, req.version, req.arch, fmt),),
+        listing=None if req.version is None else (req.version, req.arch),
+    )
+    prechecked = load_state(store, want=want) if req.version is not None or req.channel is not None else None
     old_pre = check(prechecked, req.version) if prechecked is not None and req.version is not None else None
     if prechecked is not None and req.channel is not None and is_protected(prechecked, req.channel):
         # Refused before any byte is sent; the commit checks again against the state it signs.
@@ -352,7 +358,7 @@ def publish(
             state.commit(keys, expiry_days)
         return record, old
 
-    record, old = transact(store, apply, first=prechecked)
+    record, old = transact(store, apply, first=prechecked, load=lambda: load_state(store, want=want))
     added = old is not None and record is not old
     return PublishResult(record, created=old is None, uploaded=uploaded, channel=req.channel, boot_test_added=added)
 

@@ -15,6 +15,7 @@ fresh state (:func:`transact`), so no change is ever lost and the metadata alway
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import random
 import time
@@ -56,8 +57,9 @@ from imagectl.errors import (
     UntrustedMetadataError,
 )
 from imagectl.store import ObjectMissingError, Store
+from imagectl.store.base import Outcome
 
-__all__ = ["EXT", "CatalogueState", "CommitConflict", "load_state", "metadata_bytes", "transact"]
+__all__ = ["EXT", "CatalogueState", "CommitConflict", "Want", "load_state", "metadata_bytes", "transact"]
 
 T = TypeVar("T")
 
@@ -106,6 +108,7 @@ class CatalogueState:
     new_roles: set[str] = field(default_factory=set)  # created by this change: signed as version 1
     timestamp_tag: str = ""  # version tag of timestamp.json as read: the commit swaps it only if unchanged
     root_copy: bytes = b""  # root.json as read (the convenience copy of the newest root; the chain decides)
+    _fetched: dict[str, Outcome[bytes]] = field(default_factory=dict)  # role files load_state read ahead (Want)
     _names: dict[str, str] | None = None  # NAME -> role delegating image-NAME (targets or an index role)
     _listed: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # target_file_formats, as listed
 
@@ -151,7 +154,8 @@ class CatalogueState:
         if meta is None or delegator is None:
             return None
         key = f"{METADATA}{meta.version}.{role}.json"
-        md = _parse(self.store.read(key, cap_for(key)), key)
+        pre = self._fetched.pop(key, None)
+        md = _parse(self.store.read(key, cap_for(key)) if pre is None else pre.get(), key)
         _verify(delegator, role, md, key)
         if md.signed.version != meta.version:
             raise UntrustedMetadataError(f"{key} has version {md.signed.version}, snapshot says {meta.version}")
@@ -583,26 +587,38 @@ def _verify_top(root: Metadata[Any], also: Metadata[Any] | None, role: str, md: 
         _verify(also, role, md, f"{key} (by the root before the rotation)")
 
 
-def _read(store: Store, key: str) -> Metadata[Any]:
+def _listed_keys(store: Store, prefix: str) -> list[str]:
+    return list(store.list(prefix))
+
+
+def _read(store: Store, key: str, pre: Outcome[bytes] | None = None) -> Metadata[Any]:
+    """Parse ``key``, read now or (``pre``) already fetched by :meth:`Store.gather`."""
     try:
-        return _parse(store.read(key, cap_for(key)), key)
+        return _parse(store.read(key, cap_for(key)) if pre is None else pre.get(), key)
     except ObjectMissingError:
         raise UntrustedMetadataError(f"{key} is missing from {store.shown}") from None
 
 
-def _walk_roots(store: Store) -> Metadata[Any]:
-    """Verify the root chain 1 -> N as a client would and return its end.
+def _root_key(n: int) -> str:
+    return f"{METADATA}{n}.root.json"
+
+
+def _walk_roots(store: Store, fetched: dict[int, Outcome[bytes]] | None = None) -> Metadata[Any]:
+    """Verify the root chain 1 -> N as a client would and return its end (``fetched``: reads of the first roots
+    made already, by number).
 
     A publisher signs on top of the root it loads, so it must not take root.json's word for which keys count;
     root.json is a convenience copy that a rotation killed at the wrong moment may have left one version behind.
     """
-    root = _read(store, f"{METADATA}1.root.json")
-    _verify(root, "root", root, f"{METADATA}1.root.json")
+    fetched = fetched or {}
+    root = _read(store, _root_key(1), fetched.get(1))
+    _verify(root, "root", root, _root_key(1))
     n = 2
     while True:
-        key = f"{METADATA}{n}.root.json"
+        key = _root_key(n)
         try:
-            nxt = _parse(store.read(key, cap_for(key)), key)
+            pre = fetched.get(n)
+            nxt = _parse(store.read(key, cap_for(key)) if pre is None else pre.get(), key)
         except ObjectMissingError:
             break
         _verify(root, "root", nxt, f"{key} (by root {n - 1})")
@@ -613,22 +629,63 @@ def _walk_roots(store: Store) -> Metadata[Any]:
     return root
 
 
-def load_state(store: Store, *, also_trust: Metadata[Root] | None = None) -> CatalogueState:
-    """Read and verify the current metadata of the catalogue in ``store``.
+@dataclass(frozen=True)
+class Want:
+    """What a command will read of one name once the state is loaded: :func:`load_state` fetches it beside
+    ``targets.json`` (one round of requests instead of one after another on S3). A hint only: what is fetched
+    is verified when it is used, as if it were read then, and a guess that does not match is never used."""
+
+    name: str
+    paths: tuple[str, ...] = ()  # target paths it will look up: the bins they hash into, for a binned name
+    listing: tuple[str, str] | None = None  # (VERSION, ARCH): it will list targets/NAME/VERSION/ARCH/
+
+
+def _wanted_roles(meta: dict[str, MetaFile], want: Want) -> tuple[list[str], bool]:
+    """The metadata keys ``want`` will read, named from the snapshot's list alone: the name's index role and its
+    image role, and the bin of each path; and whether the name is binned (only then is the target-file listing
+    used). Where the snapshot lists roles of more than one index or bin size (the old ones of a re-index or
+    re-bin stay listed), which is current is only known after verifying their delegator: those are left to be
+    read then."""
+    role = role_for(want.name)
+    roles = [role] if f"{role}.json" in meta else []
+    index_bits = {index.bits_of(r) for r in (k.removesuffix(".json") for k in meta) if index.is_index(r)}
+    if len(index_bits) == 1:
+        roles.append(index.index_role(want.name, index_bits.pop()))
+    prefix = bins.bin_prefix(want.name, 0)[:-1]  # image-NAME~b
+    bin_bits = {k[len(prefix) :].partition("-")[0] for k in meta if k.startswith(prefix)}
+    binned = bool(bin_bits)
+    if len(bin_bits) == 1 and (bits := bin_bits.pop()).isdigit() and 1 <= int(bits) <= bins.MAX_BITS:
+        succinct = SuccinctRoles([], 1, int(bits), bins.bin_prefix(want.name, int(bits)))
+        roles += sorted({bins.bin_role_for(succinct, p) for p in want.paths})
+    return [f"{METADATA}{meta[f'{r}.json'].version}.{r}.json" for r in roles if f"{r}.json" in meta], binned
+
+
+def load_state(store: Store, *, also_trust: Metadata[Root] | None = None, want: Want | None = None) -> CatalogueState:
+    """Read and verify the current metadata of the catalogue in ``store``; with ``want``, also fetch what the
+    command will read of that name (verified when it is used).
 
     Raises CatalogueStateError if ``store`` holds no catalogue, UntrustedMetadataError if what it holds does not
     verify (a publisher never signs on top of metadata it cannot verify).
     """
+    # root.json (its presence marks a catalogue), the first two roots and the timestamp: one round
+    first: list[Outcome[Any]] = store.gather(
+        [
+            lambda: store.read(f"{METADATA}root.json", ROOT_MAX),
+            lambda: store.read(_root_key(1), cap_for(_root_key(1))),
+            lambda: store.read(_root_key(2), cap_for(_root_key(2))),
+            lambda: store.read_versioned(f"{METADATA}timestamp.json", TIMESTAMP_MAX),
+        ]
+    )
     try:
-        root_bytes = store.read(f"{METADATA}root.json", ROOT_MAX)  # its presence marks a catalogue
+        root_bytes: bytes = first[0].get()
     except ObjectMissingError:
         raise CatalogueStateError(
             f"{store.shown} is not a catalogue (no {METADATA}root.json)",
             hint="create one with: imagectl catalogue init DEST",
         ) from None
-    root = _walk_roots(store)
+    root = _walk_roots(store, {1: first[1], 2: first[2]})
     try:
-        ts_bytes, ts_tag = store.read_versioned(f"{METADATA}timestamp.json", TIMESTAMP_MAX)
+        ts_bytes, ts_tag = first[3].get()
     except ObjectMissingError:
         raise UntrustedMetadataError(f"{METADATA}timestamp.json is missing from {store.shown}") from None
     ts = _parse(ts_bytes, f"{METADATA}timestamp.json")
@@ -640,6 +697,18 @@ def load_state(store: Store, *, also_trust: Metadata[Root] | None = None) -> Cat
     if tmeta is None:
         raise UntrustedMetadataError(f"{snap_key} does not list targets.json")
     targets_key = f"{METADATA}{tmeta.version}.targets.json"
-    targets = _read(store, targets_key)
+    extra, binned = ([], False) if want is None else _wanted_roles(snap.signed.meta, want)
+    listing = None if want is None or want.listing is None or not binned else (want.name, *want.listing)
+    assert listing is None or len(listing) == 3
+    calls: list[Callable[[], Any]] = [lambda: store.read(targets_key, cap_for(targets_key))]
+    calls += [functools.partial(store.read, key, cap_for(key)) for key in extra]
+    if listing is not None:
+        calls.append(functools.partial(_listed_keys, store, f"{model.TARGETS}{'/'.join(listing)}/"))
+    fetched = store.gather(calls)
+    targets = _read(store, targets_key, fetched[0])
     _verify_top(root, also_trust, "targets", targets, targets_key)
-    return CatalogueState(store, root, ts, snap, targets, timestamp_tag=ts_tag, root_copy=root_bytes)
+    state = CatalogueState(store, root, ts, snap, targets, timestamp_tag=ts_tag, root_copy=root_bytes)
+    state._fetched = dict(zip(extra, fetched[1 : 1 + len(extra)], strict=True))
+    if listing is not None and fetched[-1].error is None:
+        state._listed[listing] = {k.rsplit(".", 1)[-1] for k in fetched[-1].get()}
+    return state

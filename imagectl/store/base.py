@@ -8,11 +8,13 @@ implementing it.
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import contextlib
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from imagectl.errors import CatalogueStateError, DownloadError, NotFoundError, UntrustedMetadataError
 from imagectl.store.digest import FileDigest
@@ -22,6 +24,7 @@ __all__ = [
     "ObjectEntry",
     "ObjectMissingError",
     "ObjectTooLargeError",
+    "Outcome",
     "Pace",
     "RangeStream",
     "StatusError",
@@ -29,6 +32,8 @@ __all__ = [
     "content_tag",
     "paced",
 ]
+
+T = TypeVar("T")
 
 CHUNK = 1 << 20  # bytes per read: large enough to keep syscalls cheap, small enough to bound memory
 MIN_RATE = 4096  # bytes/s: the slowest transfer a remote store may keep us waiting on (default)
@@ -118,6 +123,27 @@ class ObjectEntry:
     regular: bool = True  # False: a symlink, FIFO or other non-file a directory store found (reported, not followed)
 
 
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What one call of :meth:`Store.gather` returned or raised; :meth:`get` hands it on where the caller would
+    have made the call itself (so an error surfaces at the same step, with the same exception, as in order)."""
+
+    value: T | None = None
+    error: Exception | None = None
+
+    def get(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]  # None only when the call returned None
+
+
+def _outcome(call: Callable[[], T]) -> Outcome[T]:
+    try:
+        return Outcome(value=call())
+    except Exception as e:  # noqa: BLE001 - kept for Outcome.get, which raises it in the caller's thread
+        return Outcome(error=e)
+
+
 class Store(abc.ABC):
     """Where a catalogue's bytes live."""
 
@@ -125,6 +151,18 @@ class Store(abc.ABC):
     url: str
     writable: bool = True
     pace: Pace = Pace()  # remote stores: how slow a transfer may get before it fails
+    #: requests worth sending at once (:meth:`gather`): 1 where a request costs no round trip (a directory)
+    concurrent_requests: int = 1
+
+    def gather(self, calls: Sequence[Callable[[], T]]) -> list[Outcome[T]]:
+        """Run ``calls`` (reads of this store that do not depend on each other) and return what each returned or
+        raised, in order: at once on a remote store, where each costs a round trip (a publish reads the
+        metadata files a verified chain will need in one round instead of one after another); one by one
+        elsewhere. Nothing is trusted here: the caller verifies each result as if it had read it then."""
+        if self.concurrent_requests < 2 or len(calls) < 2:
+            return [_outcome(c) for c in calls]
+        with concurrent.futures.ThreadPoolExecutor(min(len(calls), self.concurrent_requests)) as pool:
+            return list(pool.map(_outcome, calls))
 
     # -- reading -----------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -169,6 +169,11 @@ def _split(url_path: str) -> str:
 class S3Store(Store):
     """The catalogue under ``s3://bucket/prefix/``."""
 
+    @property
+    def concurrent_requests(self) -> int:  # type: ignore[override]
+        """As many as the parts of an upload (boto3 clients are thread-safe; the pool holds that many + 2)."""
+        return self.transfer.concurrency
+
     def __init__(
         self,
         bucket: str,

@@ -1,0 +1,172 @@
+"""Reading ahead (issue 10 item 2): ``load_state(want=...)`` fetches what a publish will read of one name beside
+``targets.json``, and ``Store.gather`` sends independent reads at once on S3.
+
+What must hold: every result is still verified where it is used (a tampered bin fetched ahead is refused as if it
+were read then), an error surfaces at the step that uses it, a guess the snapshot cannot settle is never made,
+no metadata file is read twice by a publish, and on S3 the reads really overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from imagectl.catalogue import bins
+from imagectl.catalogue.keys import KeyRing
+from imagectl.catalogue.model import target_path
+from imagectl.catalogue.publish import PublishRequest, publish
+from imagectl.catalogue.state import Want, _wanted_roles, load_state
+from imagectl.errors import UntrustedMetadataError
+from imagectl.store import ObjectMissingError
+from imagectl.store.base import Outcome
+from imagectl.store.local import LocalStore
+from imagectl.store.s3 import S3Store
+from tests.conftest import Catalogue, CliResult
+from tests.test_bins import ARCH, EXPIRY
+from tests.test_bins import small_bins as small_bins  # a fixture: bins past 4 targets
+
+
+def binned(cli: Callable[..., CliResult], cat: Catalogue, make_image: Callable[..., Path], name: str) -> None:
+    """NAME with 8 versions: binned (the small_bins threshold is 4)."""
+    for i in range(8):
+        image = make_image(4096, seed=f"{name}{i}")
+        r = cli("publish", image, *cat.args(), "--name", name, "--arch", ARCH, "--version", f"1.{i}", "--json")
+        assert r.code == 0, r.err
+
+
+class Reads:
+    """Counts the reads of a store, by key."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.keys: list[str] = []
+        inner = store.read
+
+        def read(key: str, max_length: int) -> bytes:
+            self.keys.append(key)
+            return inner(key, max_length)
+
+        store.read = read  # type: ignore[method-assign]
+
+
+def test_gather_returns_in_order_and_raises_where_used(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "cat")
+    store.write("a", b"A")
+    order: list[str] = []
+
+    def read(key: str) -> Callable[[], bytes]:
+        return lambda: (order.append(key), store.read(key, 10))[1]
+
+    got = store.gather([read("a"), read("missing"), read("a")])
+    assert order == ["a", "missing", "a"]  # a directory: one after another, in order
+    assert got[0].get() == b"A" and got[2].get() == b"A"
+    with pytest.raises(ObjectMissingError):
+        got[1].get()  # raised where the result is used, not by gather
+    assert isinstance(got[1].error, ObjectMissingError) and got[1].value is None
+    with pytest.raises(KeyError):
+        Outcome[int](error=KeyError("k")).get()
+
+
+@pytest.mark.s3
+def test_gather_overlaps_the_requests_on_s3(s3_store: S3Store) -> None:
+    """Two reads that can only both finish if they run at once (a barrier of two) do, on S3."""
+    s3_store.write("metadata/x.json", b"{}")
+    barrier = threading.Barrier(2, timeout=10)
+
+    def read() -> bytes:
+        barrier.wait()
+        return s3_store.read("metadata/x.json", 100)
+
+    assert s3_store.concurrent_requests >= 2
+    got = s3_store.gather([read, read])
+    assert [g.get() for g in got] == [b"{}", b"{}"]
+
+
+@pytest.mark.usefixtures("small_bins")
+def test_a_publish_into_a_binned_name_reads_each_file_once(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path]
+) -> None:
+    binned(cli, catalogue, make_image, "wn")
+    reads = Reads(catalogue.store)
+    req = PublishRequest(file=str(make_image(4096, seed="new")), name="wn", arch=ARCH, version="2.0", format="qcow2")
+    publish(catalogue.store, KeyRing(catalogue.keys), req, EXPIRY)
+    metadata = [k for k in reads.keys if k.startswith("metadata/")]
+    assert len(metadata) == len(set(metadata)), metadata  # nothing read twice (check, commit, heal)
+    state = load_state(catalogue.store)
+    held = state.holder("wn", target_path("wn", "2.0", ARCH, "qcow2"))
+    assert held is not None and target_path("wn", "2.0", ARCH, "qcow2") in held.signed.targets
+    # the bin it hashes into was among the reads, and read once
+    bin_role = bins.bin_role_for(state.succinct(state.role("image-wn")), target_path("wn", "2.0", ARCH, "qcow2"))  # type: ignore[arg-type]
+    assert sum(1 for k in metadata if k.endswith(f".{bin_role}.json")) == 1
+
+
+@pytest.mark.usefixtures("small_bins")
+def test_what_is_fetched_ahead_is_verified_where_it_is_used(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path]
+) -> None:
+    """A bin changed on the server (its signature no longer covers it) is fetched ahead, then refused by the
+    signature check when the publish uses it; nothing is written."""
+    binned(cli, catalogue, make_image, "wn")
+    path = target_path("wn", "2.0", ARCH, "qcow2")
+    state = load_state(catalogue.store)
+    bin_role = bins.bin_role_for(state.succinct(state.role("image-wn")), path)  # type: ignore[arg-type]
+    version = state.snapshot.signed.meta[f"{bin_role}.json"].version
+    victim = catalogue.dir / "metadata" / f"{version}.{bin_role}.json"
+    doc = json.loads(victim.read_bytes())
+    doc["signed"]["expires"] = "2099-01-01T00:00:00Z"  # a change the signature does not cover
+    victim.write_text(json.dumps(doc))
+    ahead = load_state(catalogue.store, want=Want("wn", paths=(path,), listing=("2.0", ARCH)))
+    assert f"metadata/{version}.{bin_role}.json" in ahead._fetched  # it was fetched ahead
+    with pytest.raises(UntrustedMetadataError, match=rf"{bin_role}.*signature"):
+        ahead.role(bin_role)
+    before = sorted(p.name for p in (catalogue.dir / "metadata").iterdir())
+    req = PublishRequest(file=str(make_image(4096, seed="new")), name="wn", arch=ARCH, version="2.0", format="qcow2")
+    with pytest.raises(UntrustedMetadataError):
+        publish(catalogue.store, KeyRing(catalogue.keys), req, EXPIRY)
+    assert sorted(p.name for p in (catalogue.dir / "metadata").iterdir()) == before
+
+
+@pytest.mark.usefixtures("small_bins")
+def test_no_guess_where_the_snapshot_lists_two_bin_sizes(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path]
+) -> None:
+    """After a re-bin the old bins stay listed: which size is current only the verified image role says, so no
+    bin is fetched ahead, and the publish reads the current one."""
+    binned(cli, catalogue, make_image, "wn")
+    path = target_path("wn", "2.0", ARCH, "qcow2")
+    meta = load_state(catalogue.store).snapshot.signed.meta
+    one_size, is_binned = _wanted_roles(meta, Want("wn", paths=(path,)))
+    assert is_binned and any("~b" in k for k in one_size)  # one bin size listed: its bin is named
+    old_bits = load_state(catalogue.store).succinct(load_state(catalogue.store).role("image-wn")).bit_length  # type: ignore[union-attr, arg-type]
+    r = cli("catalogue", "rebin", catalogue.dir, "wn", "--bits", str(old_bits + 1), "--keys", catalogue.keys)
+    assert r.code == 0, r.err
+    meta = load_state(catalogue.store).snapshot.signed.meta
+    keys, is_binned = _wanted_roles(meta, Want("wn", paths=(path,)))
+    assert is_binned and not any("~b" in k for k in keys) and any(k.endswith(".image-wn.json") for k in keys)
+    req = PublishRequest(file=str(make_image(4096, seed="new")), name="wn", arch=ARCH, version="2.0", format="qcow2")
+    publish(catalogue.store, KeyRing(catalogue.keys), req, EXPIRY)
+    state = load_state(catalogue.store)
+    held = state.holder("wn", path)
+    assert held is not None and path in held.signed.targets
+    assert state.succinct(state.role("image-wn")).bit_length == old_bits + 1  # type: ignore[union-attr, arg-type]
+
+
+def test_a_plain_name_is_not_listed_ahead(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path]
+) -> None:
+    """The target-file listing only serves binned names: a plain name's publish does not pay for it."""
+    binned(cli, catalogue, make_image, "few")  # 8 versions, under the default threshold: a plain role
+    listed: list[str] = []
+    inner = catalogue.store.list
+
+    def count(prefix: str):  # type: ignore[no-untyped-def]
+        listed.append(prefix)
+        return inner(prefix)
+
+    catalogue.store.list = count  # type: ignore[method-assign]
+    req = PublishRequest(file=str(make_image(4096, seed="n")), name="few", arch=ARCH, version="2.0", format="qcow2")
+    publish(catalogue.store, KeyRing(catalogue.keys), req, EXPIRY)
+    assert not [p for p in listed if p.startswith("targets/few/")]
