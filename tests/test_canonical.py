@@ -9,6 +9,7 @@ two encoders must agree byte for byte, or both refuse.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from securesystemslib.formats import encode_canonical
-from tuf.api.metadata import Metadata, Targets
+from tuf.api.metadata import Metadata, MetaFile, Snapshot, Targets
 from tuf.api.serialization import SerializationError
 
 from imagectl.catalogue import canonical
@@ -123,3 +124,78 @@ def test_a_file_made_from_the_signed_payload_is_the_usual_file() -> None:
     md.signed.unrecognized_fields["note"] = "é"  # non-ASCII: raw UTF-8 in the file, the same document parsed
     payload = sign_with(md, [CryptoSigner.generate_ed25519()])
     assert Metadata.from_bytes(signed_file_bytes(md, payload)) == md
+
+
+# -- parsing: the signed bytes kept from the parse, and a snapshot's entries built directly ----------------------
+_ENTRIES = st.dictionaries(
+    st.sampled_from(["targets.json", "image-a.json", "image-a~b2-1.json", "names~b6-3f.json", 'q"x.json']),
+    st.integers(min_value=1, max_value=2**40).map(lambda v: {"version": v})
+    | st.sampled_from(
+        [{"version": 0}, {"version": -1}, {"version": True}, {"version": "3"}, {"version": 2, "length": 9}, {}, []]
+    )
+    | st.builds(lambda v: {"version": v, "hashes": {"sha256": "ab" * 32}}, st.integers(1, 9)),
+    max_size=5,
+)
+
+
+def _snapshot_bytes(meta: dict[str, Any]) -> bytes:
+    doc = {
+        "signatures": [],
+        "signed": {"_type": "snapshot", "spec_version": "1.0.31", "version": 3, "expires": "2030-01-01T00:00:00Z"},
+    }
+    doc["signed"]["meta"] = meta  # type: ignore[index]
+    return json.dumps(doc).encode()
+
+
+@FUZZ
+@given(_ENTRIES)
+def test_a_parsed_snapshot_is_python_tufs(meta: dict[str, Any]) -> None:
+    """Whatever the entries, parse_metadata gives what python-tuf's own parse gives (the same document, or a
+    refusal where it refuses), its kept bytes are the canonical bytes of that document, and the fast to_dict
+    of a snapshot is python-tuf's to_dict."""
+    from imagectl.catalogue.canonical import signed_dict
+    from imagectl.catalogue.metadata import _PARSED, parse_metadata
+    from imagectl.errors import UntrustedMetadataError
+
+    data = _snapshot_bytes(meta)
+    try:
+        theirs = Metadata.from_bytes(data)
+    except Exception:
+        with pytest.raises(UntrustedMetadataError, match="is not valid TUF metadata"):
+            parse_metadata(data, "metadata/3.snapshot.json")
+        return
+    ours = parse_metadata(data, "metadata/3.snapshot.json")
+    assert ours == theirs and ours.signed.to_dict() == theirs.signed.to_dict()
+    assert signed_dict(ours.signed) == theirs.signed.to_dict()
+    kept = ours.__dict__.get(_PARSED)
+    assert kept is None or kept == encode_canonical(theirs.signed.to_dict()).encode()
+
+
+def test_the_first_check_is_over_the_parsed_bytes_and_later_ones_over_the_document() -> None:
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import Key, Role, Root
+
+    from imagectl.catalogue.metadata import _PARSED, parse_metadata, sign_with, signed_file_bytes, verify_signatures
+    from imagectl.errors import UntrustedMetadataError
+
+    signer = CryptoSigner.generate_ed25519()
+    key: Key = signer.public_key
+    roles = {r: Role([key.keyid], 1) for r in ("root", "timestamp", "snapshot", "targets")}
+    root = Metadata(Root(keys={key.keyid: key}, roles=roles, expires=dt.datetime(2030, 1, 1, tzinfo=dt.UTC)))
+    snap = Metadata(Snapshot(version=4, expires=dt.datetime(2030, 1, 1, tzinfo=dt.UTC)))
+    snap.signed.meta["image-a.json"] = MetaFile(version=2)
+    data = signed_file_bytes(snap, sign_with(snap, [signer]))
+    md = parse_metadata(data, "metadata/4.snapshot.json")
+    assert _PARSED in md.__dict__
+    verify_signatures(root, "snapshot", md, "metadata/4.snapshot.json")
+    assert _PARSED not in md.__dict__  # used once
+    verify_signatures(root, "snapshot", md, "metadata/4.snapshot.json")  # encoded afresh: still the same document
+    md.signed.meta["image-a.json"] = MetaFile(version=3)  # changed after parsing: no longer what was signed
+    with pytest.raises(UntrustedMetadataError, match="signature check failed"):
+        verify_signatures(root, "snapshot", md, "metadata/4.snapshot.json")
+    forged = json.loads(data)
+    forged["signed"]["meta"]["image-a.json"]["version"] = 9
+    with pytest.raises(UntrustedMetadataError, match="signature check failed"):
+        verify_signatures(
+            root, "snapshot", parse_metadata(json.dumps(forged).encode(), "m/4.snapshot.json"), "4.snapshot.json"
+        )

@@ -21,27 +21,52 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
-from tuf.api.metadata import Signed
+from tuf.api.metadata import Signed, Snapshot
 from tuf.api.serialization import SerializationError, SignedSerializer
 from tuf.api.serialization.json import CanonicalJSONSerializer
 
-__all__ = ["SERIALIZER", "FastCanonicalSerializer", "canonical_bytes"]
+__all__ = ["SERIALIZER", "FastCanonicalSerializer", "canonical_bytes", "canonical_dict", "signed_dict"]
 
 _FLOAT = re.compile(r"[:,\[]-?[0-9]+[.eE]")
 _REFERENCE = CanonicalJSONSerializer()
 _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def canonical_dict(doc: dict[str, Any]) -> bytes | None:
+    """The canonical bytes of the JSON document ``doc`` when the fast encoder is sure to write them, else None
+    (the caller asks the reference: a backslash or a float in the output, a value JSON cannot hold, NaN, a
+    non-string key, a lone surrogate)."""
+    try:
+        text = _ENCODER.encode(doc)
+        if "\\" not in text and _FLOAT.search(text) is None:
+            return text.encode("utf-8")
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+def signed_dict(signed: Signed) -> dict[str, Any]:
+    """``signed.to_dict()``, for a snapshot whose entries are all plain ``{"version": N}`` (every one imagectl
+    writes) built without a ``MetaFile.to_dict`` call per entry: a 2,000-name snapshot lists ~2,000 roles."""
+    if isinstance(signed, Snapshot):
+        meta = signed.meta
+        if all(m.length is None and m.hashes is None and not m.unrecognized_fields for m in meta.values()):
+            signed.meta = {}
+            try:
+                out = signed.to_dict()
+            finally:
+                signed.meta = meta
+            out["meta"] = {path: {"version": m.version} for path, m in meta.items()}
+            return out
+    return signed.to_dict()
+
+
 def canonical_bytes(signed: Signed) -> bytes:
     """``encode_canonical(signed.to_dict())`` as UTF-8; raises SerializationError where the reference does."""
-    try:
-        text = _ENCODER.encode(signed.to_dict())
-        if "\\" not in text and _FLOAT.search(text) is None:
-            return text.encode("utf-8")  # a lone surrogate fails here, as it does in the reference
-    except (TypeError, ValueError):  # a value JSON cannot hold, NaN, a non-string key, a surrogate: let it decide
-        pass
-    return _REFERENCE.serialize(signed)
+    fast = canonical_dict(signed_dict(signed))
+    return fast if fast is not None else _REFERENCE.serialize(signed)
 
 
 class FastCanonicalSerializer(SignedSerializer):

@@ -23,10 +23,10 @@ from typing import Any
 
 from securesystemslib.signer import Signer
 from tuf.api.exceptions import UnsignedMetadataError
-from tuf.api.metadata import Metadata
+from tuf.api.metadata import Metadata, MetaFile
 from tuf.api.serialization import SerializationError
 
-from imagectl.catalogue.canonical import canonical_bytes
+from imagectl.catalogue.canonical import canonical_bytes, canonical_dict
 from imagectl.errors import KeyProblemError, UntrustedMetadataError
 
 __all__ = [
@@ -101,6 +101,40 @@ def kind_of(key: str) -> str:
     return role if role in _CAPS else "targets"
 
 
+_PARSED = "_imagectl_parsed_signed"  # attribute: canonical bytes of ``signed`` as parsed, for the first check
+
+
+def _plain_meta(signed: Any) -> dict[str, int] | None:
+    """A snapshot's ``meta`` as {path: version} when every entry is exactly ``{"version": N}`` with N > 0 (what
+    imagectl writes), else None (python-tuf then parses, and refuses, each entry itself)."""
+    if not isinstance(signed, dict) or signed.get("_type") != "snapshot" or not isinstance(signed.get("meta"), dict):
+        return None
+    out: dict[str, int] = {}
+    for path, entry in signed["meta"].items():
+        if type(entry) is not dict or len(entry) != 1 or type(v := entry.get("version")) is not int or v <= 0:
+            return None
+        out[path] = v
+    return out
+
+
+def _fast_parse(data: bytes) -> Metadata[Any]:
+    """``Metadata.from_bytes(data)``, keeping the canonical bytes of ``signed`` as parsed (so the signature check
+    need not rebuild the document) and building a plain snapshot's entries directly. Any exception: the caller
+    parses again with python-tuf alone, for its exact refusal."""
+    doc = json.loads(data.decode("utf-8"))
+    signed = doc["signed"]
+    payload = canonical_dict(signed)
+    meta = _plain_meta(signed)
+    if meta is not None:
+        signed["meta"] = {}
+    md = Metadata.from_dict(doc)
+    if meta is not None:
+        md.signed.meta = {path: MetaFile(version) for path, version in meta.items()}  # type: ignore[attr-defined]
+    if payload is not None:
+        setattr(md, _PARSED, payload)
+    return md
+
+
 def parse_metadata(data: bytes, key: str) -> Metadata[Any]:
     """Parse untrusted metadata bytes within the format's bounds, as the type its key says it is.
 
@@ -109,9 +143,12 @@ def parse_metadata(data: bytes, key: str) -> Metadata[Any]:
     """
     check_bounds(data, key)
     try:
-        md = Metadata.from_bytes(data)
-    except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes is the same user-facing fact
-        raise UntrustedMetadataError(f"{key} is not valid TUF metadata: {type(e).__name__}: {e}") from None
+        md = _fast_parse(data)
+    except Exception:  # noqa: BLE001 - python-tuf parses it again below and says what is wrong
+        try:
+            md = Metadata.from_bytes(data)
+        except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes is the same user-facing fact
+            raise UntrustedMetadataError(f"{key} is not valid TUF metadata: {type(e).__name__}: {e}") from None
     if md.signed.type != kind_of(key):
         raise UntrustedMetadataError(f"{key} holds {md.signed.type} metadata, not {kind_of(key)}")
     return md
@@ -119,9 +156,14 @@ def parse_metadata(data: bytes, key: str) -> Metadata[Any]:
 
 def verify_signatures(delegator: Metadata[Any], role: str, md: Metadata[Any], key: str) -> None:
     """``delegator.verify_delegate(role, md)``, with every failure (bad signatures, and metadata that cannot be put
-    in canonical form to be checked, e.g. a float) as UntrustedMetadataError naming ``key``."""
+    in canonical form to be checked, e.g. a float) as UntrustedMetadataError naming ``key``.
+
+    The first check of a document :func:`parse_metadata` returned is over the canonical bytes of ``signed`` as
+    parsed (what its signer signed; made once, while parsing); any later check, like any check of a document
+    built or changed here, encodes ``md.signed`` as it is then."""
     try:
-        delegator.signed.verify_delegate(role, canonical_bytes(md.signed), md.signatures)
+        parsed = md.__dict__.pop(_PARSED, None)
+        delegator.signed.verify_delegate(role, parsed or canonical_bytes(md.signed), md.signatures)
     except UnsignedMetadataError as e:
         raise UntrustedMetadataError(f"{key}: signature check failed: {e}") from None
     except SerializationError:

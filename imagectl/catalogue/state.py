@@ -648,7 +648,8 @@ def _wanted_roles(meta: dict[str, MetaFile], want: Want) -> tuple[list[str], boo
     read then."""
     role = role_for(want.name)
     roles = [role] if f"{role}.json" in meta else []
-    index_bits = {index.bits_of(r) for r in (k.removesuffix(".json") for k in meta) if index.is_index(r)}
+    indexes = (k.removesuffix(".json") for k in meta if k.startswith(index.INDEX_PREFIX))
+    index_bits = {index.bits_of(r) for r in indexes if index.is_index(r)}
     if len(index_bits) == 1:
         roles.append(index.index_role(want.name, index_bits.pop()))
     prefix = bins.bin_prefix(want.name, 0)[:-1]  # image-NAME~b
