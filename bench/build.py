@@ -43,8 +43,9 @@ _INSTALL = ("extra-data.d", "pre-install.d", "install.d", "post-install.d")
 
 def phases(log_text: str, wall: float) -> dict[str, float]:
     """Seconds per phase from DIB's timestamped log: where the first extra-data.d script starts, where the first
-    script of a later phase starts, and the qemu-img conversion line split the run; the rest of ``wall`` is
-    imagectl's own work before and after DIB (index check, proxy start, hashing and caching the image)."""
+    script of a later phase starts, and the qemu-img conversion line (DIB's, or the line imagectl stamps in the
+    same format before it converts DIB's raw disk itself) split the run; the rest of ``wall`` is imagectl's own
+    work before and after DIB (index check, proxy start, hashing and caching the image)."""
     marks: dict[str, dt.datetime] = {}
     first = last = None
     for line in log_text.splitlines():
@@ -59,7 +60,7 @@ def phases(log_text: str, wall: float) -> dict[str, float]:
                 marks.setdefault("package_install", when)
             elif "package_install" in marks:
                 marks.setdefault("image_creation", when)
-        elif "Converting image using qemu-img convert" in text:
+        elif "Converting image using qemu-img convert" in text or text.startswith("imagectl: converting"):
             marks.setdefault("conversion", when)
     if first is None or last is None or len(marks) < 3:
         return {}

@@ -6,6 +6,7 @@ The real diskimage-builder run is tests/test_build_integration.py; this fake let
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -83,6 +84,19 @@ def test_build_record_and_cache(fake_dib, cli, tmp_path):
     assert not (out / ".imagectl-work" / "debian12-demo-x86_64").exists()  # work files cleaned up
     image = out / "debian12-demo-x86_64.qcow2"
     first = image.read_bytes()
+    # DIB made the raw disk; imagectl converted it with qemu-img, compressing on every core (not reproducible:
+    # this build is not), stamped in DIB's log format so the log shows when; the raw disk is not left behind
+    assert call["argv"][call["argv"].index("-t") + 1] == "raw" and not (out / "debian12-demo-x86_64.raw").exists()
+    log = (out / "debian12-demo-x86_64.log").read_text().splitlines()
+    [convert] = [ln for ln in log if ln.startswith("+ qemu-img convert ")]
+    assert convert.startswith("+ qemu-img convert -c -f raw -O qcow2 -W -m 8 ")
+    stamped = [ln.split(" | ", 1)[1] for ln in log if " | imagectl: " in ln]
+    assert stamped == [
+        "imagectl: converting debian12-demo-x86_64.raw to qcow2 with qemu-img convert",
+        "imagectl: converted to qcow2",
+    ]
+    assert first[:4] == b"QFI\xfb" and rec["images"][0]["sha256"] == hashlib.sha256(first).hexdigest()
+    assert any("compressed on every core" in n for n in rec["notes"])
     # identical build: reused from the cache, disk-image-create not run again
     r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", tmp_path / "out2", "--json")
     assert r.code == 0 and json.loads(r.out)[0]["cached"] is True

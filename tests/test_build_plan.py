@@ -36,7 +36,9 @@ def test_dib_invocation_for_every_recipe_target(path, arch, hv, tmp_path, monkey
     argv, env = inv.argv, inv.env
     assert argv[0] == "disk-image-create"
     assert argv[argv.index("-o") + 1] == str(tmp_path / "out" / inv.target.basename)
-    assert argv[argv.index("-t") + 1] == ",".join(recipe.data["formats"])
+    converted_here = set(recipe.data["formats"]) <= {"qcow2", "raw"}  # DIB makes the raw disk, imagectl the rest
+    assert inv.raw_only is converted_here and inv.formats == recipe.data["formats"]
+    assert argv[argv.index("-t") + 1] == ("raw" if converted_here else ",".join(recipe.data["formats"]))
     assert argv[argv.index("--image-size") + 1] == recipe.data["disk_size"].rstrip("G")
     assert argv[-len(inv.elements) :] == inv.elements and "imagectl-config" in inv.elements
     assert env["IMAGECTL_CONFIG_DIR"] == str(tmp_path / "cfg")
@@ -51,7 +53,8 @@ def test_dib_invocation_for_every_recipe_target(path, arch, hv, tmp_path, monkey
         pkgs = argv[argv.index("-p") + 1].split(",")
         assert "openssh-server" in pkgs
         assert ("linux-image-686" in pkgs) == (arch == "i386")
-        assert ("DIB_APT_SOURCES_CONF" in env) == (arch == "i386") == bool(inv.notes)
+        own_notes = [n for n in inv.notes if not n.startswith("DIB's raw disk converted")]
+        assert ("DIB_APT_SOURCES_CONF" in env) == (arch == "i386") == bool(own_notes)
         assert "--mkfs-options" not in argv and "FS_TYPE" not in env  # DIB's defaults (ext4)
     else:
         rel = recipe.release.release
@@ -202,7 +205,10 @@ def test_a_reproducible_build_asks_dib_for_raw_with_source_date_epoch(tmp_path):
     assert inv.formats == ["qcow2"] and inv.env["SOURCE_DATE_EPOCH"] == "1795897038"
     assert any(n.startswith("reproducible: SOURCE_DATE_EPOCH=1795897038") for n in inv.notes)
     plain = plan_dib(t, tmp_path / "o", tmp_path / "c", [], ["qcow2"])
-    assert plain.argv[plain.argv.index("-t") + 1] == "qcow2" and "SOURCE_DATE_EPOCH" not in plain.env
+    assert plain.argv[plain.argv.index("-t") + 1] == "raw" and "SOURCE_DATE_EPOCH" not in plain.env
+    assert plain.raw_only and any("compressed on every core (qemu-img convert -W)" in n for n in plain.notes)
+    other = plan_dib(t, tmp_path / "o", tmp_path / "c", [], ["qcow2", "vhd"])  # a format only DIB makes
+    assert other.argv[other.argv.index("-t") + 1] == "qcow2,vhd" and not other.raw_only
 
 
 def test_progress_names_phase_script_and_element():

@@ -352,6 +352,10 @@ def test_build_reproducible_normalizes_converts_and_records(fake_repro_dib: Path
     assert record["source_date_epoch"] == EPOCH and record["reproducible"] is True
     raw, qcow2 = out / "debian12-demo-x86_64.raw", out / "debian12-demo-x86_64.qcow2"
     assert qcow2.read_bytes()[:4] == b"QFI\xfb"
+    [convert] = [
+        ln for ln in (out / "debian12-demo-x86_64.log").read_text().splitlines() if ln.startswith("+ qemu-img")
+    ]
+    assert convert.startswith("+ qemu-img convert -c -f raw -O qcow2 ") and " -W " not in convert  # in order
     ids = derive_ids(image_identity(record["recipe"]["digest"], "x86_64", "hvm"), EPOCH)
     assert raw.read_bytes()[440:444] == ids.disk_id.to_bytes(4, "little")
     assert {i["file"]: i["sha256"] for i in record["images"]} == {raw.name: sha256(raw), qcow2.name: sha256(qcow2)}

@@ -93,6 +93,10 @@ class DibInvocation:
     output_base: Path  # DIB writes output_base.FORMAT and output_base.d/
     formats: list[str]
     notes: list[str] = field(default_factory=list)  # deliberate deviations, recorded in the build record
+    raw_only: bool = False  # DIB makes output_base.raw only; imagectl makes ``formats`` from it
+
+
+CONVERTED_HERE = ("qcow2", "raw")  # formats imagectl makes from DIB's raw disk itself (qemu-img convert)
 
 
 def _image_size_gb(size: str) -> str:
@@ -114,6 +118,8 @@ def plan_dib(
     ``config_dir`` holds the generated per-image configuration (users, files, network) our ``imagectl-config``
     element applies inside the image. With ``epoch`` (a reproducible build) DIB gets SOURCE_DATE_EPOCH (mkinitramfs
     and shadow honour it) and makes a raw disk only: imagectl normalizes it and converts it to ``formats`` itself.
+    Without, DIB also makes only the raw disk when every format is one of :data:`CONVERTED_HERE`: imagectl's
+    conversion compresses a qcow2 on every core (DIB's own runs on one), which a reproducible build cannot do.
     """
     r = target.recipe
     fam = family(r.release.family)
@@ -126,6 +132,7 @@ def plan_dib(
     }
     if epoch is not None:
         env["SOURCE_DATE_EPOCH"] = str(epoch)
+    raw_only = epoch is not None or set(fmts) <= set(CONVERTED_HERE)
     own = fam.dib(r.release, target.arch, target.hypervisor, r, r.mirror())
     env.update(own.env)
     elements = [*own.elements, "imagectl-config"]
@@ -139,7 +146,7 @@ def plan_dib(
         "-o",
         str(base),
         "-t",
-        "raw" if epoch is not None else ",".join(fmts),
+        "raw" if raw_only else ",".join(fmts),
         "--image-size",
         _image_size_gb(r.data["disk_size"]),
         *own.argv,
@@ -150,4 +157,6 @@ def plan_dib(
     notes = list(own.notes)
     if epoch is not None:
         notes.append(f"reproducible: SOURCE_DATE_EPOCH={epoch}; DIB's raw disk normalized, then converted by imagectl")
-    return DibInvocation(target, argv, env, elements, base, fmts, notes)
+    elif raw_only and "qcow2" in fmts:
+        notes.append("DIB's raw disk converted to qcow2 by imagectl, compressed on every core (qemu-img convert -W)")
+    return DibInvocation(target, argv, env, elements, base, fmts, notes, raw_only)
