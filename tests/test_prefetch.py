@@ -8,6 +8,7 @@ no metadata file is read twice by a publish, and on S3 the reads really overlap.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from imagectl.catalogue.model import target_path
 from imagectl.catalogue.publish import PublishRequest, publish
 from imagectl.catalogue.state import Want, _wanted_roles, load_state
 from imagectl.errors import UntrustedMetadataError
-from imagectl.store import ObjectMissingError
+from imagectl.store import ObjectMissingError, Store
 from imagectl.store.base import Outcome
 from imagectl.store.local import LocalStore
 from imagectl.store.s3 import S3Store
@@ -170,3 +171,49 @@ def test_a_plain_name_is_not_listed_ahead(
     req = PublishRequest(file=str(make_image(4096, seed="n")), name="few", arch=ARCH, version="2.0", format="qcow2")
     publish(catalogue.store, KeyRing(catalogue.keys), req, EXPIRY)
     assert not [p for p in listed if p.startswith("targets/few/")]
+
+
+def test_list_children_names_the_directories_of_one_level(store: Store) -> None:
+    """A directory and S3 agree: the names right under a prefix that begin with ``start``, nothing deeper, no
+    dot-names, and nothing for a prefix that does not exist."""
+    for key in (
+        "targets/wn/20261203.1/x86_64/a.qcow2",
+        "targets/wn/20261203.1/i386/a.qcow2",
+        "targets/wn/20261203.12/x86_64/a.qcow2",
+        "targets/wn/20261202.3/x86_64/a.qcow2",
+        "targets/wn/.20261203.9/x86_64/a.qcow2",
+        "targets/wn/20261203.flat",  # a file, not a directory
+        "targets/wnx/20261203.5/x86_64/a.qcow2",
+    ):
+        store.write(key, b"x")
+    assert store.list_children("targets/wn/", "20261203.") == {"20261203.1", "20261203.12"}
+    assert store.list_children("targets/wn/") == {"20261203.1", "20261203.12", "20261202.3"}
+    assert store.list_children("targets/none/", "2026") == set()
+
+
+@pytest.mark.usefixtures("small_bins")
+def test_automatic_versions_of_a_binned_name_read_no_bin_but_the_one_written(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path]
+) -> None:
+    """``publish`` without --version into a binned name finds the day's versions from one listing of its target
+    files: YYYYMMDD.N continues after the day's highest N (a revoked one included), and the only bin read is
+    the one the new version goes into (every bin was read before)."""
+    binned(cli, catalogue, make_image, "wn")
+    day = dt.date(2026, 12, 3)
+    keys = KeyRing(catalogue.keys)
+
+    def auto(seed: str) -> tuple[str, list[str]]:
+        reads = Reads(catalogue.store)
+        req = PublishRequest(file=str(make_image(4096, seed=seed)), name="wn", arch=ARCH, format="qcow2")
+        result = publish(catalogue.store, keys, req, EXPIRY, today=day)
+        return result.record.version, [k for k in reads.keys if "~b" in k]
+
+    first, bins_read = auto("a1")
+    state = load_state(catalogue.store)
+    assert first == "20261203.1" and len(state.bin_roles("wn")) > 2
+    assert len(bins_read) == 1  # the bin of 20261203.1, not all of them
+    assert auto("a2")[0] == "20261203.2"
+    r = cli("revoke", "wn:20261203.2", *catalogue.args(), "--reason", "bad")
+    assert r.code == 0, r.err
+    third, _ = auto("a4")
+    assert third == "20261203.3"  # after .2, revoked (its version stays taken)

@@ -220,6 +220,18 @@ def _existing(state: CatalogueState, name: str, version: str, arch: str, first: 
     return None
 
 
+def _auto_version(state: CatalogueState, name: str, day: dt.date) -> str:
+    """The next ``YYYYMMDD.N`` of NAME (:func:`model.auto_version`). For a binned name the day's versions come
+    from one listing of its target files (made before any metadata lists an image, catalogue/README.md §6)
+    instead of reading every bin; a version revoked that day counts as used either way."""
+    md = state.role(model.role_for(name))
+    revoked = list(CatalogueState.ext(md)["revoked"]) if md is not None else []
+    if md is not None and state.succinct(md) is not None:
+        listed = state.store.list_children(f"{model.TARGETS}{name}/", f"{day.strftime('%Y%m%d')}.")
+        return model.auto_version([*listed, *revoked], day)
+    return model.auto_version([r.version for r in state.images(name)] + revoked, day)
+
+
 def _check_revoked(state: CatalogueState, name: str, version: str) -> None:
     md = state.role(model.role_for(name))
     if md is not None:
@@ -315,13 +327,9 @@ def publish(
 
     def apply(state: CatalogueState) -> tuple[ImageRecord, ImageRecord | None]:
         now = utcnow()
-        md = state.role(model.role_for(req.name))
         version = req.version
         if version is None:
-            used = [r.version for r in state.images(req.name)]
-            if md is not None:
-                used += list(CatalogueState.ext(md)["revoked"])
-            version = model.auto_version(used, today or now.date())
+            version = _auto_version(state, req.name, today or now.date())
         old = check(state, version)
         record = old or ImageRecord(
             name=req.name,

@@ -192,6 +192,17 @@ class Store(abc.ABC):
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under ``prefix`` (a directory-like prefix ending in ``/``), in no particular order."""
 
+    def list_children(self, prefix: str, start: str = "") -> set[str]:
+        """The names of the "directories" right under ``prefix`` (ending in ``/``) that begin with ``start``:
+        ``targets/NAME/`` with ``start`` ``20261203.`` gives the versions of that day with a target file. One
+        request on S3 (a delimiter listing); nothing below those names is listed. Dot-names are skipped."""
+        out = set()
+        for key in self.list(prefix):
+            child, slash, _rest = key[len(prefix) :].partition("/")
+            if slash and child.startswith(start) and not child.startswith("."):
+                out.add(child)
+        return out
+
     def list_entries(self, prefix: str, *, hidden: bool = False) -> Iterator[ObjectEntry]:
         """Like :meth:`list`, with each key's size and age (for gc's grace period); ``hidden`` adds dot-files
         (temp files a killed publisher left)."""

@@ -84,6 +84,19 @@ class LocalStore(Store):
             if entry.regular:
                 yield entry.key
 
+    def list_children(self, prefix: str, start: str = "") -> set[str]:
+        """The subdirectories of ``prefix`` whose names begin with ``start`` (one directory read; a symlink is
+        not a subdirectory and is never followed)."""
+        try:
+            with self.tree.dir(prefix.strip("/")) as d, os.scandir(d) as it:
+                return {
+                    e.name
+                    for e in it
+                    if e.name.startswith(start) and not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+                }
+        except FileNotFoundError:
+            return set()
+
     def list_entries(self, prefix: str, *, hidden: bool = False) -> Iterator[ObjectEntry]:
         """Every entry under ``prefix``: regular files, and (``regular=False``) symlinks, FIFOs and the like,
         which are reported, never followed. Dot-files (temp files, locks) only with ``hidden``."""

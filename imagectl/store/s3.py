@@ -357,6 +357,24 @@ class S3Store(Store):
         for entry in self.list_entries(prefix):
             yield entry.key
 
+    def list_children(self, prefix: str, start: str = "") -> set[str]:
+        """ListObjectsV2 of ``prefix + start`` with delimiter ``/``: its common prefixes, page by page."""
+        full = self.prefix + _split(prefix)
+        out = set()
+        with self._boundary("list", prefix):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket,
+                Prefix=full + start,
+                Delimiter="/",
+                PaginationConfig={"PageSize": self.list_page_size},
+            )
+            for page in pages:
+                for common in page.get("CommonPrefixes", ()):
+                    name = str(common.get("Prefix", ""))[len(full) :].rstrip("/")
+                    if name and "/" not in name and not name.startswith("."):
+                        out.add(name)
+        return out
+
     def list_entries(self, prefix: str, *, hidden: bool = False) -> Iterator[ObjectEntry]:
         """Keys under ``prefix`` with size and age (from LastModified, so a skewed local clock skews ages)."""
         full = self.prefix + _split(prefix)
