@@ -217,3 +217,43 @@ def test_automatic_versions_of_a_binned_name_read_no_bin_but_the_one_written(
     assert r.code == 0, r.err
     third, _ = auto("a4")
     assert third == "20261203.3"  # after .2, revoked (its version stays taken)
+
+
+@pytest.mark.s3
+@pytest.mark.usefixtures("small_bins")
+def test_publishes_into_a_binned_name_on_s3(s3_store: S3Store, tmp_path: Path, make_image: Callable[..., Path]) -> None:
+    """The read-ahead on S3 for real (requests at once through boto3's pool): explicit and automatic versions
+    into a binned name land in their bins, each publish reading no metadata file twice."""
+    from imagectl.catalogue.publish import init_catalogue
+
+    keydir = tmp_path / "keys"
+    init_catalogue(s3_store, keydir, EXPIRY)
+    keys = KeyRing(keydir)
+    for i in range(8):
+        req = PublishRequest(file=str(make_image(4096, seed=f"s{i}")), name="wn", arch=ARCH, version=f"1.{i}")
+        publish(s3_store, keys, req, EXPIRY)
+    assert len(load_state(s3_store).bin_roles("wn")) > 2
+    reads: list[str] = []
+    inner = s3_store.read
+
+    def read(key: str, max_length: int) -> bytes:
+        reads.append(key)
+        return inner(key, max_length)
+
+    s3_store.read = read  # type: ignore[method-assign]
+    explicit = PublishRequest(file=str(make_image(4096, seed="x")), name="wn", arch=ARCH, version="2.0")
+    publish(s3_store, keys, explicit, EXPIRY)
+    assert len(reads) == len(set(reads)), reads
+    auto = publish(
+        s3_store,
+        keys,
+        PublishRequest(file=str(make_image(4096, seed="y")), name="wn", arch=ARCH),
+        EXPIRY,
+        today=dt.date(2026, 12, 3),
+    )
+    assert auto.record.version == "20261203.1"
+    state = load_state(s3_store)
+    for version in ("2.0", "20261203.1"):
+        path = target_path("wn", version, ARCH, "qcow2")
+        held = state.holder("wn", path)
+        assert held is not None and path in held.signed.targets, version
