@@ -869,17 +869,26 @@ def _live_progress(
             sys.stderr.write("\r\033[K")
 
 
+def _source_date_epoch(args: argparse.Namespace, recipe: Any) -> int | None:
+    """The SOURCE_DATE_EPOCH of ``build`` (and of ``plan``, whose keys must be build's): --source-date-epoch N;
+    else, with --reproducible or --check-reproducible, the recipe's default; else None (not reproducible)."""
+    from imagectl.imaging.builder import default_epoch
+
+    if args.source_date_epoch is not None:
+        return int(args.source_date_epoch)
+    if args.reproducible or getattr(args, "check_reproducible", False):
+        return default_epoch(recipe)
+    return None
+
+
 def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl import buildrecord
     from imagectl.catalogue.model import check_arch, check_format
-    from imagectl.imaging.builder import BuildOptions, build_recipe, check_reproducible, default_epoch
+    from imagectl.imaging.builder import BuildOptions, build_recipe, check_reproducible
     from imagectl.recipe.model import load_recipe
 
     recipe = load_recipe(_recipe_path(args.recipe))
-    reproducible = args.reproducible or args.check_reproducible or args.source_date_epoch is not None
-    epoch = None
-    if reproducible:
-        epoch = args.source_date_epoch if args.source_date_epoch is not None else default_epoch(recipe)
+    epoch = _source_date_epoch(args, recipe)
     arches = [check_arch(a) for a in args.arch] or None
     formats = [check_format(f) for f in args.format] or None
     with _live_progress(args, keep=lambda line: "build cache" in line) as progress:
@@ -964,18 +973,12 @@ def _rebuild(args: argparse.Namespace, cfg: Config, loaded: Any, original: Calla
 
 def cmd_plan(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.model import check_arch
-    from imagectl.imaging.builder import default_epoch
     from imagectl.imaging.matrix import plan_matrix
-    from imagectl.recipe.model import Recipe, load_recipe
+    from imagectl.recipe.model import load_recipe
 
     recipes = [(text, load_recipe(_recipe_path(text))) for text in args.recipes]
-
-    def epoch_for(recipe: Recipe) -> int | None:  # as build works it out: the keys are those build files under
-        if args.source_date_epoch is not None:
-            return int(args.source_date_epoch)
-        return default_epoch(recipe) if args.reproducible else None
-
-    entries = plan_matrix(recipes, [check_arch(a) for a in args.arch] or None, cfg.cache_path, epoch_for)
+    arches = [check_arch(a) for a in args.arch] or None
+    entries = plan_matrix(recipes, arches, cfg.cache_path, lambda recipe: _source_date_epoch(args, recipe))
     rows = [
         [
             e.job,

@@ -154,8 +154,7 @@ class CatalogueState:
         if meta is None or delegator is None:
             return None
         key = f"{METADATA}{meta.version}.{role}.json"
-        pre = self._fetched.pop(key, None)
-        md = _parse(self.store.read(key, cap_for(key)) if pre is None else pre.get(), key)
+        md = _parse(_bytes(self.store, key, self._fetched.pop(key, None)), key)
         _verify(delegator, role, md, key)
         if md.signed.version != meta.version:
             raise UntrustedMetadataError(f"{key} has version {md.signed.version}, snapshot says {meta.version}")
@@ -240,8 +239,7 @@ class CatalogueState:
         checks the version before uploading and again in its commit, on the same state, lists once."""
         key = (name, version, arch)
         if key not in self._listed:
-            keys = self.store.list(f"{model.TARGETS}{name}/{version}/{arch}/")
-            self._listed[key] = {k.rsplit(".", 1)[-1] for k in keys}
+            self._listed[key] = _formats_listed(self.store, key)
         return self._listed[key]
 
     @staticmethod
@@ -587,14 +585,20 @@ def _verify_top(root: Metadata[Any], also: Metadata[Any] | None, role: str, md: 
         _verify(also, role, md, f"{key} (by the root before the rotation)")
 
 
-def _listed_keys(store: Store, prefix: str) -> list[str]:
-    return list(store.list(prefix))
+def _bytes(store: Store, key: str, pre: Outcome[bytes] | None) -> bytes:
+    """The metadata file ``key``: read now, or (``pre``) what :meth:`Store.gather` already fetched."""
+    return store.read(key, cap_for(key)) if pre is None else pre.get()
+
+
+def _formats_listed(store: Store, listing: tuple[str, str, str]) -> set[str]:
+    """The formats of the target files under ``targets/NAME/VERSION/ARCH/`` (``listing``), from one listing."""
+    return {k.rsplit(".", 1)[-1] for k in store.list(f"{model.TARGETS}{'/'.join(listing)}/")}
 
 
 def _read(store: Store, key: str, pre: Outcome[bytes] | None = None) -> Metadata[Any]:
     """Parse ``key``, read now or (``pre``) already fetched by :meth:`Store.gather`."""
     try:
-        return _parse(store.read(key, cap_for(key)) if pre is None else pre.get(), key)
+        return _parse(_bytes(store, key, pre), key)
     except ObjectMissingError:
         raise UntrustedMetadataError(f"{key} is missing from {store.shown}") from None
 
@@ -617,8 +621,7 @@ def _walk_roots(store: Store, fetched: dict[int, Outcome[bytes]] | None = None) 
     while True:
         key = _root_key(n)
         try:
-            pre = fetched.get(n)
-            nxt = _parse(store.read(key, cap_for(key)) if pre is None else pre.get(), key)
+            nxt = _parse(_bytes(store, key, fetched.get(n)), key)
         except ObjectMissingError:
             break
         _verify(root, "root", nxt, f"{key} (by root {n - 1})")
@@ -652,7 +655,7 @@ def _wanted_roles(meta: dict[str, MetaFile], want: Want) -> tuple[list[str], boo
     index_bits = {index.bits_of(r) for r in indexes if index.is_index(r)}
     if len(index_bits) == 1:
         roles.append(index.index_role(want.name, index_bits.pop()))
-    prefix = bins.bin_prefix(want.name, 0)[:-1]  # image-NAME~b
+    prefix = f"{role}~b"  # every bin of the name, of any size: image-NAME~bB-HEX
     bin_bits = {k[len(prefix) :].partition("-")[0] for k in meta if k.startswith(prefix)}
     binned = bool(bin_bits)
     if len(bin_bits) == 1 and (bits := bin_bits.pop()).isdigit() and 1 <= int(bits) <= bins.MAX_BITS:
@@ -699,17 +702,18 @@ def load_state(store: Store, *, also_trust: Metadata[Root] | None = None, want: 
         raise UntrustedMetadataError(f"{snap_key} does not list targets.json")
     targets_key = f"{METADATA}{tmeta.version}.targets.json"
     extra, binned = ([], False) if want is None else _wanted_roles(snap.signed.meta, want)
-    listing = None if want is None or want.listing is None or not binned else (want.name, *want.listing)
-    assert listing is None or len(listing) == 3
+    listing = None
+    if want is not None and want.listing is not None and binned:
+        listing = (want.name, *want.listing)
     calls: list[Callable[[], Any]] = [lambda: store.read(targets_key, cap_for(targets_key))]
     calls += [functools.partial(store.read, key, cap_for(key)) for key in extra]
     if listing is not None:
-        calls.append(functools.partial(_listed_keys, store, f"{model.TARGETS}{'/'.join(listing)}/"))
+        calls.append(functools.partial(_formats_listed, store, listing))
     fetched = store.gather(calls)
     targets = _read(store, targets_key, fetched[0])
     _verify_top(root, also_trust, "targets", targets, targets_key)
     state = CatalogueState(store, root, ts, snap, targets, timestamp_tag=ts_tag, root_copy=root_bytes)
     state._fetched = dict(zip(extra, fetched[1 : 1 + len(extra)], strict=True))
     if listing is not None and fetched[-1].error is None:
-        state._listed[listing] = {k.rsplit(".", 1)[-1] for k in fetched[-1].get()}
+        state._listed[listing] = fetched[-1].get()
     return state
