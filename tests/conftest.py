@@ -27,6 +27,13 @@ REPO = Path(__file__).resolve().parents[1]  # the checkout under test
 REQUIRE_ALL = os.environ.get("IMAGECTL_REQUIRE_ALL") == "1"
 
 
+def shipped_recipes() -> list[Path]:
+    """Every recipe shipped in recipes/, abstract ones too (its elements/ holds DIB's own YAML, such as an
+    element's package-installs.yaml, never a recipe)."""
+    root = REPO / "recipes"
+    return [p for p in sorted(root.glob("**/*.yaml")) if "elements" not in p.relative_to(root).parts]
+
+
 def unavailable(reason: str) -> NoReturn:
     """Skip this test for ``reason``, or, where every test is required (``IMAGECTL_REQUIRE_ALL=1``), fail it."""
     if REQUIRE_ALL:

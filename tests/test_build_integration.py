@@ -7,10 +7,11 @@ five minutes. One build serves every test in this module.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +88,12 @@ def test_plan_names_the_reproducible_build(built):
     assert plain["build_key"] != rec["build_key"] and plain["source_date_epoch"] is None
 
 
-def test_the_image_carries_no_cluster_secret(built, tmp_path):
-    """The munge package makes a random key when it is installed, at build time: every node from the image, and
-    every reader of the catalogue, would share the key Slurm trusts. The batch-worker element deletes it, like
-    the SSH host keys; each node gets its cluster's key from its context (test_worker_is_contextualised_at_boot)."""
+@contextlib.contextmanager
+def _root_fs(image: str, tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """The image's root file system, read-only through a loop device: yields ``debugfs(request)``, debugfs's
+    output for one request (``ls -l /etc``, ``cat /var/lib/dpkg/diversions``, ``dump /boot/x /tmp/y``)."""
     import subprocess
 
-    [image] = built["out"]["images"]
     raw = tmp_path / "image.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", image, raw], check=True, timeout=600)
     table = json.loads(subprocess.run(["sfdisk", "-J", raw], capture_output=True, check=True).stdout)
@@ -102,14 +102,56 @@ def test_the_image_carries_no_cluster_secret(built, tmp_path):
         ["losetup", "--find", "--show", "--read-only", "--offset", str(offset), raw],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
+
+    def debugfs(request: str) -> str:
+        r = subprocess.run(["debugfs", "-R", request, loop], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
     try:
-        ls = subprocess.run(["debugfs", "-R", "ls -l /etc/munge", loop], capture_output=True, text=True, timeout=60)
-        ssh = subprocess.run(["debugfs", "-R", "ls -l /etc/ssh", loop], capture_output=True, text=True, timeout=60)
+        yield debugfs
     finally:
         subprocess.run(["losetup", "-d", loop], check=True)
-    assert ls.returncode == 0 and ssh.returncode == 0, (ls.stderr, ssh.stderr)
-    assert "sshd_config" in ssh.stdout and "ssh_host_" not in ssh.stdout
-    assert ".." in ls.stdout and "munge.key" not in ls.stdout, ls.stdout
+        raw.unlink()
+
+
+def test_the_image_carries_no_cluster_secret(built, tmp_path):
+    """The munge package makes a random key when it is installed, at build time: every node from the image, and
+    every reader of the catalogue, would share the key Slurm trusts. The batch-worker element deletes it, like
+    the SSH host keys; each node gets its cluster's key from its context (test_worker_is_contextualised_at_boot)."""
+    [image] = built["out"]["images"]
+    with _root_fs(image, tmp_path) as debugfs:
+        ls, ssh = debugfs("ls -l /etc/munge"), debugfs("ls -l /etc/ssh")
+    assert "sshd_config" in ssh and "ssh_host_" not in ssh
+    assert ".." in ls and "munge.key" not in ls, ls
+
+
+def test_each_kernel_gets_one_initramfs_made_after_every_package(built, tmp_path):
+    """imagectl-initramfs: DIB's install makes the initramfs twice (the kernel's hook, then initramfs-tools'
+    trigger), ~20 s each. In the real build every request was deferred and one initramfs was made, after the
+    recipe's packages (slurmd, openssh-server), compressed with zstd; the image keeps it (this reproducible
+    build's repacked, gzip'd) and no diversion of update-initramfs is left behind (the boot tests show the
+    initramfs works)."""
+    log = (Path(built["out"]["record"]).parent / "debian12-demo-x86_64.log").read_text(errors="replace")
+    assert log.count("deferred by imagectl-initramfs") >= 2, "the kernel's hook and the trigger were deferred"
+    assert log.count("update-initramfs: Generating /boot/initrd.img-") == 1
+    assert "imagectl-initramfs: 1 initramfs made once, after every package" in log
+    made = log.index("update-initramfs: Generating")
+    assert log.rindex("Setting up slurmd") < made and log.rindex("Setting up openssh-server") < made
+    record = json.loads(Path(built["out"]["record"]).read_text())
+    assert "zstd" in {p["name"] for p in record["packages"]}
+    [image] = built["out"]["images"]
+    with _root_fs(image, tmp_path) as debugfs:
+        boot = debugfs("ls /boot")
+        [initrd] = [w for w in boot.split() if w.startswith("initrd.img-")]
+        debugfs(f"dump /boot/{initrd} {tmp_path / 'initrd'}")
+        diversions = debugfs("cat /var/lib/dpkg/diversions")
+        sbin = debugfs("ls /usr/sbin")
+    assert "No zstd in" not in log  # mkinitramfs compressed with zstd (the build's); this reproducible build's
+    assert (tmp_path / "initrd").read_bytes()[:2] == b"\x1f\x8b"  # normalization repacked it, gzip'd
+    assert (tmp_path / "initrd").stat().st_size > 10 << 20  # MODULES=most: the drivers of any hypervisor
+    assert "update-initramfs" not in diversions and "update-initramfs.imagectl-deferred" not in sbin
+    assert "update-initramfs" in sbin.split()
 
 
 def test_cached_rebuild_is_reused(built):

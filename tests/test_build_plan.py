@@ -15,9 +15,9 @@ from imagectl.imaging.builder import _Progress, build_key, elements_paths
 from imagectl.imaging.configscript import script_text
 from imagectl.imaging.plan import check_host, plan_dib, targets
 from imagectl.recipe.model import load_recipe
-from tests.conftest import REPO, require_tools
+from tests.conftest import REPO, require_tools, shipped_recipes
 
-RECIPES = [p for p in sorted(REPO.glob("recipes/**/*.yaml")) if not load_recipe(p).data.get("abstract")]
+RECIPES = [p for p in shipped_recipes() if not load_recipe(p).data.get("abstract")]
 COMBOS = [(p, t.arch, t.hypervisor) for p in RECIPES for t in targets(load_recipe(p))]
 
 

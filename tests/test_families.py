@@ -12,9 +12,9 @@ from imagectl.families import ARCHITECTURES, FAMILIES, HYPERVISORS, RELEASES, Di
 from imagectl.imaging.plan import BuildTarget, plan_dib, targets
 from imagectl.recipe.model import RECIPE_SCHEMA, load_recipe
 from imagectl.recipe.schema import RecipeError
-from tests.conftest import REPO
+from tests.conftest import REPO, shipped_recipes
 
-RECIPES = [p for p in sorted(REPO.glob("recipes/**/*.yaml")) if not load_recipe(p).data.get("abstract")]
+RECIPES = [p for p in shipped_recipes() if not load_recipe(p).data.get("abstract")]
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

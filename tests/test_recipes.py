@@ -10,7 +10,7 @@ import pytest
 from imagectl.errors import InvalidInputError
 from imagectl.recipe.model import load_recipe
 from imagectl.recipe.schema import RecipeError
-from tests.conftest import REPO
+from tests.conftest import shipped_recipes
 
 DATA = Path(__file__).parent / "data" / "recipes"
 BAD = sorted(DATA.glob("bad/*.yaml"))
@@ -80,7 +80,7 @@ def test_digest_changes_when_and_only_when_the_meaning_changes(tmp_path: Path):
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", d1)
 
 
-@pytest.mark.parametrize("path", sorted(REPO.glob("recipes/**/*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", shipped_recipes(), ids=lambda p: p.name)
 def test_shipped_recipes_are_valid(path: Path):
     r = load_recipe(path)
     if not r.data.get("abstract"):

@@ -234,8 +234,27 @@ def test_repack_initrd_is_deterministic_and_clamps() -> None:
     a = repro.repack_initrd(initrd(41, EPOCH + 5, b"InitiatorName=a\n"), EPOCH, fixed, "a")
     b = repro.repack_initrd(initrd(97, EPOCH + 9, b"InitiatorName=b\n"), EPOCH, fixed, "b")
     assert a == b and b"GenerateName=yes" in gzip.decompress(a)
-    with pytest.raises(InvalidInputError, match="not a single gzip'd cpio"):
-        repro.repack_initrd(b"\x28\xb5\x2f\xfd zstd", EPOCH, {}, "/boot/initrd.img-x")
+    # zstd, Debian's compressor once zstd is installed (imagectl-initramfs installs it): the same cpio repacks
+    # to the same gzip'd bytes, decompressed by the host's zstd
+    cpio = gzip.decompress(initrd(41, EPOCH + 5, b"InitiatorName=a\n"))
+    zstd = subprocess.run(["zstd", "-q", "-c", "-1"], input=cpio, capture_output=True, check=True, timeout=60).stdout
+    assert zstd[:4] == repro.ZSTD_MAGIC and repro.repack_initrd(zstd, EPOCH, fixed, "z") == a
+    with pytest.raises(InvalidInputError, match="bad zstd data"):
+        repro.repack_initrd(zstd[:-8], EPOCH, fixed, "/boot/initrd.img-truncated")
+    with pytest.raises(InvalidInputError, match="not a single gzip'd or zstd'd cpio"):
+        repro.repack_initrd(b"\xfd7zXZ\x00 an xz initramfs", EPOCH, {}, "/boot/initrd.img-x")
+
+
+def test_repack_initrd_refuses_a_decompression_bomb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The initramfs comes from packages: one that unpacks past the cap is refused, whichever the compressor,
+    without holding more than the cap in memory (the zstd child is stopped, not read to its end)."""
+    monkeypatch.setattr(repro, "MAX_INITRD_CPIO", 64 << 10)
+    bomb = b"\0" * (8 << 20)
+    zstd = subprocess.run(["zstd", "-q", "-c", "-1"], input=bomb, capture_output=True, check=True, timeout=60).stdout
+    for data in (gzip.compress(bomb), zstd):
+        assert len(data) < 64 << 10
+        with pytest.raises(InvalidInputError, match="unpacks to more than 65,536 bytes"):
+            repro.repack_initrd(data, EPOCH, {}, "/boot/initrd.img-bomb")
 
 
 def loops_of(path: Path) -> str:

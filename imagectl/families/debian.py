@@ -63,6 +63,7 @@ class Debian(Family):
             # configuration DIB writes; Xen's console is hvc0, named last so it is /dev/console under Xen (which
             # has no ttyS0). The image's own GRUB stays, unused under Xen.
             env["DIB_BOOTLOADER_DEFAULT_CMDLINE"] = "nofb nomodeset gfxpayload=text console=hvc0"
-        # imagectl-package-cache: packages and the base system from imagectl's verified cache (see its README)
-        elements = ["debian-minimal", "vm", "block-device-mbr", "imagectl-package-cache"]
+        # imagectl-package-cache: packages and the base system from imagectl's verified cache (see its README);
+        # imagectl-initramfs: each kernel's initramfs made once, after every package (DIB's install makes it twice)
+        elements = ["debian-minimal", "vm", "block-device-mbr", "imagectl-package-cache", "imagectl-initramfs"]
         return DibPlan(elements, env, packages, notes=notes)

@@ -17,18 +17,20 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import stat
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagectl.errors import InvalidInputError, LocalIOError, ToolError
+from imagectl.errors import InvalidInputError, LocalIOError, ToolError, ToolMissingError
 from imagectl.fsio import Beneath, replacing
 from imagectl.runner import run
 
@@ -270,18 +272,20 @@ def _fix_tree(root: Path, epoch: int, old_uuid: str, new_uuid: str, note: Callab
                 note(f"/boot/{name}: repacked")
 
 
+GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
+MAX_INITRD_CPIO = 2 << 30  # an initramfs that unpacks to more than this is refused, not unpacked into memory
+
+
 def repack_initrd(data: bytes, epoch: int, replace: dict[str, bytes], name: str) -> bytes:
     """A gzip'd newc initramfs made as mkinitramfs makes it with SOURCE_DATE_EPOCH (mtimes clamped, inodes
-    renumbered, device 0, ``gzip -n``), with the members in ``replace`` given those bytes.
+    renumbered, device 0, ``gzip -n``), with the members in ``replace`` given those bytes. The build's initramfs
+    may be gzip'd or zstd'd (Debian's default once zstd is installed; imagectl-initramfs installs it); the
+    repacked one is always gzip'd, which every kernel reads and whose bytes imagectl fixes itself.
 
-    Raises InvalidInputError for anything but one gzip'd cpio (an early microcode cpio, zstd): refused, not guessed.
+    Raises InvalidInputError for anything but one compressed cpio (an early microcode cpio in front, another
+    compressor): refused, not guessed.
     """
-    if data[:2] != b"\x1f\x8b":
-        raise InvalidInputError(f"{name}: not a single gzip'd cpio; cannot make it reproducible")
-    try:
-        raw = gzip.decompress(data)
-    except (OSError, EOFError) as e:
-        raise InvalidInputError(f"{name}: bad gzip data: {e}") from None
+    raw = _cpio_of(data, name)
     out: list[bytes] = []
     inos: dict[tuple[int, int, int], int] = {}
     off = 0
@@ -319,6 +323,38 @@ def repack_initrd(data: bytes, epoch: int, replace: dict[str, bytes], name: str)
     blob += b"\0" * (-len(blob) % 512)  # cpio pads its output to 512-byte blocks
     # like mkinitramfs's `gzip -n`: no file name, mtime 0 (the header's OS byte differs; the bytes are as fixed)
     return gzip.compress(blob, compresslevel=6, mtime=0)
+
+
+def _cpio_of(data: bytes, name: str) -> bytes:
+    """The cpio inside a gzip'd or zstd'd initramfs (zstd through the host's ``zstd``), at most MAX_INITRD_CPIO
+    bytes."""
+    if data[:2] == GZIP_MAGIC:
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as g:
+                raw = g.read(MAX_INITRD_CPIO + 1)
+        except (OSError, EOFError) as e:
+            raise InvalidInputError(f"{name}: bad gzip data: {e}") from None
+    elif data[:4] == ZSTD_MAGIC:
+        if shutil.which("zstd") is None:
+            raise ToolMissingError("zstd not found", hint="install the package that provides zstd")
+        with tempfile.TemporaryFile() as src:
+            src.write(data)
+            src.seek(0)
+            proc = subprocess.Popen(
+                ["zstd", "-dc", "--no-progress"], stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            assert proc.stdout is not None
+            raw = proc.stdout.read(MAX_INITRD_CPIO + 1)
+            if len(raw) > MAX_INITRD_CPIO:
+                proc.kill()
+            _, err = proc.communicate(timeout=60)
+        if proc.returncode != 0 and len(raw) <= MAX_INITRD_CPIO:
+            raise InvalidInputError(f"{name}: bad zstd data: {err.decode(errors='replace').strip()[:200]}")
+    else:
+        raise InvalidInputError(f"{name}: not a single gzip'd or zstd'd cpio; cannot make it reproducible")
+    if len(raw) > MAX_INITRD_CPIO:
+        raise InvalidInputError(f"{name}: unpacks to more than {MAX_INITRD_CPIO:,} bytes; not made reproducible")
+    return raw
 
 
 def _clamp_mtimes(root: Path, epoch: int) -> int:
