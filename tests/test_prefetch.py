@@ -191,6 +191,25 @@ def test_list_children_names_the_directories_of_one_level(store: Store) -> None:
     assert store.list_children("targets/none/", "2026") == set()
 
 
+def test_list_children_of_a_directory_never_follows_a_symlink(tmp_path: Path) -> None:
+    """A directory catalogue is only as trusted as its files: a symlinked version directory is not one of the
+    name's versions (an automatic version would otherwise count a directory outside the catalogue), and a
+    symlinked name directory is refused, not read through."""
+    import os
+
+    from imagectl.fsio import SymlinkRefusedError
+
+    store = LocalStore(tmp_path / "cat")
+    store.write("targets/wn/20261203.1/x86_64/a.qcow2", b"x")
+    outside = tmp_path / "outside"
+    (outside / "20261203.7" / "x86_64").mkdir(parents=True)
+    os.symlink(outside / "20261203.7", tmp_path / "cat/targets/wn/20261203.5")
+    assert store.list_children("targets/wn/", "20261203.") == {"20261203.1"}
+    os.symlink(outside, tmp_path / "cat/targets/ln")
+    with pytest.raises(SymlinkRefusedError, match="not followed"):
+        store.list_children("targets/ln/")
+
+
 @pytest.mark.usefixtures("small_bins")
 def test_automatic_versions_of_a_binned_name_read_no_bin_but_the_one_written(
     catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path]
