@@ -556,12 +556,30 @@ def _key_probe(tmp: Path) -> Path:
     return probe
 
 
-def _gcl(gcl: Path, proj: Path, env: dict[str, str], *args: str) -> tuple[int, str, float]:
+# gitlab-ci-local's store of each job's file variables: a fixed path, not under TMPDIR, which it leaves behind
+# (unlike a GitLab runner), even for `--list`; the slug in the name is "undefined" in the versions seen
+GCL_FILE_VARIABLES = "gitlab-ci-local-file-variables-*"
+
+
+def _gcl(
+    gcl: Path, proj: Path, env: dict[str, str], *args: str, keep: list[Path] | None = None
+) -> tuple[int, str, float]:
+    """One gitlab-ci-local run. The file-variable directories it leaves (key material) are removed at once, or
+    added to ``keep`` for the caller to look at and remove."""
     t0 = time.monotonic()
-    p = subprocess.run(
-        [str(gcl), "--no-color", "--max-job-name-padding", "0", *args],
-        cwd=proj, env=env, capture_output=True, text=True, timeout=3600, check=False,
-    )  # fmt: skip
+    before = set(Path("/tmp").glob(GCL_FILE_VARIABLES))
+    try:
+        p = subprocess.run(
+            [str(gcl), "--no-color", "--max-job-name-padding", "0", *args],
+            cwd=proj, env=env, capture_output=True, text=True, timeout=3600, check=False,
+        )  # fmt: skip
+    finally:
+        left = sorted(set(Path("/tmp").glob(GCL_FILE_VARIABLES)) - before)
+        if keep is None:
+            for d in left:
+                shutil.rmtree(d, ignore_errors=True)
+        else:
+            keep.extend(left)
     return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
 
 
@@ -617,29 +635,32 @@ def pipeline(gitlab_ci_local: Path, tmp_path_factory: pytest.TempPathFactory) ->
     subprocess.run([*git, "add", ".gitlab-ci.yml", "ci", "recipes"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "images"], check=True)
     env = {**env, "GCL_IGNORE_PREDEFINED_VARS": "CI_COMMIT_REF_PROTECTED,CI_PIPELINE_SOURCE"}
-    slug = "images-recipes"  # CI_PROJECT_PATH_SLUG of the origin remote
-    before = set(Path("/tmp").glob(f"gitlab-ci-local-file-variables-{slug}-*"))
-    runs = []
-    # The second run: an unprotected branch, the build key cached, and the key variable unscoped.
-    for protected, scope in ((True, "catalogue/*"), (False, "*")):
-        project_variables(protected, scope)
-        code, out, seconds = _gcl(gitlab_ci_local, proj, env, "--manual", f"promote-{DEMO_JOB}")
-        (tmp / f"run{len(runs) + 1}.log").write_text(out)
-        runs.append(Run(code, out, seconds, scope))
-        print(f"gitlab-ci-local {GCL_VERSION} run {len(runs)}: exit {code} in {seconds:.0f} s")
-    left_over = sorted(set(Path("/tmp").glob(f"gitlab-ci-local-file-variables-{slug}-*")) - before)
-    # Everything the runs produced: both runs' output, and every file under this fixture's directory (the
-    # project with .gitlab-ci-local/ (job logs, artefacts) and imagectl-out/, the catalogue, the site, the
-    # export, the build cache, HOME), apart from the key material and the CI system's variable store.
-    t0 = time.monotonic()
-    leaks = _leaks(
-        _secrets(keys, keys_b64),
-        {f"run {n} output": r.out.encode() for n, r in enumerate(runs, 1)},
-        [tmp, *left_over],
-        exclude=(keys, tmp / "keys.tar.gz", proj / ".gitlab-ci-local-variables.yml"),
-    )
-    print(f"key leak search: {time.monotonic() - t0:.0f} s")
-    yield Pipeline(proj, cat, cache, runs, env, tmp, leaks, left_over)
+    left_over: list[Path] = []  # each job's file variables, which gitlab-ci-local leaves in /tmp
+    try:  # key material: gitlab-ci-local leaves each job's copy in /tmp, where the tests do not leave it
+        runs = []
+        # The second run: an unprotected branch, the build key cached, and the key variable unscoped.
+        for protected, scope in ((True, "catalogue/*"), (False, "*")):
+            project_variables(protected, scope)
+            code, out, seconds = _gcl(gitlab_ci_local, proj, env, "--manual", f"promote-{DEMO_JOB}", keep=left_over)
+            (tmp / f"run{len(runs) + 1}.log").write_text(out)
+            runs.append(Run(code, out, seconds, scope))
+            print(f"gitlab-ci-local {GCL_VERSION} run {len(runs)}: exit {code} in {seconds:.0f} s")
+        # Everything the runs produced: both runs' output, and every file under this fixture's directory (the
+        # project with .gitlab-ci-local/ (job logs, artefacts) and imagectl-out/, the catalogue, the site, the
+        # export, the build cache, HOME), apart from the key material and the CI system's variable stores (the
+        # project's variables file; the per-job copies of the file variable, checked by the file-variable test).
+        t0 = time.monotonic()
+        leaks = _leaks(
+            _secrets(keys, keys_b64),
+            {f"run {n} output": r.out.encode() for n, r in enumerate(runs, 1)},
+            [tmp],
+            exclude=(keys, tmp / "keys.tar.gz", proj / ".gitlab-ci-local-variables.yml"),
+        )
+        print(f"key leak search: {time.monotonic() - t0:.0f} s")
+        yield Pipeline(proj, cat, cache, runs, env, tmp, leaks, left_over)
+    finally:
+        for d in left_over:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _job_lines(out: str, job: str) -> list[str]:
@@ -770,7 +791,10 @@ def test_gitlab_key_file_reaches_only_publish_and_promote(pipeline: Pipeline):
         lines = "\n".join(_job_lines(pipeline.runs[1].out, job))
         assert "removed the signing key file from this job and unset its variable" in lines, (job, lines[-2000:])
     assert "removed the signing key file" in "\n".join(_job_lines(pipeline.runs[1].out, f"test-{DEMO_JOB}"))
-    assert pipeline.left_over == []  # gitlab-ci-local removed each job's file variables
+    # gitlab-ci-local (unlike a GitLab runner) leaves each job's file variables in /tmp after the job (the fixture
+    # removes them): those directories hold that job's copy of the key file and nothing else of the pipeline's.
+    for d in pipeline.left_over:
+        assert {p.name for p in d.iterdir()} <= {"IMAGECTL_KEYS_FILE"}, d
 
 
 @pytest.mark.build
