@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Benchmark ``imagectl build`` of the Debian demo recipe: cold, after adding one package, and cached.
 
-Each round uses a new, empty cache directory and runs, for x86_64: (1) a **cold** build (no package cache, no
-cached base system, no build cache), (2) the demo with **one package added** (a recipe that ``extends:`` the demo
-and adds ``--add-package``, default ``tree``: a new build key, so diskimage-builder runs again, now with the base
-system and every package it needs but one from imagectl's package cache), (3) that same recipe again, three times
-(an **identical** build: a copy from the build cache). Prints each build's wall time, split into diskimage-builder's
-phases read from its log (bootstrap: root.d, i.e. debootstrap or the cached base and the base packages; package
-install: extra-data.d to post-install.d; image creation: from there to the qemu-img conversion; conversion; and
-imagectl's own time around DIB), the ratio of (2) and (3) to (1) from the same round (targets: <= 0.6, and
-<= 2 s), and what the package cache served and downloaded (from the build records). ``--rounds N``: N rounds,
-medians reported, every run's value kept. Needs root and the packages ci/host-setup.sh installs. Never asserts.
+Each round uses a new, empty cache directory and runs, for x86_64: (1) a **cold** build (no package cache, no cached
+base system, no build cache), (2) the demo with **one package added** (a recipe that ``extends:`` the demo and adds
+``--add-package``, default ``tree``: a new build key, so diskimage-builder runs again, now with the base system and
+every package it needs but one from imagectl's package cache, and the kernel's initramfs from imagectl's initramfs
+cache when nothing it is made from changed), (3) that same recipe again, three times (an **identical** build: a copy
+from the build cache). Prints each build's wall time, split into diskimage-builder's phases read from its log
+(bootstrap: root.d, i.e. debootstrap or the cached base and the base packages; package install: extra-data.d to
+post-root.d, the initramfs included; image creation: from there to the qemu-img conversion; conversion; and
+imagectl's own time around DIB), the ratio of (2) and (3) to (1) from the same round (targets: <= 0.6, and <= 2 s),
+what the package cache served and downloaded and whether the initramfs was reused (from the build records).
+``--rounds N``: N rounds, medians reported, every run's value kept. Needs root and the packages ci/host-setup.sh
+installs. Never asserts.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ PHASES = ("bootstrap", "package_install", "image_creation", "conversion", "image
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \| (.*)$")
 _RUNNING = re.compile(r"dib-run-parts Running \S+/([a-z-]+\.d)/")
-_INSTALL = ("extra-data.d", "pre-install.d", "install.d", "post-install.d")
+_INSTALL = ("extra-data.d", "pre-install.d", "install.d", "post-install.d", "post-root.d")  # post-root.d: initramfs
 
 
 def phases(log_text: str, wall: float) -> dict[str, float]:
@@ -90,6 +92,7 @@ def build(tmp: Path, recipe: Path, name: str) -> dict[str, object]:
         "phases": phases(logf.read_text(errors="replace"), wall) if not res["cached"] else {},
         "package_cache": {k: cache[k] for k in ("hits", "downloaded", "downloaded_packages") if k in cache}
         | ({"base_reused": cache["base"]["reused"]} if "base" in cache else {}),
+        "initramfs_reused": [k["reused"] for k in (record.get("initramfs_cache") or {}).get("kernels", [])],
     }
 
 
@@ -100,7 +103,10 @@ def one_round(tmp: Path, r: int, extra: str) -> dict[str, object]:
     plus = tmp / f"plus{r}.yaml"
     plus.write_text(f"extends: {RECIPE}\npackages: [{extra}]\n")
     plus_one = build(tmp, plus, f"plus{r}")
-    log(f"round {r + 1}: +{extra} {plus_one['seconds']:.1f} s {plus_one['phases']} {plus_one['package_cache']}")
+    log(
+        f"round {r + 1}: +{extra} {plus_one['seconds']:.1f} s {plus_one['phases']} {plus_one['package_cache']}"
+        f" initramfs reused: {plus_one['initramfs_reused']}"
+    )
     cached = [build(tmp, plus, f"cached{r}-{i}") for i in range(3)]
     log(f"round {r + 1}: cached {[c['seconds'] for c in cached]} s")
     return {"cold": cold, "plus_one": plus_one, "cached": cached}
@@ -153,6 +159,7 @@ def main() -> int:
         print(f"  r{r + 1} {'cached (3 runs)':<19}{', '.join(str(c['seconds']) for c in x['cached']):>8}")  # type: ignore
         pc = x["plus_one"]["package_cache"]  # type: ignore[index]
         print(f"     package cache on +{args.add_package}: {pc}")
+        print(f"     initramfs reused on +{args.add_package}: {x['plus_one']['initramfs_reused']}")  # type: ignore
     m = res["plus_one_ratio_median"]
     print(
         f"  +1 package / cold: {plus_ratio} median {m:.3f}   (target <= {PLUS_ONE_TARGET}: {ok[m <= PLUS_ONE_TARGET]})"

@@ -198,6 +198,7 @@ class BuildRecord(_Section):
     images: tuple[ImageFile, ...] | None = None
     log: str | None = None
     package_cache: Mapping[str, Any] | None = None  # what the Debian package cache served (imagectl.imaging.aptproxy)
+    initramfs_cache: Mapping[str, Any] | None = None  # each kernel's initramfs: reused or made (imaging/initramfs.py)
     source_date_epoch: int | None = None  # seconds; set by a reproducible build (build --reproducible)
     reproducible: bool | None = None  # True: images normalized to be bit-identical (issue 11); absent otherwise
     boot_test: BootTest | None = None
@@ -422,6 +423,7 @@ def from_dict(value: Any, where: str) -> BuildRecord:
         images=None if images is None else tuple(_image(p, v, where) for p, v in images),
         log=r.text("log"),
         package_cache=r.mapping("package_cache"),
+        initramfs_cache=r.mapping("initramfs_cache"),
         source_date_epoch=r.count("source_date_epoch", "seconds"),
         reproducible=_flag(r, "reproducible"),
         boot_test=None if boot_test is None else _boot_test(boot_test, where),

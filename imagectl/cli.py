@@ -1283,7 +1283,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--format", action="append", default=[], help="only this format (repeatable)")
     sp.add_argument("-o", "--output", default="build", help="output directory (default: ./build)")
-    sp.add_argument("--rebuild", action="store_true", help="build even if an identical build is cached")
+    sp.add_argument(
+        "--rebuild", action="store_true", help="build even if an identical build is cached (each initramfs made afresh)"
+    )
     sp.add_argument(
         "--reproducible",
         action="store_true",

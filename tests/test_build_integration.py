@@ -135,7 +135,7 @@ def test_each_kernel_gets_one_initramfs_made_after_every_package(built, tmp_path
     log = (Path(built["out"]["record"]).parent / "debian12-demo-x86_64.log").read_text(errors="replace")
     assert log.count("deferred by imagectl-initramfs") >= 2, "the kernel's hook and the trigger were deferred"
     assert log.count("update-initramfs: Generating /boot/initrd.img-") == 1
-    assert "imagectl-initramfs: 1 initramfs made once, after every package" in log
+    assert "imagectl-initramfs: 1 initramfs made once, after every package; 0 reused" in log
     made = log.index("update-initramfs: Generating")
     assert log.rindex("Setting up slurmd") < made and log.rindex("Setting up openssh-server") < made
     record = json.loads(Path(built["out"]["record"]).read_text())
@@ -194,6 +194,14 @@ def test_rebuild_with_one_more_package_downloads_only_it(built, tmp_path):
     assert cache["base"]["reused"] is True and cache["base"]["key"] == cold["base"]["key"]
     assert cache["hits"] >= 50 and cache["rejected_packages"] == [] and cache["removed_damaged"] == 0
     assert "tree" in {p["name"] for p in record["packages"]}
+    # the initramfs cache: the module's build made the kernel's initramfs and filed it; tree touches nothing
+    # mkinitramfs reads, so this build took that one (its boot is shown by the xen-pv test, which reuses it too)
+    [made] = json.loads(Path(built["out"]["record"]).read_text())["initramfs_cache"]["kernels"]
+    [took] = record["initramfs_cache"]["kernels"]
+    assert made["reused"] is False and len(made["cached_as"]) == 64
+    assert took["reused"] is True and took["version"] == made["version"]
+    log = (Path(out["record"]).parent / "debian12-demo-x86_64.log").read_text(errors="replace")
+    assert "reused from imagectl's initramfs cache" in log and "update-initramfs: Generating" not in log
     # issue 11: `imagectl diff` of the two real builds shows exactly that package, and the recipe change behind it
     r = run_imagectl("diff", built["out"]["record"], out["record"], "--json")
     assert r.code == 0, r.err
@@ -217,6 +225,10 @@ def test_the_demo_built_twice_reproducibly_is_bit_identical(built, tmp_path):
         data = json.loads(record.read_text())
         assert (data["source_date_epoch"], data["reproducible"]) == (EPOCH, True)
         assert data["images"][0]["sha256"] == sha256(first)
+    # the second build bypassed the initramfs cache and made its own in the image (post-install.d), the first
+    # made it from outside (post-root.d) and filed it: the two images are still one sha256
+    again = json.loads((second.parent / "debian12-demo-x86_64.build.json").read_text())
+    assert "initramfs_cache" not in again and json.loads(Path(out["record"]).read_text())["initramfs_cache"]
     # `imagectl rebuild`: the published image, built a third time from its signed build record alone (its merged
     # recipe, target, formats and epoch; the build cache bypassed), has the sha256 the catalogue signed
     cat, keys = tmp_path / "cat", tmp_path / "keys"
@@ -323,6 +335,8 @@ def test_xen_pv_demo_builds_and_boots_through_the_real_pygrub(built, tmp_path):
         unavailable(f"{e} ({e.hint})")
     out, record = _build_from_demo(built, tmp_path, None, hypervisor="xen-pv")
     assert record["target"]["hypervisor"] == "xen-pv" and record["package_cache"]["downloaded"] == 0
+    # only GRUB's command line differs from the module's build: the initramfs that boots below is the cached one
+    assert [k["reused"] for k in record["initramfs_cache"]["kernels"]] == [True]
     # `imagectl plan` computes the very key this real build filed its cache entry under, and says it is cached
     r = run_imagectl("plan", DEMO, "--arch", "x86_64", "--json", env=built["env"])
     [entry] = [e for e in json.loads(r.out)["entries"] if e["hypervisor"] == "xen-pv"]

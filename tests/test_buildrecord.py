@@ -53,6 +53,12 @@ BASE: Doc = {  # every member imagectl writes, shaped as `imagectl build` and `i
     "images": [{"file": "wn-x86_64.qcow2", "format": "qcow2", "size": 4100, "sha256": HEX}],
     "log": "wn-x86_64.log",
     "package_cache": {"hits": 3, "base": {"key": None, "reused": False}},
+    "initramfs_cache": {  # as imagectl/imaging/initramfs.py reports: one made and filed, one reused
+        "kernels": [
+            {"version": "6.1.0-57-amd64", "reused": False, "seconds": 17.2, "cached_as": HEX},
+            {"version": "6.1.0-58-amd64", "reused": True, "seconds": 0.9},
+        ]
+    },
     "source_date_epoch": 1795897038,  # build --reproducible
     "reproducible": True,
     "boot_test": BOOT,
@@ -93,6 +99,7 @@ def test_every_member_round_trips_and_validates() -> None:
     record = buildrecord.from_dict(copy.deepcopy(BASE), "base")
     assert record.to_dict() == BASE and parse(record.to_json().encode(), "base") == record
     assert record.package_cache == BASE["package_cache"] and record.host == BASE["host"]
+    assert record.initramfs_cache == BASE["initramfs_cache"]
     assert_valid("build-record", BASE)
 
 

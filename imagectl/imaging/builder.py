@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from imagectl.errors import (
     printable,
 )
 from imagectl.families import family
-from imagectl.fsio import AtomicFile, copy_verified, replacing, sha256_file
+from imagectl.fsio import AtomicFile, copy_verified, read_regular, replacing, sha256_file
 from imagectl.imaging import hostcompat, repro
 from imagectl.imaging.aptproxy import DebianPackageCache
 from imagectl.imaging.configscript import write_config
@@ -385,6 +386,17 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
     # proxy's environment, it is not in the build key: where packages are cached does not change what is built.
     if "slc-bootstrap" in inv.elements:
         env["IMAGECTL_SLC_CACHE"] = str(opts.cache_dir / "slc")
+    # Debian: a kernel's initramfs reused from an earlier build whose tree was in the same state for it
+    # (imaging/initramfs.py); bypassed with the build cache (check-reproducible's second build, imagectl rebuild)
+    # and by build --rebuild: made afresh in the image then
+    initramfs_report = None
+    if "imagectl-initramfs" in inv.elements and opts.write_cache and not opts.rebuild:
+        initramfs_report = opts.output / ".imagectl-work" / t.basename / "initramfs.json"
+        initramfs_report.parent.mkdir(parents=True, exist_ok=True)
+        initramfs_report.unlink(missing_ok=True)
+        env["IMAGECTL_INITRAMFS_CACHE"] = str(opts.cache_dir / "initramfs")
+        env["IMAGECTL_INITRAMFS_REPORT"] = str(initramfs_report)
+        env.setdefault("IMAGECTL_PYTHON", sys.executable)
     cache_record, succeeded = None, False
     try:
         serving: contextlib.AbstractContextManager[dict[str, str]] = (
@@ -444,6 +456,7 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
         ),
         log=log_file.name,
         package_cache=cache_record,  # what came from the package cache, what was downloaded (None: not used)
+        initramfs_cache=_initramfs_report(initramfs_report),
         source_date_epoch=opts.source_date_epoch,
         reproducible=True if opts.source_date_epoch is not None else None,
     )
@@ -464,6 +477,18 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
     os.replace(staging, cache)
     shutil.rmtree(opts.output / ".imagectl-work" / t.basename, ignore_errors=True)
     return BuildOutput(t, images, record_path, False, time.monotonic() - start)
+
+
+def _initramfs_report(path: Path | None) -> dict[str, Any] | None:
+    """What the imagectl-initramfs element did with the initramfs cache (None: not used, or no kernel pending)."""
+    if path is None:
+        return None
+    try:
+        doc = json.loads(read_regular(path, 1 << 20, what="initramfs report"))
+    except (LocalIOError, ValueError):
+        return None
+    kernels = doc.get("kernels") if isinstance(doc, dict) else None
+    return {"kernels": kernels} if isinstance(kernels, list) and kernels else None
 
 
 # qemu-img's output is the same bytes for the same input, version and options (issue 11): these are fixed

@@ -285,20 +285,11 @@ def repack_initrd(data: bytes, epoch: int, replace: dict[str, bytes], name: str)
     Raises InvalidInputError for anything but one compressed cpio (an early microcode cpio in front, another
     compressor): refused, not guessed.
     """
-    raw = _cpio_of(data, name)
+    raw = cpio_of(data, name)
     out: list[bytes] = []
     inos: dict[tuple[int, int, int], int] = {}
-    off = 0
-    while True:
-        h = raw[off : off + 110]
-        if h[:6] not in (b"070701", b"070702"):
-            raise InvalidInputError(f"{name}: bad cpio header at byte {off}")
-        f = [int(h[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
+    for h, f, member, body in cpio_entries(raw, name):
         ino, mode, uid, gid, nlink, mtime, size, dmaj, dmin, rmaj, rmin, namesize, chk = f
-        member = raw[off + 110 : off + 110 + namesize - 1]
-        p = (off + 110 + namesize + 3) & ~3
-        body = raw[p : p + size]
-        off = (p + size + 3) & ~3
         if member == b"TRAILER!!!":
             new = [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, namesize, 0]
         else:
@@ -313,19 +304,40 @@ def repack_initrd(data: bytes, epoch: int, replace: dict[str, bytes], name: str)
         rec += b"\0" * (-len(rec) % 4) + body
         rec += b"\0" * (-len(rec) % 4)
         out.append(rec)
-        if member == b"TRAILER!!!":
-            break
-    if raw[off:].strip(b"\0"):
-        raise InvalidInputError(
-            f"{name}: data after the cpio trailer (concatenated archive); cannot make it reproducible"
-        )
     blob = b"".join(out)
     blob += b"\0" * (-len(blob) % 512)  # cpio pads its output to 512-byte blocks
     # like mkinitramfs's `gzip -n`: no file name, mtime 0 (the header's OS byte differs; the bytes are as fixed)
     return gzip.compress(blob, compresslevel=6, mtime=0)
 
 
-def _cpio_of(data: bytes, name: str) -> bytes:
+def cpio_entries(raw: bytes, name: str) -> Iterator[tuple[bytes, list[int], bytes, bytes]]:
+    """Each record of the newc cpio ``raw`` up to and including its trailer: (header, its 13 numbers, member name,
+    body). Raises InvalidInputError for a bad header, a record that runs past the end, or data after the trailer
+    (a concatenated archive)."""
+    off = 0
+    while True:
+        h = raw[off : off + 110]
+        if len(h) < 110 or h[:6] not in (b"070701", b"070702"):
+            raise InvalidInputError(f"{name}: bad cpio header at byte {off}")
+        try:
+            f = [int(h[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
+        except ValueError:
+            raise InvalidInputError(f"{name}: bad cpio header at byte {off}") from None
+        size, namesize = f[6], f[11]
+        member = raw[off + 110 : off + 110 + namesize - 1]
+        p = (off + 110 + namesize + 3) & ~3
+        if namesize < 1 or p + size > len(raw):
+            raise InvalidInputError(f"{name}: cpio record at byte {off} runs past the end of the archive")
+        body = raw[p : p + size]
+        off = (p + size + 3) & ~3
+        yield h, f, member, body
+        if member == b"TRAILER!!!":
+            break
+    if raw[off:].strip(b"\0"):
+        raise InvalidInputError(f"{name}: data after the cpio trailer (concatenated archive)")
+
+
+def cpio_of(data: bytes, name: str) -> bytes:
     """The cpio inside a gzip'd or zstd'd initramfs (zstd through the host's ``zstd``), at most MAX_INITRD_CPIO
     bytes."""
     if data[:2] == GZIP_MAGIC:
@@ -351,7 +363,9 @@ def _cpio_of(data: bytes, name: str) -> bytes:
         if proc.returncode != 0 and len(raw) <= MAX_INITRD_CPIO:
             raise InvalidInputError(f"{name}: bad zstd data: {err.decode(errors='replace').strip()[:200]}")
     else:
-        raise InvalidInputError(f"{name}: not a single gzip'd or zstd'd cpio; cannot make it reproducible")
+        raise InvalidInputError(
+            f"{name}: not a single gzip'd or zstd'd cpio (an early microcode cpio in front, another compressor)"
+        )
     if len(raw) > MAX_INITRD_CPIO:
         raise InvalidInputError(f"{name}: unpacks to more than {MAX_INITRD_CPIO:,} bytes; not made reproducible")
     return raw
