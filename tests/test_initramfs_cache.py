@@ -269,3 +269,15 @@ def test_filing_leaves_nothing_half_made_and_removes_what_a_killed_builder_left(
     doc = json.loads((entry / "state.json").read_text())
     assert doc["sha256"] == hashlib.sha256((entry / "initrd.img").read_bytes()).hexdigest()
     assert doc["members"]["usr/bin/busybox"].startswith("f 644 12 ") and "conf/arch.conf" in doc["members"]
+
+
+def test_a_symlinked_boot_is_the_trees_own_directory(setup, tmp_path):
+    """/boot -> /srv/boot in a tree means the tree's /srv/boot: the reused initramfs lands there, never in the
+    host's /srv/boot."""
+    _, cache, calls = setup
+    other = _tree(tmp_path / "tree2")
+    (other / "srv").mkdir()
+    os.replace(other / "boot", other / "srv/boot")
+    (other / "boot").symlink_to("/srv/boot")
+    assert _provide(other, cache, calls)["reused"] is True
+    assert (other / f"srv/boot/initrd.img-{V}").is_file() and not Path(f"/srv/boot/initrd.img-{V}").exists()

@@ -262,10 +262,10 @@ class Cache:
         return None
 
     def _copy_out(self, rel: str, tree: Path, sha256: str) -> Path | None:
-        boot = _resolve(os.fspath(tree), "boot", follow=False)
+        boot = _boot(tree)
         if boot is None:
             return None
-        temp = Path(boot) / f".imagectl-initrd.{secrets.token_hex(6)}"
+        temp = boot / f".imagectl-initrd.{secrets.token_hex(6)}"
         try:
             fd = Beneath(self.root).open_regular(rel)
         except (OSError, ImagectlError):
@@ -324,9 +324,16 @@ class Cache:
             shutil.rmtree(self.root / arch / old, ignore_errors=True)
 
 
+def _boot(tree: Path) -> Path | None:
+    """The tree's /boot directory on the host (a symlink there resolved inside the tree), or None."""
+    host = _resolve(os.fspath(tree), "boot", follow=True)
+    return Path(host) if host is not None and stat.S_ISDIR(os.lstat(host).st_mode) else None
+
+
 def _make_in_chroot(tree: Path, version: str, log: Callable[[str], None]) -> None:
     """The real update-initramfs of the tree, in it (``-u`` when an initramfs is there, as post-install.d/99)."""
-    mode = "-u" if os.path.lexists(tree / f"boot/initrd.img-{version}") else "-c"
+    boot = _boot(tree)
+    mode = "-u" if boot is not None and os.path.lexists(boot / f"initrd.img-{version}") else "-c"
     env = ["/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8"]
     r = subprocess.run(
         ["chroot", os.fspath(tree), *env, "update-initramfs", mode, "-k", version],
@@ -369,11 +376,10 @@ def provide(
     start = dt.datetime.now(dt.UTC)
     hasher = _Hasher(tree)
     inputs = inputs_state(tree, version, hasher)
-    target = tree / f"boot/initrd.img-{version}"
     temp = cache.find(arch, version, tree, inputs, hasher)
     if temp is not None:
         os.chmod(temp, 0o644)
-        os.replace(temp, target)
+        os.replace(temp, temp.with_name(f"initrd.img-{version}"))
         _post_update(tree, version)
         took = (dt.datetime.now(dt.UTC) - start).total_seconds()
         log(f"imagectl-initramfs: /boot/initrd.img-{version} reused from imagectl's initramfs cache ({took:.1f} s)")
