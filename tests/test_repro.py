@@ -257,6 +257,19 @@ def test_repack_initrd_refuses_a_decompression_bomb(monkeypatch: pytest.MonkeyPa
             repro.repack_initrd(data, EPOCH, {}, "/boot/initrd.img-bomb")
 
 
+def test_a_zstd_that_hangs_is_stopped_in_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The zstd child is bounded in time as in size: one that writes nothing and never exits (a stand-in on
+    PATH) is killed when the limit passes, with one line saying so, instead of hanging the build."""
+    fake = tmp_path / "bin" / "zstd"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexec sleep 600\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(repro, "_SLOW", 0.5)
+    with pytest.raises(ToolError, match=r"zstd took more than 0\.5 s to unpack it"):
+        repro.repack_initrd(repro.ZSTD_MAGIC + b"\0" * 64, EPOCH, {}, "/boot/initrd.img-hang")
+
+
 def loops_of(path: Path) -> str:
     return subprocess.run(["losetup", "-j", path], capture_output=True, text=True, check=True, timeout=30).stdout
 

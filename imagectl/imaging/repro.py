@@ -25,6 +25,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -356,10 +357,27 @@ def cpio_of(data: bytes, name: str) -> bytes:
                 ["zstd", "-dc", "--no-progress"], stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
             assert proc.stdout is not None
-            raw = proc.stdout.read(MAX_INITRD_CPIO + 1)
-            if len(raw) > MAX_INITRD_CPIO:
+            expired = threading.Event()
+
+            def expire() -> None:
+                expired.set()
                 proc.kill()
-            _, err = proc.communicate(timeout=60)
+
+            watchdog = threading.Timer(_SLOW, expire)  # the read below ends at zstd's EOF: bounded in time too
+            watchdog.start()
+            try:
+                raw = proc.stdout.read(MAX_INITRD_CPIO + 1)
+                if len(raw) > MAX_INITRD_CPIO:
+                    proc.kill()
+                _, err = proc.communicate(timeout=_QUICK)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise ToolError(f"{name}: zstd did not exit after writing its output") from None
+            finally:
+                watchdog.cancel()
+            if expired.is_set():
+                raise ToolError(f"{name}: zstd took more than {_SLOW:g} s to unpack it")
         if proc.returncode != 0 and len(raw) <= MAX_INITRD_CPIO:
             raise InvalidInputError(f"{name}: bad zstd data: {err.decode(errors='replace').strip()[:200]}")
     else:
