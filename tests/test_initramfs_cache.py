@@ -90,7 +90,7 @@ def test_an_unchanged_tree_reuses_the_initramfs_byte_for_byte(setup, tmp_path):
     again = _provide(other, cache, calls)
     assert again["reused"] is True and calls == [V]
     target = other / f"boot/initrd.img-{V}"
-    assert target.read_bytes() == made and stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert target.read_bytes() == made and stat.S_IMODE(target.stat().st_mode) == 0o644  # as it was made
     assert not [p for p in (other / "boot").iterdir() if p.name.startswith(".imagectl-initrd")]
 
 
@@ -281,3 +281,22 @@ def test_a_symlinked_boot_is_the_trees_own_directory(setup, tmp_path):
     (other / "boot").symlink_to("/srv/boot")
     assert _provide(other, cache, calls)["reused"] is True
     assert (other / f"srv/boot/initrd.img-{V}").is_file() and not Path(f"/srv/boot/initrd.img-{V}").exists()
+
+
+def test_the_cache_is_private_and_a_reused_file_keeps_the_mode_it_was_made_with(tmp_path):
+    """An initramfs may hold secrets (a cryptsetup keyfile, dropbear's host key): every directory of the cache
+    is 0700, and a reused one gets the mode update-initramfs gave it (here 0600, as with such a hook)."""
+    tree = _tree(tmp_path / "tree")
+    cache = Cache(tmp_path / "cache")
+    make = _fake_update_initramfs([])
+
+    def private(t: Path, version: str, log: Callable[[str], None]) -> None:
+        make(t, version, log)
+        os.chmod(t / f"boot/initrd.img-{version}", 0o600)
+
+    assert provide(tree, "amd64", V, cache, lambda _l: None, make=private)["reused"] is False
+    for d in (cache.root, cache.root / "amd64", cache.root / "amd64" / V):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    other = _tree(tmp_path / "tree2")
+    assert _provide(other, cache, [])["reused"] is True
+    assert stat.S_IMODE((other / f"boot/initrd.img-{V}").stat().st_mode) == 0o600

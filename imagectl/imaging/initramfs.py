@@ -246,9 +246,12 @@ class Cache:
         )
         return doc if ok else None
 
-    def find(self, arch: str, version: str, tree: Path, inputs: dict[str, str], hasher: _Hasher) -> Path | None:
+    def find(
+        self, arch: str, version: str, tree: Path, inputs: dict[str, str], hasher: _Hasher
+    ) -> tuple[Path, int] | None:
         """A cached entry made from a tree in the very state of ``tree`` (``inputs`` its :func:`inputs_state`), its
-        initramfs copied out of the cache and verified: a temp file under ``tree``'s /boot, or None."""
+        initramfs copied out of the cache and verified: a temp file under ``tree``'s /boot and the mode
+        update-initramfs gave it, or None. The entry found is marked used (the least recently used go first)."""
         base = self._dir(arch, version)
         for entry in self._entries(arch, version):
             doc = self._read_state(f"{base}/{entry}")
@@ -258,7 +261,9 @@ class Cache:
                 continue
             temp = self._copy_out(f"{base}/{entry}/initrd.img", tree, doc["sha256"])
             if temp is not None:
-                return temp
+                with contextlib.suppress(OSError):
+                    os.utime(self.root / base / entry)
+                return temp, doc["mode"] & 0o777
         return None
 
     def _copy_out(self, rel: str, tree: Path, sha256: str) -> Path | None:
@@ -292,8 +297,10 @@ class Cache:
         base = self.root / self._dir(arch, version)
         body = json.dumps(doc, sort_keys=True).encode()
         entry = hashlib.sha256(json.dumps([doc["inputs"], doc["members"]], sort_keys=True).encode()).hexdigest()
+        for d in (self.root, self.root / arch, base):  # private: an initramfs may hold keys (cryptsetup, dropbear)
+            d.mkdir(mode=0o700, exist_ok=True)
         staging = base / f".{entry}.{secrets.token_hex(6)}.tmp"
-        staging.mkdir(parents=True, mode=0o700)
+        staging.mkdir(mode=0o700)
         try:
             shutil.copyfile(initrd, staging / "initrd.img", follow_symlinks=False)
             atomic_write(staging / "state.json", body, mode=0o600)
@@ -376,9 +383,10 @@ def provide(
     start = dt.datetime.now(dt.UTC)
     hasher = _Hasher(tree)
     inputs = inputs_state(tree, version, hasher)
-    temp = cache.find(arch, version, tree, inputs, hasher)
-    if temp is not None:
-        os.chmod(temp, 0o644)
+    found = cache.find(arch, version, tree, inputs, hasher)
+    if found is not None:
+        temp, mode = found
+        os.chmod(temp, mode)
         os.replace(temp, temp.with_name(f"initrd.img-{version}"))
         _post_update(tree, version)
         took = (dt.datetime.now(dt.UTC) - start).total_seconds()
