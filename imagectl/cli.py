@@ -872,11 +872,15 @@ def _live_progress(
 def _source_date_epoch(args: argparse.Namespace, recipe: Any) -> int | None:
     """The SOURCE_DATE_EPOCH of ``build`` (and of ``plan``, whose keys must be build's): --source-date-epoch N;
     else, with --reproducible or --check-reproducible, the recipe's default; else None (not reproducible)."""
-    from imagectl.imaging.builder import default_epoch
+    from imagectl.catalogue.model import check_format
+    from imagectl.imaging.builder import check_reproducible_formats, default_epoch
 
+    formats = [check_format(f) for f in getattr(args, "format", None) or []] or None
     if args.source_date_epoch is not None:
+        check_reproducible_formats(recipe, formats)  # an argument mistake first, before any look at git
         return int(args.source_date_epoch)
     if args.reproducible or getattr(args, "check_reproducible", False):
+        check_reproducible_formats(recipe, formats)
         return default_epoch(recipe)
     return None
 

@@ -465,6 +465,37 @@ def test_default_epoch_is_the_environment_s_else_the_recipe_s_last_commit(monkey
         assert default_epoch(recipe) == int(git.stdout)
 
 
+def test_a_recipe_outside_git_gets_its_format_mistake_first_then_the_missing_epoch(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An argument mistake is named before anything is looked up: --reproducible with a format whose bytes do not
+    repeat is refused as such even where the recipe has no default epoch (a copy outside any git checkout, as a
+    recipe installed with a wheel is); with that fixed, the missing epoch is named, with how to give one."""
+    from tests.test_build_fake import DEMO
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    recipe = tmp_path / "debian12-demo.yaml"
+    shutil.copyfile(DEMO, recipe)
+    out = tmp_path / "out"
+    r = cli("build", recipe, *X86_HVM, "-o", out, "--format", "vmdk", "--reproducible")
+    assert (r.code, r.err.splitlines()) == (
+        3,
+        [
+            "imagectl: error: --reproducible makes qcow2 and raw images, not vmdk",
+            "hint: choose them with --format qcow2 --format raw",
+        ],
+    )
+    r = cli("build", recipe, *X86_HVM, "-o", out, "--reproducible")
+    assert (r.code, r.err.splitlines()) == (
+        3,
+        [
+            f"imagectl: error: no SOURCE_DATE_EPOCH for {recipe}: it is not in a git checkout",
+            "hint: give one with --source-date-epoch N (seconds since 1970), or export SOURCE_DATE_EPOCH",
+        ],
+    )
+    assert not out.exists()
+
+
 def test_without_overlayfs_a_copy_gives_the_same_bytes(
     built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -56,6 +56,7 @@ __all__ = [
     "build_key",
     "build_recipe",
     "check_reproducible",
+    "check_reproducible_formats",
     "default_epoch",
     "dib_version",
     "is_cached",
@@ -543,6 +544,17 @@ def _make_reproducible(inv: DibInvocation, ids: repro.Ids, epoch: int, log_file:
             dib_raw.unlink(missing_ok=True)
 
 
+def check_reproducible_formats(recipe: Recipe, formats: list[str] | None) -> None:
+    """Raise InvalidInputError unless every format a reproducible build of ``recipe`` would make (``formats``, else
+    the recipe's) is one whose bytes are known to repeat (:data:`REPRODUCIBLE_FORMATS`)."""
+    other = [f for f in formats or recipe.data["formats"] if f not in REPRODUCIBLE_FORMATS]
+    if other:
+        raise InvalidInputError(
+            f"--reproducible makes {' and '.join(REPRODUCIBLE_FORMATS)} images, not {other[0]}",
+            hint="choose them with --format qcow2 --format raw",
+        )
+
+
 def default_epoch(recipe: Recipe) -> int:
     """SOURCE_DATE_EPOCH for ``build --reproducible`` without ``--source-date-epoch``: the environment's
     SOURCE_DATE_EPOCH, else the time of the last git commit that touched the recipe's files (fixed by the inputs,
@@ -586,12 +598,7 @@ def build_recipe(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
     if needs:  # a valid recipe that cannot build (SLC without gpg_keys): refused before DIB, not inside it
         raise KeyProblemError(needs[0])
     if opts.source_date_epoch is not None:
-        other = [f for f in opts.formats or recipe.data["formats"] if f not in REPRODUCIBLE_FORMATS]
-        if other:
-            raise InvalidInputError(
-                f"--reproducible makes {' and '.join(REPRODUCIBLE_FORMATS)} images, not {other[0]}",
-                hint="choose them with --format qcow2 --format raw",
-            )
+        check_reproducible_formats(recipe, opts.formats)
     dib = dib_version()
     for tool in ("disk-image-create", "qemu-img", "sudo"):
         if shutil.which(tool) is None:
