@@ -14,13 +14,14 @@ import pytest
 import requests
 
 from imagectl.catalogue import bins, index, model
+from imagectl.catalogue.keys import KeyRing
 from imagectl.catalogue.metadata import ROOT_MAX
 from imagectl.catalogue.state import load_state
 from imagectl.errors import InvalidInputError, LocalIOError
 from imagectl.store import open_store
 from imagectl.store.http import _timed_out
 from imagectl.store.local import LocalStore
-from tests.conftest import Catalogue, CliResult
+from tests.conftest import EXPIRY, Catalogue, CliResult
 from tests.test_mutants_verify_client import indexed, publish, report  # noqa: F401  (fixture)
 
 SHA = "ab" * 32
@@ -143,3 +144,58 @@ def test_a_timeout_beside_a_wrapped_exception_is_found() -> None:
     e.__cause__ = TimeoutError()
     assert _timed_out(e)
     assert not _timed_out(requests.ConnectionError(ValueError("wrapped")))
+
+
+def test_a_binned_version_whose_target_file_is_gone_is_still_found_by_its_bin(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """publish._existing__mutmut_24: in a binned name the listing of target files only adds formats to look up;
+    the requested format's bin is read whatever it says. wn:1.3 whose target file was deleted (damage, or a gc
+    gone wrong) is still the signed wn:1.3: other bytes under that version are a conflict (exit 6), not a new
+    image, and the bytes signed before are what the catalogue still lists."""
+    monkeypatch.setattr(bins, "BIN_THRESHOLD", 4)
+    monkeypatch.setattr(bins, "BIN_FILL", 2)
+    images = {f"1.{i}": make_image(5_000, seed=f"v{i}") for i in range(6)}
+    for version, image in images.items():
+        publish(cli, catalogue, image, "wn", version)
+    state = load_state(catalogue.store)
+    assert state.bin_roles("wn"), "not binned"
+    path = model.target_path("wn", "1.3", "x86_64", "qcow2")
+    signed = state.target("wn", path)
+    assert signed is not None
+    target_file = catalogue.dir / model.target_file_key(path, signed.hashes["sha256"])
+    target_file.unlink()
+    r = cli(
+        "publish",
+        make_image(5_000, seed="other"),
+        *catalogue.args(),
+        "--name",
+        "wn",
+        "--arch",
+        "x86_64",
+        "--version",
+        "1.3",
+    )
+    assert r.code == 6, r.err
+    assert "wn:1.3 (x86_64) is already published with other bytes" in r.err
+    after = load_state(catalogue.store).target("wn", path)
+    assert after is not None and after.hashes == signed.hashes
+
+
+def test_an_index_role_a_reindex_replaced_has_no_delegator(indexed: Catalogue) -> None:  # noqa: F811
+    """state.delegator__mutmut_5: after a re-index the old index roles stay listed in the snapshot, but targets no
+    longer delegates them: delegator() says None for each (and role() does not load them), while every index role
+    targets lists now is delegated by targets and holds its names."""
+    state = load_state(indexed.store)
+    old = state.index_roles()
+    bits = index.bits_of(old[0])
+    assert state.reindex(bits + 1) == bits + 1
+    state.commit(KeyRing(indexed.keys), EXPIRY)
+    state = load_state(indexed.store)
+    new = state.index_roles()
+    assert new and not set(new) & set(old)
+    assert all(f"{r}.json" in state.snapshot.signed.meta for r in old)  # still listed
+    assert [state.delegator(r) for r in old] == [None] * len(old)
+    assert [state.role(r) for r in old] == [None] * len(old)
+    assert all(state.delegator(r) is state.targets for r in new)
+    assert sorted(state.names()) == [f"w{i}" for i in range(5)]
