@@ -3,6 +3,8 @@ count in its score. Each was checked to fail with its mutant and to pass without
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import errno
 import json
 import os
@@ -16,6 +18,7 @@ import requests
 from imagectl.catalogue import bins, index, model
 from imagectl.catalogue.keys import KeyRing
 from imagectl.catalogue.metadata import ROOT_MAX
+from imagectl.catalogue.model import utcnow
 from imagectl.catalogue.state import load_state
 from imagectl.errors import InvalidInputError, LocalIOError
 from imagectl.store import open_store
@@ -149,10 +152,11 @@ def test_a_timeout_beside_a_wrapped_exception_is_found() -> None:
 def test_a_binned_version_whose_target_file_is_gone_is_still_found_by_its_bin(
     catalogue: Catalogue, cli: Callable[..., CliResult], make_image, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """publish._existing__mutmut_24: in a binned name the listing of target files only adds formats to look up;
-    the requested format's bin is read whatever it says. wn:1.3 whose target file was deleted (damage, or a gc
-    gone wrong) is still the signed wn:1.3: other bytes under that version are a conflict (exit 6), not a new
-    image, and the bytes signed before are what the catalogue still lists."""
+    """In a binned name the listing of target files only adds formats to look up; the requested format's bin is
+    read whatever it says. wn:1.3 whose target file was deleted (damage, or a gc gone wrong) is still the signed
+    wn:1.3: other bytes under that version are a conflict (exit 6), not a new image, and the bytes signed before
+    are what the catalogue still lists. (Written for publish._existing__mutmut_24 as tests/MUTANTS.md first
+    described it; that mutant is the next test's.)"""
     monkeypatch.setattr(bins, "BIN_THRESHOLD", 4)
     monkeypatch.setattr(bins, "BIN_FILL", 2)
     images = {f"1.{i}": make_image(5_000, seed=f"v{i}") for i in range(6)}
@@ -199,3 +203,28 @@ def test_an_index_role_a_reindex_replaced_has_no_delegator(indexed: Catalogue) -
     assert [state.role(r) for r in old] == [None] * len(old)
     assert all(state.delegator(r) is state.targets for r in new)
     assert sorted(state.names()) == [f"w{i}" for i in range(5)]
+
+
+def test_a_version_held_in_two_formats_is_matched_by_the_format_asked_for_first(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image
+) -> None:
+    """publish._existing__mutmut_24 (the formats tried in name order, not the requested one first): a catalogue
+    that holds wn:1.0 for x86_64 in two formats (publish refuses a second format, so an older publisher's or a
+    hand-signed catalogue) re-publishes the raw one as a no-op (exit 0, nothing signed), not as a conflict with
+    the qcow2 one that sorts first."""
+    publish(cli, catalogue, make_image(5_000, seed="qcow2"), "wn", "1.0")
+    raw = make_image(6_000, seed="raw", name="wn.raw")
+    r = cli("publish", raw, *catalogue.args(), "--name", "wn", "--arch", "x86_64", "--version", "9.9")
+    assert r.code == 0, r.err
+    state = load_state(catalogue.store)
+    [other] = state.version_images("wn", "9.9")
+    assert other.format == "raw"
+    path = model.target_path("wn", "1.0", "x86_64", "raw")
+    state.add_image(dataclasses.replace(other, version="1.0", path=path), utcnow() + dt.timedelta(days=90))
+    state.commit(KeyRing(catalogue.keys), EXPIRY)
+    assert sorted(r.format for r in load_state(catalogue.store).version_images("wn", "1.0")) == ["qcow2", "raw"]
+    before = sorted(p.name for p in (catalogue.dir / "metadata").iterdir())
+    r = cli("publish", raw, *catalogue.args(), "--name", "wn", "--arch", "x86_64", "--version", "1.0", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["created"] is False
+    assert sorted(p.name for p in (catalogue.dir / "metadata").iterdir()) == before
