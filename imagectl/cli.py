@@ -875,14 +875,11 @@ def _source_date_epoch(args: argparse.Namespace, recipe: Any) -> int | None:
     from imagectl.catalogue.model import check_format
     from imagectl.imaging.builder import check_reproducible_formats, default_epoch
 
-    formats = [check_format(f) for f in getattr(args, "format", None) or []] or None
-    if args.source_date_epoch is not None:
-        check_reproducible_formats(recipe, formats)  # an argument mistake first, before any look at git
-        return int(args.source_date_epoch)
-    if args.reproducible or getattr(args, "check_reproducible", False):
-        check_reproducible_formats(recipe, formats)
-        return default_epoch(recipe)
-    return None
+    if args.source_date_epoch is None and not (args.reproducible or getattr(args, "check_reproducible", False)):
+        return None
+    # an argument mistake first, before any look at git
+    check_reproducible_formats(recipe, [check_format(f) for f in getattr(args, "format", None) or []] or None)
+    return int(args.source_date_epoch) if args.source_date_epoch is not None else default_epoch(recipe)
 
 
 def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
