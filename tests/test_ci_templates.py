@@ -11,6 +11,8 @@ for itself (a build cache cannot be shared across modules without touching that 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import mmap
 import os
@@ -565,22 +567,47 @@ def _gcl(
     gcl: Path, proj: Path, env: dict[str, str], *args: str, keep: list[Path] | None = None
 ) -> tuple[int, str, float]:
     """One gitlab-ci-local run. The file-variable directories it leaves (key material) are removed at once, or
-    added to ``keep`` for the caller to look at and remove."""
+    added to ``keep`` for the caller to look at and remove.
+
+    Its directories are told from others by what appeared in /tmp during the run, so runs are serialised host-wide
+    (a lock in /tmp): a second test session on the same host would otherwise take, and remove, this one's."""
     t0 = time.monotonic()
-    before = set(Path("/tmp").glob(GCL_FILE_VARIABLES))
-    try:
-        p = subprocess.run(
-            [str(gcl), "--no-color", "--max-job-name-padding", "0", *args],
-            cwd=proj, env=env, capture_output=True, text=True, timeout=3600, check=False,
-        )  # fmt: skip
-    finally:
-        left = sorted(set(Path("/tmp").glob(GCL_FILE_VARIABLES)) - before)
-        if keep is None:
-            for d in left:
-                shutil.rmtree(d, ignore_errors=True)
-        else:
-            keep.extend(left)
+    with _gcl_lock():
+        before = set(Path("/tmp").glob(GCL_FILE_VARIABLES))
+        try:
+            p = subprocess.run(
+                [str(gcl), "--no-color", "--max-job-name-padding", "0", *args],
+                cwd=proj, env=env, capture_output=True, text=True, timeout=3600, check=False,
+            )  # fmt: skip
+        finally:
+            left = sorted(set(Path("/tmp").glob(GCL_FILE_VARIABLES)) - before)
+            if keep is None:
+                for d in left:
+                    shutil.rmtree(d, ignore_errors=True)
+            else:
+                keep.extend(left)
     return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def _gcl_lock(wait: float = 7200.0) -> Iterator[None]:
+    """An exclusive flock on /tmp/imagectl-tests-gitlab-ci-local.lock, waited for at most ``wait`` seconds."""
+    fd = os.open(
+        "/tmp/imagectl-tests-gitlab-ci-local.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another test session held the gitlab-ci-local lock for over {wait:.0f} s")
+                time.sleep(1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @pytest.fixture(scope="module")
