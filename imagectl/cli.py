@@ -1245,7 +1245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         required=True,
         metavar="DIR",
-        help="where streams/v1/ goes (serve it at the catalogue's base URL: item paths are blobs/sha256/HEX)",
+        help="where streams/v1/ goes (serve it at the catalogue's base URL: item paths are its target files)",
     )
     sp = add(
         exp,

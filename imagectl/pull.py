@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from imagectl.catalogue.client import CatalogueReader, Resolved, client_cache
-from imagectl.catalogue.model import ImageRef, blob_key
+from imagectl.catalogue.model import ImageRef, blob_key, target_file_key
 from imagectl.errors import DownloadError, ImageMismatchError, LocalIOError
 from imagectl.fsio import SymlinkRefusedError, describe_mode, replacing
 from imagectl.progress import Progress
@@ -248,15 +248,18 @@ def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, prog
         progress.update(have)
         sink = _Sink(f, h, have)
         attempt = 0
+        # The target file holds the bytes in every catalogue (on S3 the only copy; on a directory a hard link of
+        # the blob); the blob is the fallback for a catalogue written before target files (catalogue/README §6).
+        keys = [target_file_key(resolved.record.path, want_sha), blob_key(want_sha)]
         while have < want_len:
             try:
-                with store.open_range(blob_key(want_sha), have) as stream:
+                with store.open_first(keys, have) as stream:
                     if stream.total is not None and stream.total != want_len:
                         # the store says how long the object is: no retry changes that
                         raise ImageMismatchError(
-                            f"{resolved.record.path}: the catalogue's blob has {stream.total} bytes, "
+                            f"{resolved.record.path}: the catalogue's image file has {stream.total} bytes, "
                             f"{'more' if stream.total > want_len else 'fewer'} than the signed {want_len} bytes "
-                            "(tampered or damaged blob; nothing written)"
+                            "(tampered or damaged image file; nothing written)"
                         )
                     if stream.offset not in (0, have):
                         raise DownloadError(

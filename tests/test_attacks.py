@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata
 
+from imagectl.catalogue.model import target_file_key
 from tests.conftest import Catalogue, CliResult, sha256
 from tests.httpserver import Fault, TestHTTPServer
 
@@ -31,6 +32,16 @@ ARCH = "x86_64"
 def publish(cli: Callable[..., CliResult], cat: Catalogue, image: Path, name: str = "wn", version: str = "1") -> None:
     r = cli("publish", image, *cat.args(), "--name", name, "--arch", ARCH, "--version", version)
     assert r.code == 0, r.err
+
+
+def image_key(sha: str, name: str = "wn", version: str = "1") -> str:
+    """Where pull downloads the image ``sha`` published by :func:`publish` from: its target file."""
+    return target_file_key(f"{name}/{version}/{ARCH}/{name}-{version}-{ARCH}.qcow2", sha)
+
+
+def image_requests(srv: TestHTTPServer) -> list[str]:
+    """Request paths for image bytes (target files or blobs)."""
+    return [p for _m, p, _r in srv.served.requests if "/blobs/" in p or "/targets/" in p]
 
 
 def pull(cli: Callable[..., CliResult], url: str | Path, root: str | Path, dest: Path, ref: str = "wn") -> CliResult:
@@ -132,7 +143,7 @@ def test_tampered_blob_over_http(http_catalogue: Served, cli, make_image, dest, 
     img = make_image(SIZE)
     publish(cli, cat, img)
     evil = make_image(SIZE, seed="evil")  # same length, other bytes
-    srv.add_fault(Fault(f"blobs/sha256/{sha256(img)}", body=evil.read_bytes()))
+    srv.add_fault(Fault(image_key(sha256(img)), body=evil.read_bytes()))
     r = pull(cli, srv.url, cat.root, dest)
     assert_refused(r, 11, "tampered or corrupted blob", dest)
     assert_nothing_cached(cache)
@@ -161,7 +172,7 @@ def test_longer_blob_is_refused(http_catalogue: Served, cli, make_image, dest, c
     cat, srv = http_catalogue
     img = make_image(SIZE)
     publish(cli, cat, img)
-    srv.add_fault(Fault(f"blobs/sha256/{sha256(img)}", body=img.read_bytes() + b"\0" * 4096))
+    srv.add_fault(Fault(image_key(sha256(img)), body=img.read_bytes() + b"\0" * 4096))
     r = pull(cli, srv.url, cat.root, dest)
     assert_refused(r, 11, f"more than the signed {SIZE} bytes", dest)
     assert_nothing_cached(cache)
@@ -187,12 +198,13 @@ def test_tampered_image_role(http_catalogue: Served, cli, make_image, dest, fiel
     publish(cli, cat, img)
     evil = make_image(SIZE if field == "sha256" else 2 * SIZE, seed="evil")
     # The attacker also plants the bytes the tampered entry names, so only the signature stands in the way.
-    srv.add_fault(Fault(f"blobs/sha256/{sha256(evil)}", body=evil.read_bytes()))
+    for planted in (f"blobs/sha256/{sha256(evil)}", image_key(sha256(evil))):
+        srv.add_fault(Fault(planted, body=evil.read_bytes()))
     role = f"{current(cat, 'image-wn')}.image-wn.json"
     srv.add_fault(Fault(f"/{role}", body=tampered(meta(cat, role).read_bytes(), _evil_target(img, evil, field))))
     r = pull(cli, srv.url, cat.root, dest)
     assert_refused(r, 8, "not validly signed", dest)
-    assert not any("/blobs/" in path for _m, path, _r in srv.served.requests), "no blob fetched on bad metadata"
+    assert image_requests(srv) == [], "no image fetched on bad metadata"
 
 
 @pytest.mark.http
@@ -202,7 +214,8 @@ def test_tampered_top_level_targets(http_catalogue: Served, cli, make_image, des
     img = make_image(SIZE)
     publish(cli, cat, img)
     evil = make_image(SIZE, seed="evil")
-    srv.add_fault(Fault(f"blobs/sha256/{sha256(evil)}", body=evil.read_bytes()))
+    for planted in (f"blobs/sha256/{sha256(evil)}", image_key(sha256(evil))):
+        srv.add_fault(Fault(planted, body=evil.read_bytes()))
     role = json.loads(meta(cat, f"{current(cat, 'image-wn')}.image-wn.json").read_bytes())["signed"]
     [(path, entry)] = role["targets"].items()
 
@@ -213,7 +226,7 @@ def test_tampered_top_level_targets(http_catalogue: Served, cli, make_image, des
     srv.add_fault(Fault(f"/{name}", body=tampered(meta(cat, name).read_bytes(), inject)))
     r = pull(cli, srv.url, cat.root, dest)
     assert_refused(r, 8, "not validly signed", dest)
-    assert not any("/blobs/" in p for _m, p, _r in srv.served.requests)
+    assert image_requests(srv) == []
 
 
 @pytest.mark.http
@@ -400,7 +413,7 @@ def test_endless_blob(http_catalogue: Served, cli, make_image, dest, cache):
     cat, srv = http_catalogue
     img = make_image(SIZE)
     publish(cli, cat, img)
-    key = f"blobs/sha256/{sha256(img)}"
+    key = image_key(sha256(img))
     srv.add_fault(Fault(key, endless=True, endless_limit=ENDLESS))
     t0 = time.monotonic()
     r = pull(cli, srv.url, cat.root, dest)
@@ -489,5 +502,4 @@ def test_pull_reads_only_its_own_image_role(http_catalogue: Served, cli, make_im
     assert any(p.endswith(".image-gamma.json") for p in paths), paths
     for other in set(names) - {"gamma"}:
         assert not any(f"image-{other}.json" in p for p in paths), f"image-{other} fetched: {paths}"
-    blobs = [p for p in paths if "/blobs/" in p]
-    assert blobs == [f"/cat/blobs/sha256/{sha256(make_image(SIZE, seed='gamma'))}"]
+    assert image_requests(srv) == ["/cat/" + image_key(sha256(make_image(SIZE, seed="gamma")), "gamma", "3")]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from imagectl.catalogue.model import version_key
+from imagectl.catalogue.model import target_file_key, version_key
 from imagectl.export.simplestreams import version_serial
 from tests.conftest import Catalogue, CliResult, require_tools, unavailable
 from tests.httpserver import TestHTTPServer
@@ -512,7 +512,8 @@ def test_glance_properties_read_by_nova(published: Published, cli: Callable[...,
     d = docs[0]
     assert d["disk_format"] == "qcow2" and d["container_format"] == "bare" and d["min_disk"] == 1
     assert d["properties"]["imagectl_sha256"] == d["sha256"] == sha256(published.images["slc6-wn:6.1"])
-    assert d["url"].endswith("/blobs/sha256/" + d["sha256"]) and docs[1]["disk_format"] == "raw"
+    assert d["url"].endswith(f"/targets/slc6-wn/6.1/x86_64/{d['sha256']}.slc6-wn-6.1-x86_64.qcow2")
+    assert docs[1]["disk_format"] == "raw"
 
 
 def test_glance_command_quotes_hostile_text(
@@ -565,7 +566,10 @@ def test_export_hook_on_publish(
     ) == ["1", "2"]
     doc = json.loads(openssl("smime", "-verify", "-CAfile", pki.ca, "-in", hepix))["hv:imagelist"]
     assert [e["hv:image"]["hv:version"] for e in doc["hv:images"]] == ["2"]
-    assert doc["hv:images"][0]["hv:image"]["hv:uri"].startswith("https://images.example.org/cat/blobs/sha256/")
+    two = sha256(make_image(seed="2"))  # the same bytes as version 2's
+    assert doc["hv:images"][0]["hv:image"]["hv:uri"] == "https://images.example.org/cat/" + target_file_key(
+        "wn/2/x86_64/wn-2-x86_64.qcow2", two
+    )
     r = cli("revoke", "wn:2", "--reason", "oops", *catalogue.args(), *hook)
     assert r.code == 0, r.err
     doc = json.loads(openssl("smime", "-verify", "-CAfile", pki.ca, "-in", hepix))["hv:imagelist"]
@@ -624,3 +628,36 @@ def test_a_hook_that_could_only_fail_is_refused_before_the_change(
     assert sorted(p.name for p in (catalogue.dir / "metadata").iterdir()) == before
     assert not (catalogue.dir / "blobs").exists() or not any((catalogue.dir / "blobs").rglob("*"))
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_an_export_naming_a_missing_target_file_is_refused_until_upgraded(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Export URLs name target files: a catalogue written before they existed (here: one removed) is refused with
+    the upgrade hint and nothing is written; after `catalogue upgrade` the export names the file, now there."""
+    img = make_image(seed="old")
+    r = cli("publish", img, *catalogue.args(), "--name", "wn", "--arch", "x86_64", "--version", "1")
+    assert r.code == 0, r.err
+    target = catalogue.dir / target_file_key("wn/1/x86_64/wn-1-x86_64.qcow2", sha256(img))
+    target.unlink()
+    out = tmp_path / "ss"
+    hint = f"hint: run: imagectl catalogue upgrade {catalogue.dir.as_uri()}/"
+    r = cli("export", "simplestreams", catalogue.dir, "-o", out, "--root", catalogue.root)
+    assert r.code == 16, r.err
+    assert r.err.splitlines() == [
+        f"imagectl: error: 1 image(s) of {catalogue.dir.as_uri()}/ have no target file, the file an export's URLs name",
+        hint,
+    ]
+    assert not out.exists()
+    r = cli("export", "glance", "wn:1", "--catalogue", catalogue.dir, "--arch", "x86_64", "--root", catalogue.root)
+    assert r.code == 16 and r.err.splitlines() == [
+        f"imagectl: error: wn:1 (x86_64) has no target file in {catalogue.dir.as_uri()}/",
+        hint,
+    ], r.err
+    assert cli("catalogue", "upgrade", catalogue.dir).code == 0
+    r = cli("export", "simplestreams", catalogue.dir, "-o", out)
+    assert r.code == 0, r.err
+    products = json.loads((out / "streams/v1/org.imagectl:download.json").read_text())
+    (item,) = [i for p in products["products"].values() for v in p["versions"].values() for i in v["items"].values()]
+    assert item["path"] == target_file_key("wn/1/x86_64/wn-1-x86_64.qcow2", sha256(img))
+    assert (catalogue.dir / item["path"]).read_bytes() == img.read_bytes()

@@ -28,8 +28,9 @@ def error_line(r: CliResult) -> str:
 def test_a_directory_catalogue_blob_shorter_than_signed_is_refused(
     catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """The README's exit codes: a blob shorter than its signed length is a mismatch (11), from a directory
-    catalogue as over HTTP (tests/test_mutants_pull.py), and nothing is left at ``-o``."""
+    """The README's exit codes: a blob shorter than its signed length (truncated in place: its target file, the
+    same inode, with it) is a mismatch (11), from a directory catalogue as over HTTP (tests/test_mutants_pull.py),
+    and nothing is left at ``-o``."""
     r = cli("publish", make_image(300_000), *catalogue.args(), "--name", "wn", "--arch", ARCH, "--version", "1",
             "--json")  # fmt: skip
     assert r.code == 0, r.err
@@ -42,8 +43,8 @@ def test_a_directory_catalogue_blob_shorter_than_signed_is_refused(
             out / "wn.qcow2")  # fmt: skip
     assert r.code == 11, r.err
     assert error_line(r) == (
-        "imagectl: error: wn/1/x86_64/wn-1-x86_64.qcow2: the catalogue's blob has 1000 bytes, fewer than the "
-        "signed 300000 bytes (tampered or damaged blob; nothing written)"
+        "imagectl: error: wn/1/x86_64/wn-1-x86_64.qcow2: the catalogue's image file has 1000 bytes, fewer than the "
+        "signed 300000 bytes (tampered or damaged image file; nothing written)"
     )
     assert list(out.iterdir()) == []  # no image, no temp file
     assert r.out == ""

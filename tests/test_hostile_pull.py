@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from imagectl.catalogue.model import target_file_key
 from tests.conftest import REPO, Catalogue, CliResult, run_imagectl, sha256
 from tests.httpserver import Fault, TestHTTPServer, make_tls_cert
 
@@ -34,6 +35,16 @@ def served(
     r = cli("publish", make_image(300_000), *cat.args(), "--name", "wn", "--arch", ARCH, "--version", "1", "--json")
     assert r.code == 0, r.err
     return cat, srv, json.loads(r.out)["sha256"]
+
+
+def image_key(sha: str) -> str:
+    """What pull downloads ``wn:1`` from: its target file (on a directory a hard link of the blob)."""
+    return target_file_key(SHORT, sha)
+
+
+def is_image(path: str, sha: str) -> bool:
+    """Whether a served request path is for the image's bytes (its target file, or its blob)."""
+    return path.endswith((image_key(sha), f"/blobs/sha256/{sha}"))
 
 
 def pull(cli: Callable[..., CliResult], cat: Catalogue, url: str, *extra: object) -> CliResult:
@@ -85,7 +96,7 @@ def test_pull_refuses_a_destination_that_is_not_a_regular_file(
     after = os.lstat(target)
     assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino, before.st_rdev)
     assert sorted(p.name for p in target.parent.iterdir()) == ["node"]  # no temp file left beside it
-    assert not any(r[1].endswith("blobs/sha256/" + served[2]) for r in srv.served.requests)  # refused up front
+    assert not any(is_image(r[1], served[2]) for r in srv.served.requests)  # refused up front
 
 
 @pytest.mark.http
@@ -130,7 +141,7 @@ def test_pull_to_proc_self_fd_1_on_a_pipe_is_refused(
         "imagectl: error: refusing to write /proc/self/fd/1: it is a FIFO, and pull writes regular files only"
     )
     assert r.out == ""
-    assert not any(p.endswith(sha) for _m, p, _r in srv.served.requests)
+    assert not any(is_image(p, sha) for _m, p, _r in srv.served.requests)
     assert not list((tmp_path / "cache").rglob(f"*{sha}*"))  # nothing downloaded into the cache either
 
 
@@ -203,13 +214,13 @@ def test_drip_fed_download_fails_in_bounded_time(
     """Finding: a server that drips one byte every 0.5 s kept pull waiting forever (each read beat --timeout).
     With --timeout 2 a transfer must bring 4096 bytes/s over every 2 s window: exit 13 within a few seconds."""
     cat, srv, sha = served
-    srv.add_fault(Fault(suffix=sha if what == "blob" else "timestamp.json", drip=0.5))
+    srv.add_fault(Fault(suffix=image_key(sha) if what == "blob" else "timestamp.json", drip=0.5))
     t0 = time.monotonic()
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2", "--timeout", "2")
     elapsed = time.monotonic() - t0
     assert r.code == 13, r.err
     # the line names the file it was reading (the URL as safe_url shows it), then the rate it saw
-    key = f"blobs/sha256/{sha}" if what == "blob" else "metadata/timestamp.json"
+    key = image_key(sha) if what == "blob" else "metadata/timestamp.json"
     assert re.fullmatch(
         rf"imagectl: error: {re.escape(srv.url)}{key}: too slow: \d+ bytes in \d+ s, under the minimum 4096 bytes/s",
         error_line(r),
@@ -282,7 +293,7 @@ def test_pull_over_https(
     assert json.loads(r.out)["sha256"] == sha
     assert sha256(tmp_path / "x.qcow2") == sha
     assert any(p.endswith("timestamp.json?again") for _m, p, _r in tls.served.requests)
-    assert any(p.endswith(sha) for _m, p, _r in tls.served.requests) and plain.served.requests == []
+    assert any(is_image(p, sha) for _m, p, _r in tls.served.requests) and plain.served.requests == []
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     r = pull(cli, cat, tls.url, "-o", tmp_path / "y.qcow2", "--cache-dir", tmp_path / "c2")
     assert r.code == 13, r.err
@@ -301,7 +312,7 @@ def test_a_redirect_from_https_down_to_http_is_refused(
     """A catalogue read over https that redirects to http (the same files, served in the clear) is refused: a
     network attacker could otherwise strip TLS. The plain server is never asked."""
     cat, tls, plain, sha = https_served
-    key = "metadata/timestamp.json" if what == "metadata" else f"blobs/sha256/{sha}"
+    key = "metadata/timestamp.json" if what == "metadata" else image_key(sha)
     tls.add_fault(Fault(suffix=key.rsplit("/", 1)[1], redirect=plain.url + key))
     r = pull(cli, cat, tls.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 13, r.err
@@ -340,13 +351,13 @@ SHORT = "wn/1/x86_64/wn-1-x86_64.qcow2"
     [
         (  # claims more than it sends (the whole 300,000 bytes), then closes: refused on the header
             Fault(suffix="BLOB", content_length=10_000_000),
-            f"{SHORT}: the catalogue's blob has 10000000 bytes, more than the signed 300000 bytes (tampered or "
-            "damaged blob; nothing written)",
+            f"{SHORT}: the catalogue's image file has 10000000 bytes, more than the signed 300000 bytes (tampered "
+            "or damaged image file; nothing written)",
         ),
         (  # claims less than the signed length and sends that much
             Fault(suffix="BLOB", content_length=1000),
-            f"{SHORT}: the catalogue's blob has 1000 bytes, fewer than the signed 300000 bytes (tampered or damaged "
-            "blob; nothing written)",
+            f"{SHORT}: the catalogue's image file has 1000 bytes, fewer than the signed 300000 bytes (tampered or "
+            "damaged image file; nothing written)",
         ),
         (  # no length at all, far too much
             Fault(suffix="BLOB", chunked_endless=True, endless_limit=1 << 30),
@@ -369,17 +380,17 @@ def test_lying_lengths_and_huge_bodies(
     """Each lie is a mismatch with the signed length (exit 11), found as soon as the server tells it (a header) or
     its bytes pass the signed length; the client then hangs up. The server counts the body bytes it got out."""
     cat, srv, sha = served
-    fault.suffix = sha
+    fault.suffix = image_key(sha)
     srv.add_fault(fault)
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 11, r.err
     assert error_line(r) == f"imagectl: error: {message}"
     assert not (tmp_path / "x.qcow2").exists()
-    assert [(m, rng) for m, p, rng in srv.served.requests if p.endswith(sha)] == [("GET", None)]  # no retry
+    assert [(m, rng) for m, p, rng in srv.served.requests if is_image(p, sha)] == [("GET", None)]  # no retry
     deadline = time.monotonic() + 10
-    while srv.served.bytes_for(sha) == 0 and time.monotonic() < deadline:  # the handler counts when it ends
+    while srv.served.bytes_for(image_key(sha)) == 0 and time.monotonic() < deadline:  # counted when it ends
         time.sleep(0.05)
-    sent = srv.served.bytes_for(sha)
+    sent = srv.served.bytes_for(image_key(sha))
     if fault.content_length is not None:
         assert sent == min(fault.content_length, 300_000)  # what this fault sends, once
     else:
@@ -394,8 +405,8 @@ def test_content_range_from_the_wrong_offset_is_not_appended(
 ) -> None:
     """A resumed download whose 206 answer starts elsewhere is refused, never glued onto the partial file."""
     cat, srv, sha = served
-    srv.add_fault(Fault(suffix=sha, drop_after=100_000, times=1))
-    srv.add_fault(Fault(suffix=sha, content_range="bytes 5-299999/300000"))
+    srv.add_fault(Fault(suffix=image_key(sha), drop_after=100_000, times=1))
+    srv.add_fault(Fault(suffix=image_key(sha), content_range="bytes 5-299999/300000"))
     r = cli("pull", "wn", "--catalogue", srv.url, "--root", cat.root, "--arch", ARCH, "--retries", "1", "-o",
             tmp_path / "x.qcow2")  # fmt: skip
     assert r.code == 13, r.err

@@ -8,7 +8,7 @@ pins whole are not repeated; they are:
 
 - pull.py ``cannot check PATH: …`` (lstat, stat): test_mutants_pull.py (name too long, symlink loop)
 - pull.py ``cannot write PATH: it is a directory``: test_mutants_sample3.py
-- pull.py ``the catalogue's blob has N bytes, more/fewer than …``, ``server sent more than …``:
+- pull.py ``the catalogue's image file has N bytes, more/fewer than …``, ``server sent more than …``:
   test_hostile_pull.py::test_lying_lengths_and_huge_bodies, test_mutants_pull.py, test_hardening.py
 - pull.py ``blob ended after …``, ``downloaded bytes have sha256 …``, ``cannot write the download cache: …``,
   ``cannot open cache entry …``, ``refusing the cache entry …: it is a FIFO``: test_mutants_pull.py
@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 
 import imagectl.progress
+from imagectl.catalogue.model import blob_key
 from imagectl.errors import CatalogueStateError, LocalIOError
 from imagectl.fsio import SymlinkRefusedError
 from imagectl.progress import human_size
@@ -48,7 +49,14 @@ from imagectl.store.local import LocalStore
 from tests.conftest import REPO, Catalogue, CliResult, write_pattern
 from tests.httpserver import Fault
 from tests.test_hostile_pull import ARCH, pull
-from tests.test_mutants_pull import SIZE, Served, blobs, served  # noqa: F401  (served: a fixture)
+from tests.test_mutants_pull import (  # noqa: F401  (served: a fixture)
+    SIZE,
+    Served,
+    blobs,
+    image_file,
+    image_requests,
+    served,
+)
 from tests.test_pull_http import NOBODY, as_unprivileged
 
 BLOB = "blobs/sha256/" + "ab" * 32
@@ -88,7 +96,7 @@ def test_a_destination_whose_directory_is_not_there(
     r = pull(cli, cat, srv.url, "-o", out)
     assert r.code == 14, r.err
     assert stderr_lines(r) == [f"imagectl: error: {line}"]
-    assert not any(p.endswith(sha) for _m, p, _r in srv.served.requests)
+    assert image_requests(srv, sha) == []
 
 
 @pytest.mark.http
@@ -138,7 +146,7 @@ def test_a_destination_directory_that_is_not_writable(
     assert p.returncode == 14, p.stderr
     assert p.stderr.splitlines() == [f"imagectl: error: cannot write {ro / 'x.qcow2'}: directory {ro} is not writable"]
     assert list(ro.iterdir()) == []
-    assert not any(path.endswith(sha) for _m, path, _r in srv.served.requests)
+    assert image_requests(srv, sha) == []
 
 
 # -- the download -----------------------------------------------------------------------------------------------------
@@ -151,14 +159,14 @@ def test_a_resumed_download_answered_from_another_offset(
     """A .part of 100,000 good bytes in the cache: the pull asks for the rest, the server answers from byte 5."""
     cat, srv, sha = served
     blobs(tmp_path).mkdir(parents=True)
-    (blobs(tmp_path) / f"{sha}.part").write_bytes((cat.dir / "blobs" / "sha256" / sha).read_bytes()[:100_000])
-    srv.add_fault(Fault(suffix=sha, content_range=f"bytes 5-{SIZE - 1}/{SIZE}"))
+    (blobs(tmp_path) / f"{sha}.part").write_bytes((cat.dir / image_file(sha)).read_bytes()[:100_000])
+    srv.add_fault(Fault(suffix=image_file(sha), content_range=f"bytes 5-{SIZE - 1}/{SIZE}"))
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 13, r.err
     assert stderr_lines(r) == [
         f"imagectl: error: wn/1/{ARCH}/wn-1-{ARCH}.qcow2: asked for bytes from 100000, the server sent from 5"
     ]
-    assert [rng for _m, p, rng in srv.served.requests if p.endswith(sha)] == ["bytes=100000-"]
+    assert image_requests(srv, sha) == [(image_file(sha), "bytes=100000-")]
 
 
 @pytest.mark.http
@@ -245,11 +253,11 @@ def test_the_progress_line_names_the_image_and_version(
 @pytest.mark.parametrize(
     ("status", "code", "line"),
     [
-        *((s, 4, "imagectl: error: blobs/sha256/{sha} not found at {url} (HTTP {status})") for s in (403, 404, 410)),
-        *((s, 13, "imagectl: error: HTTP {status} from {url}blobs/sha256/{sha}") for s in (400, 500, 503)),
+        *((s, 4, "imagectl: error: {key} not found at {url} (HTTP {status})") for s in (403, 404, 410)),
+        *((s, 13, "imagectl: error: HTTP {status} from {url}{key}") for s in (400, 500, 503)),
     ],
 )
-def test_a_blob_answered_with_an_error_status(
+def test_an_image_answered_with_an_error_status(
     served: Served,  # noqa: F811
     cli: Callable[..., CliResult],
     tmp_path: Path,
@@ -257,12 +265,18 @@ def test_a_blob_answered_with_an_error_status(
     code: int,
     line: str,
 ) -> None:
-    """403, 404 and 410 say the blob is not there (exit 4); any other error status is a network error (13)."""
+    """Both of the image's keys answered with ``status``. 403, 404 and 410 say the target file is not there: pull
+    asks for the blob (a catalogue written before target files), and when that is not there either names the target
+    file (exit 4). Any other error status is a network error (13) about the target file, and no fallback."""
     cat, srv, sha = served
-    srv.add_fault(Fault(suffix=sha, status=status))
+    srv.add_fault(Fault(suffix=image_file(sha), status=status))
+    srv.add_fault(Fault(suffix=blob_key(sha), status=status))
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == code, r.err
-    assert stderr_lines(r) == [line.format(sha=sha, url=srv.url, status=status)]
+    assert stderr_lines(r) == [line.format(key=image_file(sha), url=srv.url, status=status)]
+    asked = [k for k, _rng in image_requests(srv, sha)]
+    assert asked[0] == image_file(sha)
+    assert set(asked) == ({image_file(sha), blob_key(sha)} if code == 4 else {image_file(sha)})
 
 
 @pytest.mark.http
@@ -273,11 +287,11 @@ def test_a_connection_lost_mid_blob(
 ) -> None:
     """The server closes the connection after 1,000 of the 300,000 bytes its Content-Length promised (no retries)."""
     cat, srv, sha = served
-    srv.add_fault(Fault(suffix=sha, drop_after=1000))
+    srv.add_fault(Fault(suffix=image_file(sha), drop_after=1000))
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 13, r.err
     assert stderr_lines(r) == [
-        f"imagectl: error: connection lost while reading {srv.url}blobs/sha256/{sha}: ProtocolError"
+        f"imagectl: error: connection lost while reading {srv.url}{image_file(sha)}: ProtocolError"
     ]
     assert (blobs(tmp_path) / f"{sha}.part").stat().st_size == 1000  # kept for the next pull to resume
 
@@ -291,10 +305,10 @@ def test_an_unparseable_content_range(
     content_range: str,
 ) -> None:
     cat, srv, sha = served
-    srv.add_fault(Fault(suffix=sha, content_range=content_range))
+    srv.add_fault(Fault(suffix=image_file(sha), content_range=content_range))
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 13, r.err
-    assert stderr_lines(r) == [f"imagectl: error: unparseable Content-Range from {srv.url}blobs/sha256/{sha}"]
+    assert stderr_lines(r) == [f"imagectl: error: unparseable Content-Range from {srv.url}{image_file(sha)}"]
 
 
 @pytest.mark.http
@@ -306,10 +320,10 @@ def test_a_redirect_to_an_unparseable_location(
     """requests parses a redirect's Location itself (even with allow_redirects=False) and let its ValueError
     escape HTTPStore: pull ended in a traceback (found while pinning this message). Now one line, exit 13."""
     cat, srv, sha = served
-    srv.add_fault(Fault(suffix=sha, redirect="http://[::1/x"))
+    srv.add_fault(Fault(suffix=image_file(sha), redirect="http://[::1/x"))
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 13, r.err
-    assert stderr_lines(r) == [f"imagectl: error: {srv.url}blobs/sha256/{sha} redirects to an unparseable location"]
+    assert stderr_lines(r) == [f"imagectl: error: {srv.url}{image_file(sha)} redirects to an unparseable location"]
     assert not (tmp_path / "x.qcow2").exists()
 
 
@@ -330,17 +344,33 @@ def test_a_catalogue_location_imagectl_cannot_open(cli: Callable[..., CliResult]
 
 
 # == imagectl/store/local.py ==========================================================================================
-def test_a_blob_missing_from_a_directory_catalogue(
-    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path], tmp_path: Path
+@pytest.mark.parametrize("missing", ["target-file-and-blob", "target-file"])
+def test_an_image_missing_from_a_directory_catalogue(
+    catalogue: Catalogue,
+    cli: Callable[..., CliResult],
+    make_image: Callable[..., Path],
+    tmp_path: Path,
+    missing: str,
 ) -> None:
-    r = cli("publish", make_image(), *catalogue.args(), "--name", "wn", "--arch", ARCH, "--version", "1", "--json")
+    """Without its target file nor its blob, the image is not found, named by its target file (exit 4). Without
+    only its target file (a catalogue written before target files), pull reads the blob."""
+    image = make_image()
+    r = cli("publish", image, *catalogue.args(), "--name", "wn", "--arch", ARCH, "--version", "1", "--json")
     assert r.code == 0, r.err
     sha = json.loads(r.out)["sha256"]
-    (catalogue.dir / "blobs" / "sha256" / sha).unlink()
+    (catalogue.dir / image_file(sha)).unlink()
+    if missing == "target-file-and-blob":
+        (catalogue.dir / blob_key(sha)).unlink()
     r = cli("pull", "wn", "--catalogue", catalogue.dir, "--root", catalogue.root, "--arch", ARCH,
             "-o", tmp_path / "x.qcow2")  # fmt: skip
+    if missing == "target-file":
+        assert r.code == 0, r.err
+        assert stderr_lines(r) == []
+        assert (tmp_path / "x.qcow2").read_bytes() == image.read_bytes()
+        return
     assert r.code == 4, r.err
-    assert stderr_lines(r) == [f"imagectl: error: blobs/sha256/{sha} not found in {catalogue.dir.as_uri()}/"]
+    assert stderr_lines(r) == [f"imagectl: error: {image_file(sha)} not found in {catalogue.dir.as_uri()}/"]
+    assert not (tmp_path / "x.qcow2").exists()
 
 
 @pytest.mark.parametrize("key", ["/etc/passwd", "blobs/../../etc/passwd", "blobs//x", "./x", "blobs/a\0b"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from imagectl.catalogue.model import target_file_key
 from tests.conftest import Catalogue, sha256
 from tests.httpserver import Fault
 
@@ -36,9 +37,9 @@ def test_partial_mirror_from_http_resumes_and_serves(http_catalogue, cli, make_i
     images = populate(cli, cat, make_image)
     mirror = tmp_path / "mirror"
     selected = {images[("wn", "x86_64", v)] for v in ("2", "3")}
-    # interrupted: the source fails on one of the selected blobs, after others were copied
+    # interrupted: the source fails on one of the selected images (its target file), after others were copied
     failing = sha256(images[("wn", "x86_64", "3")])
-    srv.add_fault(Fault(suffix=failing, status=500))
+    srv.add_fault(Fault(suffix=target_file_key("wn/3/x86_64/wn-3-x86_64.qcow2", failing), status=500))
     r = cli(
         "mirror",
         srv.url,
@@ -105,11 +106,11 @@ def test_mirror_never_rolls_back_and_refuses_tampered_source(catalogue: Catalogu
     r = cli("mirror", old, mirror, "--root", catalogue.root, "--cache-dir", tmp_path / "fresh-cache", "-q")
     assert r.code == 9 and "newer than the source" in r.err
     assert cli("catalogue", "verify", mirror).code == 0
-    # a tampered blob at the source is refused, not mirrored
+    # a tampered image at the source (its target file, what a mirror reads) is refused, not mirrored
     tampered = tmp_path / "tampered"
     shutil.copytree(catalogue.dir, tampered)
-    blob = next((tampered / "blobs" / "sha256").iterdir())
-    blob.write_bytes(blob.read_bytes()[:-1] + b"\0")
+    target = next((tampered / "targets").rglob("*.qcow2"))
+    target.write_bytes(target.read_bytes()[:-1] + b"\0")
     r = cli("mirror", tampered, tmp_path / "m2", "--root", catalogue.root, "-q")
     assert r.code == 11 and "does not match" in r.err
     assert not (tmp_path / "m2" / "metadata" / "timestamp.json").exists()

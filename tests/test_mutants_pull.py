@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from imagectl import pull as pull_mod
+from imagectl.catalogue.model import blob_key, target_file_key, target_path
 from tests.conftest import Catalogue, CliResult
 from tests.httpserver import Fault, TestHTTPServer
 from tests.test_hostile_pull import ARCH, error_line, pull
@@ -27,6 +28,7 @@ from tests.test_hostile_pull import ARCH, error_line, pull
 Served = tuple[Catalogue, TestHTTPServer, str]
 REPO = Path(__file__).resolve().parents[1]  # the checkout under test (mutmut's copy, in a mutation run)
 SIZE = 300_000  # bytes of the served image
+IMAGE = target_path("wn", "1", ARCH, "qcow2")  # the served image's target path
 
 
 @pytest.fixture
@@ -42,6 +44,18 @@ def served(
 
 def blobs(tmp_path: Path) -> Path:
     return tmp_path / "cache" / "blobs" / "sha256"
+
+
+def image_file(sha: str) -> str:
+    """The key pull reads the served image at: its target file (its blob is only the fallback for a catalogue
+    written before target files)."""
+    return target_file_key(IMAGE, sha)
+
+
+def image_requests(srv: TestHTTPServer, sha: str) -> list[tuple[str, str | None]]:
+    """(key, Range header) of every request for the image's bytes, its target file or its blob, in order."""
+    keys = (image_file(sha), blob_key(sha))
+    return [(k, rng) for _m, p, rng in srv.served.requests for k in keys if p.endswith("/" + k)]
 
 
 # -- the destination ------------------------------------------------------------------------------------------------
@@ -91,13 +105,14 @@ def test_a_complete_part_is_verified_and_used_without_a_download(
     """Mutant: ``have >= want_len`` in the check for a .part longer than the blob: a complete .part was thrown
     away and downloaded again."""
     cat, srv, sha = served
-    data = (cat.dir / "blobs" / "sha256" / sha).read_bytes()
+    data = (cat.dir / image_file(sha)).read_bytes()
     blobs(tmp_path).mkdir(parents=True)
     (blobs(tmp_path) / f"{sha}.part").write_bytes(data)
     srv.clear()
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2", "--json")
     assert r.code == 0, r.err
-    assert srv.served.bytes_for(sha) == 0 and not [q for q in srv.served.requests if q[1].endswith(sha)]
+    assert srv.served.bytes_for(image_file(sha)) == srv.served.bytes_for(blob_key(sha)) == 0
+    assert image_requests(srv, sha) == []
     assert (tmp_path / "x.qcow2").read_bytes() == data
 
 
@@ -105,15 +120,16 @@ def test_a_complete_part_is_verified_and_used_without_a_download(
 def test_a_blob_shorter_than_signed_is_refused_at_once(
     served: Served, cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:
-    """Mutants of the message for a blob whose length the server states: 'fewer', and what it means."""
+    """Mutants of the message for an image file whose length the server states: 'fewer', and what it means."""
     cat, srv, sha = served
-    srv.add_fault(Fault(suffix=sha, body=b"\0" * (SIZE - 1)))
+    srv.add_fault(Fault(suffix=image_file(sha), body=b"\0" * (SIZE - 1)))
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 11, r.err
     assert error_line(r) == (
-        f"imagectl: error: wn/1/{ARCH}/wn-1-{ARCH}.qcow2: the catalogue's blob has {SIZE - 1} bytes, fewer than the "
-        f"signed {SIZE} bytes (tampered or damaged blob; nothing written)"
+        f"imagectl: error: wn/1/{ARCH}/wn-1-{ARCH}.qcow2: the catalogue's image file has {SIZE - 1} bytes, fewer "
+        f"than the signed {SIZE} bytes (tampered or damaged image file; nothing written)"
     )
+    assert image_requests(srv, sha) == [(image_file(sha), None)]  # no retry, and no fallback to the blob
 
 
 @pytest.mark.http
@@ -121,9 +137,9 @@ def test_a_blob_cut_short_without_retries_says_how_far_it_got(
     served: Served, cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:
     cat, srv, sha = served
-    data = (cat.dir / "blobs" / "sha256" / sha).read_bytes()
+    data = (cat.dir / image_file(sha)).read_bytes()
     # A clean end of a body shorter than the object the 206 answer says it is part of.
-    srv.add_fault(Fault(suffix=sha, body=data[:100_000], content_range=f"bytes 0-{SIZE - 1}/{SIZE}"))
+    srv.add_fault(Fault(suffix=image_file(sha), body=data[:100_000], content_range=f"bytes 0-{SIZE - 1}/{SIZE}"))
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 13, r.err
     assert error_line(r) == f"imagectl: error: wn/1/{ARCH}/wn-1-{ARCH}.qcow2: blob ended after 100000 of {SIZE} bytes"
@@ -135,7 +151,7 @@ def test_a_blob_with_other_bytes_names_both_hashes(
 ) -> None:
     cat, srv, sha = served
     other = b"\1" * SIZE
-    srv.add_fault(Fault(suffix=sha, body=other))
+    srv.add_fault(Fault(suffix=image_file(sha), body=other))
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2")
     assert r.code == 11, r.err
     got = hashlib.sha256(other).hexdigest()
@@ -153,7 +169,7 @@ def test_retries_back_off_doubling_up_to_five_seconds(
     cat, srv, sha = served
     slept: list[float] = []
     monkeypatch.setattr(pull_mod.time, "sleep", slept.append)
-    srv.add_fault(Fault(suffix=sha, drop_after=10_000, times=6))
+    srv.add_fault(Fault(suffix=image_file(sha), drop_after=10_000, times=6))
     r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2", "--retries", "6")
     assert r.code == 0, r.err
     assert slept == [0.4, 0.8, 1.6, 3.2, 5.0, 5.0]

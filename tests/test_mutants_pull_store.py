@@ -21,6 +21,7 @@ from imagectl import pull as pull_mod
 from imagectl.errors import DownloadError, LocalIOError
 from imagectl.http import make_session
 from imagectl.progress import Progress
+from imagectl.store import Store
 from imagectl.store.http import HTTPStore
 from imagectl.store.local import LocalStore
 from tests.conftest import CliResult, unavailable
@@ -96,6 +97,8 @@ def test_a_part_longer_than_the_blob_is_emptied_before_the_download(tmp_path: Pa
     class Unreachable:
         def open_range(self, key: str, offset: int = 0) -> Any:
             raise DownloadError("cannot reach the server")
+
+        open_first = Store.open_first  # the real one: it opens the target file with open_range
 
     part = tmp_path / "x.part"
     part.write_bytes(b"\xff" * 20)

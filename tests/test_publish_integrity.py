@@ -17,7 +17,7 @@ import requests
 
 from imagectl.catalogue import publish as publish_mod
 from imagectl.catalogue.keys import KeyRing
-from imagectl.catalogue.model import blob_key
+from imagectl.catalogue.model import ImageRecord, blob_key, target_file_key
 from imagectl.catalogue.publish import PublishRequest, init_catalogue, publish, publish_build
 from imagectl.catalogue.state import CatalogueState, load_state
 from imagectl.catalogue.verify import verify_catalogue
@@ -41,9 +41,17 @@ def cat(store: Store, tmp_path: Path) -> tuple[Store, KeyRing]:
     return store, KeyRing(tmp_path / "keys")
 
 
-def stored(store: Store, sha: str) -> bytes:
-    with store.open_range(blob_key(sha)) as s:
-        return b"".join(s.chunks)
+def stored(store: Store, rec: ImageRecord) -> bytes:
+    """The image's bytes as clients read them: its target file (on S3 the one copy; on a directory a hard link of
+    the blob, checked to be one)."""
+    key = target_file_key(rec.path, rec.sha256)
+    with store.open_range(key) as s:
+        data = b"".join(s.chunks)
+    if isinstance(store, S3Store):
+        assert store.pointer(blob_key(rec.sha256)) == key
+    else:
+        assert store.same_object(blob_key(rec.sha256), key)
+    return data
 
 
 def after_hashing(monkeypatch: pytest.MonkeyPatch, change: Callable[[Path], None]) -> None:
@@ -76,7 +84,7 @@ def test_a_file_that_grows_during_publish_stores_exactly_the_signed_bytes(
     after_hashing(monkeypatch, grow)
     res = publish(store, keys, PublishRequest(file=str(image), name="wn", arch=ARCH, version="1"), EXPIRY)
     assert res.record.size == size
-    assert stored(store, res.record.sha256) == signed
+    assert stored(store, res.record) == signed
     report = verify_catalogue(store)
     assert report.problems == [] and report.images == 1
 
@@ -99,7 +107,7 @@ def test_a_file_changed_in_place_during_publish_is_refused_and_nothing_stored(
         publish(store, keys, PublishRequest(file=str(image), name="wn", arch=ARCH, version="1"), EXPIRY)
     assert e.value.exit_code == 14
     assert e.value.hint == "publish a file nothing is writing to (wait for the build to finish)"
-    assert not store.exists(blob_key(sha))
+    assert not store.exists(blob_key(sha)) and list(store.list("targets/")) == []
     assert load_state(store).names() == []  # nothing signed either
     if isinstance(store, S3Store):  # and no unfinished multipart upload left behind
         assert store.abort_stale_uploads(0, dry_run=True) == ()
@@ -126,7 +134,7 @@ def test_a_damaged_blob_is_replaced_by_the_next_publish_of_the_right_bytes(
     store.write(blob_key(sha), image.read_bytes() + b"\xee" * 4096)  # what the old publish could leave
     res = publish(store, keys, PublishRequest(file=str(image), name="wn", arch=ARCH, version="1"), EXPIRY)
     assert res.uploaded is True
-    assert stored(store, sha) == image.read_bytes()
+    assert stored(store, res.record) == image.read_bytes()  # on S3 the damaged blob is now a pointer
     assert verify_catalogue(store).problems == []
     again = publish(store, keys, PublishRequest(file=str(image), name="wn", arch=ARCH, version="2"), EXPIRY)
     assert again.uploaded is False  # the right bytes are there now: nothing sent

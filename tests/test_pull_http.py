@@ -15,11 +15,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from imagectl.catalogue.model import target_file_key, target_path
 from tests.conftest import REPO, Catalogue, CliResult, require_tools, run_imagectl, unavailable
 from tests.httpserver import Fault, TestHTTPServer
 
@@ -44,6 +45,7 @@ class Env:
     srv: TestHTTPServer
     cli: Callable[..., CliResult]
     tmp: Path
+    images: dict[str, str] = field(default_factory=dict)  # sha256 -> its target file, what pull downloads
 
     @property
     def cache(self) -> Path:
@@ -54,9 +56,23 @@ class Env:
         return self.cache / "blobs" / "sha256"
 
     def publish(self, img: Path, name: str = "wn", version: str = "1.0", arch: str = "x86_64", *extra: str) -> str:
-        r = self.cli("publish", img, *self.cat.args(), "--name", name, "--arch", arch, "--version", version, *extra)
+        r = self.cli(
+            "publish", img, *self.cat.args(), "--name", name, "--arch", arch, "--version", version, "--json", *extra
+        )
         assert r.code == 0, r.err
-        return file_sha256(img)
+        rec = json.loads(r.out)
+        sha = file_sha256(img)
+        assert rec["sha256"] == sha
+        self.images[sha] = target_file_key(target_path(name, version, arch, rec["format"]), sha)
+        return sha
+
+    def image(self, sha: str) -> str:
+        """The key pull downloads the image ``sha`` from: its target file (a hard link of the blob here)."""
+        return self.images[sha]
+
+    def image_bytes(self, sha: str) -> int:
+        """Image bytes the server sent for ``sha``, from its target file or its blob."""
+        return self.srv.served.bytes_for(self.image(sha)) + self.srv.served.bytes_for(sha)
 
     def pull_args(self, ref: str, *extra: object, arch: str = "x86_64") -> list[str]:
         return [
@@ -74,8 +90,12 @@ class Env:
     def pull(self, ref: str, *extra: object, arch: str = "x86_64") -> CliResult:
         return self.cli(*self.pull_args(ref, *extra, arch=arch))
 
-    def blob_requests(self, sha: str) -> list[tuple[str, str, str | None]]:
-        return [r for r in self.srv.served.requests if r[1].endswith(sha)]
+    def image_requests(self, sha: str) -> list[tuple[str, str, str | None]]:
+        """Requests for the image ``sha``: its target file, or its blob. These catalogues have target files, so
+        pull must never fall back to the blob (it does only when the target file is missing): checked here."""
+        reqs = [r for r in self.srv.served.requests if r[1].endswith((self.image(sha), f"/blobs/sha256/{sha}"))]
+        assert all(path.endswith(self.image(sha)) for _m, path, _r in reqs), f"not the target file: {reqs}"
+        return reqs
 
     def subprocess_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -137,7 +157,7 @@ def test_dropped_connection_leaves_part_and_next_pull_resumes(env: Env, make_ima
     sha = env.publish(img)
     cut = size * 4 // 10
     env.srv.clear()
-    env.srv.add_fault(Fault(sha, drop_after=cut, times=1))
+    env.srv.add_fault(Fault(env.image(sha), drop_after=cut, times=1))
     out = env.tmp / "out.qcow2"
 
     r = env.pull("wn", "-o", out)
@@ -145,7 +165,7 @@ def test_dropped_connection_leaves_part_and_next_pull_resumes(env: Env, make_ima
     line = one_error_line(r.err)
     assert "connection lost" in line
     assert not out.exists() and leftovers(env.tmp, out.name) == []
-    first = env.srv.served.bytes_for(sha)
+    first = env.image_bytes(sha)
     assert first == cut
     part = env.blobs / f"{sha}.part"
     assert not (env.blobs / sha).exists()  # nothing unverified is promoted into the cache
@@ -156,8 +176,8 @@ def test_dropped_connection_leaves_part_and_next_pull_resumes(env: Env, make_ima
     r = env.pull("wn", "-o", out, "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["cached"] is False
-    assert env.srv.served.bytes_for(sha) == size - first  # only the remainder crossed the network
-    [(method, _path, rng)] = env.blob_requests(sha)
+    assert env.image_bytes(sha) == size - first  # only the remainder crossed the network
+    [(method, _path, rng)] = env.image_requests(sha)
     assert (method, rng) == ("GET", f"bytes={first}-")
     assert out.read_bytes() == img.read_bytes()
     assert not part.exists() and file_sha256(env.blobs / sha) == sha
@@ -172,7 +192,7 @@ def test_retries_resume_within_one_pull(
     img = make_image(size, seed=how)
     sha = env.publish(img)
     env.srv.clear()
-    env.srv.add_fault(Fault(sha, drop_after=size * 4 // 10, times=1))
+    env.srv.add_fault(Fault(env.image(sha), drop_after=size * 4 // 10, times=1))
     out = env.tmp / "out.qcow2"
     extra: list[str] = []
     if how == "flag":
@@ -181,8 +201,8 @@ def test_retries_resume_within_one_pull(
         monkeypatch.setenv("IMAGECTL_RETRIES", "2")
     r = env.pull("wn", "-o", out, "--json", *extra)
     assert r.code == 0, r.err
-    assert env.srv.served.bytes_for(sha) == size  # the drop cost nothing: no byte was fetched twice
-    reqs = env.blob_requests(sha)
+    assert env.image_bytes(sha) == size  # the drop cost nothing: no byte was fetched twice
+    reqs = env.image_requests(sha)
     assert [rng for _m, _p, rng in reqs] == [None, f"bytes={size * 4 // 10}-"]
     assert out.read_bytes() == img.read_bytes()
     assert not (env.blobs / f"{sha}.part").exists()
@@ -194,19 +214,19 @@ def test_server_ignoring_range_restarts_cleanly(env: Env, make_image: Callable[.
     img = make_image(size)
     sha = env.publish(img)
     env.srv.clear()
-    env.srv.add_fault(Fault(sha, drop_after=size // 2, times=1))
+    env.srv.add_fault(Fault(env.image(sha), drop_after=size // 2, times=1))
     out = env.tmp / "out.qcow2"
     assert env.pull("wn", "-o", out).code == 13
     part = env.blobs / f"{sha}.part"
     assert part.stat().st_size == size // 2
 
     env.srv.clear()
-    env.srv.add_fault(Fault(sha, ignore_range=True))
+    env.srv.add_fault(Fault(env.image(sha), ignore_range=True))
     r = env.pull("wn", "-o", out, "--json")
     assert r.code == 0, r.err
-    [(_m, _p, rng)] = env.blob_requests(sha)
+    [(_m, _p, rng)] = env.image_requests(sha)
     assert rng == f"bytes={size // 2}-"  # the client asked to resume…
-    assert env.srv.served.bytes_for(sha) == size  # …got the whole body (200) and used it from byte 0
+    assert env.image_bytes(sha) == size  # …got the whole body (200) and used it from byte 0
     assert out.stat().st_size == size
     assert out.read_bytes() == img.read_bytes()  # no duplicated prefix
     assert not part.exists()
@@ -232,7 +252,7 @@ def test_corrupt_part_is_detected_and_dropped(env: Env, make_image: Callable[...
     env.srv.clear()
     r = env.pull("wn", "-o", out)
     assert r.code == 0, r.err
-    assert env.srv.served.bytes_for(sha) == size
+    assert env.image_bytes(sha) == size
     assert out.read_bytes() == img.read_bytes()
 
 
@@ -247,8 +267,8 @@ def test_stale_part_longer_than_blob_is_discarded(env: Env, make_image: Callable
     r = env.pull("wn", "-o", out)
     assert r.code == 0, r.err
     assert out.read_bytes() == img.read_bytes()
-    assert env.srv.served.bytes_for(sha) == size
-    assert [rng for _m, _p, rng in env.blob_requests(sha)] == [None]
+    assert env.image_bytes(sha) == size
+    assert [rng for _m, _p, rng in env.image_requests(sha)] == [None]
 
 
 # -- 4. 503 ---------------------------------------------------------------------------------------------------------
@@ -257,12 +277,12 @@ def test_transient_503_is_retried(env: Env, make_image: Callable[..., Path]) -> 
     img = make_image(size)
     sha = env.publish(img)
     env.srv.clear()
-    env.srv.add_fault(Fault(sha, status=503, times=1))
+    env.srv.add_fault(Fault(env.image(sha), status=503, times=1))
     out = env.tmp / "out.qcow2"
     r = env.pull("wn", "-o", out, "--retries", "2")
     assert r.code == 0, r.err
-    assert len(env.blob_requests(sha)) == 2
-    assert env.srv.served.bytes_for(sha) == size
+    assert len(env.image_requests(sha)) == 2
+    assert env.image_bytes(sha) == size
     assert out.read_bytes() == img.read_bytes()
 
 
@@ -270,13 +290,13 @@ def test_permanent_503_without_retries_fails(env: Env, make_image: Callable[...,
     img = make_image(400_000)
     sha = env.publish(img)
     env.srv.clear()
-    env.srv.add_fault(Fault(sha, status=503))
+    env.srv.add_fault(Fault(env.image(sha), status=503))
     out = env.tmp / "out.qcow2"
     r = env.pull("wn", "-o", out)
     assert r.code == 13, r.err
     line = one_error_line(r.err)
     assert re.search(r"\bHTTP 503 from http://127\.0\.0\.1:\d+/", line), line
-    assert len(env.blob_requests(sha)) == 1  # retries 0 means one request
+    assert len(env.image_requests(sha)) == 1  # retries 0 means one request
     assert not out.exists() and leftovers(env.tmp, out.name) == []
     assert not (env.blobs / sha).exists()
 
@@ -291,13 +311,13 @@ def test_cache_hit_then_corrupted_cache_blob(env: Env, make_image: Callable[...,
     r = env.pull("wn", "-o", a, "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["cached"] is False
-    assert env.srv.served.bytes_for(sha) == size
+    assert env.image_bytes(sha) == size
 
     env.srv.clear()
     r = env.pull("wn", "-o", b, "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["cached"] is True
-    assert env.srv.served.bytes_for(sha) == 0 and env.blob_requests(sha) == []
+    assert env.image_bytes(sha) == 0 and env.image_requests(sha) == []
     assert b.read_bytes() == img.read_bytes()
 
     blob = env.blobs / sha
@@ -311,7 +331,7 @@ def test_cache_hit_then_corrupted_cache_blob(env: Env, make_image: Callable[...,
     assert r.code == 0, r.err
     assert "imagectl: warning: cached blob" in r.err and "does not match the signed hash" in r.err
     assert json.loads(r.out)["cached"] is False
-    assert env.srv.served.bytes_for(sha) == size
+    assert env.image_bytes(sha) == size
     assert c.read_bytes() == img.read_bytes()
     assert file_sha256(blob) == sha
     assert leftovers(env.tmp, c.name) == []
@@ -333,7 +353,7 @@ def test_unwritable_destination_path(env: Env, make_image: Callable[..., Path], 
     assert r.code == 14, r.err
     line = one_error_line(r.err)
     assert f"{out.parent} {'is not a directory' if kind == 'parent-is-file' else 'does not exist'}" in line
-    assert env.srv.served.bytes_for(sha) == 0  # refused before downloading anything
+    assert env.image_bytes(sha) == 0  # refused before downloading anything
     if kind == "parent-is-file":
         assert (env.tmp / "afile").read_bytes() == b"x"
     else:
@@ -372,7 +392,7 @@ def test_unwritable_destination_directory_mode(env: Env, make_image: Callable[..
         assert p.returncode == 14, p.stderr
         assert "not writable" in one_error_line(p.stderr)
         assert list(ro.iterdir()) == []
-        assert env.srv.served.bytes_for(sha) == 0
+        assert env.image_bytes(sha) == 0
     finally:
         ro.chmod(0o755)
 
@@ -388,7 +408,7 @@ def test_read_only_filesystem_destination(env: Env, make_image: Callable[..., Pa
         line = one_error_line(r.err)
         assert str(mnt) in line
         assert list(mnt.iterdir()) == []
-        assert env.srv.served.bytes_for(sha) == 0
+        assert env.image_bytes(sha) == 0
 
 
 @pytest.mark.root
@@ -406,12 +426,12 @@ def test_disk_full_destination(env: Env, make_image: Callable[..., Path]) -> Non
         assert os.statvfs(mnt).f_bfree == os.statvfs(mnt).f_blocks  # and the space is given back
     # the cache is on the normal disk: the verified blob is kept, so the next pull needs no network
     assert file_sha256(env.blobs / sha) == sha
-    assert env.srv.served.bytes_for(sha) == size
+    assert env.image_bytes(sha) == size
     env.srv.clear()
     out = env.tmp / "elsewhere.qcow2"
     r = env.pull("wn", "-o", out, "--json")
     assert r.code == 0, r.err
-    assert json.loads(r.out)["cached"] is True and env.srv.served.bytes_for(sha) == 0
+    assert json.loads(r.out)["cached"] is True and env.image_bytes(sha) == 0
     assert out.read_bytes() == img.read_bytes()
 
 
@@ -537,7 +557,7 @@ def test_unknown_version_arch_channel(env: Env, make_image: Callable[..., Path])
         for word in listed:
             assert word in first, f"{ref} --arch {arch}: {word!r} missing from {first!r}"
         assert not out.exists()
-        assert not any("/blobs/" in path for _m, path, _r in env.srv.served.requests)
+        assert not any(("/blobs/" in path or "/targets/" in path) for _m, path, _r in env.srv.served.requests)
 
 
 HOSTILE = [
@@ -589,7 +609,7 @@ def test_pull_64mib_peak_rss_is_bounded(env: Env, make_image: Callable[..., Path
     )
     rc, maxrss_kib = map(int, p.stdout.split())
     assert rc == 0, p.stderr
-    assert env.srv.served.bytes_for(sha) == size  # it really streamed 64 MiB over HTTP
+    assert env.image_bytes(sha) == size  # it really streamed 64 MiB over HTTP
     assert file_sha256(out) == sha
     assert 10 * 1024 < maxrss_kib < 150 * 1024, f"peak RSS of the pull was {maxrss_kib / 1024:.1f} MiB"
 
@@ -610,7 +630,7 @@ def test_the_image_is_written_once_and_a_changed_destination_never_poisons_the_c
     env.srv.clear()
     r = env.pull("wn", "-o", second, "--json")  # from the cache: hashed, then copied; no byte over HTTP
     assert r.code == 0 and json.loads(r.out)["cached"] is True, r.err
-    assert env.blob_requests(sha) == []
+    assert env.image_requests(sha) == []
     assert second.stat().st_ino != first.stat().st_ino and second.stat().st_nlink == 1
 
     with open(first, "r+b") as f:  # a booted image writes into its file
@@ -623,7 +643,7 @@ def test_the_image_is_written_once_and_a_changed_destination_never_poisons_the_c
     assert r.code == 0, r.err
     assert json.loads(r.out)["cached"] is False
     assert "cached blob" in r.err and "does not match the signed hash" in r.err
-    assert env.srv.served.bytes_for(sha) == 1_000_000
+    assert env.image_bytes(sha) == 1_000_000
     assert third.read_bytes() == img.read_bytes() and file_sha256(env.blobs / sha) == sha
     assert third.stat().st_ino == (env.blobs / sha).stat().st_ino  # the fresh entry's first destination: a link
     assert b"guest data" in first.read_bytes()  # the deployer's file is theirs: untouched by the repair

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from imagectl.catalogue.model import target_file_key, target_path
 from tests.conftest import Catalogue, CliResult, sha256
 from tests.httpserver import TestHTTPServer
 
@@ -72,17 +73,20 @@ def test_publish_list_pull_directory(catalogue: Catalogue, cli: Callable[..., Cl
 def test_pull_over_http_then_cache(http_catalogue: tuple[Catalogue, TestHTTPServer], cli, make_image, tmp_path):
     catalogue, srv = http_catalogue
     img = make_image(2_000_000)
-    assert cli("publish", img, *catalogue.args(), "--name", "wn", "--arch", "x86_64").code == 0
+    r = cli("publish", img, *catalogue.args(), "--name", "wn", "--arch", "x86_64", "--json")
+    assert r.code == 0, r.err
+    rec = json.loads(r.out)
+    image = target_file_key(target_path("wn", rec["version"], "x86_64", rec["format"]), sha256(img))  # what pull reads
     out1, out2 = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
     r = cli("pull", "wn", "--catalogue", srv.url, "--root", catalogue.root, "--arch", "x86_64", "-o", out1, "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["cached"] is False
-    assert srv.served.bytes_for(sha256(img)) == img.stat().st_size
+    assert srv.served.bytes_for(image) == img.stat().st_size and srv.served.bytes_for(sha256(img)) == 0
     srv.clear()
     r = cli("pull", "wn", "--catalogue", srv.url, "--root", catalogue.root, "--arch", "x86_64", "-o", out2, "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["cached"] is True
-    assert srv.served.bytes_for(sha256(img)) == 0  # the second pull needed no network for the blob
+    assert srv.served.bytes_for(image) == srv.served.bytes_for(sha256(img)) == 0  # no network for the image
     assert out1.read_bytes() == out2.read_bytes() == img.read_bytes()
 
 

@@ -147,10 +147,12 @@ def test_mirror_directory_to_s3_and_pull(s3cat, cli, make_image, tmp_path):
 
 
 @pytest.mark.parametrize("copy_max", [None, 1 << 20], ids=["CopyObject", "UploadPartCopy"])
-def test_target_files_on_s3_are_server_side_copies(s3cat, cli, make_image, monkeypatch, copy_max):
-    """Stock TUF clients fetch targets/NAME/VERSION/ARCH/HEX.FILE: on S3 a server-side copy of the blob (in parts
-    above 5 GiB, here above 1 MiB); verify says when it is missing, upgrade adds it, gc drops a revoked one."""
-    from imagectl.catalogue.model import target_file_key
+def test_an_image_on_s3_is_stored_once_at_its_target_file(s3cat, cli, make_image, monkeypatch, copy_max):
+    """On S3 an image's bytes are uploaded once, to targets/NAME/VERSION/ARCH/HEX.FILE (what stock TUF clients
+    and imagectl fetch); its blob key is an empty pointer to that file. Another version of the same bytes is a
+    server-side copy of it (in parts above 64 MiB, here above 1 MiB), no byte sent; verify says when a target
+    file is missing, upgrade makes it from a copy of the same bytes, gc drops a revoked one."""
+    from imagectl.catalogue.model import blob_key, target_file_key
     from imagectl.store import s3 as s3_mod
 
     copies: list[str] = []
@@ -168,19 +170,26 @@ def test_target_files_on_s3_are_server_side_copies(s3cat, cli, make_image, monke
     store = open_store(url)
     img = make_image(12 << 20)
     digest = sha256(img)
+    sent: list[str] = []
     for version in ("1", "2"):
         r = cli(
-            "publish", img, "--catalogue", url, "--keys", keys, "--name", "wn", "--arch", "x86_64", "--version", version
-        )
+            "publish", img, "--catalogue", url, "--keys", keys, "--name", "wn", "--arch", "x86_64", "--version",
+            version, "--json",
+        )  # fmt: skip
         assert r.code == 0, r.err
+        sent.append(json.loads(r.out)["uploaded"])
+    assert sent == [True, False]  # the second version's bytes came from the first's target file
     keys_of = {v: target_file_key(f"wn/{v}/x86_64/wn-{v}-x86_64.qcow2", digest) for v in ("1", "2")}
-    sent = store.stats.bytes_sent
-    assert store.read(keys_of["1"], 13 << 20) == img.read_bytes()
-    assert store.stats.bytes_sent == sent  # reading sends nothing; the copies were made by the server
+    before = store.stats.bytes_sent
+    for v in ("1", "2"):
+        assert store.read(keys_of[v], 13 << 20) == img.read_bytes()
+    assert store.stats.bytes_sent == before
+    assert store.read(blob_key(digest), 1) == b""  # a pointer, not a second copy of the bytes
+    assert store.pointer(blob_key(digest)) == keys_of["1"]
     assert cli("catalogue", "verify", url).code == 0
-    assert copies == ([keys_of["1"]] * 3 + [keys_of["2"]] * 3 if copy_max else [])
+    assert copies == ([keys_of["2"]] * 3 if copy_max else [])
 
-    store.delete(keys_of["1"])
+    store.delete(keys_of["1"])  # the file the pointer names: upgrade makes it again from version 2's copy
     r = cli("catalogue", "verify", url, "--no-blobs", "--json")
     assert r.code == 15 and json.loads(r.out)["needs_upgrade"] == 1
     r = cli("catalogue", "upgrade", url, "--json")
@@ -194,3 +203,89 @@ def test_target_files_on_s3_are_server_side_copies(s3cat, cli, make_image, monke
     assert keys_of["2"] in json.loads(r.out)["removed"] and keys_of["1"] not in json.loads(r.out)["removed"]
     assert not store.exists(keys_of["2"]) and store.exists(keys_of["1"])
     assert cli("catalogue", "verify", url).code == 0
+
+
+def _publish(cli, url, keys, img, version: str) -> None:
+    r = cli(
+        "publish", img, "--catalogue", url, "--keys", keys, "--name", "wn", "--arch", "x86_64", "--version", version
+    )
+    assert r.code == 0, r.err
+
+
+def test_images_held_as_full_blobs_on_s3_are_read_and_reused(s3cat, cli, make_image, tmp_path):
+    """A catalogue written before images were stored once holds each image's bytes at blobs/sha256/HEX. Pull
+    reads the blob where the target file is still missing; a new version of those bytes is copied from the blob
+    server-side (nothing sent) and the blob is kept, bytes and all, for the clients that read it."""
+    from imagectl.catalogue.model import blob_key, target_file_key
+
+    url, keys, root = s3cat
+    store = open_store(url)
+    img = make_image(300_000, seed="old")
+    digest = sha256(img)
+    _publish(cli, url, keys, img, "1")
+    t1 = target_file_key("wn/1/x86_64/wn-1-x86_64.qcow2", digest)
+    store.write(blob_key(digest), img.read_bytes())  # the layout an older imagectl wrote: bytes at the blob key...
+    store.delete(t1)  # ...and (older still) no target file
+    r = cli("pull", "wn:1", "--catalogue", url, "--root", root, "--arch", "x86_64", "-o", tmp_path / "a.img")
+    assert r.code == 0, r.err
+    assert (tmp_path / "a.img").read_bytes() == img.read_bytes()
+
+    r = cli(
+        "publish", img, "--catalogue", url, "--keys", keys, "--name", "wn", "--arch", "x86_64", "--version", "2",
+        "--json",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["uploaded"] is False
+    assert store.read(blob_key(digest), 1 << 20) == img.read_bytes() and store.pointer(blob_key(digest)) is None
+    t2 = target_file_key("wn/2/x86_64/wn-2-x86_64.qcow2", digest)
+    assert store.read(t2, 1 << 20) == img.read_bytes()
+    r = cli("catalogue", "upgrade", url, "--json")
+    assert r.code == 0 and json.loads(r.out)["created"] == [t1], r.out
+    assert cli("catalogue", "verify", url).code == 0
+
+
+def test_an_image_pointer_is_followed_only_to_its_own_bytes(s3cat, cli, make_image, tmp_path):
+    """The blob key of an image on S3 is an empty object naming the target file that holds the bytes. A pointer
+    is data from the bucket: one that names something other than a target file of its hash, or a file with other
+    bytes, or a file gc removed, is not copied from; the publish uploads the bytes and writes a good pointer."""
+    from imagectl.catalogue.model import blob_key, target_file_key
+    from imagectl.store.base import POINTER_META
+
+    url, keys, root = s3cat
+    store = open_store(url)
+    img = make_image(300_000, seed="ptr")
+    digest = sha256(img)
+    blob = blob_key(digest)
+    _publish(cli, url, keys, img, "1")
+    t1 = target_file_key("wn/1/x86_64/wn-1-x86_64.qcow2", digest)
+    assert store.pointer(blob) == t1
+
+    def plant(at: str) -> None:
+        store.client.put_object(Bucket=store.bucket, Key=store.prefix + blob, Body=b"", Metadata={POINTER_META: at})
+
+    decoy = target_file_key("wn/9/x86_64/wn-9-x86_64.qcow2", digest)  # the right name, other bytes
+    store.client.put_object(
+        Bucket=store.bucket, Key=store.prefix + decoy, Body=bytes(300_000), ChecksumAlgorithm="SHA256"
+    )
+    hostile = [
+        "metadata/timestamp.json",  # not a target file
+        f"targets/wn/1/x86_64/{'0' * 64}.wn-1-x86_64.qcow2",  # a target file of another hash
+        f"targets/wn/../../{digest}.x",  # a path out of targets/
+        decoy,
+        target_file_key("wn/8/x86_64/wn-8-x86_64.qcow2", digest),  # a file that is not there (gc took it)
+    ]
+    for n, at in enumerate(hostile, start=2):
+        plant(at)
+        r = cli(
+            "publish", img, "--catalogue", url, "--keys", keys, "--name", "wn", "--arch", "x86_64", "--version",
+            str(n), "--json",
+        )  # fmt: skip
+        assert r.code == 0, r.err
+        assert json.loads(r.out)["uploaded"] is True, at  # sent again: the planted pointer led nowhere usable
+        mine = target_file_key(f"wn/{n}/x86_64/wn-{n}-x86_64.qcow2", digest)
+        assert store.read(mine, 1 << 20) == img.read_bytes()
+        assert store.pointer(blob) == mine  # re-pointed at the copy just uploaded
+    r = cli("pull", f"wn:{n}", "--catalogue", url, "--root", root, "--arch", "x86_64", "-o", tmp_path / "p.img")
+    assert r.code == 0, r.err
+    assert (tmp_path / "p.img").read_bytes() == img.read_bytes()
+    assert store.read(decoy, 1 << 20) == bytes(300_000)  # never copied from, never written

@@ -34,6 +34,7 @@ import pytest
 import requests
 
 from imagectl.catalogue.keys import KeyRing
+from imagectl.catalogue.model import target_file_key, target_path
 from imagectl.catalogue.publish import PublishRequest, publish
 from imagectl.catalogue.state import load_state
 from imagectl.errors import DownloadError
@@ -46,7 +47,7 @@ from tests.s3server import S3Server
 pytestmark = pytest.mark.s3
 
 MiB = 1 << 20
-BLOB_PUT = r"^PUT .*/blobs/sha256/[0-9a-f]{64}$"
+IMAGE_PUT = r"^PUT .*/targets/wn/[^/]+/x86_64/[0-9a-f]{64}\.wn-[^/]+-x86_64\.raw$"  # its one copy, the target file
 
 # Runs tests.publisher_worker unchanged (argv: CAT KEYS NAME N SEED [SIZE]). Before each S3 request it prints
 # "REQ METHOD PATH[?QUERY-NAMES]" to stderr. With IMAGECTL_TEST_KILL_ON=REGEX it SIGKILLs its own process when a
@@ -166,14 +167,15 @@ def _no_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def blob_requests(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int, int | None]]:
-    """Every blob download over HTTP from now on: (key, offset asked, offset served, total size)."""
+    """Every image download over HTTP from now on (its target file, or a blob): (key, offset asked, offset served,
+    total size)."""
     calls: list[tuple[str, int, int, int | None]] = []
     real = HTTPStore.open_range
 
     @contextlib.contextmanager
     def spy(self: HTTPStore, key: str, offset: int = 0) -> Iterator[Any]:
         with real(self, key, offset) as stream:
-            if key.startswith("blobs/"):  # metadata is streamed through open_range too
+            if key.startswith(("blobs/", "targets/")):  # metadata is streamed through open_range too
                 calls.append((key, offset, stream.offset, stream.total))
             yield stream
 
@@ -245,18 +247,18 @@ def test_pull_list_and_verify_over_plain_http(public_cat: S3Cat, cli, make_image
     assert pull("wn", newest)["version"] == "2"
     assert pull("wn@stable", stable)["version"] == "1"
     assert newest.read_bytes() == img2.read_bytes() and stable.read_bytes() == img1.read_bytes()
-    # Each blob came in one anonymous GET of the whole object (no Range: nothing to resume).
+    # Each image came in one anonymous GET of its target file, the only copy on S3 (no Range: nothing to resume).
     assert blob_requests == [
-        (f"blobs/sha256/{sha256(img2)}", 0, 0, 700_001),
-        (f"blobs/sha256/{sha256(img1)}", 0, 0, 1_500_000),
+        (target_file_key("wn/2/x86_64/wn-2-x86_64.qcow2", sha256(img2)), 0, 0, 700_001),
+        (target_file_key("wn/1/x86_64/wn-1-x86_64.qcow2", sha256(img1)), 0, 0, 1_500_000),
     ]
 
     r = cli("catalogue", "verify", http, "--json")
     assert r.code == 0, r.out
     report = json.loads(r.out)
     assert report["ok"] and report["images_checked"] == 2
-    # every blob and every target file (on S3 a copy, not a link: checked on its own) read back over HTTP and hashed
-    assert report["blob_bytes_hashed"] == 2 * (1_500_000 + 700_001)
+    # every target file read back over HTTP and hashed, once: the blob keys are pointers to them (no second copy)
+    assert report["blob_bytes_hashed"] == 1_500_000 + 700_001
 
     # Pulling again comes from the client cache: metadata is refreshed over HTTP, no blob byte is fetched.
     blob_requests.clear()
@@ -290,7 +292,7 @@ def test_interrupted_http_pull_resumes_with_range(
         for chunk in real_iter(self, resp, url):
             yield chunk
             got += len(chunk)
-            if cut["on"] and "/blobs/" in url and got >= 2 * MiB:
+            if cut["on"] and "/targets/" in url and got >= 2 * MiB:
                 raise DownloadError(f"connection lost while reading {url} (simulated)")
 
     monkeypatch.setattr(HTTPStore, "_iter", dropping)
@@ -307,18 +309,19 @@ def test_interrupted_http_pull_resumes_with_range(
     r = cli(*args, "-o", dest, "--json")
     assert r.code == 0, r.err
     # One request, for the rest only: SeaweedFS answered the anonymous Range GET with 206 from exactly that byte.
-    assert blob_requests == [(f"blobs/sha256/{want}", have, have, img.stat().st_size)]
+    assert blob_requests == [(target_file_key("wn/1/x86_64/wn-1-x86_64.qcow2", want), have, have, img.stat().st_size)]
     assert dest.read_bytes() == img.read_bytes()
     assert not part.exists()
     assert json.loads(r.out)["cached"] is False
 
 
-def test_presigned_url_reads_one_private_blob(private_cat: S3Cat, make_image) -> None:
-    """Without a public bucket: a presigned GET of one blob works over plain HTTP; the plain URL does not."""
+def test_presigned_url_reads_one_private_image(private_cat: S3Cat, make_image) -> None:
+    """Without a public bucket: a presigned GET of one image (its target file) works over plain HTTP; the plain
+    URL does not."""
     store = private_cat.store
     img = make_image(600_000, seed="presign")
-    publish(store, KeyRing(private_cat.keys), PublishRequest(file=str(img), name="wn", arch="x86_64"), EXPIRY)
-    key = f"blobs/sha256/{sha256(img)}"
+    res = publish(store, KeyRing(private_cat.keys), PublishRequest(file=str(img), name="wn", arch="x86_64"), EXPIRY)
+    key = target_file_key(res.record.path, sha256(img))
     data = img.read_bytes()
     with requests.Session() as http:
         assert http.get(private_cat.http + key).status_code == 403
@@ -372,6 +375,12 @@ def _verify_clean(cli, cat: S3Cat, context: str) -> None:
     assert r.code == 0, f"{context}: {r.out}{r.err}"
 
 
+def _image_key(entry: dict[str, Any]) -> str:
+    """The target file of a `catalogue list --json` entry: where its bytes are, once, on S3."""
+    path = target_path(entry["name"], entry["version"], entry["arch"], entry["format"])
+    return target_file_key(path, entry["sha256"])
+
+
 def _listed(cli, cat: S3Cat) -> list[dict[str, Any]]:
     r = cli("catalogue", "list", "wn", "--catalogue", cat.url, "--root", cat.root, "--json")
     if r.code != 0:  # nothing published under that name yet
@@ -389,13 +398,14 @@ def _live_metadata(cat: S3Cat) -> set[str]:
     return keep
 
 
-TRIALS = 20
+TRIALS = 30  # an image is stored in one PUT, so fewer kill points than before land between it and the commit
 TRIAL_SIZE = 4 * MiB  # one single-part PUT (below the multipart threshold); ~15 ms on the wire
-MAX_REQUESTS = 14  # S3 requests of one publish: HEAD+PUT blob, 7 GETs, up to 4 conditional PUTs, GET root.json
+MAX_REQUESTS = 15  # S3 requests of one publish: 7 GETs, HEAD+PUT target file, HEAD+PUT pointer, up to 4
+# conditional PUTs, GET root.json
 
 
 def test_publisher_killed_at_random_points_s3(private_cat: S3Cat, cli, request: pytest.FixtureRequest) -> None:
-    """20 publishers SIGKILLed at random points: verify is clean after each, no truncated object is ever left,
+    """30 publishers SIGKILLed at random points: verify is clean after each, no truncated object is ever left,
     nothing a publisher reported done is lost, gc --grace 0 removes exactly the orphans, the next publish works."""
     cat = private_cat
     rng = random.Random(20261125)
@@ -427,9 +437,12 @@ def test_publisher_killed_at_random_points_s3(private_cat: S3Cat, cli, request: 
 
         _verify_clean(cli, cat, f"trial {trial} (point {point})")
         objects = cat.objects()
-        assert [k for k, size in objects.items() if size == 0] == [], f"trial {trial}: empty objects"
+        empty = [k for k, size in objects.items() if size == 0 and cat.store.pointer(k) is None]
+        assert empty == [], f"trial {trial}: empty objects that are not pointers"
+        images = {k: size for k, size in objects.items() if k.startswith("targets/")}
+        assert set(images.values()) <= {TRIAL_SIZE}, f"trial {trial}: a truncated image: {images}"
         blobs = {k: size for k, size in objects.items() if k.startswith("blobs/")}
-        assert set(blobs.values()) <= {TRIAL_SIZE}, f"trial {trial}: a truncated blob: {blobs}"
+        assert set(blobs.values()) <= {0}, f"trial {trial}: a second copy at a blob key: {blobs}"
         committed = cat.store.read("metadata/timestamp.json", 1 << 20) != ts_before
         outcomes.append("committed" if committed else "orphans" if set(objects) - before else "nothing")
 
@@ -441,14 +454,16 @@ def test_publisher_killed_at_random_points_s3(private_cat: S3Cat, cli, request: 
     assert len(versions) == summary["committed"]  # each commit added exactly one version
     assert set(reported) <= set(versions)  # nothing a publisher reported done was lost
     referenced = {f"blobs/sha256/{e['sha256']}" for e in listed}
-    blobs_before = set(cat.objects("blobs/"))
-    assert referenced <= blobs_before
+    referenced |= {_image_key(e) for e in listed}
+    held_before = set(cat.objects("blobs/")) | set(cat.objects("targets/"))
+    assert referenced <= held_before
 
     r = cli("catalogue", "gc", cat.url, "--grace", "0", "--json")
     assert r.code == 0, r.err
     removed = set(json.loads(r.out)["removed"])
-    assert set(cat.objects("blobs/")) == referenced  # every blob left is referenced, none referenced is gone
-    assert {k for k in removed if k.startswith("blobs/")} == blobs_before - referenced
+    # every image file and pointer left is referenced, none referenced is gone
+    assert set(cat.objects("blobs/")) | set(cat.objects("targets/")) == referenced
+    assert {k for k in removed if k.startswith(("blobs/", "targets/"))} == held_before - referenced
     assert set(cat.objects("metadata/")) == _live_metadata(cat)  # and only live metadata is left
     assert not removed & _live_metadata(cat)
     _verify_clean(cli, cat, "after gc")
@@ -464,7 +479,7 @@ def test_publisher_killed_at_random_points_s3(private_cat: S3Cat, cli, request: 
 @pytest.mark.parametrize(
     ("target", "pattern"),
     [
-        ("blob", BLOB_PUT),
+        ("image", IMAGE_PUT),
         ("image role", r"^PUT .*/metadata/\d+\.image-wn\.json$"),
         ("snapshot", r"^PUT .*/metadata/\d+\.snapshot\.json$"),
         ("timestamp swap", r"^PUT .*/metadata/timestamp\.json$"),
@@ -473,13 +488,17 @@ def test_publisher_killed_at_random_points_s3(private_cat: S3Cat, cli, request: 
 def test_publisher_killed_before_a_put_body(private_cat: S3Cat, cli, target: str, pattern: str) -> None:
     """The worst moment for a PUT: headers sent, server said 100 Continue, the body never comes (the publisher
     died). SeaweedFS must store nothing (imagectl's PUTs carry a Content-Type and a CRC32 checksum), the catalogue
-    verifies, and publishing the same bytes again uploads them in full."""
+    verifies, and publishing the same bytes again stores them in full, once. (The pointer's PUT has no body, so no
+    such moment: the random kills above land around it.)"""
     cat = private_cat
     p = _spawn(cat, "worst", TRIAL_SIZE, kill_on=pattern)
     _out, err = _finish(p)
     assert p.returncode == -signal.SIGKILL, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("KILL PUT "), err[-2000:]
-    assert [k for k, size in cat.objects().items() if size == 0] == []  # no empty object from the body-less PUT
+    if target == "image":  # the pointer comes after the image: not written yet
+        assert cat.objects("blobs/") == {} and cat.objects("targets/") == {}
+    # no empty object from the body-less PUT (the only empty object may be the image's pointer)
+    assert [k for k, size in cat.objects().items() if size == 0 and cat.store.pointer(k) is None] == []
     _verify_clean(cli, cat, f"killed before the {target} body")
     assert _listed(cli, cat) == []  # the swap never happened
 
@@ -487,26 +506,28 @@ def test_publisher_killed_before_a_put_body(private_cat: S3Cat, cli, target: str
     _verify_clean(cli, cat, "republish")
     (entry,) = _listed(cli, cat)
     assert entry["version"] == version
-    assert cat.objects("blobs/") == {f"blobs/sha256/{entry['sha256']}": TRIAL_SIZE}
+    assert cat.objects("targets/") == {_image_key(entry): TRIAL_SIZE}
+    assert cat.objects("blobs/") == {f"blobs/sha256/{entry['sha256']}": 0}
+    assert cat.store.pointer(f"blobs/sha256/{entry['sha256']}") == _image_key(entry)
 
 
 def test_publisher_killed_in_a_multipart_upload(private_cat: S3Cat, cli, request: pytest.FixtureRequest) -> None:
-    """A large blob goes up in parallel parts; a publisher killed mid-upload (one part waiting for its body, the
-    others wherever they are) leaves an incomplete multipart upload. It is not an object: readers, verify and gc
-    never see it; `catalogue gc` aborts it once it is older than the grace period."""
+    """A large image goes up to its target file in parallel parts; a publisher killed mid-upload (one part waiting
+    for its body, the others wherever they are) leaves an incomplete multipart upload. It is not an object:
+    readers, verify and gc never see it; `catalogue gc` aborts it once it is older than the grace period."""
     cat = private_cat
     size = TransferSettings().multipart_threshold + MiB
-    p = _spawn(cat, "big", size, kill_on=BLOB_PUT[:-1] + r"\?partNumber&uploadId$")
+    p = _spawn(cat, "big", size, kill_on=IMAGE_PUT[:-1] + r"\?partNumber&uploadId$")
     _out, err = _finish(p)
     assert p.returncode == -signal.SIGKILL, err[-2000:]
     # parts go up from several threads: another one may still print its REQ line between the KILL line and the kill
     assert "\nREQ POST " in err and "KILL PUT " in err, err[-2000:]
 
     uploads = cat.multipart_uploads()
-    assert len(uploads) == 1 and uploads[0]["Key"].startswith(cat.prefix + "blobs/sha256/"), uploads
+    assert len(uploads) == 1 and uploads[0]["Key"].startswith(cat.prefix + "targets/wn/"), uploads
     parts = cat.client.list_parts(Bucket=cat.bucket, Key=uploads[0]["Key"], UploadId=uploads[0]["UploadId"])
     request.node.user_properties.append(("parts_in_killed_upload", len(parts.get("Parts", []))))
-    assert cat.objects("blobs/") == {}  # the blob never became an object
+    assert cat.objects("targets/") == {} and cat.objects("blobs/") == {}  # the image never became an object
     _verify_clean(cli, cat, "killed mid-multipart")
     r = cli("catalogue", "gc", cat.url, "--json")  # default grace: a running publish may still finish it
     assert r.code == 0 and json.loads(r.out)["aborted_uploads"] == []
@@ -524,5 +545,6 @@ def test_publisher_killed_in_a_multipart_upload(private_cat: S3Cat, cli, request
     _verify_clean(cli, cat, "republish after the abort")
     (entry,) = _listed(cli, cat)
     assert entry["version"] == version
-    assert cat.objects("blobs/") == {f"blobs/sha256/{entry['sha256']}": size}
+    assert cat.objects("targets/") == {_image_key(entry): size}
+    assert cat.objects("blobs/") == {f"blobs/sha256/{entry['sha256']}": 0}
     assert cat.multipart_uploads() == []

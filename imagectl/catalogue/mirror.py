@@ -37,7 +37,7 @@ from imagectl.errors import (
 )
 from imagectl.fsio import read_regular
 from imagectl.store import ObjectMissingError, Store
-from imagectl.store.digest import Hasher
+from imagectl.store.digest import FileDigest, Hasher
 
 __all__ = ["MIRROR_FILE", "MirrorFilter", "MirrorReport", "mirror"]
 
@@ -99,26 +99,60 @@ def _select(reader: CatalogueReader, f: MirrorFilter) -> dict[str, list[ImageRec
     return chosen
 
 
-def _copy_blob(src: Store, dest: Store, sha: str, length: int, tmpdir: Path) -> int:
-    """Stream one blob from ``src``, checking length and SHA-256, then store it at ``dest``; bytes copied."""
-    key = blob_key(sha)
+def _fetch(src: Store, keys: list[str], length: int, sha: str, part_size: int, tmpdir: Path) -> tuple[str, FileDigest]:
+    """Stream the first of ``keys`` ``src`` holds into a temp file under ``tmpdir``, checking length and SHA-256;
+    the file's path and digest (in ``part_size`` parts). The caller removes the file."""
     fd, tmp = tempfile.mkstemp(dir=tmpdir, suffix=".blob")
     try:
-        h = Hasher(dest.part_size)
-        with os.fdopen(fd, "wb") as out, src.open_range(key) as stream:
+        h = Hasher(part_size)
+        with os.fdopen(fd, "wb") as out, src.open_first(keys) as stream:
             for chunk in stream.chunks:
                 if h.size + len(chunk) > length:
-                    raise ImageMismatchError(f"{key} at the source is longer than its signed {length} bytes")
+                    raise ImageMismatchError(f"{keys[0]} at the source is longer than its signed {length} bytes")
                 h.update(chunk)
                 out.write(chunk)
         digest = h.result()
         if digest.size != length or digest.sha256 != sha:
-            raise ImageMismatchError(f"{key} at the source does not match its signed length and SHA-256")
+            raise ImageMismatchError(f"{keys[0]} at the source does not match its signed length and SHA-256")
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp, digest
+
+
+def _copy_blob(src: Store, dest: Store, sha: str, length: int, tmpdir: Path) -> int:
+    """Copy one side blob (a build record, an SBOM) from ``src`` to ``dest``, verified; bytes copied."""
+    key = blob_key(sha)
+    tmp, digest = _fetch(src, [key], length, sha, dest.part_size, tmpdir)
+    try:
         dest.upload_file(key, tmp, digest)
         return digest.size
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        os.unlink(tmp)
+
+
+def _copy_image(src: Store, dest: Store, rec: ImageRecord, tmpdir: Path) -> int:
+    """Copy one image from ``src`` (its target file, or the blob of a catalogue written before target files) to
+    ``dest``'s blob and target file, verified; image bytes sent."""
+    tkey = target_file_key(rec.path, rec.sha256)
+    tmp, digest = _fetch(src, [tkey, blob_key(rec.sha256)], rec.size, rec.sha256, dest.part_size, tmpdir)
+    try:
+        return digest.size if dest.store_image(blob_key(rec.sha256), tkey, tmp, digest) else 0
+    finally:
+        os.unlink(tmp)
+
+
+def _placed(dest: Store, rec: ImageRecord, tkey: str) -> bool:
+    """Whether ``dest`` holds the image already (its blob, or on an object store a pointer to a copy of it) and
+    now has its target file too, made from what it holds: then nothing is copied from the source."""
+    if not dest.exists(blob_key(rec.sha256)):
+        return False
+    try:
+        dest.place_target(blob_key(rec.sha256), tkey, rec.size)
+    except (ObjectMissingError, CatalogueStateError):  # a pointer at nothing, or a damaged blob: copy it again
+        return False
+    return True
 
 
 def _version_at(store: Store, key: str) -> int:
@@ -193,20 +227,22 @@ def mirror(
         for name, images in chosen.items():
             for rec in images:
                 report.images.append(f"{name}:{rec.version} {rec.arch}")
-                wanted = [(rec.sha256, rec.size)]
-                wanted += [
-                    (sha, size)
-                    for _what, sha, size in model.side_blobs(rec.build_record)
-                    if isinstance(sha, str) and type(size) is int
-                ]
-                for sha, size in wanted:
+                tkey = target_file_key(rec.path, rec.sha256)
+                if _placed(dest, rec, tkey):
+                    report.blobs_present += 1
+                else:
+                    report.bytes_copied += _copy_image(src, dest, rec, Path(tmp))
+                    report.blobs_copied += 1
+                    say(f"copied {tkey} ({rec.size} bytes)")
+                for _what, sha, size in model.side_blobs(rec.build_record):
+                    if not isinstance(sha, str) or type(size) is not int:
+                        continue
                     if dest.exists(blob_key(sha)):
                         report.blobs_present += 1
                         continue
                     report.bytes_copied += _copy_blob(src, dest, sha, size, Path(tmp))
                     report.blobs_copied += 1
                     say(f"copied {blob_key(sha)} ({size} bytes)")
-                dest.place_target(blob_key(rec.sha256), target_file_key(rec.path, rec.sha256), rec.size)
         # 2. metadata: the root chain, then targets, the selected image roles and the snapshot, as verified
         root_now = _trusted(reader, "root.json")[1]
         for n in range(1, root_now + 1):

@@ -323,9 +323,12 @@ def publish(
         others = [r for r in known if r.arch != req.arch]
         what = f"publish {req.name}" + (f":{req.version}" if req.version else "")
         check_tested(prechecked, req.channel, what, [*others, dataclasses.replace(mine, boot_test=tested)])
-    uploaded = store.upload_file(blob_key(sha256), req.file, digest)
+    # A directory stores the blob now and links the target file in the commit; an object store keeps one copy,
+    # at the target file, whose key depends on the version the commit settles (catalogue/README.md §6).
+    uploaded = False if store.single_copy else store.upload_file(blob_key(sha256), req.file, digest)
 
     def apply(state: CatalogueState) -> tuple[ImageRecord, ImageRecord | None]:
+        nonlocal uploaded
         now = utcnow()
         version = req.version
         if version is None:
@@ -357,7 +360,11 @@ def publish(
             check_tested(state, req.channel, f"publish {req.name}:{version}", [*others, record])
         # The target file a stock TUF client fetches exists before any metadata names it (and is repaired by a
         # no-op publish of the same bytes).
-        store.place_target(blob_key(sha256), target_file_key(record.path, sha256), size)
+        if store.single_copy:
+            sent = store.store_image(blob_key(sha256), target_file_key(record.path, sha256), req.file, digest)
+            uploaded = uploaded or sent
+        else:
+            store.place_target(blob_key(sha256), target_file_key(record.path, sha256), size)
         if record is not old:
             state.add_image(record, expires)  # re-signs one bin of a binned name, not all its versions
         if req.channel is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagectl.catalogue.keys import KeyRing
-from imagectl.catalogue.model import blob_key, role_for, target_file_key
+from imagectl.catalogue.model import ImageRecord, blob_key, role_for, target_file_key
 from imagectl.catalogue.state import CatalogueState, load_state, transact
 from imagectl.catalogue.trust import require_keys
 from imagectl.errors import CatalogueStateError, ImagectlError, NotFoundError
@@ -48,19 +48,34 @@ def upgrade_catalogue(store: Store, say: Callable[[str], None] = lambda _m: None
         )
     state = load_state(store)
     report = UpgradeReport()
+    failed: list[tuple[ImageRecord, str, str]] = []
+    held: dict[str, str] = {}  # sha256 -> a target file holding those bytes
     for name in state.names():
         for rec in state.images(name):
             key = target_file_key(rec.path, rec.sha256)
             try:
                 made = store.place_target(blob_key(rec.sha256), key, rec.size)
             except ImagectlError as e:
-                report.problems.append(f"{rec.name}:{rec.version} {rec.arch}: {e.message}")
+                failed.append((rec, key, e.message))
                 continue
+            held.setdefault(rec.sha256, key)
             if made:
                 report.created.append(key)
                 say(f"created {key}")
             else:
                 report.present += 1
+    # Without its blob (or with a pointer at a target file since removed), an image is made from another
+    # version's target file of the same bytes, when there is one.
+    for rec, key, message in failed:
+        try:
+            if rec.sha256 not in held:
+                raise CatalogueStateError(message)
+            store.place_target(held[rec.sha256], key, rec.size)
+        except ImagectlError as e:
+            report.problems.append(f"{rec.name}:{rec.version} {rec.arch}: {e.message}")
+            continue
+        report.created.append(key)
+        say(f"created {key}")
     report.created.sort()
     return report
 

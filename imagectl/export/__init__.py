@@ -20,11 +20,11 @@ from typing import Any
 from imagectl.catalogue.client import CatalogueReader
 from imagectl.catalogue.model import ImageRef
 from imagectl.config import Config
-from imagectl.errors import ImagectlError, InvalidInputError, KeyProblemError, printable
+from imagectl.errors import CatalogueStateError, ImagectlError, InvalidInputError, KeyProblemError, printable
 from imagectl.export.glance import GlanceImage, glance_image
 from imagectl.export.hepix import Signer, export_hepix, load_signer
 from imagectl.export.simplestreams import check_gpg_key, export_simplestreams
-from imagectl.export.view import read_view, verified_sha512
+from imagectl.export.view import missing_target_files, read_view, verified_sha512
 
 __all__ = [
     "KINDS",
@@ -78,6 +78,11 @@ def glance(
     """``imagectl export glance``: the command and properties for the one image ``ref`` resolves to for ``arch``
     (exactly as ``imagectl pull`` resolves it: revoked refused, deprecated allowed by version)."""
     rec = reader.resolve(ref, arch).record
+    if missing_target_files(reader.store, rec.name, [rec]):
+        raise CatalogueStateError(
+            f"{rec.name}:{rec.version} ({rec.arch}) has no target file in {reader.store.shown}",
+            hint=f"run: imagectl catalogue upgrade {reader.store.shown}",
+        )
     return glance_image(rec, public_url or reader.url, root)
 
 

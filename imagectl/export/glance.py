@@ -26,7 +26,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from imagectl.catalogue.model import ImageRecord
+from imagectl.catalogue.model import ImageRecord, target_file_key
 from imagectl.errors import InvalidInputError
 from imagectl.export.names import glance_arch, os_distro
 from imagectl.export.view import public_base
@@ -108,7 +108,7 @@ def glance_image(rec: ImageRecord, catalogue_url: str, root: str | None = None) 
         )
     base = public_base(catalogue_url)
     props = properties(rec)
-    props["imagectl_url"] = base + f"blobs/sha256/{rec.sha256}"
+    props["imagectl_url"] = base + target_file_key(rec.path, rec.sha256)
     name = f"{rec.name}-{rec.version}-{rec.arch}"
     file = f"{name}.{rec.format}"
     pull = ["imagectl", "pull", f"{rec.name}:{rec.version}", "--arch", rec.arch, "--catalogue", base]

@@ -140,7 +140,7 @@ def _entry(
             "dc:date:created": rec.created,
             "dc:date:expires": expires,
             "hv:version": rec.version,
-            "hv:uri": view.blob_url(rec.sha256),
+            "hv:uri": view.image_url(rec),
             "hv:size": rec.size,
             "hv:format": rec.format,
             "hv:hypervisor": "Xen" if rec.hypervisor == "xen-pv" else "QEMU,KVM",

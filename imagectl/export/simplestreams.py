@@ -1,7 +1,8 @@
 """simplestreams (``sstream-query``, ``sstream-mirror``, ``sstream-mirror-glance``, LXD-style clients) from a catalogue.
 
 Layout (relative to the output directory, which is meant to be served at the catalogue's own base URL, so item
-``path``s, ``blobs/sha256/HEX``, resolve against the same mirror base)::
+``path``s, the images' target files ``targets/NAME/VERSION/ARCH/HEX.FILE``, resolve against the same mirror
+base)::
 
     streams/v1/index.json             format index:1.0
     streams/v1/CONTENT_ID.json        format products:1.0, datatype image-downloads
@@ -84,7 +85,7 @@ def _product(nv: NameView, arch: str, images: list[ImageRecord]) -> dict[str, An
     for rec in images:
         item: dict[str, Any] = {
             "ftype": FTYPES.get(rec.format, rec.format),
-            "path": model.blob_key(rec.sha256),
+            "path": model.target_file_key(rec.path, rec.sha256),
             "sha256": rec.sha256,
             "size": rec.size,
         }

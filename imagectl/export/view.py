@@ -2,8 +2,10 @@
 
 :func:`read_view` asks a :class:`~imagectl.catalogue.client.CatalogueReader` (``tuf.ngclient`` underneath) for
 every name, its images, channels and revocations, and the snapshot version. Revoked versions are not in the signed
-targets, so no export can list one. Download URLs are the content-addressed blob URLs (catalogue/README.md §6)
-under the catalogue's public URL, never with credentials in them.
+targets, so no export can list one. Download URLs are those of the images' target files (catalogue/README.md
+§6: the one copy on S3, a hard link of the blob on a directory; hash-named, so cacheable forever) under the
+catalogue's public URL, never with credentials in them. A catalogue with images still lacking their target file
+(written before they existed) is refused until ``imagectl catalogue upgrade`` has made them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import os
 import re
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +22,20 @@ from tuf.api.metadata import Metadata, Timestamp
 
 from imagectl.catalogue import model
 from imagectl.catalogue.client import CatalogueReader, client_cache
-from imagectl.catalogue.model import ImageRecord, blob_key
-from imagectl.errors import DownloadError, ImageMismatchError, InvalidInputError
+from imagectl.catalogue.model import ImageRecord, blob_key, target_file_key
+from imagectl.errors import CatalogueStateError, DownloadError, ImagectlError, ImageMismatchError, InvalidInputError
 from imagectl.fsio import AtomicFile
+from imagectl.store import Store
 
-__all__ = ["CatalogueView", "NameView", "newest_live", "public_base", "read_view", "verified_sha512"]
+__all__ = [
+    "CatalogueView",
+    "NameView",
+    "missing_target_files",
+    "newest_live",
+    "public_base",
+    "read_view",
+    "verified_sha512",
+]
 
 CHUNK = 1 << 20
 
@@ -46,8 +58,8 @@ class CatalogueView:
     snapshot_version: int  # grows with every change to the catalogue
     names: tuple[NameView, ...]
 
-    def blob_url(self, sha256: str) -> str:
-        return self.base + blob_key(sha256)
+    def image_url(self, rec: ImageRecord) -> str:
+        return self.base + target_file_key(rec.path, rec.sha256)
 
     def images(self) -> list[ImageRecord]:
         return [rec for nv in self.names for rec in nv.images]
@@ -88,8 +100,25 @@ def read_view(reader: CatalogueReader, public_url: str | None = None) -> Catalog
             if isinstance(p, dict) and p.get("version") in listed  # a pointer at nothing listed is not exported
         }
         names.append(NameView(name, images, channels))
+    missing = sum(len(missing_target_files(reader.store, nv.name, nv.images)) for nv in names)
+    if missing:
+        raise CatalogueStateError(
+            f"{missing} image(s) of {reader.store.shown} have no target file, the file an export's URLs name",
+            hint=f"run: imagectl catalogue upgrade {reader.store.shown}",
+        )
     ts = Metadata[Timestamp].from_file(str(reader.dir / "timestamp.json")).signed  # the file the Updater trusted
     return CatalogueView(public_base(public_url or reader.url), ts.snapshot_meta.version, tuple(names))
+
+
+def missing_target_files(store: Store, name: str, images: Sequence[ImageRecord]) -> list[str]:
+    """The target file keys of ``images`` (all of image name ``name``) that ``store`` lacks: one listing of
+    ``targets/NAME/`` where the store can list, a check per key where it cannot (HTTP)."""
+    keys = [target_file_key(rec.path, rec.sha256) for rec in images]
+    try:
+        held = {e.key for e in store.list_entries(f"{model.TARGETS}{name}/") if e.regular}
+    except ImagectlError:  # not listable (HTTP), or a symlinked directory: ask key by key
+        return [k for k in keys if not store.exists(k)]
+    return [k for k in keys if k not in held]
 
 
 def verified_sha512(reader: CatalogueReader, rec: ImageRecord, cache: Path) -> str:
@@ -115,7 +144,7 @@ def verified_sha512(reader: CatalogueReader, rec: ImageRecord, cache: Path) -> s
             raise tree.refuse(f"{rel}/{rec.sha256}", e) from None
         s256, s512, got = hashlib.sha256(), hashlib.sha512(), 0
         try:
-            with reader.store.open_range(blob_key(rec.sha256)) as stream:
+            with reader.store.open_first([target_file_key(rec.path, rec.sha256), blob_key(rec.sha256)]) as stream:
                 for chunk in stream.chunks:
                     got += len(chunk)
                     if got > rec.size:

@@ -11,8 +11,9 @@ import abc
 import concurrent.futures
 import contextlib
 import hashlib
+import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -77,6 +78,24 @@ def paced(chunks: Iterator[bytes], pace: Pace, what: str) -> Iterator[bytes]:
 def content_tag(data: bytes) -> str:
     """The version tag of ``data`` for stores without a native one: it changes exactly when the bytes change."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# An image's blob key on an object store is a pointer: an empty object whose user metadata (the header
+# x-amz-meta-imagectl-image, over the S3 API and plain HTTP alike) names the target file that holds the bytes
+# (catalogue/README.md §6). Only a pointer of this form, to a target file whose name carries the blob's hash, is
+# followed; :func:`pointer_target` is the one check, used by every store that reads pointers.
+POINTER_META = "imagectl-image"
+_SEGMENT = r"[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}"  # a name, version or arch as target paths hold them
+_POINTER_AT = re.compile(rf"targets/(?:{_SEGMENT}/){{3}}([0-9a-f]{{64}})\.[0-9A-Za-z][0-9A-Za-z._+~-]{{0,255}}")
+
+
+def pointer_target(blob: str, length: int, at: object) -> str | None:
+    """The target file the object at ``blob`` (``length`` bytes, pointer metadata ``at``) points at, or None
+    when it is not a well-formed pointer to a target file of the same SHA-256 (then it is judged as bytes)."""
+    if length != 0 or not isinstance(at, str):
+        return None
+    m = _POINTER_AT.fullmatch(at)  # no segment can be "." or ".."
+    return at if m is not None and m.group(1) == blob.rsplit("/", 1)[-1] else None
 
 
 class ObjectMissingError(NotFoundError):
@@ -260,6 +279,43 @@ class Store(abc.ABC):
         when ``key`` already holds the blob's bytes. A ``key`` holding other bytes (damage) is replaced. Raises
         ObjectMissingError when ``blob`` is missing, CatalogueStateError when it has another size."""
         raise self._refuse()
+
+    @contextlib.contextmanager
+    def open_first(self, keys: MutableSequence[str], offset: int = 0) -> Iterator[RangeStream]:
+        """:meth:`open_range` of the first of ``keys`` the store holds (an image's target file, then its blob for
+        a catalogue written before target files). A missing key is removed from ``keys``, so a caller that tries
+        again goes straight to the next; when none is held, the ObjectMissingError of the first (the key the
+        caller wants the bytes at) is raised."""
+        first: ObjectMissingError | None = None
+        with contextlib.ExitStack() as stack:
+            while True:
+                try:
+                    stream = stack.enter_context(self.open_range(keys[0], offset))
+                    break
+                except ObjectMissingError as e:
+                    first = first or e
+                    if len(keys) == 1:
+                        raise first from None
+                    keys.pop(0)
+            yield stream
+
+    #: whether this store keeps an image once, at its target file, with only a pointer at its blob key (object
+    #: stores, which have no hard links: catalogue/README.md §6); a directory keeps the blob and links the
+    #: target file to it
+    single_copy: bool = False
+
+    def store_image(self, blob: str, key: str, path: str, digest: FileDigest) -> bool:
+        """Make the image bytes of ``path`` (exactly ``digest``) readable at its target file ``key`` and its
+        ``blob`` key, sending only what the store does not hold yet; return whether image bytes were sent. Here:
+        the blob is uploaded (:meth:`upload_file`), then the target file placed (:meth:`place_target`)."""
+        sent = self.upload_file(blob, path, digest)
+        self.place_target(blob, key, digest.size)
+        return sent
+
+    def pointer(self, key: str) -> str | None:
+        """The target file that the blob ``key`` points at, when the store keeps images once (an empty object
+        naming it); None when ``key`` is bytes, is missing, or the store keeps no pointers."""
+        return None
 
     def same_object(self, a: str, b: str) -> bool:
         """Whether ``a`` and ``b`` are known, cheaply, to be one stored object (a hard link): then checking the

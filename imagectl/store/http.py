@@ -14,6 +14,7 @@ from imagectl.errors import DownloadError
 from imagectl.http import safe_url
 from imagectl.store.base import (
     CHUNK,
+    POINTER_META,
     ObjectMissingError,
     ObjectTooLargeError,
     Pace,
@@ -21,6 +22,7 @@ from imagectl.store.base import (
     StatusError,
     Store,
     paced,
+    pointer_target,
 )
 
 __all__ = ["HTTPStore"]
@@ -144,6 +146,16 @@ class HTTPStore(Store):
         resp = self._request("HEAD", key)
         resp.close()
         return resp.status_code == 200
+
+    def pointer(self, key: str) -> str | None:
+        """An object store's pointer read over plain HTTP: an empty object with the ``x-amz-meta-imagectl-image``
+        header (S3 serves user metadata as headers). A directory behind a web server has none."""
+        resp = self._request("HEAD", key)
+        resp.close()
+        if resp.status_code != 200 or not resp.headers.get("Content-Length", "").isdigit():
+            return None
+        at = resp.headers.get(f"x-amz-meta-{POINTER_META}")
+        return pointer_target(key, int(resp.headers["Content-Length"]), at)
 
     def list(self, prefix: str) -> Iterator[str]:
         # A static web server cannot list; the catalogue never needs to list to read (metadata names every key).

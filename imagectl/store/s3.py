@@ -42,6 +42,7 @@ from imagectl.errors import (
 from imagectl.http import safe_url
 from imagectl.store.base import (
     CHUNK,
+    POINTER_META,
     ObjectEntry,
     ObjectMissingError,
     ObjectTooLargeError,
@@ -49,6 +50,7 @@ from imagectl.store.base import (
     RangeStream,
     Store,
     paced,
+    pointer_target,
 )
 from imagectl.store.digest import FileChangedError, FileDigest, composite_checksum
 
@@ -73,6 +75,30 @@ _CONDITION_HEADERS = "ImagectlConditionHeaders"  # private call parameter, see _
 # (bench/targets.py: SeaweedFS, 256 MiB).
 COPY_MAX = 64 << 20  # bytes
 COPY_PART = 64 << 20  # bytes
+
+
+def _pointed(blob: str, head: dict[str, Any]) -> str | None:
+    """The target file the object ``head`` describes points at, if it is an image pointer (see base.py)."""
+    meta = head.get("Metadata")
+    return pointer_target(
+        blob, int(head.get("ContentLength", -1)), meta.get(POINTER_META) if isinstance(meta, dict) else None
+    )
+
+
+def _matches(head: dict[str, Any], digest: FileDigest) -> bool:
+    """Whether the object ``head`` describes holds the digest's bytes, by size and, where the two can be
+    compared, the stored SHA-256 checksum (whole-object, or composite over the same parts)."""
+    if int(head.get("ContentLength", -1)) != digest.size:
+        return False
+    checksum = head.get("ChecksumSHA256")
+    if not checksum:
+        return True
+    if "-" not in str(checksum):
+        return str(checksum) == digest.sha256_b64
+    count = str(checksum).rsplit("-", 1)[1]
+    if digest.parts and count == str(len(digest.parts)):
+        return str(checksum) == composite_checksum(digest.parts)
+    return True  # another part layout: its composite checksum cannot be compared with ours
 
 
 @dataclass
@@ -466,24 +492,8 @@ class S3Store(Store):
         """Whether ``key`` holds the digest's bytes: None if absent, False if its size or stored SHA-256 checksum
         says otherwise. An object without a stored checksum (uploaded by an older imagectl, or by a server that
         keeps none) is judged by its size alone."""
-        with self._boundary("check", key):
-            try:
-                head = self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
-            except botocore.exceptions.ClientError as e:
-                if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                    return None
-                raise
-        if int(head.get("ContentLength", -1)) != digest.size:
-            return False
-        checksum = head.get("ChecksumSHA256")
-        if not checksum:
-            return True
-        if "-" not in str(checksum):
-            return str(checksum) == digest.sha256_b64
-        count = str(checksum).rsplit("-", 1)[1]
-        if digest.parts and count == str(len(digest.parts)):
-            return str(checksum) == composite_checksum(digest.parts)
-        return True  # another part layout: its composite checksum cannot be compared with ours
+        head = self._head(key)
+        return None if head is None else _matches(head, digest)
 
     def upload_file(self, key: str, path: str, digest: FileDigest) -> bool:
         """Upload exactly ``digest.size`` bytes of ``path`` unless ``key`` already holds them.
@@ -496,6 +506,10 @@ class S3Store(Store):
         """
         if self._stored(key, digest):
             return False
+        self._upload(key, path, digest)
+        return True
+
+    def _upload(self, key: str, path: str, digest: FileDigest) -> None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -510,7 +524,6 @@ class S3Store(Store):
         finally:
             os.close(fd)
         self.stats.add(files=1)
-        return True
 
     def _put_whole(self, key: str, fd: int, path: str, digest: FileDigest) -> None:
         data = os.pread(fd, digest.size, 0)
@@ -579,26 +592,59 @@ class S3Store(Store):
                     return None
                 raise
 
+    # -- images: one copy, at the target file (catalogue/README.md §6) --------------------------------------
+    single_copy = True
+
+    def pointer(self, key: str) -> str | None:
+        head = self._head(key)
+        return None if head is None else _pointed(key, head)
+
+    def _put_pointer(self, blob: str, key: str) -> None:
+        args = {"Bucket": self.bucket, "Key": self._key(blob), "Body": b"", "Metadata": {POINTER_META: key}}
+        with self._boundary("write", blob):
+            self.client.put_object(**args, ContentType="application/octet-stream")
+
+    def _source(self, blob: str) -> tuple[str, dict[str, Any]] | None:
+        """The stored copy of the blob's bytes, as ``(key, head)``: the blob itself (a catalogue written before
+        images were stored once) or the target file its pointer names; None when there is neither."""
+        head = self._head(blob)
+        if head is None:
+            return None
+        at = _pointed(blob, head)
+        if at is None:
+            return blob, head
+        target = self._head(at)
+        return None if target is None else (at, target)
+
     def place_target(self, blob: str, key: str, size: int) -> bool:
-        """A server-side copy of ``blob`` at ``key`` (CopyObject; UploadPartCopy in parts above 5 GiB): no image
-        byte passes through this machine, but the bucket stores the bytes twice (S3 has no hard links; see
-        catalogue/README.md, "Target files", for the trade-off and its measured figures). The copy is made only
-        from the blob version just checked (``CopySourceIfMatch``), and a ``key`` that already holds an object of
-        the blob's size and checksum is kept."""
-        src = self._head(blob)
-        if src is None:
-            raise ObjectMissingError(f"{blob} not found in {self.shown}")
+        """A server-side copy of the image ``blob`` stands for at ``key`` (CopyObject; UploadPartCopy in parts
+        above 64 MiB), from the blob itself or from the target file its pointer names: no image byte passes
+        through this machine. The copy is made only from the object version just checked
+        (``CopySourceIfMatch``), and a ``key`` that already holds an object of the right size and checksum is
+        kept."""
+        dst = self._head(key)
+        found = self._source(blob)
+        if found is None:
+            if dst is not None and int(dst.get("ContentLength", -1)) == size:
+                return False  # the pointer names a copy gc has removed since; this one is judged by size
+            raise ObjectMissingError(f"{blob} not found in {self.shown} (nor a copy it points at)")
+        src_key, src = found
         if int(src.get("ContentLength", -1)) != size:
             raise CatalogueStateError(
-                f"{blob} has {src.get('ContentLength')} bytes, signed length is {size}",
+                f"{src_key} has {src.get('ContentLength')} bytes, signed length is {size}",
                 hint=f"run: imagectl catalogue verify {self.shown}",
             )
-        dst = self._head(key)
+        if src_key == key:
+            return False
         if dst is not None and int(dst.get("ContentLength", -1)) == size:
             theirs, ours = dst.get("ChecksumSHA256"), src.get("ChecksumSHA256")
             if not theirs or not ours or theirs == ours or "-" in str(theirs) + str(ours):
                 return False  # no comparable checksums: judged by size, as upload_file does; verify hashes it
-        source = {"Bucket": self.bucket, "Key": self._key(blob)}
+        self._copy(src_key, src, key, size)
+        return True
+
+    def _copy(self, src_key: str, src: dict[str, Any], key: str, size: int) -> None:
+        source = {"Bucket": self.bucket, "Key": self._key(src_key)}
         etag = str(src.get("ETag", ""))
         with self._boundary("copy", key):
             if size <= COPY_MAX:
@@ -612,7 +658,34 @@ class S3Store(Store):
                 )
             else:
                 self._copy_parts(source, etag, key, size)
-        return True
+
+    def store_image(self, blob: str, key: str, path: str, digest: FileDigest) -> bool:
+        """The image's bytes stored once, at its target file ``key``; ``blob`` becomes a pointer to it.
+
+        Bytes the bucket already holds are not sent again: ``key`` itself, or the blob (a catalogue written
+        before images were stored once), or the target file of another version the blob's pointer names, each
+        taken only with the digest's size and (where comparable) SHA-256 checksum, then copied server-side.
+        Otherwise the file is uploaded to ``key`` (checked by the server as :meth:`upload_file` does) and the
+        blob key is (re)written as a pointer to it, unless it holds the bytes themselves. Returns whether image
+        bytes were sent."""
+        dst = self._head(key)
+        found = self._source(blob)
+        held = found is not None and _matches(found[1], digest)
+        if dst is not None and _matches(dst, digest):
+            sent = False
+        elif held and found is not None:
+            try:
+                self._copy(found[0], found[1], key, digest.size)
+                sent = False
+            except ObjectMissingError:  # the copy was removed (gc) between the check and the copy
+                self._upload(key, path, digest)
+                sent, held = True, False
+        else:
+            self._upload(key, path, digest)
+            sent = True
+        if not held:
+            self._put_pointer(blob, key)
+        return sent
 
     def _copy_parts(self, source: dict[str, str], etag: str, key: str, size: int) -> None:
         full = self._key(key)
