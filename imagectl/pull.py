@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from imagectl.catalogue.client import CatalogueReader, Resolved, client_cache
-from imagectl.catalogue.model import ImageRef, blob_key, target_file_key
+from imagectl.catalogue.model import ImageRef, image_keys
 from imagectl.errors import DownloadError, ImageMismatchError, LocalIOError
 from imagectl.fsio import SymlinkRefusedError, describe_mode, replacing
 from imagectl.progress import Progress
@@ -250,7 +250,7 @@ def _download(store: Store, resolved: Resolved, f: IO[bytes], retries: int, prog
         attempt = 0
         # The target file holds the bytes in every catalogue (on S3 the only copy; on a directory a hard link of
         # the blob); the blob is the fallback for a catalogue written before target files (catalogue/README §6).
-        keys = [target_file_key(resolved.record.path, want_sha), blob_key(want_sha)]
+        keys = image_keys(resolved.record.path, want_sha)
         while have < want_len:
             try:
                 with store.open_first(keys, have) as stream:

@@ -25,7 +25,7 @@ from typing import Any
 from imagectl.catalogue import model
 from imagectl.catalogue.client import CatalogueReader
 from imagectl.catalogue.metadata import ROOT_MAX, cap_for, parse_metadata
-from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, target_file_key
+from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, image_keys, target_file_key
 from imagectl.catalogue.verify import MIRROR_FILE
 from imagectl.errors import (
     CatalogueStateError,
@@ -136,7 +136,7 @@ def _copy_image(src: Store, dest: Store, rec: ImageRecord, tmpdir: Path) -> int:
     """Copy one image from ``src`` (its target file, or the blob of a catalogue written before target files) to
     ``dest``'s blob and target file, verified; image bytes sent."""
     tkey = target_file_key(rec.path, rec.sha256)
-    tmp, digest = _fetch(src, [tkey, blob_key(rec.sha256)], rec.size, rec.sha256, dest.part_size, tmpdir)
+    tmp, digest = _fetch(src, image_keys(rec.path, rec.sha256), rec.size, rec.sha256, dest.part_size, tmpdir)
     try:
         return digest.size if dest.store_image(blob_key(rec.sha256), tkey, tmp, digest) else 0
     finally:

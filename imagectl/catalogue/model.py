@@ -29,6 +29,7 @@ __all__ = [
     "check_name",
     "check_version",
     "host_arch",
+    "image_keys",
     "parse_ref",
     "role_for",
     "side_blobs",
@@ -161,6 +162,12 @@ def target_file_key(path: str, sha256: str) -> str:
     directory the same file (a hard link)."""
     parent, _, base = path.rpartition("/")
     return f"{TARGETS}{parent}/{sha256}.{base}" if parent else f"{TARGETS}{sha256}.{base}"
+
+
+def image_keys(path: str, sha256: str) -> list[str]:
+    """Where a reader finds the bytes of target ``path``, in the order to try: its target file (on S3 the one
+    copy), then its blob (a catalogue written before target files). For :meth:`Store.open_first`."""
+    return [target_file_key(path, sha256), blob_key(sha256)]
 
 
 def blob_key(sha256: str) -> str:

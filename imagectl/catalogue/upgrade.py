@@ -67,15 +67,16 @@ def upgrade_catalogue(store: Store, say: Callable[[str], None] = lambda _m: None
     # Without its blob (or with a pointer at a target file since removed), an image is made from another
     # version's target file of the same bytes, when there is one.
     for rec, key, message in failed:
-        try:
-            if rec.sha256 not in held:
-                raise CatalogueStateError(message)
-            store.place_target(held[rec.sha256], key, rec.size)
-        except ImagectlError as e:
-            report.problems.append(f"{rec.name}:{rec.version} {rec.arch}: {e.message}")
-            continue
-        report.created.append(key)
-        say(f"created {key}")
+        if rec.sha256 in held:
+            try:
+                store.place_target(held[rec.sha256], key, rec.size)
+            except ImagectlError as e:
+                message = e.message
+            else:
+                report.created.append(key)
+                say(f"created {key}")
+                continue
+        report.problems.append(f"{rec.name}:{rec.version} {rec.arch}: {message}")
     report.created.sort()
     return report
 

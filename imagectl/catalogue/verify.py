@@ -201,11 +201,7 @@ class _Verifier:
         S3, where a HEAD per image made verify of 100,000 images take minutes), a check per key where the store
         cannot list (HTTP). Only the current name's listing is held, so memory does not grow with the catalogue."""
         if self._listed[0] != name:
-            try:
-                found = {e.key for e in self.store.list_entries(f"{model.TARGETS}{name}/") if e.regular}
-            except ImagectlError:  # not listable (HTTP), or a symlinked directory: ask key by key
-                found = None
-            self._listed = (name, found)
+            self._listed = (name, self.store.regular_keys(f"{model.TARGETS}{name}/"))
         listed = self._listed[1]
         return self.store.exists(key) if listed is None else key in listed
 

@@ -22,8 +22,8 @@ from tuf.api.metadata import Metadata, Timestamp
 
 from imagectl.catalogue import model
 from imagectl.catalogue.client import CatalogueReader, client_cache
-from imagectl.catalogue.model import ImageRecord, blob_key, target_file_key
-from imagectl.errors import CatalogueStateError, DownloadError, ImagectlError, ImageMismatchError, InvalidInputError
+from imagectl.catalogue.model import ImageRecord, image_keys, target_file_key
+from imagectl.errors import CatalogueStateError, DownloadError, ImageMismatchError, InvalidInputError
 from imagectl.fsio import AtomicFile
 from imagectl.store import Store
 
@@ -114,11 +114,8 @@ def missing_target_files(store: Store, name: str, images: Sequence[ImageRecord])
     """The target file keys of ``images`` (all of image name ``name``) that ``store`` lacks: one listing of
     ``targets/NAME/`` where the store can list, a check per key where it cannot (HTTP)."""
     keys = [target_file_key(rec.path, rec.sha256) for rec in images]
-    try:
-        held = {e.key for e in store.list_entries(f"{model.TARGETS}{name}/") if e.regular}
-    except ImagectlError:  # not listable (HTTP), or a symlinked directory: ask key by key
-        return [k for k in keys if not store.exists(k)]
-    return [k for k in keys if k not in held]
+    held = store.regular_keys(f"{model.TARGETS}{name}/")
+    return [k for k in keys if not store.exists(k)] if held is None else [k for k in keys if k not in held]
 
 
 def verified_sha512(reader: CatalogueReader, rec: ImageRecord, cache: Path) -> str:
@@ -144,7 +141,7 @@ def verified_sha512(reader: CatalogueReader, rec: ImageRecord, cache: Path) -> s
             raise tree.refuse(f"{rel}/{rec.sha256}", e) from None
         s256, s512, got = hashlib.sha256(), hashlib.sha512(), 0
         try:
-            with reader.store.open_first([target_file_key(rec.path, rec.sha256), blob_key(rec.sha256)]) as stream:
+            with reader.store.open_first(image_keys(rec.path, rec.sha256)) as stream:
                 for chunk in stream.chunks:
                     got += len(chunk)
                     if got > rec.size:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from imagectl.errors import CatalogueStateError, DownloadError, NotFoundError, UntrustedMetadataError
+from imagectl.errors import CatalogueStateError, DownloadError, ImagectlError, NotFoundError, UntrustedMetadataError
 from imagectl.store.digest import FileDigest
 from imagectl.urls import safe_url
 
@@ -226,6 +226,14 @@ class Store(abc.ABC):
         """Like :meth:`list`, with each key's size and age (for gc's grace period); ``hidden`` adds dot-files
         (temp files a killed publisher left)."""
         raise self._refuse()
+
+    def regular_keys(self, prefix: str) -> set[str] | None:
+        """The regular files under ``prefix``, from one listing; None where the store cannot list them (HTTP, or a
+        symlinked directory): the caller then asks key by key with :meth:`exists`."""
+        try:
+            return {e.key for e in self.list_entries(prefix) if e.regular}
+        except ImagectlError:
+            return None
 
     # -- writing (read-only stores refuse) -----------------------------------------------------------------
     def _refuse(self) -> CatalogueStateError:
