@@ -128,7 +128,12 @@ def test_a_file_made_from_the_signed_payload_is_the_usual_file() -> None:
 
 # -- parsing: the signed bytes kept from the parse, and a snapshot's entries built directly ----------------------
 _ENTRIES = st.dictionaries(
-    st.sampled_from(["targets.json", "image-a.json", "image-a~b2-1.json", "names~b6-3f.json", 'q"x.json']),
+    st.sampled_from(
+        [
+            *("targets.json", "image-a.json", "image-a~b2-1.json", "names~b6-3f.json", 'q"x.json', "Z.json"),
+            *("a\\b.json", "c\x01.json", "é.json", "\ud800.json", "\u2028.json"),
+        ]
+    ),
     st.integers(min_value=1, max_value=2**40).map(lambda v: {"version": v})
     | st.sampled_from(
         [{"version": 0}, {"version": -1}, {"version": True}, {"version": "3"}, {"version": 2, "length": 9}, {}, []]
@@ -199,3 +204,44 @@ def test_the_first_check_is_over_the_parsed_bytes_and_later_ones_over_the_docume
         verify_signatures(
             root, "snapshot", parse_metadata(json.dumps(forged).encode(), "m/4.snapshot.json"), "4.snapshot.json"
         )
+
+
+@settings(FUZZ, max_examples=500)
+@given(
+    st.dictionaries(_text, st.integers(min_value=1, max_value=2**70), max_size=8),
+    st.sampled_from(["2030-01-01T00:00:00Z", 'a"b', "é"]),
+)
+def test_a_snapshot_is_encoded_as_the_reference_does(versions: dict[str, int], expires: str) -> None:
+    """A snapshot's entries are joined rather than encoded as dicts (canonical.canonical_snapshot): for any role
+    names (quotes, backslashes, control characters, surrogates, non-ASCII, odd sort orders) and versions, the
+    bytes are the reference's, or both refuse; and parsing such a file keeps exactly those bytes."""
+    from imagectl.catalogue.canonical import canonical_snapshot
+
+    signed = {"_type": "snapshot", "spec_version": "1.0.31", "version": 3, "expires": expires}
+    signed["meta"] = {path: {"version": v} for path, v in versions.items()}
+    want = _reference(signed)
+    fast = canonical_snapshot(signed, versions)
+    assert fast is None or fast == want
+    text = "".join(versions) + expires
+    if not any(c in '"\\' or ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF for c in text):
+        assert fast is not None and fast == want  # plain names: the join is taken, and exact
+
+
+def test_a_snapshot_of_plain_entries_never_reaches_the_general_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """2,000 roles (what a 2,000-name catalogue's snapshot lists) are encoded by the join, at signing and at
+    parsing, byte for byte as the reference; an entry with hashes takes the general path, still exact."""
+    from imagectl.catalogue.metadata import _PARSED, parse_metadata
+
+    snap = Snapshot(version=9, expires=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    snap.meta = {f"image-name-{i:05d}.json": MetaFile(i + 1) for i in range(2000)} | {"targets.json": MetaFile(4)}
+    want = encode_canonical(snap.to_dict()).encode()
+    general: list[object] = []
+    inner = canonical.canonical_dict
+    monkeypatch.setattr(canonical, "canonical_dict", lambda d: general.append(d) or inner(d))
+    assert canonical_bytes(snap) == want
+    assert [len(d["meta"]) for d in general] == [0]  # only the five fields around the entries
+    data = json.dumps({"signatures": [], "signed": snap.to_dict()}).encode()
+    md = parse_metadata(data, "metadata/9.snapshot.json")
+    assert md.__dict__[_PARSED] == want
+    snap.meta["targets.json"] = MetaFile(4, length=10)
+    assert canonical_bytes(snap) == encode_canonical(snap.to_dict()).encode()

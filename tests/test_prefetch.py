@@ -39,6 +39,20 @@ def binned(cli: Callable[..., CliResult], cat: Catalogue, make_image: Callable[.
         assert r.code == 0, r.err
 
 
+def binned_on_s3(store: S3Store, tmp_path: Path, make_image: Callable[..., Path]) -> KeyRing:
+    """A catalogue on S3 whose name ``wn`` holds 8 versions (library publishes): binned under small_bins; its keys."""
+    from imagectl.catalogue.publish import init_catalogue
+
+    keydir = tmp_path / "keys"
+    init_catalogue(store, keydir, EXPIRY)
+    keys = KeyRing(keydir)
+    for i in range(8):
+        req = PublishRequest(file=str(make_image(4096, seed=f"s{i}")), name="wn", arch=ARCH, version=f"1.{i}")
+        publish(store, keys, req, EXPIRY)
+    assert len(load_state(store).bin_roles("wn")) > 2
+    return keys
+
+
 class Reads:
     """Counts the reads of a store, by key."""
 
@@ -173,6 +187,23 @@ def test_a_plain_name_is_not_listed_ahead(
     assert not [p for p in listed if p.startswith("targets/few/")]
 
 
+@pytest.mark.usefixtures("small_bins")
+def test_target_file_unlisted_answers_only_from_a_listing(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path]
+) -> None:
+    """``target_file_unlisted`` is True only for a file missing from a directory the state listed: a directory
+    not listed, or a key of another shape, says nothing (the store is asked as before)."""
+    binned(cli, catalogue, make_image, "wn")
+    state = load_state(catalogue.store, want=Want("wn", listing=("1.3", ARCH)))
+    held = [k for k in catalogue.store.list(f"targets/wn/1.3/{ARCH}/")]
+    assert len(held) == 1
+    assert state.target_file_unlisted(held[0]) is False  # listed, and there
+    assert state.target_file_unlisted(f"targets/wn/1.3/{ARCH}/{'0' * 64}.wn-1.3-{ARCH}.raw") is True
+    assert state.target_file_unlisted(f"targets/wn/1.4/{ARCH}/{'0' * 64}.wn-1.4-{ARCH}.raw") is False  # not listed
+    assert state.target_file_unlisted(f"targets/wn/1.3/{ARCH}") is False
+    assert state.target_file_unlisted(f"blobs/sha256/{'0' * 64}") is False
+
+
 def test_list_children_names_the_directories_of_one_level(store: Store) -> None:
     """A directory and S3 agree: the names right under a prefix that begin with ``start``, nothing deeper, no
     dot-names, and nothing for a prefix that does not exist."""
@@ -243,15 +274,7 @@ def test_automatic_versions_of_a_binned_name_read_no_bin_but_the_one_written(
 def test_publishes_into_a_binned_name_on_s3(s3_store: S3Store, tmp_path: Path, make_image: Callable[..., Path]) -> None:
     """The read-ahead on S3 for real (requests at once through boto3's pool): explicit and automatic versions
     into a binned name land in their bins, each publish reading no metadata file twice."""
-    from imagectl.catalogue.publish import init_catalogue
-
-    keydir = tmp_path / "keys"
-    init_catalogue(s3_store, keydir, EXPIRY)
-    keys = KeyRing(keydir)
-    for i in range(8):
-        req = PublishRequest(file=str(make_image(4096, seed=f"s{i}")), name="wn", arch=ARCH, version=f"1.{i}")
-        publish(s3_store, keys, req, EXPIRY)
-    assert len(load_state(s3_store).bin_roles("wn")) > 2
+    keys = binned_on_s3(s3_store, tmp_path, make_image)
     reads: list[str] = []
     inner = s3_store.read
 
@@ -276,3 +299,38 @@ def test_publishes_into_a_binned_name_on_s3(s3_store: S3Store, tmp_path: Path, m
         path = target_path("wn", version, ARCH, "qcow2")
         held = state.holder("wn", path)
         assert held is not None and path in held.signed.targets, version
+
+
+@pytest.mark.s3
+@pytest.mark.usefixtures("small_bins")
+def test_a_binned_publish_asks_for_its_target_file_only_where_the_listing_has_it(
+    s3_store: S3Store, tmp_path: Path, make_image: Callable[..., Path]
+) -> None:
+    """A publish into a binned name lists ``targets/NAME/VERSION/ARCH/`` to check the version; that listing
+    already says whether the image's target file exists, so no HEAD asks it again. Where the listing has it (a
+    publisher killed after its upload, before its commit), it is asked for, found whole, and not sent again."""
+    from imagectl.catalogue.model import target_file_key
+
+    keys = binned_on_s3(s3_store, tmp_path, make_image)
+    heads: list[str] = []
+
+    def head(params: dict[str, str], **_: object) -> None:
+        heads.append(str(params.get("Key", "?")).removeprefix(s3_store.prefix))
+
+    s3_store.client.meta.events.register("before-parameter-build.s3.HeadObject", head)
+    new = make_image(4096, seed="h-new")
+    first = publish(s3_store, keys, PublishRequest(file=str(new), name="wn", arch=ARCH, version="2.0"), EXPIRY)
+    tkey = target_file_key(first.record.path, first.record.sha256)
+    assert first.uploaded and s3_store.read(tkey, 1 << 20) == new.read_bytes()
+    assert tkey not in heads and heads, heads  # the blob key is still asked for (another version's bytes?)
+
+    left = make_image(4096, seed="h-left")  # a killed publisher's upload: the target file, no metadata
+    from imagectl.store.digest import file_digest
+
+    digest = file_digest(str(left), part_size=s3_store.part_size)
+    left_key = target_file_key(target_path("wn", "2.1", ARCH, "qcow2"), digest.sha256)
+    s3_store.upload_file(left_key, str(left), digest)
+    heads.clear()
+    again = publish(s3_store, keys, PublishRequest(file=str(left), name="wn", arch=ARCH, version="2.1"), EXPIRY)
+    assert left_key in heads and again.created and not again.uploaded
+    assert s3_store.read(left_key, 1 << 20) == left.read_bytes()

@@ -26,6 +26,7 @@ class Stub:
     """Scripted answers, by method, and the requests seen (method, path, headers)."""
 
     answers: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # method -> [(status, error code)]
+    bodies: list[bytes] = field(default_factory=list)  # bodies of successful GETs, in order (a listing page)
     seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     url: str = ""
 
@@ -54,6 +55,8 @@ def stub() -> Iterator[Stub]:
             state.seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
             status, code = (state.answers.get(self.command) or [(200, "")]).pop(0)
             body = _error(code) if code and self.command != "HEAD" else b""
+            if self.command == "GET" and not code and state.bodies:
+                body = state.bodies.pop(0)
             self.send_response(status)
             self.send_header("Content-Type", "application/xml")
             self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
@@ -122,3 +125,30 @@ def test_412_and_200(stub: Stub) -> None:
     stub.answers["PUT"] = [(412, "PreconditionFailed"), (200, "")]
     assert store.write_new("metadata/1.root.json", b"{}") is False
     assert store.write_new("metadata/1.root.json", b"{}") is True
+
+
+def _page(token: str, key: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult><Name>bucket</Name><Prefix>cat/</Prefix>'
+        f"<KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>"
+        f"<NextContinuationToken>{token}</NextContinuationToken>"
+        f"<Contents><Key>cat/{key}</Key><Size>1</Size><LastModified>2026-12-04T00:00:00.000Z</LastModified>"
+        "</Contents></ListBucketResult>"
+    ).encode()
+
+
+def test_a_listing_that_repeats_its_continuation_token_is_an_error(stub: Stub) -> None:
+    """A server that answers every page "truncated, go on from T" would keep a listing paging forever: the second
+    time a token comes back the listing stops with a one-line error (as botocore's paginator does), after three
+    requests, each token sent once."""
+    from imagectl.errors import DownloadError
+
+    store = _store(stub)
+    stub.bodies = [_page("t1", "targets/a"), _page("t2", "targets/b"), _page("t1", "targets/c"), _page("t2", "x")]
+    with pytest.raises(DownloadError, match=r"repeated a listing's continuation token") as e:
+        list(store.list("targets/"))
+    assert "\n" not in str(e.value)
+    sent = [path for method, path, _ in stub.seen if method == "GET"]
+    assert len(sent) == 3, sent
+    assert "continuation-token" not in sent[0] and "continuation-token=t1" in sent[1]
+    assert "continuation-token=t2" in sent[2]

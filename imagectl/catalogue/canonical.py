@@ -27,7 +27,14 @@ from tuf.api.metadata import Signed, Snapshot
 from tuf.api.serialization import SerializationError, SignedSerializer
 from tuf.api.serialization.json import CanonicalJSONSerializer
 
-__all__ = ["SERIALIZER", "FastCanonicalSerializer", "canonical_bytes", "canonical_dict", "signed_dict"]
+__all__ = [
+    "SERIALIZER",
+    "FastCanonicalSerializer",
+    "canonical_bytes",
+    "canonical_dict",
+    "canonical_snapshot",
+    "signed_dict",
+]
 
 _FLOAT = re.compile(r"[:,\[]-?[0-9]+[.eE]")
 _REFERENCE = CanonicalJSONSerializer()
@@ -47,25 +54,64 @@ def canonical_dict(doc: dict[str, Any]) -> bytes | None:
     return None
 
 
+_SNAPSHOT_KEYS = frozenset({"_type", "expires", "meta", "spec_version", "version"})
+_UNSAFE_IN_PATH = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')  # what a canonical string would not write as is
+
+
+def canonical_snapshot(signed: dict[str, Any], versions: dict[str, int]) -> bytes | None:
+    """The canonical bytes of a snapshot's ``signed`` document whose ``meta`` is ``{path: {"version": N}}`` for
+    ``versions`` (``signed["meta"]`` itself is not read), or None where :func:`canonical_dict` must do it.
+
+    A 2,000-name snapshot lists ~2,000 roles: encoding them as nested dicts with sorted keys cost a publish ~1.5 ms
+    at each parse and each signing; here the entries are one join over the sorted paths. Only for the five keys
+    of a snapshot (so ``"meta":{}`` occurs once in the rest, which holds no backslash, hence no quote inside a
+    string), paths that a canonical string writes as they are (no quote, backslash, control character or lone
+    surrogate) and versions that are plain ints; anything else takes the general encoder."""
+    if signed.keys() != _SNAPSHOT_KEYS:
+        return None
+    rest = canonical_dict({**signed, "meta": {}})
+    if rest is None or _UNSAFE_IN_PATH.search("".join(versions)) or rest.count(b'"meta":{}') != 1:
+        return None
+    if not all(type(v) is int for v in versions.values()):
+        return None
+    entries = ",".join([f'"{path}":{{"version":{versions[path]}}}' for path in sorted(versions)])
+    head, _, tail = rest.partition(b'"meta":{}')
+    return head + b'"meta":{' + entries.encode("utf-8") + b"}" + tail
+
+
+def _plain_snapshot(signed: Signed) -> tuple[dict[str, Any], dict[str, int]] | None:
+    """For a snapshot whose entries are all plain ``{"version": N}`` (every one imagectl writes): its
+    ``to_dict()`` with an empty ``meta``, and the entries as ``{path: N}``, without a ``MetaFile.to_dict`` call
+    per entry (a 2,000-name snapshot lists ~2,000 roles). None for anything else."""
+    if not isinstance(signed, Snapshot):
+        return None
+    meta = signed.meta
+    if not all(m.length is None and m.hashes is None and not m.unrecognized_fields for m in meta.values()):
+        return None
+    signed.meta = {}
+    try:
+        rest = signed.to_dict()
+    finally:
+        signed.meta = meta
+    return rest, {path: m.version for path, m in meta.items()}
+
+
 def signed_dict(signed: Signed) -> dict[str, Any]:
-    """``signed.to_dict()``, for a snapshot whose entries are all plain ``{"version": N}`` (every one imagectl
-    writes) built without a ``MetaFile.to_dict`` call per entry: a 2,000-name snapshot lists ~2,000 roles."""
-    if isinstance(signed, Snapshot):
-        meta = signed.meta
-        if all(m.length is None and m.hashes is None and not m.unrecognized_fields for m in meta.values()):
-            signed.meta = {}
-            try:
-                out = signed.to_dict()
-            finally:
-                signed.meta = meta
-            out["meta"] = {path: {"version": m.version} for path, m in meta.items()}
-            return out
-    return signed.to_dict()
+    """``signed.to_dict()``, a plain snapshot's entries built directly (:func:`_plain_snapshot`)."""
+    plain = _plain_snapshot(signed)
+    if plain is None:
+        return signed.to_dict()
+    out, versions = plain
+    out["meta"] = {path: {"version": v} for path, v in versions.items()}
+    return out
 
 
 def canonical_bytes(signed: Signed) -> bytes:
     """``encode_canonical(signed.to_dict())`` as UTF-8; raises SerializationError where the reference does."""
-    fast = canonical_dict(signed_dict(signed))
+    plain = _plain_snapshot(signed)
+    fast = canonical_snapshot(*plain) if plain is not None else None
+    if fast is None:
+        fast = canonical_dict(signed_dict(signed))
     return fast if fast is not None else _REFERENCE.serialize(signed)
 
 

@@ -26,7 +26,7 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, MetaFile
 from tuf.api.serialization import SerializationError
 
-from imagectl.catalogue.canonical import canonical_bytes, canonical_dict
+from imagectl.catalogue.canonical import canonical_bytes, canonical_dict, canonical_snapshot
 from imagectl.errors import KeyProblemError, UntrustedMetadataError
 
 __all__ = [
@@ -123,8 +123,8 @@ def _fast_parse(data: bytes) -> Metadata[Any]:
     parses again with python-tuf alone, for its exact refusal."""
     doc = json.loads(data.decode("utf-8"))
     signed = doc["signed"]
-    payload = canonical_dict(signed)
     meta = _plain_meta(signed)
+    payload = canonical_dict(signed) if meta is None else canonical_snapshot(signed, meta) or canonical_dict(signed)
     if meta is not None:
         signed["meta"] = {}
     md = Metadata.from_dict(doc)

@@ -361,7 +361,9 @@ def publish(
         # The target file a stock TUF client fetches exists before any metadata names it (and is repaired by a
         # no-op publish of the same bytes).
         if store.single_copy:
-            sent = store.store_image(blob_key(sha256), target_file_key(record.path, sha256), req.file, digest)
+            tkey = target_file_key(record.path, sha256)
+            unlisted = state.target_file_unlisted(tkey)  # a binned name's version check listed its directory
+            sent = store.store_image(blob_key(sha256), tkey, req.file, digest, unlisted=unlisted)
             uploaded = uploaded or sent
         else:
             store.place_target(blob_key(sha256), target_file_key(record.path, sha256), size)

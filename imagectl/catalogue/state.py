@@ -110,7 +110,7 @@ class CatalogueState:
     root_copy: bytes = b""  # root.json as read (the convenience copy of the newest root; the chain decides)
     _fetched: dict[str, Outcome[bytes]] = field(default_factory=dict)  # role files load_state read ahead (Want)
     _names: dict[str, str] | None = None  # NAME -> role delegating image-NAME (targets or an index role)
-    _listed: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # target_file_formats, as listed
+    _listed: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # (NAME, VERSION, ARCH): its files
 
     # -- reading ------------------------------------------------------------------------------------------
     def name_index(self) -> dict[str, str]:
@@ -239,8 +239,16 @@ class CatalogueState:
         checks the version before uploading and again in its commit, on the same state, lists once."""
         key = (name, version, arch)
         if key not in self._listed:
-            self._listed[key] = _formats_listed(self.store, key)
-        return self._listed[key]
+            self._listed[key] = _files_listed(self.store, key)
+        return {f.rsplit(".", 1)[-1] for f in self._listed[key]}
+
+    def target_file_unlisted(self, key: str) -> bool:
+        """Whether target file ``key`` (``targets/NAME/VERSION/ARCH/FILE``) was absent from this state's listing
+        of its directory: then the store need not be asked again whether it holds it. False when that directory
+        was not listed. (A file made since the listing is merely sent again: its name is its bytes' hash.)"""
+        parts = key.removeprefix(model.TARGETS).split("/")
+        listed = self._listed.get((parts[0], parts[1], parts[2])) if len(parts) == 4 else None
+        return listed is not None and parts[3] not in listed
 
     @staticmethod
     def ext(md: Metadata[Targets]) -> dict[str, dict[str, Any]]:
@@ -590,9 +598,9 @@ def _bytes(store: Store, key: str, pre: Outcome[bytes] | None) -> bytes:
     return store.read(key, cap_for(key)) if pre is None else pre.get()
 
 
-def _formats_listed(store: Store, listing: tuple[str, str, str]) -> set[str]:
-    """The formats of the target files under ``targets/NAME/VERSION/ARCH/`` (``listing``), from one listing."""
-    return {k.rsplit(".", 1)[-1] for k in store.list(f"{model.TARGETS}{'/'.join(listing)}/")}
+def _files_listed(store: Store, listing: tuple[str, str, str]) -> set[str]:
+    """The names of the files under ``targets/NAME/VERSION/ARCH/`` (``listing``), from one listing."""
+    return {k.rpartition("/")[2] for k in store.list(f"{model.TARGETS}{'/'.join(listing)}/")}
 
 
 def _read(store: Store, key: str, pre: Outcome[bytes] | None = None) -> Metadata[Any]:
@@ -708,7 +716,7 @@ def load_state(store: Store, *, also_trust: Metadata[Root] | None = None, want: 
     calls: list[Callable[[], Any]] = [lambda: store.read(targets_key, cap_for(targets_key))]
     calls += [functools.partial(store.read, key, cap_for(key)) for key in extra]
     if listing is not None:
-        calls.append(functools.partial(_formats_listed, store, listing))
+        calls.append(functools.partial(_files_listed, store, listing))
     fetched = store.gather(calls)
     targets = _read(store, targets_key, fetched[0])
     _verify_top(root, also_trust, "targets", targets, targets_key)

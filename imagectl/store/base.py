@@ -312,10 +312,12 @@ class Store(abc.ABC):
     #: target file to it
     single_copy: bool = False
 
-    def store_image(self, blob: str, key: str, path: str, digest: FileDigest) -> bool:
+    def store_image(self, blob: str, key: str, path: str, digest: FileDigest, *, unlisted: bool = False) -> bool:
         """Make the image bytes of ``path`` (exactly ``digest``) readable at its target file ``key`` and its
-        ``blob`` key, sending only what the store does not hold yet; return whether image bytes were sent. Here:
-        the blob is uploaded (:meth:`upload_file`), then the target file placed (:meth:`place_target`)."""
+        ``blob`` key, sending only what the store does not hold yet; return whether image bytes were sent.
+        ``unlisted``: the caller has just listed ``key``'s directory and ``key`` was not in it (a store that
+        would ask whether it holds ``key`` may skip asking). Here: the blob is uploaded (:meth:`upload_file`),
+        then the target file placed (:meth:`place_target`)."""
         sent = self.upload_file(blob, path, digest)
         self.place_target(blob, key, digest.size)
         return sent

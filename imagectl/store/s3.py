@@ -378,6 +378,25 @@ class S3Store(Store):
                 raise
         return True
 
+    def _pages(self, **args: str) -> Iterator[dict[str, Any]]:
+        """The pages of one ListObjectsV2 listing, continuation token after token. Not botocore's paginator: its
+        model file costs each new client ~12 ms to load, which a publish into a binned name paid for one listing.
+        A server repeating a token (it would page forever) is an error, as with the paginator."""
+        seen: set[str] = set()
+        more: dict[str, str] = {}
+        while True:
+            page: dict[str, Any] = self.client.list_objects_v2(
+                Bucket=self.bucket, MaxKeys=self.list_page_size, **args, **more
+            )
+            yield page
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return
+            if token in seen:
+                raise DownloadError(f"{self.shown}: the S3 server repeated a listing's continuation token")
+            seen.add(str(token))
+            more = {"ContinuationToken": str(token)}
+
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under ``prefix`` (ListObjectsV2, page by page); dot-files are skipped as on a directory."""
         for entry in self.list_entries(prefix):
@@ -388,13 +407,7 @@ class S3Store(Store):
         full = self.prefix + _split(prefix)
         out = set()
         with self._boundary("list", prefix):
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket,
-                Prefix=full + start,
-                Delimiter="/",
-                PaginationConfig={"PageSize": self.list_page_size},
-            )
-            for page in pages:
+            for page in self._pages(Prefix=full + start, Delimiter="/"):
                 for common in page.get("CommonPrefixes", ()):
                     name = str(common.get("Prefix", ""))[len(full) :].rstrip("/")
                     if name and "/" not in name and not name.startswith("."):
@@ -405,10 +418,7 @@ class S3Store(Store):
         """Keys under ``prefix`` with size and age (from LastModified, so a skewed local clock skews ages)."""
         full = self.prefix + _split(prefix)
         with self._boundary("list", prefix):
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}
-            )
-            for page in pages:
+            for page in self._pages(Prefix=full):
                 now = time.time()
                 for obj in page.get("Contents", ()):
                     key = str(obj["Key"])[len(self.prefix) :]
@@ -659,7 +669,7 @@ class S3Store(Store):
             else:
                 self._copy_parts(source, etag, key, size)
 
-    def store_image(self, blob: str, key: str, path: str, digest: FileDigest) -> bool:
+    def store_image(self, blob: str, key: str, path: str, digest: FileDigest, *, unlisted: bool = False) -> bool:
         """The image's bytes stored once, at its target file ``key``; ``blob`` becomes a pointer to it.
 
         Bytes the bucket already holds are not sent again: ``key`` itself, or the blob (a catalogue written
@@ -667,8 +677,8 @@ class S3Store(Store):
         taken only with the digest's size and (where comparable) SHA-256 checksum, then copied server-side.
         Otherwise the file is uploaded to ``key`` (checked by the server as :meth:`upload_file` does) and the
         blob key is (re)written as a pointer to it, unless it holds the bytes themselves. Returns whether image
-        bytes were sent."""
-        dst = self._head(key)
+        bytes were sent. ``unlisted`` (a listing just missed ``key``) spares the request asking for ``key``."""
+        dst = None if unlisted else self._head(key)
         found = self._source(blob)
         held = found is not None and _matches(found[1], digest)
         if dst is not None and _matches(dst, digest):
