@@ -246,9 +246,9 @@ class Bench:
         blob = {"bytes": 0, "calls": 0, "sent": 0}
         original = store.store_image
 
-        def counting_store(key: str, target: str, path: str, digest: FileDigest) -> bool:
+        def counting_store(key: str, target: str, path: str, digest: FileDigest, **hints: bool) -> bool:
             before = store.stats.bytes_sent
-            sent = original(key, target, path, digest)
+            sent = original(key, target, path, digest, **hints)
             blob["bytes"] += store.stats.bytes_sent - before
             blob["calls"] += 1
             blob["sent"] += int(sent)

@@ -40,6 +40,7 @@ class Fault:
     redirect_status: int = 302
     stall: float | None = None  # wait this long (seconds) before answering at all: no status line, no headers
     chunked_endless: bool = False  # chunked transfer encoding, no length at all, bounded by endless_limit
+    headers: dict[str, str] | None = None  # extra headers on an ordinary answer (an S3 object's x-amz-meta-*)
 
 
 @dataclass
@@ -268,6 +269,8 @@ class TestHTTPServer:
                         self._count(sent)
                     self.close_connection = True
                     return
+                for name, value in (fault.headers or {}).items() if fault else ():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if head:

@@ -400,6 +400,57 @@ def test_lying_lengths_and_huge_bodies(
 
 
 @pytest.mark.http
+def test_image_pointers_served_over_http_are_judged_like_those_on_s3(
+    served: tuple[Catalogue, TestHTTPServer, str], cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    """A catalogue on S3 read over plain HTTP: the blob key of an image is an empty object whose
+    ``x-amz-meta-imagectl-image`` header names the target file holding its bytes. That header is the server's
+    word: ``catalogue verify`` takes it only when it names a target file of the blob's own hash (the one check
+    S3 uses, store.base.pointer_target), and otherwise judges the empty object as the image's bytes (a problem,
+    exit 15); pull never follows a pointer (it reads the signed target file), so a hostile one cannot make
+    it read anything else, and with the target file gone it refuses the empty blob, writing nothing."""
+    from imagectl.store.base import POINTER_META
+
+    cat, srv, sha = served
+    blob = cat.dir / "blobs" / "sha256" / sha
+    blob.unlink()
+    blob.write_bytes(b"")  # the S3 layout: the bytes only at the target file
+    own = image_key(sha)
+    decoy = target_file_key("wn/9/x86_64/wn-9-x86_64.qcow2", sha)  # the right name, other bytes
+    (cat.dir / decoy).parent.mkdir(parents=True)
+    (cat.dir / decoy).write_bytes(bytes(300_000))
+    hostile = {
+        "metadata/timestamp.json": False,  # not a target file
+        f"targets/wn/1/x86_64/{'0' * 64}.wn-1-x86_64.qcow2": False,  # a target file of another hash
+        f"targets/wn/../../{sha}.x": False,  # a path out of targets/
+        decoy: True,  # well formed: taken as a hint, and never read (verify checks the signed target file)
+        own: True,
+    }
+    for at, taken in hostile.items():
+        srv.clear()
+        srv.add_fault(Fault(suffix=f"/blobs/sha256/{sha}", headers={f"x-amz-meta-{POINTER_META}": at}))
+        r = cli("catalogue", "verify", srv.url)
+        if taken:
+            assert r.code == 0, (at, r.out, r.err)
+        else:
+            assert r.code == 15, (at, r.out, r.err)
+            assert f"blob blobs/sha256/{sha} has 0 bytes, signed length is 300000" in r.out + r.err, at
+        out = tmp_path / "x.qcow2"
+        r = pull(cli, cat, srv.url, "-o", out)
+        assert r.code == 0 and out.read_bytes() == (cat.dir / own).read_bytes(), (at, r.err)
+        out.unlink()
+        assert not [p for _, p, _ in srv.served.requests if p.endswith((decoy, "timestamp.json.x", f"{sha}.x"))]
+    (cat.dir / own).unlink()  # the signed target file gone: the empty blob is all there is
+    r = pull(cli, cat, srv.url, "-o", tmp_path / "x.qcow2", "--cache-dir", tmp_path / "fresh-cache")
+    assert r.code == 11, r.err
+    assert error_line(r) == (
+        "imagectl: error: wn/1/x86_64/wn-1-x86_64.qcow2: the catalogue's image file has 0 bytes, fewer than the "
+        "signed 300000 bytes (tampered or damaged image file; nothing written)"
+    )
+    assert not (tmp_path / "x.qcow2").exists()
+
+
+@pytest.mark.http
 def test_content_range_from_the_wrong_offset_is_not_appended(
     served: tuple[Catalogue, TestHTTPServer, str], cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from imagectl import pull
-from imagectl.catalogue import bins
 from imagectl.catalogue.keys import KeyRing
 from imagectl.catalogue.publish import PublishRequest, publish
 from imagectl.catalogue.state import load_state
 from imagectl.errors import ProtectedChannelError
 from tests.conftest import EXPIRY, Catalogue, CliResult, sha256
+from tests.test_bins import small_bins as small_bins  # a fixture: bins past 4 targets
 
 ARCH = "x86_64"
 
@@ -86,14 +86,10 @@ def test_a_revoked_version_without_a_signed_reason_says_no_reason_given(
     assert "wn:2 was revoked (no reason given); versions are never reused" in r.err, r.err
 
 
+@pytest.mark.usefixtures("small_bins")
 def test_republishing_the_same_bytes_into_a_binned_name_is_a_no_op(
-    catalogue: Catalogue,
-    cli: Callable[..., CliResult],
-    make_image: Callable[..., Path],
-    monkeypatch: pytest.MonkeyPatch,
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path]
 ) -> None:
-    monkeypatch.setattr(bins, "BIN_THRESHOLD", 4)
-    monkeypatch.setattr(bins, "BIN_FILL", 2)
     images = {}
     for v in ("1", "2", "3", "4", "5", "6"):
         images[v] = make_image(size=4096, seed=v)
