@@ -1,0 +1,86 @@
+"""The benchmarks still run: the ``bench/`` scripts that drive the catalogue code, at a smoke size.
+
+The figures of issue 10 come from these scripts; a change to the code they drive (a new keyword of
+``S3Store.store_image`` broke bench/publish.py's counting wrapper once, unnoticed until the next measurement) must
+not leave them broken. Here they run as a user runs them, in a child process with ``--json``, and what they print
+is checked for the figures the README quotes, with values that can only come from a real run (no timing is
+judged: these are smoke sizes on a busy machine). bench/pull.py (nginx) and bench/build.py (real builds, minutes)
+are run by hand (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+
+
+def run_bench(script: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
+
+
+def test_metadata_bench_runs_at_a_smoke_size() -> None:
+    """600 versions (past the 512 of a plain role: binned), 30 names of 5: every figure is there, from a run."""
+    s = run_bench("metadata.py", "--versions", "600", "--names", "30", "--per-name", "5", "--rounds", "2")
+    for part in ("versions", "names"):
+        assert len(s[part]["baseline_s"]) == len(s[part]["measured_s"]) == 2
+        assert s[part]["ratio"] > 0 and all(t > 0 for t in s[part]["measured_s"])
+    # the binned name's publish re-signs one bin, the snapshot (listing its 8 bins) and the timestamp
+    assert s["big_name_catalogue"]["snapshot_entries"] == 2 + 8  # targets, the name's role, its bins
+    assert 0 < s["versions"]["measured_metadata_bytes"][0] < 64 * 1024
+    assert s["cold_pull_names"]["metadata_bytes"] > 0 and "snapshot.json" in s["cold_pull_names"]["roles_read"]
+    assert s["list_one_name"]["roles_read"] == ["image-name-00011.json", "snapshot.json", "targets.json"]
+    assert s["verify_quarter"]["rc"] == s["verify_all"]["rc"] == 0
+    assert s["verify_all"]["peak_rss_mib"] > 0
+
+
+def test_targets_bench_runs_at_a_smoke_size() -> None:
+    """A 4 MiB image: on a directory the target file is a link (no bytes), on S3 the second version a copy."""
+    s = run_bench("targets.py", "--size-mib", "4", "--rounds", "1")
+    d, s3 = s["directory"], s["s3"]
+    assert d["blob_copy_s"] > 0 and d["target_link_s"] > 0
+    assert d["bytes_held_over_image"] == 1.0  # the blob and its target file: one inode
+    assert s3["first_upload_s"] > 0 and s3["second_version_copy_s"] > 0
+    assert s3["bytes_held_per_target_file"] == 1.0  # two versions' target files, one full copy each; the pointer empty
+
+
+@pytest.mark.network
+def test_publish_bench_runs_at_a_smoke_size(tmp_path: Path) -> None:
+    """A 2 MiB image against ``aws s3 cp`` and ``s3cmd put``, a re-publish, and growth past a binned name's 512.
+
+    awscli goes into a venv of its own (the bench would pip-install it into this interpreter, whose botocore boto3
+    relies on); s3cmd comes from Debian (the bench installs it with apt-get when missing, as root)."""
+    venv = tmp_path / "aws-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "awscli"], capture_output=True, text=True, timeout=600
+    )
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+    args = ("--size-mib", "2", "--rounds", "1", "--versions", "600", "--growth-runs", "1", "--profile", "never")
+    s = run_bench("publish.py", *args, env=env)
+    up, rep, grow = s["upload"], s["republish"], s["growth"]
+    assert up["publish_median_s"] > 0 and up["aws_median_s"] > 0 and up["s3cmd_median_s"] > 0
+    assert rep["library"]["created"] is True and rep["library"]["uploaded"] is False  # a server-side copy
+    assert rep["library"]["blob_bytes_sent"] == 0 and rep["library"]["metadata_bytes_sent"] > 0
+    assert grow["many_versions"] == 600 and grow["many_median_s"] > 0 and grow["few_median_s"] > 0
