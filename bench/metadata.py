@@ -20,6 +20,11 @@ Figures are reported, never asserted: ratios against the baseline measured in th
     python3 bench/metadata.py                      # the figures of the issue (several minutes)
     python3 bench/metadata.py --versions 5000 --names 200 --rounds 3   # smoke check
     python3 bench/metadata.py --json
+    python3 bench/metadata.py --rtt-ms 5 --names 20 --per-name 5   # publishes as against a remote S3
+
+The server is on loopback, so a request costs CPU (botocore's and the server's, on the same cores), not a network
+round trip; ``--rtt-ms`` adds one to each request of the timed publishes (requests sent at once wait at once), to
+see what a publish costs against an S3 endpoint that far away.
 """
 
 from __future__ import annotations
@@ -127,8 +132,8 @@ def seed(store: S3Store, keys: KeyRing, sha: str, size: int, names: dict[str, in
 
 
 class Bench:
-    def __init__(self, tmp: Path, bucket: str) -> None:
-        self.tmp, self.bucket = tmp, bucket
+    def __init__(self, tmp: Path, bucket: str, rtt_ms: float = 0.0) -> None:
+        self.tmp, self.bucket, self.rtt = tmp, bucket, rtt_ms / 1000
         self.keydir = tmp / "keys"
         self.counter = iter(range(1, 1 << 30))
         self.stores: dict[str, S3Store] = {}  # prefix -> the store its publishes go through
@@ -138,6 +143,14 @@ class Bench:
 
     def store(self, prefix: str) -> S3Store:
         return S3Store(self.bucket, prefix)
+
+    def publishing_store(self, prefix: str) -> S3Store:
+        """The store the timed publishes of ``prefix`` go through: with ``--rtt-ms``, each of its requests waits
+        that long before it is sent, as if the server were that far away (requests sent at once wait at once)."""
+        store = self.store(prefix)
+        if self.rtt:
+            store.client.meta.events.register("before-send.s3", lambda **_: time.sleep(self.rtt))
+        return store
 
     def catalogue(self, prefix: str, names: dict[str, int], *, target_files: bool = False) -> dict[str, Any]:
         """Seed a catalogue; ``target_files``: also the target file of every image (what publish makes for stock
@@ -178,7 +191,7 @@ class Bench:
         collector off; here it stays on, so a publish still pays for collecting its own garbage)."""
         image = self.tmp / "new.img"
         image.write_bytes(os.urandom(64 << 10))
-        store = self.stores.setdefault(prefix, self.store(prefix))
+        store = self.stores.get(prefix) or self.stores.setdefault(prefix, self.publishing_store(prefix))
         before = store.stats.bytes_sent
         req = PublishRequest(file=str(image), name=name, arch=ARCH, version=f"1.{next(self.counter)}", format=FMT)
         gc.collect()
@@ -238,7 +251,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 del os.environ[k]
         os.environ.update(server.env())
         os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp / "none")
-        b = Bench(tmp, server.make_bucket("meta"))
+        b = Bench(tmp, server.make_bucket("meta"), args.rtt_ms)
         out: dict[str, Any] = {"params": vars(args)}
         log(f"seeding: 1 name x {args.small}, 1 name x {args.versions}")
         out["small_catalogue"] = b.catalogue("small", {"few": args.small})
@@ -276,7 +289,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def report(s: dict[str, Any]) -> str:
     v, n = s["versions"], s["names"]
     cp = s["cold_pull_names"]
+    rtt = s["params"].get("rtt_ms") or 0
     lines = [
+        *([f"every request of a timed publish waits {rtt} ms before it is sent (--rtt-ms)"] if rtt else []),
         f"publish into {s['params']['versions']} versions vs {s['params']['small']}: ratio {v['ratio']} "
         f"(target <= {TARGETS['versions_ratio']}); baseline {v['baseline_s']} s, measured {v['measured_s']} s; "
         f"metadata bytes written {v['baseline_metadata_bytes'][0]} vs {v['measured_metadata_bytes'][0]}",
@@ -306,6 +321,7 @@ def main() -> int:
     p.add_argument("--names", type=int, default=2_000)
     p.add_argument("--per-name", type=int, default=50)
     p.add_argument("--rounds", type=int, default=11)  # a publish is ~50 ms: rounds are cheap, medians steadier
+    p.add_argument("--rtt-ms", type=float, default=0.0, help="delay each request of a timed publish (a remote S3)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))

@@ -153,14 +153,14 @@ def test_no_guess_where_the_snapshot_lists_two_bin_sizes(
     binned(cli, catalogue, make_image, "wn")
     path = target_path("wn", "2.0", ARCH, "qcow2")
     meta = load_state(catalogue.store).snapshot.signed.meta
-    one_size, is_binned = _wanted_roles(meta, Want("wn", paths=(path,)))
-    assert is_binned and any("~b" in k for k in one_size)  # one bin size listed: its bin is named
+    one_size = _wanted_roles(meta, Want("wn", paths=(path,)))
+    assert any("~b" in k for k in one_size)  # one bin size listed: its bin is named
     old_bits = load_state(catalogue.store).succinct(load_state(catalogue.store).role("image-wn")).bit_length  # type: ignore[union-attr, arg-type]
     r = cli("catalogue", "rebin", catalogue.dir, "wn", "--bits", str(old_bits + 1), "--keys", catalogue.keys)
     assert r.code == 0, r.err
     meta = load_state(catalogue.store).snapshot.signed.meta
-    keys, is_binned = _wanted_roles(meta, Want("wn", paths=(path,)))
-    assert is_binned and not any("~b" in k for k in keys) and any(k.endswith(".image-wn.json") for k in keys)
+    keys = _wanted_roles(meta, Want("wn", paths=(path,)))
+    assert not any("~b" in k for k in keys) and any(k.endswith(".image-wn.json") for k in keys)
     req = PublishRequest(file=str(make_image(4096, seed="new")), name="wn", arch=ARCH, version="2.0", format="qcow2")
     publish(catalogue.store, KeyRing(catalogue.keys), req, EXPIRY)
     state = load_state(catalogue.store)
@@ -169,22 +169,68 @@ def test_no_guess_where_the_snapshot_lists_two_bin_sizes(
     assert state.succinct(state.role("image-wn")).bit_length == old_bits + 1  # type: ignore[union-attr, arg-type]
 
 
-def test_a_plain_name_is_not_listed_ahead(
-    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path]
+def test_the_roles_wanted_are_named_from_the_snapshot_list_alone() -> None:
+    """Index and bin sizes are told by the first role of each size (every size is made whole): the name's index
+    role and the bin of its path are named; a look-alike name's bins, a malformed size and a size whose first
+    bin is missing count for nothing (nothing is guessed, the publish reads what the verified roles say)."""
+    from tuf.api.metadata import MetaFile, SuccinctRoles
+
+    from imagectl.catalogue import index
+
+    def listed(*groups: list[str]) -> dict[str, MetaFile]:
+        return {f"{r}.json": MetaFile(7) for g in groups for r in g}
+
+    index_roles = [f"names~b2-{n:x}" for n in range(4)]
+    a_bins = [f"image-a~b3-{n:x}" for n in range(8)]
+    decoys = [f"image-ab~b2-{n:x}" for n in range(4)] + ["image-a~bX-0", "image-a~b5-1f"]
+    path = target_path("a", "1.0", ARCH, "qcow2")
+    want = Want("a", paths=(path,))
+    keys = _wanted_roles(listed(["targets", "image-a"], index_roles, a_bins, decoys), want)
+    the_bin = bins.bin_role_for(SuccinctRoles([], 1, 3, bins.bin_prefix("a", 3)), path)
+    assert keys == [f"metadata/7.{r}.json" for r in ("image-a", index.index_role("a", 2), the_bin)]
+    keys = _wanted_roles(listed(["targets", "image-a"], index_roles, a_bins[1:], decoys), want)
+    assert keys == [f"metadata/7.{r}.json" for r in ("image-a", index.index_role("a", 2))]
+    two_indexes = [f"names~b1-{n}" for n in range(2)]
+    keys = _wanted_roles(listed(["targets", "image-a"], index_roles, two_indexes, a_bins), want)
+    assert keys == [f"metadata/7.{r}.json" for r in ("image-a", the_bin)]
+
+
+def test_the_listing_is_taken_with_the_snapshot_and_spares_a_plain_name_its_head(
+    s3_store: S3Store, tmp_path: Path, make_image: Callable[..., Path]
 ) -> None:
-    """The target-file listing only serves binned names: a plain name's publish does not pay for it."""
-    binned(cli, catalogue, make_image, "few")  # 8 versions, under the default threshold: a plain role
-    listed: list[str] = []
-    inner = catalogue.store.list
+    """A publish under a given version lists ``targets/NAME/VERSION/ARCH/`` in the round of the snapshot (after
+    the timestamp that fixes its state, so the listing names every target file that state can list): a binned
+    name's version check reads it, and any name's target file is asked for with a ``HEAD`` only where the
+    listing has it. A plain name makes as many requests as with the ``HEAD``, one round fewer."""
+    from imagectl.catalogue.model import target_file_key
+    from imagectl.catalogue.publish import init_catalogue
 
-    def count(prefix: str):  # type: ignore[no-untyped-def]
-        listed.append(prefix)
-        return inner(prefix)
+    keydir = tmp_path / "keys"
+    init_catalogue(s3_store, keydir, EXPIRY)
+    keys = KeyRing(keydir)
+    for i in range(3):  # a plain role
+        req = PublishRequest(file=str(make_image(4096, seed=f"p{i}")), name="few", arch=ARCH, version=f"1.{i}")
+        publish(s3_store, keys, req, EXPIRY)
+    calls: list[tuple[str, str]] = []
 
-    catalogue.store.list = count  # type: ignore[method-assign]
-    req = PublishRequest(file=str(make_image(4096, seed="n")), name="few", arch=ARCH, version="2.0", format="qcow2")
-    publish(catalogue.store, KeyRing(catalogue.keys), req, EXPIRY)
-    assert not [p for p in listed if p.startswith("targets/few/")]
+    def log(params: dict[str, str], model: object, **_: object) -> None:
+        what = params.get("Key", params.get("Prefix", "?"))
+        calls.append((getattr(model, "name", "?"), str(what).removeprefix(s3_store.prefix)))
+
+    s3_store.client.meta.events.register("before-parameter-build.s3", log)
+    new = make_image(4096, seed="p-new")
+    done = publish(s3_store, keys, PublishRequest(file=str(new), name="few", arch=ARCH, version="2.0"), EXPIRY)
+    made = len(calls)  # the publish's requests (the check below reads too)
+    tkey = target_file_key(done.record.path, done.record.sha256)
+    assert done.created and done.uploaded and s3_store.read(tkey, 1 << 20) == new.read_bytes()
+    ops = [op for op, _ in calls]
+    snap = next(i for i, (op, key) in enumerate(calls) if op == "GetObject" and key.endswith(".snapshot.json"))
+    ts = next(i for i, (op, key) in enumerate(calls) if key == "metadata/timestamp.json")
+    listing = ops.index("ListObjectsV2")
+    assert calls[listing][1] == f"targets/few/2.0/{ARCH}/" and ops.count("ListObjectsV2") == 1
+    assert ts < listing and abs(listing - snap) == 1, calls  # sent together with the snapshot's GET
+    assert not [k for op, k in calls if op == "HeadObject" and k.startswith("targets/")], calls
+    assert made == 14, "\n".join(map(str, calls))
 
 
 @pytest.mark.usefixtures("small_bins")

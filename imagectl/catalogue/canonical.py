@@ -41,13 +41,14 @@ _REFERENCE = CanonicalJSONSerializer()
 _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def canonical_dict(doc: dict[str, Any]) -> bytes | None:
+def canonical_dict(doc: dict[str, Any], *, floatless: bool = False) -> bytes | None:
     """The canonical bytes of the JSON document ``doc`` when the fast encoder is sure to write them, else None
     (the caller asks the reference: a backslash or a float in the output, a value JSON cannot hold, NaN, a
-    non-string key, a lone surrogate)."""
+    non-string key, a lone surrogate). ``floatless``: ``doc`` is known to hold no float (it was just parsed by a
+    parser that refuses them), so the output is not scanned for one."""
     try:
         text = _ENCODER.encode(doc)
-        if "\\" not in text and _FLOAT.search(text) is None:
+        if "\\" not in text and (floatless or _FLOAT.search(text) is None):
             return text.encode("utf-8")
     except (TypeError, ValueError):
         pass
@@ -58,7 +59,7 @@ _SNAPSHOT_KEYS = frozenset({"_type", "expires", "meta", "spec_version", "version
 _UNSAFE_IN_PATH = re.compile(r'["\\\x00-\x1f\ud800-\udfff]')  # what a canonical string would not write as is
 
 
-def canonical_snapshot(signed: dict[str, Any], versions: dict[str, int]) -> bytes | None:
+def canonical_snapshot(signed: dict[str, Any], versions: dict[str, int], *, floatless: bool = False) -> bytes | None:
     """The canonical bytes of a snapshot's ``signed`` document whose ``meta`` is ``{path: {"version": N}}`` for
     ``versions`` (``signed["meta"]`` itself is not read), or None where :func:`canonical_dict` must do it.
 
@@ -66,10 +67,11 @@ def canonical_snapshot(signed: dict[str, Any], versions: dict[str, int]) -> byte
     at each parse and each signing; here the entries are one join over the sorted paths. Only for the five keys
     of a snapshot (so ``"meta":{}`` occurs once in the rest, which holds no backslash, hence no quote inside a
     string), paths that a canonical string writes as they are (no quote, backslash, control character or lone
-    surrogate) and versions that are plain ints; anything else takes the general encoder."""
+    surrogate) and versions that are plain ints; anything else takes the general encoder. ``floatless`` as for
+    :func:`canonical_dict`."""
     if signed.keys() != _SNAPSHOT_KEYS:
         return None
-    rest = canonical_dict({**signed, "meta": {}})
+    rest = canonical_dict({**signed, "meta": {}}, floatless=floatless)
     if rest is None or _UNSAFE_IN_PATH.search("".join(versions)) or rest.count(b'"meta":{}') != 1:
         return None
     if not all(type(v) is int for v in versions.values()):

@@ -117,14 +117,23 @@ def _plain_meta(signed: Any) -> dict[str, int] | None:
     return out
 
 
+def _no_float(token: str) -> Any:
+    raise ValueError(f"{token}: canonical JSON has no floats")
+
+
 def _fast_parse(data: bytes) -> Metadata[Any]:
     """``Metadata.from_bytes(data)``, keeping the canonical bytes of ``signed`` as parsed (so the signature check
     need not rebuild the document) and building a plain snapshot's entries directly. Any exception: the caller
-    parses again with python-tuf alone, for its exact refusal."""
-    doc = json.loads(data.decode("utf-8"))
+    parses again with python-tuf alone, for its exact refusal.
+
+    A float (or NaN, Infinity) stops this parse: canonical JSON has none, so such a document can never verify
+    (python-tuf's parse keeps it, and its check then fails as not canonical). The kept bytes are therefore made
+    without scanning them for floats."""
+    doc = json.loads(data.decode("utf-8"), parse_float=_no_float, parse_constant=_no_float)
     signed = doc["signed"]
     meta = _plain_meta(signed)
-    payload = canonical_dict(signed) if meta is None else canonical_snapshot(signed, meta) or canonical_dict(signed)
+    payload = None if meta is None else canonical_snapshot(signed, meta, floatless=True)
+    payload = payload or canonical_dict(signed, floatless=True)
     if meta is not None:
         signed["meta"] = {}
     md = Metadata.from_dict(doc)

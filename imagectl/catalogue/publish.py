@@ -362,7 +362,7 @@ def publish(
         # no-op publish of the same bytes).
         if store.single_copy:
             tkey = target_file_key(record.path, sha256)
-            unlisted = state.target_file_unlisted(tkey)  # a binned name's version check listed its directory
+            unlisted = state.target_file_unlisted(tkey)  # load_state listed its directory (Want.listing)
             sent = store.store_image(blob_key(sha256), tkey, req.file, digest, unlisted=unlisted)
             uploaded = uploaded or sent
         else:
