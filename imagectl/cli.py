@@ -192,18 +192,25 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_upgrade(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.upgrade import upgrade_catalogue
+    from imagectl.progress import human_size
 
     store = _store(cfg, args.dest)
-    report = upgrade_catalogue(store)
+    report = upgrade_catalogue(store, one_copy=args.one_copy)
     lines = [f"problem: {p}" for p in report.problems]
+    freed = (
+        f", {count(len(report.pointers), 'blob')} made pointers ({human_size(report.freed_bytes)} freed)"
+        if args.one_copy
+        else ""
+    )
     lines.append(
         f"{store.shown}: {count(len(report.created), 'target file')} created, {report.present} already present"
+        + freed
         + (f", {count(len(report.problems), 'problem')}" if report.problems else "")
     )
     emit(args, report.as_json(), lines)
     if report.problems:
         raise VerifyFailedError(
-            f"catalogue upgrade could not place {count(len(report.problems), 'target file')}",
+            f"catalogue upgrade left {count(len(report.problems), 'problem')}",
             hint=f"run: imagectl catalogue verify {store.shown}",
         )
     return 0
@@ -1148,6 +1155,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-blobs", action="store_true", help="check metadata only, not image bytes")
     sp = add(cat, "upgrade", cmd_upgrade, "add what a catalogue written by an older imagectl lacks", reader)
     sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
+    sp.add_argument(
+        "--one-copy",
+        action="store_true",
+        help="S3: turn each blob still holding a second copy of an image into a pointer to its target file "
+        "(halves the bytes; imagectl clients older than one copy per image can no longer read those images)",
+    )
     sp = add(cat, "gc", cmd_gc, "remove blobs and metadata versions no signed metadata refers to", writer)
     sp.add_argument("dest", nargs="?", help="catalogue location (default: --catalogue)")
     sp.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")

@@ -289,3 +289,98 @@ def test_an_image_pointer_is_followed_only_to_its_own_bytes(s3cat, cli, make_ima
     assert r.code == 0, r.err
     assert (tmp_path / "p.img").read_bytes() == img.read_bytes()
     assert store.read(decoy, 1 << 20) == bytes(300_000)  # never copied from, never written
+
+
+def _old_layout(cli, url, keys, make_image, versions: dict[str, str]) -> dict[str, bytes]:
+    """Publish ``versions`` (VERSION -> seed) of ``wn`` and give each image's blob key its bytes, as an imagectl
+    before one copy per image wrote them (the target files stay, each a copy); the images' bytes by sha256."""
+    from imagectl.catalogue.model import blob_key
+
+    store, held = open_store(url), {}
+    for version, seed in versions.items():
+        img = make_image(300_000 + 4096 * ord(seed[0]), seed=seed)  # the size follows the bytes
+        _publish(cli, url, keys, img, version)
+        held[sha256(img)] = img.read_bytes()
+    for digest, data in held.items():
+        store.write(blob_key(digest), data)
+        assert store.pointer(blob_key(digest)) is None
+    return held
+
+
+def test_upgrade_one_copy_turns_old_full_blobs_into_pointers(s3cat, cli, make_image, tmp_path):
+    """``catalogue upgrade --one-copy`` drops the second copy an older S3 catalogue keeps of each image: the blob
+    key becomes a pointer to a target file found to hold the same bytes (two versions of one image: one blob,
+    one pointer). The catalogue verifies clean and pulls; a second run finds nothing to do. Without the flag the
+    blobs keep their bytes (older clients read them)."""
+    from imagectl.catalogue.model import blob_key
+
+    url, keys, root = s3cat
+    held = _old_layout(cli, url, keys, make_image, {"1": "a", "2": "b", "3": "a"})  # 3 holds 1's bytes
+    assert len(held) == 2
+    store = open_store(url)
+    r = cli("catalogue", "upgrade", url, "--json")
+    assert r.code == 0 and json.loads(r.out)["pointers"] == [], r.out
+    assert all(store.read(blob_key(d), 1 << 20) == data for d, data in held.items())  # untouched by default
+
+    r = cli("catalogue", "upgrade", url, "--one-copy")
+    assert r.code == 0, r.err
+    assert "2 blobs made pointers (" in r.out and "freed" in r.out
+    r = cli("catalogue", "upgrade", url, "--one-copy", "--json")
+    out = json.loads(r.out)
+    assert r.code == 0 and out["pointers"] == [] and out["freed_bytes"] == 0  # done already: idempotent
+    for digest, data in held.items():
+        assert store.read(blob_key(digest), 1) == b""
+        at = store.pointer(blob_key(digest))
+        assert at is not None and digest in at and store.read(at, 1 << 20) == data
+    assert cli("catalogue", "verify", url).code == 0
+    for version in ("1", "2", "3"):
+        dest = tmp_path / f"{version}.img"
+        r = cli("pull", f"wn:{version}", "--catalogue", url, "--root", root, "--arch", "x86_64", "-o", dest)
+        assert r.code == 0, r.err
+        assert sha256(dest) in held
+
+
+def test_upgrade_one_copy_keeps_a_blob_whose_target_file_is_damaged(s3cat, cli, make_image, monkeypatch):
+    """The second copy goes only where the first is intact: a target file holding other bytes of the right size
+    (bit rot; no checksum the server keeps to tell) is read and hashed, and its blob is kept, bytes and all,
+    reported as a problem (exit 15); the other image is made one copy. A blob a publisher rewrote while it was
+    being checked is not replaced (If-Match on the ETag checked)."""
+    from imagectl.catalogue.model import blob_key, target_file_key
+    from imagectl.store.s3 import S3Store
+
+    url, keys, _ = s3cat
+    held = _old_layout(cli, url, keys, make_image, {"1": "a", "2": "b"})
+    store = open_store(url)
+    bad, good = sorted(held, key=lambda d: len(held[d]))  # version 1 ("a") is the smaller image
+    bad_key = target_file_key("wn/1/x86_64/wn-1-x86_64.qcow2", bad)
+    store.write(bad_key, b"\0" * len(held[bad]))
+    r = cli("catalogue", "upgrade", url, "--one-copy", "--json")
+    out = json.loads(r.out)
+    assert r.code == 15 and out["pointers"] == [blob_key(good)] and out["freed_bytes"] == len(held[good]), r.out
+    assert out["problems"] == [
+        f"{blob_key(bad)}: {bad_key} does not hold the image's {len(held[bad])} bytes of sha256 {bad[:12]}…: "
+        f"{blob_key(bad)} is kept"
+    ]
+    assert store.read(blob_key(bad), 1 << 20) == held[bad]
+
+    store.write(bad_key, held[bad])  # repaired; now a publisher re-points the blob while it is being checked
+    inner = S3Store._holds_image
+
+    def racing(self, key, head, size, digest):  # type: ignore[no-untyped-def]
+        self.write(blob_key(digest), b"")  # another ETag: stands for what a publisher wrote meanwhile
+        return inner(self, key, head, size, digest)
+
+    monkeypatch.setattr(S3Store, "_holds_image", racing)
+    r = cli("catalogue", "upgrade", url, "--one-copy", "--json")
+    assert r.code == 0 and json.loads(r.out)["pointers"] == [], r.out
+    assert store.read(blob_key(bad), 1) == b"" and store.pointer(blob_key(bad)) is None  # the racer's write kept
+
+
+def test_upgrade_one_copy_on_a_directory_frees_nothing(catalogue, cli, make_image):
+    """A directory links a blob and its target files to one copy already: ``--one-copy`` has nothing to do."""
+    img = make_image(4096, seed="d")
+    r = cli("publish", img, *catalogue.args(), "--name", "d", "--arch", "x86_64", "--version", "1")
+    assert r.code == 0, r.err
+    r = cli("catalogue", "upgrade", catalogue.dir, "--one-copy", "--json")
+    out = json.loads(r.out)
+    assert r.code == 0 and out["pointers"] == [] and out["freed_bytes"] == 0 and out["present"] == 1

@@ -5,6 +5,11 @@ download: catalogues published before they existed hold image bytes only at ``bl
 metadata and needs no signing key: it only adds files named by metadata already signed, so it is safe to run at any
 time, next to publishers, as often as wanted (what exists is kept). ``catalogue verify`` says when it is needed.
 
+With ``one_copy`` (``catalogue upgrade --one-copy``), on S3, it also drops the second copy such a catalogue keeps of
+each image: the blob key, once the image's target file is found to hold the same bytes, becomes a pointer to it
+(catalogue/README.md §6). That halves the bytes the bucket holds for images, and clients older than that layout,
+which download blobs, can no longer read those images: so it is asked for, never done by default.
+
 Re-binning (``catalogue rebin``, :func:`rebin_catalogue`) is the other step: a name whose image role holds more than
 ``bins.BIN_THRESHOLD`` versions (a catalogue written before hashed bins, or a name that outgrew its bins) is spread
 over hash bins. That re-signs metadata, so it needs the targets keys (catalogue/README.md §2.2).
@@ -32,15 +37,21 @@ class UpgradeReport:
     created: list[str] = field(default_factory=list)  # target files written now
     present: int = 0  # target files that were already right
     problems: list[str] = field(default_factory=list)  # images whose target file could not be made (blob damage)
+    pointers: list[str] = field(default_factory=list)  # --one-copy: blobs turned into pointers now
+    freed_bytes: int = 0  # --one-copy: the bytes those blobs held
 
     def as_json(self) -> dict[str, Any]:
         return {"ok": not self.problems, **dataclasses.asdict(self)}
 
 
-def upgrade_catalogue(store: Store, say: Callable[[str], None] = lambda _m: None) -> UpgradeReport:
-    """Make the target file of every image the verified metadata lists; report what was done and what could not
-    be (a missing or damaged blob: ``catalogue verify`` tells more). Raises like :func:`load_state` when the
-    metadata does not verify: nothing is written on the word of unverified metadata."""
+def upgrade_catalogue(
+    store: Store, say: Callable[[str], None] = lambda _m: None, *, one_copy: bool = False
+) -> UpgradeReport:
+    """Make the target file of every image the verified metadata lists (and with ``one_copy``, turn each blob
+    still holding a second copy of an image into a pointer to its target file); report what was done and what
+    could not be (a missing or damaged blob or target file: ``catalogue verify`` tells more). Raises like
+    :func:`load_state` when the metadata does not verify: nothing is written on the word of unverified
+    metadata."""
     if not store.writable:
         raise CatalogueStateError(
             f"catalogue {store.shown} is read-only over this protocol",
@@ -50,8 +61,10 @@ def upgrade_catalogue(store: Store, say: Callable[[str], None] = lambda _m: None
     report = UpgradeReport()
     failed: list[tuple[ImageRecord, str, str]] = []
     held: dict[str, str] = {}  # sha256 -> a target file holding those bytes
+    sizes: dict[str, int] = {}  # sha256 -> its signed length
     for name in state.names():
         for rec in state.images(name):
+            sizes[rec.sha256] = rec.size
             key = target_file_key(rec.path, rec.sha256)
             try:
                 made = store.place_target(blob_key(rec.sha256), key, rec.size)
@@ -78,7 +91,26 @@ def upgrade_catalogue(store: Store, say: Callable[[str], None] = lambda _m: None
                 continue
         report.problems.append(f"{rec.name}:{rec.version} {rec.arch}: {message}")
     report.created.sort()
+    if one_copy:
+        _release_blobs(store, held, sizes, report, say)
     return report
+
+
+def _release_blobs(
+    store: Store, held: dict[str, str], sizes: dict[str, int], report: UpgradeReport, say: Callable[[str], None]
+) -> None:
+    """Turn each blob that holds a second copy of an image into a pointer to a target file found to hold it."""
+    for sha256, key in sorted(held.items()):
+        blob = blob_key(sha256)
+        try:
+            freed = store.release_blob(blob, key, sizes[sha256], sha256)
+        except ImagectlError as e:
+            report.problems.append(f"{blob}: {e.message}")
+            continue
+        if freed:
+            report.pointers.append(blob)
+            report.freed_bytes += freed
+            say(f"{blob} now points at {key}")
 
 
 @dataclass

@@ -322,6 +322,14 @@ class Store(abc.ABC):
         self.place_target(blob, key, digest.size)
         return sent
 
+    def release_blob(self, blob: str, key: str, size: int, sha256: str) -> int:
+        """Where ``blob`` holds a second full copy of an image whose target file is ``key`` (an object store
+        written before images were stored once), make it a pointer to ``key`` once ``key`` is found to hold
+        exactly ``size`` bytes of ``sha256``; return the bytes freed. Raises CatalogueStateError, changing
+        nothing, when ``key`` does not hold them. Here: 0, nothing to free (a directory links the two names to
+        one copy)."""
+        return 0
+
     def pointer(self, key: str) -> str | None:
         """The target file that the blob ``key`` points at, when the store keeps images once (an empty object
         naming it); None when ``key`` is bytes, is missing, or the store keeps no pointers."""

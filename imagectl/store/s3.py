@@ -446,14 +446,17 @@ class S3Store(Store):
         return tuple(aborted)
 
     # -- writing ------------------------------------------------------------------------------------------
-    def _put(self, key: str, data: bytes, conditions: dict[str, str]) -> bool:
-        """PUT ``data``; with ``conditions`` (``IfMatch``/``IfNoneMatch``) return False when one fails."""
+    def _put(self, key: str, data: bytes, conditions: dict[str, str], metadata: dict[str, str] | None = None) -> bool:
+        """PUT ``data`` (with user ``metadata``); with ``conditions`` (``IfMatch``/``IfNoneMatch``) return False
+        when one fails."""
         args: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": self._key(key),
             "Body": data,
             "ContentType": _content_type(key),
         }
+        if metadata:
+            args["Metadata"] = metadata
         if self._native_conditions:
             args.update(conditions)
         elif conditions:
@@ -613,6 +616,43 @@ class S3Store(Store):
         args = {"Bucket": self.bucket, "Key": self._key(blob), "Body": b"", "Metadata": {POINTER_META: key}}
         with self._boundary("write", blob):
             self.client.put_object(**args, ContentType="application/octet-stream")
+
+    def release_blob(self, blob: str, key: str, size: int, sha256: str) -> int:
+        """Turn ``blob``, a full copy of the image a catalogue written before images were stored once keeps beside
+        its target file ``key``, into a pointer to ``key``: after ``key`` is found to hold the image (its stored
+        whole-object SHA-256 checksum, else by reading and hashing it), and only over the copy just checked
+        (``If-Match`` on its ETag). A blob that is a pointer already, is absent, or has another size is left to
+        ``catalogue verify``: 0 bytes freed. Clients older than this layout can no longer read the image."""
+        head = self._head(blob)
+        if head is None or _pointed(blob, head) is not None or int(head.get("ContentLength", -1)) != size:
+            return 0
+        target = self._head(key)
+        if target is None or not self._holds_image(key, target, size, sha256):
+            raise CatalogueStateError(
+                f"{key} does not hold the image's {size} bytes of sha256 {sha256[:12]}…: {blob} is kept",
+                hint=f"run: imagectl catalogue verify {self.shown}",
+            )
+        swapped = self._put(blob, b"", {"IfMatch": str(head.get("ETag", ""))}, {POINTER_META: key})
+        return size if swapped else 0  # changed since the check (a publisher re-pointed it): nothing freed here
+
+    def _holds_image(self, key: str, head: dict[str, Any], size: int, sha256: str) -> bool:
+        """Whether ``key`` (described by ``head``) holds ``size`` bytes of ``sha256``: by its stored whole-object
+        checksum where it has one, else read through and hashed (never more than ``size`` + 1 bytes)."""
+        if int(head.get("ContentLength", -1)) != size:
+            return False
+        checksum = str(head.get("ChecksumSHA256") or "")
+        if checksum and "-" not in checksum:
+            return checksum == FileDigest(sha256=sha256, size=size).sha256_b64
+        h, n = hashlib.sha256(), 0
+        with self.open_range(key) as stream:
+            if stream.offset != 0:
+                return False
+            for chunk in stream.chunks:
+                n += len(chunk)
+                if n > size:
+                    return False
+                h.update(chunk)
+        return n == size and h.hexdigest() == sha256
 
     def _source(self, blob: str) -> tuple[str, dict[str, Any]] | None:
         """The stored copy of the blob's bytes, as ``(key, head)``: the blob itself (a catalogue written before
