@@ -85,6 +85,37 @@ def test_gather_returns_in_order_and_raises_where_used(tmp_path: Path) -> None:
         Outcome[int](error=KeyError("k")).get()
 
 
+def test_gather_runs_the_first_call_here_and_never_more_than_the_limit_at_once(tmp_path: Path) -> None:
+    """A store that sends requests at once runs the first call in the calling thread and the others on helper
+    threads, never more than ``concurrent_requests`` at a time; results come back in order, errors where used."""
+    store = LocalStore(tmp_path / "cat")
+    store.concurrent_requests = 3  # type: ignore[misc]
+    lock, running, peak, threads = threading.Lock(), [0], [0], []
+    first_three = threading.Barrier(3, timeout=10)  # only passed if calls 0-2 run at once
+
+    def call(n: int) -> Callable[[], int]:
+        def run() -> int:
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+                threads.append((n, threading.get_ident()))
+            if n < 3:
+                first_three.wait()
+            threading.Event().wait(0.01)
+            with lock:
+                running[0] -= 1
+            if n == 4:
+                raise ObjectMissingError("four")
+            return n
+
+        return run
+
+    got = store.gather([call(n) for n in range(8)])
+    assert [g.value for g in got] == [0, 1, 2, 3, None, 5, 6, 7] and isinstance(got[4].error, ObjectMissingError)
+    assert peak[0] == 3, peak
+    assert dict(threads)[0] == threading.get_ident() and {t for n, t in threads if n} - {threading.get_ident()}
+
+
 @pytest.mark.s3
 def test_gather_overlaps_the_requests_on_s3(s3_store: S3Store) -> None:
     """Two reads that can only both finish if they run at once (a barrier of two) do, on S3."""

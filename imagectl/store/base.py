@@ -180,8 +180,12 @@ class Store(abc.ABC):
         elsewhere. Nothing is trusted here: the caller verifies each result as if it had read it then."""
         if self.concurrent_requests < 2 or len(calls) < 2:
             return [_outcome(c) for c in calls]
-        with concurrent.futures.ThreadPoolExecutor(min(len(calls), self.concurrent_requests)) as pool:
-            return list(pool.map(_outcome, calls))
+        # the first call runs in this thread (one thread fewer to start and hand over to), the rest on at most
+        # concurrent_requests - 1 others
+        with concurrent.futures.ThreadPoolExecutor(min(len(calls), self.concurrent_requests) - 1) as pool:
+            rest = [pool.submit(_outcome, c) for c in calls[1:]]
+            first = _outcome(calls[0])
+            return [first, *(f.result() for f in rest)]
 
     # -- reading -----------------------------------------------------------------------------------------
     @abc.abstractmethod
