@@ -384,3 +384,22 @@ def test_upgrade_one_copy_on_a_directory_frees_nothing(catalogue, cli, make_imag
     r = cli("catalogue", "upgrade", catalogue.dir, "--one-copy", "--json")
     out = json.loads(r.out)
     assert r.code == 0 and out["pointers"] == [] and out["freed_bytes"] == 0 and out["present"] == 1
+
+
+def test_a_target_file_longer_than_its_head_said_is_not_taken_for_the_image(s3_store):
+    """``release_blob`` judges a target file by its bytes where the server keeps no checksum: a body longer than
+    the length its HEAD gave (the first ``size`` bytes right) is refused, and so are a short one and other bytes."""
+    import hashlib
+
+    data = bytes(range(256)) * 64
+    digest = hashlib.sha256(data).hexdigest()
+    s3_store.write("t/long", data + b"x" * 4096)
+    s3_store.write("t/short", data[:-1])
+    s3_store.write("t/other", data[:-1] + b"\0")
+    s3_store.write("t/right", data)
+    lying = {"ContentLength": len(data)}  # what a server lying about the object's length would answer
+    assert not s3_store._holds_image("t/long", lying, len(data), digest)
+    assert not s3_store._holds_image("t/short", lying, len(data), digest)
+    assert not s3_store._holds_image("t/other", lying, len(data), digest)
+    assert s3_store._holds_image("t/right", lying, len(data), digest)
+    assert not s3_store._holds_image("t/right", {"ContentLength": len(data) + 1}, len(data), digest)

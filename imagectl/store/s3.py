@@ -612,10 +612,9 @@ class S3Store(Store):
         head = self._head(key)
         return None if head is None else _pointed(key, head)
 
-    def _put_pointer(self, blob: str, key: str) -> None:
-        args = {"Bucket": self.bucket, "Key": self._key(blob), "Body": b"", "Metadata": {POINTER_META: key}}
-        with self._boundary("write", blob):
-            self.client.put_object(**args, ContentType="application/octet-stream")
+    def _put_pointer(self, blob: str, key: str, if_match: str | None = None) -> bool:
+        """Write ``blob`` as a pointer to ``key`` (with ``if_match``: only over that ETag; False when it changed)."""
+        return self._put(blob, b"", {} if if_match is None else {"IfMatch": if_match}, {POINTER_META: key})
 
     def release_blob(self, blob: str, key: str, size: int, sha256: str) -> int:
         """Turn ``blob``, a full copy of the image a catalogue written before images were stored once keeps beside
@@ -632,12 +631,13 @@ class S3Store(Store):
                 f"{key} does not hold the image's {size} bytes of sha256 {sha256[:12]}…: {blob} is kept",
                 hint=f"run: imagectl catalogue verify {self.shown}",
             )
-        swapped = self._put(blob, b"", {"IfMatch": str(head.get("ETag", ""))}, {POINTER_META: key})
+        swapped = self._put_pointer(blob, key, if_match=str(head.get("ETag", "")))
         return size if swapped else 0  # changed since the check (a publisher re-pointed it): nothing freed here
 
     def _holds_image(self, key: str, head: dict[str, Any], size: int, sha256: str) -> bool:
         """Whether ``key`` (described by ``head``) holds ``size`` bytes of ``sha256``: by its stored whole-object
-        checksum where it has one, else read through and hashed (never more than ``size`` + 1 bytes)."""
+        checksum where it has one, else read through and hashed (a body longer than ``size``, whatever ``head``
+        said, is refused at the first chunk past it)."""
         if int(head.get("ContentLength", -1)) != size:
             return False
         checksum = str(head.get("ChecksumSHA256") or "")
