@@ -191,7 +191,9 @@ class Bench:
         collector off; here it stays on, so a publish still pays for collecting its own garbage)."""
         image = self.tmp / "new.img"
         image.write_bytes(os.urandom(64 << 10))
-        store = self.stores.get(prefix) or self.stores.setdefault(prefix, self.publishing_store(prefix))
+        if prefix not in self.stores:
+            self.stores[prefix] = self.publishing_store(prefix)
+        store = self.stores[prefix]
         before = store.stats.bytes_sent
         req = PublishRequest(file=str(image), name=name, arch=ARCH, version=f"1.{next(self.counter)}", format=FMT)
         gc.collect()

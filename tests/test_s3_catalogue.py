@@ -403,3 +403,14 @@ def test_a_target_file_longer_than_its_head_said_is_not_taken_for_the_image(s3_s
     assert not s3_store._holds_image("t/other", lying, len(data), digest)
     assert s3_store._holds_image("t/right", lying, len(data), digest)
     assert not s3_store._holds_image("t/right", {"ContentLength": len(data) + 1}, len(data), digest)
+    # a whole-object checksum the server stored decides without a read; a composite one (multipart) does not
+    import base64
+
+    whole = base64.b64encode(bytes.fromhex(digest)).decode()
+    assert s3_store._holds_image("t/absent", {"ContentLength": len(data), "ChecksumSHA256": whole}, len(data), digest)
+    other = base64.b64encode(hashlib.sha256(b"x").digest()).decode()
+    wrong = {"ContentLength": len(data), "ChecksumSHA256": other}
+    assert not s3_store._holds_image("t/right", wrong, len(data), digest)
+    composite = {"ContentLength": len(data), "ChecksumSHA256": f"{other}-2"}
+    assert not s3_store._holds_image("t/other", composite, len(data), digest)
+    assert s3_store._holds_image("t/right", composite, len(data), digest)

@@ -638,11 +638,11 @@ class S3Store(Store):
         """Whether ``key`` (described by ``head``) holds ``size`` bytes of ``sha256``: by its stored whole-object
         checksum where it has one, else read through and hashed (a body longer than ``size``, whatever ``head``
         said, is refused at the first chunk past it)."""
-        if int(head.get("ContentLength", -1)) != size:
+        if not _matches(head, FileDigest(sha256=sha256, size=size)):  # the size, and a checksum that differs
             return False
         checksum = str(head.get("ChecksumSHA256") or "")
         if checksum and "-" not in checksum:
-            return checksum == FileDigest(sha256=sha256, size=size).sha256_b64
+            return True  # the server's whole-object checksum is the image's
         h, n = hashlib.sha256(), 0
         with self.open_range(key) as stream:
             if stream.offset != 0:
