@@ -104,8 +104,7 @@ def _fetch(src: Store, keys: list[str], length: int, sha: str, part_size: int, t
     the file's path and digest (in ``part_size`` parts). The caller removes the file."""
     fd, tmp = tempfile.mkstemp(dir=tmpdir, suffix=".blob")
     try:
-        h = Hasher(part_size)
-        with os.fdopen(fd, "wb") as out, src.open_first(keys) as stream:
+        with Hasher(part_size) as h, os.fdopen(fd, "wb") as out, src.open_first(keys) as stream:
             for chunk in stream.chunks:
                 if h.size + len(chunk) > length:
                     raise ImageMismatchError(f"{keys[0]} at the source is longer than its signed {length} bytes")

@@ -1,0 +1,98 @@
+"""store/digest.py: the whole-file and per-part SHA-256 a publisher takes before uploading, on two threads.
+
+The digests must be the reference ones whatever the block sizes (a block may end inside a part, on its boundary,
+or span several parts), must cover the bytes a block held when ``update`` was called even if the caller reuses its
+buffer afterwards, and the whole digest must really be taken off the calling thread when parts are hashed too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imagectl.store import digest as digest_mod
+from imagectl.store.digest import SPLIT_MIN, Hasher, file_digest
+
+PART = SPLIT_MIN  # parts as short as blocks that are split, so one example crosses many boundaries
+
+
+def reference(data: bytes, part_size: int) -> tuple[str, tuple[str, ...]]:
+    parts = tuple(hashlib.sha256(data[i : i + part_size]).hexdigest() for i in range(0, len(data), part_size))
+    return hashlib.sha256(data).hexdigest(), parts or (hashlib.sha256(b"").hexdigest(),)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.integers(0, 5 * PART + 3),
+    cuts=st.lists(st.integers(1, 3 * PART), min_size=1, max_size=8),
+    threaded=st.booleans(),
+)
+def test_both_digests_equal_the_reference_for_any_blocks(size: int, cuts: list[int], threaded: bool) -> None:
+    data = bytes((i * 131 + (i >> 9)) & 0xFF for i in range(size))
+    h = Hasher(PART)
+    with h if threaded else Hasher(0):
+        pos, i = 0, 0
+        while pos < size:
+            block = data[pos : pos + cuts[i % len(cuts)]]
+            h.update(block)
+            pos, i = pos + len(block), i + 1
+    got = h.result()
+    whole, parts = reference(data, PART)
+    assert (got.sha256, got.parts, got.size) == (whole, parts, size)
+
+
+def recording_sha256(monkeypatch, *, slow_whole: float = 0.0) -> dict[str, set[int]]:
+    """Replace hashlib.sha256 in store/digest.py by one that records which threads update the whole digest (the
+    first one a Hasher makes) and the part digests; the whole digest waits ``slow_whole`` s before each update."""
+    threads: dict[str, set[int]] = {"whole": set(), "part": set()}
+    real = hashlib.sha256
+    made: list[object] = []
+
+    class Recording:
+        def __init__(self, data: bytes = b"") -> None:
+            self._h = real(data)
+            made.append(self)
+
+        def update(self, block: bytes) -> None:
+            whole = self is made[0]
+            threads["whole" if whole else "part"].add(threading.get_ident())
+            if whole:
+                time.sleep(slow_whole)
+            self._h.update(block)
+
+        def hexdigest(self) -> str:
+            return self._h.hexdigest()
+
+    monkeypatch.setattr(digest_mod.hashlib, "sha256", Recording)
+    return threads
+
+
+def test_a_reused_buffer_is_hashed_as_it_was_when_handed_over(monkeypatch) -> None:
+    recording_sha256(monkeypatch, slow_whole=0.05)  # the helper thread reads the block late
+    buf = bytearray(b"a" * (2 * SPLIT_MIN))
+    with Hasher(PART) as h:
+        h.update(buf)
+        buf[:] = b"b" * len(buf)  # update() has returned: both digests must have read the a's already
+        h.update(buf)
+    got = h.result()
+    monkeypatch.undo()
+    whole, parts = reference(b"a" * (2 * SPLIT_MIN) + b"b" * (2 * SPLIT_MIN), PART)
+    assert (got.sha256, got.parts) == (whole, parts)
+
+
+def test_the_whole_digest_is_taken_on_another_thread_and_the_thread_ends(monkeypatch, tmp_path) -> None:
+    threads = recording_sha256(monkeypatch)
+    image = tmp_path / "image"
+    image.write_bytes(b"x" * (3 * digest_mod.CHUNK))  # whole blocks only: each one split
+    before = threading.active_count()
+    got = file_digest(str(image), part_size=digest_mod.CHUNK)
+    assert threading.active_count() == before  # the helper is shut down with the Hasher
+    me = threading.get_ident()
+    assert threads["part"] == {me}
+    assert threads["whole"] and me not in threads["whole"]
+    monkeypatch.undo()
+    assert got.sha256 == hashlib.sha256(image.read_bytes()).hexdigest()
