@@ -322,6 +322,7 @@ def _after_change(args: argparse.Namespace, cfg: Config) -> None:
 
 def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.publish import PublishRequest, publish, publish_build
+    from imagectl.store.digest import MEMO_DIR
 
     _before_change(args, cfg)
 
@@ -339,6 +340,7 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
             channel=args.channel,
             fmt=args.format,
             version=args.version,
+            hash_memo=cfg.cache_path / MEMO_DIR,
         )
         emit(
             args,
@@ -367,7 +369,7 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
         parent=args.parent,
     )
     store = _store(cfg)
-    res = publish(store, _keys(cfg), req, cfg.expiry_days(), hash_memo=cfg.cache_path / "file-digests")
+    res = publish(store, _keys(cfg), req, cfg.expiry_days(), hash_memo=cfg.cache_path / MEMO_DIR)
     rec = res.record
     what = "published" if res.created else "already published (identical bytes; nothing changed)"
     emit(

@@ -25,6 +25,7 @@ from imagectl.config import Config
 from imagectl.errors import InvalidInputError, VerifyFailedError
 from imagectl.pull import pull
 from imagectl.resources import recipes_dir
+from imagectl.store.digest import MEMO_DIR
 from imagectl.store.local import LocalStore
 from imagectl.text import count
 
@@ -129,7 +130,11 @@ def run_demo(
         records = [publish(store, keys, req, cfg.expiry_days()).record]
     else:
         build_dir = _built_image(workdir, recipe, cfg, boot, say, epoch)
-        records = [r.record for r in publish_build(store, keys, build_dir, cfg.expiry_days(), channel="testing")]
+        memo = cfg.cache_path / MEMO_DIR  # where the build filed its image's digests
+        records = [
+            r.record
+            for r in publish_build(store, keys, build_dir, cfg.expiry_days(), channel="testing", hash_memo=memo)
+        ]
     rec = records[0]
     say(f"3. published {rec.name}:{rec.version} ({arch}, {rec.size} bytes, sha256 {rec.sha256}) to channel testing")
     root = str(catalogue / "metadata" / "1.root.json")

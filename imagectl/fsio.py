@@ -19,13 +19,14 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from imagectl.errors import ImagectlError, ImageMismatchError, LocalIOError
 
 __all__ = [
     "AtomicFile",
     "Beneath",
+    "Digesting",
     "SymlinkRefusedError",
     "atomic_write",
     "copy_verified",
@@ -292,6 +293,15 @@ def replacing(dest: Path, *, mode: int = 0o644, suffix: str = ".part") -> Iterat
         os.chmod(f.temp, mode)
 
 
+class Digesting(Protocol):
+    """What :func:`copy_verified` hashes with: ``hashlib.sha256()``, or anything that takes bytes and says the
+    hex SHA-256 of all it took."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
 def copy_verified(
     src: str | os.PathLike[str] | BinaryIO,
     dest: Path,
@@ -300,6 +310,7 @@ def copy_verified(
     size: int | None = None,
     mode: int = 0o644,
     what: str | None = None,
+    hasher: Digesting | None = None,
 ) -> int:
     """Copy the bytes of ``src`` (a path, or a binary file open for reading) to ``dest`` through
     :class:`AtomicFile`, hashing them on the way; ``dest`` appears only if they have SHA-256 ``sha256`` and (when
@@ -309,9 +320,11 @@ def copy_verified(
     changed on disk are never handed on. Reading stops one byte past ``size``: an endless source cannot fill the
     disk. Raises ImageMismatchError naming ``what`` (default: ``src``) when the bytes differ, LocalIOError when
     ``src`` cannot be read or ``dest`` written; either way ``dest`` is untouched and no temp file is left.
+    ``hasher`` (default: a new ``hashlib.sha256()``) is fed the bytes and gives the digest compared: a caller that
+    wants more digests of the same read (a build's part digests) passes its own.
     """
     shown = what or str(os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "the source"))
-    h = hashlib.sha256()
+    h: Digesting = hashlib.sha256() if hasher is None else hasher
     got = 0
     with contextlib.ExitStack() as stack:
         try:

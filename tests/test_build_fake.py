@@ -183,3 +183,37 @@ def test_build_refuses_before_any_work(fake_dib, cli, tmp_path):
     assert not fake_dib.exists() and not (tmp_path / "out").exists()
     r = cli("build", tmp_path / "missing.yaml")
     assert r.code == 3 and "no such recipe file" in r.err
+
+
+def test_a_build_files_its_images_digests_so_publishing_it_reads_nothing_again(fake_dib, cli, tmp_path, monkeypatch):
+    """A build hashes every image it makes, for its record, in the parts an S3 upload needs too, and files those
+    digests where publish looks first (store/digest.py: remember): both the build that ran DIB and a build served
+    from the build cache. Publishing the output then takes them from there: here with hashing made impossible."""
+    from imagectl.store import digest as digest_mod
+
+    memo = tmp_path / "cache" / digest_mod.MEMO_DIR
+    out, again = tmp_path / "out", tmp_path / "again"
+    for where in (out, again):  # the second one is a build-cache hit (a fresh copy of the image: another inode)
+        r = cli("build", DEMO, "--arch", "x86_64", "--hypervisor", "hvm", "-o", where, "--json")
+        assert r.code == 0, r.err
+    assert json.loads(r.out)[0]["cached"] is True
+    image = "debian12-demo-x86_64.qcow2"
+    assert (out / image).stat().st_ino != (again / image).stat().st_ino
+    sha = json.loads((out / "debian12-demo-x86_64.build.json").read_text())["images"][0]["sha256"]
+
+    class NoHashing:
+        def __init__(self, *args: object) -> None:
+            raise AssertionError("the file was hashed again")
+
+    monkeypatch.setattr(digest_mod, "Hasher", NoHashing)
+    for where in (out, again):
+        for part_size in (digest_mod.UPLOAD_PART_SIZE, 0):  # an S3 catalogue's parts; a directory's whole file
+            got = digest_mod.file_digest(where / image, part_size=part_size, memo_dir=memo)
+            assert (got.sha256, got.size, got.part_size) == (sha, (where / image).stat().st_size, part_size)
+    cat, keys = tmp_path / "cat", tmp_path / "keys"
+    assert cli("catalogue", "init", cat, "--keys", keys).code == 0
+    r = cli("publish", "--from-build", again, "--catalogue", cat, "--keys", keys, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)[0]["sha256"] == sha
+    # the directory catalogue hashed the bytes it copied in (its own check), whatever the memo said
+    assert hashlib.sha256((cat / "blobs" / "sha256" / sha).read_bytes()).hexdigest() == sha

@@ -8,6 +8,7 @@ buffer afterwards, and the whole digest must really be taken off the calling thr
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imagectl.store import digest as digest_mod
-from imagectl.store.digest import SPLIT_MIN, Hasher, file_digest
+from imagectl.store.digest import SPLIT_MIN, Hasher, file_digest, remember
 
 PART = SPLIT_MIN  # parts as short as blocks that are split, so one example crosses many boundaries
 
@@ -96,3 +97,61 @@ def test_the_whole_digest_is_taken_on_another_thread_and_the_thread_ends(monkeyp
     assert threads["whole"] and me not in threads["whole"]
     monkeypatch.undo()
     assert got.sha256 == hashlib.sha256(image.read_bytes()).hexdigest()
+
+
+def _no_hashing(monkeypatch) -> None:
+    class NoHashing:
+        def __init__(self, *args: object) -> None:
+            raise AssertionError("the file was hashed")
+
+    monkeypatch.setattr(digest_mod, "Hasher", NoHashing)
+
+
+def test_a_remembered_digest_is_filed_for_its_parts_and_for_the_whole_file(monkeypatch, tmp_path) -> None:
+    image, memo = tmp_path / "image", tmp_path / "cache" / "file-digests"
+    image.write_bytes(b"y" * (2 * PART + 7))
+    digest = file_digest(image, part_size=PART)
+    assert remember(image, digest, memo) is True
+    assert oct(memo.stat().st_mode & 0o777) == oct(0o700) and oct(memo.parent.stat().st_mode & 0o777) == oct(0o700)
+    _no_hashing(monkeypatch)
+    assert file_digest(image, part_size=PART, memo_dir=memo) == digest
+    whole = file_digest(image, memo_dir=memo)
+    assert (whole.sha256, whole.size, whole.parts) == (digest.sha256, digest.size, ())
+
+
+def test_nothing_is_filed_for_a_file_changed_since_it_was_hashed(tmp_path) -> None:
+    image, memo = tmp_path / "image", tmp_path / "memo"
+    image.write_bytes(b"old bytes")
+    before = os.stat(image)
+    digest = file_digest(image)
+    image.write_bytes(b"new bytes")  # same size, written after the hash
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    assert remember(image, digest, memo, hashed=before) is False
+    assert not memo.exists() or not list(memo.iterdir())
+    assert file_digest(image, memo_dir=memo).sha256 == hashlib.sha256(b"new bytes").hexdigest()
+
+
+def test_a_memo_entry_that_is_a_symlink_is_neither_read_nor_written_through(monkeypatch, tmp_path) -> None:
+    image, memo, elsewhere = tmp_path / "image", tmp_path / "memo", tmp_path / "elsewhere"
+    image.write_bytes(b"z" * 100)
+    memo.mkdir(mode=0o700)
+    lie = f"{'0' * 64} 100\n"
+    elsewhere.write_text(lie)
+    entry = memo / digest_mod._memo_key(image, os.stat(image), 0)
+    entry.symlink_to(elsewhere)
+    got = file_digest(image, memo_dir=memo)  # the planted answer is not taken: the file is hashed
+    assert got.sha256 == hashlib.sha256(b"z" * 100).hexdigest()
+    assert elsewhere.read_text() == lie  # and the entry was replaced, not written through
+    assert not entry.is_symlink() and entry.read_text().split()[0] == got.sha256
+
+
+def test_a_damaged_or_outsized_memo_entry_is_ignored(tmp_path) -> None:
+    image, memo = tmp_path / "image", tmp_path / "memo"
+    image.write_bytes(b"w" * 100)
+    memo.mkdir(mode=0o700)
+    entry = memo / digest_mod._memo_key(image, os.stat(image), 0)
+    real = hashlib.sha256(b"w" * 100).hexdigest()
+    for body in (b"\xff\xfe", f"{'1' * 64} 99\n".encode(), f"{'2' * 64} 100 ".encode() + b"x" * digest_mod.MEMO_MAX):
+        entry.write_bytes(body)
+        assert file_digest(image, memo_dir=memo).sha256 == real
+        entry.unlink()

@@ -504,8 +504,12 @@ def publish_build(
     channel: str | None = None,
     fmt: str | None = None,
     version: str | None = None,
+    hash_memo: Path | None = None,
 ) -> list[PublishResult]:
     """Publish every image a build left in ``source`` (a build output directory or one ``*.build.json``).
+
+    ``hash_memo`` is where digests are remembered by file identity (:func:`file_digest`): the build filed its
+    images' there as it made them, so publishing them right after does not read them again.
 
     Name, arch, os, hypervisor and format come from the build record. All images of the build share one
     version: the record's (the recipe's ``version:``), ``version``, or one automatic version for all. The full
@@ -567,7 +571,7 @@ def publish_build(
         ).validated()  # a request refused leaves no blob behind: checked before the record and SBOM are stored
         for sha, blob in blobs.items():
             store.write_new(blob_key(sha), blob)
-        res = publish(store, keys, req, expiry_days)
+        res = publish(store, keys, req, expiry_days, hash_memo=hash_memo)
         shared = shared or res.record.version
         results.append(res)
     return results

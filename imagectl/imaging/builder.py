@@ -48,6 +48,7 @@ from imagectl.imaging.plan import BuildTarget, DibInvocation, check_host, plan_d
 from imagectl.recipe.model import Recipe
 from imagectl.recipe.schema import RecipeError
 from imagectl.runner import run, tool_version
+from imagectl.store.digest import MEMO_DIR, UPLOAD_PART_SIZE, FileDigest, Hasher, file_digest, remember
 from imagectl.urls import redact
 
 __all__ = [
@@ -316,8 +317,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         _copy(src, dst)
 
 
-def _cache_hit(cache: Path, images: list[Path], record_path: Path) -> bool:
-    """Copy a cached build to the output, verifying each image against the cached record's size and SHA-256."""
+def _cache_hit(cache: Path, images: list[Path], record_path: Path, memo_dir: Path) -> bool:
+    """Copy a cached build to the output, verifying each image against the cached record's size and SHA-256; the
+    digests taken while copying (whole and in upload parts) are filed for publish (:func:`remember`)."""
     try:
         record = json.loads((cache / "build.json").read_text())
         want = {i["file"]: (str(i["sha256"]), i.get("size")) for i in record["images"]}
@@ -326,7 +328,11 @@ def _cache_hit(cache: Path, images: list[Path], record_path: Path) -> bool:
     for img in images:
         sha256, size = want.get(img.name, ("", None))
         try:
-            copy_verified(cache / img.name, img, sha256=sha256, size=size if isinstance(size, int) else None)
+            with Hasher(UPLOAD_PART_SIZE) as h:
+                copy_verified(
+                    cache / img.name, img, sha256=sha256, size=size if isinstance(size, int) else None, hasher=h
+                )
+            remember(img, h.result(), memo_dir)
         except ImageMismatchError:
             shutil.rmtree(cache, ignore_errors=True)  # a damaged entry is dropped, never served
             return False
@@ -355,7 +361,7 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
     images = [inv.output_base.with_suffix(f".{f}") for f in inv.formats]
     start = time.monotonic()
     if opts.write_cache and not opts.rebuild and (cache / "build.json").is_file():
-        if _cache_hit(cache, images, record_path):
+        if _cache_hit(cache, images, record_path, opts.cache_dir / MEMO_DIR):
             opts.progress(f"{t.basename}: identical build {key[:12]} found in the build cache; reused")
             return BuildOutput(t, images, record_path, True, time.monotonic() - start)
         opts.progress(f"{t.basename}: cached build {key[:12]} no longer matches its record; building again")
@@ -431,6 +437,14 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
         _make_reproducible(inv, ids, opts.source_date_epoch, log_file, progress)
     elif inv.raw_only:
         _convert(inv, inv.output_base.with_suffix(".raw"), log_file, progress, reproducible=False)
+    # Into the cache before hashing: the hard link changes each image's ctime, which names a remembered digest.
+    staging = opts.cache_dir / "builds" / f".{key}.tmp"
+    if opts.write_cache:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for img in images:
+            _link_or_copy(img, staging / img.name)
+    digests = _digests(images, opts.cache_dir / MEMO_DIR)
     finished = dt.datetime.now(dt.UTC).replace(microsecond=0)
     record = BuildRecord(
         target=Target(
@@ -453,7 +467,8 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
         seconds=int((finished - started).total_seconds()),
         packages=_packages(inv.output_base.with_suffix(".d") / "dib-manifests"),
         images=tuple(
-            ImageFile(img.name, img.suffix.lstrip("."), img.stat().st_size, sha256_file(img)) for img in images
+            ImageFile(img.name, img.suffix.lstrip("."), d.size, d.sha256)
+            for img, d in zip(images, digests, strict=True)
         ),
         log=log_file.name,
         package_cache=cache_record,  # what came from the package cache, what was downloaded (None: not used)
@@ -467,17 +482,24 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
     if not opts.write_cache:
         shutil.rmtree(opts.output / ".imagectl-work" / t.basename, ignore_errors=True)
         return BuildOutput(t, images, record_path, False, time.monotonic() - start)
-    # Into the cache last, and atomically per directory: a half-filled cache entry is never taken for a hit.
-    staging = opts.cache_dir / "builds" / f".{key}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for img in images:
-        _link_or_copy(img, staging / img.name)
+    # The cache entry is complete last, and atomically per directory: a half-filled one is never taken for a hit.
     (staging / "build.json").write_text(data)
     shutil.rmtree(cache, ignore_errors=True)
     os.replace(staging, cache)
     shutil.rmtree(opts.output / ".imagectl-work" / t.basename, ignore_errors=True)
     return BuildOutput(t, images, record_path, False, time.monotonic() - start)
+
+
+def _digests(images: list[Path], memo_dir: Path) -> list[FileDigest]:
+    """Each image's SHA-256 and size for its record, with the part digests an S3 upload needs, all in one read;
+    filed where publish looks for them (:func:`remember`), so publishing a fresh build does not read it again."""
+    out = []
+    for img in images:
+        before = os.stat(img)
+        digest = file_digest(img, part_size=UPLOAD_PART_SIZE)  # never from the memo: the record's own reading
+        remember(img, digest, memo_dir, hashed=before)
+        out.append(digest)
+    return out
 
 
 def _initramfs_report(path: Path | None) -> dict[str, Any] | None:

@@ -10,17 +10,29 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import contextlib
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagectl.errors import LocalIOError
+from imagectl.fsio import AtomicFile
 
-__all__ = ["FileChangedError", "FileDigest", "Hasher", "composite_checksum", "file_digest"]
+__all__ = [
+    "MEMO_DIR",
+    "UPLOAD_PART_SIZE",
+    "FileChangedError",
+    "FileDigest",
+    "Hasher",
+    "composite_checksum",
+    "file_digest",
+    "remember",
+]
 
 CHUNK = 4 << 20  # bytes per read: few hand-overs to the second hashing thread, little memory
+MEMO_DIR = "file-digests"  # under imagectl's cache directory: the digests remembered by file identity
+UPLOAD_PART_SIZE = 16 << 20  # the parts an S3 store uploads in (each with its SHA-256), and a build hashes in
 SPLIT_MIN = 256 << 10  # a block at least this long is hashed on two threads (shorter ones cost more to hand over)
 
 
@@ -106,6 +118,10 @@ class Hasher:
                 self._parts.append(self._part.hexdigest())
                 self._part, self._in_part = hashlib.sha256(), 0
 
+    def hexdigest(self) -> str:
+        """The whole stream's SHA-256 so far (hex), as ``hashlib`` says it."""
+        return self._whole.hexdigest()
+
     def result(self) -> FileDigest:
         parts = list(self._parts)
         if self.part_size and (self._in_part or not parts):
@@ -113,50 +129,95 @@ class Hasher:
         return FileDigest(self._whole.hexdigest(), self.size, self.part_size, tuple(parts))
 
 
-def _memo_key(path: str, st: os.stat_result, part_size: int) -> str:
+def _memo_key(path: str | Path, st: os.stat_result, part_size: int) -> str:
     ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{Path(path).resolve()}:{part_size}"
     return hashlib.sha256(ident.encode()).hexdigest()
 
 
+MEMO_MAX = 1 << 20  # bytes of one memo entry: a 64-hex digest per part, at most 10,000 parts
+
+
 def _read_memo(memo: Path, size: int, part_size: int) -> FileDigest | None:
+    """The digest remembered in ``memo`` for a file of ``size`` bytes, or None (absent, damaged, not ours): opened
+    without following a symlink, a regular file only, read at most MEMO_MAX bytes."""
     try:
-        with open(memo, encoding="ascii") as f:  # our own cache: small, written by _write_memo
-            words = f.read(1 << 20).split()
+        fd = os.open(memo, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        words = os.read(fd, MEMO_MAX + 1).decode("ascii").split()
         digest, remembered, parts = words[0], int(words[1]), tuple(words[2:])
     except (OSError, ValueError, IndexError, UnicodeDecodeError):
         return None
+    finally:
+        os.close(fd)
     want_parts = -(-size // part_size) if part_size else 0
     if len(digest) != 64 or remembered != size or len(parts) != max(want_parts, 1 if part_size else 0):
         return None
     return FileDigest(digest, size, part_size, parts)
 
 
-def file_digest(path: str, *, part_size: int = 0, memo_dir: Path | None = None) -> FileDigest:
+def remember(path: str | Path, digest: FileDigest, memo_dir: Path, *, hashed: os.stat_result | None = None) -> bool:
+    """File ``digest``, taken of ``path``'s bytes, in ``memo_dir`` under the file's identity now (see
+    :func:`file_digest`): for its part size and, when it has parts, for the whole file alone (what a directory
+    catalogue asks for). With ``hashed``, the file's ``stat`` from before it was hashed, nothing is filed if its
+    device, inode, size or mtime changed since (its ctime may have: a hard link or rename the caller made).
+
+    Why: ``imagectl build`` hashes every image it makes; filing that digest spares the publish that follows a
+    second read of a multi-GiB file. A wrong entry cannot put wrong bytes under a signed name (every store checks
+    the bytes it uploads against the digest); it can only make a publish of the file fail. Entries are written
+    whole or not at all (temp file and rename: a symlink planted there is replaced, not written through) in a
+    directory made private (0700). Returns whether the entry was filed; an unwritable memo is no error.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if hashed is not None and (
+        (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        != (hashed.st_dev, hashed.st_ino, hashed.st_size, hashed.st_mtime_ns)
+    ):
+        return False
+    if st.st_size != digest.size:
+        return False
+    body = (" ".join([digest.sha256, str(digest.size), *digest.parts]) + "\n").encode()
+    sizes = [digest.part_size] if not digest.part_size else [digest.part_size, 0]
+    try:
+        # the cache directory is private (0700) whoever makes it first: pull's hard links rely on it
+        memo_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        memo_dir.mkdir(mode=0o700, exist_ok=True)
+        for part_size in sizes:
+            entry = body if part_size else (f"{digest.sha256} {digest.size}\n").encode()
+            with AtomicFile(memo_dir / _memo_key(path, st, part_size), mode=0o600) as f:
+                f.write(entry)
+    except (OSError, LocalIOError):
+        return False
+    return True
+
+
+def file_digest(path: str | Path, *, part_size: int = 0, memo_dir: Path | None = None) -> FileDigest:
     """SHA-256, size and part digests of a local file, read once in 4 MiB blocks (the two kinds of digest on two
     threads: :class:`Hasher`).
 
     With ``memo_dir``, a digest is remembered under the file's identity (device, inode, size, mtime and ctime in
-    nanoseconds, and the part size): re-publishing the same unchanged file, the common CI retry, skips reading a
-    multi-GiB image again. Any write to the file changes its mtime/ctime and so misses the memo; and every store
-    checks the bytes it uploads against the digest anyway (:class:`FileChangedError`), so a stale memo can never
-    put wrong bytes under a signed name. Raises OSError when the file cannot be read.
+    nanoseconds, the resolved path and the part size): re-publishing the same unchanged file, the common CI retry,
+    skips reading a multi-GiB image again, and so does publishing an image ``imagectl build`` just made (it files
+    the digest it took: :func:`remember`). Any write to the file changes its mtime/ctime and so misses the memo;
+    and every store checks the bytes it uploads against the digest anyway (:class:`FileChangedError`), so a stale
+    memo can never put wrong bytes under a signed name. Raises OSError when the file cannot be read.
     """
-    memo: Path | None = None
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         if memo_dir is not None:
-            memo = memo_dir / _memo_key(path, st, part_size)
-            remembered = _read_memo(memo, st.st_size, part_size)
+            remembered = _read_memo(memo_dir / _memo_key(path, st, part_size), st.st_size, part_size)
             if remembered is not None:
                 return remembered
         with Hasher(part_size) as h:
             while block := f.read(CHUNK):
                 h.update(block)
     result = h.result()
-    if memo is not None:
-        with contextlib.suppress(OSError):
-            # the cache directory is private (0700) whoever makes it first: pull's hard links rely on it
-            memo.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            memo.parent.mkdir(mode=0o700, exist_ok=True)
-            memo.write_text(" ".join([result.sha256, str(result.size), *result.parts]) + "\n")
+    if memo_dir is not None:
+        remember(path, result, memo_dir, hashed=st)
     return result

@@ -52,7 +52,7 @@ from imagectl.store.base import (
     paced,
     pointer_target,
 )
-from imagectl.store.digest import FileChangedError, FileDigest, composite_checksum
+from imagectl.store.digest import UPLOAD_PART_SIZE, FileChangedError, FileDigest, composite_checksum
 
 __all__ = ["S3Stats", "S3Store", "TransferSettings"]
 
@@ -106,7 +106,7 @@ class TransferSettings:
     """How large files are uploaded (sizes in bytes)."""
 
     multipart_threshold: int = 64 << 20  # files at least this large go up in parts
-    part_size: int = 16 << 20  # size of each part (S3 allows 5 MiB..5 GiB, at most 10,000 parts)
+    part_size: int = UPLOAD_PART_SIZE  # size of each part (S3 allows 5 MiB..5 GiB, at most 10,000 parts)
     concurrency: int = 8  # parts in flight at once
 
 
