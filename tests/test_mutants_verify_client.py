@@ -215,6 +215,26 @@ def test_a_wrong_target_file_is_named_with_its_image(
     assert report(catalogue).problems == [f"{rec.path}: target file {key} has 10 bytes, signed length is {rec.size}"]
 
 
+def test_a_blob_longer_than_signed_is_read_only_a_chunk_past_its_length(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path]
+) -> None:
+    """A blob that grew (or a store that sends without end) is not read through: hashing stops one chunk past the
+    signed length (Store.hash_object), and the problem says it is longer, not by how much."""
+    publish(cli, catalogue, make_image(5_000))
+    (rec,) = load_state(catalogue.store).images("wn")
+    key = model.target_file_key(rec.path, rec.sha256)
+    (catalogue.dir / key).unlink()  # the target file no longer shares the blob's inode
+    (catalogue.dir / key).write_bytes(b"y" * rec.size)
+    blob = catalogue.dir / model.blob_key(rec.sha256)
+    with open(blob, "ab") as f:
+        f.truncate(64 << 20)  # 64 MiB where 5,000 bytes are signed
+    r = report(catalogue)
+    assert r.problems[0] == f"{rec.path}: blob {model.blob_key(rec.sha256)} has more than {rec.size} bytes, " + (
+        f"signed length is {rec.size}"
+    )
+    assert r.blob_bytes < 16 << 20  # this blob's 5,000 bytes and a chunk past them, the target file, the record
+
+
 def test_an_unreadable_mirror_file_is_a_problem(catalogue: Catalogue, tmp_path: Path) -> None:
     real = tmp_path / "mirror.json"
     real.write_text('{"names": [], "images": []}')

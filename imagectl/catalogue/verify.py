@@ -12,7 +12,6 @@ therefore silences nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -152,12 +151,8 @@ class _Verifier:
         """Hash the blob ``sha256`` names (or the file at ``key``), checking it against the signed ``size`` and
         ``sha256``."""
         key = key or blob_key(sha256)
-        h, n = hashlib.sha256(), 0
         try:
-            with self.store.open_range(key) as stream:
-                for chunk in stream.chunks:
-                    h.update(chunk)
-                    n += len(chunk)
+            n, got = self.store.hash_object(key, size)
         except ObjectMissingError:
             self.problem(f"{label}: {what} {key} is missing")
             return
@@ -166,9 +161,10 @@ class _Verifier:
             return
         self.report.blob_bytes += n
         if n != size:
-            self.problem(f"{label}: {what} {key} has {n} bytes, signed length is {size}")
-        elif h.hexdigest() != sha256:
-            self.problem(f"{label}: {what} {key} has sha256 {h.hexdigest()}, signed is {sha256}")
+            held = f"more than {size}" if n > size else str(n)
+            self.problem(f"{label}: {what} {key} has {held} bytes, signed length is {size}")
+        elif got != sha256:
+            self.problem(f"{label}: {what} {key} has sha256 {got}, signed is {sha256}")
 
     def image_blob(self, rec: ImageRecord) -> None:
         """The image's blob key: its bytes (a directory; an object store written before images were stored once),

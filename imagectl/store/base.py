@@ -311,6 +311,23 @@ class Store(abc.ABC):
                     keys.pop(0)
             yield stream
 
+    def hash_object(self, key: str, limit: int) -> tuple[int, str]:
+        """Read ``key`` from its first byte and hash it: ``(bytes read, their hex SHA-256)``. Reading stops once
+        more than ``limit`` bytes came, so a count over ``limit`` means "longer than that" and an object that grows
+        without end (or a server that never stops sending) costs at most ``limit`` + one chunk. Raises
+        ObjectMissingError when ``key`` is absent, DownloadError when the stream does not start at byte 0, and
+        what :meth:`open_range` raises."""
+        h, n = hashlib.sha256(), 0
+        with self.open_range(key) as stream:
+            if stream.offset != 0:
+                raise DownloadError(f"{key}: the store answered from byte {stream.offset}, not from the start")
+            for chunk in stream.chunks:
+                n += len(chunk)
+                if n > limit:
+                    break
+                h.update(chunk)
+        return n, h.hexdigest()
+
     #: whether this store keeps an image once, at its target file, with only a pointer at its blob key (object
     #: stores, which have no hard links: catalogue/README.md §6); a directory keeps the blob and links the
     #: target file to it

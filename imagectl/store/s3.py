@@ -643,16 +643,7 @@ class S3Store(Store):
         checksum = str(head.get("ChecksumSHA256") or "")
         if checksum and "-" not in checksum:
             return True  # the server's whole-object checksum is the image's
-        h, n = hashlib.sha256(), 0
-        with self.open_range(key) as stream:
-            if stream.offset != 0:
-                return False
-            for chunk in stream.chunks:
-                n += len(chunk)
-                if n > size:
-                    return False
-                h.update(chunk)
-        return n == size and h.hexdigest() == sha256
+        return self.hash_object(key, size) == (size, sha256)
 
     def _source(self, blob: str) -> tuple[str, dict[str, Any]] | None:
         """The stored copy of the blob's bytes, as ``(key, head)``: the blob itself (a catalogue written before
