@@ -13,6 +13,7 @@ from imagectl.store import open_store
 from tests.conftest import EXPIRY, sha256
 from tests.s3server import S3Server
 from tests.test_concurrency import run_publishers
+from tests.test_schema import assert_valid
 
 pytestmark = pytest.mark.s3
 
@@ -357,6 +358,7 @@ def test_upgrade_one_copy_keeps_a_blob_whose_target_file_is_damaged(s3cat, cli, 
     r = cli("catalogue", "upgrade", url, "--one-copy", "--json")
     out = json.loads(r.out)
     assert r.code == 15 and out["pointers"] == [blob_key(good)] and out["freed_bytes"] == len(held[good]), r.out
+    assert_valid("upgrade-result", out, "catalogue upgrade --one-copy")
     assert out["problems"] == [
         f"{blob_key(bad)}: {bad_key} does not hold the image's {len(held[bad])} bytes of sha256 {bad[:12]}…: "
         f"{blob_key(bad)} is kept"

@@ -8,6 +8,7 @@ agree with the identifier rules of ``imagectl.catalogue.model``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ SCHEMAS = (
     "plan",
     "targets-extension",
     "build-record",  # validated against real records in tests/test_buildrecord.py
+    "upgrade-result",  # with pointers made on S3: tests/test_s3_catalogue.py
 )
 Doc = dict[str, Any]
 
@@ -305,6 +307,39 @@ def test_plan_json_validates(cli: Callable[..., CliResult]) -> None:
     assert not validator("plan").is_valid({"entries": [{**doc["entries"][0], "job": "Debian12"}]})
 
 
+def test_upgrade_json_validates(populated: Populated, cli: Callable[..., CliResult]) -> None:
+    """catalogue upgrade --json of a catalogue from before target files: files made, one image whose blob is
+    gone reported (exit 15), and the run after, which finds them present."""
+    cat = populated.cat
+    targets = sorted(p for p in (cat.dir / "targets").rglob("*") if p.is_file())
+    for p in targets:
+        p.unlink()
+    lost = targets[0].name.split(".", 1)[0]
+    (cat.dir / "blobs" / "sha256" / lost).unlink()
+    r = cli("catalogue", "upgrade", cat.dir, "--one-copy", "--json")
+    assert r.code == 15, r.err
+    doc = json.loads(r.out)
+    assert_valid("upgrade-result", doc, "catalogue upgrade (problems)")
+    assert doc["ok"] is False and doc["problems"] and doc["created"] and doc["pointers"] == []
+    again = json.loads(cli("catalogue", "upgrade", cat.dir, "--json").out)
+    assert_valid("upgrade-result", again, "catalogue upgrade (again)")
+    assert again["created"] == [] and again["present"] == len(doc["created"])
+
+
+def test_the_json_examples_of_the_spec_validate() -> None:
+    """catalogue/README.md §11 shows an example of each CLI document: each one validates against the schema its
+    paragraph links (an array against its element schema, element by element)."""
+    text = (SCHEMA_DIR.parent / "README.md").read_text()
+    section = text[text.index("\n## 11. ") : text.index("\n## 12. ")]
+    link, block = r"\(schema/([a-z-]+)\.schema\.json\)", r"(?:(?!\(schema/).)*?```json\n(.*?)\n```"
+    found = re.findall(link + block, section, flags=re.S)
+    assert [name for name, _ in found] == ["pull-result", "list-entry", "show", "upgrade-result"]
+    for name, body in found:
+        doc = json.loads(body)
+        for one in doc if isinstance(doc, list) else [doc]:
+            assert_valid(name, one, f"catalogue/README.md §11, {name}")
+
+
 # -- malformed documents are refused -----------------------------------------------------------------------------
 TS = "2026-11-25T15:02:03Z"
 HEX = "ec829685b10d28841f98cae7a11fed92cb7cfab018b06efb23faec015c87fd8b"
@@ -410,7 +445,28 @@ def revoked(**fields: Any) -> Callable[[Doc], Doc]:
     return lambda d: {**d, "revoked": {"6.3": {**d["revoked"]["6.3"], **fields}}}
 
 
+UPGRADE: Doc = {
+    "ok": True,
+    "created": [f"targets/slc6-wn/6.1/x86_64/{HEX}.slc6-wn-6.1-x86_64.qcow2"],
+    "present": 2,
+    "problems": [],
+    "pointers": [f"blobs/sha256/{HEX}"],
+    "freed_bytes": 300_000,
+}
+
+
+def upgrade(**fields: Any) -> Callable[[Doc], Doc]:
+    return lambda d: {k: v for k, v in {**d, **fields}.items() if v is not ...}
+
+
 BAD = [
+    ("upgrade-result", UPGRADE, upgrade(ok=...), "without ok"),
+    ("upgrade-result", UPGRADE, upgrade(freed_bytes=-1), "negative bytes"),
+    ("upgrade-result", UPGRADE, upgrade(present="2"), "count as a string"),
+    ("upgrade-result", UPGRADE, upgrade(created=[f"blobs/sha256/{HEX}"]), "a blob among target files"),
+    ("upgrade-result", UPGRADE, upgrade(pointers=[f"blobs/sha256/{HEX[:-1]}"]), "a short blob key"),
+    ("upgrade-result", UPGRADE, upgrade(problems=["two\nlines"]), "a problem on two lines"),
+    ("upgrade-result", UPGRADE, upgrade(extra=1), "unknown member"),
     ("image-custom", CUSTOM, put("arch", "sparc64"), "unknown arch"),
     ("image-custom", CUSTOM, put("format", "ova"), "unknown format"),
     ("image-custom", CUSTOM, put("hypervisor", "kvm"), "unknown hypervisor"),
