@@ -15,6 +15,9 @@ creates a bucket and writes an N MiB incompressible image (default 1 GiB), then 
    new-file publish / aws s3 cp (target <= 1.0), and the others for comparison;
 2. re-publish of the identical bytes under a new version: CLI wall time (target < 2 s) and, in-process through
    the library, the image bytes sent (target 0: a server-side copy) and the metadata bytes sent;
+   2b. ``imagectl catalogue upgrade --one-copy`` after the blob key is given the image's bytes again (the layout
+   before one copy per image): it reads a target file through and hashes it (SeaweedFS keeps no whole-object
+   checksum), then makes the blob a pointer; against ``aws s3 cp`` of that target file to ``-`` (/dev/null);
 3. growth: two catalogues whose image role already holds 10 and 5,000 versions of one name (signed in one commit
    by the library, all pointing at one small blob), then real ``imagectl publish`` runs of a new 1 MiB image into
    each, alternating; ratio 5,000 / 10 (target <= 1.5) and the image role's file size;
@@ -61,7 +64,15 @@ from tuf.api.metadata import Metadata  # noqa: E402
 
 from imagectl.catalogue.keys import KeyRing  # noqa: E402
 from imagectl.catalogue.metadata import TARGETS_MAX  # noqa: E402
-from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, role_for, target_path, utcnow  # noqa: E402
+from imagectl.catalogue.model import (  # noqa: E402
+    METADATA,
+    ImageRecord,
+    blob_key,
+    role_for,
+    target_file_key,
+    target_path,
+    utcnow,
+)
 from imagectl.catalogue.publish import PublishRequest, publish  # noqa: E402
 from imagectl.catalogue.state import (  # noqa: E402
     CatalogueState,
@@ -142,10 +153,11 @@ class Child:
     rc: int
 
 
-def run_child(cmd: list[str], tmp: Path, env: dict[str, str], *, check: bool = True) -> Child:
-    """Run ``cmd`` to completion; its wall time from spawn to reap (interpreter start-up included)."""
+def run_child(cmd: list[str], tmp: Path, env: dict[str, str], *, check: bool = True, discard: bool = False) -> Child:
+    """Run ``cmd`` to completion; its wall time from spawn to reap (interpreter start-up included). ``discard``:
+    its stdout goes to /dev/null (a download to ``-``), not to a file read back."""
     out_path, err_path = tmp / "child.out", tmp / "child.err"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+    with open(os.devnull if discard else out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
@@ -161,7 +173,7 @@ def run_child(cmd: list[str], tmp: Path, env: dict[str, str], *, check: bool = T
     if check and rc != 0:
         tail = err_path.read_text(errors="replace")[-800:].strip()
         raise RuntimeError(f"{' '.join(cmd)} exited with {rc}: {tail}")
-    return Child(seconds, out_path.read_text(errors="replace"), rc)
+    return Child(seconds, "" if discard else out_path.read_text(errors="replace"), rc)
 
 
 @dataclass
@@ -248,6 +260,34 @@ class Bench:
         if not out["created"] or out["uploaded"]:
             raise RuntimeError(f"re-publish did not add a version without uploading: {out}")
         return child.seconds
+
+    # catalogue upgrade --one-copy --------------------------------------------------------------------------
+    def old_blob(self) -> None:
+        """Give the image's blob key its full bytes again, as an imagectl before one copy per image left it."""
+        self.client.upload_file(str(self.image), self.bucket, f"cat/{blob_key(self.sha256)}")
+        if self.store("cat").pointer(blob_key(self.sha256)) is not None:
+            raise RuntimeError("the blob key is still a pointer after uploading the image to it")
+
+    def upgrade_one_copy(self) -> float:
+        """``imagectl catalogue upgrade --one-copy`` of the catalogue, whose blob holds a second copy: it reads a
+        target file of the image through (SeaweedFS keeps no whole-object checksum) and makes the blob a
+        pointer. The blob is made a full copy again first (not timed)."""
+        self.old_blob()
+        child = run_child(
+            [*self.imagectl, "catalogue", "upgrade", self.url("cat"), "--one-copy", "--json"], self.tmp, self.env
+        )
+        out = json.loads(child.stdout)
+        if out["pointers"] != [blob_key(self.sha256)] or out["freed_bytes"] != self.size_mib * MIB:
+            raise RuntimeError(f"catalogue upgrade --one-copy did not free the blob: {out}")
+        return child.seconds
+
+    def aws_read(self) -> float:
+        """``aws s3 cp`` of the target file the upgrade reads, to stdout (/dev/null): the same GiB downloaded."""
+        key = f"cat/{target_file_key(target_path(BIG, '1', ARCH, FMT), self.sha256)}"  # the warm-up's version
+        if self.size_of(key) != self.size_mib * MIB:
+            raise RuntimeError(f"{key} is not the image's target file")
+        cmd = [*self.aws, "s3", "cp", "--only-show-errors", f"s3://{self.bucket}/{key}", "-"]
+        return run_child(cmd, self.tmp, self.env, discard=True).seconds
 
     def republish_library(self) -> dict[str, Any]:
         """``publish()`` in-process; bytes sent split into image bytes (inside store_image: the target file and
@@ -503,7 +543,7 @@ def med(xs: list[float]) -> float:
 
 
 def summarise(args: argparse.Namespace, b: Bench, parts: dict[str, Any]) -> dict[str, Any]:
-    up, rep, grow = parts["upload"], parts["republish"], parts["growth"]
+    up, rep, grow, one = parts["upload"], parts["republish"], parts["growth"], parts["one_copy"]
     pub_med, s3_med, aws_med = med(up["imagectl publish"]), med(up["s3cmd put"]), med(up["aws s3 cp"])
     memo_med = med(up["imagectl publish, digests remembered"])
     few_med, many_med = med(grow["few"]), med(grow["many"])
@@ -542,6 +582,13 @@ def summarise(args: argparse.Namespace, b: Bench, parts: dict[str, Any]) -> dict
             "blob_bytes_target": REPUBLISH_BYTES_TARGET,
             "blob_bytes_within_target": rep["library"]["blob_bytes_sent"] == REPUBLISH_BYTES_TARGET,
         },
+        "one_copy": {
+            "upgrade_median_s": med(one["upgrade --one-copy"]),
+            "upgrade_runs_s": [round(x, 4) for x in one["upgrade --one-copy"]],
+            "aws_read_median_s": med(one["aws read"]),
+            "aws_read_runs_s": [round(x, 4) for x in one["aws read"]],
+            "ratio_upgrade_over_aws_read": round(med(one["upgrade --one-copy"]) / med(one["aws read"]), 3),
+        },
         "growth": {
             "few_versions": args.few,
             "many_versions": args.versions,
@@ -565,7 +612,7 @@ def summarise(args: argparse.Namespace, b: Bench, parts: dict[str, Any]) -> dict
 
 def report(s: dict[str, Any]) -> str:
     ok = {True: "ok", False: "OVER TARGET"}
-    u, r, g = s["upload"], s["republish"], s["growth"]
+    u, r, g, o = s["upload"], s["republish"], s["growth"], s["one_copy"]
     lib = r["library"]
     sm, sf = g["seeded_many"], g["seeded_few"]
 
@@ -595,6 +642,11 @@ def report(s: dict[str, Any]) -> str:
         f"  library publish(): {lib['seconds']:.3f} s, blob bytes sent {lib['blob_bytes_sent']}"
         f" (target {r['blob_bytes_target']}: {ok[r['blob_bytes_within_target']]}),"
         f" metadata bytes sent {lib['metadata_bytes_sent']}, uploaded={lib['uploaded']}",
+        "2b. catalogue upgrade --one-copy of the image's second copy (a target file read through and hashed)",
+        f"  upgrade --one-copy median {o['upgrade_median_s']:8.3f} s   runs: {runs(o['upgrade_runs_s'])}",
+        f"  aws s3 cp KEY -    median {o['aws_read_median_s']:8.3f} s   runs: {runs(o['aws_read_runs_s'])}"
+        "   (the same target file downloaded to /dev/null)",
+        f"  ratio upgrade / aws read: {o['ratio_upgrade_over_aws_read']:.3f}   (no target)",
         f"3. publish of a new {g['new_image_mib']} MiB image with {g['few_versions']} vs {g['many_versions']} versions "
         f"of the name already present ({g['runs']} runs each after one warm-up)",
         f"  {g['few_versions']:>5} versions     median {g['few_median_s']:8.3f} s   runs: {runs(g['few_runs_s'])}",
@@ -693,6 +745,8 @@ def run(args: argparse.Namespace, tmp: Path, s3cmd: str, aws: str) -> dict[str, 
         log(f"re-publish CLI runs: {', '.join(f'{x:.3f}' for x in cli)} s")
         parts["republish"] = {"cli_s": cli, "library": b.republish_library()}
         log(f"re-publish in-process: {parts['republish']['library']}")
+        log("2b. catalogue upgrade --one-copy (the blob a full copy again) vs aws s3 cp of the target file to -")
+        parts["one_copy"] = alternate(args.rounds, ("upgrade --one-copy", b.upgrade_one_copy), ("aws read", b.aws_read))
         image.unlink()  # 1 GiB less on disk from here on
 
         log(f"3. growth: seeding {args.few} and {args.versions} versions")

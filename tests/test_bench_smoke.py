@@ -86,6 +86,7 @@ def test_publish_bench_runs_at_a_smoke_size(tmp_path: Path) -> None:
     up, rep, grow = s["upload"], s["republish"], s["growth"]
     assert up["publish_median_s"] > 0 and up["aws_median_s"] > 0 and up["s3cmd_median_s"] > 0
     assert up["remembered_median_s"] > 0 and up["ratio_remembered_over_aws"] > 0
+    assert s["one_copy"]["upgrade_median_s"] > 0 and s["one_copy"]["aws_read_median_s"] > 0
     assert rep["library"]["created"] is True and rep["library"]["uploaded"] is False  # a server-side copy
     assert rep["library"]["blob_bytes_sent"] == 0 and rep["library"]["metadata_bytes_sent"] > 0
     assert grow["many_versions"] == 600 and grow["many_median_s"] > 0 and grow["few_median_s"] > 0
