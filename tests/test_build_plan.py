@@ -318,11 +318,12 @@ def test_cache_hit_verifies_and_drops_damaged_entries(tmp_path):
     (cache / "x-x86_64.qcow2").write_bytes(data)
     record = {"images": [{"file": "x-x86_64.qcow2", "sha256": hashlib.sha256(data).hexdigest()}]}
     (cache / "build.json").write_text(json.dumps(record))
-    img, rec = out / "x-x86_64.qcow2", out / "x-x86_64.build.json"
-    assert _cache_hit(cache, [img], rec)
+    img, rec, memo = out / "x-x86_64.qcow2", out / "x-x86_64.build.json", tmp_path / "memo"
+    assert _cache_hit(cache, [img], rec, memo)
     assert img.read_bytes() == data and json.loads(rec.read_text()) == record
+    assert len(list(memo.iterdir())) == 2  # the copy's digests, for S3's parts and a directory's whole file
     (cache / "x-x86_64.qcow2").write_bytes(data[:-1] + b"!")  # e.g. someone booted the hard-linked output
     img.unlink()
-    assert not _cache_hit(cache, [img], rec)
-    assert not cache.exists() and not img.exists()
+    assert not _cache_hit(cache, [img], rec, memo)
+    assert not cache.exists() and not img.exists() and len(list(memo.iterdir())) == 2  # nothing filed for it
     assert list(out.glob(".*.tmp")) == []

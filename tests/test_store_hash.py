@@ -46,3 +46,30 @@ def test_a_missing_key_and_a_stream_from_elsewhere_are_errors(tmp_path, monkeypa
     monkeypatch.setattr(store, "open_range", from_byte_one)
     with pytest.raises(DownloadError, match=r"^k: the store answered from byte 1, not from the start$"):
         store.hash_object("k", 3)
+
+
+def test_a_large_object_hashed_beside_its_download_gives_the_same_digest(tmp_path, monkeypatch) -> None:
+    """Past HASH_AHEAD_MIN the chunks are hashed on a second thread, one behind the download: same digest, in
+    order, and the thread is gone afterwards; a limit reached midway still stops the read."""
+    import threading
+
+    from imagectl.store import base
+
+    body = hashlib.sha256(b"seed").digest() * ((base.HASH_AHEAD_MIN + 3 * CHUNK + 5) // 32)
+    (tmp_path / "large").write_bytes(body)
+    store = LocalStore(tmp_path)
+    seen: set[str] = set()
+    real = base._one_thread
+
+    @contextlib.contextmanager
+    def recording(name: str) -> Iterator[object]:
+        with real(name) as pool:
+            seen.add(name)
+            yield pool
+
+    monkeypatch.setattr(base, "_one_thread", recording)
+    before = threading.active_count()
+    assert store.hash_object("large", len(body)) == (len(body), hashlib.sha256(body).hexdigest())
+    assert seen == {"sha256"} and threading.active_count() == before
+    n, _ = store.hash_object("large", CHUNK + 1)
+    assert CHUNK + 1 < n <= 2 * CHUNK

@@ -163,6 +163,18 @@ def _outcome(call: Callable[[], T]) -> Outcome[T]:
         return Outcome(error=e)
 
 
+HASH_AHEAD_MIN = 8 << 20  # bytes: an object at least this large is hashed beside its download (hash_object)
+
+
+@contextlib.contextmanager
+def _one_thread(name: str) -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
 class Store(abc.ABC):
     """Where a catalogue's bytes live."""
 
@@ -318,14 +330,26 @@ class Store(abc.ABC):
         ObjectMissingError when ``key`` is absent, DownloadError when the stream does not start at byte 0, and
         what :meth:`open_range` raises."""
         h, n = hashlib.sha256(), 0
-        with self.open_range(key) as stream:
+        with contextlib.ExitStack() as stack:
+            stream = stack.enter_context(self.open_range(key))
             if stream.offset != 0:
                 raise DownloadError(f"{key}: the store answered from byte {stream.offset}, not from the start")
+            # A large object is hashed on a second thread while its next chunk is received (hashlib releases the
+            # GIL over long buffers); one chunk in flight, so memory stays at two chunks.
+            helper = None if (stream.total or 0) < HASH_AHEAD_MIN else stack.enter_context(_one_thread("sha256"))
+            pending: concurrent.futures.Future[None] | None = None
             for chunk in stream.chunks:
                 n += len(chunk)
                 if n > limit:
                     break
-                h.update(chunk)
+                if helper is None:
+                    h.update(chunk)
+                    continue
+                if pending is not None:
+                    pending.result()
+                pending = helper.submit(h.update, chunk)
+            if pending is not None:
+                pending.result()
         return n, h.hexdigest()
 
     #: whether this store keeps an image once, at its target file, with only a pointer at its blob key (object
