@@ -149,7 +149,8 @@ class Bench:
         that long before it is sent, as if the server were that far away (requests sent at once wait at once)."""
         store = self.store(prefix)
         if self.rtt:
-            store.client.meta.events.register("before-send.s3", lambda **_: time.sleep(self.rtt))
+            for client in store.clients():  # metadata requests, and the twin the image bytes go through
+                client.meta.events.register("before-send.s3", lambda **_: time.sleep(self.rtt))
         return store
 
     def catalogue(self, prefix: str, names: dict[str, int], *, target_files: bool = False) -> dict[str, Any]:

@@ -321,8 +321,15 @@ def _after_change(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.store import part_size_for
+    from imagectl.store.digest import MEMO_DIR, DigestAhead
+
+    ahead = None
+    if args.file and args.name and args.arch and not args.from_build and cfg.catalogue:
+        # The image is hashed while the rest is imported, the catalogue opened (boto3's import and client) and
+        # its state loaded: publish takes this digest when it is of the same file in the store's part size.
+        ahead = DigestAhead(args.file, part_size=part_size_for(cfg.catalogue), memo_dir=cfg.cache_path / MEMO_DIR)
     from imagectl.catalogue.publish import PublishRequest, publish, publish_build
-    from imagectl.store.digest import MEMO_DIR
 
     _before_change(args, cfg)
 
@@ -369,7 +376,7 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
         parent=args.parent,
     )
     store = _store(cfg)
-    res = publish(store, _keys(cfg), req, cfg.expiry_days(), hash_memo=cfg.cache_path / MEMO_DIR)
+    res = publish(store, _keys(cfg), req, cfg.expiry_days(), hash_memo=cfg.cache_path / MEMO_DIR, ahead=ahead)
     rec = res.record
     what = "published" if res.created else "already published (identical bytes; nothing changed)"
     emit(

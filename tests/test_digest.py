@@ -7,16 +7,20 @@ buffer afterwards, and the whole digest must really be taken off the calling thr
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import threading
 import time
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imagectl.store import digest as digest_mod
-from imagectl.store.digest import SPLIT_MIN, Hasher, file_digest, remember
+from imagectl.store.digest import SPLIT_MIN, DigestAhead, Hasher, file_digest, remember
 
 PART = SPLIT_MIN  # parts as short as blocks that are split, so one example crosses many boundaries
 
@@ -155,3 +159,65 @@ def test_a_damaged_or_outsized_memo_entry_is_ignored(tmp_path) -> None:
         entry.write_bytes(body)
         assert file_digest(image, memo_dir=memo).sha256 == real
         entry.unlink()
+
+
+# -- DigestAhead: publish hashes while it opens the catalogue and loads its state --------------------------------
+def test_digest_ahead_gives_the_digest_or_the_error_in_the_callers_thread(tmp_path) -> None:
+    image = tmp_path / "image"
+    image.write_bytes(b"z" * (3 * PART + 1))
+    ahead = DigestAhead(image, part_size=PART)
+    assert ahead.result() == file_digest(image, part_size=PART)
+    with pytest.raises(FileNotFoundError):
+        DigestAhead(tmp_path / "absent").result()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # no writer: an open that waited for one would never return
+    t0 = time.monotonic()
+    with pytest.raises(OSError, match="not a regular file") as e:
+        DigestAhead(fifo).result()
+    assert e.value.errno == errno.EINVAL and time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("kind", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+def test_cli_publish_hashes_the_image_once_before_it_opens_the_catalogue(
+    kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path, cli
+) -> None:
+    import uuid
+
+    import imagectl.store as store_pkg
+
+    if kind == "s3":
+        server = request.getfixturevalue("aws_env")
+        location = f"s3://{server.shared_bucket()}/{uuid.uuid4().hex}/cat"
+    else:
+        location = str(tmp_path / "cat")
+    keys = tmp_path / "keys"
+    assert cli("catalogue", "init", location, "--keys", keys).code == 0
+    image = tmp_path / "image.raw"
+    image.write_bytes(os.urandom(3 * PART))
+    monkeypatch.setenv("IMAGECTL_CACHE_DIR", str(tmp_path / "cache"))
+
+    steps: list[str] = []
+    hashed: list[tuple[str, int]] = []
+    real_digest, real_open = digest_mod.file_digest, store_pkg.open_store
+
+    class Recorded(DigestAhead):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            steps.append("hashing started")
+            super().__init__(*args, **kw)
+
+    def counted(path: Any, **kw: Any) -> Any:
+        hashed.append((threading.current_thread().name, kw.get("part_size", 0)))
+        return real_digest(path, **kw)
+
+    def opened(*args: Any, **kw: Any) -> Any:
+        steps.append("catalogue opened")
+        return real_open(*args, **kw)
+
+    monkeypatch.setattr(digest_mod, "DigestAhead", Recorded)
+    monkeypatch.setattr(digest_mod, "file_digest", counted)
+    monkeypatch.setattr(store_pkg, "open_store", opened)
+    r = cli("publish", image, "--catalogue", location, "--keys", keys, "--name", "n", "--arch", "x86_64", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert steps == ["hashing started", "catalogue opened"]
+    assert hashed == [("digest-ahead", digest_mod.UPLOAD_PART_SIZE if kind == "s3" else 0)]  # once, ahead

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import requests
 
-from imagectl.catalogue import publish as publish_mod
 from imagectl.catalogue.keys import KeyRing
 from imagectl.catalogue.model import ImageRecord, blob_key, target_file_key
 from imagectl.catalogue.publish import PublishRequest, init_catalogue, publish, publish_build
@@ -23,6 +22,7 @@ from imagectl.catalogue.state import CatalogueState, load_state
 from imagectl.catalogue.verify import verify_catalogue
 from imagectl.errors import ImagectlError, InvalidInputError
 from imagectl.store import Store
+from imagectl.store import digest as digest_mod
 from imagectl.store.digest import FileChangedError, file_digest
 from imagectl.store.local import LocalStore
 from imagectl.store.s3 import S3Store, TransferSettings
@@ -56,14 +56,14 @@ def stored(store: Store, rec: ImageRecord) -> bytes:
 
 def after_hashing(monkeypatch: pytest.MonkeyPatch, change: Callable[[Path], None]) -> None:
     """Make the file change right after publish has hashed it, as a build still writing it would."""
-    real = publish_mod.file_digest
+    real = digest_mod.file_digest
 
     def hashed_then_changed(path: str, **kw: Any) -> Any:
         digest = real(path, **kw)
         change(Path(path))
         return digest
 
-    monkeypatch.setattr(publish_mod, "file_digest", hashed_then_changed)
+    monkeypatch.setattr(digest_mod, "file_digest", hashed_then_changed)  # what publish's DigestAhead calls
 
 
 # -- item 2: publish uploads exactly the bytes it hashed ----------------------------------------------------------

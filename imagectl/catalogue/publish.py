@@ -39,7 +39,7 @@ from imagectl.errors import (
 )
 from imagectl.fsio import describe_mode, read_regular
 from imagectl.store import Store
-from imagectl.store.digest import file_digest
+from imagectl.store.digest import DigestAhead
 from imagectl.urls import safe_url
 
 __all__ = ["PublishRequest", "PublishResult", "deprecate", "init_catalogue", "promote", "publish"]
@@ -250,8 +250,12 @@ def publish(
     *,
     today: dt.date | None = None,
     hash_memo: Path | None = None,
+    ahead: DigestAhead | None = None,
 ) -> PublishResult:
     """Publish one image file as NAME:VERSION for ARCH; identical re-publication is a no-op.
+
+    The file is hashed on a thread of its own while the catalogue's state loads; ``ahead``: a hashing of
+    ``req.file`` the caller started earlier (used when it is of this file, in this store's part size).
 
     Raises ConflictError when the version exists with other bytes, RevokedError for a revoked version,
     LocalIOError when the file cannot be read.
@@ -261,7 +265,22 @@ def publish(
         if not Path(req.file).is_file():
             raise LocalIOError(f"{req.file} is not a file")
         fmt = req.format or detect_format(req.file)
-        digest = file_digest(req.file, part_size=store.part_size, memo_dir=hash_memo)
+    except OSError as e:
+        raise LocalIOError(f"cannot read {req.file}: {e.strerror}") from None
+    if ahead is None or (ahead.path, ahead.part_size) != (req.file, store.part_size):
+        ahead = DigestAhead(req.file, part_size=store.part_size, memo_dir=hash_memo)
+
+    # Check before uploading, so a doomed publish sends no bytes; the commit checks again, where it counts, and
+    # starts from this same verified state (no second load of a role that may hold thousands of versions).
+    # What the checks and the commit read of the name is fetched with targets.json (one round of requests on S3).
+    want = Want(
+        req.name,
+        paths=() if req.version is None else (target_path(req.name, req.version, req.arch, fmt),),
+        listing=None if req.version is None else (req.version, req.arch),
+    )
+    prechecked = load_state(store, want=want) if req.version is not None or req.channel is not None else None
+    try:
+        digest = ahead.result()
     except OSError as e:
         raise LocalIOError(f"cannot read {req.file}: {e.strerror}") from None
     sha256, size = digest.sha256, digest.size
@@ -303,15 +322,6 @@ def publish(
                 )
         return old
 
-    # Check before uploading, so a doomed publish sends no bytes; the commit checks again, where it counts, and
-    # starts from this same verified state (no second load of a role that may hold thousands of versions).
-    # What the checks and the commit read of the name is fetched with targets.json (one round of requests on S3).
-    want = Want(
-        req.name,
-        paths=() if req.version is None else (target_path(req.name, req.version, req.arch, fmt),),
-        listing=None if req.version is None else (req.version, req.arch),
-    )
-    prechecked = load_state(store, want=want) if req.version is not None or req.channel is not None else None
     old_pre = check(prechecked, req.version) if prechecked is not None and req.version is not None else None
     if prechecked is not None and req.channel is not None and is_protected(prechecked, req.channel):
         # Refused before any byte is sent; the commit checks again against the state it signs.

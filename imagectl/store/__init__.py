@@ -8,7 +8,15 @@ from pathlib import Path
 from imagectl.errors import InvalidInputError
 from imagectl.store.base import MIN_RATE, ObjectMissingError, ObjectTooLargeError, Pace, RangeStream, Store
 
-__all__ = ["ObjectMissingError", "ObjectTooLargeError", "RangeStream", "Store", "open_store"]
+__all__ = ["ObjectMissingError", "ObjectTooLargeError", "RangeStream", "Store", "open_store", "part_size_for"]
+
+
+def part_size_for(location: str) -> int:
+    """The part size the store at ``location`` uploads images in, each part with its own SHA-256 (S3), or 0 (a
+    directory takes the whole file); told without opening the store, so a publish can start hashing first."""
+    from imagectl.store.digest import UPLOAD_PART_SIZE
+
+    return UPLOAD_PART_SIZE if urllib.parse.urlsplit(location).scheme == "s3" else 0
 
 
 def open_store(location: str, *, timeout: float = 30.0, retries: int = 3, min_rate: float = MIN_RATE) -> Store:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import errno
 import hashlib
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from imagectl.fsio import AtomicFile
 __all__ = [
     "MEMO_DIR",
     "UPLOAD_PART_SIZE",
+    "DigestAhead",
     "FileChangedError",
     "FileDigest",
     "Hasher",
@@ -206,10 +209,14 @@ def file_digest(path: str | Path, *, part_size: int = 0, memo_dir: Path | None =
     skips reading a multi-GiB image again, and so does publishing an image ``imagectl build`` just made (it files
     the digest it took: :func:`remember`). Any write to the file changes its mtime/ctime and so misses the memo;
     and every store checks the bytes it uploads against the digest anyway (:class:`FileChangedError`), so a stale
-    memo can never put wrong bytes under a signed name. Raises OSError when the file cannot be read.
+    memo can never put wrong bytes under a signed name. Raises OSError when the file cannot be read or is not a
+    regular file.
     """
-    with open(path, "rb") as f:
+    # O_NONBLOCK: a FIFO put where the file was is refused, not waited on (no effect on a regular file's reads)
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
         st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         if memo_dir is not None:
             remembered = _read_memo(memo_dir / _memo_key(path, st, part_size), st.st_size, part_size)
             if remembered is not None:
@@ -221,3 +228,34 @@ def file_digest(path: str | Path, *, part_size: int = 0, memo_dir: Path | None =
     if memo_dir is not None:
         remember(path, result, memo_dir, hashed=st)
     return result
+
+
+class DigestAhead:
+    """:func:`file_digest` of a file, started now on a thread of its own; :meth:`result` waits for it.
+
+    Publish hashes its image while it does what does not need the digest: the CLI starts this before it opens the
+    catalogue (boto3's import and client cost ~0.25 s), publish loads the catalogue's state meanwhile. The thread
+    is a daemon: a command that fails before it needs the digest exits without waiting for the hashing.
+    """
+
+    def __init__(self, path: str | Path, *, part_size: int = 0, memo_dir: Path | None = None) -> None:
+        self.path, self.part_size, self.memo_dir = str(path), part_size, memo_dir
+        self._done = threading.Event()
+        self._result: FileDigest | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, name="digest-ahead", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._result = file_digest(self.path, part_size=self.part_size, memo_dir=self.memo_dir)
+        except Exception as e:  # noqa: BLE001 - raised again, in the caller's thread, by result()
+            self._error = e
+        finally:
+            self._done.set()
+
+    def result(self) -> FileDigest:
+        """The digest, or the OSError reading the file raised."""
+        self._done.wait()
+        if self._result is None:
+            raise self._error or RuntimeError(f"hashing {self.path} stopped")
+        return self._result

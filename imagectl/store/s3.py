@@ -20,7 +20,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,7 +224,15 @@ class S3Store(Store):
         self.pace = Pace(window=max(timeout, 1.0))
         self.stats = S3Stats()
         self.list_page_size = 1000  # keys per ListObjectsV2 request (the S3 maximum)
-        self.client = client if client is not None else _make_client(timeout, retries, self.transfer.concurrency)
+        self.client: Any = client
+        self._make_twin: Callable[[], Any] | None = None  # builds the unsigned twin; None: no twin
+        if client is None:
+            self.client, self._make_twin = _make_client(timeout, retries, self.transfer.concurrency)
+        self._twin: Any = None
+        self._twin_lock = threading.Lock()
+        # Whether this server confirms the SHA-256 checksums of image bytes sent without a signed payload hash
+        # (see _send_checked): None until it answers the first, then True, or False for "sign every payload".
+        self.unsigned_payloads: bool | None = None if client is None else False
         self.endpoint = safe_url(self.client.meta.endpoint_url)
         members = self.client.meta.service_model.operation_model("PutObject").input_shape.members
         self._native_conditions = "IfMatch" in members and "IfNoneMatch" in members
@@ -545,7 +553,7 @@ class S3Store(Store):
         args = {"Bucket": self.bucket, "Key": self._key(key), "Body": data, "ContentType": _content_type(key)}
         with self._boundary("upload", key):
             try:
-                self.client.put_object(**args, ChecksumSHA256=digest.sha256_b64)
+                self._send_checked("put_object", lambda: args, digest.sha256_b64)
             except botocore.exceptions.ClientError as e:
                 if e.response.get("Error", {}).get("Code") == "BadDigest":
                     raise _changed(path, digest, "the server received other bytes") from None
@@ -564,16 +572,16 @@ class S3Store(Store):
 
         def send(index: int) -> dict[str, Any]:
             offset = index * digest.part_size
-            body = _FileSlice(fd, offset, min(digest.part_size, digest.size - offset), self.stats)
-            resp = self.client.upload_part(
-                Bucket=self.bucket,
-                Key=full,
-                UploadId=upload_id,
-                PartNumber=index + 1,
-                Body=body,
-                ChecksumSHA256=digest.part_b64(index),
-            )
-            return {"PartNumber": index + 1, "ETag": resp["ETag"], "ChecksumSHA256": digest.part_b64(index)}
+            checksum = digest.part_b64(index)
+
+            def args() -> dict[str, Any]:  # a fresh view of the part for each attempt
+                body = _FileSlice(fd, offset, min(digest.part_size, digest.size - offset), self.stats)
+                return {"Bucket": self.bucket, "Key": full, "UploadId": upload_id, "PartNumber": index + 1} | {
+                    "Body": body
+                }
+
+            resp = self._send_checked("upload_part", args, checksum)
+            return {"PartNumber": index + 1, "ETag": resp["ETag"], "ChecksumSHA256": checksum}
 
         try:
             with self._boundary("upload", key):
@@ -595,6 +603,48 @@ class S3Store(Store):
             with contextlib.suppress(Exception):  # the upload failed already; gc aborts what this leaves
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
             raise
+
+    def _send_checked(self, op: str, args: Callable[[], dict[str, Any]], checksum: str) -> dict[str, Any]:
+        """``put_object`` or ``upload_part`` of image bytes whose SHA-256 is ``checksum`` (base64), sent in the
+        signed ``x-amz-checksum-sha256`` header.
+
+        That header binds the body: the server must refuse other bytes (``BadDigest``). So SigV4's own payload
+        hash, which botocore computes over every byte on plain ``http://`` endpoints (a second SHA-256 pass of
+        the image on the client, checked again by the server), adds nothing; the body goes as ``UNSIGNED-PAYLOAD``
+        (botocore does the same on ``https://``). Only while the server keeps its side of that bargain: its
+        answer must give the same checksum back (AWS, SeaweedFS, MinIO and Ceph do). An answer without it, or a
+        refusal of an unsigned payload, makes this store sign every payload from then on, and the body is sent
+        again, signed.
+        """
+        if self.unsigned_payloads is not False:
+            try:
+                resp: dict[str, Any] = getattr(self._unsigned_client(), op)(**args(), ChecksumSHA256=checksum)
+            except botocore.exceptions.ClientError as e:
+                if self.unsigned_payloads or e.response.get("Error", {}).get("Code") == "BadDigest":
+                    raise
+                self.unsigned_payloads = False  # e.g. a server that wants every payload hashed
+            else:
+                if resp.get("ChecksumSHA256") == checksum:
+                    self.unsigned_payloads = True
+                    return resp
+                self.unsigned_payloads = False  # no word that it checked the checksum: send these bytes signed
+        return dict(getattr(self.client, op)(**args(), ChecksumSHA256=checksum))
+
+    def clients(self) -> tuple[Any, ...]:
+        """Every boto3 client this store sends requests through (for tools that watch or delay its requests):
+        :attr:`client`, and the twin image bytes go through (built now if this store has one)."""
+        return (self.client,) if self._make_twin is None else (self.client, self._unsigned_client())
+
+    def _unsigned_client(self) -> Any:
+        """A twin of :attr:`client` that sends request bodies as ``UNSIGNED-PAYLOAD`` (built once, on first use)."""
+        with self._twin_lock:
+            if self._twin is None:
+                assert self._make_twin is not None  # unsigned_payloads is False for a client given to __init__
+                self._twin = self._make_twin()
+                self._twin.meta.events.register(
+                    "after-call.s3.UploadPart", self._count_part, unique_id=f"imagectl-count-parts-{id(self)}"
+                )
+            return self._twin
 
     def _head(self, key: str) -> dict[str, Any] | None:
         with self._boundary("check", key):
@@ -778,16 +828,19 @@ class S3Store(Store):
             )
 
 
-def _make_client(timeout: float, retries: int, concurrency: int) -> Any:
-    """An S3 client from the standard AWS settings; path-style addressing unless the endpoint is AWS's own."""
+def _make_client(timeout: float, retries: int, concurrency: int) -> tuple[Any, Callable[[], Any]]:
+    """An S3 client from the standard AWS settings, path-style addressing unless the endpoint is AWS's own; and
+    a function that builds its twin that sends request bodies as ``UNSIGNED-PAYLOAD`` (S3Store._send_checked)."""
     try:
         session = boto3.session.Session()
     except botocore.exceptions.ProfileNotFound as e:
         raise KeyProblemError(f"AWS profile {e.kwargs.get('profile')!r} not found", hint=_CRED_HINT) from e
     region = os.environ.get("AWS_REGION") or session.region_name or _DEFAULT_REGION
 
-    def build(addressing: str | None) -> Any:
+    def build(addressing: str | None, sign_payloads: bool | None = None) -> Any:
         s3: dict[str, Any] = {"addressing_style": addressing} if addressing else {}
+        if sign_payloads is not None:  # None: botocore decides (it hashes every body on http://)
+            s3["payload_signing_enabled"] = sign_payloads
         config = botocore.config.Config(
             region_name=region,
             connect_timeout=timeout,
@@ -798,17 +851,17 @@ def _make_client(timeout: float, retries: int, concurrency: int) -> Any:
             signature_version="s3v4",  # also for presigned URLs, which botocore would otherwise sign with SigV2
             s3=s3,
         )
-        return session.client("s3", config=config)
+        try:
+            return session.client("s3", config=config)
+        except botocore.exceptions.BotoCoreError as e:
+            raise InvalidInputError(f"S3 client settings: {type(e).__name__}: {e}") from e
 
-    try:
-        client = build(None)
-        host = (client.meta.endpoint_url or "").split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-        if not (host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")):
-            # Other S3 servers (SeaweedFS, MinIO, Ceph on an IP or a single host name) need the bucket in the path.
-            client = build("path")
-    except botocore.exceptions.BotoCoreError as e:
-        raise InvalidInputError(f"S3 client settings: {type(e).__name__}: {e}") from e
-    return client
+    client, style = build(None), None
+    host = (client.meta.endpoint_url or "").split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    if not (host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")):
+        # Other S3 servers (SeaweedFS, MinIO, Ceph on an IP or a single host name) need the bucket in the path.
+        client, style = build("path"), "path"
+    return client, lambda: build(style, sign_payloads=False)
 
 
 def _no_expect_on_empty(request: Any, **kwargs: Any) -> None:
