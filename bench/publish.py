@@ -12,7 +12,8 @@ creates a bucket and writes an N MiB incompressible image (default 1 GiB), then 
    ``aws s3 cp IMAGE s3://BUCKET/aws-key`` (awscli from PyPI, its default 8 MiB parts and 10 threads: what S3
    users reach for; the main baseline) and ``s3cmd put IMAGE s3://BUCKET/other-key`` (Debian's s3cmd, 16 MiB
    multipart chunks), each object deleted before every run, in rotating order after one warm-up of each; ratio
-   new-file publish / aws s3 cp (target <= 1.0), and the others for comparison;
+   new-file publish / aws s3 cp (target <= 1.0), and the others for comparison; and the CPU seconds each
+   command used, and SeaweedFS used while it ran (on two shared cores, the client's CPU is the server's loss);
 2. re-publish of the identical bytes under a new version: CLI wall time (target < 2 s) and, in-process through
    the library, the image bytes sent (target 0: a server-side copy) and the metadata bytes sent;
    2b. ``imagectl catalogue upgrade --one-copy`` after the blob key is given the image's bytes again (the layout
@@ -42,6 +43,7 @@ import io
 import json
 import os
 import pstats
+import resource
 import shutil
 import signal
 import statistics
@@ -406,18 +408,38 @@ class Bench:
         return child.seconds
 
 
-def alternate(rounds: int, *runners: tuple[str, Callable[[], float]]) -> dict[str, Any]:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of this process's reaped children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def alternate(rounds: int, *runners: tuple[str, Callable[[], float]], server_pid: int | None = None) -> dict[str, Any]:
     """One warm-up of each, then ``rounds`` timed runs of each, the order rotating every round (so no command
-    always goes first or always follows the same one)."""
+    always goes first or always follows the same one). With ``server_pid``, also the CPU seconds each run's
+    command used and the server used meanwhile (under ``"cpu"``: label -> [[client, server], ...]): on two
+    shared cores a client's own CPU is time the server does not get, and less noisy than wall time."""
     log("warm-up: one each of " + ", ".join(label for label, _ in runners))
     for _label, fn in runners:
         fn()
-    times: dict[str, list[float]] = {label: [] for label, _ in runners}
+    times: dict[str, Any] = {label: [] for label, _ in runners}
+    cpu: dict[str, list[list[float]]] = {label: [] for label, _ in runners}
     for r in range(rounds):
         k = r % len(runners)
         for label, fn in runners[k:] + runners[:k]:
+            c0, s0 = children_cpu_s(), process_cpu_s(server_pid) if server_pid else 0.0
             times[label].append(fn())
-            log(f"round {r + 1}: {label} {times[label][-1]:.3f} s")
+            if server_pid:
+                cpu[label].append([round(children_cpu_s() - c0, 3), round(process_cpu_s(server_pid) - s0, 3)])
+            log(f"round {r + 1}: {label} {times[label][-1]:.3f} s" + (f", cpu {cpu[label][-1]}" if server_pid else ""))
+    if server_pid:
+        times["cpu"] = cpu
     return times
 
 
@@ -542,6 +564,30 @@ def med(xs: list[float]) -> float:
     return round(statistics.median(xs), 4)
 
 
+CPU_LABELS = (
+    ("publish", "imagectl publish"),
+    ("remembered", "imagectl publish, digests remembered"),
+    ("aws", "aws s3 cp"),
+    ("s3cmd", "s3cmd put"),
+)
+
+
+def cpu_summary(cpu: dict[str, list[list[float]]]) -> dict[str, Any]:
+    """Median CPU seconds of each upload command and of the server during it, every run's pair, and the ratios
+    of publish's to aws s3 cp's."""
+    out: dict[str, Any] = {}
+    for key, label in CPU_LABELS:
+        pairs = cpu[label]
+        out[key] = {
+            "client_median_s": med([c for c, _ in pairs]),
+            "server_median_s": med([sv for _, sv in pairs]),
+            "runs_client_server_s": pairs,
+        }
+    for key in ("publish", "remembered"):
+        out[f"ratio_{key}_client_over_aws"] = round(out[key]["client_median_s"] / out["aws"]["client_median_s"], 3)
+    return out
+
+
 def summarise(args: argparse.Namespace, b: Bench, parts: dict[str, Any]) -> dict[str, Any]:
     up, rep, grow, one = parts["upload"], parts["republish"], parts["growth"], parts["one_copy"]
     pub_med, s3_med, aws_med = med(up["imagectl publish"]), med(up["s3cmd put"]), med(up["aws s3 cp"])
@@ -572,6 +618,7 @@ def summarise(args: argparse.Namespace, b: Bench, parts: dict[str, Any]) -> dict
             "ratio_publish_over_s3cmd": round(pub_med / s3_med, 3),
             "ratio_target": UPLOAD_RATIO_TARGET,
             "ratio_within_target": up_ratio <= UPLOAD_RATIO_TARGET,
+            "cpu": cpu_summary(up["cpu"]),
         },
         "republish": {
             "cli_median_s": rep_med,
@@ -636,6 +683,13 @@ def report(s: dict[str, Any]) -> str:
         f"  ratio publish / s3cmd:     {u['ratio_publish_over_s3cmd']:.3f}   (no target)",
         f"  ratio remembered / aws:    {u['ratio_remembered_over_aws']:.3f}   (no target: a retried publish)",
         f"  (sha256 and part digests of the local file alone, in-process: {s['local_sha256_s']:.3f} s)",
+        "  CPU seconds, medians (the command's own / SeaweedFS's while it ran): "
+        + ", ".join(
+            f"{key} {u['cpu'][key]['client_median_s']:.2f} / {u['cpu'][key]['server_median_s']:.2f}"
+            for key, _ in CPU_LABELS
+        ),
+        f"  client CPU publish / aws s3 cp: {u['cpu']['ratio_publish_client_over_aws']:.3f}, remembered / aws:"
+        f" {u['cpu']['ratio_remembered_client_over_aws']:.3f}   (no target)",
         "2. re-publish of identical bytes under a new version",
         f"  CLI wall time      median {r['cli_median_s']:8.3f} s   runs: {runs(r['cli_runs_s'])}"
         f"   (target < {r['cli_target_s']:.0f} s: {ok[r['cli_within_target']]})",
@@ -733,6 +787,7 @@ def run(args: argparse.Namespace, tmp: Path, s3cmd: str, aws: str) -> dict[str, 
             ("imagectl publish, digests remembered", b.publish_big_remembered),
             ("aws s3 cp", b.aws_cp),
             ("s3cmd put", b.s3cmd_put),
+            server_pid=server.pid,
         )
         b.delete("other-key")
         b.delete("aws-key")

@@ -86,6 +86,10 @@ def test_publish_bench_runs_at_a_smoke_size(tmp_path: Path) -> None:
     up, rep, grow = s["upload"], s["republish"], s["growth"]
     assert up["publish_median_s"] > 0 and up["aws_median_s"] > 0 and up["s3cmd_median_s"] > 0
     assert up["remembered_median_s"] > 0 and up["ratio_remembered_over_aws"] > 0
+    cpu = up["cpu"]  # every command is a Python process (imagectl, awscli, s3cmd): each used CPU of its own
+    for key in ("publish", "remembered", "aws", "s3cmd"):
+        assert len(cpu[key]["runs_client_server_s"]) == 1 and cpu[key]["client_median_s"] > 0, cpu
+    assert cpu["ratio_publish_client_over_aws"] > 0 and cpu["ratio_remembered_client_over_aws"] > 0
     assert s["one_copy"]["upgrade_median_s"] > 0 and s["one_copy"]["aws_read_median_s"] > 0
     assert rep["library"]["created"] is True and rep["library"]["uploaded"] is False  # a server-side copy
     assert rep["library"]["blob_bytes_sent"] == 0 and rep["library"]["metadata_bytes_sent"] > 0
