@@ -10,6 +10,7 @@ never a mix, and a failure leaves no temp file behind.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -317,9 +318,10 @@ def copy_verified(
     given) are exactly ``size`` bytes. Returns how many bytes were copied.
 
     Why: a cached or downloaded file is re-verified as it is copied out, in the same single read, so bytes that
-    changed on disk are never handed on. Reading stops one byte past ``size``: an endless source cannot fill the
-    disk. Raises ImageMismatchError naming ``what`` (default: ``src``) when the bytes differ, LocalIOError when
-    ``src`` cannot be read or ``dest`` written; either way ``dest`` is untouched and no temp file is left.
+    changed on disk are never handed on; each block is written on a second thread while it is hashed. Reading
+    stops one byte past ``size``: an endless source cannot fill the disk. Raises ImageMismatchError naming
+    ``what`` (default: ``src``) when the bytes differ, LocalIOError when ``src`` cannot be read or ``dest``
+    written; either way ``dest`` is untouched and no temp file is left.
     ``hasher`` (default: a new ``hashlib.sha256()``) is fed the bytes and gives the digest compared: a caller that
     wants more digests of the same read (a build's part digests) passes its own.
     """
@@ -332,6 +334,8 @@ def copy_verified(
         except OSError as e:
             raise LocalIOError.from_os("read", shown, e) from e
         out = stack.enter_context(AtomicFile(dest, mode=mode))
+        writer: concurrent.futures.ThreadPoolExecutor | None = None  # from the second block on
+        written: concurrent.futures.Future[int] | None = None
         limit = None if size is None else size + 1
         while limit is None or got < limit:
             try:
@@ -340,9 +344,18 @@ def copy_verified(
                 raise LocalIOError.from_os("read", shown, e) from e
             if not block:
                 break
+            if written is not None:
+                written.result()  # one block in writing at a time: the file is written in order
+            if got and writer is None:  # joined (shut down) before the temp file is closed
+                writer = stack.enter_context(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="copy"))
+            if writer is None:
+                out.write(block)
+            else:  # the block is written on the writer thread while it is hashed here (both only read it)
+                written = writer.submit(out.write, block)
             h.update(block)
             got += len(block)
-            out.write(block)
+        if written is not None:
+            written.result()
         if size is not None and got != size:
             held = f"more than {size}" if got > size else str(got)
             raise ImageMismatchError(f"{shown} holds {held} bytes, not the expected {size}; {dest} not written")

@@ -9,11 +9,14 @@ import hashlib
 import io
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from imagectl import fsio
 from imagectl.errors import ImageMismatchError, LocalIOError
 from imagectl.export.output import write_files
 from imagectl.fsio import AtomicFile, SymlinkRefusedError, atomic_write, copy_verified, replacing
@@ -343,3 +346,49 @@ def test_copy_verified_an_unreadable_source_is_a_local_io_error(d: Path, tmp_pat
     with pytest.raises(LocalIOError, match=r"^cannot read .*/missing: No such file or directory$"):
         copy_verified(tmp_path / "missing", d / "out.img", sha256=SHA)
     assert names(d) == []
+
+
+def test_copy_verified_writes_later_blocks_on_another_thread_in_order(
+    d: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks after the first are written on a second thread while they are hashed; the file is the source's
+    bytes in order, and a mismatch found after those writes still leaves nothing behind."""
+    chunk = fsio._COPY_CHUNK
+    data = b"".join(bytes([i]) * chunk for i in range(3)) + b"tail!"
+    path = tmp_path / "big.img"
+    path.write_bytes(data)
+    threads: list[str] = []
+    real_write = AtomicFile.write
+
+    def write(self: AtomicFile, block: Any) -> int:
+        threads.append(threading.current_thread().name)
+        return real_write(self, block)
+
+    monkeypatch.setattr(AtomicFile, "write", write)
+    assert copy_verified(path, d / "out.img", sha256=hashlib.sha256(data).hexdigest(), size=len(data)) == len(data)
+    assert (d / "out.img").read_bytes() == data
+    assert threads[0] == threading.current_thread().name and len(threads) == 4
+    assert all(t.startswith("copy") for t in threads[1:]), threads
+    with pytest.raises(ImageMismatchError):
+        copy_verified(path, d / "other.img", sha256="0" * 64, size=len(data))
+    assert names(d) == ["out.img"]
+
+
+def test_copy_verified_a_write_that_fails_on_the_writer_thread_is_the_callers_error(
+    d: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.img"
+    path.write_bytes(b"x" * (3 * fsio._COPY_CHUNK))
+    calls = []
+    real_write = AtomicFile.write
+
+    def write(self: AtomicFile, block: Any) -> int:
+        calls.append(len(block))
+        if len(calls) == 2:
+            raise LocalIOError(f"cannot write {self.dest}: no space left on device")
+        return real_write(self, block)
+
+    monkeypatch.setattr(AtomicFile, "write", write)
+    with pytest.raises(LocalIOError, match="no space left on device"):
+        copy_verified(path, d / "out.img", sha256="0" * 64)
+    assert names(d) == [] and len(calls) == 2  # nothing written after the failure, no temp file left

@@ -41,7 +41,6 @@ from imagectl.errors import (
 from imagectl.families import family
 from imagectl.fsio import AtomicFile, copy_verified, read_regular, replacing, sha256_file
 from imagectl.imaging import hostcompat, repro
-from imagectl.imaging.aptproxy import DebianPackageCache
 from imagectl.imaging.configscript import write_config
 from imagectl.imaging.elements import check_elements, dib_elements_dir, elements_paths
 from imagectl.imaging.plan import BuildTarget, DibInvocation, check_host, plan_dib, targets
@@ -378,6 +377,8 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
     # Debian: packages and the base system through imagectl's verified cache (imagectl-package-cache element)
     pkgcache = None
     if "imagectl-package-cache" in inv.elements:
+        from imagectl.imaging.aptproxy import DebianPackageCache  # requests and more: not for a cache hit
+
         work = opts.cache_dir / "work" / f"{t.basename}.{os.getpid()}"
         pkgcache = DebianPackageCache(
             opts.cache_dir,
