@@ -573,12 +573,10 @@ class S3Store(Store):
         def send(index: int) -> dict[str, Any]:
             offset = index * digest.part_size
             checksum = digest.part_b64(index)
+            part = {"Bucket": self.bucket, "Key": full, "UploadId": upload_id, "PartNumber": index + 1}
 
-            def args() -> dict[str, Any]:  # a fresh view of the part for each attempt
-                body = _FileSlice(fd, offset, min(digest.part_size, digest.size - offset), self.stats)
-                return {"Bucket": self.bucket, "Key": full, "UploadId": upload_id, "PartNumber": index + 1} | {
-                    "Body": body
-                }
+            def args() -> dict[str, Any]:  # a fresh view of the part's bytes for each attempt
+                return part | {"Body": _FileSlice(fd, offset, min(digest.part_size, digest.size - offset), self.stats)}
 
             resp = self._send_checked("upload_part", args, checksum)
             return {"PartNumber": index + 1, "ETag": resp["ETag"], "ChecksumSHA256": checksum}
@@ -612,7 +610,7 @@ class S3Store(Store):
         hash, which botocore computes over every byte on plain ``http://`` endpoints (a second SHA-256 pass of
         the image on the client, checked again by the server), adds nothing; the body goes as ``UNSIGNED-PAYLOAD``
         (botocore does the same on ``https://``). Only while the server keeps its side of that bargain: its
-        answer must give the same checksum back (AWS, SeaweedFS, MinIO and Ceph do). An answer without it, or a
+        answer must give the same checksum back (AWS documents it; SeaweedFS does). An answer without it, or a
         refusal of an unsigned payload, makes this store sign every payload from then on, and the body is sent
         again, signed.
         """
