@@ -118,7 +118,9 @@ def proxied(aws_env: s3server.S3Server, monkeypatch: pytest.MonkeyPatch) -> Iter
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         store = open_store(f"s3://{aws_env.shared_bucket()}/{uuid.uuid4().hex}/cat", retries=0, timeout=10)
         assert isinstance(store, S3Store)
-        store.transfer = TransferSettings(multipart_threshold=5 * MiB, part_size=5 * MiB, concurrency=1)
+        store.transfer = TransferSettings(
+            multipart_threshold=5 * MiB, part_size=5 * MiB, concurrency=1, unsigned_min=MiB
+        )
         return store, proxy
 
     yield make
@@ -145,6 +147,10 @@ def test_image_bytes_go_unsigned_and_the_server_still_checks_them(proxied: Any, 
     # metadata goes signed: its payload hash is the SHA-256 of the body
     store.write("metadata/timestamp.json", b"{}")
     assert uploads(proxy)[-1] == hashlib.sha256(b"{}").hexdigest()
+    # so does an image shorter than unsigned_min (hashing it costs less than the twin client)
+    before = len(uploads(proxy))
+    tiny = put(store, tmp_path / "tiny", MiB // 2)
+    assert uploads(proxy)[before:] == [tiny.sha256]
 
     # and a body that is not what the checksum says is still refused by the server: nothing stored
     other = tmp_path / "other.raw"
@@ -183,6 +189,7 @@ def test_a_server_that_refuses_unsigned_payloads_gets_signed_ones(proxied: Any, 
 def test_a_store_on_a_client_it_was_given_signs_every_payload(aws_env: s3server.S3Server, tmp_path: Path) -> None:
     """No twin can be built from a client handed in (its settings are the caller's): payloads stay signed."""
     store = S3Store(aws_env.shared_bucket(), f"{uuid.uuid4().hex}/cat", client=aws_env.client())
+    store.transfer = TransferSettings(unsigned_min=0)  # any body would go unsigned, if this store could
     assert store.unsigned_payloads is False and store.clients() == (store.client,)
     seen: list[str] = []
     store.client.meta.events.register(
