@@ -6,9 +6,12 @@ versions signed in one commit, all pointing at one small blob, as bench/publish.
 
 1. **versions**: a publish (library, in-process, a new 64 KiB image under an explicit version) into a name holding
    ``--small`` (10) versions and into one holding ``--versions`` (50,000; binned), alternating; ratio big / small
-   (target <= 1.15), and the bytes of metadata each publish writes;
+   (target <= 1.15), and the bytes of metadata each publish writes. Measured twice: as from a fresh host (no
+   publisher cache: every metadata file read from S3), and as from a host whose publisher cache
+   (imagectl/catalogue/metacache.py, what the CLI uses) holds the name's metadata: warmed by reading every bin
+   once, the state a host reaches by publishing to the name (each publish leaves what it read and wrote);
 2. **names**: a publish into an existing name of a catalogue of ``--names`` (2,000) x ``--per-name`` (50) versions
-   against a catalogue of one name; ratio (target <= 1.3);
+   against a catalogue of one name; ratio (target <= 1.3); also twice, without and with the cache;
 3. **cold pull**: the metadata bytes a first ``pull NAME:VERSION`` downloads from the big-names catalogue (and from
    the 50,000-version one), counted through the store (target <= 256 KiB); the snapshot and targets sizes;
 4. **list**: which metadata files ``catalogue list NAME`` reads (only that name's, plus the top-level files);
@@ -54,6 +57,7 @@ if str(REPO) not in sys.path:
 
 from imagectl.catalogue.client import CatalogueReader  # noqa: E402
 from imagectl.catalogue.keys import KeyRing  # noqa: E402
+from imagectl.catalogue.metacache import MetadataCache  # noqa: E402
 from imagectl.catalogue.model import (  # noqa: E402
     ImageRecord,
     blob_key,
@@ -140,6 +144,7 @@ class Bench:
         blob = tmp / "seed.img"
         blob.write_bytes(os.urandom(1 << 10))  # small: the verified catalogues hold a target file per image
         self.seed_file = blob
+        self.meta_cache = MetadataCache(tmp / "cache")  # the publisher cache of this "host"
 
     def store(self, prefix: str) -> S3Store:
         return S3Store(self.bucket, prefix)
@@ -182,7 +187,11 @@ class Bench:
             "targets_bytes": len(store.read(f"metadata/{tv}.targets.json", 1 << 30)),
         }
 
-    def publish(self, prefix: str, name: str) -> tuple[float, int]:
+    def warm(self, prefix: str, name: str) -> None:
+        """Fill the publisher cache with every metadata file of NAME (its roles and all its bins)."""
+        load_state(self.store(prefix), meta_cache=self.meta_cache).target_roles(name)
+
+    def publish(self, prefix: str, name: str, *, cached: bool = False) -> tuple[float, int]:
         """One library publish of new bytes under a new version; seconds and metadata bytes written.
 
         Each catalogue keeps one store (one boto3 client), as a publishing service would: a client per publish
@@ -199,9 +208,22 @@ class Bench:
         req = PublishRequest(file=str(image), name=name, arch=ARCH, version=f"1.{next(self.counter)}", format=FMT)
         gc.collect()
         t0 = time.perf_counter()
-        publish(store, KeyRing(self.keydir), req, EXPIRY)
+        publish(store, KeyRing(self.keydir), req, EXPIRY, meta_cache=self.meta_cache if cached else None)
         seconds = time.perf_counter() - t0
         return seconds, store.stats.bytes_sent - before - (64 << 10)
+
+    def compare(
+        self, rounds: int, base: tuple[str, str], big: tuple[str, str]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Publishes into (catalogue, NAME) ``big`` against ``base``, alternating: as from a fresh host, then with
+        the publisher cache holding both names' metadata."""
+        log(f"publishing: {big[0]} vs {base[0]}")
+        fresh = alternate(rounds, lambda: self.publish(*base), lambda: self.publish(*big))
+        log(f"publishing: {big[0]} vs {base[0]}, publisher cache warm")
+        self.warm(*base)
+        self.warm(*big)
+        warm = alternate(rounds, lambda: self.publish(*base, cached=True), lambda: self.publish(*big, cached=True))
+        return fresh, warm
 
     def cold_read(self, prefix: str, what: Callable[[CatalogueReader], object]) -> dict[str, Any]:
         """Metadata bytes and files a fresh client (empty cache, root pinned by file) reads doing ``what``."""
@@ -259,20 +281,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         log(f"seeding: 1 name x {args.small}, 1 name x {args.versions}")
         out["small_catalogue"] = b.catalogue("small", {"few": args.small})
         out["big_name_catalogue"] = b.catalogue("bigname", {"many": args.versions})
-        log("publishing: versions")
-        out["versions"] = alternate(
-            args.rounds, lambda: b.publish("small", "few"), lambda: b.publish("bigname", "many")
-        )
+        out["versions"], out["versions_cached"] = b.compare(args.rounds, ("small", "few"), ("bigname", "many"))
         names = {f"name-{i:05d}": args.per_name for i in range(args.names)}
         log(f"seeding: {args.names} names x {args.per_name}")
         out["one_name_catalogue"] = b.catalogue("onename", {"name-00000": args.per_name})
         quarter = dict(list(names.items())[: max(1, args.names // 4)])
         out["quarter_names_catalogue"] = b.catalogue("quarter", quarter, target_files=True)
         out["names_catalogue"] = b.catalogue("names", names, target_files=True)
-        log("publishing: names")
-        out["names"] = alternate(
-            args.rounds, lambda: b.publish("onename", "name-00000"), lambda: b.publish("names", "name-00007")
-        )
+        out["names"], out["names_cached"] = b.compare(args.rounds, ("onename", "name-00000"), ("names", "name-00007"))
         log("cold pulls, list")
 
         def pull(ref: str) -> Callable[[CatalogueReader], object]:
@@ -290,7 +306,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def report(s: dict[str, Any]) -> str:
-    v, n = s["versions"], s["names"]
+    v, n, vc, nc = s["versions"], s["names"], s["versions_cached"], s["names_cached"]
     cp = s["cold_pull_names"]
     rtt = s["params"].get("rtt_ms") or 0
     lines = [
@@ -298,9 +314,13 @@ def report(s: dict[str, Any]) -> str:
         f"publish into {s['params']['versions']} versions vs {s['params']['small']}: ratio {v['ratio']} "
         f"(target <= {TARGETS['versions_ratio']}); baseline {v['baseline_s']} s, measured {v['measured_s']} s; "
         f"metadata bytes written {v['baseline_metadata_bytes'][0]} vs {v['measured_metadata_bytes'][0]}",
+        f"  with the publisher cache warm: ratio {vc['ratio']}; baseline {vc['baseline_s']} s, "
+        f"measured {vc['measured_s']} s",
         f"publish into {s['params']['names']} names x {s['params']['per_name']} vs one name: ratio {n['ratio']} "
         f"(target <= {TARGETS['names_ratio']}); baseline {n['baseline_s']} s, measured {n['measured_s']} s; "
         f"metadata bytes written {n['baseline_metadata_bytes'][0]} vs {n['measured_metadata_bytes'][0]}",
+        f"  with the publisher cache warm: ratio {nc['ratio']}; baseline {nc['baseline_s']} s, "
+        f"measured {nc['measured_s']} s",
         f"cold pull, {s['params']['names']} names: {cp['metadata_bytes']} metadata bytes in {cp['files']} files "
         f"(target <= {TARGETS['cold_pull_bytes']}; one-name catalogue: "
         f"{s['cold_pull_names_baseline']['metadata_bytes']}; 50k-version name: "

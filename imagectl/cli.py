@@ -81,6 +81,14 @@ def _keys(cfg: Config) -> Any:
     return KeyRing(_require(cfg, "keys", "key directory"))
 
 
+def _meta_cache(cfg: Config, store: Any) -> Any:
+    """The publisher's cache of ``store``'s immutable metadata (in the cache directory), for stores where it
+    saves requests; None for a directory catalogue."""
+    from imagectl.catalogue.metacache import MetadataCache
+
+    return MetadataCache(cfg.cache_path) if store.cache_metadata else None
+
+
 def _reader(cfg: Config) -> Any:
     from imagectl.catalogue.client import CatalogueReader
 
@@ -339,8 +347,9 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
                 "--from-build takes name, arch, os and format from the build record",
                 hint="drop FILE, --name, --arch, --os and --os-version",
             )
+        store = _store(cfg)
         results = publish_build(
-            _store(cfg),
+            store,
             _keys(cfg),
             Path(args.from_build),
             cfg.expiry_days(),
@@ -348,6 +357,7 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
             fmt=args.format,
             version=args.version,
             hash_memo=cfg.cache_path / MEMO_DIR,
+            meta_cache=_meta_cache(cfg, store),
         )
         emit(
             args,
@@ -376,7 +386,15 @@ def cmd_publish(args: argparse.Namespace, cfg: Config) -> int:
         parent=args.parent,
     )
     store = _store(cfg)
-    res = publish(store, _keys(cfg), req, cfg.expiry_days(), hash_memo=cfg.cache_path / MEMO_DIR, ahead=ahead)
+    res = publish(
+        store,
+        _keys(cfg),
+        req,
+        cfg.expiry_days(),
+        hash_memo=cfg.cache_path / MEMO_DIR,
+        ahead=ahead,
+        meta_cache=_meta_cache(cfg, store),
+    )
     rec = res.record
     what = "published" if res.created else "already published (identical bytes; nothing changed)"
     emit(

@@ -136,6 +136,9 @@ class AtomicFile:
 
     Every other OSError, in creating, writing (in the ``with`` block too), syncing or renaming, becomes a one-line
     LocalIOError naming ``dest`` (disk full said plainly), after the temp file is removed.
+
+    ``durable=False`` skips the fsync: for a cache whose every entry is checked when read (a file a crash left
+    empty or torn is then a miss), where a sync per entry would cost more than the entry saves.
     """
 
     def __init__(
@@ -148,8 +151,10 @@ class AtomicFile:
         name: str | None = None,
         suffix: str = ".tmp",
         link: tuple[int | None, str] | None = None,
+        durable: bool = True,
     ) -> None:
         self.dest = dest
+        self.durable = durable
         self.exclusive = exclusive
         self.created = False
         self._file: BinaryIO | None = None
@@ -246,7 +251,8 @@ class AtomicFile:
         if self._file is not None and not self._file.closed:
             with self._file:
                 self._file.flush()
-                os.fsync(self._file.fileno())
+                if self.durable:
+                    os.fsync(self._file.fileno())
 
     def _release(self) -> None:
         self._done = True

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from imagectl.catalogue.client import CatalogueReader, Resolved, client_cache
+from imagectl.catalogue.cachedir import client_cache
+from imagectl.catalogue.client import CatalogueReader, Resolved
 from imagectl.catalogue.model import ImageRef, image_keys
 from imagectl.errors import DownloadError, ImageMismatchError, LocalIOError
 from imagectl.fsio import SymlinkRefusedError, describe_mode, replacing

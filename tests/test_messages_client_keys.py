@@ -35,7 +35,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from tuf.api.metadata import Metadata
 
-from imagectl.catalogue.client import cache_key
+from imagectl.catalogue.cachedir import cache_key
 from imagectl.catalogue.keys import KEY_MAX, KeyRing
 from imagectl.catalogue.metadata import ROOT_MAX, SNAPSHOT_MAX, TARGETS_MAX, TIMESTAMP_MAX, check_bounds
 from imagectl.catalogue.model import EXT, role_for, utcnow

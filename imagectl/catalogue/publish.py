@@ -24,6 +24,7 @@ from imagectl import buildrecord
 from imagectl.catalogue import model
 from imagectl.catalogue.keys import TOP_ROLES, KeyRing, generate_key
 from imagectl.catalogue.lifecycle import resolve_parent, set_channel
+from imagectl.catalogue.metacache import MetadataCache
 from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, target_file_key, target_path, utcnow
 from imagectl.catalogue.protect import check_tested, is_protected, refuse_untested
 from imagectl.catalogue.state import CatalogueState, Want, load_state, metadata_bytes, transact
@@ -251,11 +252,13 @@ def publish(
     today: dt.date | None = None,
     hash_memo: Path | None = None,
     ahead: DigestAhead | None = None,
+    meta_cache: MetadataCache | None = None,
 ) -> PublishResult:
     """Publish one image file as NAME:VERSION for ARCH; identical re-publication is a no-op.
 
     The file is hashed on a thread of its own while the catalogue's state loads; ``ahead``: a hashing of
     ``req.file`` the caller started earlier (used when it is of this file, in this store's part size).
+    ``meta_cache``: this host's cache of the catalogue's immutable metadata (:mod:`imagectl.catalogue.metacache`).
 
     Raises ConflictError when the version exists with other bytes, RevokedError for a revoked version,
     LocalIOError when the file cannot be read.
@@ -278,7 +281,11 @@ def publish(
         paths=() if req.version is None else (target_path(req.name, req.version, req.arch, fmt),),
         listing=None if req.version is None else (req.version, req.arch),
     )
-    prechecked = load_state(store, want=want) if req.version is not None or req.channel is not None else None
+
+    def load() -> CatalogueState:
+        return load_state(store, want=want, meta_cache=meta_cache)
+
+    prechecked = load() if req.version is not None or req.channel is not None else None
     try:
         digest = ahead.result()
     except OSError as e:
@@ -385,7 +392,7 @@ def publish(
             state.commit(keys, expiry_days)
         return record, old
 
-    record, old = transact(store, apply, first=prechecked, load=lambda: load_state(store, want=want))
+    record, old = transact(store, apply, first=prechecked, load=load)
     added = old is not None and record is not old
     return PublishResult(record, created=old is None, uploaded=uploaded, channel=req.channel, boot_test_added=added)
 
@@ -515,11 +522,13 @@ def publish_build(
     fmt: str | None = None,
     version: str | None = None,
     hash_memo: Path | None = None,
+    meta_cache: MetadataCache | None = None,
 ) -> list[PublishResult]:
     """Publish every image a build left in ``source`` (a build output directory or one ``*.build.json``).
 
     ``hash_memo`` is where digests are remembered by file identity (:func:`file_digest`): the build filed its
-    images' there as it made them, so publishing them right after does not read them again.
+    images' there as it made them, so publishing them right after does not read them again. ``meta_cache``: as
+    for :func:`publish` (each image after the first then reads only what the one before it did not write).
 
     Name, arch, os, hypervisor and format come from the build record. All images of the build share one
     version: the record's (the recipe's ``version:``), ``version``, or one automatic version for all. The full
@@ -539,7 +548,7 @@ def publish_build(
         image_file, image_fmt, entry = chosen[0]
         checked.append((path, record, image_file, image_fmt, _boot_test(path, record, image_file, entry)))
     if channel is not None:
-        state = load_state(store)
+        state = load_state(store, meta_cache=meta_cache)
         if is_protected(state, channel):
             names = ", ".join(sorted({str(r.target.name) for _, r, *_ in checked}))
             untested = sorted({str(r.target.arch) for _, r, _, _, bt in checked if not (bt and bt["passed"])})
@@ -581,7 +590,7 @@ def publish_build(
         ).validated()  # a request refused leaves no blob behind: checked before the record and SBOM are stored
         for sha, blob in blobs.items():
             store.write_new(blob_key(sha), blob)
-        res = publish(store, keys, req, expiry_days, hash_memo=hash_memo)
+        res = publish(store, keys, req, expiry_days, hash_memo=hash_memo, meta_cache=meta_cache)
         shared = shared or res.record.version
         results.append(res)
     return results

@@ -38,6 +38,7 @@ from tuf.api.metadata import (
 
 from imagectl.catalogue import bins, index, model
 from imagectl.catalogue.keys import KeyRing
+from imagectl.catalogue.metacache import CatalogueCache, MetadataCache
 from imagectl.catalogue.metadata import (
     ROOT_MAX,
     TIMESTAMP_MAX,
@@ -111,6 +112,8 @@ class CatalogueState:
     _fetched: dict[str, Outcome[bytes]] = field(default_factory=dict)  # role files load_state read ahead (Want)
     _names: dict[str, str] | None = None  # NAME -> role delegating image-NAME (targets or an index role)
     _listed: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # (NAME, VERSION, ARCH): its files
+    cache: CatalogueCache | None = None  # this host's copies of immutable metadata files (catalogue.metacache)
+    _cached: dict[str, bytes] = field(default_factory=dict)  # role files load_state found in the cache (Want)
 
     # -- reading ------------------------------------------------------------------------------------------
     def name_index(self) -> dict[str, str]:
@@ -154,10 +157,22 @@ class CatalogueState:
         if meta is None or delegator is None:
             return None
         key = f"{METADATA}{meta.version}.{role}.json"
-        md = _parse(_bytes(self.store, key, self._fetched.pop(key, None)), key)
-        _verify(delegator, role, md, key)
-        if md.signed.version != meta.version:
-            raise UntrustedMetadataError(f"{key} has version {md.signed.version}, snapshot says {meta.version}")
+
+        def check(data: bytes) -> Metadata[Any]:
+            md = _parse(data, key)
+            _verify(delegator, role, md, key)
+            _check_version(md, meta.version, key, "snapshot")
+            return md
+
+        cached = self._cached.pop(key, None)
+        if cached is None and key not in self._fetched:
+            cached = None if self.cache is None else self.cache.get(key, cap_for(key))
+        md = _cache_checked(self.cache, key, cached, check)
+        if md is None:
+            data = _bytes(self.store, key, self._fetched.pop(key, None))
+            md = check(data)
+            if self.cache is not None:
+                self.cache.put(key, data)
         self.roles[role] = cast("Metadata[Targets]", md)
         return self.roles[role]
 
@@ -444,8 +459,11 @@ class CatalogueState:
         md.signatures.clear()
         return sign_with(md, self._signers(role, keys, delegator))
 
-    def _write_versioned(self, role: str, md: Metadata[Any], keys: KeyRing, delegator: Metadata[Any]) -> None:
+    def _write_versioned(
+        self, role: str, md: Metadata[Any], keys: KeyRing, delegator: Metadata[Any]
+    ) -> tuple[str, bytes]:
         """Sign and create ``N.ROLE.json``; if N is taken (a concurrent or a dead publisher), use the next N.
+        Returns the key and the bytes written.
 
         TUF requires versions to grow, not to be consecutive, so skipping a taken name is safe; the timestamp
         swap decides which of two racing publishers' files become the catalogue.
@@ -453,8 +471,9 @@ class CatalogueState:
         for _ in range(_MAX_SKIPS):
             payload = self._sign(md, role, keys, delegator)
             key = f"{METADATA}{md.signed.version}.{role}.json"
-            if self.store.write_new(key, encoded(md, key, payload)):
-                return
+            data = encoded(md, key, payload)
+            if self.store.write_new(key, data):
+                return key, data
             md.signed.version += 1
         raise CommitConflict(f"{_MAX_SKIPS} versions of {role} in a row were taken")
 
@@ -501,22 +520,26 @@ class CatalogueState:
             self._signers(role, keys, delegator(role))
         for role in ("snapshot", "timestamp"):
             self._signers(role, keys, self.root)
+        written: list[tuple[str, bytes]] = []
         for role, md in writes:
             bump(md, expiry_days["targets"])
             if role in self.new_roles:
                 # a role name a snapshot listed before (a bin of an earlier re-bin) must not go back in version
                 listed = self.snapshot.signed.meta.get(f"{role}.json")
                 md.signed.version = 1 if listed is None else listed.version + 1
-            self._write_versioned(role, md, keys, delegator(role))
+            written.append(self._write_versioned(role, md, keys, delegator(role)))
             self.snapshot.signed.meta[f"{role}.json"] = MetaFile(version=md.signed.version)
         bump(self.snapshot, expiry_days["snapshot"])
-        self._write_versioned("snapshot", self.snapshot, keys, self.root)
+        written.append(self._write_versioned("snapshot", self.snapshot, keys, self.root))
         bump(self.timestamp, expiry_days["timestamp"])
         self.timestamp.signed.snapshot_meta = MetaFile(version=self.snapshot.signed.version)
         payload = self._sign(self.timestamp, "timestamp", keys, self.root)
         ts_bytes = encoded(self.timestamp, f"{METADATA}timestamp.json", payload)
         if not self.store.write_if_match(f"{METADATA}timestamp.json", ts_bytes, self.timestamp_tag):
             raise CommitConflict("another publisher changed the catalogue first")
+        if self.cache is not None:  # committed: these are now the store's bytes under these names for good
+            for key, data in written:
+                self.cache.put(key, data)
         root_copy = metadata_bytes(self.root)
         # heal a rotation cut short: root.json one version behind the chain (read again only if it was then)
         if self.root_copy != root_copy and self.store.read(f"{METADATA}root.json", ROOT_MAX) != root_copy:
@@ -593,6 +616,26 @@ def _verify_top(root: Metadata[Any], also: Metadata[Any] | None, role: str, md: 
         _verify(also, role, md, f"{key} (by the root before the rotation)")
 
 
+def _check_version(md: Metadata[Any], version: int, key: str, by: str) -> None:
+    """Refuse ``md`` read under ``key`` unless it is the ``version`` its referrer (``by``) names."""
+    if md.signed.version != version:
+        raise UntrustedMetadataError(f"{key} has version {md.signed.version}, {by} says {version}")
+
+
+def _cache_checked(
+    cache: CatalogueCache | None, key: str, data: bytes | None, check: Callable[[bytes], Metadata[Any]]
+) -> Metadata[Any] | None:
+    """``check(data)`` of the bytes the cache held for ``key`` (None: it held none). Cached bytes that fail the
+    check (parse, signatures, version) are dropped from the cache and the answer is None: read the store."""
+    if data is None or cache is None:
+        return None
+    try:
+        return check(data)
+    except UntrustedMetadataError:
+        cache.drop(key)
+        return None
+
+
 def _bytes(store: Store, key: str, pre: Outcome[bytes] | None) -> bytes:
     """The metadata file ``key``: read now, or (``pre``) what :meth:`Store.gather` already fetched."""
     return store.read(key, cap_for(key)) if pre is None else pre.get()
@@ -603,12 +646,18 @@ def _files_listed(store: Store, listing: tuple[str, str, str]) -> set[str]:
     return {k.rpartition("/")[2] for k in store.list(f"{model.TARGETS}{'/'.join(listing)}/")}
 
 
-def _read(store: Store, key: str, pre: Outcome[bytes] | None = None) -> Metadata[Any]:
-    """Parse ``key``, read now or (``pre``) already fetched by :meth:`Store.gather`."""
+def _read_bytes(store: Store, key: str, pre: Outcome[bytes] | None = None) -> bytes:
+    """The bytes of metadata file ``key``, read now or (``pre``) already fetched by :meth:`Store.gather`; a file
+    the metadata refers to that is missing is UntrustedMetadataError."""
     try:
-        return _parse(_bytes(store, key, pre), key)
+        return _bytes(store, key, pre)
     except ObjectMissingError:
         raise UntrustedMetadataError(f"{key} is missing from {store.shown}") from None
+
+
+def _read(store: Store, key: str, pre: Outcome[bytes] | None = None) -> Metadata[Any]:
+    """Parse ``key``, read now or (``pre``) already fetched by :meth:`Store.gather`."""
+    return _parse(_read_bytes(store, key, pre), key)
 
 
 def _root_key(n: int) -> str:
@@ -678,9 +727,34 @@ def _wanted_roles(meta: dict[str, MetaFile], want: Want) -> list[str]:
     return [f"{METADATA}{meta[f'{r}.json'].version}.{r}.json" for r in roles if f"{r}.json" in meta]
 
 
-def load_state(store: Store, *, also_trust: Metadata[Root] | None = None, want: Want | None = None) -> CatalogueState:
+@dataclass
+class _Reads:
+    """What :func:`load_state` reads once it knows the snapshot: targets.json (``targets``: verified from the
+    cache) and the role files ``want`` names, those the cache holds (``cached``, verified when used) and the rest
+    (``extra``), fetched in one round with targets.json when the cache lacks it."""
+
+    targets_key: str
+    check_targets: Callable[[bytes], Metadata[Any]]
+    targets: Metadata[Any] | None
+    extra: list[str] = field(default_factory=list)
+    cached: dict[str, bytes] = field(default_factory=dict)
+
+    def calls(self, store: Store) -> list[Callable[[], bytes]]:
+        keys = ([] if self.targets is not None else [self.targets_key]) + self.extra
+        return [functools.partial(store.read, key, cap_for(key)) for key in keys]
+
+
+def load_state(
+    store: Store,
+    *,
+    also_trust: Metadata[Root] | None = None,
+    want: Want | None = None,
+    meta_cache: MetadataCache | None = None,
+) -> CatalogueState:
     """Read and verify the current metadata of the catalogue in ``store``; with ``want``, also fetch what the
-    command will read of that name (verified when it is used).
+    command will read of that name (verified when it is used); with ``meta_cache``, take the versioned files
+    this host already holds from it (verified as if downloaded: :mod:`imagectl.catalogue.metacache`), and keep
+    there what is read and, once committed, written.
 
     Raises CatalogueStateError if ``store`` holds no catalogue, UntrustedMetadataError if what it holds does not
     verify (a publisher never signs on top of metadata it cannot verify).
@@ -708,28 +782,73 @@ def load_state(store: Store, *, also_trust: Metadata[Root] | None = None, want: 
         raise UntrustedMetadataError(f"{METADATA}timestamp.json is missing from {store.shown}") from None
     ts = _parse(ts_bytes, f"{METADATA}timestamp.json")
     _verify_top(root, also_trust, "timestamp", ts, f"{METADATA}timestamp.json")
-    snap_key = f"{METADATA}{ts.signed.snapshot_meta.version}.snapshot.json"
+    cache = None if meta_cache is None else meta_cache.bind(store.url, first[1].get())
+    snap_version = ts.signed.snapshot_meta.version
+    snap_key = f"{METADATA}{snap_version}.snapshot.json"
+
+    def cached(key: str) -> bytes | None:
+        return None if cache is None else cache.get(key, cap_for(key))
+
+    def check_snapshot(data: bytes) -> Metadata[Any]:
+        md = _parse(data, snap_key)
+        _verify_top(root, also_trust, "snapshot", md, snap_key)
+        _check_version(md, snap_version, snap_key, "timestamp.json")
+        return md
+
+    def plan(snap: Metadata[Any]) -> _Reads:
+        """What is read once the snapshot is known: targets.json and the roles ``want`` names, from the cache
+        where it holds them, the rest to fetch in one round."""
+        tmeta = snap.signed.meta.get("targets.json")
+        if tmeta is None:
+            raise UntrustedMetadataError(f"{snap_key} does not list targets.json")
+        tkey = f"{METADATA}{tmeta.version}.targets.json"
+
+        def check_targets(data: bytes) -> Metadata[Any]:
+            md = _parse(data, tkey)
+            _verify_top(root, also_trust, "targets", md, tkey)
+            _check_version(md, tmeta.version, tkey, snap_key)
+            return md
+
+        reads = _Reads(tkey, check_targets, _cache_checked(cache, tkey, cached(tkey), check_targets))
+        for key in [] if want is None else _wanted_roles(snap.signed.meta, want):
+            if (data := cached(key)) is not None:
+                reads.cached[key] = data
+            else:
+                reads.extra.append(key)
+        return reads
+
     # The target-file listing goes with the snapshot: it is taken after the timestamp that fixes this state, so
     # it names every target file the state's metadata can list (each is made before any metadata names it, §6).
+    # A snapshot the cache holds spares its GET, and what it names is then fetched in this same round.
     listing = None if want is None or want.listing is None else (want.name, *want.listing)
-    second: list[Callable[[], Any]] = [functools.partial(store.read, snap_key, cap_for(snap_key))]
+    snap = _cache_checked(cache, snap_key, cached(snap_key), check_snapshot)
+    reads = None if snap is None else plan(snap)
+    second: list[Callable[[], Any]] = []
+    if snap is None:
+        second.append(functools.partial(store.read, snap_key, cap_for(snap_key)))
     if listing is not None:
         second.append(functools.partial(_files_listed, store, listing))
-    got = store.gather(second)
-    snap = _read(store, snap_key, got[0])
-    _verify_top(root, also_trust, "snapshot", snap, snap_key)
-    tmeta = snap.signed.meta.get("targets.json")
-    if tmeta is None:
-        raise UntrustedMetadataError(f"{snap_key} does not list targets.json")
-    targets_key = f"{METADATA}{tmeta.version}.targets.json"
-    extra = [] if want is None else _wanted_roles(snap.signed.meta, want)
-    calls: list[Callable[[], bytes]] = [functools.partial(store.read, targets_key, cap_for(targets_key))]
-    calls += [functools.partial(store.read, key, cap_for(key)) for key in extra]
-    fetched = store.gather(calls)
-    targets = _read(store, targets_key, fetched[0])
-    _verify_top(root, also_trust, "targets", targets, targets_key)
-    state = CatalogueState(store, root, ts, snap, targets, timestamp_tag=ts_tag, root_copy=root_bytes)
-    state._fetched = dict(zip(extra, fetched[1:], strict=True))
-    if listing is not None and got[1].error is None:  # else listed again where it is used, to raise there
-        state._listed[listing] = got[1].get()
+    if reads is not None:
+        second += reads.calls(store)
+    got = store.gather(second) if second else []
+    if snap is None:
+        snap_bytes = _read_bytes(store, snap_key, got.pop(0))
+        snap = check_snapshot(snap_bytes)
+        if cache is not None:
+            cache.put(snap_key, snap_bytes)
+    listed = None if listing is None else got.pop(0)
+    if reads is None:
+        reads = plan(snap)
+        got = store.gather(reads.calls(store))
+    targets = reads.targets
+    if targets is None:
+        targets_bytes = _read_bytes(store, reads.targets_key, got.pop(0))
+        targets = reads.check_targets(targets_bytes)
+        if cache is not None:
+            cache.put(reads.targets_key, targets_bytes)
+    state = CatalogueState(store, root, ts, snap, targets, timestamp_tag=ts_tag, root_copy=root_bytes, cache=cache)
+    state._fetched = dict(zip(reads.extra, got, strict=True))
+    state._cached = reads.cached
+    if listing is not None and listed is not None and listed.error is None:  # else listed again where it is used
+        state._listed[listing] = listed.get()
     return state

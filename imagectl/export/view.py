@@ -21,7 +21,8 @@ from pathlib import Path
 from tuf.api.metadata import Metadata, Timestamp
 
 from imagectl.catalogue import model
-from imagectl.catalogue.client import CatalogueReader, client_cache
+from imagectl.catalogue.cachedir import client_cache
+from imagectl.catalogue.client import CatalogueReader
 from imagectl.catalogue.model import ImageRecord, image_keys, target_file_key
 from imagectl.errors import CatalogueStateError, DownloadError, ImageMismatchError, InvalidInputError
 from imagectl.fsio import AtomicFile

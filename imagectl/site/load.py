@@ -23,7 +23,8 @@ from typing import Any
 
 from tuf.api.metadata import Metadata
 
-from imagectl.catalogue.client import CatalogueReader, cache_key, client_cache
+from imagectl.catalogue.cachedir import cache_key, client_cache
+from imagectl.catalogue.client import CatalogueReader
 from imagectl.catalogue.metadata import ROOT_MAX, SNAPSHOT_MAX, TIMESTAMP_MAX, parse_metadata
 from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, role_for, utcnow
 from imagectl.catalogue.state import load_state

@@ -357,6 +357,11 @@ class Store(abc.ABC):
     #: target file to it
     single_copy: bool = False
 
+    #: whether a publisher should keep this store's immutable metadata files in its host cache
+    #: (:mod:`imagectl.catalogue.metacache`): worth it where a read is a request (an object store), not where it
+    #: is a local file read like the cache's own
+    cache_metadata: bool = False
+
     def store_image(self, blob: str, key: str, path: str, digest: FileDigest, *, unlisted: bool = False) -> bool:
         """Make the image bytes of ``path`` (exactly ``digest``) readable at its target file ``key`` and its
         ``blob`` key, sending only what the store does not hold yet; return whether image bytes were sent.

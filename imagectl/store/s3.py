@@ -659,6 +659,7 @@ class S3Store(Store):
 
     # -- images: one copy, at the target file (catalogue/README.md §6) --------------------------------------
     single_copy = True
+    cache_metadata = True
 
     def pointer(self, key: str) -> str | None:
         head = self._head(key)

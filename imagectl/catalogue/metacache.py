@@ -1,0 +1,161 @@
+"""A publisher's cache of the catalogue's immutable metadata: the versioned role files ``N.ROLE.json``.
+
+Why: before it signs, a publish reads the snapshot the timestamp names, ``targets.json`` and the roles of its name
+(the image role, and the bin its path hashes into). On S3 that is two rounds of requests after the timestamp's,
+each GET ~2.5 ms of botocore's CPU on loopback and a round trip to a remote endpoint. Yet each of those files is
+immutable once a committed snapshot (or, for the snapshot, the timestamp) names it: versioned files are only ever
+created where none is (catalogue/README.md, "Publishing protocol"), a role's version only grows, and no snapshot
+drops a role it listed. So the bytes a publisher read and verified, or wrote and committed, under ``N.ROLE.json``
+are the bytes the store holds under that name for as long as the catalogue exists, and the next publish from the
+same host takes them from here: a publish into a name it published to last needs only the first round (the
+timestamp) and the listing of its version's directory. python-tuf's client does the same with its own cache (it
+loads a delegated role from disk when its version is the one the snapshot names).
+
+Nothing here is trusted more than the store. Every entry is parsed and verified, signatures and version, exactly
+as a download is; one that fails (torn by a crash, damaged, planted) is dropped and the file read from the store.
+The cache directory must be the user's own and not writable by others (:func:`client_cache`, as for the reader's
+cache), and every entry is reached without following a symlink (:class:`Beneath`) and read within the size cap of
+its file. Any problem with the cache itself (not ours, full disk, a symlink in the way) makes it a miss, never a
+failed publish: the store is always the source of truth. ``rm -rf CACHE/publisher`` is always safe.
+
+Layout, under the ``cache_dir`` setting::
+
+    publisher/<cache_key(url)>-<sha256(1.root.json)[:16]>/ROLE.json
+
+one file per role (so the cache of a catalogue never holds more files than its snapshot lists roles), whose first
+line is the version N and the rest the bytes of ``N.ROLE.json``. A catalogue made anew at the same URL has another
+first root, so another directory. Entries are replaced whole (temp file and rename, no fsync: a file a crash left
+torn is a miss); temp files of a publisher killed mid-write are removed by the next one after an hour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import time
+from pathlib import Path
+
+from imagectl.catalogue.cachedir import cache_key, client_cache
+from imagectl.catalogue.model import METADATA
+from imagectl.errors import LocalIOError
+from imagectl.fsio import AtomicFile, Beneath
+
+__all__ = ["PUBLISHER_DIR", "CatalogueCache", "MetadataCache"]
+
+PUBLISHER_DIR = "publisher"
+STALE_TEMP_S = 3600  # a temp file this old is a killed publisher's: removed
+# N.ROLE.json, ROLE a file name of its own (no "/", no leading dot, within NAME_MAX with ".json"); not the two
+# mutable files (root.json is versioned too, but the root chain is walked from the store: it decides the keys)
+_KEY = re.compile(r"(?P<version>[1-9][0-9]{0,18})\.(?P<role>[A-Za-z0-9][A-Za-z0-9._~+-]{0,249})\.json")
+_UNCACHED = frozenset({"root", "timestamp"})
+
+
+def _entry(key: str) -> tuple[str, int] | None:
+    """``(ROLE, N)`` of the metadata key ``metadata/N.ROLE.json``; None for any key this cache does not keep."""
+    m = _KEY.fullmatch(key.removeprefix(METADATA)) if key.startswith(METADATA) else None
+    if m is None or m["role"] in _UNCACHED or m["role"].endswith("."):
+        return None
+    return m["role"], int(m["version"])
+
+
+class CatalogueCache:
+    """The cached metadata of one catalogue (see the module docstring): :meth:`get`, :meth:`put`, :meth:`drop`."""
+
+    def __init__(self, tree: Beneath, rel: str) -> None:
+        self.tree, self.rel = tree, rel
+        self.hits = self.misses = 0
+
+    @property
+    def path(self) -> Path:
+        return self.tree.root / self.rel
+
+    def get(self, key: str, limit: int) -> bytes | None:
+        """The bytes of ``key`` as this cache holds them (to be verified by the caller), or None: not held, another
+        version held, over ``limit`` bytes, or unreadable."""
+        entry = _entry(key)
+        if entry is None:
+            return None
+        role, version = entry
+        header = b"%d\n" % version
+        try:
+            fd = self.tree.open_regular(f"{self.rel}/{role}.json")
+        except (OSError, LocalIOError):
+            self.misses += 1
+            return None
+        want, chunks = len(header) + limit + 1, []  # one byte past the cap: an oversized entry is seen
+        try:
+            while want > 0 and (block := os.read(fd, want)):
+                chunks.append(block)
+                want -= len(block)
+        except OSError:
+            chunks = []
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if not data.startswith(header) or len(data) > len(header) + limit:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return data[len(header) :]
+
+    def put(self, key: str, data: bytes) -> None:
+        """Keep ``data`` as the bytes of ``key``, replacing the role's entry; silently nothing on any failure."""
+        entry = _entry(key)
+        if entry is None:
+            return
+        role, version = entry
+        try:
+            with (
+                self.tree.dir(self.rel) as d,
+                AtomicFile(self.path / f"{role}.json", dir_fd=d, mode=0o600, durable=False) as f,
+            ):
+                f.write(b"%d\n" % version)
+                f.write(data)
+        except (OSError, LocalIOError):
+            return
+
+    def drop(self, key: str) -> None:
+        """Remove the entry of ``key``'s role (one that failed verification); silently nothing on failure."""
+        entry = _entry(key)
+        if entry is not None:
+            with contextlib.suppress(OSError, LocalIOError):
+                self.tree.unlink(f"{self.rel}/{entry[0]}.json")
+
+    def sweep(self, older_than: float = STALE_TEMP_S) -> int:
+        """Remove the temp files (``.ROLE.json.XXXX.tmp``) older than ``older_than`` seconds: those of a publisher
+        killed while writing an entry. Returns how many were removed."""
+        removed = 0
+        now = time.time()
+        with contextlib.suppress(OSError, LocalIOError), self.tree.dir(self.rel) as d, os.scandir(d) as it:
+            for e in it:
+                if not (e.name.startswith(".") and e.name.endswith(".tmp")):
+                    continue
+                with contextlib.suppress(OSError):
+                    if now - e.stat(follow_symlinks=False).st_mtime > older_than:
+                        os.unlink(e.name, dir_fd=d)
+                        removed += 1
+        return removed
+
+
+class MetadataCache:
+    """The publisher's metadata cache under the ``cache_dir`` setting; :meth:`bind` opens one catalogue's part."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+
+    def bind(self, url: str, first_root: bytes) -> CatalogueCache | None:
+        """The cache of the catalogue at ``url`` whose ``1.root.json`` is ``first_root``, made if new; None when the
+        cache cannot be used (another user's, writable by others, not a directory, unwritable): the publish then
+        reads everything from the store."""
+        rel = f"{PUBLISHER_DIR}/{cache_key(url)}-{hashlib.sha256(first_root).hexdigest()[:16]}"
+        try:
+            tree = client_cache(self.cache_dir)
+            with tree.dir(rel, create=True, mode=0o700):
+                pass
+        except (OSError, LocalIOError):
+            return None
+        cache = CatalogueCache(tree, rel)
+        cache.sweep()
+        return cache
