@@ -61,6 +61,16 @@ def describe_mode(mode: int) -> str:
     return next((word for test, word in kinds if test(mode)), "not a regular file")
 
 
+def read_at_most(fd: int, n: int) -> bytes:
+    """The bytes of open file ``fd`` from its position to its end, or its first ``n`` if it holds more (a caller
+    that asks for one byte past its limit sees a file over it); OSError as ``os.read`` raises it."""
+    chunks: list[bytes] = []
+    while n > 0 and (block := os.read(fd, min(1 << 20, n))):
+        chunks.append(block)
+        n -= len(block)
+    return b"".join(chunks)
+
+
 def read_regular(
     path: str | os.PathLike[str],
     limit: int,
@@ -92,17 +102,10 @@ def read_regular(
             check(st)
         if st.st_size > limit:
             raise error(f"{what} {path} is larger than the allowed {limit} bytes ({st.st_size} bytes)")
-        chunks: list[bytes] = []
-        got = 0
-        while True:
-            block = os.read(fd, min(1 << 20, limit + 1 - got))
-            if not block:
-                break
-            chunks.append(block)
-            got += len(block)
-            if got > limit:  # grew while we read it
-                raise error(f"{what} {path} is larger than the allowed {limit} bytes")
-        return b"".join(chunks)
+        data = read_at_most(fd, limit + 1)
+        if len(data) > limit:  # grew while we read it
+            raise error(f"{what} {path} is larger than the allowed {limit} bytes")
+        return data
     except OSError as e:
         raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
     finally:

@@ -40,7 +40,7 @@ from pathlib import Path
 from imagectl.catalogue.cachedir import cache_key, client_cache
 from imagectl.catalogue.model import METADATA
 from imagectl.errors import LocalIOError
-from imagectl.fsio import AtomicFile, Beneath
+from imagectl.fsio import AtomicFile, Beneath, read_at_most
 
 __all__ = ["PUBLISHER_DIR", "CatalogueCache", "MetadataCache"]
 
@@ -65,7 +65,6 @@ class CatalogueCache:
 
     def __init__(self, tree: Beneath, rel: str) -> None:
         self.tree, self.rel = tree, rel
-        self.hits = self.misses = 0
 
     @property
     def path(self) -> Path:
@@ -82,22 +81,15 @@ class CatalogueCache:
         try:
             fd = self.tree.open_regular(f"{self.rel}/{role}.json")
         except (OSError, LocalIOError):
-            self.misses += 1
             return None
-        want, chunks = len(header) + limit + 1, []  # one byte past the cap: an oversized entry is seen
         try:
-            while want > 0 and (block := os.read(fd, want)):
-                chunks.append(block)
-                want -= len(block)
+            data = read_at_most(fd, len(header) + limit + 1)  # one byte past the cap: an oversized entry is seen
         except OSError:
-            chunks = []
+            return None
         finally:
             os.close(fd)
-        data = b"".join(chunks)
         if not data.startswith(header) or len(data) > len(header) + limit:
-            self.misses += 1
             return None
-        self.hits += 1
         return data[len(header) :]
 
     def put(self, key: str, data: bytes) -> None:
