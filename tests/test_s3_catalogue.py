@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 
 from imagectl.catalogue.keys import KeyRing
+from imagectl.catalogue.metacache import PUBLISHER_DIR
 from imagectl.catalogue.publish import PublishRequest, publish
 from imagectl.store import open_store
 from tests.conftest import EXPIRY, sha256
@@ -78,12 +81,20 @@ def test_same_bytes_are_uploaded_once(s3cat, make_image):
 @pytest.mark.slow
 def test_eight_publishers_five_each_s3(s3cat, cli):
     url, keys, root = s3cat
-    versions = run_publishers(url, keys, workers=8, each=5)
+    versions = run_publishers(url, keys, workers=8, each=5)  # sharing one publisher cache, as on one host
     assert len(versions) == 40 and len(set(versions)) == 40
     r = cli("catalogue", "list", "wn", "--catalogue", url, "--root", root, "--json")
     assert sorted(e["version"] for e in json.loads(r.out)) == sorted(versions)
     r = cli("catalogue", "verify", url)
     assert r.code == 0, r.out
+    # what 8 racing writers left in their shared cache is, entry by entry, the store's bytes of that version
+    (held,) = (Path(os.environ["IMAGECTL_CACHE_DIR"]) / PUBLISHER_DIR).iterdir()
+    entries = {p.name: p.read_bytes() for p in held.iterdir()}
+    assert {"snapshot.json", "targets.json", "image-wn.json"} <= entries.keys(), sorted(entries)
+    store = open_store(url)
+    for name, data in entries.items():
+        version, _, body = data.partition(b"\n")
+        assert body == store.read(f"metadata/{int(version)}.{name}", 1 << 24), name
 
 
 def test_gc_on_s3_removes_orphans_only(s3cat, cli, make_image, tmp_path):
