@@ -20,13 +20,14 @@ import pytest
 
 from imagectl.catalogue import bins
 from imagectl.catalogue.keys import KeyRing
-from imagectl.catalogue.metacache import PUBLISHER_DIR, CatalogueCache, MetadataCache, _entry
+from imagectl.catalogue.metacache import PUBLISHER_DIR, SEEN, CatalogueCache, MetadataCache, _entry
 from imagectl.catalogue.model import target_path
 from imagectl.catalogue.publish import PublishRequest, init_catalogue, publish
 from imagectl.catalogue.state import CatalogueState, Want, load_state
 from imagectl.store import Store
 from imagectl.store.s3 import S3Store
 from tests.conftest import Catalogue, CliResult
+from tests.conftest import sha256 as sha256_of
 from tests.test_bins import ARCH, EXPIRY
 from tests.test_bins import small_bins as small_bins  # a fixture: bins past 4 targets
 
@@ -96,7 +97,7 @@ def bin_of(state: CatalogueState, version: str, name: str = "wn") -> str:
 def entries(cache_dir: Path) -> dict[str, Path]:
     """The entries of the (one) catalogue directory of the publisher cache, by role."""
     (d,) = (cache_dir / PUBLISHER_DIR).iterdir()
-    return {p.name.removesuffix(".json"): p for p in d.iterdir() if not p.name.startswith(".")}
+    return {p.name.removesuffix(".json"): p for p in d.iterdir() if p.suffix == ".json" and not p.name.startswith(".")}
 
 
 def published(store: Store, version: str, name: str = "wn") -> bool:
@@ -255,8 +256,75 @@ def test_the_cache_keeps_one_file_per_role(
     listed = {r.removesuffix(".json") for r in load_state(catalogue.store).snapshot.signed.meta} | {"snapshot"}
     assert set(held) <= listed  # one file per role, named by it: never one per version
     (d,) = (tmp_path / "pubcache" / PUBLISHER_DIR).iterdir()
-    assert sorted(p.name for p in d.iterdir()) == sorted(f"{r}.json" for r in held)  # no temp file left
+    assert sorted(p.name for p in d.iterdir()) == sorted([SEEN, *(f"{r}.json" for r in held)])  # no temp file left
     assert oct(d.stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_a_seen_timestamp_version_with_other_bytes_drops_every_entry(tmp_path: Path) -> None:
+    bound = MetadataCache(tmp_path / "pubcache").bind("s3://b/c", b"r")
+    assert bound is not None
+    assert bound.seen() is None and bound.saw(5, "a" * 64) and bound.seen() == (5, "a" * 64)
+    bound.put("metadata/3.snapshot.json", b"{}")
+    bound.put("metadata/2.image-wn.json", b"{}")
+    assert bound.saw(6, "b" * 64)  # a newer one: recorded, entries kept
+    assert bound.get("metadata/3.snapshot.json", 10) == b"{}" and bound.seen() == (6, "b" * 64)
+    assert not bound.saw(4, "c" * 64)  # an older one: the store is behind; nothing recorded, nothing dropped
+    assert bound.seen() == (6, "b" * 64) and bound.get("metadata/3.snapshot.json", 10) == b"{}"
+    assert bound.saw(6, "d" * 64)  # the same version, other bytes: another history
+    assert bound.get("metadata/3.snapshot.json", 10) is None and bound.get("metadata/2.image-wn.json", 10) is None
+    assert bound.seen() == (6, "d" * 64)
+    (bound.path / SEEN).write_bytes(b"6 short\n")  # damaged: as if none
+    assert bound.seen() is None
+
+
+def test_a_catalogue_restored_from_a_backup_is_published_to_from_the_store(
+    catalogue: Catalogue, tmp_path: Path, make_image: Callable[..., Path]
+) -> None:
+    """The catalogue goes back to a copy taken earlier while the cache holds newer files. The next publish from
+    this host reads everything from the store (its timestamp is older than one this host saw), and its commit,
+    which succeeds on top of that older timestamp, drops the cache. Then another publisher re-uses the lost
+    versions' names with other bytes (so their bin gets the same version numbers the lost history gave it) and goes
+    past the timestamp this host saw; this host's next publish into that bin must sign the store's bin, not the
+    lost one it had cached."""
+    import shutil
+
+    keys = seeded(catalogue.store, catalogue.keys, make_image)
+    cache = MetadataCache(tmp_path / "pubcache")
+    state = load_state(catalogue.store)
+    lost_bin = bin_of(state, "lost.0")
+    pick = (f"9.{k}" for k in range(1000))
+    mine = next(v for v in pick if bin_of(state, v) != lost_bin)
+    extra = next(v for v in pick if bin_of(state, v) != lost_bin)
+    final = next(v for v in pick if bin_of(state, v) == lost_bin)
+
+    def put(version: str, seed: str, via: MetadataCache | None) -> list[str]:
+        reads = reads_of(catalogue.store)
+        req = PublishRequest(file=str(make_image(4096, seed=seed)), name="wn", arch=ARCH, version=version)
+        publish(catalogue.store, keys, req, EXPIRY, meta_cache=via)
+        del catalogue.store.read, catalogue.store.read_versioned  # the counting wrappers
+        return reads
+
+    shutil.copytree(catalogue.dir, tmp_path / "backup")
+    for i in range(4):
+        put(f"lost.{i}", f"lost{i}", cache)  # published here, then lost with the restore
+    seen = load_state(catalogue.store).timestamp.signed.version
+    shutil.rmtree(catalogue.dir)
+    shutil.copytree(tmp_path / "backup", catalogue.dir)
+    reads = put(mine, "mine", cache)
+    assert any(k.endswith(".snapshot.json") for k in reads)  # nothing taken from the cache
+    for i in range(4):
+        put(f"lost.{i}", f"other{i}", None)  # another host, other bytes under the lost names
+    put(extra, "extra", None)
+    assert load_state(catalogue.store).timestamp.signed.version > seen
+    put(final, "final", cache)
+    state = load_state(catalogue.store)
+    images = {r.version: r.sha256 for r in state.images("wn")}
+    assert set(images) == {*(f"1.{i}" for i in range(8)), *(f"lost.{i}" for i in range(4)), mine, extra, final}
+    for i in range(4):  # the bytes of this history, not of the lost one
+        assert images[f"lost.{i}"] == sha256_of(make_image(4096, seed=f"other{i}")), i
+    for role, entry in entries(tmp_path / "pubcache").items():  # every entry is of this history
+        header, _, body = entry.read_bytes().partition(b"\n")
+        assert body == (catalogue.dir / "metadata" / f"{int(header)}.{role}.json").read_bytes(), role
 
 
 def test_temp_files_of_a_killed_writer_are_swept_after_an_hour(tmp_path: Path) -> None:

@@ -26,6 +26,14 @@ one file per role (so the cache of a catalogue never holds more files than its s
 line is the version N and the rest the bytes of ``N.ROLE.json``. A catalogue made anew at the same URL has another
 first root, so another directory. Entries are replaced whole (temp file and rename, no fsync: a file a crash left
 torn is a miss); temp files of a publisher killed mid-write are removed by the next one after an hour.
+
+A catalogue that goes back in time (restored from a backup) and is then published to again reuses version numbers
+for other bytes, which would make entries of the old history wrong for the new. ``timestamp.seen`` records the
+newest timestamp this host saw (version and SHA-256): a timestamp of that version with other bytes drops every
+entry at once; an older one makes the publish read everything from the store, and when its commit then succeeds
+on top of that older timestamp (which a store that never goes back cannot let happen) every entry is dropped.
+A host that first publishes after the restored catalogue has passed the version it saw cannot tell; clear the
+publisher caches after restoring a catalogue (catalogue/README.md §7.2).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from imagectl.fsio import AtomicFile, Beneath, read_at_most
 __all__ = ["PUBLISHER_DIR", "CatalogueCache", "MetadataCache"]
 
 PUBLISHER_DIR = "publisher"
+SEEN = "timestamp.seen"  # "VERSION SHA256" of the newest timestamp.json this host saw of the catalogue
 STALE_TEMP_S = 3600  # a temp file this old is a killed publisher's: removed
 # N.ROLE.json, ROLE a file name of its own (no "/", no leading dot, within NAME_MAX with ".json"); not the two
 # mutable files (root.json is versioned too, but the root chain is walked from the store: it decides the keys)
@@ -98,15 +107,16 @@ class CatalogueCache:
         if entry is None:
             return
         role, version = entry
-        try:
-            with (
-                self.tree.dir(self.rel) as d,
-                AtomicFile(self.path / f"{role}.json", dir_fd=d, mode=0o600, durable=False) as f,
-            ):
-                f.write(b"%d\n" % version)
-                f.write(data)
-        except (OSError, LocalIOError):
-            return
+        self._write(f"{role}.json", b"%d\n" % version + data)
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Replace file ``name`` of this cache with ``data``, whole; silently nothing on any failure."""
+        with (
+            contextlib.suppress(OSError, LocalIOError),
+            self.tree.dir(self.rel) as d,
+            AtomicFile(self.path / name, dir_fd=d, mode=0o600, durable=False) as f,
+        ):
+            f.write(data)
 
     def drop(self, key: str) -> None:
         """Remove the entry of ``key``'s role (one that failed verification); silently nothing on failure."""
@@ -114,6 +124,42 @@ class CatalogueCache:
         if entry is not None:
             with contextlib.suppress(OSError, LocalIOError):
                 self.tree.unlink(f"{self.rel}/{entry[0]}.json")
+
+    def seen(self) -> tuple[int, str] | None:
+        """The newest timestamp this host recorded (version, SHA-256), or None (none, or unreadable)."""
+        try:
+            fd = self.tree.open_regular(f"{self.rel}/{SEEN}")
+        except (OSError, LocalIOError):
+            return None
+        try:
+            words = read_at_most(fd, 100).decode("ascii").split()
+            version, digest = int(words[0]), words[1]
+        except (OSError, ValueError, IndexError, UnicodeDecodeError):
+            return None
+        finally:
+            os.close(fd)
+        return (version, digest) if len(words) == 2 and len(digest) == 64 else None
+
+    def saw(self, version: int, digest: str) -> bool:
+        """Note timestamp ``version`` (bytes of SHA-256 ``digest``) as read or committed. Returns False when the
+        store is behind what this host saw: an older version (nothing recorded; the caller reads everything from
+        the store). The same version with other bytes drops every entry (another history) and records it."""
+        seen = self.seen()
+        if seen is not None and seen[0] > version:
+            return False
+        if seen is not None and seen[0] == version and seen[1] != digest:
+            self.clear()
+        if seen != (version, digest):
+            self._write(SEEN, f"{version} {digest}\n".encode())
+        return True
+
+    def clear(self) -> None:
+        """Drop every entry and the record of the newest timestamp (the catalogue went back in time)."""
+        with contextlib.suppress(OSError, LocalIOError), self.tree.dir(self.rel) as d, os.scandir(d) as it:
+            for e in it:
+                if e.name == SEEN or (e.name.endswith(".json") and not e.name.startswith(".")):
+                    with contextlib.suppress(OSError):
+                        os.unlink(e.name, dir_fd=d)
 
     def sweep(self, older_than: float = STALE_TEMP_S) -> int:
         """Remove the temp files (``.ROLE.json.XXXX.tmp``) older than ``older_than`` seconds: those of a publisher

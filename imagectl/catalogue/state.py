@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
 import random
 import time
@@ -114,6 +115,8 @@ class CatalogueState:
     _listed: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # (NAME, VERSION, ARCH): its files
     cache: CatalogueCache | None = None  # this host's copies of immutable metadata files (catalogue.metacache)
     _cached: dict[str, bytes] = field(default_factory=dict)  # role files load_state found in the cache (Want)
+    # the cache, left unused: the store's timestamp is older than one this host saw (restored from a backup?)
+    _rewound: CatalogueCache | None = None
 
     # -- reading ------------------------------------------------------------------------------------------
     def name_index(self) -> dict[str, str]:
@@ -537,9 +540,13 @@ class CatalogueState:
         ts_bytes = encoded(self.timestamp, f"{METADATA}timestamp.json", payload)
         if not self.store.write_if_match(f"{METADATA}timestamp.json", ts_bytes, self.timestamp_tag):
             raise CommitConflict("another publisher changed the catalogue first")
+        if self._rewound is not None:  # committed on top of a timestamp older than one seen: the store went back
+            self._rewound.clear()
+            self.cache, self._rewound = self._rewound, None
         if self.cache is not None:  # committed: these are now the store's bytes under these names for good
             for key, data in written:
                 self.cache.put(key, data)
+            self.cache.saw(self.timestamp.signed.version, hashlib.sha256(ts_bytes).hexdigest())
         root_copy = metadata_bytes(self.root)
         # heal a rotation cut short: root.json one version behind the chain (read again only if it was then)
         if self.root_copy != root_copy and self.store.read(f"{METADATA}root.json", ROOT_MAX) != root_copy:
@@ -782,7 +789,10 @@ def load_state(
         raise UntrustedMetadataError(f"{METADATA}timestamp.json is missing from {store.shown}") from None
     ts = _parse(ts_bytes, f"{METADATA}timestamp.json")
     _verify_top(root, also_trust, "timestamp", ts, f"{METADATA}timestamp.json")
-    cache = None if meta_cache is None else meta_cache.bind(store.url, first[1].get())
+    bound = None if meta_cache is None else meta_cache.bind(store.url, first[1].get())
+    # a timestamp older than one this host saw: nothing is taken from the cache (see catalogue.metacache)
+    rewound = bound is not None and not bound.saw(ts.signed.version, hashlib.sha256(ts_bytes).hexdigest())
+    cache = None if rewound else bound
     snap_version = ts.signed.snapshot_meta.version
     snap_key = f"{METADATA}{snap_version}.snapshot.json"
 
@@ -847,6 +857,7 @@ def load_state(
         if cache is not None:
             cache.put(reads.targets_key, targets_bytes)
     state = CatalogueState(store, root, ts, snap, targets, timestamp_tag=ts_tag, root_copy=root_bytes, cache=cache)
+    state._rewound = bound if rewound else None
     state._fetched = dict(zip(reads.extra, got, strict=True))
     state._cached = reads.cached
     if listing is not None and listed is not None and listed.error is None:  # else listed again where it is used
