@@ -389,6 +389,26 @@ def test_an_entry_over_the_cap_or_of_another_version_is_a_miss(tmp_path: Path) -
 
 
 @pytest.mark.s3
+def test_one_bucket_name_on_two_servers_is_two_catalogues_to_the_cache(
+    s3_store: S3Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bucket copied to a test server under the same name and prefix (same URL, same first root) is another
+    catalogue once published to: its files get other bytes under the same versions. The cache tells them apart
+    by the server (no request is made to the second one)."""
+    from imagectl.store import open_store
+    from imagectl.store.local import LocalStore
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.2:9")
+    other = open_store(s3_store.url)
+    assert isinstance(other, S3Store) and other.url == s3_store.url
+    assert s3_store.endpoint in s3_store.identity and other.identity != s3_store.identity
+    cache = MetadataCache(tmp_path / "pubcache")
+    a, b = cache.bind(s3_store.identity, b"root"), cache.bind(other.identity, b"root")
+    assert a is not None and b is not None and a.path != b.path
+    assert LocalStore(tmp_path / "cat").identity == LocalStore(tmp_path / "cat").shown  # a path says it all
+
+
+@pytest.mark.s3
 def test_a_publish_on_s3_sends_no_get_the_cache_answers(
     s3_store: S3Store, tmp_path: Path, make_image: Callable[..., Path]
 ) -> None:

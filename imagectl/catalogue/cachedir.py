@@ -1,7 +1,7 @@
-"""The user's cache directory for catalogue files, checked before anything in it is trusted; and the name of one
-catalogue's directory in it. Shared by the deployer's reader (``tuf/``, :mod:`imagectl.catalogue.client`) and the
-publisher's cache of immutable metadata (``publisher/``, :mod:`imagectl.catalogue.metacache`), which must not
-import the reader (python-tuf's client and its HTTP stack cost a publish ~0.2 s to import)."""
+"""The user's cache directory for catalogue files, checked before anything in it is trusted (shared by the
+deployer's reader, ``tuf/`` in :mod:`imagectl.catalogue.client`, and the publisher's cache of immutable metadata,
+``publisher/`` in :mod:`imagectl.catalogue.metacache`, which must not import the reader: python-tuf's client and
+its HTTP stack cost a publish ~0.2 s to import); and the name of one catalogue's directory in the reader's part."""
 
 from __future__ import annotations
 

@@ -20,12 +20,14 @@ failed publish: the store is always the source of truth. ``rm -rf CACHE/publishe
 
 Layout, under the ``cache_dir`` setting::
 
-    publisher/<cache_key(url)>-<sha256(1.root.json)[:16]>/ROLE.json
+    publisher/<sha256(store identity)[:16]>-<sha256(1.root.json)[:16]>/ROLE.json
 
 one file per role (so the cache of a catalogue never holds more files than its snapshot lists roles), whose first
-line is the version N and the rest the bytes of ``N.ROLE.json``. A catalogue made anew at the same URL has another
-first root, so another directory. Entries are replaced whole (temp file and rename, no fsync: a file a crash left
-torn is a miss); temp files of a publisher killed mid-write are removed by the next one after an hour.
+line is the version N and the rest the bytes of ``N.ROLE.json``. The store's identity is its URL without
+credentials and, for S3, its endpoint (a bucket of the same name on a test server is another catalogue, even one
+copied from it). A catalogue made anew at the same place has another first root, so another directory. Entries
+are replaced whole (temp file and rename, no fsync: a file a crash left torn is a miss); temp files of a publisher
+killed mid-write are removed by the next one after an hour.
 
 A catalogue that goes back in time (restored from a backup) and is then published to again reuses version numbers
 for other bytes, which would make entries of the old history wrong for the new. ``timestamp.seen`` records the
@@ -45,7 +47,7 @@ import re
 import time
 from pathlib import Path
 
-from imagectl.catalogue.cachedir import cache_key, client_cache
+from imagectl.catalogue.cachedir import client_cache
 from imagectl.catalogue.model import METADATA
 from imagectl.errors import LocalIOError
 from imagectl.fsio import AtomicFile, Beneath, read_at_most
@@ -183,11 +185,12 @@ class MetadataCache:
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = cache_dir
 
-    def bind(self, url: str, first_root: bytes) -> CatalogueCache | None:
-        """The cache of the catalogue at ``url`` whose ``1.root.json`` is ``first_root``, made if new; None when the
-        cache cannot be used (another user's, writable by others, not a directory, unwritable): the publish then
-        reads everything from the store."""
-        rel = f"{PUBLISHER_DIR}/{cache_key(url)}-{hashlib.sha256(first_root).hexdigest()[:16]}"
+    def bind(self, identity: str, first_root: bytes) -> CatalogueCache | None:
+        """The cache of the catalogue in the store of ``identity`` (:attr:`Store.identity`) whose ``1.root.json``
+        is ``first_root``, made if new; None when the cache cannot be used (another user's, writable by others,
+        not a directory, unwritable): the publish then reads everything from the store."""
+        store, root = (hashlib.sha256(b).hexdigest()[:16] for b in (identity.encode(), first_root))
+        rel = f"{PUBLISHER_DIR}/{store}-{root}"
         try:
             tree = client_cache(self.cache_dir)
             with tree.dir(rel, create=True, mode=0o700):

@@ -789,7 +789,7 @@ def load_state(
         raise UntrustedMetadataError(f"{METADATA}timestamp.json is missing from {store.shown}") from None
     ts = _parse(ts_bytes, f"{METADATA}timestamp.json")
     _verify_top(root, also_trust, "timestamp", ts, f"{METADATA}timestamp.json")
-    bound = None if meta_cache is None else meta_cache.bind(store.url, first[1].get())
+    bound = None if meta_cache is None else meta_cache.bind(store.identity, first[1].get())
     # a timestamp older than one this host saw: nothing is taken from the cache (see catalogue.metacache)
     rewound = bound is not None and not bound.saw(ts.signed.version, hashlib.sha256(ts_bytes).hexdigest())
     cache = None if rewound else bound

@@ -405,3 +405,9 @@ class Store(abc.ABC):
     def shown(self) -> str:
         """The store's URL as messages and files may show it (no credentials)."""
         return safe_url(self.url)
+
+    @property
+    def identity(self) -> str:
+        """What tells this store from every other for a cache of its files (no credentials): its URL, and where
+        the URL does not say which server holds it (S3), the server's too."""
+        return self.shown

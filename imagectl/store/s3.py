@@ -661,6 +661,10 @@ class S3Store(Store):
     single_copy = True
     cache_metadata = True
 
+    @property
+    def identity(self) -> str:
+        return f"{self.shown} at {self.endpoint}"  # one bucket name on two servers: two stores
+
     def pointer(self, key: str) -> str | None:
         head = self._head(key)
         return None if head is None else _pointed(key, head)
