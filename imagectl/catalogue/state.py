@@ -840,7 +840,7 @@ def load_state(
         second.append(functools.partial(_files_listed, store, listing))
     if reads is not None:
         second += reads.calls(store)
-    got = store.gather(second) if second else []
+    got = store.gather(second)
     if snap is None:
         snap_bytes = _read_bytes(store, snap_key, got.pop(0))
         snap = check_snapshot(snap_bytes)
