@@ -163,10 +163,9 @@ class CatalogueCache:
                     with contextlib.suppress(OSError):
                         os.unlink(e.name, dir_fd=d)
 
-    def sweep(self, older_than: float = STALE_TEMP_S) -> int:
+    def sweep(self, older_than: float = STALE_TEMP_S) -> None:
         """Remove the temp files (``.ROLE.json.XXXX.tmp``) older than ``older_than`` seconds: those of a publisher
-        killed while writing an entry. Returns how many were removed."""
-        removed = 0
+        killed while writing an entry."""
         now = time.time()
         with contextlib.suppress(OSError, LocalIOError), self.tree.dir(self.rel) as d, os.scandir(d) as it:
             for e in it:
@@ -175,8 +174,6 @@ class CatalogueCache:
                 with contextlib.suppress(OSError):
                     if now - e.stat(follow_symlinks=False).st_mtime > older_than:
                         os.unlink(e.name, dir_fd=d)
-                        removed += 1
-        return removed
 
 
 class MetadataCache:
