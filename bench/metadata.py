@@ -14,6 +14,9 @@ versions signed in one commit, all pointing at one small blob, as bench/publish.
    against a catalogue of one name; ratio (target <= 1.3); also twice, without and with the cache;
 3. **cold pull**: the metadata bytes a first ``pull NAME:VERSION`` downloads from the big-names catalogue (and from
    the 50,000-version one), counted through the store (target <= 256 KiB); the snapshot and targets sizes;
+   **promote**: the same two pairs of catalogues, a promote of an existing version to ``stable`` (what a pipeline
+   does after the publish and its boot test), fresh and with the cache warm: a promote reads the name's role and
+   the bins of the version's recorded arches and formats (catalogue/README.md §5), re-signs the role;
 4. **list**: which metadata files ``catalogue list NAME`` reads (only that name's, plus the top-level files);
 5. **verify**: ``imagectl catalogue verify --no-blobs`` of the big-names catalogue in a child process: wall time and
    peak RSS, for 1/4 and all of the names (linear in time, flat in memory?).
@@ -66,7 +69,7 @@ from imagectl.catalogue.model import (  # noqa: E402
     target_path,
     utcnow,
 )
-from imagectl.catalogue.publish import PublishRequest, init_catalogue, publish  # noqa: E402
+from imagectl.catalogue.publish import PublishRequest, init_catalogue, promote, publish  # noqa: E402
 from imagectl.catalogue.state import CatalogueState, load_state, transact  # noqa: E402
 from imagectl.config import Config  # noqa: E402
 from imagectl.store.digest import file_digest  # noqa: E402
@@ -145,6 +148,7 @@ class Bench:
         blob.write_bytes(os.urandom(1 << 10))  # small: the verified catalogues hold a target file per image
         self.seed_file = blob
         self.meta_cache = MetadataCache(tmp / "cache")  # the publisher cache of this "host"
+        self.seeded: dict[tuple[str, str], int] = {}  # (catalogue, NAME) -> the versions seeded: 0.0, 0.1, ...
 
     def store(self, prefix: str) -> S3Store:
         return S3Store(self.bucket, prefix)
@@ -166,6 +170,7 @@ class Bench:
         digest = file_digest(str(self.seed_file), part_size=store.part_size)
         store.upload_file(blob_key(digest.sha256), str(self.seed_file), digest)
         seconds = seed(store, KeyRing(self.keydir), digest.sha256, digest.size, names)
+        self.seeded |= {(prefix, name): count for name, count in names.items()}
         if target_files:
             data = self.seed_file.read_bytes()
             keys = [
@@ -212,17 +217,37 @@ class Bench:
         seconds = time.perf_counter() - t0
         return seconds, store.stats.bytes_sent - before - (64 << 10)
 
+    def promote(self, prefix: str, name: str, *, cached: bool = False) -> tuple[float, int]:
+        """One library promote of a seeded version of NAME (one of its first ten, in turn) to ``stable``; seconds
+        and metadata bytes written. The same store and heap care as :meth:`publish`."""
+        if prefix not in self.stores:
+            self.stores[prefix] = self.publishing_store(prefix)
+        store = self.stores[prefix]
+        before = store.stats.bytes_sent
+        ref = f"{name}:0.{next(self.counter) % min(10, self.seeded[prefix, name])}"
+        gc.collect()
+        t0 = time.perf_counter()
+        promote(store, KeyRing(self.keydir), ref, "stable", EXPIRY, meta_cache=self.meta_cache if cached else None)
+        seconds = time.perf_counter() - t0
+        return seconds, store.stats.bytes_sent - before
+
     def compare(
-        self, rounds: int, base: tuple[str, str], big: tuple[str, str]
+        self,
+        rounds: int,
+        base: tuple[str, str],
+        big: tuple[str, str],
+        action: Callable[..., tuple[float, int]] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Publishes into (catalogue, NAME) ``big`` against ``base``, alternating: as from a fresh host, then with
-        the publisher cache holding both names' metadata."""
-        log(f"publishing: {big[0]} vs {base[0]}")
-        fresh = alternate(rounds, lambda: self.publish(*base), lambda: self.publish(*big))
-        log(f"publishing: {big[0]} vs {base[0]}, publisher cache warm")
+        """``action`` (default :meth:`publish`) on (catalogue, NAME) ``big`` against ``base``, alternating: as from
+        a fresh host, then with the publisher cache holding both names' metadata."""
+        act = action or self.publish
+        what = act.__name__
+        log(f"{what}: {big[0]} vs {base[0]}")
+        fresh = alternate(rounds, lambda: act(*base), lambda: act(*big))
+        log(f"{what}: {big[0]} vs {base[0]}, publisher cache warm")
         self.warm(*base)
         self.warm(*big)
-        warm = alternate(rounds, lambda: self.publish(*base, cached=True), lambda: self.publish(*big, cached=True))
+        warm = alternate(rounds, lambda: act(*base, cached=True), lambda: act(*big, cached=True))
         return fresh, warm
 
     def cold_read(self, prefix: str, what: Callable[[CatalogueReader], object]) -> dict[str, Any]:
@@ -282,6 +307,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         out["small_catalogue"] = b.catalogue("small", {"few": args.small})
         out["big_name_catalogue"] = b.catalogue("bigname", {"many": args.versions})
         out["versions"], out["versions_cached"] = b.compare(args.rounds, ("small", "few"), ("bigname", "many"))
+        out["promote_versions"], out["promote_versions_cached"] = b.compare(
+            args.rounds, ("small", "few"), ("bigname", "many"), b.promote
+        )
         names = {f"name-{i:05d}": args.per_name for i in range(args.names)}
         log(f"seeding: {args.names} names x {args.per_name}")
         out["one_name_catalogue"] = b.catalogue("onename", {"name-00000": args.per_name})
@@ -289,6 +317,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         out["quarter_names_catalogue"] = b.catalogue("quarter", quarter, target_files=True)
         out["names_catalogue"] = b.catalogue("names", names, target_files=True)
         out["names"], out["names_cached"] = b.compare(args.rounds, ("onename", "name-00000"), ("names", "name-00007"))
+        out["promote_names"], out["promote_names_cached"] = b.compare(
+            args.rounds, ("onename", "name-00000"), ("names", "name-00007"), b.promote
+        )
         log("cold pulls, list")
 
         def pull(ref: str) -> Callable[[CatalogueReader], object]:
@@ -308,6 +339,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def report(s: dict[str, Any]) -> str:
     v, n, vc, nc = s["versions"], s["names"], s["versions_cached"], s["names_cached"]
     cp = s["cold_pull_names"]
+    pv, pvc, pn, pnc = (
+        s[k] for k in ("promote_versions", "promote_versions_cached", "promote_names", "promote_names_cached")
+    )
     rtt = s["params"].get("rtt_ms") or 0
     lines = [
         *([f"every request of a timed publish waits {rtt} ms before it is sent (--rtt-ms)"] if rtt else []),
@@ -321,6 +355,14 @@ def report(s: dict[str, Any]) -> str:
         f"metadata bytes written {n['baseline_metadata_bytes'][0]} vs {n['measured_metadata_bytes'][0]}",
         f"  with the publisher cache warm: ratio {nc['ratio']}; baseline {nc['baseline_s']} s, "
         f"measured {nc['measured_s']} s",
+        *[
+            f"promote {what}: ratio {p['ratio']} (fresh host), {pc['ratio']} (publisher cache warm); baseline "
+            f"{p['baseline_s']} s, measured {p['measured_s']} s; warm {pc['baseline_s']} s, {pc['measured_s']} s"
+            for what, p, pc in (
+                (f"in {s['params']['versions']} versions vs {s['params']['small']}", pv, pvc),
+                (f"in {s['params']['names']} names vs one", pn, pnc),
+            )
+        ],
         f"cold pull, {s['params']['names']} names: {cp['metadata_bytes']} metadata bytes in {cp['files']} files "
         f"(target <= {TARGETS['cold_pull_bytes']}; one-name catalogue: "
         f"{s['cold_pull_names_baseline']['metadata_bytes']}; 50k-version name: "

@@ -278,7 +278,8 @@ def cmd_rebin(args: argparse.Namespace, cfg: Config) -> int:
     names = [model.check_name(n) for n in args.names]
     report = rebin_catalogue(_store(cfg, args.dest), _keys(cfg), cfg.expiry_days(), names, bits=bits)
     lines = [f"{n}: {b} bins" for n, b in sorted(report.rebinned.items())]
-    lines += [f"{n}: unchanged" for n in report.unchanged]
+    lines += [f"{n}: unchanged" for n in report.unchanged if n not in report.layouts]
+    lines += [f"{n}: its arches and formats recorded" for n in report.layouts]
     if report.index_roles:
         lines.append(f"names spread over {report.index_roles} index roles")
     emit(args, report.as_json(), lines or ["no name needs bins"])
@@ -416,7 +417,10 @@ def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
     if args.rollback is not None:
         from imagectl.catalogue.lifecycle import rollback
 
-        was, now = rollback(_store(cfg), _keys(cfg), args.ref, args.rollback, cfg.expiry_days())
+        store = _store(cfg)
+        was, now = rollback(
+            store, _keys(cfg), args.ref, args.rollback, cfg.expiry_days(), meta_cache=_meta_cache(cfg, store)
+        )
         emit(
             args,
             {"name": args.ref, "channel": args.rollback, "version": now, "previous": was or None},
@@ -424,7 +428,8 @@ def cmd_promote(args: argparse.Namespace, cfg: Config) -> int:
         )
         _after_change(args, cfg)
         return 0
-    before = promote(_store(cfg), _keys(cfg), args.ref, args.channel, cfg.expiry_days())
+    store = _store(cfg)
+    before = promote(store, _keys(cfg), args.ref, args.channel, cfg.expiry_days(), meta_cache=_meta_cache(cfg, store))
     emit(
         args,
         {"ref": args.ref, "channel": args.channel, "previous": before or None},
@@ -438,7 +443,7 @@ def cmd_protect(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.protect import protect
 
     store = _store(cfg, args.dest)
-    res = protect(store, _keys(cfg), args.channels, cfg.expiry_days(), off=args.off)
+    res = protect(store, _keys(cfg), args.channels, cfg.expiry_days(), off=args.off, meta_cache=_meta_cache(cfg, store))
     emit(
         args,
         {"protected_channels": res.protected, "changed": res.changed},
@@ -452,8 +457,8 @@ def cmd_deprecate(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.publish import deprecate
 
     _before_change(args, cfg)
-
-    n = deprecate(_store(cfg), _keys(cfg), args.ref, args.reason, cfg.expiry_days())
+    store = _store(cfg)
+    n = deprecate(store, _keys(cfg), args.ref, args.reason, cfg.expiry_days(), meta_cache=_meta_cache(cfg, store))
     emit(args, {"ref": args.ref, "images": n}, f"deprecated {args.ref} ({n} arch(es))")
     _after_change(args, cfg)
     return 0
@@ -476,15 +481,28 @@ def cmd_revoke(args: argparse.Namespace, cfg: Config) -> int:
     if args.at is not None and args.cascade:
         raise InvalidInputError("revoke --at and --cascade do not go together: schedule each version")
     _before_change(args, cfg)
+    store = _store(cfg)
     if args.at is not None:
         when = lifecycle.schedule_revocation(
-            _store(cfg), _keys(cfg), args.ref, args.reason, _when(args.at), cfg.expiry_days()
+            store,
+            _keys(cfg),
+            args.ref,
+            args.reason,
+            _when(args.at),
+            cfg.expiry_days(),
+            meta_cache=_meta_cache(cfg, store),
         )
         emit(args, {"ref": args.ref, "at": when, "scheduled": True}, f"{args.ref} will be revoked at {when}")
         _after_change(args, cfg)
         return 0
     revoked, dropped = lifecycle.revoke(
-        _store(cfg), _keys(cfg), args.ref, args.reason, cfg.expiry_days(), cascade=args.cascade
+        store,
+        _keys(cfg),
+        args.ref,
+        args.reason,
+        cfg.expiry_days(),
+        cascade=args.cascade,
+        meta_cache=_meta_cache(cfg, store),
     )
     for c in dropped:
         name, _, channel = c.partition("@")
@@ -503,7 +521,8 @@ def cmd_restore(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.lifecycle import restore
 
     _before_change(args, cfg)
-    records = restore(_store(cfg), _keys(cfg), args.ref, cfg.expiry_days())
+    store = _store(cfg)
+    records = restore(store, _keys(cfg), args.ref, cfg.expiry_days(), meta_cache=_meta_cache(cfg, store))
     emit(
         args,
         {"ref": args.ref, "images": [r.summary() for r in records]},

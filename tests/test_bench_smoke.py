@@ -53,6 +53,12 @@ def test_metadata_bench_runs_at_a_smoke_size() -> None:
         cached = s[f"{part}_cached"]
         assert len(cached["baseline_s"]) == len(cached["measured_s"]) == 2
         assert cached["ratio"] > 0 and min(cached["measured_s"] + cached["baseline_s"]) >= 8 * 0.05
+    # a promote: the first round, the name's roles (fresh host: then its version's bin) and 3 writes at least
+    for part in ("promote_versions", "promote_names", "promote_versions_cached", "promote_names_cached"):
+        assert len(s[part]["baseline_s"]) == len(s[part]["measured_s"]) == 2
+        assert s[part]["ratio"] > 0 and min(s[part]["measured_s"] + s[part]["baseline_s"]) >= 4 * 0.05
+    # into the binned name it re-signs the image role (its channels), the snapshot and the timestamp: no bin
+    assert 0 < s["promote_versions"]["measured_metadata_bytes"][0] < 16 * 1024
     # the binned name's publish re-signs one bin, the snapshot (listing its 8 bins) and the timestamp
     assert s["big_name_catalogue"]["snapshot_entries"] == 2 + 8  # targets, the name's role, its bins
     assert 0 < s["versions"]["measured_metadata_bytes"][0] < 64 * 1024

@@ -52,6 +52,21 @@ def reads_of(store: Store) -> list[str]:
     return keys
 
 
+FIRST_ROUND = {"metadata/root.json", "metadata/1.root.json", "metadata/2.root.json", "metadata/timestamp.json"}
+
+
+def s3_gets(store: S3Store) -> list[str]:
+    """The key of every ``GetObject`` sent through ``store``'s clients from now on, in order."""
+    gets: list[str] = []
+
+    def get(params: dict[str, str], **_: object) -> None:
+        gets.append(str(params.get("Key", "?")).removeprefix(store.prefix))
+
+    for client in store.clients():
+        client.meta.events.register("before-parameter-build.s3.GetObject", get)
+    return gets
+
+
 def seeded(store: Store, keydir: Path, make_image: Callable[..., Path], name: str = "wn") -> KeyRing:
     """The catalogue in ``store`` (made with the keys in ``keydir`` if there is none yet), its NAME holding 8
     versions (binned under small_bins), published without a cache; its keys."""
@@ -417,14 +432,7 @@ def test_a_publish_on_s3_sends_no_get_the_cache_answers(
     keys = seeded(s3_store, tmp_path / "keys", make_image)
     cache = MetadataCache(tmp_path / "pubcache")
     warm(s3_store, cache, "2.0")
-    gets: list[str] = []
-
-    def get(params: dict[str, str], **_: object) -> None:
-        gets.append(str(params.get("Key", "?")).removeprefix(s3_store.prefix))
-
-    for client in s3_store.clients():
-        client.meta.events.register("before-parameter-build.s3.GetObject", get)
-    first_round = {"metadata/root.json", "metadata/1.root.json", "metadata/2.root.json", "metadata/timestamp.json"}
+    gets, first_round = s3_gets(s3_store), FIRST_ROUND
     for version in ("2.0", "2.0.1"):
         gets.clear()
         req = PublishRequest(file=str(make_image(4096, seed=version)), name="wn", arch=ARCH, version=version)

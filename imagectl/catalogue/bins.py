@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import Any
 
-from tuf.api.metadata import SuccinctRoles
+from tuf.api.metadata import Metadata, SuccinctRoles, Targets
 
-from imagectl.catalogue.model import ROLE_PREFIX
+from imagectl.catalogue.model import ARCHES, EXT, FORMATS, ROLE_PREFIX
 
 __all__ = [
     "BIN_FILL",
@@ -26,10 +27,12 @@ __all__ = [
     "bin_bits",
     "bin_prefix",
     "bin_role_for",
+    "layouts",
     "name_of_bin",
     "probe_path",
 ]
 
+LAYOUTS = "layouts"  # x-imagectl of a binned image role: the ARCH/FORMAT pairs its bins hold (README §5)
 BIN_THRESHOLD = 512  # targets: a plain image role past this is binned; a bin past this is worth a re-bin
 BIN_FILL = 128  # targets per bin aimed at when a name is (re-)binned: room to grow 4x before the threshold
 MAX_BITS = 14  # at most 16,384 bins per name: the snapshot lists every bin (~45 bytes each)
@@ -69,3 +72,14 @@ def probe_path(name: str, succinct: SuccinctRoles, role: str) -> str:
         if int.from_bytes(hashlib.sha256(path.encode()).digest(), "big") >> shift == want:
             return path
         i += 1
+
+
+def layouts(md: Metadata[Targets]) -> list[str] | None:
+    """The ``ARCH/FORMAT`` pairs a binned image role's signed ``x-imagectl.layouts`` says its bins hold targets of
+    (catalogue/README.md §5), those imagectl knows, in its order: the bins a lookup of one version must read. None
+    when the role has no such record, or one that is not a list of strings: then every pair must be tried."""
+    ext: Any = md.signed.unrecognized_fields.get(EXT)
+    raw = ext.get(LAYOUTS) if isinstance(ext, dict) else None
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        return None
+    return [f"{a}/{f}" for a in ARCHES for f in FORMATS if f"{a}/{f}" in raw]

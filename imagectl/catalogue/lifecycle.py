@@ -24,8 +24,9 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from imagectl.catalogue import model
 from imagectl.catalogue.keys import KeyRing
+from imagectl.catalogue.metacache import MetadataCache
 from imagectl.catalogue.model import ImageRecord, blob_key, target_file_key, utcnow
-from imagectl.catalogue.state import CatalogueState, transact
+from imagectl.catalogue.state import CatalogueState, Want, transact
 from imagectl.errors import ConflictError, InvalidInputError, NotFoundError, RevokedError
 from imagectl.store import Store
 
@@ -72,7 +73,15 @@ def _published(state: CatalogueState, name: str, version: str) -> bool:
     return version not in ext["revoked"] and bool(state.version_images(name, version))
 
 
-def rollback(store: Store, keys: KeyRing, name: str, channel: str, expiry_days: dict[str, int]) -> tuple[str, str]:
+def rollback(
+    store: Store,
+    keys: KeyRing,
+    name: str,
+    channel: str,
+    expiry_days: dict[str, int],
+    *,
+    meta_cache: MetadataCache | None = None,
+) -> tuple[str, str]:
     """Move ``channel`` of NAME back to the newest earlier version in its history that is still published (not
     revoked, still listed); returns (from, to). Refuses when the history holds no such version."""
     model.check_name(name)
@@ -98,7 +107,7 @@ def rollback(store: Store, keys: KeyRing, name: str, channel: str, expiry_days: 
             hint=f"see the channel's moves: imagectl catalogue show {name} --history",
         )
 
-    return transact(store, apply)
+    return transact(store, apply, want=Want(name), meta_cache=meta_cache)
 
 
 def _earlier(moves: list[dict[str, Any]], current: str) -> list[str]:
@@ -134,7 +143,14 @@ def _revocation(ref: str, reason: str, what: str) -> tuple[model.ImageRef, str]:
 
 
 def schedule_revocation(
-    store: Store, keys: KeyRing, ref: str, reason: str, at: dt.datetime, expiry_days: dict[str, int]
+    store: Store,
+    keys: KeyRing,
+    ref: str,
+    reason: str,
+    at: dt.datetime,
+    expiry_days: dict[str, int],
+    *,
+    meta_cache: MetadataCache | None = None,
 ) -> str:
     """Sign a revocation of NAME:VERSION that takes effect at ``at`` (a future time); returns its timestamp."""
     r, version = _revocation(ref, reason, "revoke --at")
@@ -154,7 +170,7 @@ def schedule_revocation(
         state.commit(keys, expiry_days)
         return when
 
-    return transact(store, apply)
+    return transact(store, apply, want=Want(r.name), meta_cache=meta_cache)
 
 
 def revoke_versions(
@@ -165,7 +181,7 @@ def revoke_versions(
     channel."""
     dropped = []
     for name, version in versions:
-        records = state.version_images(name, version)
+        records = state.version_images(name, version, every_layout=True)  # a revocation trusts no shortcut
         if not records:
             raise NotFoundError(f"{name} has no version {version!r}")
         md = state.role_for_update(name, expires)
@@ -192,7 +208,14 @@ def revoke_versions(
 
 
 def revoke(
-    store: Store, keys: KeyRing, ref: str, reason: str, expiry_days: dict[str, int], *, cascade: bool = False
+    store: Store,
+    keys: KeyRing,
+    ref: str,
+    reason: str,
+    expiry_days: dict[str, int],
+    *,
+    cascade: bool = False,
+    meta_cache: MetadataCache | None = None,
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """Revoke every arch of NAME:VERSION (with ``cascade``, also every image built from it, transitively) in one
     commit, keeping signed tombstones with the reason. Returns the (NAME, VERSION) revoked and the emptied
@@ -204,7 +227,7 @@ def revoke(
         md = state.role(model.role_for(r.name)) or _missing(r.name)
         if version in CatalogueState.ext(md)["revoked"]:
             raise RevokedError(f"{r.name}:{version} is already revoked")
-        if not state.version_images(r.name, version):
+        if not state.version_images(r.name, version, every_layout=True):
             known = sorted({i.version for i in state.images(r.name)}, key=model.version_key)
             raise NotFoundError(f"{r.name} has no version {version!r} (versions: {', '.join(known[-10:])})")
         chosen = [(r.name, version), *(descendants(state, r.name, version) if cascade else [])]
@@ -213,10 +236,12 @@ def revoke(
         state.commit(keys, expiry_days)
         return chosen, dropped
 
-    return transact(store, apply)
+    return transact(store, apply, want=Want(r.name), meta_cache=meta_cache)
 
 
-def restore(store: Store, keys: KeyRing, ref: str, expiry_days: dict[str, int]) -> list[ImageRecord]:
+def restore(
+    store: Store, keys: KeyRing, ref: str, expiry_days: dict[str, int], *, meta_cache: MetadataCache | None = None
+) -> list[ImageRecord]:
     """List a revoked NAME:VERSION again, from the file info its tombstone kept; refused when the tombstone has
     none (revoked by an older imagectl) or a blob or target file is gone (gc after the grace period)."""
     r = model.parse_ref(ref)
@@ -255,7 +280,7 @@ def restore(store: Store, keys: KeyRing, ref: str, expiry_days: dict[str, int]) 
         state.commit(keys, expiry_days)
         return records
 
-    return transact(store, apply)
+    return transact(store, apply, want=Want(r.name), meta_cache=meta_cache)
 
 
 def resolve_parent(state: CatalogueState, ref: str, arch: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ __all__ = [
     "check_version",
     "host_arch",
     "image_keys",
+    "layout_of",
     "parse_ref",
     "role_for",
     "side_blobs",
@@ -154,6 +155,16 @@ def role_for(name: str) -> str:
 
 def target_path(name: str, version: str, arch: str, fmt: str) -> str:
     return f"{name}/{version}/{arch}/{name}-{version}-{arch}.{fmt}"
+
+
+def layout_of(path: str) -> str | None:
+    """``ARCH/FORMAT`` of an image's target path ``NAME/VERSION/ARCH/NAME-VERSION-ARCH.FORMAT`` (:func:`target_path`),
+    or None for a path of any other shape."""
+    parts = path.split("/")
+    if len(parts) != 4:
+        return None
+    fmt = parts[3].rpartition(".")[2]
+    return f"{parts[2]}/{fmt}" if parts[2] in ARCHES and fmt in FORMATS else None
 
 
 def target_file_key(path: str, sha256: str) -> str:

@@ -16,6 +16,7 @@ from tuf.api.metadata import Metadata, Targets
 
 from imagectl.catalogue import model
 from imagectl.catalogue.keys import KeyRing
+from imagectl.catalogue.metacache import MetadataCache
 from imagectl.catalogue.model import ImageRecord
 from imagectl.catalogue.state import EXT, CatalogueState, transact
 from imagectl.errors import InvalidInputError, ProtectedChannelError, UntrustedMetadataError
@@ -94,7 +95,13 @@ class ProtectResult:
 
 
 def protect(
-    store: Store, keys: KeyRing, channels: list[str], expiry_days: dict[str, int], *, off: bool = False
+    store: Store,
+    keys: KeyRing,
+    channels: list[str],
+    expiry_days: dict[str, int],
+    *,
+    off: bool = False,
+    meta_cache: MetadataCache | None = None,
 ) -> ProtectResult:
     """Protect ``channels`` (or, with ``off``, stop protecting them): a new version of the targets role.
 
@@ -117,4 +124,4 @@ def protect(
         state.commit(keys, expiry_days)
         return ProtectResult(after, True)
 
-    return transact(store, apply)
+    return transact(store, apply, meta_cache=meta_cache)

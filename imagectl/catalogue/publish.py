@@ -409,8 +409,17 @@ def _version_records(state: CatalogueState, name: str, version: str) -> list[Ima
     return records
 
 
-def promote(store: Store, keys: KeyRing, ref: str, channel: str, expiry_days: dict[str, int]) -> str:
-    """Point CHANNEL of NAME at VERSION (every arch of it). Returns the version it pointed at before, or ''."""
+def promote(
+    store: Store,
+    keys: KeyRing,
+    ref: str,
+    channel: str,
+    expiry_days: dict[str, int],
+    *,
+    meta_cache: MetadataCache | None = None,
+) -> str:
+    """Point CHANNEL of NAME at VERSION (every arch of it). Returns the version it pointed at before, or ''.
+    ``meta_cache``: as for :func:`publish`."""
     r = model.parse_ref(ref)
     model.check_channel(channel)
     if r.version is None:
@@ -425,12 +434,20 @@ def promote(store: Store, keys: KeyRing, ref: str, channel: str, expiry_days: di
         state.commit(keys, expiry_days)
         return before
 
-    before = transact(store, apply)
-    return before
+    return transact(store, apply, want=Want(r.name), meta_cache=meta_cache)
 
 
-def deprecate(store: Store, keys: KeyRing, ref: str, reason: str | None, expiry_days: dict[str, int]) -> int:
-    """Mark every arch of NAME:VERSION deprecated: still pullable by version, never chosen as newest."""
+def deprecate(
+    store: Store,
+    keys: KeyRing,
+    ref: str,
+    reason: str | None,
+    expiry_days: dict[str, int],
+    *,
+    meta_cache: MetadataCache | None = None,
+) -> int:
+    """Mark every arch of NAME:VERSION deprecated: still pullable by version, never chosen as newest.
+    ``meta_cache``: as for :func:`publish`."""
     r = model.parse_ref(ref)
     if r.version is None:
         raise InvalidInputError(f"deprecate needs NAME:VERSION, got {ref!r}")
@@ -446,7 +463,7 @@ def deprecate(store: Store, keys: KeyRing, ref: str, reason: str | None, expiry_
         state.commit(keys, expiry_days)
         return len(records)
 
-    return transact(store, apply)
+    return transact(store, apply, want=Want(r.name), meta_cache=meta_cache)
 
 
 def _load_records(source: Path) -> list[tuple[Path, buildrecord.BuildRecord]]:

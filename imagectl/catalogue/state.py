@@ -20,7 +20,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -230,22 +230,61 @@ class CatalogueState:
             for p, t in md.signed.targets.items()
         ]
 
-    def version_images(self, name: str, version: str) -> list[ImageRecord]:
-        """Every arch of NAME:VERSION. A binned name is asked by target path (each arch and format), so only the
-        bins those paths hash into are read, never all of them."""
+    def version_images(self, name: str, version: str, *, every_layout: bool = False) -> list[ImageRecord]:
+        """Every arch of NAME:VERSION. A binned name is asked by target path, so only the bins those paths hash
+        into are read, never all of them: the path of each arch and format its image role's signed ``layouts``
+        lists (one or two bins for most names), or, without that record (a name binned by an older imagectl) or
+        with ``every_layout``, of every arch and format imagectl knows (up to 100 bins)."""
         md = self.role(role_for(name))
         if md is None:
             return []
         if self.succinct(md) is None:
             return [r for r in self.images(name) if r.version == version]
+        recorded = None if every_layout else self.layouts(md)
+        pairs = recorded if recorded is not None else [f"{a}/{f}" for a in model.ARCHES for f in model.FORMATS]
         out = []
-        for arch in model.ARCHES:
-            for fmt in model.FORMATS:
-                path = model.target_path(name, version, arch, fmt)
-                t = self.target(name, path)
-                if t is not None:
-                    out.append(ImageRecord.from_target(path, t.length, t.hashes, t.custom))
+        for pair in pairs:
+            arch, _, fmt = pair.partition("/")
+            path = model.target_path(name, version, arch, fmt)
+            t = self.target(name, path)
+            if t is not None:
+                out.append(ImageRecord.from_target(path, t.length, t.hashes, t.custom))
         return out
+
+    @staticmethod
+    def layouts(md: Metadata[Targets]) -> list[str] | None:
+        """:func:`bins.layouts` of image role ``md``."""
+        return bins.layouts(md)
+
+    def _note_layout(self, md: Metadata[Targets], record: ImageRecord) -> None:
+        """Add the arch and format of ``record`` to binned image role ``md``'s ``layouts`` (re-signing the
+        role, the first time a name gets that pair only). A role without the record is left without it: only a
+        read of every bin could tell its pairs (``catalogue rebin`` does)."""
+        pair = model.layout_of(record.path)
+        ext = md.signed.unrecognized_fields.get(EXT)
+        raw = ext.get(bins.LAYOUTS) if isinstance(ext, dict) else None
+        if pair is None or not isinstance(raw, list) or pair in raw:
+            return
+        self._set_layouts(md, {*(p for p in raw if isinstance(p, str)), pair})
+        self.changed.add(role_for(record.name))
+
+    @classmethod
+    def _set_layouts(cls, md: Metadata[Targets], pairs: Iterable[str | None]) -> None:
+        cast("dict[str, Any]", cls.ext(md))[bins.LAYOUTS] = sorted({p for p in pairs if p is not None})
+
+    def record_layouts(self, name: str) -> bool:
+        """Make binned NAME's ``layouts`` say what its bins hold (reads every bin): for a name binned before the
+        record, or one an older imagectl published a new arch or format into. Whether the record changed."""
+        md = self.role(role_for(name))
+        if md is None or self.succinct(md) is None:
+            return False
+        held = {p for roles in self.target_roles(name) for t in roles.signed.targets if (p := model.layout_of(t))}
+        recorded = self.layouts(md)
+        if recorded is not None and set(recorded) == held:
+            return False
+        self._set_layouts(md, held)
+        self.changed.add(role_for(name))
+        return True
 
     def names(self) -> list[str]:
         return sorted(self.name_index())
@@ -387,16 +426,19 @@ class CatalogueState:
 
     def add_image(self, record: ImageRecord, expires: dt.datetime) -> None:
         """Add (or replace) the target of ``record``, re-signing only the role that holds it (one bin of a binned
-        name; the image role itself only when the name is new or plain)."""
-        md = self._name_role(record.name, expires)
-        succinct = self.succinct(md)
-        role = role_for(record.name) if succinct is None else bins.bin_role_for(succinct, record.path)
-        self._put(role, record)
+        name; the image role itself only when the name is new or plain, or gets its first ``record.arch`` image
+        in ``record.format``)."""
+        self.add_target(self._name_role(record.name, expires), record)
 
     def add_target(self, md: Metadata[Targets], record: ImageRecord) -> None:
-        """Add ``record`` to image role ``md``, or to the bin it hashes into when ``md`` is binned."""
+        """Add ``record`` to image role ``md``, or to the bin it hashes into when ``md`` is binned (and its pair of
+        arch and format to the role's ``layouts``, re-signing the role too when the pair is new to the name)."""
         succinct = self.succinct(md)
-        self._put(role_for(record.name) if succinct is None else bins.bin_role_for(succinct, record.path), record)
+        if succinct is None:
+            self._put(role_for(record.name), record)
+            return
+        self._put(bins.bin_role_for(succinct, record.path), record)
+        self._note_layout(md, record)
 
     def _put(self, role: str, record: ImageRecord) -> None:
         md = self.role(role)
@@ -439,6 +481,7 @@ class CatalogueState:
         succinct = SuccinctRoles(list(d.keyids), d.threshold, bits, bins.bin_prefix(name, bits))
         md.signed.delegations = Delegations(keys=keys, succinct_roles=succinct)
         md.signed.targets = {}
+        self._set_layouts(md, (model.layout_of(t.path) for t in targets))
         self.changed.add(role_for(name))
         for role in succinct.get_roles():
             self.roles[role] = Metadata(Targets(version=1, expires=md.signed.expires))
@@ -587,6 +630,8 @@ def transact(
     attempts: int = 100,
     first: CatalogueState | None = None,
     load: Callable[[], CatalogueState] | None = None,
+    want: Want | None = None,
+    meta_cache: MetadataCache | None = None,
 ) -> T:
     """Load the current state, ``apply`` a change (which commits), and start again if the commit lost the swap.
 
@@ -596,12 +641,12 @@ def transact(
 
     ``first``: a state the caller has already loaded and verified, used for the first attempt instead of loading
     again (if it is stale by then, its swap fails and the next attempt loads afresh: correct either way).
-    ``load``: how later attempts load the state (default :func:`load_state`).
+    ``load``: how later attempts load the state (default :func:`load_state` with ``want`` and ``meta_cache``).
     """
     delay = 0.05
     for _ in range(attempts):
         with store.lock():
-            state, first = first or (load or (lambda: load_state(store)))(), None
+            state, first = first or (load or (lambda: load_state(store, want=want, meta_cache=meta_cache)))(), None
             try:
                 return apply(state)
             except CommitConflict:

@@ -117,6 +117,7 @@ def _release_blobs(
 class RebinReport:
     rebinned: dict[str, int] = field(default_factory=dict)  # name -> bins it now has
     unchanged: list[str] = field(default_factory=list)
+    layouts: list[str] = field(default_factory=list)  # binned names whose record of arches and formats was mended
     index_roles: int = 0  # index roles the names were spread over by this run (0: the index was left as it was)
 
     def as_json(self) -> dict[str, Any]:
@@ -134,9 +135,10 @@ def rebin_catalogue(
     """Spread the versions of each of ``names`` (default: every name that would benefit, i.e. a role or a bin past
     the threshold) over hash bins sized for what it holds now, or ``2**bits`` bins; one commit. This is how an
     older catalogue (no bins) or a name that outgrew its bins is brought to bounded publishes; it re-signs every
-    version of those names once. Without ``names``, the name index is also made (or re-made with more index roles)
-    when the catalogue has outgrown it (catalogue/README.md §2.3). Raises KeyProblemError before writing when the
-    targets keys are missing."""
+    version of those names once. Each binned name of ``names`` (default: every name) whose role lacks the record
+    of its bins' arches and formats (``layouts``), or holds a stale one, gets it. Without ``names``, the name index
+    is also made (or re-made with more index roles) when the catalogue has outgrown it (catalogue/README.md §2.3).
+    Raises KeyProblemError before writing when the targets keys are missing."""
 
     def apply(state: CatalogueState) -> RebinReport:
         report = RebinReport()
@@ -148,6 +150,11 @@ def rebin_catalogue(
                 report.unchanged.append(name)
             else:
                 report.rebinned[name] = 2**now
+        # a name binned before its bins' arches and formats were recorded (or one an older imagectl published a new
+        # pair into): the record that lets a lookup by version read one bin per pair, not up to 100
+        for name in names or state.names():
+            if state.record_layouts(name):
+                report.layouts.append(name)
         if not names and state.index_crowded():  # too many names under targets or one index role
             report.index_roles = 2 ** state.reindex()
         require_keys(state, keys, ["targets", "snapshot", "timestamp"])

@@ -357,6 +357,8 @@ class _Verifier:
             return
         if md.signed.targets:
             self.problem(f"{key}: a binned image role holds targets (they belong in its bins)")
+        recorded = bins.layouts(md)
+        held: set[str] = set()
         crowded = False
         for bin_role in succinct.get_roles():
             bmeta = snap.signed.meta.get(f"{bin_role}.json")
@@ -373,8 +375,15 @@ class _Verifier:
             if bmd.signed.delegations is not None:
                 self.problem(f"{bkey}: a bin delegates further")
             crowded |= len(bmd.signed.targets) > bins.BIN_THRESHOLD
+            held |= {p for path in bmd.signed.targets if (p := model.layout_of(path)) is not None}
             self.targets(bkey, bmd, name, (succinct, bin_role), scope, seen)
-        if crowded:
+        unrecorded = sorted(held - set(recorded or ()))
+        if recorded is not None and unrecorded:  # lookups by version would miss these images
+            self.problem(
+                f"{key}: its bins hold {', '.join(unrecorded)} images its layouts do not list (written by an older "
+                f"imagectl?): imagectl catalogue rebin CATALOGUE {name}"
+            )
+        if crowded or recorded is None:  # no record: a lookup by version tries every arch and format's bin
             self.report.needs_rebin.append(name)
 
     def run(self) -> Report:
