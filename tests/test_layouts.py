@@ -30,6 +30,7 @@ from imagectl.catalogue.state import CatalogueState, load_state, transact
 from imagectl.store import Store
 from imagectl.store.s3 import S3Store
 from tests.conftest import Catalogue, CliResult
+from tests.httpserver import TestHTTPServer
 from tests.test_bins import EXPIRY
 from tests.test_bins import small_bins as small_bins  # a fixture: bins past 4 targets
 from tests.test_metacache import FIRST_ROUND, entries, reads_of, s3_gets, seeded
@@ -202,3 +203,44 @@ def test_promote_deprecate_and_revoke_on_s3_send_no_get_the_cache_answers(
     r = cli("promote", "wn:1.3", "stable", "--catalogue", s3_store.url, "--keys", tmp_path / "keys")
     assert r.code == 0, r.err
     assert "image-wn" in entries(tmp_path / "cache")
+
+
+@pytest.mark.http
+def test_a_cold_pull_tries_the_recorded_formats_of_its_arch_first(
+    http_catalogue: tuple[Catalogue, TestHTTPServer],
+    cli: Callable[..., CliResult],
+    make_image: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """A binned name of raw images: a pull fetches the bin of the raw path (beside the bin python-tuf reads with the
+    image role), where without the record it fetched the qcow2 path's bin first (FORMATS' order), then the raw
+    one's."""
+    cat, srv = http_catalogue
+    init_keys = KeyRing(cat.keys)
+    for i in range(8):
+        add(cat.store, init_keys, make_image, f"1.{i}", "x86_64", "raw")
+    state = load_state(cat.store)
+    assert state.succinct(state.role("image-wn")) is not None  # type: ignore[arg-type]
+    assert bins.layouts(role_of(cat.store)) == ["x86_64/raw"]
+    succinct = state.succinct(state.role("image-wn"))  # type: ignore[arg-type]
+    assert succinct is not None
+    probe = bins.bin_role_for(succinct, "wn/-/-/-")  # the client loads the image role by looking this path up
+    version = next(
+        v for v in (f"1.{i}" for i in range(8)) if len(bins_of(state, v, [X86, "x86_64/raw"]) - {probe}) == 2
+    )
+    (raw_bin,), (qcow2_bin,) = bins_of(state, version, ["x86_64/raw"]), bins_of(state, version, [X86])
+    runs = iter(range(10))
+
+    def bins_fetched() -> set[str]:
+        srv.served.requests.clear()
+        fresh = tmp_path / f"client{next(runs)}"
+        r = cli(
+            "pull", f"wn:{version}", "--arch", "x86_64", "--catalogue", srv.url, "--root", cat.root,
+            "--cache-dir", fresh, "-o", fresh / "image.raw",
+        )  # fmt: skip
+        assert r.code == 0, r.err
+        return bins_read([p.rsplit("/", 1)[1] for _m, p, _r in srv.served.requests if "~b" in p])
+
+    assert bins_fetched() == {probe, raw_bin}
+    set_layouts(cat.store, init_keys, None)
+    assert bins_fetched() == {probe, qcow2_bin, raw_bin}

@@ -74,11 +74,12 @@ def probe_path(name: str, succinct: SuccinctRoles, role: str) -> str:
         i += 1
 
 
-def layouts(md: Metadata[Targets]) -> list[str] | None:
+def layouts(md: Metadata[Targets] | Targets) -> list[str] | None:
     """The ``ARCH/FORMAT`` pairs a binned image role's signed ``x-imagectl.layouts`` says its bins hold targets of
     (catalogue/README.md §5), those imagectl knows, in its order: the bins a lookup of one version must read. None
     when the role has no such record, or one that is not a list of strings: then every pair must be tried."""
-    ext: Any = md.signed.unrecognized_fields.get(EXT)
+    signed = md.signed if isinstance(md, Metadata) else md
+    ext: Any = signed.unrecognized_fields.get(EXT)
     raw = ext.get(LAYOUTS) if isinstance(ext, dict) else None
     if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
         return None

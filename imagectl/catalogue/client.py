@@ -301,9 +301,16 @@ class CatalogueReader:
         return sorted(out, key=lambda r: (model.version_key(r.version), r.arch))
 
     def _version_for_arch(self, name: str, version: str, arch: str) -> list[ImageRecord]:
-        """The images of NAME:VERSION for ARCH, looked up by path (one bin per format, in the likely order)."""
+        """The images of NAME:VERSION for ARCH, looked up by path (one bin per format, in the likely order). For a
+        binned name, the formats its signed ``layouts`` records for ARCH come first (catalogue/README.md §5): the
+        first lookup finds the image of a name that has one format per arch; the others are tried only when those
+        find nothing (a record an older imagectl left without a pair still finds every image)."""
+        formats = list(model.FORMATS)
+        recorded = bins.layouts(self.role(name)) if self._succinct(name) is not None else None
+        if recorded is not None:
+            formats.sort(key=lambda f: f"{arch}/{f}" not in recorded)  # stable: the likely order within each part
         out = []
-        for fmt in model.FORMATS:
+        for fmt in formats:
             path = model.target_path(name, version, arch, fmt)
             with translate_tuf(self.shown_url):
                 t = self.updater.get_targetinfo(path)
