@@ -145,6 +145,18 @@ def test_a_record_that_is_not_a_list_of_strings_is_as_none(
     set_layouts(catalogue.store, keys, value)
     assert bins.layouts(role_of(catalogue.store)) is None
     assert {r.arch for r in load_state(catalogue.store).version_images("wn", "1.3")} == {"x86_64", "ia64"}
+    # a publish of a new pair leaves it as it is: turned into a list, it would claim pairs it never saw
+    add(catalogue.store, keys, make_image, "3.0", "ia64", "raw")
+    assert role_of(catalogue.store).signed.unrecognized_fields[EXT]["layouts"] == value
+    assert [(r.arch, r.format) for r in load_state(catalogue.store).version_images("wn", "3.0")] == [("ia64", "raw")]
+
+
+def test_pairs_a_later_imagectl_recorded_are_kept(catalogue: Catalogue, make_image: Callable[..., Path]) -> None:
+    keys = seeded(catalogue.store, catalogue.keys, make_image)
+    set_layouts(catalogue.store, keys, ["sparc64/qcow2", X86])  # an arch this imagectl does not know
+    add(catalogue.store, keys, make_image, "1.3", "ia64", "qcow2")
+    assert role_of(catalogue.store).signed.unrecognized_fields[EXT]["layouts"] == [IA64, "sparc64/qcow2", X86]
+    assert bins.layouts(role_of(catalogue.store)) == [X86, IA64]
 
 
 def test_a_record_missing_a_pair_is_a_problem_and_revoke_trusts_no_record(

@@ -261,12 +261,12 @@ class CatalogueState:
         role, the first time a name gets that pair only). A role without the record is left without it: only a
         read of every bin could tell its pairs (``catalogue rebin`` does)."""
         pair = model.layout_of(record.path)
-        ext = md.signed.unrecognized_fields.get(EXT)
-        raw = ext.get(bins.LAYOUTS) if isinstance(ext, dict) else None
-        if pair is None or not isinstance(raw, list) or pair in raw:
+        if pair is None or self.layouts(md) is None:  # no record (or none that reads as one): left as it is
             return
-        self._set_layouts(md, {*(p for p in raw if isinstance(p, str)), pair})
-        self.changed.add(role_for(record.name))
+        raw: list[str] = md.signed.unrecognized_fields[EXT][bins.LAYOUTS]  # pairs of later imagectls kept too
+        if pair not in raw:
+            self._set_layouts(md, {*raw, pair})
+            self.changed.add(role_for(record.name))
 
     @classmethod
     def _set_layouts(cls, md: Metadata[Targets], pairs: Iterable[str | None]) -> None:
