@@ -1224,9 +1224,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-sign roles expiring within DAYS (default: those past half their validity)",
     )
     sp.add_argument("--all", action="store_true", help="re-sign every role")
-    sp = add(cat, "rebin", cmd_rebin, "spread the versions of big image names over hash bins", writer)
+    sp = add(
+        cat,
+        "rebin",
+        cmd_rebin,
+        "spread the versions of big image names over hash bins; record the arches and formats of binned names",
+        writer,
+    )
     sp.add_argument("dest", metavar="DEST", help="catalogue location")
-    sp.add_argument("names", nargs="*", metavar="NAME", help="names to (re-)bin (default: those past the threshold)")
+    sp.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="names to (re-)bin (default: those past the threshold; every binned name's record is checked)",
+    )
     sp.add_argument("--bits", metavar="B", help="2**B bins per name (default: sized for what the name holds)")
     sp = add(cat, "protect", cmd_protect, "let channels point only at versions that passed a boot test", writer)
     sp.add_argument("dest", metavar="DEST", help="catalogue location")
