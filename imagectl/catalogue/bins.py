@@ -21,8 +21,10 @@ from tuf.api.metadata import Metadata, SuccinctRoles, Targets
 from imagectl.catalogue.model import ARCHES, EXT, FORMATS, ROLE_PREFIX
 
 __all__ = [
+    "ALL_LAYOUTS",
     "BIN_FILL",
     "BIN_THRESHOLD",
+    "LAYOUTS",
     "MAX_BITS",
     "bin_bits",
     "bin_prefix",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 LAYOUTS = "layouts"  # x-imagectl of a binned image role: the ARCH/FORMAT pairs its bins hold (README §5)
+ALL_LAYOUTS = tuple(f"{a}/{f}" for a in ARCHES for f in FORMATS)  # every pair imagectl knows, in its order
 BIN_THRESHOLD = 512  # targets: a plain image role past this is binned; a bin past this is worth a re-bin
 BIN_FILL = 128  # targets per bin aimed at when a name is (re-)binned: room to grow 4x before the threshold
 MAX_BITS = 14  # at most 16,384 bins per name: the snapshot lists every bin (~45 bytes each)
@@ -83,4 +86,4 @@ def layouts(md: Metadata[Targets] | Targets) -> list[str] | None:
     raw = ext.get(LAYOUTS) if isinstance(ext, dict) else None
     if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
         return None
-    return [f"{a}/{f}" for a in ARCHES for f in FORMATS if f"{a}/{f}" in raw]
+    return [p for p in ALL_LAYOUTS if p in raw]

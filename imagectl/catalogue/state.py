@@ -240,8 +240,8 @@ class CatalogueState:
             return []
         if self.succinct(md) is None:
             return [r for r in self.images(name) if r.version == version]
-        recorded = None if every_layout else self.layouts(md)
-        pairs = recorded if recorded is not None else [f"{a}/{f}" for a in model.ARCHES for f in model.FORMATS]
+        recorded = None if every_layout else bins.layouts(md)
+        pairs = bins.ALL_LAYOUTS if recorded is None else recorded
         out = []
         for pair in pairs:
             arch, _, fmt = pair.partition("/")
@@ -251,17 +251,12 @@ class CatalogueState:
                 out.append(ImageRecord.from_target(path, t.length, t.hashes, t.custom))
         return out
 
-    @staticmethod
-    def layouts(md: Metadata[Targets]) -> list[str] | None:
-        """:func:`bins.layouts` of image role ``md``."""
-        return bins.layouts(md)
-
     def _note_layout(self, md: Metadata[Targets], record: ImageRecord) -> None:
         """Add the arch and format of ``record`` to binned image role ``md``'s ``layouts`` (re-signing the
         role, the first time a name gets that pair only). A role without the record is left without it: only a
         read of every bin could tell its pairs (``catalogue rebin`` does)."""
         pair = model.layout_of(record.path)
-        if pair is None or self.layouts(md) is None:  # no record (or none that reads as one): left as it is
+        if pair is None or bins.layouts(md) is None:  # no record (or none that reads as one): left as it is
             return
         raw: list[str] = md.signed.unrecognized_fields[EXT][bins.LAYOUTS]  # pairs of later imagectls kept too
         if pair not in raw:
@@ -279,7 +274,7 @@ class CatalogueState:
         if md is None or self.succinct(md) is None:
             return False
         held = {p for roles in self.target_roles(name) for t in roles.signed.targets if (p := model.layout_of(t))}
-        recorded = self.layouts(md)
+        recorded = bins.layouts(md)
         if recorded is not None and set(recorded) == held:
             return False
         self._set_layouts(md, held)
