@@ -13,7 +13,9 @@ versions signed in one commit, all pointing at one small blob, as bench/publish.
 2. **names**: a publish into an existing name of a catalogue of ``--names`` (2,000) x ``--per-name`` (50) versions
    against a catalogue of one name; ratio (target <= 1.3); also twice, without and with the cache;
 3. **cold pull**: the metadata bytes a first ``pull NAME:VERSION`` downloads from the big-names catalogue (and from
-   the 50,000-version one), counted through the store (target <= 256 KiB); the snapshot and targets sizes;
+   the 50,000-version one), counted through the store (target <= 256 KiB); the snapshot and targets sizes; and a
+   first ``pull NAME`` (the newest version) of the 50,000-version name, which reads every bin (no target: a limit,
+   README "Figures"), bytes and seconds;
    **promote**: the same two pairs of catalogues, a promote of an existing version to ``stable`` (what a pipeline
    does after the publish and its boot test), fresh and with the cache warm: a promote reads the name's role and
    the bins of the version's recorded arches and formats (catalogue/README.md §5), re-signs the role;
@@ -256,13 +258,15 @@ class Bench:
         root = self.tmp / f"{prefix}-root.json"
         root.write_bytes(store.read("metadata/1.root.json", 1 << 20))
         counting = Counting(store)
+        t0 = time.perf_counter()
         with (
             tempfile.TemporaryDirectory(dir=self.tmp) as cache,
             CatalogueReader(store, Path(cache), str(root), log) as r,
         ):
             what(r)
+        seconds = time.perf_counter() - t0
         roles = sorted({k.split(".", 1)[1] for k in counting.keys if k.count(".") >= 2 and "root" not in k})
-        return {"metadata_bytes": counting.bytes, "files": len(counting.keys), "roles_read": roles}
+        return {"metadata_bytes": counting.bytes, "files": len(counting.keys), "roles_read": roles, "seconds": seconds}
 
     def verify(self, prefix: str) -> dict[str, Any]:
         measure = (
@@ -328,6 +332,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         out["cold_pull_names"] = b.cold_read("names", pull("name-00007:0.3"))
         out["cold_pull_names_baseline"] = b.cold_read("onename", pull("name-00000:0.3"))
         out["cold_pull_big_name"] = b.cold_read("bigname", pull(f"many:0.{args.versions // 2}"))
+        # NAME alone: the newest version, which only a read of every bin can tell (no target; a limit, README)
+        out["cold_pull_newest_big_name"] = b.cold_read("bigname", pull("many"))
         out["list_one_name"] = b.cold_read("names", lambda r: r.images("name-00011"))
         log("verify")
         out["verify_quarter"] = b.verify("quarter")
@@ -367,6 +373,10 @@ def report(s: dict[str, Any]) -> str:
         f"(target <= {TARGETS['cold_pull_bytes']}; one-name catalogue: "
         f"{s['cold_pull_names_baseline']['metadata_bytes']}; 50k-version name: "
         f"{s['cold_pull_big_name']['metadata_bytes']})",
+        f"cold pull of the newest ({s['params']['versions']}-version name, no version given: every bin read): "
+        f"{s['cold_pull_newest_big_name']['metadata_bytes']} metadata bytes in "
+        f"{s['cold_pull_newest_big_name']['files']} files, {s['cold_pull_newest_big_name']['seconds']:.2f} s "
+        f"(by version: {s['cold_pull_big_name']['seconds']:.2f} s)",
         f"  snapshot {s['names_catalogue']['snapshot_bytes']} bytes "
         f"({s['names_catalogue']['snapshot_entries']} roles), "
         f"targets {s['names_catalogue']['targets_bytes']} bytes; big-name catalogue snapshot "

@@ -31,7 +31,7 @@ def make_session(*, retries: int = 3, backoff: float = 0.5) -> requests.Session:
         raise_on_status=False,
     )
     session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=4)
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=4)  # HTTPStore.concurrent_requests
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT

@@ -63,6 +63,10 @@ def test_metadata_bench_runs_at_a_smoke_size() -> None:
     assert s["big_name_catalogue"]["snapshot_entries"] == 2 + 8  # targets, the name's role, its bins
     assert 0 < s["versions"]["measured_metadata_bytes"][0] < 64 * 1024
     assert s["cold_pull_names"]["metadata_bytes"] > 0 and "snapshot.json" in s["cold_pull_names"]["roles_read"]
+    # the newest version of the binned name: every one of its 8 bins read, more than a pull by version reads
+    newest, by_version = s["cold_pull_newest_big_name"], s["cold_pull_big_name"]
+    assert len([r for r in newest["roles_read"] if "~b" in r]) == 8
+    assert newest["metadata_bytes"] > by_version["metadata_bytes"] and newest["seconds"] > 0
     assert s["list_one_name"]["roles_read"] == ["image-name-00011.json", "snapshot.json", "targets.json"]
     assert s["verify_quarter"]["rc"] == s["verify_all"]["rc"] == 0
     assert s["verify_all"]["peak_rss_mib"] > 0

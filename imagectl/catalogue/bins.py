@@ -32,6 +32,7 @@ __all__ = [
     "layouts",
     "name_of_bin",
     "probe_path",
+    "probe_paths",
 ]
 
 LAYOUTS = "layouts"  # x-imagectl of a binned image role: the ARCH/FORMAT pairs its bins hold (README §5)
@@ -75,6 +76,21 @@ def probe_path(name: str, succinct: SuccinctRoles, role: str) -> str:
         if int.from_bytes(hashlib.sha256(path.encode()).digest(), "big") >> shift == want:
             return path
         i += 1
+
+
+def probe_paths(name: str, succinct: SuccinctRoles) -> dict[str, str]:
+    """:func:`probe_path` of every bin of NAME at once (the same paths): one pass over I = 0, 1, … until each bin
+    has its first, ~2**B·ln(2**B) tries in all where a probe per bin costs ~2**B each (0.6 s of a listing of a
+    512-bin name)."""
+    roles = list(succinct.get_roles())
+    shift = 256 - succinct.bit_length
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < len(roles):
+        path = f"{name}/-/-/{i}"
+        found.setdefault(int.from_bytes(hashlib.sha256(path.encode()).digest(), "big") >> shift, path)
+        i += 1
+    return {roles[b]: path for b, path in found.items()}
 
 
 def layouts(md: Metadata[Targets] | Targets) -> list[str] | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tuf.api import exceptions as tuf_exc
-from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.api.metadata import Metadata, Snapshot, TargetFile, Targets
 from tuf.api.serialization import SerializationError
 from tuf.ngclient import Updater, UpdaterConfig
 
@@ -93,6 +93,27 @@ def translate_tuf(url: str) -> Iterator[None]:
         raise DownloadError(f"download from {url} failed: {e}") from None
 
 
+_TAIL = re.compile(rb'"version":(\d{1,12})}}\s*$')
+
+
+def _tail_version(path: Path) -> int | None:
+    """The ``version`` a metadata file imagectl wrote ends with (``..."version":N}}``), None if it does not end
+    so or cannot be read; a hint of whether a cached role is current, never trusted (no symlink followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        tail = os.pread(fd, 64, max(0, size - 64))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    m = _TAIL.search(tail)
+    return None if m is None else int(m.group(1))
+
+
 def _why(e: Exception) -> str:
     """What went wrong, for a message: python-tuf raises some errors without any text."""
     return str(e) or type(e).__name__
@@ -133,6 +154,7 @@ class CatalogueReader:
             raise
         self._roles: dict[str, Targets] = {}
         self._names: dict[str, str] | None = None
+        self._snap_meta: dict[str, int] | None = None
 
     def _updater(self, bootstrap: bytes) -> Updater:
         with translate_tuf(self.shown_url):
@@ -272,11 +294,13 @@ class CatalogueReader:
         d = self.role(name).delegations
         return None if d is None else d.succinct_roles
 
-    def _bin(self, name: str, role: str) -> Targets:
+    def _bin(self, name: str, role: str, probes: dict[str, str] | None = None) -> Targets:
+        """Bin ``role`` of NAME as the Updater verified it; ``probes``: :func:`bins.probe_paths` of NAME, when
+        every bin is read."""
         if role not in self._roles:
-            succinct = self._succinct(name)
+            probe = probes[role] if probes else bins.probe_path(name, self._succinct(name), role)
             with translate_tuf(self.shown_url):
-                self.updater.get_targetinfo(bins.probe_path(name, succinct, role))  # fetches and verifies the bin
+                self.updater.get_targetinfo(probe)  # fetches and verifies the bin
             self._roles[role] = self._trusted(role)
         return self._roles[role]
 
@@ -296,9 +320,41 @@ class CatalogueReader:
         succinct = self._succinct(name)
         out = self._records(name, role.targets)
         if succinct is not None:
-            for r in succinct.get_roles():
-                out += self._records(name, self._bin(name, r).targets)
+            roles = list(succinct.get_roles())
+            probes = bins.probe_paths(name, succinct)
+            step = max(1, self.store.concurrent_requests)  # bins read at once, and held in memory at once
+            try:
+                for at in range(0, len(roles), step):
+                    batch = roles[at : at + step]
+                    if step > 1:
+                        self.fetcher.prefetch(self._stale(batch), TARGETS_MAX)
+                    for r in batch:
+                        out += self._records(name, self._bin(name, r, probes).targets)
+            finally:
+                self.fetcher.forget()
         return sorted(out, key=lambda r: (model.version_key(r.version), r.arch))
+
+    def _stale(self, roles: list[str]) -> list[str]:
+        """The keys of those of ``roles`` (bins) the Updater will download: neither loaded by this reader nor held
+        at the version the trusted snapshot lists in its metadata directory (told by the version at the end of
+        the file as imagectl writes it; a wrong guess costs a read, never trust: the Updater checks all)."""
+        meta = self._snapshot_meta()
+        keys = []
+        for role in roles:
+            listed = meta.get(f"{role}.json")
+            if role in self._roles or not isinstance(listed, int):
+                continue
+            if _tail_version(self.dir / f"{urllib.parse.quote(role, '')}.json") != listed:
+                keys.append(f"{METADATA}{listed}.{urllib.parse.quote(role, '')}.json")
+        return keys
+
+    def _snapshot_meta(self) -> dict[str, int]:
+        """role file -> version, from the snapshot the Updater verified and persisted when this reader was made."""
+        if self._snap_meta is None:
+            data = read_regular(self.dir / "snapshot.json", SNAPSHOT_MAX, what="cached snapshot", error=LocalIOError)
+            snap = Metadata[Snapshot].from_bytes(data).signed
+            self._snap_meta = {path: m.version for path, m in snap.meta.items()}
+        return self._snap_meta
 
     def _version_for_arch(self, name: str, version: str, arch: str) -> list[ImageRecord]:
         """The images of NAME:VERSION for ARCH, looked up by path (one bin per format, in the likely order). For a

@@ -10,8 +10,10 @@ read in one go.
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from tuf.api import exceptions as tuf_exc
 from tuf.ngclient.fetcher import FetcherInterface
@@ -34,13 +36,45 @@ class StoreFetcher(FetcherInterface):
         self.retries = retries
         self.backoff = backoff  # seconds before the first retry, doubling (at most 5 s)
         self.fetched: list[str] = []  # keys read, in order (tests use it to show what a pull downloads)
+        self._ahead: dict[str, bytes] = {}  # key -> bytes read by prefetch(), until the Updater asks for them
+        self._noting = threading.Lock()
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith(self.store.url):
             raise tuf_exc.DownloadError(f"refusing to fetch {safe_url(url)} outside the catalogue {self.store.shown}")
         key = url[len(self.store.url) :]
+        ahead = self._ahead.pop(key, None)
+        if ahead is not None:  # read by prefetch(): verified by the Updater now, as any download
+            return iter((ahead,))
         self.fetched.append(key)
         return self._chunks(key)
+
+    def prefetch(self, keys: Sequence[str], cap: int) -> None:
+        """Read ``keys`` at once where the store sends requests at once (the bins of a binned name a listing reads,
+        which the Updater asks for one after another); each is handed to the Updater when it asks for that key,
+        and verified by it then, as any download. A read that fails, or passes ``cap`` bytes, is not kept: the
+        Updater's own fetch of it says what is wrong. Bytes kept wait in memory, so callers prefetch a few at a
+        time (``store.concurrent_requests``) and forget what was not asked for (:meth:`forget`)."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self._ahead]
+        for key, got in zip(
+            todo, self.store.gather([functools.partial(self._whole, k, cap) for k in todo]), strict=True
+        ):
+            if got.error is None and got.value is not None:
+                self._ahead[key] = got.value
+
+    def _whole(self, key: str, cap: int) -> bytes | None:
+        with self._noting:
+            self.fetched.append(key)
+        buf = bytearray()
+        for chunk in self._chunks(key):  # values counted, a cut-off body resumed, as for the Updater's own fetch
+            buf += chunk
+            if len(buf) > cap:
+                return None
+        return bytes(buf)
+
+    def forget(self) -> None:
+        """Drop what :meth:`prefetch` read and the Updater did not ask for."""
+        self._ahead.clear()
 
     def _chunks(self, key: str) -> Iterator[bytes]:
         counter = ValueCounter(key) if key.startswith(METADATA) else None

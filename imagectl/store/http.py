@@ -49,6 +49,8 @@ def _timed_out(e: BaseException) -> bool:
 
 class HTTPStore(Store):
     writable = False
+    #: reads sent at once by :meth:`gather` (a listing's bins): the session's connections per host (imagectl.http)
+    concurrent_requests = 4
 
     def __init__(self, url: str, session: requests.Session, timeout: float, pace: Pace | None = None) -> None:
         self.url = url.rstrip("/") + "/"
