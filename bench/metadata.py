@@ -19,7 +19,8 @@ versions signed in one commit, all pointing at one small blob, as bench/publish.
    **promote**: the same two pairs of catalogues, a promote of an existing version to ``stable`` (what a pipeline
    does after the publish and its boot test), fresh and with the cache warm: a promote reads the name's role and
    the bins of the version's recorded arches and formats (catalogue/README.md §5), re-signs the role;
-4. **list**: which metadata files ``catalogue list NAME`` reads (only that name's, plus the top-level files);
+4. **list**: which metadata files ``catalogue list NAME`` reads (only that name's, plus the top-level files); and a
+   cold listing of every name (``catalogue list``, an export, the browse site): bytes, files and seconds;
 5. **verify**: ``imagectl catalogue verify --no-blobs`` of the big-names catalogue in a child process: wall time and
    peak RSS, for 1/4 and all of the names (linear in time, flat in memory?).
 
@@ -335,6 +336,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         # NAME alone: the newest version, which only a read of every bin can tell (no target; a limit, README)
         out["cold_pull_newest_big_name"] = b.cold_read("bigname", pull("many"))
         out["list_one_name"] = b.cold_read("names", lambda r: r.images("name-00011"))
+        # every name's images, as catalogue list / an export / the browse site read them (no target: a figure)
+        out["list_every_name"] = b.cold_read("names", lambda r: [r.images(n) for n in r.names()])
         log("verify")
         out["verify_quarter"] = b.verify("quarter")
         out["verify_all"] = b.verify("names")
@@ -382,6 +385,8 @@ def report(s: dict[str, Any]) -> str:
         f"targets {s['names_catalogue']['targets_bytes']} bytes; big-name catalogue snapshot "
         f"{s['big_name_catalogue']['snapshot_bytes']} bytes ({s['big_name_catalogue']['snapshot_entries']} roles)",
         f"list one name reads roles: {', '.join(s['list_one_name']['roles_read'])}",
+        f"list every name ({s['params']['names']}), cold: {s['list_every_name']['metadata_bytes']} metadata bytes in "
+        f"{s['list_every_name']['files']} files, {s['list_every_name']['seconds']:.2f} s",
         f"verify --no-blobs: 1/4 of the names {s['verify_quarter']['seconds']} s, "
         f"{s['verify_quarter']['peak_rss_mib']} MiB; "
         f"all {s['verify_all']['seconds']} s, {s['verify_all']['peak_rss_mib']} MiB",

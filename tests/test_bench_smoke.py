@@ -68,6 +68,8 @@ def test_metadata_bench_runs_at_a_smoke_size() -> None:
     assert len([r for r in newest["roles_read"] if "~b" in r]) == 8
     assert newest["metadata_bytes"] > by_version["metadata_bytes"] and newest["seconds"] > 0
     assert s["list_one_name"]["roles_read"] == ["image-name-00011.json", "snapshot.json", "targets.json"]
+    every = s["list_every_name"]["roles_read"]
+    assert len([r for r in every if r.startswith("image-")]) == 30 and s["list_every_name"]["seconds"] > 0
     assert s["verify_quarter"]["rc"] == s["verify_all"]["rc"] == 0
     assert s["verify_all"]["peak_rss_mib"] > 0
 

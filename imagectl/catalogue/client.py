@@ -9,6 +9,7 @@ just trusted.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 import fcntl
@@ -46,7 +47,7 @@ from imagectl.errors import (
     UntrustedMetadataError,
     WrongRootError,
 )
-from imagectl.fsio import atomic_write, read_regular
+from imagectl.fsio import atomic_write, read_at_most, read_regular
 from imagectl.http import safe_url
 from imagectl.store import ObjectMissingError, Store
 
@@ -96,24 +97,6 @@ def translate_tuf(url: str) -> Iterator[None]:
 _TAIL = re.compile(rb'"version":(\d{1,12})}}\s*$')
 
 
-def _tail_version(path: Path) -> int | None:
-    """The ``version`` a metadata file imagectl wrote ends with (``..."version":N}}``), None if it does not end
-    so or cannot be read; a hint of whether a cached role is current, never trusted (no symlink followed)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        size = os.fstat(fd).st_size
-        tail = os.pread(fd, 64, max(0, size - 64))
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    m = _TAIL.search(tail)
-    return None if m is None else int(m.group(1))
-
-
 def _why(e: Exception) -> str:
     """What went wrong, for a message: python-tuf raises some errors without any text."""
     return str(e) or type(e).__name__
@@ -137,6 +120,7 @@ class CatalogueReader:
         tree = client_cache(cache)
         rel = f"tuf/{cache_key(store.url)}"
         self.dir = tree.root / rel
+        self._tree, self._rel = tree, rel
         self._lock = contextlib.ExitStack()
         with tree.dir(rel, create=True, mode=0o700) as d:
             try:
@@ -155,6 +139,8 @@ class CatalogueReader:
         self._roles: dict[str, Targets] = {}
         self._names: dict[str, str] | None = None
         self._snap_meta: dict[str, int] | None = None
+        self._loads = 0  # names whose role this reader has loaded (read-ahead starts at the second)
+        self._ahead_roles: list[str] = []  # keys of roles read ahead (forgotten when the next read-ahead starts)
 
     def _updater(self, bootstrap: bytes) -> Updater:
         with translate_tuf(self.shown_url):
@@ -256,7 +242,7 @@ class CatalogueReader:
         Read once per reader: the Updater refreshes top-level metadata only when the reader is made, so targets.json
         cannot change under it (reading it again per name made listing N names cost N parses of targets.json)."""
         if self._names is None:
-            self._names = index.delegated_names(Metadata[Targets].from_file(str(self.dir / "targets.json")).signed)
+            self._names = index.delegated_names(Metadata[Targets].from_bytes(self._held("targets.json")).signed)
         return self._names
 
     def names(self) -> list[str]:
@@ -272,15 +258,69 @@ class CatalogueReader:
                 f"no image named {name!r} in {self.shown_url}",
                 hint=f"images: {', '.join(names[:20])}" if names else "the catalogue is empty",
             )
+        self._read_ahead(name)
         with translate_tuf(self.shown_url):
             self.updater.get_targetinfo(f"{name}/-/-/-")  # loads and verifies the image role (and one bin)
         self._roles[name] = self._trusted(model.role_for(name))
         return self._roles[name]
 
+    def _read_ahead(self, name: str) -> None:
+        """From the second name whose role this reader loads on (a listing, an export, a mirror, the browse site:
+        each walks the names in order), read the roles of NAME and the names after it the Updater lacks, as many at
+        once as the store sends (:meth:`StoreFetcher.prefetch`), instead of one round trip each. A pull, which
+        loads one name, reads nothing ahead: no other name's bytes."""
+        self._loads += 1
+        step = self.store.concurrent_requests
+        if step < 2 or self._loads < 2 or self.fetcher.holds(self._key(model.role_for(name)) or ""):
+            return
+        names = self.names()
+        at = bisect.bisect_left(names, name)
+        upcoming = [n for n in names[at:] if n not in self._roles][:step]
+        keys = [k for n in upcoming if (k := self._key(model.role_for(n))) is not None]
+        self.fetcher.forget(self._ahead_roles)
+        self._ahead_roles = self._stale(keys)
+        self.fetcher.prefetch(self._ahead_roles, TARGETS_MAX)
+
+    def _key(self, role: str) -> str | None:
+        """``metadata/V.ROLE.json`` as the Updater asks for it, V as the trusted snapshot lists it (None: unlisted)."""
+        listed = self._snapshot_meta().get(f"{role}.json")
+        return None if listed is None else f"{METADATA}{listed}.{urllib.parse.quote(role, '')}.json"
+
     def _trusted(self, role: str) -> Targets:
         """A role the Updater has just verified and persisted, read back from its metadata directory."""
-        path = self.dir / f"{urllib.parse.quote(role, '')}.json"
-        return Metadata[Targets].from_file(str(path)).signed
+        return Metadata[Targets].from_bytes(self._held(f"{urllib.parse.quote(role, '')}.json")).signed
+
+    def _held(self, file: str, cap: int = TARGETS_MAX) -> bytes:
+        """A file of the Updater's metadata directory, which it has just verified and persisted: read without
+        following a symlink (:class:`~imagectl.fsio.Beneath`), at most ``cap`` bytes (the format's cap)."""
+        rel = f"{self._rel}/{file}"
+        fd = self._tree.open_regular(rel)  # LocalIOError (a symlink: SymlinkRefusedError), one line
+        try:
+            data = read_at_most(fd, cap + 1)
+        except OSError as e:
+            raise self._tree.refuse(rel, e) from None
+        finally:
+            os.close(fd)
+        if len(data) > cap:
+            raise UntrustedMetadataError(f"cached {file} is over the {cap}-byte cap of the format")
+        return data
+
+    def _held_version(self, file: str) -> int | None:
+        """The ``version`` a metadata file imagectl wrote ends with (``..."version":N}}``) if the metadata directory
+        holds ``file``, else None: a hint of whether a cached role is current, never trusted (no symlink followed;
+        the last 64 bytes read)."""
+        try:
+            fd = self._tree.open_regular(f"{self._rel}/{file}")
+        except (OSError, ImagectlError):
+            return None
+        try:
+            tail = os.pread(fd, 64, max(0, os.fstat(fd).st_size - 64))
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        m = _TAIL.search(tail)
+        return None if m is None else int(m.group(1))
 
     def role_names(self, name: str) -> list[str]:
         """The roles on the way to NAME's images: its index role (in an indexed catalogue), its image role, and its
@@ -323,36 +363,34 @@ class CatalogueReader:
             roles = list(succinct.get_roles())
             probes = bins.probe_paths(name, succinct)
             step = max(1, self.store.concurrent_requests)  # bins read at once, and held in memory at once
-            try:
-                for at in range(0, len(roles), step):
-                    batch = roles[at : at + step]
-                    if step > 1:
-                        self.fetcher.prefetch(self._stale(batch), TARGETS_MAX)
-                    for r in batch:
+            for at in range(0, len(roles), step):
+                batch = [r for r in roles[at : at + step] if r not in self._roles]
+                ahead = []
+                if step > 1:
+                    ahead = self._stale([k for r in batch if (k := self._key(r)) is not None])
+                    self.fetcher.prefetch(ahead, TARGETS_MAX)
+                try:
+                    for r in roles[at : at + step]:
                         out += self._records(name, self._bin(name, r, probes).targets)
-            finally:
-                self.fetcher.forget()
+                finally:
+                    self.fetcher.forget(ahead)
         return sorted(out, key=lambda r: (model.version_key(r.version), r.arch))
 
-    def _stale(self, roles: list[str]) -> list[str]:
-        """The keys of those of ``roles`` (bins) the Updater will download: neither loaded by this reader nor held
-        at the version the trusted snapshot lists in its metadata directory (told by the version at the end of
-        the file as imagectl writes it; a wrong guess costs a read, never trust: the Updater checks all)."""
-        meta = self._snapshot_meta()
-        keys = []
-        for role in roles:
-            listed = meta.get(f"{role}.json")
-            if role in self._roles or not isinstance(listed, int):
-                continue
-            if _tail_version(self.dir / f"{urllib.parse.quote(role, '')}.json") != listed:
-                keys.append(f"{METADATA}{listed}.{urllib.parse.quote(role, '')}.json")
-        return keys
+    def _stale(self, keys: list[str]) -> list[str]:
+        """Those of ``keys`` (``metadata/V.ROLE.json``, V as the trusted snapshot lists it) the Updater will
+        download: those its metadata directory does not hold at version V (told by the version at the end of the
+        file as imagectl writes it; a wrong guess costs a read, never trust: the Updater checks all)."""
+        out = []
+        for key in keys:
+            version, _, rest = key.removeprefix(METADATA).partition(".")
+            if self._held_version(rest) != int(version):
+                out.append(key)
+        return out
 
     def _snapshot_meta(self) -> dict[str, int]:
         """role file -> version, from the snapshot the Updater verified and persisted when this reader was made."""
         if self._snap_meta is None:
-            data = read_regular(self.dir / "snapshot.json", SNAPSHOT_MAX, what="cached snapshot", error=LocalIOError)
-            snap = Metadata[Snapshot].from_bytes(data).signed
+            snap = Metadata[Snapshot].from_bytes(self._held("snapshot.json", SNAPSHOT_MAX)).signed
             self._snap_meta = {path: m.version for path, m in snap.meta.items()}
         return self._snap_meta
 

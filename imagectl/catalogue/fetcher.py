@@ -72,9 +72,14 @@ class StoreFetcher(FetcherInterface):
                 return None
         return bytes(buf)
 
-    def forget(self) -> None:
-        """Drop what :meth:`prefetch` read and the Updater did not ask for."""
-        self._ahead.clear()
+    def forget(self, keys: Sequence[str] | None = None) -> None:
+        """Drop what :meth:`prefetch` read of ``keys`` (default: everything) and the Updater did not ask for."""
+        for key in list(self._ahead) if keys is None else keys:
+            self._ahead.pop(key, None)
+
+    def holds(self, key: str) -> bool:
+        """Whether :meth:`prefetch` read ``key`` and the Updater has not asked for it yet."""
+        return key in self._ahead
 
     def _chunks(self, key: str) -> Iterator[bytes]:
         counter = ValueCounter(key) if key.startswith(METADATA) else None

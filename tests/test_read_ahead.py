@@ -1,13 +1,14 @@
-"""A listing of a binned name reads its bins several at a time (issue 10).
+"""Reads that must cover many metadata files send several at once (issue 10).
 
 A pull of NAME alone (the newest version) and ``catalogue list NAME`` must read every bin of a binned name: only
-all of them tell which versions exist. The Updater asks for them one after another, a round trip each (512 of
-them for a 50,000-version name); the client now reads the bins it lacks ``store.concurrent_requests`` at a time
-(4 over HTTP, 8 on S3) and hands each to the Updater when it asks, which verifies it as any download. What must
-hold: the listing is the same as one read bin by bin; each bin is read once, several at once but never more than
-the store's limit; a client that holds the bins reads only those that changed; a tampered bin is refused (exit
-8) and its bytes are never written to the client's cache; a read that fails or passes its cap is not kept; a
-cached role file is never followed through a symlink.
+all of them tell which versions exist. A listing of every name (``catalogue list``, exports, the browse site, a
+mirror) reads every name's role. The Updater asks for those files one after another, a round trip each (512 bins
+of a 50,000-version name; 2,000 roles); the client now reads the ones it lacks ``store.concurrent_requests`` at a
+time (4 over HTTP, 8 on S3) and hands each to the Updater when it asks, which verifies it as any download. What
+must hold: the listing is the same as one read file by file; each file is read once, several at once but never
+more than the store's limit; a client that holds the files reads only those that changed; a pull of one name
+reads no other name's role; a tampered bin is refused (exit 8) and its bytes are never written to the client's
+cache; a read that fails or passes its cap is not kept; a cached role file is never followed through a symlink.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import pytest
 from tuf.api.metadata import SuccinctRoles
 
 from imagectl.catalogue import bins
-from imagectl.catalogue.client import CatalogueReader, _tail_version
+from imagectl.catalogue.client import CatalogueReader
 from imagectl.catalogue.fetcher import StoreFetcher
 from imagectl.catalogue.keys import KeyRing
-from imagectl.catalogue.model import METADATA
+from imagectl.catalogue.model import METADATA, parse_ref
 from imagectl.catalogue.state import load_state
 from imagectl.catalogue.upgrade import rebin_catalogue
+from imagectl.errors import UntrustedMetadataError
+from imagectl.fsio import SymlinkRefusedError
 from imagectl.store import Store, open_store
 from imagectl.store.local import LocalStore
 from tests.conftest import Catalogue, CliResult
@@ -171,16 +174,33 @@ def test_the_prefetch_keeps_only_whole_reads_within_the_cap_and_hands_each_over_
     assert fetcher._ahead == {}
 
 
-def test_the_version_of_a_cached_role_is_read_from_its_end_never_through_a_symlink(tmp_path: Path) -> None:
-    good = tmp_path / "image-wn~b3-1.json"
-    good.write_bytes(b'{"signatures":[],"signed":{"_type":"targets","targets":{},"version":7}}')
-    assert _tail_version(good) == 7
-    link = tmp_path / "image-wn~b3-2.json"
-    link.symlink_to(good)
-    assert _tail_version(link) is None
-    (tmp_path / "odd.json").write_bytes(b'{"version":7} trailing')
-    assert _tail_version(tmp_path / "odd.json") is None
-    assert _tail_version(tmp_path / "absent.json") is None
+def test_cached_role_files_are_read_bounded_and_never_through_a_symlink(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image: Callable[..., Path], tmp_path: Path
+) -> None:
+    """What the reader reads back from the Updater's metadata directory (the version at a role file's end, which
+    says whether to fetch it; the snapshot, targets.json and roles it has just verified) is opened without
+    following a symlink: a symlink is refused (one line, exit 14), or read as "not held"."""
+    r = cli("publish", make_image(4096, seed="x"), *catalogue.args(), "--name", "wn", "--arch", ARCH, "--version", "1")
+    assert r.code == 0, r.err
+    with CatalogueReader(LocalStore(catalogue.dir), tmp_path / "client", str(catalogue.root), lambda _m: None) as rd:
+        assert [i.version for i in rd.images("wn")] == ["1"]
+        held = rd.dir / "image-wn.json"
+        version = load_state(catalogue.store).snapshot.signed.meta["image-wn.json"].version
+        assert rd._held_version("image-wn.json") == version
+        elsewhere = tmp_path / "elsewhere.json"
+        elsewhere.write_bytes(held.read_bytes())
+        held.unlink()
+        held.symlink_to(elsewhere)
+        assert rd._held_version("image-wn.json") is None
+        with pytest.raises(SymlinkRefusedError):
+            rd._held("image-wn.json")
+        held.unlink()
+        held.write_bytes(b'{"version":7} trailing')
+        assert rd._held_version("image-wn.json") is None
+        held.write_bytes(b"x" * 100)
+        with pytest.raises(UntrustedMetadataError, match="cap"):
+            rd._held("image-wn.json", cap=64)
+        assert rd._held_version("absent.json") is None
 
 
 @pytest.mark.parametrize("bits", [1, 3, 8])
@@ -190,3 +210,45 @@ def test_the_probes_of_every_bin_at_once_are_each_bins_own_probe(bits: int) -> N
     assert list(every) != [] and sorted(every) == sorted(succinct.get_roles())
     assert every == {role: bins.probe_path("wn", succinct, role) for role in succinct.get_roles()}
     assert all(succinct.get_role_for_target(path) == role for role, path in every.items())
+
+
+@pytest.fixture
+def many_names(
+    http_catalogue: tuple[Catalogue, TestHTTPServer], cli: Callable[..., CliResult], make_image: Callable[..., Path]
+) -> tuple[Catalogue, TestHTTPServer, list[str]]:
+    """Ten names of one version each, over real HTTP."""
+    cat, srv = http_catalogue
+    names = [f"n{i:02d}" for i in range(10)]
+    for name in names:
+        r = cli("publish", make_image(4096, seed=name), *cat.args(), "--name", name, "--arch", ARCH, "--version", "1.0")
+        assert r.code == 0, r.err
+    return cat, srv, names
+
+
+def roles_read(watched: Watched) -> list[str]:
+    return sorted(k.split(".", 1)[1].removesuffix(".json") for k in watched.keys if ".image-" in k)
+
+
+@pytest.mark.http
+def test_a_listing_of_every_name_reads_their_roles_at_once_and_a_pull_only_its_own(
+    many_names: tuple[Catalogue, TestHTTPServer, list[str]], tmp_path: Path
+) -> None:
+    cat, srv, names = many_names
+
+    def list_all(store: Store, cache: Path) -> list[tuple[str, str]]:
+        with CatalogueReader(store, cache, str(cat.root), lambda _m: None) as r:
+            return [(i.name, i.sha256) for n in r.names() for i in r.images(n)]
+
+    watched = Watched(store := open_store(srv.url))
+    got = list_all(store, tmp_path / "client")
+    assert got == list_all(LocalStore(cat.dir), tmp_path / "one-by-one") and len(got) == len(names)
+    assert roles_read(watched) == [f"image-{n}" for n in names]  # each once
+    assert 2 <= watched.peak <= 4, watched.peak
+    watched = Watched(store := open_store(srv.url))
+    assert list_all(store, tmp_path / "client") == got
+    assert roles_read(watched) == []  # the client holds them all: nothing read again
+    # a pull of one name reads that name's role only, not the names after it
+    watched = Watched(store := open_store(srv.url))
+    with CatalogueReader(store, tmp_path / "pull", str(cat.root), lambda _m: None) as r:
+        assert r.resolve(parse_ref("n03"), ARCH).record.name == "n03"
+    assert roles_read(watched) == ["image-n03"]
