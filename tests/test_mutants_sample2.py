@@ -126,8 +126,8 @@ def test_the_root_trusted_on_first_use_is_kept(
 def test_a_cached_root_that_is_no_file_is_named(
     catalogue: Catalogue, cli: Callable[..., CliResult], make_image, tmp_path: Path
 ) -> None:
-    """client._bootstrap__mutmut_89: a cached root replaced by a FIFO is refused (exit 14), named as the cached
-    root, without hanging."""
+    """client._bootstrap__mutmut_89: a cached root replaced by a FIFO is refused (exit 14), named by its path,
+    without hanging."""
     _publish(catalogue, cli, make_image(seed="fifo-root"))
     assert _pull_tofu(cli, catalogue, tmp_path / "a.img").code == 0
     [cached] = list(Path(os.environ["IMAGECTL_CACHE_DIR"]).rglob("root.json"))
@@ -135,7 +135,25 @@ def test_a_cached_root_that_is_no_file_is_named(
     os.mkfifo(cached)
     r = _pull_tofu(cli, catalogue, tmp_path / "b.img")
     assert r.code == 14
-    assert error_line(r) == f"imagectl: error: cached root {cached} is a FIFO, not a regular file"
+    assert error_line(r) == f"imagectl: error: refusing {cached}: it is a FIFO"
+
+
+def test_a_cached_root_that_is_a_symlink_is_not_followed(
+    catalogue: Catalogue, cli: Callable[..., CliResult], make_image, tmp_path: Path
+) -> None:
+    """The cached root is python-tuf's link to root_history/N.root.json, and only that is followed: a symlink
+    planted in its place (pointing at a root that would be accepted, the one it replaced) is refused (exit 14)."""
+    _publish(catalogue, cli, make_image(seed="symlink-root"))
+    assert _pull_tofu(cli, catalogue, tmp_path / "a.img").code == 0
+    [cached] = list(Path(os.environ["IMAGECTL_CACHE_DIR"]).rglob("root.json"))
+    elsewhere = tmp_path / "root.json"
+    elsewhere.write_bytes(cached.read_bytes())
+    cached.unlink()
+    cached.symlink_to(elsewhere)
+    r = _pull_tofu(cli, catalogue, tmp_path / "b.img")
+    assert r.code == 14
+    assert error_line(r) == f"imagectl: error: refusing {cached}: a symlink to {str(elsewhere)!r}, not to root_history/"
+    assert not (tmp_path / "b.img").exists()
 
 
 @pytest.mark.http

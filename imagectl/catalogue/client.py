@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import re
+import stat
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,7 +40,6 @@ from imagectl.errors import (
     ExpiredError,
     ImagectlError,
     InvalidInputError,
-    LocalIOError,
     MixAndMatchError,
     NotFoundError,
     RevokedError,
@@ -47,7 +47,7 @@ from imagectl.errors import (
     UntrustedMetadataError,
     WrongRootError,
 )
-from imagectl.fsio import atomic_write, read_at_most, read_regular
+from imagectl.fsio import SymlinkRefusedError, atomic_write, read_at_most, read_regular
 from imagectl.http import safe_url
 from imagectl.store import ObjectMissingError, Store
 
@@ -94,6 +94,7 @@ def translate_tuf(url: str) -> Iterator[None]:
         raise DownloadError(f"download from {url} failed: {e}") from None
 
 
+_ROOT_LINK = re.compile(r"root_history/[1-9][0-9]{0,11}\.root\.json")  # python-tuf's link to its current root
 _TAIL = re.compile(rb'"version":(\d{1,12})}}\s*$')
 
 
@@ -138,6 +139,7 @@ class CatalogueReader:
             raise
         self._roles: dict[str, Targets] = {}
         self._names: dict[str, str] | None = None
+        self._sorted: list[str] | None = None  # names(), sorted once (read-ahead looks its place up per name)
         self._snap_meta: dict[str, int] | None = None
         self._loads = 0  # names whose role this reader has loaded (read-ahead starts at the second)
         self._ahead_roles: list[str] = []  # keys of roles read ahead (forgotten when the next read-ahead starts)
@@ -223,9 +225,9 @@ class CatalogueReader:
                     hint="pin the root.json that `imagectl catalogue init` printed for this catalogue",
                 )
             return data
-        cached = self.dir / "root.json"
-        if cached.exists():
-            return read_regular(cached, ROOT_MAX, what="cached root", error=LocalIOError)
+        cached = self._cached_root()
+        if cached is not None:
+            return cached
         data = self._read_root(f"{METADATA}1.root.json")
         if data is None:
             raise CatalogueStateError(f"{self.shown_url} is not a catalogue (no {METADATA}1.root.json)")
@@ -234,6 +236,26 @@ class CatalogueReader:
             "pin it with --root to be safe from a server that was already compromised"
         )
         return data
+
+    def _cached_root(self) -> bytes | None:
+        """The root this cache trusted last time, None if it holds none. python-tuf (6 and later) keeps it as
+        ``root.json``, a symlink to ``root_history/N.root.json``: that one form of link is read, and the file it
+        names opened below the cache without following anything; a link elsewhere is refused. A plain file (older
+        python-tuf) is read as it is, never through a symlink, bounded as any root."""
+        file = "root.json"
+        try:
+            if stat.S_ISLNK(self._tree.lstat(f"{self._rel}/{file}").st_mode):
+                link = str((self.dir / file).readlink())
+                if not _ROOT_LINK.fullmatch(link):
+                    raise SymlinkRefusedError(
+                        f"refusing {self.dir / file}: a symlink to {link!r}, not to root_history/"
+                    )
+                file = link
+            return self._held(file, ROOT_MAX)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise self._tree.refuse(f"{self._rel}/{file}", e) from None
 
     # -- verified reads -----------------------------------------------------------------------------------
     def _name_index(self) -> dict[str, str]:
@@ -246,7 +268,9 @@ class CatalogueReader:
         return self._names
 
     def names(self) -> list[str]:
-        return sorted(self._name_index())
+        if self._sorted is None:
+            self._sorted = sorted(self._name_index())
+        return list(self._sorted)
 
     def role(self, name: str) -> Targets:
         """The verified image role of NAME (for a binned name: its channels, revocations and bin delegation)."""
