@@ -27,6 +27,7 @@ from imagectl.catalogue import bins
 from imagectl.catalogue.client import CatalogueReader
 from imagectl.catalogue.fetcher import StoreFetcher
 from imagectl.catalogue.keys import KeyRing
+from imagectl.catalogue.metadata import TARGETS_MAX
 from imagectl.catalogue.model import METADATA, parse_ref
 from imagectl.catalogue.state import load_state
 from imagectl.catalogue.upgrade import rebin_catalogue
@@ -193,13 +194,13 @@ def test_cached_role_files_are_read_bounded_and_never_through_a_symlink(
         held.symlink_to(elsewhere)
         assert rd._held_version("image-wn.json") is None
         with pytest.raises(SymlinkRefusedError):
-            rd._held("image-wn.json")
+            rd.trusted_bytes("image-wn.json")
         held.unlink()
         held.write_bytes(b'{"version":7} trailing')
         assert rd._held_version("image-wn.json") is None
-        held.write_bytes(b"x" * 100)
+        held.write_bytes(b"x" * (TARGETS_MAX + 1))
         with pytest.raises(UntrustedMetadataError, match="cap"):
-            rd._held("image-wn.json", cap=64)
+            rd.trusted_bytes("image-wn.json")
         assert rd._held_version("absent.json") is None
 
 

@@ -32,7 +32,15 @@ from imagectl import __version__
 from imagectl.catalogue import bins, index, model
 from imagectl.catalogue.cachedir import cache_key, client_cache
 from imagectl.catalogue.fetcher import StoreFetcher
-from imagectl.catalogue.metadata import ROOT_MAX, SNAPSHOT_MAX, TARGETS_MAX, TIMESTAMP_MAX, ValueCounter, parse_metadata
+from imagectl.catalogue.metadata import (
+    ROOT_MAX,
+    SNAPSHOT_MAX,
+    TARGETS_MAX,
+    TIMESTAMP_MAX,
+    ValueCounter,
+    cap_for,
+    parse_metadata,
+)
 from imagectl.catalogue.model import EXT, METADATA, ImageRecord, ImageRef
 from imagectl.errors import (
     CatalogueStateError,
@@ -47,7 +55,7 @@ from imagectl.errors import (
     UntrustedMetadataError,
     WrongRootError,
 )
-from imagectl.fsio import SymlinkRefusedError, atomic_write, read_at_most, read_regular
+from imagectl.fsio import Beneath, SymlinkRefusedError, atomic_write, read_at_most, read_regular
 from imagectl.http import safe_url
 from imagectl.store import ObjectMissingError, Store
 
@@ -96,6 +104,54 @@ def translate_tuf(url: str) -> Iterator[None]:
 
 _ROOT_LINK = re.compile(r"root_history/[1-9][0-9]{0,11}\.root\.json")  # python-tuf's link to its current root
 _TAIL = re.compile(rb'"version":(\d{1,12})}}\s*$')
+
+
+def read_trusted(tree: Beneath, rel: str, file: str) -> bytes:
+    """The bytes of ``file`` (``ROLE.json``, ``root_history/N.root.json``) in the client's TUF metadata directory
+    ``rel`` of the cache ``tree``: what python-tuf verified and persisted. Opened below the cache without following
+    a symlink and read up to the format's cap for that role, as every read of the directory is (the Updater's own
+    included: :class:`_CacheUpdater`). ``root.json`` is python-tuf's symlink to ``root_history/N.root.json`` (tuf
+    6 and later; a plain file before): that one form of link is read, a link elsewhere refused.
+
+    Raises FileNotFoundError if the file is not there, SymlinkRefusedError (exit 14) for a symlink or a file that is
+    not regular, UntrustedMetadataError (exit 8) past the cap."""
+    if file == "root.json":
+        try:
+            is_link = stat.S_ISLNK(tree.lstat(f"{rel}/{file}").st_mode)
+            link = str((tree.root / rel / file).readlink()) if is_link else None
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise tree.refuse(f"{rel}/{file}", e) from None
+        if link is not None:
+            if not _ROOT_LINK.fullmatch(link):
+                raise SymlinkRefusedError(
+                    f"refusing {tree.root / rel / file}: a symlink to {link!r}, not to root_history/"
+                )
+            file = link
+    cap = cap_for(file)
+    fd = tree.open_regular(f"{rel}/{file}")
+    try:
+        data = read_at_most(fd, cap + 1)
+    except OSError as e:
+        raise tree.refuse(f"{rel}/{file}", e) from None
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        raise UntrustedMetadataError(f"cached {file} is over the {cap}-byte cap of the format")
+    return data
+
+
+class _CacheUpdater(Updater):
+    """python-tuf's Updater, whose reads of its own metadata directory (the trusted timestamp, snapshot and roles it
+    starts from) go through :func:`read_trusted`: python-tuf opens them following symlinks and reads them whole."""
+
+    def __init__(self, read: Callable[[str], bytes], *args: Any, **kwargs: Any) -> None:
+        self._read_cached = read
+        super().__init__(*args, **kwargs)
+
+    def _load_local_metadata(self, rolename: str) -> bytes:
+        return self._read_cached(f"{urllib.parse.quote(rolename, '')}.json")
 
 
 def _why(e: Exception) -> str:
@@ -147,7 +203,8 @@ class CatalogueReader:
     def _updater(self, bootstrap: bytes) -> Updater:
         with translate_tuf(self.shown_url):
             try:
-                updater = Updater(
+                updater = _CacheUpdater(
+                    self.trusted_bytes,
                     str(self.dir),
                     self.url + METADATA,
                     None,
@@ -238,24 +295,11 @@ class CatalogueReader:
         return data
 
     def _cached_root(self) -> bytes | None:
-        """The root this cache trusted last time, None if it holds none. python-tuf (6 and later) keeps it as
-        ``root.json``, a symlink to ``root_history/N.root.json``: that one form of link is read, and the file it
-        names opened below the cache without following anything; a link elsewhere is refused. A plain file (older
-        python-tuf) is read as it is, never through a symlink, bounded as any root."""
-        file = "root.json"
+        """The root this cache trusted last time (:func:`read_trusted`), None if it holds none."""
         try:
-            if stat.S_ISLNK(self._tree.lstat(f"{self._rel}/{file}").st_mode):
-                link = str((self.dir / file).readlink())
-                if not _ROOT_LINK.fullmatch(link):
-                    raise SymlinkRefusedError(
-                        f"refusing {self.dir / file}: a symlink to {link!r}, not to root_history/"
-                    )
-                file = link
-            return self._held(file, ROOT_MAX)
+            return self.trusted_bytes("root.json")
         except FileNotFoundError:
             return None
-        except OSError as e:
-            raise self._tree.refuse(f"{self._rel}/{file}", e) from None
 
     # -- verified reads -----------------------------------------------------------------------------------
     def _name_index(self) -> dict[str, str]:
@@ -264,7 +308,7 @@ class CatalogueReader:
         Read once per reader: the Updater refreshes top-level metadata only when the reader is made, so targets.json
         cannot change under it (reading it again per name made listing N names cost N parses of targets.json)."""
         if self._names is None:
-            self._names = index.delegated_names(Metadata[Targets].from_bytes(self._held("targets.json")).signed)
+            self._names = index.delegated_names(Metadata[Targets].from_bytes(self.trusted_bytes("targets.json")).signed)
         return self._names
 
     def names(self) -> list[str]:
@@ -312,22 +356,12 @@ class CatalogueReader:
 
     def _trusted(self, role: str) -> Targets:
         """A role the Updater has just verified and persisted, read back from its metadata directory."""
-        return Metadata[Targets].from_bytes(self._held(f"{urllib.parse.quote(role, '')}.json")).signed
+        return Metadata[Targets].from_bytes(self.trusted_bytes(f"{urllib.parse.quote(role, '')}.json")).signed
 
-    def _held(self, file: str, cap: int = TARGETS_MAX) -> bytes:
-        """A file of the Updater's metadata directory, which it has just verified and persisted: read without
-        following a symlink (:class:`~imagectl.fsio.Beneath`), at most ``cap`` bytes (the format's cap)."""
-        rel = f"{self._rel}/{file}"
-        fd = self._tree.open_regular(rel)  # LocalIOError (a symlink: SymlinkRefusedError), one line
-        try:
-            data = read_at_most(fd, cap + 1)
-        except OSError as e:
-            raise self._tree.refuse(rel, e) from None
-        finally:
-            os.close(fd)
-        if len(data) > cap:
-            raise UntrustedMetadataError(f"cached {file} is over the {cap}-byte cap of the format")
-        return data
+    def trusted_bytes(self, file: str) -> bytes:
+        """A file of the Updater's metadata directory, which it has verified and persisted (:func:`read_trusted`:
+        no symlink followed, at most the format's cap). FileNotFoundError if it is not there."""
+        return read_trusted(self._tree, self._rel, file)
 
     def _held_version(self, file: str) -> int | None:
         """The ``version`` a metadata file imagectl wrote ends with (``..."version":N}}``) if the metadata directory
@@ -414,7 +448,7 @@ class CatalogueReader:
     def _snapshot_meta(self) -> dict[str, int]:
         """role file -> version, from the snapshot the Updater verified and persisted when this reader was made."""
         if self._snap_meta is None:
-            snap = Metadata[Snapshot].from_bytes(self._held("snapshot.json", SNAPSHOT_MAX)).signed
+            snap = Metadata[Snapshot].from_bytes(self.trusted_bytes("snapshot.json")).signed
             self._snap_meta = {path: m.version for path, m in snap.meta.items()}
         return self._snap_meta
 

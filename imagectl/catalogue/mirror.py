@@ -31,11 +31,9 @@ from imagectl.errors import (
     CatalogueStateError,
     ImageMismatchError,
     InvalidInputError,
-    LocalIOError,
     RollbackError,
     UntrustedMetadataError,
 )
-from imagectl.fsio import read_regular
 from imagectl.store import ObjectMissingError, Store
 from imagectl.store.digest import FileDigest, Hasher
 
@@ -166,8 +164,17 @@ def _version_at(store: Store, key: str) -> int:
 
 def _trusted(reader: CatalogueReader, name: str) -> tuple[bytes, int]:
     """Bytes of a role as the Updater verified and cached them, and their version."""
-    data = read_regular(reader.dir / name, cap_for(name), what="trusted metadata", error=LocalIOError)
+    data = reader.trusted_bytes(name)
     return data, parse_metadata(data, name).signed.version
+
+
+def _trusted_root(reader: CatalogueReader, src: Store, n: int) -> bytes:
+    """Root N as the Updater verified and kept it, or the source's copy where it holds none (the roots before the
+    one this client first trusted: the mirror needs the whole chain, and its readers verify it)."""
+    try:
+        return reader.trusted_bytes(f"root_history/{n}.root.json")
+    except FileNotFoundError:
+        return src.read(f"{METADATA}{n}.root.json", ROOT_MAX)
 
 
 def check_destination(src: Store, dest: Store, first_root: bytes) -> None:
@@ -214,12 +221,7 @@ def mirror(
     """Copy what ``filters`` select from ``src`` to ``dest``, verified; resumable; never rolls ``dest`` back."""
     report = MirrorReport()
     with CatalogueReader(src, cache, root, warn, retries=retries) as reader, tempfile.TemporaryDirectory() as tmp:
-        first = reader.dir / "root_history" / "1.root.json"
-        first_root = (
-            read_regular(first, ROOT_MAX, what="trusted root", error=LocalIOError)
-            if first.is_file()
-            else src.read(f"{METADATA}1.root.json", ROOT_MAX)
-        )
+        first_root = _trusted_root(reader, src, 1)
         check_destination(src, dest, first_root)
         chosen = _select(reader, filters)
         # 1. blobs (images and their build records), skipping what the mirror already holds
@@ -245,12 +247,7 @@ def mirror(
         # 2. metadata: the root chain, then targets, the selected image roles and the snapshot, as verified
         root_now = _trusted(reader, "root.json")[1]
         for n in range(1, root_now + 1):
-            cached = reader.dir / "root_history" / f"{n}.root.json"
-            data = (
-                read_regular(cached, ROOT_MAX, what="trusted root", error=LocalIOError)
-                if cached.is_file()
-                else src.read(f"{METADATA}{n}.root.json", ROOT_MAX)
-            )
+            data = _trusted_root(reader, src, n)
             report.metadata_written += dest.write_new(f"{METADATA}{n}.root.json", data)
         # index roles (shared by names), image roles, and the bins of binned names
         roles = list(dict.fromkeys(r for n in chosen for r in reader.role_names(n)))

@@ -107,7 +107,7 @@ def read_view(reader: CatalogueReader, public_url: str | None = None) -> Catalog
             f"{missing} image(s) of {reader.store.shown} have no target file, the file an export's URLs name",
             hint=f"run: imagectl catalogue upgrade {reader.store.shown}",
         )
-    ts = Metadata[Timestamp].from_file(str(reader.dir / "timestamp.json")).signed  # the file the Updater trusted
+    ts = Metadata[Timestamp].from_bytes(reader.trusted_bytes("timestamp.json")).signed  # what the Updater trusted
     return CatalogueView(public_base(public_url or reader.url), ts.snapshot_meta.version, tuple(names))
 
 

@@ -24,12 +24,11 @@ from typing import Any
 from tuf.api.metadata import Metadata
 
 from imagectl.catalogue.cachedir import cache_key, client_cache
-from imagectl.catalogue.client import CatalogueReader
-from imagectl.catalogue.metadata import ROOT_MAX, SNAPSHOT_MAX, TIMESTAMP_MAX, parse_metadata
+from imagectl.catalogue.client import CatalogueReader, read_trusted
+from imagectl.catalogue.metadata import ROOT_MAX, parse_metadata
 from imagectl.catalogue.model import METADATA, ImageRecord, blob_key, role_for, utcnow
 from imagectl.catalogue.state import load_state
 from imagectl.errors import ExpiredError, ImagectlError, InvalidInputError, RollbackError, UntrustedMetadataError
-from imagectl.fsio import read_regular
 from imagectl.site.model import BuildInfo, MetadataInfo, Package, SiteImage, SiteModel, SiteName, make_name
 from imagectl.store import Store
 
@@ -114,22 +113,23 @@ def _verified(reader: CatalogueReader, blobs: _Records, read_records: bool) -> t
     names = [_name(n, reader.images(n), reader.ext(n), blobs, read_records=read_records) for n in reader.names()]
     files: dict[str, Metadata[Any]] = {}
     for role in ("root", "timestamp", "snapshot", "targets", *(role_for(n.name) for n in names)):
-        files[role] = Metadata.from_file(str(reader.dir / f"{role}.json"))  # what the Updater just trusted
-    root_bytes = (reader.dir / "root.json").read_bytes()
+        files[role] = Metadata.from_bytes(reader.trusted_bytes(f"{role}.json"))  # what the Updater just trusted
+    root_bytes = reader.trusted_bytes("root.json")
     return names, metadata_info(files, root_bytes, now=utcnow())
 
 
 def _expired(store: Store, cache: Path, blobs: _Records, read_records: bool) -> tuple[list[SiteName], MetadataInfo]:
     """Signature-verified, expired metadata, anchored in the root the reader trusts; see the module docstring."""
-    tuf_dir = client_cache(cache).root / "tuf" / cache_key(store.url)
+    tree, rel = client_cache(cache), f"tuf/{cache_key(store.url)}"
 
-    def trusted(role: str, cap: int) -> Metadata[Any] | None:
-        path = tuf_dir / f"{role}.json"
-        if not path.exists():
+    def trusted(role: str) -> Metadata[Any] | None:
+        try:
+            data = read_trusted(tree, rel, f"{role}.json")
+        except FileNotFoundError:
             return None
-        return parse_metadata(read_regular(path, cap, what="cached metadata"), f"{METADATA}{role}.json")
+        return parse_metadata(data, f"{METADATA}{role}.json")
 
-    anchor = trusted("root", ROOT_MAX)
+    anchor = trusted("root")
     if anchor is None:
         raise UntrustedMetadataError("no trusted root to check the expired catalogue against")
     state = load_state(store)  # signatures, thresholds and versions of every file; not expiry
@@ -140,8 +140,8 @@ def _expired(store: Store, cache: Path, blobs: _Records, read_records: bool) -> 
         same = False
     if not same or state.root.signed.version < anchor.signed.version:
         raise UntrustedMetadataError(f"the root chain of {store.shown} does not contain the root this client trusts")
-    for top, cap, now in (("timestamp", TIMESTAMP_MAX, state.timestamp), ("snapshot", SNAPSHOT_MAX, state.snapshot)):
-        before = trusted(top, cap)
+    for top, now in (("timestamp", state.timestamp), ("snapshot", state.snapshot)):
+        before = trusted(top)
         if before is not None and now.signed.version < before.signed.version:
             raise RollbackError(
                 f"rollback refused: {top} version {now.signed.version} is older than the trusted "
