@@ -10,6 +10,10 @@ The packages are the mirror's, so a rebuild can only match while the mirror is i
 For Debian images the record names that state (the SHA-256 of each Packages index the suites' InRelease files
 sign, from imagectl's package cache), and the rebuild is pinned to it: it checks each suite before building (a
 mirror that moved is refused in seconds, exit 25), and the package cache holds the build to the same indexes.
+The record also names each suite's InRelease (``mirror_state``), which imagectl's package cache keeps with the
+Packages indexes it signs: on a host whose cache holds them (the one that built the original, or one given its
+cache) the rebuild takes them from there, verified against the archive keyring again, and does not depend on the
+mirror standing still; the packages then come from the cache, or from the mirror while it still has them.
 ``--mirror MIRROR SNAPSHOT`` fetches the bytes of MIRROR from SNAPSHOT (snapshot.debian.org, or a local copy)
 through that cache, checked against the same signed indexes, while the image still names MIRROR, as the original
 does; an InRelease that signs the pinned indexes is accepted past its Valid-Until. ``--anyway`` builds against
@@ -44,6 +48,7 @@ from imagectl.imaging.builder import (
     dib_version,
 )
 from imagectl.imaging.debindex import check_pinned
+from imagectl.imaging.pkgcache import PackageCache
 from imagectl.pull import pull
 from imagectl.recipe.model import Recipe, load_recipe
 from imagectl.records import LoadedRecord, load_file, packages
@@ -175,6 +180,18 @@ def mirror_state(record: BuildRecord, label: str) -> dict[str, str] | None:
     return dict(state)
 
 
+def mirror_releases(record: BuildRecord) -> dict[str, str] | None:
+    """The InRelease files a Debian build record names (``package_cache.base.mirror_state``: ``MIRROR SUITE`` ->
+    SHA-256 of the InRelease the build verified and served to apt), or None. Only a lookup key into the package
+    cache (a copy is used only when its bytes hash to it, and its signature is checked again), so entries of
+    another shape are left out rather than refused."""
+    base = (record.package_cache or {}).get("base")
+    state = base.get("mirror_state") if isinstance(base, Mapping) else None
+    if not isinstance(state, Mapping):
+        return None
+    return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v)}
+
+
 def _fetch_from(pairs: list[tuple[str, str]], state: dict[str, str] | None, label: str) -> dict[str, str] | None:
     """``--mirror MIRROR SNAPSHOT`` pairs, each MIRROR one the original build used (InvalidInputError otherwise)."""
     if not pairs:
@@ -232,12 +249,15 @@ def rebuild(
     state = mirror_state(rec, loaded.label)
     fetch_from = _fetch_from(mirrors or [], state, loaded.label)
     pinned = None if anyway else state
+    releases = None if anyway else mirror_releases(rec)
     with tempfile.TemporaryDirectory(prefix="imagectl-rebuild-") as work:
         recipe = recipe_of(loaded, recipe_file, Path(work))
         if pinned is not None:  # a mirror that moved is said now, not minutes into the build
+            store = PackageCache(cache_dir, "debian")
             with make_session() as session:
-                checked = check_pinned(session, pinned, fetch_from)
-            progress(f"{loaded.label}: {checked} suites in the recorded state")
+                checked, held = check_pinned(session, pinned, fetch_from, store=store, pinned_releases=releases)
+            kept = f" ({held} from imagectl's package cache, as the original build signed them)" if held else ""
+            progress(f"{loaded.label}: {count(checked, 'suite')} in the recorded state{kept}")
         notes = []
         built_with = rec.dib.version if rec.dib is not None else None
         if built_with and built_with != dib_version():
@@ -253,6 +273,7 @@ def rebuild(
             progress=progress,
             source_date_epoch=rec.source_date_epoch,
             mirror_state=pinned,
+            mirror_releases=releases,
             fetch_from=fetch_from,
         )
         [out] = build_recipe(recipe, opts)

@@ -228,7 +228,15 @@ def test_the_demo_built_twice_reproducibly_is_bit_identical(built, tmp_path):
     # the second build bypassed the initramfs cache and made its own in the image (post-install.d), the first
     # made it from outside (post-root.d) and filed it: the two images are still one sha256
     again = json.loads((second.parent / "debian12-demo-x86_64.build.json").read_text())
-    assert "initramfs_cache" not in again and json.loads(Path(out["record"]).read_text())["initramfs_cache"]
+    original = json.loads(Path(out["record"]).read_text())
+    assert "initramfs_cache" not in again and original["initramfs_cache"]
+    # apt and debootstrap were given the indexes imagectl verified (each suite's InRelease, its Packages.xz), and
+    # the second build took the first's InRelease files from the package cache: a mirror that publishes meanwhile
+    # (Debian's security suite, any hour) changes neither build
+    suites = original["package_cache"]["base"]["mirror_state"]
+    assert len(suites) == 3 and original["package_cache"]["indexes_served"] >= 2 * len(suites)
+    assert sorted(again["package_cache"]["releases_from_cache"]) == sorted(suites)
+    assert again["package_cache"]["base"]["mirror_state"] == suites
     # `imagectl rebuild`: the published image, built a third time from its signed build record alone (its merged
     # recipe, target, formats and epoch; the build cache bypassed), has the sha256 the catalogue signed
     cat, keys = tmp_path / "cat", tmp_path / "keys"
@@ -243,6 +251,8 @@ def test_the_demo_built_twice_reproducibly_is_bit_identical(built, tmp_path):
     doc = json.loads(r.out)
     assert (doc["identical"], doc["sha256"], doc["expected_sha256"]) == (True, sha256(first), sha256(first))
     assert doc["packages"] == {"added": [], "removed": [], "changed": []} and doc["notes"] == []
+    rebuilt = json.loads(Path(doc["record"]).read_text())["package_cache"]
+    assert sorted(rebuilt["releases_from_cache"]) == sorted(suites) and rebuilt["downloaded"] == 0
     assert sha256(tmp_path / "rebuilt" / "debian12-demo-x86_64.qcow2") == sha256(first)
 
 

@@ -5,8 +5,13 @@ element writes ``Acquire::http::Proxy`` into the chroot and removes it before th
 needs no bind mount, no device-mapper and no change to the image: every ``GET`` of a pool file the mirror's signed
 index lists is answered from :class:`~imagectl.imaging.pkgcache.PackageCache` when a file with exactly that SHA-256
 and size is there, else downloaded, checked against the index as it streams and stored. Bytes that do not match
-are refused (HTTP 502) and not stored; anything else (indexes, files the index does not list, other hosts) is
-passed through unchanged and not cached. Why a proxy rather than seeding ``/var/cache/apt/archives``: DIB's
+are refused (HTTP 502) and not stored. A suite's ``InRelease``, and each ``Packages.xz`` it signs (plain or
+by-hash), is answered with the very bytes imagectl verified when the build began (kept in the package cache
+under their SHA-256), so apt and debootstrap install from the state the build record names even when the mirror
+publishes a new one mid-build (Debian's security suite does, any hour). Anything else (files no signed index
+lists, other indexes) is passed through unchanged and not cached; other hosts are refused.
+
+Why a proxy rather than seeding ``/var/cache/apt/archives``: DIB's
 ``debian-minimal`` runs ``apt-get clean`` right before its first install, and debootstrap runs before any chroot
 hook; a proxy sees every download of both, and counts them.
 
@@ -54,7 +59,8 @@ class CacheStats:
     hits: int = 0  # package files served from the cache
     downloaded: list[str] = field(default_factory=list)  # apt names of package files fetched and stored
     rejected: list[str] = field(default_factory=list)  # fetched bytes that did not match the signed index
-    passed: int = 0  # other requests (indexes, files the index does not list), not cached
+    indexes: int = 0  # InRelease and Packages.xz requests answered with the verified copies prepare() holds
+    passed: int = 0  # other requests (files no signed index lists, indexes not held), not cached
 
 
 DEFAULT_MIRROR_HOSTS = frozenset({"deb.debian.org", "security.debian.org"})  # debian-minimal's defaults
@@ -102,7 +108,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         # apt quotes '+', '~' and ':' in the URLs it asks for (debootstrap's wget does not); pool names have no '%'
         url = re.sub(r"(?<!:)//+", "/", urllib.parse.unquote(self.path))
-        entry = owner.index.lookup(url) if owner.index else None
+        index = owner.index
+        if index is not None and self._verified_index(index, url, head):
+            return
+        entry = index.lookup(url) if index else None
         if entry is None or head:
             self._forward(head)
             return
@@ -121,6 +130,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(size))
             self.end_headers()
             shutil.copyfileobj(f, self.wfile, 1 << 20)
+
+    def _verified_index(self, index: DebianIndex, url: str, head: bool) -> bool:
+        """Answer a request for a suite's InRelease, or for a Packages.xz it signs, with the bytes prepare()
+        verified (the package cache keeps each Packages.xz under its SHA-256), so apt and debootstrap see the
+        state the build record names even when the mirror publishes a new one mid-build. False when ``url`` is
+        not one of those (or the Packages.xz is not held): then it goes to the mirror as before."""
+        owner = self.server.owner
+        raw = index.releases_at.get(url)
+        listed = index.lists_at.get(url) if raw is None else None
+        path = owner.cache.get(*listed) if listed is not None else None
+        if raw is None and path is None:
+            return False
+        with owner.lock:
+            owner.stats.indexes += 1
+        size = len(raw) if raw is not None else listed[1] if listed is not None else 0
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if head:
+            return True
+        if raw is not None:
+            self.wfile.write(raw)
+        elif path is not None:
+            with path.open("rb") as f:
+                shutil.copyfileobj(f, self.wfile, 1 << 20)
+        return True
 
     def _download(self, url: str, sha256: str, size: int, name: str) -> Path | None:
         owner = self.server.owner
@@ -202,12 +238,14 @@ class DebianPackageCache:
         *,
         fetch_from: dict[str, str] | None = None,
         pinned: dict[str, str] | None = None,
+        pinned_releases: dict[str, str] | None = None,
     ) -> None:
         """``fetch_from`` and ``pinned`` are for ``imagectl rebuild``: the bytes of a mirror fetched from a stand-in
         (a snapshot of it), and each suite held to the signed Packages indexes the original build's record names
         (:meth:`DebianIndex.load`); apt in the build's chroot then accepts those InRelease files past their
-        Valid-Until (our element's root.d/50, removed again in cleanup.d)."""
-        self.fetch_from, self.pinned = fetch_from, pinned
+        Valid-Until (our element's root.d/50, removed again in cleanup.d). ``pinned_releases`` (the record's
+        ``mirror_state``) lets each suite's InRelease come from the package cache when it holds the recorded one."""
+        self.fetch_from, self.pinned, self.pinned_releases = fetch_from, pinned, pinned_releases
         self.cache = PackageCache(cache_dir, "debian")
         self.base = BaseCache(cache_dir, "debian")
         self.work, self.dib_env, self.arch, self.dib = work, dib_env, dib_arch, dib
@@ -269,6 +307,8 @@ class DebianPackageCache:
             keyring=self.keyring,
             fetch_from=self.fetch_from,
             pinned=self.pinned,
+            store=self.cache,
+            pinned_releases=self.pinned_releases,
         )
         mirror = env.get("DIB_DISTRIBUTION_MIRROR", "").rstrip("/")
         # The base is debootstrap's system after debian-minimal's dist-upgrade and base packages: it depends on
@@ -308,6 +348,8 @@ class DebianPackageCache:
             "downloaded_packages": sorted(self.stats.downloaded),
             "rejected_packages": sorted(self.stats.rejected),
             "removed_damaged": self.cache.removed,
+            "indexes_served": self.stats.indexes,
+            "releases_from_cache": list(self.index.from_cache),
             "passed_through": self.stats.passed,
             "base": {"key": self.base_key, "reused": self.base_reused, **self.base_meta},
         }

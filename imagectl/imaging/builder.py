@@ -78,9 +78,12 @@ class BuildOptions:
     progress: Callable[[str], None] = lambda _line: None
     source_date_epoch: int | None = None  # seconds; set: a reproducible build (build --reproducible)
     hypervisors: list[str] | None = None  # only these of the recipe's hypervisors (imagectl rebuild)
-    # imagectl rebuild (Debian): each suite held to the InRelease SHA-256 the record names, and mirrors whose
-    # bytes come from a stand-in (a snapshot); neither is in the build key, neither changes what the image names
+    # imagectl rebuild and check-reproducible's second build (Debian): each suite held to the Packages indexes a
+    # record names (its package_indexes), each suite's InRelease taken from the package cache when it holds the one
+    # the record names (its mirror_state), and mirrors whose bytes come from a stand-in (a snapshot); none is in
+    # the build key, none changes what the image names
     mirror_state: dict[str, str] | None = None
+    mirror_releases: dict[str, str] | None = None
     fetch_from: dict[str, str] | None = None
     write_cache: bool = True  # False: the build cache is neither read for this build's key's entry nor written
 
@@ -388,6 +391,7 @@ def _build_one(inv: DibInvocation, key: str, opts: BuildOptions, recipe: RecipeI
             str(dib.version),
             fetch_from=opts.fetch_from,
             pinned=opts.mirror_state,
+            pinned_releases=opts.mirror_releases,
         )
     # SLC: the bootstrap's download cache (packages under their repository checksums, each checked again on every
     # use), in imagectl's cache and so shared by every build on this host, as the Debian cache is. Like the
@@ -664,6 +668,10 @@ def check_reproducible(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
     assert opts.source_date_epoch is not None
     first = build_recipe(recipe, opts)
     again = dataclasses.replace(opts, output=opts.output / "check-reproducible", rebuild=True, write_cache=False)
+    if opts.mirror_state is None:  # the second build gets what the first got, whatever the mirror did meanwhile
+        indexes, releases = _mirror_states(first)
+        if indexes:
+            again = dataclasses.replace(again, mirror_state=indexes, mirror_releases=releases)
     second = build_recipe(recipe, again)
     problems = []
     for one, two in zip(first, second, strict=True):
@@ -678,6 +686,19 @@ def check_reproducible(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
             hint="the differences are in the files named; issue 11 lists what is pinned",
         )
     return first
+
+
+def _mirror_states(outputs: list[BuildOutput]) -> tuple[dict[str, str], dict[str, str]]:
+    """The Packages indexes and InRelease files (``package_cache.base``'s ``package_indexes`` and ``mirror_state``)
+    the Debian builds of ``outputs`` used, merged over their targets (records imagectl just wrote); empty when none
+    went through the package cache (SLC, a stand-in disk-image-create)."""
+    indexes: dict[str, str] = {}
+    releases: dict[str, str] = {}
+    for out in outputs:
+        base = (json.loads(out.record.read_text()).get("package_cache") or {}).get("base") or {}
+        indexes.update(base.get("package_indexes") or {})
+        releases.update(base.get("mirror_state") or {})
+    return indexes, releases
 
 
 def describe_differences(a: Path, b: Path, report: Path) -> str:

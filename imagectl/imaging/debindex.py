@@ -26,6 +26,7 @@ import requests
 
 from imagectl.errors import DownloadError, NotReproducibleError, UntrustedMetadataError
 from imagectl.fsio import atomic_write
+from imagectl.imaging.pkgcache import PackageCache
 from imagectl.runner import run
 from imagectl.urls import redact, safe_url
 
@@ -206,11 +207,18 @@ def _pinned_problem(suite: Suite, rel: Release, paths: list[str], pinned: dict[s
 @dataclass
 class DebianIndex:
     """Pool file URL -> (SHA-256, size, apt name) over every verified suite; each suite's InRelease SHA-256; and
-    each signed Packages index's SHA-256 (:func:`index_key`), the state a rebuild is pinned to."""
+    each signed Packages index's SHA-256 (:func:`index_key`), the state a rebuild is pinned to. ``releases_at``
+    and ``lists_at``: the URLs apt and debootstrap ask for those indexes at -> the verified InRelease bytes, and
+    the (SHA-256, size) of each Packages.xz (plain and by-hash URL), so the build's proxy answers them with exactly
+    the state imagectl verified and the record names, whatever the mirror has published since. ``from_cache``:
+    the suites (:func:`state_key`) whose pinned InRelease came from the package cache, not the mirror."""
 
     files: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     releases: dict[Suite, str] = field(default_factory=dict)
     indexes: dict[str, str] = field(default_factory=dict)
+    releases_at: dict[str, bytes] = field(default_factory=dict)
+    lists_at: dict[str, tuple[str, int]] = field(default_factory=dict)
+    from_cache: list[str] = field(default_factory=list)
 
     def lookup(self, url: str) -> tuple[str, int, str] | None:
         return self.files.get(url)
@@ -227,6 +235,8 @@ class DebianIndex:
         timeout: float = 60.0,
         fetch_from: dict[str, str] | None = None,
         pinned: dict[str, str] | None = None,
+        store: PackageCache | None = None,
+        pinned_releases: dict[str, str] | None = None,
     ) -> DebianIndex:
         """Fetch and verify the InRelease and Packages indexes of ``wanted`` for ``arch``. A Packages index already
         parsed is read back from ``cache`` (files named by the SHA-256 the signed InRelease gives it), so only the
@@ -237,11 +247,21 @@ class DebianIndex:
         must have: another one raises MirrorMovedError, and an InRelease that signs the pinned indexes is accepted
         past its Valid-Until.
 
+        ``store`` (the package cache) keeps every InRelease and Packages.xz verified here, under its SHA-256; with
+        ``pinned_releases`` (a record's ``mirror_state``: :func:`state_key` -> InRelease SHA-256) a suite whose
+        recorded InRelease the store holds is read from there, verified against ``keyring`` again, and the mirror
+        is not asked: a rebuild on a host that made (or was given) the original build's cache does not depend on
+        the mirror staying still, as Debian's security suite does not for an hour.
+
         Raises IndexError_ (bad signature, expired, hash mismatch), MirrorMovedError and DownloadError."""
         index = cls()
         for s in wanted:
             url = f"{s.mirror}/dists/{s.suite}/InRelease"
-            raw = _get(session, fetch_url(url, fetch_from), RELEASE_MAX, timeout)
+            raw = _held_release(store, pinned_releases, s)
+            if raw is not None:
+                index.from_cache.append(state_key(s))
+            else:
+                raw = _get(session, fetch_url(url, fetch_from), RELEASE_MAX, timeout)
             signed = verify_signed(raw, keyring, redact(url)).decode("utf-8", "replace")
             rel = parse_release(signed, check_expiry=pinned is None)
             paths = [f"{comp}/binary-{arch}/Packages.xz" for comp in s.components]
@@ -251,29 +271,53 @@ class DebianIndex:
                     hint="rebuild from a snapshot of the mirror as it was: imagectl rebuild … --mirror MIRROR SNAPSHOT",
                 )
             index.releases[s] = hashlib.sha256(raw).hexdigest()
+            index.releases_at[url] = raw
+            if store is not None:
+                store.put(raw)
             for path in paths:
                 if path not in rel.files:
                     raise IndexError_(f"{redact(url)} lists no {path}")
                 digest, size = rel.files[path]
+                if size > PACKAGES_MAX:
+                    raise IndexError_(f"{redact(url)}: its {path} is larger than {PACKAGES_MAX} bytes")
                 index.indexes[index_key(s, path)] = digest
+                by_hash = path.replace("/Packages.xz", f"/by-hash/SHA256/{digest}")
+                for where in (path, by_hash):
+                    index.lists_at[f"{s.mirror}/dists/{s.suite}/{where}"] = (digest, size)
                 parsed = cache / f"{digest}.tsv"
                 entries = _read_tsv(parsed)
-                if entries is None:
-                    where = path.replace("/Packages.xz", f"/by-hash/SHA256/{digest}") if rel.by_hash else path
-                    data = _get(
-                        session, fetch_url(f"{s.mirror}/dists/{s.suite}/{where}", fetch_from), PACKAGES_MAX, timeout
-                    )
+                held = store.get(digest, size) if store is not None else None
+                if entries is None or (store is not None and held is None):
+                    if held is not None:
+                        data = held.read_bytes()
+                    else:
+                        where = by_hash if rel.by_hash else path
+                        data = _get(
+                            session, fetch_url(f"{s.mirror}/dists/{s.suite}/{where}", fetch_from), PACKAGES_MAX, timeout
+                        )
                     if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
                         raise IndexError_(f"{redact(s.mirror)}/dists/{s.suite}/{path} does not match its InRelease")
-                    try:
-                        text = lzma.LZMADecompressor().decompress(data, PACKAGES_TEXT_MAX)
-                    except lzma.LZMAError:
-                        raise IndexError_(f"{redact(s.mirror)}/dists/{s.suite}/{path}: not xz data") from None
-                    entries = parse_packages(text.decode("utf-8", "replace"))
-                    _write_tsv(parsed, entries)
+                    if store is not None:
+                        store.put(data)
+                    if entries is None:
+                        try:
+                            text = lzma.LZMADecompressor().decompress(data, PACKAGES_TEXT_MAX)
+                        except lzma.LZMAError:
+                            raise IndexError_(f"{redact(s.mirror)}/dists/{s.suite}/{path}: not xz data") from None
+                        entries = parse_packages(text.decode("utf-8", "replace"))
+                        _write_tsv(parsed, entries)
                 for filename, entry in entries.items():
                     index.files[f"{s.mirror}/{filename}"] = entry
         return index
+
+
+def _held_release(store: PackageCache | None, pinned_releases: dict[str, str] | None, suite: Suite) -> bytes | None:
+    """The InRelease a record pins ``suite`` to, when the package cache holds it (its bytes hash to the recorded
+    SHA-256: that is what makes them the original build's); else None. Its signature is checked by the caller."""
+    want = (pinned_releases or {}).get(state_key(suite), "")
+    if store is None or len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        return None
+    return store.read(want, RELEASE_MAX)
 
 
 def check_pinned(
@@ -283,25 +327,34 @@ def check_pinned(
     *,
     keyring: Path | None = None,
     timeout: float = 60.0,
-) -> int:
+    store: PackageCache | None = None,
+    pinned_releases: dict[str, str] | None = None,
+) -> tuple[int, int]:
     """Before a pinned rebuild: fetch and verify the InRelease of each suite a record's ``package_indexes`` names
     (through ``fetch_from``) and compare the Packages indexes it signs with the pinned ones, so a mirror that moved
-    is said in seconds instead of minutes into a build. Suites whose recorded URL had its credentials redacted are
-    left to the build's own check. Returns how many suites were checked; raises MirrorMovedError naming every
-    suite that moved, IndexError_ and DownloadError. ``keyring`` defaults to the archive keyring apt uses."""
+    is said in seconds instead of minutes into a build. A suite whose recorded InRelease (``pinned_releases``, the
+    record's ``mirror_state``) ``store`` holds is checked on that copy, as the build will use it, without asking the
+    mirror. Suites whose recorded URL had its credentials redacted are left to the build's own check. Returns how
+    many suites were checked and how many of them on the cache's copy; raises MirrorMovedError naming every suite
+    that moved, IndexError_ and DownloadError. ``keyring`` defaults to the archive keyring apt uses."""
     keyring = keyring or DEFAULT_KEYRING
     by_suite: dict[tuple[str, str], list[str]] = {}
     for key in pinned:
         mirror, suite, path = key.rsplit(" ", 2)
         by_suite.setdefault((mirror, suite), []).append(path)
     moved = []
-    checked = 0
+    checked = held = 0
     for (mirror, suite), paths in sorted(by_suite.items()):
         if "<hidden>@" in mirror:
             continue
         s, where = Suite(mirror, suite), fetch_url(f"{mirror}/dists/{suite}/InRelease", fetch_from)
-        raw = _get(session, where, RELEASE_MAX, timeout)
-        rel = parse_release(verify_signed(raw, keyring, safe_url(where)).decode("utf-8", "replace"), check_expiry=False)
+        raw, what = _held_release(store, pinned_releases, s), safe_url(where)
+        if raw is None:
+            raw = _get(session, where, RELEASE_MAX, timeout)
+        else:
+            held += 1
+            what = f"{safe_url(f'{mirror}/dists/{suite}/InRelease')} (imagectl's package cache)"
+        rel = parse_release(verify_signed(raw, keyring, what).decode("utf-8", "replace"), check_expiry=False)
         checked += 1
         if problem := _pinned_problem(s, rel, sorted(paths), pinned, safe_url(fetch_url(mirror, fetch_from))):
             moved.append(problem)
@@ -311,7 +364,7 @@ def check_pinned(
             hint="rebuild from a snapshot of the mirror as it was: imagectl rebuild … --mirror MIRROR SNAPSHOT "
             "(or --anyway, to build and list the packages that moved)",
         )
-    return checked
+    return checked, held
 
 
 def _read_tsv(path: Path) -> dict[str, tuple[str, int, str]] | None:

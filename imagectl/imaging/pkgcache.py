@@ -2,7 +2,8 @@
 
 Layout under the ``cache_dir`` setting::
 
-    packages/FAMILY/sha256/HEX      one package file, named by the SHA-256 of its bytes (mode 0444)
+    packages/FAMILY/sha256/HEX      one package file, or one signed index (Debian: an InRelease, a Packages.xz),
+                                    named by the SHA-256 of its bytes (mode 0444)
     packages/FAMILY/.lock           flock: one writer at a time (adding, removing)
     packages/FAMILY/indexes/        parsed signed indexes (debindex), named by their verified hash
     base/FAMILY/KEY/base.tar.gz     a bootstrapped base system, KEY = (release, arch, mirror state, tools)
@@ -80,6 +81,34 @@ class PackageCache:
                     self.removed += 1
             return None
         return path
+
+    def read(self, sha256: str, limit: int) -> bytes | None:
+        """The bytes of the entry for ``sha256`` (a signed index the cache keeps, whose size the caller may not
+        know), verified now: opened without following a symlink, at most ``limit`` bytes read. None when there is
+        no such entry, it is not a regular file, it is larger than ``limit``, or its bytes do not hash to
+        ``sha256`` (then it is removed, as :meth:`get` does)."""
+        path = self.path(sha256)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError:
+            return None  # absent, or a symlink (ELOOP): nothing imagectl put there
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            data = f.read(limit + 1) if stat.S_ISREG(st.st_mode) else b""
+        if stat.S_ISREG(st.st_mode) and len(data) <= limit and hashlib.sha256(data).hexdigest() == sha256:
+            return data
+        if stat.S_ISREG(st.st_mode) and len(data) <= limit:  # damaged: as get() does
+            self.get(sha256, len(data))
+        return None
+
+    def put(self, data: bytes) -> None:
+        """Keep ``data`` (verified bytes, such as a signed index) under its SHA-256; an existing entry is kept."""
+        digest = hashlib.sha256(data).hexdigest()
+        if self.read(digest, len(data)) is not None:
+            return
+        with self.adding(digest, len(data)) as (out, h):
+            out.write(data)
+            h.update(data)
 
     @contextlib.contextmanager
     def adding(self, sha256: str, size: int) -> Iterator[tuple[IO[bytes], Any]]:
