@@ -945,7 +945,19 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
     epoch = _source_date_epoch(args, recipe)
     arches = [check_arch(a) for a in args.arch] or None
     formats = [check_format(f) for f in args.format] or None
-    with _live_progress(args, keep=lambda line: "build cache" in line) as progress:
+    indexes = releases = None
+    with _live_progress(args, keep=lambda line: "build cache" in line or "recorded state" in line) as progress:
+        if args.pin_mirror:
+            from imagectl.rebuild import pinned_mirror
+
+            if recipe.data["os"]["family"] != "debian":
+                raise InvalidInputError(
+                    f"--pin-mirror: {args.recipe} builds {recipe.data['os']['family']}, and only Debian builds record "
+                    "a mirror state"
+                )
+
+            indexes, releases, checked = pinned_mirror(Path(args.pin_mirror), cfg.cache_path)
+            progress(f"--pin-mirror {args.pin_mirror}: {checked}")
         opts = BuildOptions(
             output=Path(args.output),
             cache_dir=cfg.cache_path,
@@ -955,6 +967,8 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
             rebuild=args.rebuild,
             progress=progress,
             source_date_epoch=epoch,
+            mirror_state=indexes,
+            mirror_releases=releases,
         )
         outputs = check_reproducible(recipe, opts) if args.check_reproducible else build_recipe(recipe, opts)
     data = [
@@ -1372,6 +1386,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-reproducible",
         action="store_true",
         help="build reproducibly twice (the second without the build cache) and compare every image (exit 25 if not)",
+    )
+    sp.add_argument(
+        "--pin-mirror",
+        metavar="RECORD",
+        help="Debian: install from the mirror state the build record file RECORD names (its signed indexes, from "
+        "imagectl's package cache or the mirror; exit 25 if neither has them)",
     )
     sp.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
 

@@ -55,7 +55,7 @@ from imagectl.records import LoadedRecord, load_file, packages
 from imagectl.site.model import PackageChanges, compare_packages
 from imagectl.text import agree, count
 
-__all__ = ["Rebuild", "original_beside", "original_published", "rebuild"]
+__all__ = ["Rebuild", "original_beside", "original_published", "pinned_mirror", "rebuild"]
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,35 @@ def mirror_releases(record: BuildRecord) -> dict[str, str] | None:
     return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v)}
 
 
+def _check_state(
+    pinned: dict[str, str], releases: dict[str, str] | None, fetch_from: dict[str, str] | None, cache_dir: Path
+) -> str:
+    """Check each suite of a pinned build before it starts (:func:`check_pinned`: the InRelease files the package
+    cache holds, else the mirror's); what was checked, in words. MirrorMovedError (exit 25) for a suite that moved."""
+    store = PackageCache(cache_dir, "debian")
+    with make_session() as session:
+        checked, held = check_pinned(session, pinned, fetch_from, store=store, pinned_releases=releases)
+    kept = f" ({held} from imagectl's package cache, as the original build signed them)" if held else ""
+    return f"{count(checked, 'suite')} in the recorded state{kept}"
+
+
+def pinned_mirror(record: Path, cache_dir: Path) -> tuple[dict[str, str], dict[str, str] | None, str]:
+    """``build --pin-mirror RECORD``: the Debian mirror state the build record file ``record`` names (its signed
+    Packages indexes, and its InRelease files for the package cache to serve), checked now as a rebuild's is; and
+    what was checked, in words. LocalIOError (exit 14) for a file that cannot be read, InvalidInputError (exit 3)
+    for one that is not a build record or names no mirror state, MirrorMovedError (exit 25) when neither the
+    package cache nor the mirror has that state any more."""
+    loaded = load_file(record)
+    state = mirror_state(loaded.build, loaded.label)
+    if state is None:
+        raise InvalidInputError(
+            f"--pin-mirror {record}: its build record names no Debian mirror state (an SLC build, or one made "
+            "without imagectl's package cache)"
+        )
+    releases = mirror_releases(loaded.build)
+    return state, releases, _check_state(state, releases, None, cache_dir)
+
+
 def _fetch_from(pairs: list[tuple[str, str]], state: dict[str, str] | None, label: str) -> dict[str, str] | None:
     """``--mirror MIRROR SNAPSHOT`` pairs, each MIRROR one the original build used (InvalidInputError otherwise)."""
     if not pairs:
@@ -253,11 +282,7 @@ def rebuild(
     with tempfile.TemporaryDirectory(prefix="imagectl-rebuild-") as work:
         recipe = recipe_of(loaded, recipe_file, Path(work))
         if pinned is not None:  # a mirror that moved is said now, not minutes into the build
-            store = PackageCache(cache_dir, "debian")
-            with make_session() as session:
-                checked, held = check_pinned(session, pinned, fetch_from, store=store, pinned_releases=releases)
-            kept = f" ({held} from imagectl's package cache, as the original build signed them)" if held else ""
-            progress(f"{loaded.label}: {count(checked, 'suite')} in the recorded state{kept}")
+            progress(f"{loaded.label}: {_check_state(pinned, releases, fetch_from, cache_dir)}")
         notes = []
         built_with = rec.dib.version if rec.dib is not None else None
         if built_with and built_with != dib_version():

@@ -168,14 +168,16 @@ def _build_from_demo(
     built, tmp_path: Path, change: str | None, hypervisor: str = "hvm"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """`imagectl build` of the demo's ``hypervisor`` image, or of a recipe that extends the demo with ``change``
-    (one line of YAML), with the module build's cache: its output entry and its build record."""
+    (one line of YAML), with the module build's cache and pinned to its mirror state (`--pin-mirror`: a mirror that
+    published since would otherwise bring other packages and another base): its output entry and its build
+    record."""
     recipe = DEMO
     if change is not None:
         recipe = tmp_path / "child.yaml"
         recipe.write_text(f"extends: {DEMO}\n{change}\n")
     r = run_imagectl(
         "build", recipe, "--arch", "x86_64", "--hypervisor", hypervisor, "-o", tmp_path / "out", "--json",
-        env=built["env"], timeout=1800,
+        "--pin-mirror", built["out"]["record"], env=built["env"], timeout=1800,
     )  # fmt: skip
     assert r.code == 0, r.err[-3000:]
     [out] = json.loads(r.out)
@@ -193,6 +195,7 @@ def test_rebuild_with_one_more_package_downloads_only_it(built, tmp_path):
     assert [p.split("_")[0] for p in cache["downloaded_packages"]] == ["tree"], cache["downloaded_packages"]
     assert cache["base"]["reused"] is True and cache["base"]["key"] == cold["base"]["key"]
     assert cache["hits"] >= 50 and cache["rejected_packages"] == [] and cache["removed_damaged"] == 0
+    assert sorted(cache["releases_from_cache"]) == sorted(cold["base"]["mirror_state"])  # --pin-mirror
     assert "tree" in {p["name"] for p in record["packages"]}
     # the initramfs cache: the module's build made the kernel's initramfs and filed it; tree touches nothing
     # mkinitramfs reads, so this build took that one (its boot is shown by the xen-pv test, which reuses it too)

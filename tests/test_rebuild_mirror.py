@@ -24,8 +24,9 @@ from imagectl.errors import NotReproducibleError
 from imagectl.imaging import debindex
 from imagectl.imaging.aptproxy import DebianPackageCache
 from imagectl.imaging.debindex import IndexError_, MirrorMovedError, check_pinned, fetch_url
+from imagectl.imaging.pkgcache import PackageCache
 from imagectl.resources import elements_dir
-from tests.conftest import CliResult, require_tools
+from tests.conftest import REPO, CliResult, require_tools
 from tests.test_build_cache import DEB, Mirror, _deb_requests, _fetch, _prepare, mirror, signing_key  # noqa: F401
 from tests.test_build_fake import DEMO
 from tests.test_repro import X86_HVM, built, fake_repro_dib  # noqa: F401  (fixtures)
@@ -256,6 +257,63 @@ def test_mirror_needs_a_recorded_mirror_state(
             f"imagectl: error: {record}: its build record's package_cache.base.package_indexes is malformed\n",
         )
     assert _calls(fake_repro_dib) == 1  # nothing built
+
+
+def test_build_pin_mirror_installs_from_a_records_state_held_in_the_package_cache(
+    fake_repro_dib: Path,  # noqa: F811
+    cli: Callable[..., CliResult],
+    tmp_path: Path,
+    trusted: Mirror,
+) -> None:
+    """``build --pin-mirror RECORD``: a build (of the recipe, or of one extending it) installs from the mirror state
+    an earlier build recorded. The state is checked before building, on the package cache's copy of each recorded
+    InRelease when it holds one (the mirror is then not asked), else on the mirror's: exit 25 when neither has it."""
+    url = trusted.url  # type: ignore[attr-defined]
+    release = (trusted.root / "debian/dists/bookworm/InRelease").read_bytes()
+    for n in (2, 3):  # the stand-in DIB's disk for its Nth call
+        (fake_repro_dib / f"disk-{n}.raw").write_bytes((fake_repro_dib / "disk-0.raw").read_bytes())
+    record = _record_with_state(cli, tmp_path, _pin(url, trusted))
+    doc = json.loads(record.read_text())
+    doc["package_cache"]["base"]["mirror_state"] = {f"{url} bookworm": hashlib.sha256(release).hexdigest()}
+    assert_valid("build-record", doc)
+    record.write_text(json.dumps(doc))
+    r = cli("build", DEMO, *X86_HVM, "-o", tmp_path / "b1", "--pin-mirror", record)  # the mirror still has it
+    assert r.code == 0, r.err
+    assert f"--pin-mirror {record}: 1 suite in the recorded state\n" in r.err
+    recorded = _index_sha(trusted)
+    trusted.publish({**trusted.debs, DEB: b"a newer tiny\n"})  # the mirror moved on
+    r = cli("build", DEMO, *X86_HVM, "-o", tmp_path / "b2", "--pin-mirror", record)
+    assert (r.code, r.err.splitlines()[0]) == (
+        25,
+        f"imagectl: error: the mirror is not in the state of the original build: {url} bookworm {INDEX} (sha256 "
+        f"{_index_sha(trusted)[:12]}, the record's {recorded[:12]})",
+    )
+    assert _calls(fake_repro_dib) == 2  # the record's build and b1: b2 did not start
+    PackageCache(tmp_path / "cache", "debian").put(release)  # the cache holds the recorded InRelease
+    asked = len(trusted.srv.served.requests)  # type: ignore[attr-defined]
+    r = cli("build", DEMO, *X86_HVM, "-o", tmp_path / "b3", "--pin-mirror", record, "--rebuild")
+    assert r.code == 0, r.err
+    assert "1 suite in the recorded state (1 from imagectl's package cache, as the original build signed them)" in r.err
+    assert len(trusted.srv.served.requests) == asked  # type: ignore[attr-defined]
+    assert _calls(fake_repro_dib) == 3
+    # what --pin-mirror refuses
+    plain = tmp_path / "plain"
+    assert cli("build", DEMO, *X86_HVM, "-o", plain).code == 0
+    r = cli("build", DEMO, *X86_HVM, "-o", tmp_path / "b4", "--pin-mirror", plain / "debian12-demo-x86_64.build.json")
+    assert (r.code, r.err) == (
+        3,
+        f"imagectl: error: --pin-mirror {plain / 'debian12-demo-x86_64.build.json'}: its build record names no Debian "
+        "mirror state (an SLC build, or one made without imagectl's package cache)\n",
+    )
+    r = cli("build", DEMO, *X86_HVM, "-o", tmp_path / "b4", "--pin-mirror", tmp_path / "nothing.build.json")
+    assert r.code == 14 and r.err.startswith("imagectl: error: ") and len(r.err.splitlines()) <= 2
+    slc = REPO / "recipes" / "slc" / "slc6-worker.yaml"
+    r = cli("build", slc, "--arch", "x86_64", "-o", tmp_path / "b5", "--pin-mirror", record)
+    assert (r.code, r.err) == (
+        3,
+        f"imagectl: error: --pin-mirror: {slc} builds slc, and only Debian builds record a mirror state\n",
+    )
+    assert _calls(fake_repro_dib) == 3  # nothing built (plain is the build cache's copy of the record's build)
 
 
 # -- the element: apt in the chroot accepts the pinned InRelease for the build only -------------------------------
