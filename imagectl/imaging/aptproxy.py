@@ -137,14 +137,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         state the build record names even when the mirror publishes a new one mid-build. False when ``url`` is
         not one of those (or the Packages.xz is not held): then it goes to the mirror as before."""
         owner = self.server.owner
-        raw = index.releases_at.get(url)
-        listed = index.lists_at.get(url) if raw is None else None
-        path = owner.cache.get(*listed) if listed is not None else None
+        raw, path, size = index.releases_at.get(url), None, 0
+        if raw is not None:
+            size = len(raw)
+        elif (listed := index.lists_at.get(url)) is not None:
+            path, size = owner.cache.get(*listed), listed[1]
         if raw is None and path is None:
             return False
         with owner.lock:
             owner.stats.indexes += 1
-        size = len(raw) if raw is not None else listed[1] if listed is not None else 0
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(size))

@@ -258,10 +258,11 @@ class DebianIndex:
         for s in wanted:
             url = f"{s.mirror}/dists/{s.suite}/InRelease"
             raw = _held_release(store, pinned_releases, s)
-            if raw is not None:
-                index.from_cache.append(state_key(s))
-            else:
+            fetched = raw is None
+            if raw is None:
                 raw = _get(session, fetch_url(url, fetch_from), RELEASE_MAX, timeout)
+            else:
+                index.from_cache.append(state_key(s))
             signed = verify_signed(raw, keyring, redact(url)).decode("utf-8", "replace")
             rel = parse_release(signed, check_expiry=pinned is None)
             paths = [f"{comp}/binary-{arch}/Packages.xz" for comp in s.components]
@@ -272,7 +273,7 @@ class DebianIndex:
                 )
             index.releases[s] = hashlib.sha256(raw).hexdigest()
             index.releases_at[url] = raw
-            if store is not None:
+            if store is not None and fetched:  # kept for a rebuild; one read from the store is there already
                 store.put(raw)
             for path in paths:
                 if path not in rel.files:
@@ -297,7 +298,7 @@ class DebianIndex:
                         )
                     if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
                         raise IndexError_(f"{redact(s.mirror)}/dists/{s.suite}/{path} does not match its InRelease")
-                    if store is not None:
+                    if store is not None and held is None:  # as the InRelease
                         store.put(data)
                     if entries is None:
                         try:

@@ -74,13 +74,17 @@ class PackageCache:
         except FileNotFoundError:
             return None
         if not stat.S_ISREG(st.st_mode) or st.st_size != size or sha256_file(path) != sha256:
-            with _locked(self.lock), contextlib.suppress(FileNotFoundError):
-                now = os.lstat(path)
-                if (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):  # not a good copy put there meanwhile
-                    os.unlink(path)
-                    self.removed += 1
+            self._remove(path, st)
             return None
         return path
+
+    def _remove(self, path: Path, st: os.stat_result) -> None:
+        """Remove the damaged entry ``path`` was when ``st`` was taken, unless a good copy replaced it meanwhile."""
+        with _locked(self.lock), contextlib.suppress(FileNotFoundError):
+            now = os.lstat(path)
+            if (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+                os.unlink(path)
+                self.removed += 1
 
     def read(self, sha256: str, limit: int) -> bytes | None:
         """The bytes of the entry for ``sha256`` (a signed index the cache keeps, whose size the caller may not
@@ -95,10 +99,11 @@ class PackageCache:
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(fd)
             data = f.read(limit + 1) if stat.S_ISREG(st.st_mode) else b""
-        if stat.S_ISREG(st.st_mode) and len(data) <= limit and hashlib.sha256(data).hexdigest() == sha256:
+        if not stat.S_ISREG(st.st_mode) or len(data) > limit:
+            return None  # not ours to remove: too large for this caller, or a FIFO or device someone put there
+        if hashlib.sha256(data).hexdigest() == sha256:
             return data
-        if stat.S_ISREG(st.st_mode) and len(data) <= limit:  # damaged: as get() does
-            self.get(sha256, len(data))
+        self._remove(path, st)  # damaged, as get() does
         return None
 
     def put(self, data: bytes) -> None:
