@@ -217,6 +217,36 @@ class BuildRecord(_Section):
         """The entry of the image file named ``file``, if the record lists it."""
         return next((i for i in self.images or () if i.file == file), None)
 
+    def package_indexes(self, label: str) -> dict[str, str] | None:
+        """The Debian mirror state this record names (``package_cache.base.package_indexes``: ``MIRROR SUITE PATH``
+        -> the SHA-256 its signed InRelease gives that Packages index), what ``imagectl rebuild`` and ``build
+        --pin-mirror`` hold a build to; None when it names none (an SLC build, an older record). InvalidInputError
+        (exit 3) naming ``label`` for one of another shape."""
+        state = self._base("package_indexes")
+        if state is None:
+            return None
+        well_formed = isinstance(state, Mapping) and all(
+            isinstance(k, str) and k.count(" ") == 2 and isinstance(v, str) and _SHA256.fullmatch(v)
+            for k, v in state.items()
+        )
+        if not state or not well_formed:
+            raise InvalidInputError(f"{label}: its build record's package_cache.base.package_indexes is malformed")
+        return dict(state)
+
+    def mirror_releases(self) -> dict[str, str] | None:
+        """The InRelease files this Debian record names (``package_cache.base.mirror_state``: ``MIRROR SUITE`` ->
+        SHA-256 of the InRelease the build verified and served to apt), or None. Only a lookup key into the package
+        cache (a copy is used only when its bytes hash to it, and its signature is checked again), so entries of
+        another shape are left out rather than refused."""
+        state = self._base("mirror_state")
+        if not isinstance(state, Mapping):
+            return None
+        return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v)}
+
+    def _base(self, key: str) -> Any:
+        base = (self.package_cache or {}).get("base")
+        return base.get(key) if isinstance(base, Mapping) else None
+
     def images_by_format(self) -> dict[str, ImageFile]:
         """The first image file of each format, by format."""
         out: dict[str, ImageFile] = {}

@@ -28,12 +28,11 @@ import dataclasses
 import json
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagectl.buildrecord import BuildRecord
 from imagectl.catalogue.client import CatalogueReader
 from imagectl.catalogue.model import ImageRef
 from imagectl.errors import InvalidInputError, NotReproducibleError
@@ -159,37 +158,7 @@ def recipe_of(loaded: LoadedRecord, given: Path | None, work: Path) -> Recipe:
     return recipe
 
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _HTTP = re.compile(r"https?://[^\s]+")
-
-
-def mirror_state(record: BuildRecord, label: str) -> dict[str, str] | None:
-    """The mirror state a Debian build record names (``package_cache.base.package_indexes``: ``MIRROR SUITE PATH``
-    -> the SHA-256 its signed InRelease gives that Packages index), or None when it names none (an SLC build, an
-    older record). InvalidInputError (exit 3) for one of another shape."""
-    base = (record.package_cache or {}).get("base")
-    state = base.get("package_indexes") if isinstance(base, Mapping) else None
-    if state is None:
-        return None
-    well_formed = isinstance(state, Mapping) and all(
-        isinstance(k, str) and k.count(" ") == 2 and isinstance(v, str) and _SHA256.fullmatch(v)
-        for k, v in state.items()
-    )
-    if not state or not well_formed:
-        raise InvalidInputError(f"{label}: its build record's package_cache.base.package_indexes is malformed")
-    return dict(state)
-
-
-def mirror_releases(record: BuildRecord) -> dict[str, str] | None:
-    """The InRelease files a Debian build record names (``package_cache.base.mirror_state``: ``MIRROR SUITE`` ->
-    SHA-256 of the InRelease the build verified and served to apt), or None. Only a lookup key into the package
-    cache (a copy is used only when its bytes hash to it, and its signature is checked again), so entries of
-    another shape are left out rather than refused."""
-    base = (record.package_cache or {}).get("base")
-    state = base.get("mirror_state") if isinstance(base, Mapping) else None
-    if not isinstance(state, Mapping):
-        return None
-    return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v)}
 
 
 def _check_state(
@@ -211,13 +180,13 @@ def pinned_mirror(record: Path, cache_dir: Path) -> tuple[dict[str, str], dict[s
     for one that is not a build record or names no mirror state, MirrorMovedError (exit 25) when neither the
     package cache nor the mirror has that state any more."""
     loaded = load_file(record)
-    state = mirror_state(loaded.build, loaded.label)
+    state = loaded.build.package_indexes(loaded.label)
     if state is None:
         raise InvalidInputError(
             f"--pin-mirror {record}: its build record names no Debian mirror state (an SLC build, or one made "
             "without imagectl's package cache)"
         )
-    releases = mirror_releases(loaded.build)
+    releases = loaded.build.mirror_releases()
     return state, releases, _check_state(state, releases, None, cache_dir)
 
 
@@ -275,10 +244,10 @@ def rebuild(
     if fmt not in REPRODUCIBLE_FORMATS or expected is None:
         raise InvalidInputError(f"{loaded.label}: its {fmt} image has no SHA-256 a reproducible build can match")
     formats = [f for f in loaded.images if f in REPRODUCIBLE_FORMATS]
-    state = mirror_state(rec, loaded.label)
+    state = rec.package_indexes(loaded.label)
     fetch_from = _fetch_from(mirrors or [], state, loaded.label)
     pinned = None if anyway else state
-    releases = None if anyway else mirror_releases(rec)
+    releases = None if anyway else rec.mirror_releases()
     with tempfile.TemporaryDirectory(prefix="imagectl-rebuild-") as work:
         recipe = recipe_of(loaded, recipe_file, Path(work))
         if pinned is not None:  # a mirror that moved is said now, not minutes into the build

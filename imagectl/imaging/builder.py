@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imagectl import __version__
+from imagectl import __version__, buildrecord
 from imagectl.buildrecord import BuildRecord, Dib, ImageFile, Package, RecipeInfo, Target
 from imagectl.errors import (
     ImageMismatchError,
@@ -689,15 +689,15 @@ def check_reproducible(recipe: Recipe, opts: BuildOptions) -> list[BuildOutput]:
 
 
 def _mirror_states(outputs: list[BuildOutput]) -> tuple[dict[str, str], dict[str, str]]:
-    """The Packages indexes and InRelease files (``package_cache.base``'s ``package_indexes`` and ``mirror_state``)
-    the Debian builds of ``outputs`` used, merged over their targets (records imagectl just wrote); empty when none
-    went through the package cache (SLC, a stand-in disk-image-create)."""
+    """The Packages indexes and InRelease files (:meth:`BuildRecord.package_indexes`, :meth:`~BuildRecord.
+    mirror_releases`) the Debian builds of ``outputs`` used, merged over their targets (records imagectl just
+    wrote); empty when none went through the package cache (SLC, a stand-in disk-image-create)."""
     indexes: dict[str, str] = {}
     releases: dict[str, str] = {}
     for out in outputs:
-        base = (json.loads(out.record.read_text()).get("package_cache") or {}).get("base") or {}
-        indexes.update(base.get("package_indexes") or {})
-        releases.update(base.get("mirror_state") or {})
+        record = buildrecord.parse(read_regular(out.record, buildrecord.MAX_SIZE, what="build record"), str(out.record))
+        indexes.update(record.package_indexes(str(out.record)) or {})
+        releases.update(record.mirror_releases() or {})
     return indexes, releases
 
 

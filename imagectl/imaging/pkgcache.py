@@ -90,7 +90,10 @@ class PackageCache:
         """The bytes of the entry for ``sha256`` (a signed index the cache keeps, whose size the caller may not
         know), verified now: opened without following a symlink, at most ``limit`` bytes read. None when there is
         no such entry, it is not a regular file, it is larger than ``limit``, or its bytes do not hash to
-        ``sha256`` (then it is removed, as :meth:`get` does)."""
+        ``sha256`` (then it is removed, as :meth:`get` does); None too for a ``sha256`` that is not 64 lower-case
+        hex digits (it comes from a build record: a lookup key, never a path)."""
+        if not _is_hex64(sha256):
+            return None
         path = self.path(sha256)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
