@@ -67,12 +67,7 @@ def _require(cfg: Config, name: str, what: str) -> str:
 def _store(cfg: Config, location: str | None = None) -> Any:
     from imagectl.store import open_store
 
-    return open_store(
-        location or _require(cfg, "catalogue", "catalogue"),
-        timeout=cfg.timeout,
-        retries=cfg.retries,
-        min_rate=cfg.min_rate,
-    )
+    return open_store(location or _require(cfg, "catalogue", "catalogue"), **cfg.store_options())
 
 
 def _keys(cfg: Config) -> Any:

@@ -104,6 +104,9 @@ class Config:
         low=0,
         high=1 << 30,
     )
+    s3_concurrency: int = _s(
+        4, "S3: parts of an image (16 MiB each) uploaded or copied server-side at once", low=1, high=32
+    )
     expires_root: int = _s(365, "days until newly signed root metadata expires", low=1, high=3650, unit="days")
     expires_targets: int = _s(
         90, "days until newly signed targets and image metadata expire", low=1, high=3650, unit="days"
@@ -120,6 +123,15 @@ class Config:
     @property
     def cache_path(self) -> Path:
         return Path(self.cache_dir).expanduser()
+
+    def store_options(self) -> dict[str, Any]:
+        """The settings every store is opened with: ``open_store(location, **cfg.store_options())``."""
+        return {
+            "timeout": self.timeout,
+            "retries": self.retries,
+            "min_rate": self.min_rate,
+            "concurrency": self.s3_concurrency,
+        }
 
     def expiry_days(self) -> dict[str, int]:
         return {

@@ -66,7 +66,7 @@ def test_config_command_and_real_console_errors(tmp_path):
 
 def test_every_number_setting_declares_bounds_and_its_help_states_them():
     numbers = [s for s in SETTINGS if s.type in (int, float)]
-    assert {s.name for s in numbers} == {"timeout", "retries", "min_rate"} | {
+    assert {s.name for s in numbers} == {"timeout", "retries", "min_rate", "s3_concurrency"} | {
         f"expires_{r}" for r in ("root", "targets", "snapshot", "timestamp")
     }
     for s in numbers:

@@ -226,6 +226,50 @@ def test_s3_upload_file_multipart_once(s3_store: S3Store, tmp_path: Path) -> Non
 
 
 @pytest.mark.s3
+def test_s3_concurrency_setting_bounds_the_parts_in_flight(aws_env: S3Server, tmp_path: Path) -> None:
+    """``s3_concurrency`` (IMAGECTL_S3_CONCURRENCY) reaches the store the CLI opens and bounds the parts of an
+    upload sent at once, and is reached; metadata reads keep their own, larger, concurrency."""
+    import dataclasses
+
+    from imagectl.config import load_config
+
+    for value, bound in (("0", "at least 1"), ("33", "at most 32")):
+        with pytest.raises(
+            InvalidInputError, match=rf"^IMAGECTL_S3_CONCURRENCY: s3_concurrency must be {bound}, got '{value}'$"
+        ):
+            load_config({}, {"IMAGECTL_S3_CONCURRENCY": value})
+    assert load_config({}, {}).s3_concurrency == TransferSettings().concurrency == 4
+    cfg = load_config({}, {"IMAGECTL_S3_CONCURRENCY": "3"})
+    store = open_store(f"s3://{aws_env.shared_bucket()}/{uuid.uuid4().hex}/cat", **cfg.store_options())
+    assert isinstance(store, S3Store)
+    assert store.transfer.concurrency == 3
+    assert store.concurrent_requests == s3mod.METADATA_REQUESTS == 8
+    store.transfer = dataclasses.replace(store.transfer, multipart_threshold=5 * MiB, part_size=5 * MiB)
+
+    path = tmp_path / "image.raw"
+    path.write_bytes(hashlib.sha256(b"parts").digest() * (12 * 5 * MiB // 32))  # 12 parts
+    digest = file_digest(str(path), part_size=store.part_size)
+    in_flight, peak, lock = 0, 0, threading.Lock()
+    send = store._send_checked
+
+    def counting(op: str, *args: object) -> object:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        try:
+            return send(op, *args)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                in_flight -= 1
+
+    store._send_checked = counting  # type: ignore[method-assign,assignment]
+    assert store.upload_file("blobs/sha256/" + digest.sha256, str(path), digest) is True
+    assert store.stats.parts == 12
+    assert peak == 3
+
+
+@pytest.mark.s3
 def test_s3_small_file_single_put(s3_store: S3Store, tmp_path: Path) -> None:
     path = tmp_path / "small"
     path.write_bytes(b"z" * 1000)

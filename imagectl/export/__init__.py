@@ -133,7 +133,7 @@ def refresh_exports(cfg: Config, specs: list[str], warn: Callable[[str], None]) 
         hepix_signer = signer(cfg) if any(kind == "hepix" for kind, _ in jobs) else None
         if not cfg.catalogue:
             raise InvalidInputError("no catalogue given")
-        store = open_store(cfg.catalogue, timeout=cfg.timeout, retries=cfg.retries, min_rate=cfg.min_rate)
+        store = open_store(cfg.catalogue, **cfg.store_options())
         reader = CatalogueReader(store, cfg.cache_path, cfg.root, warn, retries=cfg.retries)
     except ImagectlError as e:
         raise _not_refreshed(e, f"the exports ({shown}) were") from None

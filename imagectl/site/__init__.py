@@ -95,7 +95,7 @@ def refresh_site(cfg: Config, dest: Path, warn: Callable[[str], None]) -> None:
     is published and the site is not refreshed, with the cause's exit code."""
     try:
         location = cfg.catalogue or ""
-        store = open_store(location, timeout=cfg.timeout, retries=cfg.retries, min_rate=cfg.min_rate)
+        store = open_store(location, **cfg.store_options())
         # The publisher has just verified and signed on top of the catalogue's own root chain (from 1.root.json):
         # the same anchor, without the trust-on-first-use warning a reader with nothing pinned would print.
         own = cfg.root or "sha256:" + hashlib.sha256(store.read(f"{METADATA}1.root.json", ROOT_MAX)).hexdigest()

@@ -19,9 +19,17 @@ def part_size_for(location: str) -> int:
     return UPLOAD_PART_SIZE if urllib.parse.urlsplit(location).scheme == "s3" else 0
 
 
-def open_store(location: str, *, timeout: float = 30.0, retries: int = 3, min_rate: float = MIN_RATE) -> Store:
+def open_store(
+    location: str,
+    *,
+    timeout: float = 30.0,
+    retries: int = 3,
+    min_rate: float = MIN_RATE,
+    concurrency: int | None = None,
+) -> Store:
     """Open the store a catalogue location names: ``DIR``, ``file:///DIR``, ``http(s)://HOST/PATH`` or
-    ``s3://BUCKET/PREFIX`` (endpoint and credentials from the standard AWS settings).
+    ``s3://BUCKET/PREFIX`` (endpoint and credentials from the standard AWS settings). ``concurrency``: an S3
+    store's image parts in flight at once (default :class:`~imagectl.store.s3.TransferSettings`'s).
 
     Raises InvalidInputError for a scheme imagectl does not speak.
     """
@@ -34,11 +42,14 @@ def open_store(location: str, *, timeout: float = 30.0, retries: int = 3, min_ra
 
         return HTTPStore(location, make_session(retries=retries), timeout, Pace(min_rate, max(timeout, 1.0)))
     if parts.scheme == "s3":
-        from imagectl.store.s3 import S3Store
+        from imagectl.store.s3 import S3Store, TransferSettings
 
         if not parts.netloc or parts.query or parts.fragment:
             raise InvalidInputError(f"S3 location must be s3://BUCKET/PREFIX: {location}")
-        store = S3Store(parts.netloc, urllib.parse.unquote(parts.path), timeout=timeout, retries=retries)
+        transfer = TransferSettings() if concurrency is None else TransferSettings(concurrency=concurrency)
+        store = S3Store(
+            parts.netloc, urllib.parse.unquote(parts.path), timeout=timeout, retries=retries, transfer=transfer
+        )
         store.pace = Pace(min_rate, max(timeout, 1.0))
         return store
     from imagectl.store.local import LocalStore
