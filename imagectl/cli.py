@@ -237,6 +237,75 @@ def cmd_gc(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cache_area_lines(entries: Sequence[Any], kept: dict[str, int], cache: Path) -> list[str]:
+    from imagectl.localcache import AREAS
+    from imagectl.progress import human_size
+
+    now = time.time()
+    lines = [f"{cache}:"]
+    for area in AREAS:
+        mine = [e for e in entries if e.area == area and not e.leftover]
+        size = sum(e.size for e in mine)
+        shared = size - sum(e.freed for e in mine)
+        idle = f", least recently used {(now - min(e.last_used for e in mine)) / 86400:.0f} days ago" if mine else ""
+        also = f" ({human_size(shared)} shared with files outside the cache)" if shared else ""
+        lines.append(f"  {area:<10} {count(len(mine), 'entry', 'entries')}, {human_size(size)}{also}{idle}")
+    left = [e for e in entries if e.leftover]
+    if left:
+        size = human_size(sum(e.size for e in left))
+        lines.append(f"  {count(len(left), 'leftover')} of killed builds or pulls, {size} (pruned once a day old)")
+    for name, size in kept.items():
+        lines.append(f"  {name + '/':<10} {human_size(size)} (kept: never pruned)")
+    return lines
+
+
+def cmd_cache_show(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.localcache import AREAS, kept_sizes, scan
+
+    cache = cfg.cache_path
+    entries = scan(cache)
+    kept = kept_sizes(cache)
+    data = {
+        "cache_dir": str(cache),
+        "areas": {
+            a: {
+                "entries": sum(1 for e in entries if e.area == a and not e.leftover),
+                "bytes": sum(e.size for e in entries if e.area == a and not e.leftover),
+                "bytes_freed_if_removed": sum(e.freed for e in entries if e.area == a and not e.leftover),
+            }
+            for a in AREAS
+        },
+        "leftovers": [e.as_json() for e in entries if e.leftover],
+        "kept": kept,
+    }
+    emit(args, data, _cache_area_lines(entries, kept, cache))
+    return 0
+
+
+def cmd_cache_prune(args: argparse.Namespace, cfg: Config) -> int:
+    from imagectl.localcache import parse_size, prune
+    from imagectl.progress import human_size
+
+    if args.unused_for is None and args.max_size is None:
+        raise InvalidInputError("say what to prune: --unused-for DAYS, --max-size SIZE, or both")
+    days = number(args.unused_for, "--unused-for", low=0, high=3650) if args.unused_for is not None else None
+    max_size = parse_size(args.max_size) if args.max_size is not None else None
+    report = prune(
+        cfg.cache_path, unused_for=None if days is None else days * 86400, max_size=max_size, dry_run=args.dry_run
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    lines = [f"{verb}: {e.rel}" for e in report.removed]
+    lines += [f"kept (in use): {e.rel}" for e in report.kept_in_use]
+    freed, left = ("would be freed", "would be left") if args.dry_run else ("freed", "left")
+    lines.append(
+        f"{verb} {count(len(report.removed), 'entry', 'entries')}, {human_size(report.freed)} {freed}; "
+        f"{human_size(report.remaining_bytes)} {left} in images, builds, packages and base"
+        + (f"; {len(report.kept_in_use)} kept, used in the last hour" if report.kept_in_use else "")
+    )
+    emit(args, report.as_json(), lines)
+    return 0
+
+
 def cmd_mirror(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.mirror import MirrorFilter, mirror
     from imagectl.progress import human_size
@@ -1299,6 +1368,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--max", type=int, metavar="N", help="only the newest N versions per name and arch")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    cache = sub.add_parser(
+        "cache", help="show imagectl's local caches, and remove what was not used lately"
+    ).add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    add(
+        cache,
+        "show",
+        cmd_cache_show,
+        "what the cache holds: pulled images, builds, packages, base systems",
+        ("cache_dir",),
+        network=False,
+    )
+    sp = add(
+        cache,
+        "prune",
+        cmd_cache_prune,
+        "remove cached images, builds, packages and base systems not used lately (never trusted metadata)",
+        ("cache_dir",),
+        network=False,
+    )
+    sp.add_argument("--unused-for", metavar="DAYS", help="remove entries not used for DAYS days")
+    sp.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        help="then remove the least recently used until these areas hold at most SIZE (20G, 500M)",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
 
     trust = sub.add_parser("trust", help="manage signing keys").add_subparsers(
         dest="subcommand", required=True, metavar="SUBCOMMAND"

@@ -17,6 +17,7 @@ import hashlib
 import os
 import secrets
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +33,7 @@ __all__ = [
     "atomic_write",
     "copy_verified",
     "describe_mode",
+    "mark_used",
     "read_regular",
     "replacing",
 ]
@@ -46,6 +48,20 @@ def sha256_file(path: Path | str) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def mark_used(target: str | Path | int) -> None:
+    """Mark a cache entry (a path, or an open descriptor) used now, for ``imagectl cache prune``
+    (:mod:`imagectl.localcache`): its access time, never its modification time. Best effort: a cache entry that
+    cannot be marked is still served."""
+    with contextlib.suppress(OSError):
+        if isinstance(target, int):
+            st = os.fstat(target)
+            os.utime(target, ns=(time.time_ns(), st.st_mtime_ns))
+        else:
+            st = os.lstat(target)
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                os.utime(target, ns=(time.time_ns(), st.st_mtime_ns), follow_symlinks=False)
 
 
 def describe_mode(mode: int) -> str:

@@ -31,7 +31,7 @@ from imagectl.catalogue.cachedir import client_cache
 from imagectl.catalogue.client import CatalogueReader, Resolved
 from imagectl.catalogue.model import ImageRef, image_keys
 from imagectl.errors import DownloadError, ImageMismatchError, LocalIOError
-from imagectl.fsio import SymlinkRefusedError, describe_mode, replacing
+from imagectl.fsio import SymlinkRefusedError, describe_mode, mark_used, replacing
 from imagectl.progress import Progress
 from imagectl.store import Store
 from imagectl.store.base import StatusError
@@ -402,12 +402,23 @@ def _open_in(d: int, name: str, flags: int) -> IO[bytes] | None:
 
 @contextlib.contextmanager
 def _locked(d: int, name: str) -> Iterator[None]:
-    """An exclusive flock on the cache's lock file ``name`` (never through a symlink)."""
-    f = _open_in(d, name, os.O_RDWR | os.O_CREAT)
-    assert f is not None  # O_CREAT
-    with f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        yield
+    """An exclusive flock on the cache's lock file ``name`` (never through a symlink). ``imagectl cache prune``
+    removes the lock file of an image it removed, while holding it: a lock taken on a file no longer at ``name`` is
+    dropped and taken again on the one there now."""
+    while True:
+        f = _open_in(d, name, os.O_RDWR | os.O_CREAT)
+        assert f is not None  # O_CREAT
+        with f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                now = os.stat(name, dir_fd=d, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            held = os.fstat(f.fileno())
+            if (now.st_ino, now.st_dev) != (held.st_ino, held.st_dev):
+                continue
+            yield
+            return
 
 
 def pull(
@@ -442,6 +453,7 @@ def pull(
                 try:
                     _verify_entry(blob, sha, resolved.target.length, sha)
                     cached = True
+                    mark_used(blob.fileno())  # for imagectl cache prune (its atime: the mtime may be the user's)
                 except ImageMismatchError as e:  # the cache is ours to repair: drop the entry and fetch again
                     os.unlink(sha, dir_fd=d)
                     warn(str(e))

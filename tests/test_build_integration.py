@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,39 @@ def test_rebuild_with_one_more_package_downloads_only_it(built, tmp_path):
     assert (d["packages"]["removed"], d["packages"]["changed"]) == ([], [])
     assert list(d["recipe"]) == ["packages"] and d["recipe"]["packages"]["b"][-1] == "tree"
     assert d["size"]["format"] == "qcow2" and d["size"]["change"] == d["size"]["b"] - d["size"]["a"]
+
+
+def test_cache_show_and_prune_on_a_real_build_cache(built, tmp_path):
+    """``imagectl cache`` on what a real build left: the build, its packages and its base system are listed with
+    their sizes; a prune right after removes none of them (used in the last hour, whatever the options); the same
+    cache aged by 40 days (a copy: this module's other builds use the original) loses every one of them, and keeps
+    what pruning never removes."""
+    env = built["env"]
+    cache = Path(env["IMAGECTL_CACHE_DIR"])
+    r = run_imagectl("cache", "show", "--json", env=env)
+    assert r.code == 0, r.err
+    areas = json.loads(r.out)["areas"]
+    assert areas["builds"]["entries"] >= 1 and areas["builds"]["bytes"] > 50 << 20
+    assert areas["packages"]["entries"] > 100 and areas["base"]["entries"] == 1
+    r = run_imagectl("cache", "prune", "--unused-for", "0", "--max-size", "0", "--dry-run", "--json", env=env)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["removed"] == [] and len(report["kept_in_use"]) >= areas["packages"]["entries"] + 2
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy, symlinks=True, ignore=shutil.ignore_patterns("work"))
+    old = time.time() - 40 * 86400
+    for top, _dirs, files in os.walk(copy):
+        for name in files:
+            os.utime(os.path.join(top, name), (old, old), follow_symlinks=False)
+    r = run_imagectl("cache", "prune", "--unused-for", "30", "--json", env={**env, "IMAGECTL_CACHE_DIR": str(copy)})
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    removed = {e["path"].split("/")[0] for e in report["removed"]}
+    assert removed == {"builds", "packages", "base"}, removed
+    assert report["bytes_freed"] > 100 << 20 and report["remaining_bytes"] == 0
+    assert not any((copy / "builds").iterdir()) and not any((copy / "packages" / "debian" / "sha256").iterdir())
+    assert (copy / "initramfs").is_dir() and any((copy / "initramfs").rglob("initrd.img"))  # never pruned
 
 
 def test_the_demo_built_twice_reproducibly_is_bit_identical(built, tmp_path):

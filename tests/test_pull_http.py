@@ -14,6 +14,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,6 +336,38 @@ def test_cache_hit_then_corrupted_cache_blob(env: Env, make_image: Callable[...,
     assert c.read_bytes() == img.read_bytes()
     assert file_sha256(blob) == sha
     assert leftovers(env.tmp, c.name) == []
+
+
+def test_cache_prune_removes_a_pulled_image_not_used_lately(env: Env, make_image: Callable[..., Path]) -> None:
+    """A real pull over HTTP, then ``imagectl cache prune``: a cache hit marks the image used (its access time; the
+    modification time, shared with the user's file it is linked to, stays); an image unused for longer than asked
+    is removed, the user's copy untouched, and the next pull downloads it again."""
+    img = make_image(300_000)
+    sha = env.publish(img)
+    a, b = env.tmp / "a.qcow2", env.tmp / "b.qcow2"
+    assert env.pull("wn", "-o", a).code == 0
+    blob = env.blobs / sha
+    old = time.time() - 40 * 86400
+    os.utime(blob, (old, old))
+    r = env.pull("wn", "-o", b, "--json")
+    assert r.code == 0 and json.loads(r.out)["cached"] is True, r.err
+    st = blob.stat()
+    assert st.st_mtime == old and time.time() - st.st_atime < 60  # marked used by the hit
+    r = env.cli("cache", "prune", "--unused-for", "30", "--json")
+    assert r.code == 0 and json.loads(r.out)["removed"] == [], r.out  # used just now
+
+    os.utime(blob, (old, old))
+    r = env.cli("cache", "prune", "--unused-for", "30", "--json")
+    assert r.code == 0, r.err
+    [removed] = json.loads(r.out)["removed"]
+    assert removed["path"] == f"blobs/sha256/{sha}" and removed["bytes"] == 300_000
+    assert removed["bytes_freed"] == 0  # the entry was a.qcow2's inode: the disk gets nothing back yet
+    assert not blob.exists() and not (env.blobs / f".{sha}.lock").exists()
+    assert a.read_bytes() == b.read_bytes() == img.read_bytes()
+    env.srv.clear()
+    r = env.pull("wn", "-o", env.tmp / "c.qcow2", "--json")
+    assert r.code == 0 and json.loads(r.out)["cached"] is False, r.err
+    assert env.image_bytes(sha) == 300_000 and file_sha256(blob) == sha
 
 
 # -- 6. destination problems --------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from imagectl.errors import (
     printable,
 )
 from imagectl.families import family
-from imagectl.fsio import AtomicFile, copy_verified, read_regular, replacing, sha256_file
+from imagectl.fsio import AtomicFile, copy_verified, mark_used, read_regular, replacing, sha256_file
 from imagectl.imaging import hostcompat, repro
 from imagectl.imaging.configscript import write_config
 from imagectl.imaging.elements import check_elements, dib_elements_dir, elements_paths
@@ -341,6 +341,7 @@ def _cache_hit(cache: Path, images: list[Path], record_path: Path, memo_dir: Pat
         except LocalIOError:
             return False
     _copy(cache / "build.json", record_path)
+    mark_used(cache / "build.json")  # for imagectl cache prune
     return True
 
 

@@ -13,6 +13,8 @@ Nothing is trusted by name. A package is handed out only when its bytes hash to 
 for the file asked for (:meth:`PackageCache.get` re-hashes every time; a file that does not match is removed); a
 base tarball only when its bytes match the SHA-256 recorded when it was stored. Files enter by atomic rename of a
 complete, verified temp file in the same directory, under the lock, so concurrent builds never see half a file.
+An entry handed out is marked used (its access time, :func:`imagectl.fsio.mark_used`): ``imagectl cache prune``
+(:mod:`imagectl.localcache`) removes the entries not used lately, under the same lock.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from imagectl.errors import LocalIOError
-from imagectl.fsio import AtomicFile, atomic_write, sha256_file
+from imagectl.fsio import AtomicFile, atomic_write, mark_used, sha256_file
 
 __all__ = ["BaseCache", "PackageCache"]
 
@@ -76,6 +78,7 @@ class PackageCache:
         if not stat.S_ISREG(st.st_mode) or st.st_size != size or sha256_file(path) != sha256:
             self._remove(path, st)
             return None
+        mark_used(path)  # for imagectl cache prune: the least recently used go first
         return path
 
     def _remove(self, path: Path, st: os.stat_result) -> None:
@@ -105,6 +108,7 @@ class PackageCache:
         if not stat.S_ISREG(st.st_mode) or len(data) > limit:
             return None  # not ours to remove: too large for this caller, or a FIFO or device someone put there
         if hashlib.sha256(data).hexdigest() == sha256:
+            mark_used(path)
             return data
         self._remove(path, st)  # damaged, as get() does
         return None
@@ -158,6 +162,7 @@ class BaseCache:
             if tarball.is_symlink() or not tarball.is_file():
                 raise ValueError("not a regular file")
             if tarball.stat().st_size == meta["size"] and sha256_file(tarball) == meta["sha256"]:
+                mark_used(tarball)
                 return tarball
         except FileNotFoundError:
             return None

@@ -1,0 +1,335 @@
+"""What imagectl keeps under the ``cache_dir`` setting, and removing what was not used lately: ``imagectl cache
+show`` and ``imagectl cache prune``.
+
+Why: every build and pull on a host adds to the cache and nothing else ever removes it. A CI host that builds
+nightly keeps every build's images (``builds/``) and every package version it ever downloaded; a deployer keeps
+every image version it pulled (``images``). The entries that may go, one per directory entry named by a SHA-256::
+
+    images     blobs/sha256/HEX              a pulled image, verified (HEX.part: an interrupted pull; .HEX.lock)
+    builds     builds/KEY/                   a finished build: its images (hard links of the build's output), record
+    packages   packages/FAMILY/sha256/HEX    a package file or a signed index the package cache verified
+    base       base/FAMILY/KEY/              a bootstrapped base system (one per release, arch and mirror state)
+
+What stays, whatever the options: ``tuf/`` (the metadata this host trusts, its protection against rollback),
+``publisher/`` and ``file-digests/`` (small), ``initramfs/`` (bounded by itself: a few entries per kernel),
+``slc/`` and ``work/`` (shown; ``work/`` may hold what a killed build left mounted: never removed by a walk).
+
+**Last use.** Whatever serves an entry marks it used by setting its access time to now (:func:`mark_used`): a
+pull that finds its image cached, a build-cache hit, the package cache, the base cache. The modification time is
+left alone (a pulled image may be the very inode of the user's file). An entry's last use is the later of the two
+times, so a new entry counts as used when it was made, and a read that the kernel marks itself (``relatime``) only
+makes it younger.
+
+**Removal is safe beside running builds and pulls.** An entry used in the last :data:`IN_USE_S` seconds is never
+removed, even to reach ``--max-size``. A pulled image is removed under its own lock (the one pull takes), and only
+when nobody holds it; package files and base systems under their family's lock, their last use read again under
+it. A directory entry is renamed away first (atomic), then deleted, so a build never finds half of one. Nothing
+is followed through a symlink, and only names of the shape imagectl writes are touched: anything else found in
+the cache is left where it is.
+
+Bytes freed count only files no other name links (a build's images are hard links of its output until that
+output is deleted; a pulled image may be the user's file), so ``freed`` is what the disk gets back now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagectl.errors import InvalidInputError, LocalIOError
+
+__all__ = ["AREAS", "IN_USE_S", "LEFTOVER_S", "CacheEntry", "PruneReport", "kept_sizes", "parse_size", "prune", "scan"]
+
+IN_USE_S = 3600  # an entry used this recently is never removed: a build or a pull may be using it
+AREAS = ("images", "builds", "packages", "base")
+KEPT = ("tuf", "publisher", "file-digests", "initramfs", "slc", "work")  # shown, never removed
+LEFTOVER_S = 86400  # a temp file or directory this old is what a killed build, pull or prune left
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# what a killed writer leaves: AtomicFile's temp (.HEX.RANDOM.part), a build's or base's staging directory
+# (.KEY.tmp, .KEY.PID.tmp), this module's own (.NAME.prune-PID.tmp)
+_LEFTOVER = re.compile(r"\.[0-9a-f]{64}(?:\.[0-9a-f]{8}\.part|\.\d{1,10}\.tmp|\.prune-\d{1,10}\.tmp|\.tmp)")
+_FAMILY = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+
+
+def parse_size(text: str, flag: str = "--max-size") -> int:
+    """``20G``, ``500M``, ``1.5T``, ``4096`` (bytes; binary units, ``GiB``/``GB`` alike) as a number of bytes."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise InvalidInputError(f"{flag} takes a size such as 20G, 500M or 1.5T, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One removable entry: ``area``, its path relative to the cache, last use (epoch seconds), its bytes and the
+    bytes its removal frees now (files no other name links)."""
+
+    area: str
+    rel: str
+    last_used: float
+    size: int
+    freed: int
+    leftover: bool = False  # a temp file or directory a killed writer left (removed once LEFTOVER_S old)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "leftover": self.leftover,
+            "area": self.area,
+            "path": self.rel,
+            "last_used": round(self.last_used),
+            "bytes": self.size,
+            "bytes_freed": self.freed,
+        }
+
+
+@dataclass
+class PruneReport:
+    removed: list[CacheEntry] = field(default_factory=list)
+    kept_in_use: list[CacheEntry] = field(default_factory=list)  # chosen, but used lately or held by a pull
+    remaining_bytes: int = 0  # of the prunable areas, after pruning
+
+    @property
+    def freed(self) -> int:
+        return sum(e.freed for e in self.removed)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "removed": [e.as_json() for e in self.removed],
+            "kept_in_use": [e.as_json() for e in self.kept_in_use],
+            "bytes_freed": self.freed,
+            "remaining_bytes": self.remaining_bytes,
+        }
+
+
+def _last_used(st: os.stat_result) -> float:
+    return max(st.st_atime, st.st_mtime)
+
+
+def _file_sizes(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_size if st.st_nlink == 1 else 0
+
+
+def _tree_sizes(path: Path) -> tuple[int, int]:
+    """Bytes of the regular files below ``path`` (symlinks not followed), and of those no other name links."""
+    size = freed = 0
+    for top, _dirs, files in os.walk(path, followlinks=False):  # symlinked directories are not entered
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(top, name))
+                if stat.S_ISREG(st.st_mode):
+                    a, b = _file_sizes(st)
+                    size, freed = size + a, freed + b
+    return size, freed
+
+
+def _checked(cache: Path, rel: str) -> Path | None:
+    """``cache/rel`` if it is a directory whose every component below ``cache`` (and ``cache`` itself) is a real
+    directory of this user that others cannot write to, None if it is missing. Entries are removed by path: a
+    directory another user could replace with a symlink would send the removal elsewhere, so such a cache is
+    refused (LocalIOError), as the client cache is."""
+    path = cache
+    for part in ["", *rel.split("/")]:
+        path = path / part if part else path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise LocalIOError.from_os("check", path, e) from None
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o002:
+            why = (
+                "not a directory (a symlink is not followed)"
+                if not stat.S_ISDIR(st.st_mode)
+                else "not yours"
+                if st.st_uid != os.geteuid()
+                else "writable by others"
+            )
+            raise LocalIOError(f"refusing to prune the cache: {path} is {why}", hint="fix its owner and mode")
+    return path
+
+
+def _scandir(path: Path | None) -> list[os.DirEntry[str]]:
+    if path is None:
+        return []
+    try:
+        return list(os.scandir(path))
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        return []  # something imagectl did not put there: left alone
+    except OSError as e:
+        raise LocalIOError.from_os("read", path, e) from None
+
+
+def _families(cache: Path, area: str) -> Iterator[str]:
+    for e in _scandir(_checked(cache, area)):
+        if _FAMILY.fullmatch(e.name) and e.is_dir(follow_symlinks=False):
+            yield e.name
+
+
+def _leftover(area: str, rel: str, e: os.DirEntry[str]) -> CacheEntry | None:
+    with contextlib.suppress(OSError):
+        st = e.stat(follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode):
+            return CacheEntry(area, rel, st.st_mtime, *_file_sizes(st), leftover=True)
+        if stat.S_ISDIR(st.st_mode):
+            return CacheEntry(area, rel, st.st_mtime, *_tree_sizes(Path(e.path)), leftover=True)
+    return None
+
+
+def scan(cache: Path) -> list[CacheEntry]:
+    """Every removable entry of the cache at ``cache`` (a missing cache has none), and the leftovers of killed
+    writers beside them."""
+    out: list[CacheEntry] = []
+    for e in _scandir(_checked(cache, "blobs/sha256")):
+        if _HEX64.fullmatch(e.name.removesuffix(".part")):
+            with contextlib.suppress(OSError):
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    out.append(CacheEntry("images", f"blobs/sha256/{e.name}", _last_used(st), *_file_sizes(st)))
+    dirs: list[tuple[str, str, str | None]] = [("builds", "builds", "build.json")]
+    dirs += [("packages", f"packages/{f}/sha256", None) for f in _families(cache, "packages")]
+    dirs += [("base", f"base/{f}", "base.tar.gz") for f in _families(cache, "base")]
+    for area, rel, marker in dirs:
+        for e in _scandir(_checked(cache, rel)):
+            if _LEFTOVER.fullmatch(e.name):
+                if (left := _leftover(area, f"{rel}/{e.name}", e)) is not None:
+                    out.append(left)
+                continue
+            if not _HEX64.fullmatch(e.name):
+                continue  # not a name imagectl writes: left alone
+            with contextlib.suppress(OSError):
+                if marker is None:  # a file entry
+                    st = e.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode):
+                        out.append(CacheEntry(area, f"{rel}/{e.name}", _last_used(st), *_file_sizes(st)))
+                elif e.is_dir(follow_symlinks=False):
+                    st = os.lstat(Path(e.path) / marker)
+                    sizes = _tree_sizes(Path(e.path))
+                    out.append(CacheEntry(area, f"{rel}/{e.name}", _last_used(st), *sizes))
+    return out
+
+
+def kept_sizes(cache: Path) -> dict[str, int]:
+    """Bytes of each part of the cache that prune never removes (only those present)."""
+    return {name: _tree_sizes(cache / name)[0] for name in KEPT if (cache / name).is_dir()}
+
+
+@contextlib.contextmanager
+def _flock(path: Path, *, wait: bool) -> Iterator[int | None]:
+    """An exclusive flock on ``path`` (never through a symlink): the descriptor, or None if ``wait`` is false and
+    someone holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield None
+            return
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _unused(path: Path, since: float) -> bool:
+    """Whether ``path`` (a file) is still there, a regular file, and unused since ``since``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and _last_used(st) < since
+
+
+def _remove_tree(path: Path) -> None:
+    """Rename the directory entry ``path`` away (atomic: nobody finds half of it), then delete it."""
+    away = path.with_name(f".{path.name}.prune-{os.getpid()}.tmp")
+    os.rename(path, away)
+    shutil.rmtree(away, ignore_errors=True)  # rmtree does not follow symlinks
+
+
+def _remove(cache: Path, e: CacheEntry, since: float) -> bool:
+    """Remove ``e`` if it is still unused since ``since``, under the lock its users take; whether it was."""
+    path = cache / e.rel
+    if e.leftover:
+        st = os.lstat(path)
+        if st.st_mtime >= since:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            _remove_tree(path)
+        else:
+            os.unlink(path)
+        return True
+    if e.area == "images":
+        sha = path.name.removesuffix(".part")
+        lock = path.with_name(f".{sha}.lock")
+        with _flock(lock, wait=False) as held:
+            if held is None or not _unused(path, since):
+                return False  # a pull holds it, or it was used since the scan
+            os.unlink(path)
+            if not path.with_name(sha).exists() and not path.with_name(f"{sha}.part").exists():
+                os.unlink(lock)  # pull locks again if the lock file it holds is no longer this name
+        return True
+    if e.area == "packages":
+        with _flock(path.parent.parent / ".lock", wait=True):
+            if not _unused(path, since):
+                return False
+            os.unlink(path)
+        return True
+    marker = path / ("build.json" if e.area == "builds" else "base.tar.gz")
+    base_lock = path.parent / ".lock" if e.area == "base" else None  # builds have none: the rename is atomic
+    with _flock(base_lock, wait=True) if base_lock else contextlib.nullcontext():
+        if not _unused(marker, since):
+            return False
+        _remove_tree(path)
+    return True
+
+
+def prune(
+    cache: Path,
+    *,
+    unused_for: float | None,
+    max_size: int | None = None,
+    dry_run: bool = False,
+    now: Callable[[], float] = time.time,
+) -> PruneReport:
+    """Remove the entries not used for ``unused_for`` seconds, then, while the prunable areas hold more than
+    ``max_size`` bytes, the least recently used others; never one used in the last :data:`IN_USE_S` seconds. The
+    leftovers of killed writers go once :data:`LEFTOVER_S` old, whatever the options."""
+    t = now()
+    entries = sorted(scan(cache), key=lambda e: e.last_used)
+    total = sum(e.size for e in entries)
+    chosen = []
+    for e in entries:
+        stale = unused_for is not None and e.last_used < t - unused_for
+        if stale or (max_size is not None and total > max_size) or (e.leftover and e.last_used < t - LEFTOVER_S):
+            chosen.append(e)
+            total -= e.size
+    report = PruneReport()
+    for e in chosen:
+        if e.last_used >= t - IN_USE_S:
+            report.kept_in_use.append(e)
+            continue
+        if dry_run:
+            report.removed.append(e)
+            continue
+        try:
+            done = _remove(cache, e, min(t - IN_USE_S, e.last_used + 1))
+        except FileNotFoundError:
+            continue  # removed meanwhile (another prune, a build replacing its entry)
+        except OSError as err:
+            raise LocalIOError.from_os("remove", cache / e.rel, err) from None
+        (report.removed if done else report.kept_in_use).append(e)
+    gone = {e.rel for e in report.removed}
+    report.remaining_bytes = sum(e.size for e in entries if e.rel not in gone)
+    return report

@@ -1,0 +1,324 @@
+"""``imagectl cache show`` / ``imagectl cache prune`` (imagectl/localcache.py) on real files: what goes, what stays,
+and the locks and marks that keep a running build or pull safe. The real pull and the real build's cache are
+pruned in test_pull_http.py and test_build_integration.py."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from imagectl import localcache
+from imagectl.imaging.pkgcache import BaseCache, PackageCache
+from imagectl.localcache import IN_USE_S, parse_size, prune, scan
+from imagectl.pull import _locked
+from tests.conftest import CliResult
+
+DAY = 86400
+
+
+def _hex(seed: str) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+def _age(path: Path, days: float) -> None:
+    """Make ``path`` last used (and modified) ``days`` ago."""
+    t = time.time() - days * DAY
+    os.utime(path, (t, t), follow_symlinks=False)
+
+
+class Layout:
+    """A cache directory with entries of each area, each used ``days`` ago and ``size`` bytes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def image(self, seed: str, days: float, size: int = 1000, *, part: bool = False) -> Path:
+        d = self.root / "blobs" / "sha256"
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / (_hex(seed) + (".part" if part else ""))
+        p.write_bytes(b"i" * size)
+        (d / f".{_hex(seed)}.lock").touch()
+        _age(p, days)
+        return p
+
+    def build(self, seed: str, days: float, size: int = 2000) -> Path:
+        d = self.root / "builds" / _hex(seed)
+        d.mkdir(parents=True)
+        (d / "demo.qcow2").write_bytes(b"b" * size)
+        (d / "build.json").write_text("{}")
+        _age(d / "build.json", days)
+        return d
+
+    def package(self, seed: str, days: float, size: int = 300, family: str = "debian") -> Path:
+        d = self.root / "packages" / family / "sha256"
+        d.mkdir(parents=True, exist_ok=True)
+        data = seed.encode() * (size // len(seed))
+        p = d / hashlib.sha256(data).hexdigest()
+        p.write_bytes(data)
+        _age(p, days)
+        return p
+
+    def base(self, seed: str, days: float, size: int = 500) -> Path:
+        d = self.root / "base" / "debian" / _hex(seed)
+        d.mkdir(parents=True)
+        (d / "base.tar.gz").write_bytes(b"t" * size)
+        (d / "base.json").write_text("{}")
+        _age(d / "base.tar.gz", days)
+        return d
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    return Layout(tmp_path / "cache")
+
+
+def test_unused_for_removes_the_old_entries_of_every_area_and_nothing_else(layout: Layout, tmp_path: Path) -> None:
+    old = [layout.image("old", 40), layout.build("old", 40), layout.package("old", 40), layout.base("old", 40)]
+    old.append(layout.image("torn", 45, part=True))
+    new = [layout.image("new", 2), layout.build("new", 2), layout.package("new", 2), layout.base("new", 2)]
+    trusted = layout.root / "tuf" / "cat" / "root.json"  # the metadata this host trusts: never pruned
+    trusted.parent.mkdir(parents=True)
+    trusted.write_text("{}")
+    _age(trusted, 400)
+    outside = tmp_path / "outside"
+    outside.write_text("not the cache's")
+    _age(outside, 400)
+    planted = layout.root / "blobs" / "sha256" / _hex("planted")  # a symlink with an image's name
+    planted.symlink_to(outside)
+    stray = layout.root / "builds" / "notakey"
+    stray.mkdir()
+    _age(stray, 400)
+
+    report = prune(layout.root, unused_for=30 * DAY)
+
+    assert sorted(e.rel for e in report.removed) == sorted(str(p.relative_to(layout.root)) for p in old)
+    assert not any(p.exists() for p in old)
+    assert all(p.exists() for p in new)
+    assert trusted.exists() and outside.read_text() == "not the cache's" and planted.is_symlink() and stray.is_dir()
+    assert report.freed == 1000 + (2000 + 2) + 300 + (500 + 2) + 1000
+    # the image's lock file went with it (pull takes a new one); the new image keeps its own
+    assert not (layout.root / "blobs" / "sha256" / f".{_hex('old')}.lock").exists()
+    assert (layout.root / "blobs" / "sha256" / f".{_hex('new')}.lock").exists()
+    assert report.remaining_bytes == sum(e.size for e in scan(layout.root))
+    # nothing left behind by the renames
+    assert [p.name for p in (layout.root / "builds").iterdir() if p.name.startswith(".")] == []
+
+
+def test_what_killed_writers_left_goes_once_a_day_old(layout: Layout, cli: Callable[..., CliResult]) -> None:
+    """A build killed while filing its entry leaves builds/.KEY.tmp; a package download, .HEX.RANDOM.part; a base
+    system, .KEY.PID.tmp; a prune, .NAME.prune-PID.tmp. Shown, and removed by any prune once a day old (a live
+    writer renames its temp within seconds), whatever the options; young ones stay."""
+    keep = layout.package("keep", 2)
+    builds = layout.root / "builds"
+    builds.mkdir()
+    staging = builds / f".{_hex('killed')}.tmp"
+    staging.mkdir()
+    (staging / "demo.qcow2").write_bytes(b"x" * 700)
+    pruning = builds / f".{_hex('pruning')}.prune-4242.tmp"
+    pruning.mkdir()
+    part = keep.parent / f".{_hex('dl')}.0123abcd.part"
+    part.write_bytes(b"p" * 50)
+    base = layout.root / "base" / "debian"
+    base.mkdir(parents=True)
+    base_staging = base / f".{_hex('base')}.977.tmp"
+    base_staging.mkdir()
+    young = builds / f".{_hex('running')}.tmp"
+    young.mkdir()
+    for p in (staging, pruning, part, base_staging):
+        _age(p, 2)
+    r = cli("cache", "show", "--cache-dir", layout.root, "--json")
+    assert len(json.loads(r.out)["leftovers"]) == 5
+    assert json.loads(r.out)["areas"]["builds"]["entries"] == 0
+    report = prune(layout.root, unused_for=365 * DAY)
+    assert sorted(e.rel for e in report.removed) == sorted(
+        str(p.relative_to(layout.root)) for p in (staging, pruning, part, base_staging)
+    )
+    assert report.freed == 750 and keep.exists() and young.is_dir()
+    assert sorted(p.name for p in builds.iterdir()) == [young.name]
+
+
+def test_max_size_removes_the_least_recently_used_first(layout: Layout) -> None:
+    a = layout.image("a", 9, size=1000)
+    b = layout.package("b", 5, size=1000)
+    c = layout.image("c", 3, size=1000)
+    d = layout.package("d", 1, size=1000)
+    report = prune(layout.root, unused_for=None, max_size=2500)
+    assert [e.rel for e in report.removed] == [str(p.relative_to(layout.root)) for p in (a, b)]
+    assert c.exists() and d.exists() and not a.exists() and not b.exists()
+    assert report.remaining_bytes == 2000
+
+
+def test_an_entry_used_in_the_last_hour_is_kept_even_past_max_size(layout: Layout) -> None:
+    old = layout.image("old", 3)
+    recent = layout.image("recent", IN_USE_S / DAY / 2)
+    report = prune(layout.root, unused_for=0, max_size=0)
+    assert [e.rel for e in report.removed] == [str(old.relative_to(layout.root))]
+    assert [e.rel for e in report.kept_in_use] == [str(recent.relative_to(layout.root))]
+    assert recent.exists()
+
+
+def test_dry_run_lists_and_removes_nothing(layout: Layout) -> None:
+    paths = [layout.image("x", 40), layout.build("x", 40), layout.package("x", 40), layout.base("x", 40)]
+    report = prune(layout.root, unused_for=30 * DAY, dry_run=True)
+    assert len(report.removed) == 4 and all(p.exists() for p in paths)
+
+
+def test_freed_counts_only_bytes_no_other_name_links(layout: Layout, tmp_path: Path) -> None:
+    """A pulled image may be the user's file (a hard link); a build's images are its output's: removing the cache
+    entry frees nothing then, and the user's file is untouched."""
+    img = layout.image("linked", 40, size=4096)
+    users = tmp_path / "mine.qcow2"
+    os.link(img, users)
+    build = layout.build("linked", 40, size=8192)
+    os.link(build / "demo.qcow2", tmp_path / "out.qcow2")
+    [e_img] = [e for e in scan(layout.root) if e.area == "images"]
+    assert (e_img.size, e_img.freed) == (4096, 0)
+    report = prune(layout.root, unused_for=DAY)
+    assert len(report.removed) == 2 and report.freed == 2  # build.json alone
+    assert users.read_bytes() == b"i" * 4096 and (tmp_path / "out.qcow2").stat().st_size == 8192
+
+
+def test_an_image_a_pull_holds_is_kept(layout: Layout) -> None:
+    img = layout.image("held", 40)
+    with open(img.with_name(f".{img.name}.lock"), "r+b") as lock:  # what pull's _locked holds while it works
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        report = prune(layout.root, unused_for=DAY)
+    assert report.removed == [] and [e.rel for e in report.kept_in_use] == [str(img.relative_to(layout.root))]
+    assert img.exists()
+    assert [e.rel for e in prune(layout.root, unused_for=DAY).removed] == [str(img.relative_to(layout.root))]
+
+
+def test_an_entry_used_after_the_scan_is_kept(layout: Layout) -> None:
+    """The last use is read again, under the lock, just before removing: a build that took a package after the
+    scan keeps it."""
+    pkg = layout.package("late", 40)
+    [entry] = scan(layout.root)
+    assert PackageCache(layout.root, "debian").get(pkg.name, pkg.stat().st_size) == pkg  # marks it used
+    assert localcache._remove(layout.root, entry, time.time() - IN_USE_S) is False
+    assert pkg.exists()
+
+
+def test_pull_takes_its_lock_again_when_prune_removed_the_lock_file(tmp_path: Path) -> None:
+    """Prune unlinks an image's lock file while holding it; a pull waiting on that file must not think it holds the
+    lock (a third pull would lock the new file at the same time): it locks the file at the name now."""
+    d = tmp_path / "blobs"
+    d.mkdir()
+    name = ".x.lock"
+    holder = open(d / name, "w+b")  # noqa: SIM115 - held across the thread's start
+    fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+    holding, release = threading.Event(), threading.Event()
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+
+        def pull_side() -> None:
+            with _locked(dfd, name):
+                holding.set()
+                release.wait(10)
+
+        t = threading.Thread(target=pull_side)
+        t.start()
+        time.sleep(0.3)  # the pull waits on the file prune holds
+        os.unlink(d / name)  # what prune does, still holding the lock
+        holder.close()
+        assert holding.wait(10)
+        # a third pull, now: the pull above must hold the lock of the file at the name, so this one must wait
+        with open(d / name, "a+b") as third, pytest.raises(BlockingIOError):
+            fcntl.flock(third.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        release.set()
+        t.join(10)
+        assert not t.is_alive()
+    finally:
+        release.set()
+        os.close(dfd)
+
+
+def test_serving_marks_the_access_time_and_keeps_the_modification_time(layout: Layout) -> None:
+    pkg = layout.package("mark", 40)
+    before = pkg.stat()
+    assert PackageCache(layout.root, "debian").get(pkg.name, before.st_size) == pkg
+    after = pkg.stat()
+    assert after.st_mtime_ns == before.st_mtime_ns and time.time() - after.st_atime < 60
+    base = layout.base("mark", 40)
+    meta = {"sha256": hashlib.sha256(b"t" * 500).hexdigest(), "size": 500}
+    (base / "base.json").write_text(json.dumps(meta))
+    mtime = (base / "base.tar.gz").stat().st_mtime_ns
+    assert BaseCache(layout.root, "debian").find(base.name) == base / "base.tar.gz"
+    st = (base / "base.tar.gz").stat()
+    assert st.st_mtime_ns == mtime and time.time() - st.st_atime < 60
+    assert {e.rel for e in prune(layout.root, unused_for=None, max_size=0).kept_in_use} == {
+        str(pkg.relative_to(layout.root)),
+        str(base.relative_to(layout.root)),
+    }
+
+
+@pytest.mark.parametrize("how", ["symlinked-area", "others-can-write"])
+def test_a_cache_others_could_redirect_is_refused(
+    layout: Layout, tmp_path: Path, cli: Callable[..., CliResult], how: str
+) -> None:
+    """Entries are removed by path: an area directory that is a symlink (or one others may replace with one) would
+    send the removal elsewhere. Refused in one line, exit 14, nothing removed there."""
+    elsewhere = tmp_path / "elsewhere"
+    victim = elsewhere / _hex("victim")
+    victim.mkdir(parents=True)
+    (victim / "build.json").write_text("precious")
+    _age(victim / "build.json", 400)
+    old = layout.package("old", 40)
+    if how == "symlinked-area":
+        (layout.root / "builds").symlink_to(elsewhere)
+        expected = f"imagectl: error: refusing to prune the cache: {layout.root / 'builds'} is not a directory"
+    else:
+        os.chmod(layout.root / "packages", 0o777)
+        expected = f"imagectl: error: refusing to prune the cache: {layout.root / 'packages'} is writable by others"
+    r = cli("cache", "prune", "--cache-dir", layout.root, "--unused-for", "1")
+    assert r.code == 14 and r.err.splitlines()[0].startswith(expected), r.err
+    assert (victim / "build.json").read_text() == "precious" and old.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("4096", 4096), ("500M", 500 << 20), ("20G", 20 << 30), ("1.5T", int(1.5 * (1 << 40))), ("2GiB", 2 << 30)],
+)
+def test_sizes(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+def test_cli_show_and_prune(layout: Layout, cli: Callable[..., CliResult]) -> None:
+    layout.image("old", 40, size=3000)
+    layout.package("new", 2)
+    r = cli("cache", "show", "--cache-dir", layout.root, "--json")
+    assert r.code == 0, r.err
+    shown = json.loads(r.out)
+    assert shown["areas"]["images"] == {"entries": 1, "bytes": 3000, "bytes_freed_if_removed": 3000}
+    assert shown["areas"]["packages"]["entries"] == 1 and shown["areas"]["builds"]["entries"] == 0
+    r = cli("cache", "prune", "--cache-dir", layout.root, "--unused-for", "30")
+    assert r.code == 0, r.err
+    assert f"removed: blobs/sha256/{_hex('old')}" in r.out
+    assert "removed 1 entry, 2.9 KiB freed" in r.out.splitlines()[-1], r.out
+    r = cli("cache", "show", "--cache-dir", layout.root)
+    assert "images     0 entries, 0 B" in r.out and "packages   1 entry" in r.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "say what to prune: --unused-for DAYS, --max-size SIZE, or both"),
+        (("--max-size", "3X"), "--max-size takes a size such as 20G, 500M or 1.5T, got '3X'"),
+        (("--unused-for", "-1"), "--unused-for must be a number at least 0 and at most 3650, got '-1'"),
+        (("--unused-for", "nan"), "--unused-for must be a number at least 0 and at most 3650, got 'nan'"),
+    ],
+)
+def test_cli_refuses_bad_options_in_one_line(
+    layout: Layout, cli: Callable[..., CliResult], args: tuple[str, ...], message: str
+) -> None:
+    kept = layout.image("kept", 40)
+    r = cli("cache", "prune", "--cache-dir", layout.root, *args)
+    assert r.code == 3 and r.err.strip() == f"imagectl: error: {message}", r.err
+    assert kept.exists()
