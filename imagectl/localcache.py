@@ -307,24 +307,25 @@ def prune(
     ``max_size`` bytes, the least recently used others; never one used in the last :data:`IN_USE_S` seconds. The
     leftovers of killed writers go once :data:`LEFTOVER_S` old, whatever the options."""
     t = now()
-    entries = sorted(scan(cache), key=lambda e: e.last_used)
+    found = sorted(scan(cache), key=lambda e: e.last_used)
+    entries = [e for e in found if not e.leftover]
     total = sum(e.size for e in entries)
-    chosen = []
+    chosen: list[tuple[CacheEntry, float]] = [(e, t - LEFTOVER_S) for e in found if e.leftover]
     for e in entries:
-        stale = unused_for is not None and e.last_used < t - unused_for
-        if stale or (max_size is not None and total > max_size) or (e.leftover and e.last_used < t - LEFTOVER_S):
-            chosen.append(e)
+        if (unused_for is not None and e.last_used < t - unused_for) or (max_size is not None and total > max_size):
+            chosen.append((e, t - IN_USE_S))
             total -= e.size
     report = PruneReport()
-    for e in chosen:
-        if e.last_used >= t - IN_USE_S:
-            report.kept_in_use.append(e)
+    for e, before in chosen:
+        if e.last_used >= before:
+            if not e.leftover:  # a young leftover may be a live writer's temp: not worth a line
+                report.kept_in_use.append(e)
             continue
         if dry_run:
             report.removed.append(e)
             continue
         try:
-            done = _remove(cache, e, min(t - IN_USE_S, e.last_used + 1))
+            done = _remove(cache, e, min(before, e.last_used + 1))
         except FileNotFoundError:
             continue  # removed meanwhile (another prune, a build replacing its entry)
         except OSError as err:

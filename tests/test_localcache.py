@@ -143,6 +143,10 @@ def test_what_killed_writers_left_goes_once_a_day_old(layout: Layout, cli: Calla
     )
     assert report.freed == 750 and keep.exists() and young.is_dir()
     assert sorted(p.name for p in builds.iterdir()) == [young.name]
+    # the strictest options still leave a young temp alone (its writer may be alive), and take the rest
+    _age(young, 0.5)
+    report = prune(layout.root, unused_for=0, max_size=0)
+    assert [e.rel for e in report.removed] == [str(keep.relative_to(layout.root))] and young.is_dir()
 
 
 def test_max_size_removes_the_least_recently_used_first(layout: Layout) -> None:
