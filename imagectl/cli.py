@@ -1020,7 +1020,10 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
                     "a mirror state"
                 )
 
-            indexes, releases, checked = pinned_mirror(Path(args.pin_mirror), cfg.cache_path)
+            # a record file, or a published image's signed record (of the one arch built, else the host's)
+            pin_args = argparse.Namespace(arch=arches[0] if arches and len(arches) == 1 else None)
+            [pinned] = _load_records(pin_args, cfg, [args.pin_mirror])
+            indexes, releases, checked = pinned_mirror(pinned, args.pin_mirror, cfg.cache_path)
             progress(f"--pin-mirror {args.pin_mirror}: {checked}")
         opts = BuildOptions(
             output=Path(args.output),
@@ -1445,7 +1448,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", metavar="NAME[:VERSION|@CHANNEL]")
     sp.add_argument("--arch", help="architecture (default: the host's)")
 
-    sp = add(sub, "build", cmd_build, "build a recipe's images with diskimage-builder", ())
+    sp = add(sub, "build", cmd_build, "build a recipe's images with diskimage-builder", reader)
     sp.add_argument("recipe", metavar="RECIPE")
     sp.add_argument(
         "--arch", action="append", default=[], help="only this arch (repeatable; default: all of the recipe's)"
@@ -1480,9 +1483,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--pin-mirror",
-        metavar="RECORD",
-        help="Debian: install from the mirror state the build record file RECORD names (its signed indexes, from "
-        "imagectl's package cache or the mirror; exit 25 if neither has them)",
+        metavar="RECORD|REF",
+        help="Debian: install from the mirror state a build record names (its signed indexes, from imagectl's "
+        "package cache or the mirror; exit 25 if neither has them): a *.build.json file, or a published image "
+        "NAME:VERSION or NAME@CHANNEL of --catalogue (its signed record)",
     )
     sp.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
 

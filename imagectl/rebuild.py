@@ -173,17 +173,18 @@ def _check_state(
     return f"{count(checked, 'suite')} in the recorded state{kept}"
 
 
-def pinned_mirror(record: Path, cache_dir: Path) -> tuple[dict[str, str], dict[str, str] | None, str]:
-    """``build --pin-mirror RECORD``: the Debian mirror state the build record file ``record`` names (its signed
-    Packages indexes, and its InRelease files for the package cache to serve), checked now as a rebuild's is; and
-    what was checked, in words. LocalIOError (exit 14) for a file that cannot be read, InvalidInputError (exit 3)
-    for one that is not a build record or names no mirror state, MirrorMovedError (exit 25) when neither the
+def pinned_mirror(
+    loaded: LoadedRecord, label: str, cache_dir: Path
+) -> tuple[dict[str, str], dict[str, str] | None, str]:
+    """``build --pin-mirror RECORD|REF``: the Debian mirror state the build record ``loaded`` names (a file, or a
+    published image's signed record; ``label`` is what the user named), its signed Packages indexes and its InRelease
+    files for the package cache to serve, checked now as a rebuild's is; and what was checked, in words.
+    InvalidInputError (exit 3) for a record that names no mirror state, MirrorMovedError (exit 25) when neither the
     package cache nor the mirror has that state any more."""
-    loaded = load_file(record)
     state = loaded.build.package_indexes(loaded.label)
     if state is None:
         raise InvalidInputError(
-            f"--pin-mirror {record}: its build record names no Debian mirror state (an SLC build, or one made "
+            f"--pin-mirror {label}: its build record names no Debian mirror state (an SLC build, or one made "
             "without imagectl's package cache)"
         )
     releases = loaded.build.mirror_releases()

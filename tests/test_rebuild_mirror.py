@@ -26,7 +26,7 @@ from imagectl.imaging.aptproxy import DebianPackageCache
 from imagectl.imaging.debindex import IndexError_, MirrorMovedError, check_pinned, fetch_url
 from imagectl.imaging.pkgcache import PackageCache
 from imagectl.resources import elements_dir
-from tests.conftest import REPO, CliResult, require_tools
+from tests.conftest import REPO, Catalogue, CliResult, require_tools
 from tests.test_build_cache import DEB, Mirror, _deb_requests, _fetch, _prepare, mirror, signing_key  # noqa: F401
 from tests.test_build_fake import DEMO
 from tests.test_repro import X86_HVM, built, fake_repro_dib  # noqa: F401  (fixtures)
@@ -314,6 +314,41 @@ def test_build_pin_mirror_installs_from_a_records_state_held_in_the_package_cach
         f"imagectl: error: --pin-mirror: {slc} builds slc, and only Debian builds record a mirror state\n",
     )
     assert _calls(fake_repro_dib) == 3  # nothing built (plain is the build cache's copy of the record's build)
+
+
+def test_build_pin_mirror_takes_a_published_images_signed_record(
+    fake_repro_dib: Path,  # noqa: F811
+    cli: Callable[..., CliResult],
+    tmp_path: Path,
+    trusted: Mirror,
+    catalogue: Catalogue,
+) -> None:
+    """``build --pin-mirror NAME:VERSION`` (or ``NAME@CHANNEL``): the mirror state of a released image, read from
+    its signed build record in the catalogue (verified as a pull verifies), so a variant of a release needs no
+    record file at hand. Refused before building: an image the catalogue lacks (exit 4), a mirror that moved (25)."""
+    url = trusted.url  # type: ignore[attr-defined]
+    for n in (1, 2):  # the stand-in DIB's disk for its Nth call
+        (fake_repro_dib / f"disk-{n}.raw").write_bytes((fake_repro_dib / "disk-0.raw").read_bytes())
+    record = _record_with_state(cli, tmp_path, _pin(url, trusted))
+    r = cli("publish", "--from-build", record.parent, *catalogue.args(), "--version", "1.0", "--channel", "stable")
+    assert r.code == 0, r.err
+    where = ("--catalogue", catalogue.dir, "--root", catalogue.root)
+    for n, ref in enumerate(("debian12-demo:1.0", "debian12-demo@stable")):
+        r = cli("build", DEMO, *X86_HVM, "-o", tmp_path / f"p{n}", "--pin-mirror", ref, *where, "--rebuild")
+        assert r.code == 0, r.err
+        assert f"--pin-mirror {ref}: 1 suite in the recorded state\n" in r.err
+    assert _calls(fake_repro_dib) == 3
+    r = cli("build", DEMO, *X86_HVM, "-o", tmp_path / "x", "--pin-mirror", "debian12-demo:9.9", *where)
+    assert r.code == 4 and r.err.startswith("imagectl: error: ") and "9.9" in r.err, r.err
+    recorded = _index_sha(trusted)
+    trusted.publish({**trusted.debs, DEB: b"a newer tiny\n"})  # the mirror moved on
+    r = cli("build", DEMO, *X86_HVM, "-o", tmp_path / "y", "--pin-mirror", "debian12-demo@stable", *where)
+    assert (r.code, r.err.splitlines()[0]) == (
+        25,
+        f"imagectl: error: the mirror is not in the state of the original build: {url} bookworm {INDEX} (sha256 "
+        f"{_index_sha(trusted)[:12]}, the record's {recorded[:12]})",
+    )
+    assert _calls(fake_repro_dib) == 3  # neither refused build started
 
 
 # -- the element: apt in the chroot accepts the pinned InRelease for the build only -------------------------------
