@@ -11,7 +11,7 @@ every image version it pulled (``images``). The entries that may go, one per dir
     base       base/FAMILY/KEY/              a bootstrapped base system (one per release, arch and mirror state)
 
 What stays, whatever the options: ``tuf/`` (the metadata this host trusts, its protection against rollback),
-``publisher/`` and ``file-digests/`` (small), ``initramfs/`` (bounded by itself: a few entries per kernel),
+``publisher/``, ``file-digests/`` and ``export/`` (small), ``initramfs/`` (bounded by itself: a few entries per kernel),
 ``slc/`` and ``work/`` (shown; ``work/`` may hold what a killed build left mounted: never removed by a walk).
 
 **Last use.** Whatever serves an entry marks it used by setting its access time to now (:func:`mark_used`): a
@@ -51,7 +51,7 @@ __all__ = ["AREAS", "IN_USE_S", "LEFTOVER_S", "CacheEntry", "PruneReport", "kept
 
 IN_USE_S = 3600  # an entry used this recently is never removed: a build or a pull may be using it
 AREAS = ("images", "builds", "packages", "base")
-KEPT = ("tuf", "publisher", "file-digests", "initramfs", "slc", "work")  # shown, never removed
+KEPT = ("tuf", "publisher", "file-digests", "export", "initramfs", "slc", "work")  # shown, never removed
 LEFTOVER_S = 86400  # a temp file or directory this old is what a killed build, pull or prune left
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # what a killed writer leaves: AtomicFile's temp (.HEX.RANDOM.part), a build's or base's staging directory

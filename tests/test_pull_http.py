@@ -14,6 +14,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -368,6 +369,45 @@ def test_cache_prune_removes_a_pulled_image_not_used_lately(env: Env, make_image
     r = env.pull("wn", "-o", env.tmp / "c.qcow2", "--json")
     assert r.code == 0 and json.loads(r.out)["cached"] is False, r.err
     assert env.image_bytes(sha) == 300_000 and file_sha256(blob) == sha
+
+
+def test_pulls_racing_an_aggressive_prune_all_get_their_verified_image(
+    env: Env, make_image: Callable[..., Path]
+) -> None:
+    """``cache prune`` in a loop, its clock two hours ahead (so every entry is past the last-hour floor and chosen),
+    while 12 pulls of two images run in other processes: each pull either finds its image whole under the image's
+    lock or downloads it again, whatever prune removed meanwhile (the image, its lock file); none fails, and every
+    destination holds the signed bytes."""
+    from imagectl.localcache import IN_USE_S, prune
+
+    shas = [env.publish(make_image(400_000, seed=s), "wn", f"1.{i}") for i, s in enumerate("ab")]
+    stop = threading.Event()
+    removed: list[str] = []
+
+    def pruner() -> None:
+        while not stop.is_set():
+            report = prune(env.cache, unused_for=0, now=lambda: time.time() + 2 * IN_USE_S)
+            removed.extend(e.rel for e in report.removed)
+            stop.wait(0.01)
+
+    thread = threading.Thread(target=pruner)
+    thread.start()
+    try:
+        pulls = []
+        for n in range(12):
+            dest = env.tmp / f"d{n}.qcow2"
+            argv = [sys.executable, "-m", "imagectl", *env.pull_args(f"wn:1.{n % 2}", "-o", dest, "--quiet")]
+            child = subprocess.Popen(argv, env=env.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            pulls.append((child, dest, shas[n % 2]))
+        for child, dest, sha in pulls:
+            _out, err = child.communicate(timeout=120)
+            assert child.returncode == 0, err.decode()
+            assert file_sha256(dest) == sha
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+    assert any(r.startswith("blobs/sha256/") for r in removed)  # the race was run: images went while pulls ran
 
 
 # -- 6. destination problems --------------------------------------------------------------------------------------
