@@ -801,10 +801,42 @@ def cmd_export_glance(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _cache_limit(cfg: Config) -> int | None:
+    """The ``cache_max_size`` setting in bytes, checked before the command does any work (None: unset)."""
+    from imagectl.localcache import parse_size
+
+    if not cfg.cache_max_size:
+        return None
+    return parse_size(cfg.cache_max_size, f"cache_max_size (from {cfg.sources.get('cache_max_size', '?')})")
+
+
+def _keep_cache_under(args: argparse.Namespace, cfg: Config, limit: int | None) -> None:
+    """After a build or pull that succeeded: prune the cache down to ``limit`` bytes, the least recently used first
+    (never what was used in the last hour: what this command just made or took). A cache that cannot be pruned
+    is a warning; the command's own work is done."""
+    if limit is None:
+        return
+    from imagectl.localcache import prune
+    from imagectl.progress import human_size
+
+    try:
+        report = prune(cfg.cache_path, unused_for=None, max_size=limit)
+    except ImagectlError as e:
+        warn(f"cache_max_size: the cache was not pruned: {e}")
+        return
+    if report.removed and not (getattr(args, "quiet", False) or getattr(args, "json", False)):
+        print(
+            f"imagectl: cache: removed {count(len(report.removed), 'entry', 'entries')} not used lately, "
+            f"{human_size(report.freed)} freed, to stay under cache_max_size {cfg.cache_max_size}",
+            file=sys.stderr,
+        )
+
+
 def cmd_pull(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.catalogue.model import parse_ref
     from imagectl.pull import pull
 
+    limit = _cache_limit(cfg)
     ref = parse_ref(args.ref)
     arch = _arch(args)
     with _reader(cfg) as reader:
@@ -826,6 +858,7 @@ def cmd_pull(args: argparse.Namespace, cfg: Config) -> int:
         else f"pulled {res.name}:{res.version} ({res.arch}) -> {res.path} sha256:{res.sha256} verified"
         + (" (from cache)" if res.cached else ""),
     )
+    _keep_cache_under(args, cfg, limit)
     return 0
 
 
@@ -1006,6 +1039,7 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
     from imagectl.recipe.model import load_recipe
 
     recipe = load_recipe(_recipe_path(args.recipe))
+    limit = _cache_limit(cfg)
     epoch = _source_date_epoch(args, recipe)
     arches = [check_arch(a) for a in args.arch] or None
     formats = [check_format(f) for f in args.format] or None
@@ -1064,6 +1098,7 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
                 for i in o.images
             ]
     emit(args, data, lines)
+    _keep_cache_under(args, cfg, limit)
     return 0
 
 
@@ -1448,7 +1483,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("ref", metavar="NAME[:VERSION|@CHANNEL]")
     sp.add_argument("--arch", help="architecture (default: the host's)")
 
-    sp = add(sub, "build", cmd_build, "build a recipe's images with diskimage-builder", reader)
+    sp = add(sub, "build", cmd_build, "build a recipe's images with diskimage-builder", (*reader, "cache_max_size"))
     sp.add_argument("recipe", metavar="RECIPE")
     sp.add_argument(
         "--arch", action="append", default=[], help="only this arch (repeatable; default: all of the recipe's)"
@@ -1608,7 +1643,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KIND=PATH",
             help="then refresh this export (imagectl export; repeatable)",
         )
-    sp = add(sub, "pull", cmd_pull, "download a verified image", reader)
+    sp = add(sub, "pull", cmd_pull, "download a verified image", (*reader, "cache_max_size"))
     sp.add_argument("ref", metavar="NAME[:VERSION|@CHANNEL]")
     sp.add_argument("--arch", help="architecture (default: the host's)")
     sp.add_argument("-o", "--output", metavar="PATH", help="file or directory (default: ./NAME-VERSION-ARCH.FMT)")

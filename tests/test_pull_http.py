@@ -371,6 +371,37 @@ def test_cache_prune_removes_a_pulled_image_not_used_lately(env: Env, make_image
     assert env.image_bytes(sha) == 300_000 and file_sha256(blob) == sha
 
 
+def test_cache_max_size_prunes_after_a_pull(
+    env: Env, make_image: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``cache_max_size`` setting: after a pull, the least recently used images go until the cache fits; the
+    image just pulled stays (used this hour) even when it alone is over the size. A value that is not a size is
+    refused before anything is downloaded (exit 3, naming where it came from)."""
+    old_sha = env.publish(make_image(400_000, seed="old"), "wn", "1.0")
+    new_sha = env.publish(make_image(400_000, seed="new"), "wn", "2.0")
+    monkeypatch.setenv("IMAGECTL_CACHE_MAX_SIZE", "lots")
+    env.srv.clear()
+    r = env.pull("wn:1.0", "-o", env.tmp / "x.qcow2")
+    assert r.code == 3 and r.err == (
+        "imagectl: error: cache_max_size (from IMAGECTL_CACHE_MAX_SIZE) takes a size such as 20G, 500M or 1.5T, "
+        "got 'lots'\n"
+    )
+    assert env.srv.served.requests == [] and not (env.tmp / "x.qcow2").exists()
+
+    monkeypatch.setenv("IMAGECTL_CACHE_MAX_SIZE", "500K")
+    assert env.pull("wn:1.0", "-o", env.tmp / "a.qcow2").code == 0
+    old = time.time() - 3 * 86400
+    os.utime(env.blobs / old_sha, (old, old))  # pulled three days ago
+    r = env.pull("wn:2.0", "-o", env.tmp / "b.qcow2")
+    assert r.code == 0, r.err
+    assert "imagectl: cache: removed 1 entry not used lately, 0 B freed, to stay under cache_max_size 500K" in r.err
+    assert not (env.blobs / old_sha).exists() and (env.blobs / new_sha).exists()
+    assert (env.tmp / "a.qcow2").read_bytes() == make_image(400_000, seed="old").read_bytes()
+    monkeypatch.setenv("IMAGECTL_CACHE_MAX_SIZE", "100K")  # the image just pulled is over it, and stays
+    r = env.pull("wn:2.0", "-o", env.tmp / "c.qcow2", "--json")
+    assert r.code == 0 and json.loads(r.out)["cached"] is True and (env.blobs / new_sha).exists(), r.err
+
+
 def test_pulls_racing_an_aggressive_prune_all_get_their_verified_image(
     env: Env, make_image: Callable[..., Path]
 ) -> None:
