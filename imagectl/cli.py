@@ -237,48 +237,27 @@ def cmd_gc(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _cache_area_lines(entries: Sequence[Any], kept: dict[str, int], cache: Path) -> list[str]:
-    from imagectl.localcache import AREAS
-    from imagectl.progress import human_size
-
-    now = time.time()
-    lines = [f"{cache}:"]
-    for area in AREAS:
-        mine = [e for e in entries if e.area == area and not e.leftover]
-        size = sum(e.size for e in mine)
-        shared = size - sum(e.freed for e in mine)
-        idle = f", least recently used {(now - min(e.last_used for e in mine)) / 86400:.0f} days ago" if mine else ""
-        also = f" ({human_size(shared)} shared with files outside the cache)" if shared else ""
-        lines.append(f"  {area:<10} {count(len(mine), 'entry', 'entries')}, {human_size(size)}{also}{idle}")
-    left = [e for e in entries if e.leftover]
-    if left:
-        size = human_size(sum(e.size for e in left))
-        lines.append(f"  {count(len(left), 'leftover')} of killed builds or pulls, {size} (pruned once a day old)")
-    for name, size in kept.items():
-        lines.append(f"  {name + '/':<10} {human_size(size)} (kept: never pruned)")
-    return lines
-
-
 def cmd_cache_show(args: argparse.Namespace, cfg: Config) -> int:
-    from imagectl.localcache import AREAS, kept_sizes, scan
+    from imagectl.localcache import area_totals, kept_sizes, scan
+    from imagectl.progress import human_size
 
     cache = cfg.cache_path
     entries = scan(cache)
-    kept = kept_sizes(cache)
-    data = {
-        "cache_dir": str(cache),
-        "areas": {
-            a: {
-                "entries": sum(1 for e in entries if e.area == a and not e.leftover),
-                "bytes": sum(e.size for e in entries if e.area == a and not e.leftover),
-                "bytes_freed_if_removed": sum(e.freed for e in entries if e.area == a and not e.leftover),
-            }
-            for a in AREAS
-        },
-        "leftovers": [e.as_json() for e in entries if e.leftover],
-        "kept": kept,
-    }
-    emit(args, data, _cache_area_lines(entries, kept, cache))
+    areas, kept = area_totals(entries), kept_sizes(cache)
+    left = [e for e in entries if e.leftover]
+    lines = [f"{cache}:"]
+    for area, a in areas.items():
+        shared = a["bytes"] - a["bytes_freed_if_removed"]
+        also = f" ({human_size(shared)} shared with files outside the cache)" if shared else ""
+        idle = a["least_recently_used"]
+        since = f", least recently used {(time.time() - idle) / 86400:.0f} days ago" if idle is not None else ""
+        lines.append(f"  {area:<10} {count(a['entries'], 'entry', 'entries')}, {human_size(a['bytes'])}{also}{since}")
+    if left:
+        size = human_size(sum(e.size for e in left))
+        lines.append(f"  {count(len(left), 'leftover')} of killed builds or pulls, {size} (pruned once a day old)")
+    lines += [f"  {name + '/':<10} {human_size(size)} (kept: never pruned)" for name, size in kept.items()]
+    data = {"cache_dir": str(cache), "areas": areas, "leftovers": [e.as_json() for e in left], "kept": kept}
+    emit(args, data, lines)
     return 0
 
 

@@ -47,7 +47,18 @@ from typing import Any
 
 from imagectl.errors import InvalidInputError, LocalIOError
 
-__all__ = ["AREAS", "IN_USE_S", "LEFTOVER_S", "CacheEntry", "PruneReport", "kept_sizes", "parse_size", "prune", "scan"]
+__all__ = [
+    "AREAS",
+    "IN_USE_S",
+    "LEFTOVER_S",
+    "CacheEntry",
+    "PruneReport",
+    "area_totals",
+    "kept_sizes",
+    "parse_size",
+    "prune",
+    "scan",
+]
 
 IN_USE_S = 3600  # an entry used this recently is never removed: a build or a pull may be using it
 AREAS = ("images", "builds", "packages", "base")
@@ -218,6 +229,21 @@ def scan(cache: Path) -> list[CacheEntry]:
                     st = os.lstat(Path(e.path) / marker)
                     sizes = _tree_sizes(Path(e.path))
                     out.append(CacheEntry(area, f"{rel}/{e.name}", _last_used(st), *sizes))
+    return out
+
+
+def area_totals(entries: list[CacheEntry]) -> dict[str, dict[str, Any]]:
+    """Per area: its entries (leftovers apart), their bytes, the bytes removing them would free, and the last use
+    of the least recently used (None for an empty area)."""
+    out = {}
+    for area in AREAS:
+        mine = [e for e in entries if e.area == area and not e.leftover]
+        out[area] = {
+            "entries": len(mine),
+            "bytes": sum(e.size for e in mine),
+            "bytes_freed_if_removed": sum(e.freed for e in mine),
+            "least_recently_used": round(min(e.last_used for e in mine)) if mine else None,
+        }
     return out
 
 
