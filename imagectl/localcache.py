@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from imagectl.errors import InvalidInputError, LocalIOError
+from imagectl.imaging.pkgcache import BaseCache, PackageCache, locked
 
 __all__ = [
     "AREAS",
@@ -209,9 +210,13 @@ def scan(cache: Path) -> list[CacheEntry]:
                 st = e.stat(follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode):
                     out.append(CacheEntry("images", f"blobs/sha256/{e.name}", _last_used(st), *_file_sizes(st)))
+
+    def below(path: Path) -> str:  # the package and base caches name their own directories
+        return path.relative_to(cache).as_posix()
+
     dirs: list[tuple[str, str, str | None]] = [("builds", "builds", "build.json")]
-    dirs += [("packages", f"packages/{f}/sha256", None) for f in _families(cache, "packages")]
-    dirs += [("base", f"base/{f}", "base.tar.gz") for f in _families(cache, "base")]
+    dirs += [("packages", below(PackageCache(cache, f).objects), None) for f in _families(cache, "packages")]
+    dirs += [("base", below(BaseCache(cache, f).root), "base.tar.gz") for f in _families(cache, "base")]
     for area, rel, marker in dirs:
         for e in _scandir(_checked(cache, rel)):
             if _LEFTOVER.fullmatch(e.name):
@@ -253,17 +258,16 @@ def kept_sizes(cache: Path) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, *, wait: bool) -> Iterator[int | None]:
-    """An exclusive flock on ``path`` (never through a symlink): the descriptor, or None if ``wait`` is false and
-    someone holds it."""
+def _try_lock(path: Path) -> Iterator[bool]:
+    """An exclusive flock on ``path`` (never through a symlink) if nobody holds it: whether it was taken."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield None
+            yield False
             return
-        yield fd
+        yield True
     finally:
         os.close(fd)
 
@@ -299,22 +303,23 @@ def _remove(cache: Path, e: CacheEntry, since: float) -> bool:
     if e.area == "images":
         sha = path.name.removesuffix(".part")
         lock = path.with_name(f".{sha}.lock")
-        with _flock(lock, wait=False) as held:
-            if held is None or not _unused(path, since):
+        with _try_lock(lock) as held:
+            if not held or not _unused(path, since):
                 return False  # a pull holds it, or it was used since the scan
             os.unlink(path)
             if not path.with_name(sha).exists() and not path.with_name(f"{sha}.part").exists():
                 os.unlink(lock)  # pull locks again if the lock file it holds is no longer this name
         return True
+    family = e.rel.split("/")[1]
     if e.area == "packages":
-        with _flock(path.parent.parent / ".lock", wait=True):
+        with locked(PackageCache(cache, family).lock):
             if not _unused(path, since):
                 return False
             os.unlink(path)
         return True
     marker = path / ("build.json" if e.area == "builds" else "base.tar.gz")
-    base_lock = path.parent / ".lock" if e.area == "base" else None  # builds have none: the rename is atomic
-    with _flock(base_lock, wait=True) if base_lock else contextlib.nullcontext():
+    # builds have no lock: the rename is atomic
+    with locked(BaseCache(cache, family).lock) if e.area == "base" else contextlib.nullcontext():
         if not _unused(marker, since):
             return False
         _remove_tree(path)

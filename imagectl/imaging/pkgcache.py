@@ -33,13 +33,15 @@ from typing import IO, Any
 from imagectl.errors import LocalIOError
 from imagectl.fsio import AtomicFile, atomic_write, mark_used, sha256_file
 
-__all__ = ["BaseCache", "PackageCache"]
+__all__ = ["BaseCache", "PackageCache", "locked"]
 
 CHUNK = 1 << 20
 
 
 @contextlib.contextmanager
-def _locked(lock: Path) -> Iterator[None]:
+def locked(lock: Path) -> Iterator[None]:
+    """The cache's writer lock ``lock`` (an exclusive flock, never through a symlink), taken by whatever adds or
+    removes entries: these caches, and ``imagectl cache prune`` (:mod:`imagectl.localcache`)."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -83,7 +85,7 @@ class PackageCache:
 
     def _remove(self, path: Path, st: os.stat_result) -> None:
         """Remove the damaged entry ``path`` was when ``st`` was taken, unless a good copy replaced it meanwhile."""
-        with _locked(self.lock), contextlib.suppress(FileNotFoundError):
+        with locked(self.lock), contextlib.suppress(FileNotFoundError):
             now = os.lstat(path)
             if (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
                 os.unlink(path)
@@ -139,7 +141,7 @@ class PackageCache:
             written = f.file.tell()
             f.seal()
             if written == size and h.hexdigest() == sha256:
-                with _locked(self.lock):
+                with locked(self.lock):
                     f.commit()
         finally:
             f.discard()
@@ -168,7 +170,7 @@ class BaseCache:
             return None
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        with _locked(self.lock):
+        with locked(self.lock):
             shutil.rmtree(entry, ignore_errors=True)
         return None
 
@@ -176,7 +178,7 @@ class BaseCache:
         """Move ``tarball`` (same file system) into the cache under ``key``, with its SHA-256 recorded."""
         group = {k: meta[k] for k in ("release", "arch", "mirror")}
         staging = self.root / f".{key}.{os.getpid()}.tmp"
-        with _locked(self.lock):
+        with locked(self.lock):
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             os.replace(tarball, staging / "base.tar.gz")
