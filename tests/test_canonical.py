@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from securesystemslib.formats import encode_canonical
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, MetaFile, Snapshot, Targets
 from tuf.api.serialization import SerializationError
 
@@ -211,7 +212,7 @@ def test_the_first_check_is_over_the_parsed_bytes_and_later_ones_over_the_docume
     snap = Metadata(Snapshot(version=4, expires=dt.datetime(2030, 1, 1, tzinfo=dt.UTC)))
     snap.signed.meta["image-a.json"] = MetaFile(version=2)
     data = signed_file_bytes(snap, sign_with(snap, [signer]))
-    md = parse_metadata(data, "metadata/4.snapshot.json")
+    md = parse_metadata(data, "metadata/4.snapshot.json", as_written=False)  # kept: the canonical form, made here
     assert _PARSED in md.__dict__
     verify_signatures(root, "snapshot", md, "metadata/4.snapshot.json")
     assert _PARSED not in md.__dict__  # used once
@@ -225,6 +226,120 @@ def test_the_first_check_is_over_the_parsed_bytes_and_later_ones_over_the_docume
         verify_signatures(
             root, "snapshot", parse_metadata(json.dumps(forged).encode(), "m/4.snapshot.json"), "4.snapshot.json"
         )
+
+
+@FUZZ
+@given(_ENTRIES, st.sampled_from(["\n", ""]))
+def test_a_file_in_imagectls_shape_parses_as_python_tufs_keeping_its_own_bytes(meta: dict[str, Any], end: str) -> None:
+    """A file in the shape imagectl writes (``{"signatures":[…],"signed":PAYLOAD}``) is parsed in two parts:
+    whatever the entries, the document is python-tuf's parse of the whole file (or both refuse), and the bytes
+    kept for the first check are the file's own PAYLOAD."""
+    from imagectl.catalogue.metadata import _AS_WRITTEN, parse_metadata
+    from imagectl.errors import UntrustedMetadataError
+
+    doc = json.loads(_snapshot_bytes(meta))
+    payload = json.dumps(doc["signed"], separators=(",", ":"), ensure_ascii=False)
+    data = ('{"signatures":[],"signed":' + payload + "}" + end).encode("utf-8", "surrogatepass")
+    try:
+        theirs = Metadata.from_bytes(data)
+    except Exception:
+        with pytest.raises(UntrustedMetadataError, match="is not valid TUF metadata"):
+            parse_metadata(data, "metadata/3.snapshot.json")
+        return
+    ours = parse_metadata(data, "metadata/3.snapshot.json")
+    assert ours == theirs and ours.signed.to_dict() == theirs.signed.to_dict()
+    kept = ours.__dict__.get(_AS_WRITTEN)
+    assert kept is None or kept == payload.encode("utf-8", "surrogatepass")
+
+
+def _signed_root_and_snapshot() -> tuple[Any, Metadata[Any], Any]:
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import Key, Role, Root
+
+    signer = CryptoSigner.generate_ed25519()
+    key: Key = signer.public_key
+    roles = {r: Role([key.keyid], 1) for r in ("root", "timestamp", "snapshot", "targets")}
+    root = Metadata(Root(keys={key.keyid: key}, roles=roles, expires=dt.datetime(2030, 1, 1, tzinfo=dt.UTC)))
+    snap = Metadata(Snapshot(version=4, expires=dt.datetime(2030, 1, 1, tzinfo=dt.UTC)))
+    snap.signed.meta = {f"image-n{i}.json": MetaFile(version=i + 1) for i in range(50)}
+    return root, snap, signer
+
+
+def test_the_first_check_of_a_file_imagectl_wrote_needs_no_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file signed_file_bytes wrote keeps its own signed bytes, and its first check is over them: no canonical
+    encoding at all (the encoders are made to fail here). A later check encodes the document afresh."""
+    from imagectl.catalogue import metadata
+    from imagectl.catalogue.metadata import _AS_WRITTEN, parse_metadata, sign_with, signed_file_bytes
+
+    root, snap, signer = _signed_root_and_snapshot()
+    payload = sign_with(snap, [signer])
+    md = parse_metadata(signed_file_bytes(snap, payload), "metadata/4.snapshot.json")
+    assert md.__dict__[_AS_WRITTEN] == payload and md == snap
+
+    def no_encoding(*_: object, **__: object) -> bytes:
+        raise AssertionError("encoded")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(metadata, "canonical_bytes", no_encoding)
+        metadata.verify_signatures(root, "snapshot", md, "metadata/4.snapshot.json")
+        assert _AS_WRITTEN not in md.__dict__  # used once
+        with pytest.raises(AssertionError, match="encoded"):
+            metadata.verify_signatures(root, "snapshot", md, "metadata/4.snapshot.json")
+    metadata.verify_signatures(root, "snapshot", md, "metadata/4.snapshot.json")
+
+
+def test_signed_bytes_spelled_otherwise_are_checked_in_canonical_form_and_forgeries_fail() -> None:
+    """In imagectl's shape but spelled otherwise than signed (keys in another order: another writer): the own
+    bytes do not verify, the canonical form of the document does, as python-tuf checks it. A changed version
+    fails either way."""
+    from imagectl.catalogue.metadata import parse_metadata, sign_with, verify_signatures
+    from imagectl.errors import UntrustedMetadataError
+
+    root, snap, signer = _signed_root_and_snapshot()
+    sign_with(snap, [signer])
+    sigs = json.dumps([s.to_dict() for s in snap.signatures.values()], separators=(",", ":"))
+    signed = snap.signed.to_dict()
+    reordered = json.dumps(dict(reversed(list(signed.items()))), separators=(",", ":"))
+    data = ('{"signatures":' + sigs + ',"signed":' + reordered + "}\n").encode()
+    verify_signatures(root, "snapshot", parse_metadata(data, "metadata/4.snapshot.json"), "4.snapshot.json")
+    signed["meta"]["image-n3.json"]["version"] = 99
+    forged = '{"signatures":' + sigs + ',"signed":' + json.dumps(signed, separators=(",", ":"), sort_keys=True) + "}"
+    for as_written in (True, False):
+        md = parse_metadata(forged.encode(), "metadata/4.snapshot.json", as_written=as_written)
+        with pytest.raises(UntrustedMetadataError, match="signature check failed"):
+            verify_signatures(root, "snapshot", md, "metadata/4.snapshot.json")
+
+
+def test_catalogue_verifys_parse_accepts_only_what_python_tuf_accepts() -> None:
+    """A signer that signed its own non-canonical spelling: the bytes as written verify (that key holder signed
+    exactly them), python-tuf refuses (it checks the canonical form only). ``as_written=False``, what
+    ``catalogue verify`` parses with to judge a catalogue as stock clients do, refuses as python-tuf does."""
+    from imagectl.catalogue.metadata import parse_metadata, verify_signatures
+    from imagectl.errors import UntrustedMetadataError
+
+    root, snap, signer = _signed_root_and_snapshot()
+    payload = json.dumps(snap.signed.to_dict(), separators=(",", ":")).encode()  # keys unsorted: not canonical
+    assert payload != canonical_bytes(snap.signed)
+    sig = signer.sign(payload)
+    data = b'{"signatures":[' + json.dumps(sig.to_dict()).encode() + b'],"signed":' + payload + b"}"
+    verify_signatures(root, "snapshot", parse_metadata(data, "metadata/4.snapshot.json"), "4.snapshot.json")
+    with pytest.raises(UntrustedMetadataError, match="signature check failed"):
+        verify_signatures(root, "snapshot", parse_metadata(data, "m/4.snapshot.json", as_written=False), "4")
+    theirs = Metadata.from_bytes(data)
+    with pytest.raises(UnsignedMetadataError, match="signed by 0/1 keys"):
+        root.verify_delegate("snapshot", theirs)
+
+
+def test_a_signed_marker_nested_in_the_signatures_is_not_the_split() -> None:
+    """``],"signed":`` inside the signatures' array (a signature object with extra fields): that first occurrence
+    does not split the file (its first part does not parse), which is then parsed whole, as python-tuf does."""
+    from imagectl.catalogue.metadata import _AS_WRITTEN, parse_metadata
+
+    signed = json.dumps(Snapshot(version=2).to_dict(), separators=(",", ":"), sort_keys=True)
+    data = ('{"signatures":[{"keyid":"k","sig":"s","x":[],"signed":{}}],"signed":' + signed + "}").encode()
+    md = parse_metadata(data, "metadata/2.snapshot.json")
+    assert md == Metadata.from_bytes(data) and _AS_WRITTEN not in md.__dict__
+    assert md.signed.version == 2
 
 
 @settings(FUZZ, max_examples=500)
