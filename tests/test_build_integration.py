@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, CliResult, run_imagectl, sha256, unavailable
+from tests.test_schema import assert_valid
 
 pytestmark = [pytest.mark.build, pytest.mark.slow, pytest.mark.root, pytest.mark.network]
 
@@ -225,6 +226,7 @@ def test_cache_show_and_prune_on_a_real_build_cache(built, tmp_path):
     cache = Path(env["IMAGECTL_CACHE_DIR"])
     r = run_imagectl("cache", "show", "--json", env=env)
     assert r.code == 0, r.err
+    assert_valid("cache-show", json.loads(r.out), "cache show --json of a real build's cache")
     areas = json.loads(r.out)["areas"]
     assert areas["builds"]["entries"] >= 1 and areas["builds"]["bytes"] > 50 << 20
     assert areas["packages"]["entries"] > 100 and areas["base"]["entries"] == 1
@@ -242,6 +244,7 @@ def test_cache_show_and_prune_on_a_real_build_cache(built, tmp_path):
     r = run_imagectl("cache", "prune", "--unused-for", "30", "--json", env={**env, "IMAGECTL_CACHE_DIR": str(copy)})
     assert r.code == 0, r.err
     report = json.loads(r.out)
+    assert_valid("cache-prune", report, "cache prune --json of a real build's cache")
     removed = {e["path"].split("/")[0] for e in report["removed"]}
     assert removed == {"builds", "packages", "base"}, removed
     assert report["bytes_freed"] > 100 << 20 and report["remaining_bytes"] == 0

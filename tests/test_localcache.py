@@ -20,6 +20,7 @@ from imagectl.imaging.pkgcache import BaseCache, PackageCache
 from imagectl.localcache import IN_USE_S, parse_size, prune, scan
 from imagectl.pull import _locked
 from tests.conftest import CliResult
+from tests.test_schema import assert_valid, load_schema, validator
 
 DAY = 86400
 
@@ -136,6 +137,7 @@ def test_what_killed_writers_left_goes_once_a_day_old(layout: Layout, cli: Calla
         _age(p, 2)
     r = cli("cache", "show", "--cache-dir", layout.root, "--json")
     assert len(json.loads(r.out)["leftovers"]) == 5
+    assert_valid("cache-show", json.loads(r.out), "cache show --json with leftovers")
     assert json.loads(r.out)["areas"]["builds"]["entries"] == 0
     report = prune(layout.root, unused_for=365 * DAY)
     assert sorted(e.rel for e in report.removed) == sorted(
@@ -304,6 +306,12 @@ def test_cli_show_and_prune(layout: Layout, cli: Callable[..., CliResult]) -> No
     assert (images["entries"], images["bytes"], images["bytes_freed_if_removed"]) == (1, 3000, 3000)
     assert abs(images["least_recently_used"] - (time.time() - 40 * DAY)) < 60
     assert shown["areas"]["packages"]["entries"] == 1 and shown["areas"]["builds"]["entries"] == 0
+    assert_valid("cache-show", shown, "cache show --json")
+    r = cli("cache", "prune", "--cache-dir", layout.root, "--max-size", "1", "--dry-run", "--json")
+    assert r.code == 0, r.err
+    dry = json.loads(r.out)
+    assert_valid("cache-prune", dry, "cache prune --dry-run --json")
+    assert [e["path"].split("/")[0] for e in dry["removed"]] == ["blobs", "packages"]  # least recently used first
     r = cli("cache", "prune", "--cache-dir", layout.root, "--unused-for", "30")
     assert r.code == 0, r.err
     assert f"removed: blobs/sha256/{_hex('old')}" in r.out
@@ -328,3 +336,38 @@ def test_cli_refuses_bad_options_in_one_line(
     r = cli("cache", "prune", "--cache-dir", layout.root, *args)
     assert r.code == 3 and r.err.strip() == f"imagectl: error: {message}", r.err
     assert kept.exists()
+
+
+def test_the_cache_schemas_say_what_the_code_writes_and_refuse_the_rest(layout: Layout) -> None:
+    """The schemas' enums are localcache's areas and kept parts, an entry of each area validates, and each
+    schema refuses malformed documents: a path outside its area or climbing out, a missing member, a stray one."""
+    show, prune_schema = load_schema("cache-show"), load_schema("cache-prune")
+    assert list(show["properties"]["areas"]["required"]) == list(localcache.AREAS)
+    assert show["properties"]["kept"]["propertyNames"]["enum"] == list(localcache.KEPT)
+    assert prune_schema["$defs"]["cache_entry"]["properties"]["area"]["enum"] == list(localcache.AREAS)
+    for days, made in enumerate((layout.image("i", 40), layout.build("b", 40), layout.package("p", 40))):
+        assert made.exists() and days >= 0
+    layout.base("a", 40)
+    made = prune(layout.root, unused_for=30 * DAY, dry_run=True).as_json()
+    assert {e["area"] for e in made["removed"]} == set(localcache.AREAS)
+    assert_valid("cache-prune", made)
+    check = validator("cache-prune")
+    entry = made["removed"][0]
+    bad = [
+        {**made, "removed": [{**entry, "path": "../" + entry["path"]}]},
+        {**made, "removed": [{**entry, "area": "base" if entry["area"] != "base" else "images"}]},
+        {**made, "removed": [{**entry, "path": entry["path"] + "\n"}]},
+        {**made, "removed": [{k: v for k, v in entry.items() if k != "bytes_freed"}]},
+        {**made, "removed": [{**entry, "bytes": -1}]},
+        {**made, "extra": 1},
+        {k: v for k, v in made.items() if k != "remaining_bytes"},
+    ]
+    for doc in bad:
+        assert not check.is_valid(doc), doc
+    shown = validator("cache-show")
+    good = {"cache_dir": str(layout.root), "areas": localcache.area_totals(scan(layout.root)), "leftovers": [],
+            "kept": {"tuf": 0}}  # fmt: skip
+    assert shown.is_valid(good)
+    assert not shown.is_valid({**good, "kept": {"blobs": 1}})
+    assert not shown.is_valid({**good, "leftovers": [{**entry, "area": "slc"}]})
+    assert not shown.is_valid({**good, "areas": {k: v for k, v in good["areas"].items() if k != "base"}})

@@ -25,6 +25,7 @@ import pytest
 from imagectl.catalogue.model import target_file_key, target_path
 from tests.conftest import REPO, Catalogue, CliResult, require_tools, run_imagectl, unavailable
 from tests.httpserver import Fault, TestHTTPServer
+from tests.test_schema import assert_valid
 
 pytestmark = pytest.mark.http
 
@@ -360,6 +361,7 @@ def test_cache_prune_removes_a_pulled_image_not_used_lately(env: Env, make_image
     os.utime(blob, (old, old))
     r = env.cli("cache", "prune", "--unused-for", "30", "--json")
     assert r.code == 0, r.err
+    assert_valid("cache-prune", json.loads(r.out), "cache prune --json after a real pull")
     [removed] = json.loads(r.out)["removed"]
     assert removed["path"] == f"blobs/sha256/{sha}" and removed["bytes"] == 300_000
     assert removed["bytes_freed"] == 0  # the entry was a.qcow2's inode: the disk gets nothing back yet

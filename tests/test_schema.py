@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
 from imagectl.catalogue import model
 from imagectl.catalogue.keys import KeyRing
@@ -34,6 +36,8 @@ SCHEMAS = (
     "targets-extension",
     "build-record",  # validated against real records in tests/test_buildrecord.py
     "upgrade-result",  # with pointers made on S3: tests/test_s3_catalogue.py
+    "cache-show",  # on real caches: tests/test_localcache.py
+    "cache-prune",
 )
 Doc = dict[str, Any]
 
@@ -43,10 +47,16 @@ def load_schema(name: str) -> Doc:
     return schema
 
 
+def registry() -> Registry:
+    """Every schema of catalogue/schema by its ``$id`` (cache-show refers to cache-prune's entry by its URN)."""
+    docs = [json.loads(p.read_text()) for p in sorted(SCHEMA_DIR.glob("*.schema.json"))]
+    return Registry().with_resources((doc["$id"], DRAFT202012.create_resource(doc)) for doc in docs)
+
+
 def validator(name: str) -> Draft202012Validator:
     schema = load_schema(name)
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return Draft202012Validator(schema, registry=registry())
 
 
 def assert_valid(name: str, doc: Any, where: str = "") -> None:
@@ -333,7 +343,7 @@ def test_the_json_examples_of_the_spec_validate() -> None:
     section = text[text.index("\n## 11. ") : text.index("\n## 12. ")]
     link, block = r"\(schema/([a-z-]+)\.schema\.json\)", r"(?:(?!\(schema/).)*?```json\n(.*?)\n```"
     found = re.findall(link + block, section, flags=re.S)
-    assert [name for name, _ in found] == ["pull-result", "list-entry", "show", "upgrade-result"]
+    assert [name for name, _ in found] == ["pull-result", "list-entry", "show", "upgrade-result", "cache-prune"]
     for name, body in found:
         doc = json.loads(body)
         for one in doc if isinstance(doc, list) else [doc]:
