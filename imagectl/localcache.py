@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagectl.catalogue.cachedir import IMAGES_DIR, image_lock_name
 from imagectl.errors import InvalidInputError, LocalIOError
 from imagectl.imaging.pkgcache import BaseCache, PackageCache, locked
 
@@ -204,12 +205,12 @@ def scan(cache: Path) -> list[CacheEntry]:
     """Every removable entry of the cache at ``cache`` (a missing cache has none), and the leftovers of killed
     writers beside them."""
     out: list[CacheEntry] = []
-    for e in _scandir(_checked(cache, "blobs/sha256")):
+    for e in _scandir(_checked(cache, IMAGES_DIR)):
         if _HEX64.fullmatch(e.name.removesuffix(".part")):
             with contextlib.suppress(OSError):
                 st = e.stat(follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode):
-                    out.append(CacheEntry("images", f"blobs/sha256/{e.name}", _last_used(st), *_file_sizes(st)))
+                    out.append(CacheEntry("images", f"{IMAGES_DIR}/{e.name}", _last_used(st), *_file_sizes(st)))
 
     def below(path: Path) -> str:  # the package and base caches name their own directories
         return path.relative_to(cache).as_posix()
@@ -302,7 +303,7 @@ def _remove(cache: Path, e: CacheEntry, since: float) -> bool:
         return True
     if e.area == "images":
         sha = path.name.removesuffix(".part")
-        lock = path.with_name(f".{sha}.lock")
+        lock = path.with_name(image_lock_name(sha))
         with _try_lock(lock) as held:
             if not held or not _unused(path, since):
                 return False  # a pull holds it, or it was used since the scan

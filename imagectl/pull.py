@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from imagectl.catalogue.cachedir import client_cache
+from imagectl.catalogue.cachedir import IMAGES_DIR, client_cache, image_lock_name
 from imagectl.catalogue.client import CatalogueReader, Resolved
 from imagectl.catalogue.model import ImageRef, image_keys
 from imagectl.errors import DownloadError, ImageMismatchError, LocalIOError
@@ -445,7 +445,7 @@ def pull(
     sha = resolved.target.hashes["sha256"]
     tree = client_cache(cache)
     private = not os.stat(tree.root).st_mode & 0o077  # only this user can reach what is in the cache
-    with tree.dir("blobs/sha256", create=True) as d, _locked(d, f".{sha}.lock"):
+    with tree.dir(IMAGES_DIR, create=True) as d, _locked(d, image_lock_name(sha)):
         cached = False
         blob = _open_in(d, sha, os.O_RDONLY)
         if blob is not None:

@@ -1,7 +1,9 @@
 """The user's cache directory for catalogue files, checked before anything in it is trusted (shared by the
 deployer's reader, ``tuf/`` in :mod:`imagectl.catalogue.client`, and the publisher's cache of immutable metadata,
 ``publisher/`` in :mod:`imagectl.catalogue.metacache`, which must not import the reader: python-tuf's client and
-its HTTP stack cost a publish ~0.2 s to import); and the name of one catalogue's directory in the reader's part."""
+its HTTP stack cost a publish ~0.2 s to import); the name of one catalogue's directory in the reader's part; and
+the names of the pulled images and their locks, which pull writes and takes and ``imagectl cache prune``
+(:mod:`imagectl.localcache`, which must not import pull either) removes and takes."""
 
 from __future__ import annotations
 
@@ -12,9 +14,17 @@ from pathlib import Path
 
 from imagectl.errors import LocalIOError
 from imagectl.fsio import Beneath
-from imagectl.http import safe_url
+from imagectl.urls import safe_url
 
-__all__ = ["cache_key", "client_cache"]
+__all__ = ["IMAGES_DIR", "cache_key", "client_cache", "image_lock_name"]
+
+IMAGES_DIR = "blobs/sha256"  # pulled images, below the cache: HEX (verified), HEX.part (an interrupted pull)
+
+
+def image_lock_name(sha256: str) -> str:
+    """The lock file, beside it in :data:`IMAGES_DIR`, that a pull of the image ``sha256`` holds while it
+    fetches, checks or links it, and that prune takes (without waiting) before removing it."""
+    return f".{sha256}.lock"
 
 
 def client_cache(path: Path) -> Beneath:
