@@ -278,7 +278,7 @@ def cmd_cache_prune(args: argparse.Namespace, cfg: Config) -> int:
     freed, left = ("would be freed", "would be left") if args.dry_run else ("freed", "left")
     lines.append(
         f"{verb} {count(len(report.removed), 'entry', 'entries')}, {human_size(report.freed)} {freed}; "
-        f"{human_size(report.remaining_bytes)} {left} in images, builds, packages and base"
+        f"{human_size(report.remaining_bytes)} {left} in images, builds, packages, base and slc"
         + (f"; {len(report.kept_in_use)} kept, used in the last hour" if report.kept_in_use else "")
     )
     emit(args, report.as_json(), lines)
@@ -1393,7 +1393,7 @@ def build_parser() -> argparse.ArgumentParser:
         cache,
         "show",
         cmd_cache_show,
-        "what the cache holds: pulled images, builds, packages, base systems",
+        "what the cache holds: pulled images, builds, packages, base systems, SLC downloads",
         ("cache_dir",),
         network=False,
     )
@@ -1401,7 +1401,8 @@ def build_parser() -> argparse.ArgumentParser:
         cache,
         "prune",
         cmd_cache_prune,
-        "remove cached images, builds, packages and base systems not used lately (never trusted metadata)",
+        "remove cached images, builds, packages, base systems and SLC downloads not used lately (never trusted "
+        "metadata)",
         ("cache_dir",),
         network=False,
     )

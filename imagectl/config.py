@@ -98,8 +98,8 @@ class Config:
     cache_dir: str = _s("~/.cache/imagectl", "caches: trusted and published metadata, image blobs, digests, packages")
     cache_max_size: str | None = _s(
         None,
-        "after each build and pull, remove the cache's least recently used images, builds, packages and base "
-        "systems down to this size (20G, 500M); unset: only imagectl cache prune removes anything",
+        "after each build and pull, remove the cache's least recently used images, builds, packages, base "
+        "systems and SLC downloads down to this size (20G, 500M); unset: only imagectl cache prune removes anything",
     )
     timeout: float = _s(30.0, "network timeout per request, seconds", low=0, low_open=True, high=3600, unit="seconds")
     retries: int = _s(3, "retries of a failed download or request (connection errors, 5xx)", low=0, high=20)

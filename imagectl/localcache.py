@@ -9,10 +9,13 @@ every image version it pulled (``images``). The entries that may go, one per dir
     builds     builds/KEY/                   a finished build: its images (hard links of the build's output), record
     packages   packages/FAMILY/sha256/HEX    a package file or a signed index the package cache verified
     base       base/FAMILY/KEY/              a bootstrapped base system (one per release, arch and mirror state)
+    slc        slc/packages/ALGO/DIGEST/     an SLC seed package the bootstrap verified (by its yum index)
+               slc/repodata/ALGO/DIGEST      a repository's primary index
+               slc/headers/NAME-E-V-R.ARCH/  a package of a yum 2.0 (headers/) repository, with its .hdr
 
 What stays, whatever the options: ``tuf/`` (the metadata this host trusts, its protection against rollback),
-``publisher/``, ``file-digests/`` and ``export/`` (small), ``initramfs/`` (bounded by itself: a few entries per kernel),
-``slc/`` and ``work/`` (shown; ``work/`` may hold what a killed build left mounted: never removed by a walk).
+``publisher/``, ``file-digests/`` and ``export/`` (small), ``initramfs/`` (bounded by itself: a few entries per kernel)
+and ``work/`` (shown; it may hold what a killed build left mounted: never removed by a walk).
 
 **Last use.** Whatever serves an entry marks it used by setting its access time to now (:func:`mark_used`): a
 pull that finds its image cached, a build-cache hit, the package cache, the base cache. The modification time is
@@ -23,7 +26,9 @@ makes it younger.
 **Removal is safe beside running builds and pulls.** An entry used in the last :data:`IN_USE_S` seconds is never
 removed, even to reach ``--max-size``. A pulled image is removed under its own lock (the one pull takes), and only
 when nobody holds it; package files and base systems under their family's lock, their last use read again under
-it. A directory entry is renamed away first (atomic), then deleted, so a build never finds half of one. Nothing
+it; SLC downloads only when no SLC bootstrap holds their cache (:func:`pkgcache.download_cache_lock`: a bootstrap
+reads its files until it has unpacked them). A directory entry is renamed away first (atomic), then deleted, so a
+build never finds half of one. Nothing
 is followed through a symlink, and only names of the shape imagectl writes are touched: anything else found in
 the cache is left where it is.
 
@@ -47,7 +52,7 @@ from typing import Any
 
 from imagectl.catalogue.cachedir import IMAGES_DIR, image_lock_name
 from imagectl.errors import InvalidInputError, LocalIOError
-from imagectl.imaging.pkgcache import BaseCache, PackageCache, locked
+from imagectl.imaging.pkgcache import BaseCache, PackageCache, download_cache_lock, locked
 
 __all__ = [
     "AREAS",
@@ -63,14 +68,18 @@ __all__ = [
 ]
 
 IN_USE_S = 3600  # an entry used this recently is never removed: a build or a pull may be using it
-AREAS = ("images", "builds", "packages", "base")
-KEPT = ("tuf", "publisher", "file-digests", "export", "initramfs", "slc", "work")  # shown, never removed
+AREAS = ("images", "builds", "packages", "base", "slc")
+KEPT = ("tuf", "publisher", "file-digests", "export", "initramfs", "work")  # shown, never removed
 LEFTOVER_S = 86400  # a temp file or directory this old is what a killed build, pull or prune left
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # what a killed writer leaves: AtomicFile's temp (.HEX.RANDOM.part), a build's or base's staging directory
 # (.KEY.tmp, .KEY.PID.tmp), this module's own (.NAME.prune-PID.tmp)
 _LEFTOVER = re.compile(r"\.[0-9a-f]{64}(?:\.[0-9a-f]{8}\.part|\.\d{1,10}\.tmp|\.prune-\d{1,10}\.tmp|\.tmp)")
 _FAMILY = re.compile(r"[a-z][a-z0-9-]{0,31}")
+SLC_ALGOS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")  # the digests a yum index names (slc/repo.py)
+_DIGEST = re.compile(r"[0-9a-f]{32,128}")
+_NEVRA = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~^%-]{0,250}")  # slc/headers/: NAME-EPOCH-VERSION-RELEASE.ARCH
+_SLC_LEFTOVER = re.compile(r"\.[0-9a-f]{32,128}\.[0-9a-f]{8}\.part")  # an index download killed midway
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 
@@ -235,7 +244,44 @@ def scan(cache: Path) -> list[CacheEntry]:
                     st = os.lstat(Path(e.path) / marker)
                     sizes = _tree_sizes(Path(e.path))
                     out.append(CacheEntry(area, f"{rel}/{e.name}", _last_used(st), *sizes))
+    return out + _scan_slc(cache)
+
+
+def _scan_slc(cache: Path) -> list[CacheEntry]:
+    """The SLC bootstrap's downloads (imagectl/imaging/slc/repo.py and headers.py name them): a package directory
+    per digest, a primary index file per digest, a directory per package of a headers/ repository."""
+    out: list[CacheEntry] = []
+    places = [(f"slc/packages/{a}", _DIGEST, True) for a in SLC_ALGOS]
+    places += [(f"slc/repodata/{a}", _DIGEST, False) for a in SLC_ALGOS]
+    places.append(("slc/headers", _NEVRA, True))
+    for rel, name, is_dir in places:
+        for e in _scandir(_checked(cache, rel)):
+            if not is_dir and _SLC_LEFTOVER.fullmatch(e.name):
+                if (left := _leftover("slc", f"{rel}/{e.name}", e)) is not None:
+                    out.append(left)
+                continue
+            if not name.fullmatch(e.name) or e.name.endswith((".tmp", ".part")):
+                continue
+            with contextlib.suppress(OSError):
+                st = e.stat(follow_symlinks=False)
+                if is_dir and stat.S_ISDIR(st.st_mode):
+                    used = _dir_last_used(Path(e.path))
+                    out.append(CacheEntry("slc", f"{rel}/{e.name}", used, *_tree_sizes(Path(e.path))))
+                elif not is_dir and stat.S_ISREG(st.st_mode):
+                    out.append(CacheEntry("slc", f"{rel}/{e.name}", _last_used(st), *_file_sizes(st)))
     return out
+
+
+def _dir_last_used(path: Path) -> float:
+    """The last use of a directory entry whose files are used together (an SLC package and what is kept beside
+    it): the latest of theirs, or the directory's own for an empty one."""
+    times = []
+    for e in os.scandir(path):
+        with contextlib.suppress(OSError):
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                times.append(_last_used(st))
+    return max(times) if times else os.lstat(path).st_mtime
 
 
 def area_totals(entries: list[CacheEntry]) -> dict[str, dict[str, Any]]:
@@ -310,6 +356,19 @@ def _remove(cache: Path, e: CacheEntry, since: float) -> bool:
             os.unlink(path)
             if not path.with_name(sha).exists() and not path.with_name(f"{sha}.part").exists():
                 os.unlink(lock)  # pull locks again if the lock file it holds is no longer this name
+        return True
+    if e.area == "slc":
+        with _try_lock(download_cache_lock(cache / "slc")) as free:
+            if not free:
+                return False  # an SLC bootstrap is reading the cache
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                if _dir_last_used(path) >= since:
+                    return False
+                _remove_tree(path)
+            elif not _unused(path, since):
+                return False
+            else:
+                os.unlink(path)
         return True
     family = e.rel.split("/")[1]
     if e.area == "packages":

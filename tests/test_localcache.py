@@ -75,6 +75,28 @@ class Layout:
         _age(d / "base.tar.gz", days)
         return d
 
+    def slc(self, seed: str, days: float, size: int = 400, kind: str = "packages") -> Path:
+        """An SLC download as the bootstrap keeps it: a package directory per digest, a primary index file, or a
+        yum 2.0 package's directory (its .rpm, .hdr and .sha256)."""
+        if kind == "packages":
+            d = self.root / "slc" / "packages" / "sha256" / _hex(seed)
+            d.mkdir(parents=True)
+            files = [d / f"{seed}-1.0-1.el6.x86_64.rpm"]
+        elif kind == "repodata":
+            d = self.root / "slc" / "repodata" / "sha1" / _hex(seed)[:40]
+            d.parent.mkdir(parents=True, exist_ok=True)
+            files = [d]
+        else:
+            d = self.root / "slc" / "headers" / f"{seed}-0-1.0-1.i386"
+            d.mkdir(parents=True)
+            files = [d / f"{seed}-1.0-1.i386.rpm", d / f"{seed}-0-1.0-1.i386.hdr", d / f"{seed}-1.0-1.i386.rpm.sha256"]
+        for f in files:
+            f.write_bytes(b"s" * (size // len(files)))
+            _age(f, days)
+        if d.is_dir():
+            _age(d, days)
+        return d
+
 
 @pytest.fixture
 def layout(tmp_path: Path) -> Layout:
@@ -348,6 +370,7 @@ def test_the_cache_schemas_say_what_the_code_writes_and_refuse_the_rest(layout: 
     for days, made in enumerate((layout.image("i", 40), layout.build("b", 40), layout.package("p", 40))):
         assert made.exists() and days >= 0
     layout.base("a", 40)
+    layout.slc("s", 40, kind="headers")
     made = prune(layout.root, unused_for=30 * DAY, dry_run=True).as_json()
     assert {e["area"] for e in made["removed"]} == set(localcache.AREAS)
     assert_valid("cache-prune", made)
@@ -371,3 +394,47 @@ def test_the_cache_schemas_say_what_the_code_writes_and_refuse_the_rest(layout: 
     assert not shown.is_valid({**good, "kept": {"blobs": 1}})
     assert not shown.is_valid({**good, "leftovers": [{**entry, "area": "slc"}]})
     assert not shown.is_valid({**good, "areas": {k: v for k, v in good["areas"].items() if k != "base"}})
+
+
+def test_slc_downloads_go_when_unused_and_never_under_a_running_bootstrap(layout: Layout) -> None:
+    """The SLC bootstrap's downloads are an area: packages, primary indexes and yum 2.0 packages unused for long
+    go (a directory by the latest use of its files), young ones stay; nothing is removed while a bootstrap holds
+    the cache's lock shared (as stage 1 does until it has unpacked), and odd names and symlinks stay."""
+    from imagectl.imaging.pkgcache import download_cache_lock, locked
+
+    old = [layout.slc("bash", 40), layout.slc("primary", 40, kind="repodata"), layout.slc("glibc", 40, kind="headers")]
+    touched = layout.slc("yum", 40)
+    os.utime(next(touched.iterdir()), (time.time() - 2 * DAY, time.time() - 40 * DAY))  # its .rpm served 2 days ago
+    stray = layout.root / "slc" / "packages" / "sha256" / "notadigest"
+    stray.mkdir()
+    _age(stray, 400)
+    planted = layout.root / "slc" / "headers" / "evil-0-1-1.x86_64"
+    planted.symlink_to(layout.root.parent)
+    areas = localcache.area_totals(scan(layout.root))
+    assert areas["slc"]["entries"] == 4 and areas["slc"]["bytes"] == 4 * 400 - 1  # 3 files of 133 bytes
+    with locked(download_cache_lock(layout.root / "slc"), shared=True):
+        report = prune(layout.root, unused_for=30 * DAY)
+        assert report.removed == [] and len(report.kept_in_use) == 3 and all(p.exists() for p in old)
+    report = prune(layout.root, unused_for=30 * DAY)
+    assert sorted(e.rel for e in report.removed) == sorted(str(p.relative_to(layout.root)) for p in old)
+    assert not any(p.exists() for p in old) and touched.is_dir() and stray.is_dir() and planted.is_symlink()
+    assert report.freed == 3 * 400 - 1 and report.remaining_bytes == 400
+    assert_valid("cache-prune", report.as_json())
+
+
+def test_a_killed_index_download_is_a_leftover(layout: Layout) -> None:
+    """An index download killed midway leaves ``.DIGEST.RANDOM.part`` beside the indexes: gone once a day old."""
+    primary = layout.slc("primary", 2, kind="repodata")
+    part = primary.with_name(f".{_hex('next')}.0a1b2c3d.part")
+    part.write_bytes(b"p" * 10)
+    _age(part, 2)
+    [left] = [e for e in scan(layout.root) if e.leftover]
+    assert (left.area, left.rel) == ("slc", str(part.relative_to(layout.root)))
+    report = prune(layout.root, unused_for=30 * DAY)
+    assert [e.rel for e in report.removed] == [left.rel] and primary.exists() and not part.exists()
+
+
+def test_slc_digest_names_are_the_repository_readers(layout: Layout) -> None:
+    from imagectl.imaging.slc import repo
+
+    assert set(localcache.SLC_ALGOS) == set(repo._HASHES.values())

@@ -185,7 +185,8 @@ def _bootstrap(
 
 
 def _files(d: Path) -> list[Path]:
-    return sorted(p for p in d.rglob("*") if p.is_file()) if d.exists() else []
+    """The files under ``d``; in a download cache, what it keeps (not the lock bootstraps hold: download_cache_lock)."""
+    return sorted(p for p in d.rglob("*") if p.is_file() and p != d / ".lock") if d.exists() else []
 
 
 def _error(err: str) -> str:

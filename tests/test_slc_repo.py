@@ -15,6 +15,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -230,7 +231,8 @@ def _bootstrap(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[i
 
 
 def _files(d: Path) -> list[Path]:
-    return sorted(p for p in d.rglob("*") if p.is_file()) if d.exists() else []
+    """The files under ``d``; in a download cache, what it keeps (not the lock bootstraps hold: download_cache_lock)."""
+    return sorted(p for p in d.rglob("*") if p.is_file() and p != d / ".lock") if d.exists() else []
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -500,6 +502,60 @@ def test_second_run_downloads_nothing(
     assert [path for _m, path, _r in mirror.srv.served.requests] == ["/x86_64/yum/os/repodata/repomd.xml"]
     assert mirror.srv.served.bytes_for(".rpm") == 0 and mirror.srv.served.bytes_for("primary.xml.gz") == 0
     assert (tmp_path / "t2/bin/bash").read_text() == "bash x86_64 15\n"
+
+
+@pytest.mark.slc
+def test_cache_prune_takes_old_slc_downloads_and_waits_for_no_bootstrap(
+    mirror: Mirror,
+    tmp_path: Path,
+    small_seed: None,
+    capsys: pytest.CaptureFixture[str],
+    key: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real bootstrap into CACHE/slc: while it downloads and unpacks, the cache's lock is held, so a prune
+    (clock 40 days ahead: everything chosen) removes nothing; a second run's cache hits mark the packages used;
+    the downloads are an area of ``cache show`` and, unused for 30 days, ``cache prune`` removes every one of them,
+    and the next bootstrap downloads them again."""
+    from imagectl import localcache
+
+    cache = tmp_path / "cache"
+    args = ("--mirror", mirror.url, "--release", "6", "--arch", "x86_64", "--cache", cache / "slc")
+    args += ("--gpg-key", key)
+    during: list[localcache.PruneReport] = []
+    real_unpack = bootstrap.unpack
+
+    def unpack_and_prune(files: list[Path], target: Path) -> None:
+        during.append(localcache.prune(cache, unused_for=30 * 86400, now=lambda: time.time() + 40 * 86400))
+        real_unpack(files, target)
+
+    monkeypatch.setattr(bootstrap, "unpack", unpack_and_prune)
+    code, _, err = _bootstrap(capsys, *args, "--target", tmp_path / "t1")
+    assert code == 0, err
+    [report] = during
+    assert report.removed == [] and {e.area for e in report.kept_in_use} == {"slc"}
+    assert len(report.kept_in_use) == len(SEED) + 1  # the seed's packages and the primary index
+    monkeypatch.setattr(bootstrap, "unpack", real_unpack)
+
+    rpms = sorted((cache / "slc" / "packages").rglob("*.rpm"))
+    assert len(rpms) == len(SEED)
+    old = time.time() - 40 * 86400
+    for f in rpms:
+        os.utime(f, (old, old))
+    assert _bootstrap(capsys, *args, "--target", tmp_path / "t2")[0] == 0
+    assert all(time.time() - f.stat().st_atime < 600 and f.stat().st_mtime == old for f in rpms)  # marked used
+    areas = localcache.area_totals(localcache.scan(cache))
+    assert areas["slc"]["entries"] == len(SEED) + 1 and areas["slc"]["bytes"] > 0
+
+    for top, _dirs, names in os.walk(cache / "slc"):
+        for name in names:
+            os.utime(os.path.join(top, name), (old, old))
+    report = localcache.prune(cache, unused_for=30 * 86400)
+    assert len(report.removed) == len(SEED) + 1 and report.remaining_bytes == 0
+    assert list((cache / "slc" / "packages").rglob("*.rpm")) == []
+    mirror.srv.clear()
+    assert _bootstrap(capsys, *args, "--target", tmp_path / "t3")[0] == 0
+    assert mirror.srv.served.bytes_for(".rpm") > 0  # fetched again
 
 
 @pytest.mark.slc

@@ -39,16 +39,27 @@ CHUNK = 1 << 20
 
 
 @contextlib.contextmanager
-def locked(lock: Path) -> Iterator[None]:
-    """The cache's writer lock ``lock`` (an exclusive flock, never through a symlink), taken by whatever adds or
-    removes entries: these caches, and ``imagectl cache prune`` (:mod:`imagectl.localcache`)."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def locked(lock: Path, *, shared: bool = False) -> Iterator[None]:
+    """The cache's lock ``lock`` (a flock, never through a symlink): exclusive, taken by whatever adds or removes
+    entries (these caches, and ``imagectl cache prune``: :mod:`imagectl.localcache`); ``shared``, held by the users
+    of a cache whose files they read for a while (:func:`download_cache_lock`)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise LocalIOError.from_os("lock", lock, e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def download_cache_lock(cache: Path) -> Path:
+    """The lock of a download cache (the SLC bootstrap's, ``CACHE/slc``): a bootstrap holds it shared from its
+    first download until its files are unpacked, and ``imagectl cache prune`` removes nothing there unless it can
+    take it exclusive, without waiting (so never under a running bootstrap)."""
+    return cache / ".lock"
 
 
 def _is_hex64(s: str) -> bool:

@@ -38,6 +38,7 @@ from imagectl.errors import DownloadError, ImagectlError, InvalidInputError, Key
 from imagectl.families import RELEASES
 from imagectl.fsio import atomic_write, read_regular
 from imagectl.http import make_session, safe_url
+from imagectl.imaging.pkgcache import download_cache_lock, locked
 from imagectl.imaging.slc.bootloader import packages as boot_packages
 from imagectl.imaging.slc.headers import RPM_MAX, HeadersRepository
 from imagectl.imaging.slc.repo import (
@@ -187,6 +188,49 @@ def chroot_url(url: str, release: str) -> str:
     return url
 
 
+def _fetch_seed(
+    repos: dict[str, str],
+    release: str,
+    arch: str,
+    cache: Path,
+    gpg_keys: Sequence[Path],
+    timeout: float,
+    retries: int,
+    log_file: Path | None,
+    say: Callable[[str], None],
+) -> tuple[list[Package], list[Path]]:
+    """The seed (resolved across ``repos``) and its package files in ``cache``, downloaded where missing, each
+    verified against its repository's index and signed by one of ``gpg_keys`` (a refused one is removed from the
+    cache)."""
+    with tempfile.TemporaryDirectory(prefix="imagectl-gpg-") as home:
+        pinned = PinnedKeys(list(gpg_keys), Path(home), log_file=log_file)
+        say(f"packages must be signed by {pinned.describe()} ({', '.join(str(k) for k in gpg_keys)})")
+        session = make_session(retries=retries)
+        available: list[Package] = []
+        readers: dict[str, RepositoryReader] = {}
+        for name, url in repos.items():
+            reader, line = open_repository(url, release, cache, session=session, timeout=timeout, attempts=retries + 1)
+            say(f"{name} repository: {line}")
+            readers[reader.url] = reader  # the key Package.repo_url carries
+            available += reader.packages()
+        where = " and ".join(safe_url(u) for u in repos.values())
+        seed = resolve(available, SEEDS[release], arch, where=where)
+        sizes = [p.size for p in seed if p.size is not None]
+        total = f"{sum(sizes) / 1e6:.1f} MB" if len(sizes) == len(seed) else f"each at most {RPM_MAX >> 20} MiB"
+        say(f"fetching {len(seed)} seed packages ({total}) for SLC {release} {arch}")
+        files: list[Path] = []
+        for p in seed:
+            reader = readers[p.repo_url]
+            path = reader.download(p)
+            try:
+                pinned.verify(path, p.nevra)
+            except SignatureError:
+                reader.discard(path)  # the next run fetches it again rather than trusting a refused file
+                raise
+            files.append(path)
+    return seed, files
+
+
 def stage1(
     *,
     mirror: str,
@@ -222,34 +266,11 @@ def stage1(
             hint="add `gpg_keys: [keys/RPM-GPG-KEY-...]` (the release's public key file, beside the recipe) to the "
             "recipe, or pass --gpg-key FILE",
         )
-    with tempfile.TemporaryDirectory(prefix="imagectl-gpg-") as home:
-        pinned = PinnedKeys(list(gpg_keys), Path(home), log_file=log_file)
-        say(f"packages must be signed by {pinned.describe()} ({', '.join(str(k) for k in gpg_keys)})")
-        session = make_session(retries=retries)
-        available: list[Package] = []
-        readers: dict[str, RepositoryReader] = {}
-        for name, url in repos.items():
-            reader, line = open_repository(url, release, cache, session=session, timeout=timeout, attempts=retries + 1)
-            say(f"{name} repository: {line}")
-            readers[reader.url] = reader  # the key Package.repo_url carries
-            available += reader.packages()
-        where = " and ".join(safe_url(u) for u in repos.values())
-        seed = resolve(available, SEEDS[release], arch, where=where)
-        sizes = [p.size for p in seed if p.size is not None]
-        total = f"{sum(sizes) / 1e6:.1f} MB" if len(sizes) == len(seed) else f"each at most {RPM_MAX >> 20} MiB"
-        say(f"fetching {len(seed)} seed packages ({total}) for SLC {release} {arch}")
-        files: list[Path] = []
-        for p in seed:
-            reader = readers[p.repo_url]
-            path = reader.download(p)
-            try:
-                pinned.verify(path, p.nevra)
-            except SignatureError:
-                reader.discard(path)  # the next run fetches it again rather than trusting a refused file
-                raise
-            files.append(path)
-    say(f"unpacking {len(files)} packages into {target}")
-    unpack(files, target)
+    # the cache's files are read until they are unpacked: cache prune leaves the cache alone meanwhile
+    with locked(download_cache_lock(cache), shared=True):
+        seed, files = _fetch_seed(repos, release, arch, cache, gpg_keys, timeout, retries, log_file, say)
+        say(f"unpacking {len(files)} packages into {target}")
+        unpack(files, target)
     keys_dir = target / "etc/pki/rpm-gpg"
     _install_pinned_keys(gpg_keys, keys_dir, say)
     keys = sorted(f"/etc/pki/rpm-gpg/{k.name}" for k in keys_dir.glob("RPM-GPG-KEY*")) if keys_dir.is_dir() else []

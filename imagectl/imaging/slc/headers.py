@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from imagectl.errors import DownloadError, ImagectlError, ImageMismatchError, LocalIOError
-from imagectl.fsio import AtomicFile, atomic_write, sha256_file
+from imagectl.fsio import AtomicFile, atomic_write, mark_used, sha256_file
 from imagectl.http import safe_url
 from imagectl.imaging.slc.evr import EVR
 from imagectl.imaging.slc.repo import Package, RepoMetadataError, RepositoryReader, _check_href, _join, _remove_empty
@@ -284,6 +284,7 @@ class HeadersRepository(RepositoryReader):
                 try:
                     if sha256_file(rpm_file) == sum_file.read_text(encoding="ascii").strip():
                         self._check_rpm(pkg, self._check_hdr(pkg, _read_bounded(hdr_file)), rpm_file, str(rpm_file))
+                        mark_used(rpm_file)  # for cache prune: served from the cache now
                         return rpm_file
                 except (HeaderMismatchError, UnicodeDecodeError):
                     pass  # a damaged cache entry is dropped, never used

@@ -47,7 +47,7 @@ from imagectl.errors import (
     LocalIOError,
     NotFoundError,
 )
-from imagectl.fsio import AtomicFile
+from imagectl.fsio import AtomicFile, mark_used
 from imagectl.http import make_session, safe_url
 from imagectl.imaging.slc.evr import EVR
 from imagectl.store.base import Pace, paced
@@ -557,6 +557,7 @@ class YumRepository(RepositoryReader):
         if dest.is_file():
             try:
                 if _verify_file(dest, algo, digest, size):
+                    mark_used(dest)  # for cache prune: served from the cache now
                     return dest
                 dest.unlink()  # a corrupted cache entry is dropped, never used
             except OSError as e:
