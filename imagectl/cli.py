@@ -243,7 +243,7 @@ def cmd_cache_show(args: argparse.Namespace, cfg: Config) -> int:
 
     cache = cfg.cache_path
     entries = scan(cache)
-    areas, kept = area_totals(entries), kept_sizes(cache)
+    areas, kept = area_totals(entries), kept_sizes(cache, entries)
     left = [e for e in entries if e.leftover]
     lines = [f"{cache}:"]
     for area, a in areas.items():

@@ -15,7 +15,8 @@ every image version it pulled (``images``). The entries that may go, one per dir
 
 What stays, whatever the options: ``tuf/`` (the metadata this host trusts, its protection against rollback),
 ``publisher/``, ``file-digests/`` and ``export/`` (small), ``initramfs/`` (bounded by itself: a few entries per kernel)
-and ``work/`` (shown; it may hold what a killed build left mounted: never removed by a walk).
+and ``work/`` (the working directories of running builds, ``work/NAME.PID``; that of a build whose process is gone
+is a leftover, removed once a day old unless something is mounted below it).
 
 **Last use.** Whatever serves an entry marks it used by setting its access time to now (:func:`mark_used`): a
 pull that finds its image cached, a build-cache hit, the package cache, the base cache. The modification time is
@@ -45,7 +46,7 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ SLC_ALGOS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")  # the diges
 _DIGEST = re.compile(r"[0-9a-f]{32,128}")
 _NEVRA = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~^%-]{0,250}")  # slc/headers/: NAME-EPOCH-VERSION-RELEASE.ARCH
 _SLC_LEFTOVER = re.compile(r"\.[0-9a-f]{32,128}\.[0-9a-f]{8}\.part")  # an index download killed midway
+_WORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.([0-9]{1,10})")  # work/NAME.PID: a build's working directory
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 
@@ -143,9 +145,15 @@ def _file_sizes(st: os.stat_result) -> tuple[int, int]:
 
 
 def _tree_sizes(path: Path) -> tuple[int, int]:
-    """Bytes of the regular files below ``path`` (symlinks not followed), and of those no other name links."""
+    """Bytes of the regular files below ``path`` (symlinks not followed, nor mount points: only the files of
+    ``path``'s own filesystem), and of those no other name links."""
     size = freed = 0
-    for top, _dirs, files in os.walk(path, followlinks=False):  # symlinked directories are not entered
+    try:
+        dev = os.lstat(path).st_dev
+    except OSError:
+        return 0, 0
+    for top, dirs, files in os.walk(path, followlinks=False):  # symlinked directories are not entered
+        dirs[:] = [d for d in dirs if _same_device(os.path.join(top, d), dev)]
         for name in files:
             with contextlib.suppress(OSError):
                 st = os.lstat(os.path.join(top, name))
@@ -153,6 +161,43 @@ def _tree_sizes(path: Path) -> tuple[int, int]:
                     a, b = _file_sizes(st)
                     size, freed = size + a, freed + b
     return size, freed
+
+
+def _same_device(path: str, dev: int) -> bool:
+    try:
+        return os.lstat(path).st_dev == dev
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (perhaps another one, reusing the number: then its build counts as alive)."""
+    if pid <= 0:
+        return True  # not a process number: never judged dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, not ours to signal
+    return True
+
+
+def _mounted_below(path: Path) -> bool:
+    """Whether anything is mounted at or below ``path`` (a killed build's bind mounts): such a tree is never
+    removed (a removal would reach into what is mounted). Unknown (no /proc): assumed so."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return True
+    top = os.path.realpath(path)
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            if point == top or point.startswith(top.rstrip("/") + "/"):
+                return True
+    return False
 
 
 def _checked(cache: Path, rel: str) -> Path | None:
@@ -244,7 +289,20 @@ def scan(cache: Path) -> list[CacheEntry]:
                     st = os.lstat(Path(e.path) / marker)
                     sizes = _tree_sizes(Path(e.path))
                     out.append(CacheEntry(area, f"{rel}/{e.name}", _last_used(st), *sizes))
-    return out + _scan_slc(cache)
+    return out + _scan_slc(cache) + _scan_work(cache)
+
+
+def _scan_work(cache: Path) -> list[CacheEntry]:
+    """The working directories of builds whose process is gone (killed: a live build removes its own), as
+    leftovers of the builds area; none with anything mounted below it."""
+    out: list[CacheEntry] = []
+    for e in _scandir(_checked(cache, "work")):
+        m = _WORK.fullmatch(e.name)
+        if m is None or not e.is_dir(follow_symlinks=False) or _alive(int(m.group(1))):
+            continue
+        if not _mounted_below(Path(e.path)) and (left := _leftover("builds", f"work/{e.name}", e)) is not None:
+            out.append(left)
+    return out
 
 
 def _scan_slc(cache: Path) -> list[CacheEntry]:
@@ -299,9 +357,14 @@ def area_totals(entries: list[CacheEntry]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def kept_sizes(cache: Path) -> dict[str, int]:
-    """Bytes of each part of the cache that prune never removes (only those present)."""
-    return {name: _tree_sizes(cache / name)[0] for name in KEPT if (cache / name).is_dir()}
+def kept_sizes(cache: Path, entries: Sequence[CacheEntry] = ()) -> dict[str, int]:
+    """Bytes of each part of the cache that prune never removes (only those present), less the leftovers among
+    ``entries`` found there (work/: the directories of killed builds)."""
+    out = {name: _tree_sizes(cache / name)[0] for name in KEPT if (cache / name).is_dir()}
+    for e in entries:
+        if e.leftover and (top := e.rel.split("/", 1)[0]) in out:
+            out[top] = max(0, out[top] - e.size)
+    return out
 
 
 @contextlib.contextmanager
@@ -342,6 +405,9 @@ def _remove(cache: Path, e: CacheEntry, since: float) -> bool:
         st = os.lstat(path)
         if st.st_mtime >= since:
             return False
+        work = _WORK.fullmatch(path.name) if e.rel.startswith("work/") else None
+        if work is not None and (_alive(int(work.group(1))) or _mounted_below(path)):
+            return False  # its build is alive after all (a reused number), or something got mounted there
         if stat.S_ISDIR(st.st_mode):
             _remove_tree(path)
         else:

@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from imagectl.imaging.pkgcache import BaseCache, PackageCache
 from imagectl.localcache import IN_USE_S, parse_size, prune, scan
 from imagectl.pull import _locked
 from tests.conftest import CliResult
+from tests.test_pull_http import tmpfs
 from tests.test_schema import assert_valid, load_schema, validator
 
 DAY = 86400
@@ -438,3 +440,55 @@ def test_slc_digest_names_are_the_repository_readers(layout: Layout) -> None:
     from imagectl.imaging.slc import repo
 
     assert set(localcache.SLC_ALGOS) == set(repo._HASHES.values())
+
+
+def _dead_pid() -> int:
+    """The number of a process that has exited and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_the_working_directory_of_a_killed_build_is_a_leftover(layout: Layout, cli: Callable[..., CliResult]) -> None:
+    """``work/NAME.PID``: a build removes its own; one whose process is gone (killed) is a leftover of the builds
+    area, removed once a day old. A live build's, a young one, and one with something mounted below it stay;
+    ``cache show`` counts the leftover once (not also in work/'s kept bytes)."""
+    work = layout.root / "work"
+    killed, young, live = work / f"demo.{_dead_pid()}", work / f"slc6.{_dead_pid()}", work / f"demo.{os.getpid()}"
+    for d in (killed, young, live):
+        (d / "dib").mkdir(parents=True)
+        (d / "dib" / "base.tar.gz").write_bytes(b"w" * 600)
+    for d in (killed, live):
+        _age(d, 2)
+    _age(young, 0.5)
+    r = cli("cache", "show", "--cache-dir", layout.root, "--json")
+    shown = json.loads(r.out)
+    assert_valid("cache-show", shown, "cache show --json with a killed build's work directory")
+    assert sorted((e["area"], e["path"], e["bytes"]) for e in shown["leftovers"]) == [
+        ("builds", f"work/{killed.name}", 600),
+        ("builds", f"work/{young.name}", 600),
+    ]
+    assert shown["kept"]["work"] == 600  # the live build's
+    report = prune(layout.root, unused_for=365 * DAY)
+    assert [e.rel for e in report.removed] == [f"work/{killed.name}"] and report.freed == 600
+    assert not killed.exists() and young.is_dir() and live.is_dir()
+    assert_valid("cache-prune", report.as_json())
+
+
+def test_a_tree_with_something_mounted_below_is_never_walked_into_or_removed(layout: Layout) -> None:
+    """A killed build may leave a mount below its working directory: that directory is not a leftover (removing
+    it would reach into the mounted filesystem), and sizes never count files across a mount point."""
+    killed = layout.root / "work" / f"demo.{_dead_pid()}"
+    inner = killed / "mnt"
+    inner.mkdir(parents=True)
+    (killed / "log").write_bytes(b"l" * 100)
+    _age(killed, 2)
+    with tmpfs("1M", at=inner):
+        (inner / "mounted-file").write_bytes(b"m" * 5000)
+        assert localcache._mounted_below(killed) and localcache._mounted_below(inner)
+        assert not localcache._mounted_below(layout.root / "builds")
+        assert localcache._tree_sizes(killed) == (100, 100)  # the tmpfs's file is not counted
+        assert [e for e in scan(layout.root) if e.rel.startswith("work/")] == []
+        report = prune(layout.root, unused_for=0, max_size=0)
+        assert report.removed == [] and (inner / "mounted-file").read_bytes() == b"m" * 5000
+    assert [e.rel for e in scan(layout.root) if e.leftover] == [f"work/{killed.name}"]  # unmounted: a leftover

@@ -127,18 +127,21 @@ def leftovers(directory: Path, dest_name: str) -> list[str]:
 
 # -- tmpfs mounts (root only) -----------------------------------------------------------------------------------
 @contextlib.contextmanager
-def tmpfs(size: str, *, read_only: bool = False) -> Iterator[Path]:
-    """A fresh tmpfs of ``size`` on a temp directory (skips the test if mounting is not permitted)."""
+def tmpfs(size: str, *, read_only: bool = False, at: Path | None = None) -> Iterator[Path]:
+    """A fresh tmpfs of ``size`` on a temp directory, or on the existing directory ``at`` (skips the test if
+    mounting is not permitted)."""
     if os.geteuid() != 0:
         unavailable("mounting a tmpfs needs root")
-    mnt = Path(tempfile.mkdtemp(prefix="imagectl-tmpfs-"))
+    mnt = at or Path(tempfile.mkdtemp(prefix="imagectl-tmpfs-"))
     try:
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
     except FileNotFoundError:
-        mnt.rmdir()
+        if at is None:
+            mnt.rmdir()
         unavailable("no mount(8) on this system")
     if r.returncode != 0:
-        mnt.rmdir()
+        if at is None:
+            mnt.rmdir()
         unavailable(f"mounting a tmpfs is not permitted here: {r.stderr.decode(errors='replace').strip()}")
     try:
         if read_only:
@@ -149,8 +152,9 @@ def tmpfs(size: str, *, read_only: bool = False) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-        with contextlib.suppress(OSError):
-            mnt.rmdir()
+        if at is None:
+            with contextlib.suppress(OSError):
+                mnt.rmdir()
 
 
 # -- 1. resume across pulls ---------------------------------------------------------------------------------------
