@@ -1025,7 +1025,9 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
     indexes = releases = None
     with _live_progress(args, keep=lambda line: "build cache" in line or "recorded state" in line) as progress:
         if args.pin_mirror:
+            from imagectl.imaging.plan import targets
             from imagectl.rebuild import pinned_mirror
+            from imagectl.records import is_record_path, load_published
 
             if recipe.data["os"]["family"] != "debian":
                 raise InvalidInputError(
@@ -1033,10 +1035,14 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
                     "a mirror state"
                 )
 
-            # a record file, or a published image's signed record (of the one arch built, else the host's)
-            pin_args = argparse.Namespace(arch=arches[0] if arches and len(arches) == 1 else None)
-            [pinned] = _load_records(pin_args, cfg, [args.pin_mirror])
-            indexes, releases, checked = pinned_mirror(pinned, args.pin_mirror, cfg.cache_path)
+            # a record file, or a published image's signed records: one for each arch this build makes
+            built = list(dict.fromkeys(t.arch for t in targets(recipe, arches, args.hypervisor or None)))
+            if is_record_path(args.pin_mirror):
+                pinned = _load_records(argparse.Namespace(arch=None), cfg, [args.pin_mirror])
+            else:
+                with _reader(cfg) as reader:
+                    pinned = [load_published(reader, args.pin_mirror, a) for a in built]
+            indexes, releases, checked = pinned_mirror(pinned, args.pin_mirror, built, cfg.cache_path)
             progress(f"--pin-mirror {args.pin_mirror}: {checked}")
         opts = BuildOptions(
             output=Path(args.output),
@@ -1501,7 +1507,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RECORD|REF",
         help="Debian: install from the mirror state a build record names (its signed indexes, from imagectl's "
         "package cache or the mirror; exit 25 if neither has them): a *.build.json file, or a published image "
-        "NAME:VERSION or NAME@CHANNEL of --catalogue (its signed record)",
+        "NAME:VERSION or NAME@CHANNEL of --catalogue (its signed record of each arch built)",
     )
     sp.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
 

@@ -28,7 +28,7 @@ import dataclasses
 import json
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,20 +174,45 @@ def _check_state(
 
 
 def pinned_mirror(
-    loaded: LoadedRecord, label: str, cache_dir: Path
+    records: Sequence[LoadedRecord], label: str, arches: Sequence[str], cache_dir: Path
 ) -> tuple[dict[str, str], dict[str, str] | None, str]:
-    """``build --pin-mirror RECORD|REF``: the Debian mirror state the build record ``loaded`` names (a file, or a
-    published image's signed record; ``label`` is what the user named), its signed Packages indexes and its InRelease
-    files for the package cache to serve, checked now as a rebuild's is; and what was checked, in words.
-    InvalidInputError (exit 3) for a record that names no mirror state, MirrorMovedError (exit 25) when neither the
-    package cache nor the mirror has that state any more."""
-    state = loaded.build.package_indexes(loaded.label)
-    if state is None:
+    """``build --pin-mirror RECORD|REF``: the Debian mirror state the build records ``records`` name (a file, or a
+    published image's signed records, one per arch; ``label`` is what the user named), for a build of ``arches``:
+    their signed Packages indexes and InRelease files for the package cache to serve, checked now as a rebuild's
+    is; and what was checked, in words. A Packages index is per arch, so every arch built needs a record of its
+    own; the records' states are merged (a suite's InRelease must then be the same in all).
+
+    InvalidInputError (exit 3) for a record that names no mirror state, an arch built that no record pins, records
+    of one suite in different states; MirrorMovedError (exit 25) when neither the package cache nor the mirror has
+    that state any more."""
+    pinned = {r.arch for r in records}
+    if missing := [a for a in arches if a not in pinned]:
         raise InvalidInputError(
-            f"--pin-mirror {label}: its build record names no Debian mirror state (an SLC build, or one made "
-            "without imagectl's package cache)"
+            f"--pin-mirror {label}: its build record pins the mirror state of {', '.join(sorted(pinned))}, and "
+            f"this build makes {', '.join(missing)} too (Debian's package indexes are per arch)",
+            hint="pin a published image (NAME:VERSION), whose record of each arch names its state, or build only "
+            + " ".join(f"--arch {a}" for a in sorted(pinned)),
         )
-    releases = loaded.build.mirror_releases()
+    state: dict[str, str] = {}
+    releases: dict[str, str] | None = None
+    for loaded in records:
+        indexes = loaded.build.package_indexes(loaded.label)
+        if indexes is None:
+            raise InvalidInputError(
+                f"--pin-mirror {label}: its build record names no Debian mirror state (an SLC build, or one made "
+                "without imagectl's package cache)"
+            )
+        mine = loaded.build.mirror_releases()
+        if mine is not None:
+            releases = releases or {}
+            if clash := sorted(k for k in mine.keys() & releases.keys() if mine[k] != releases[k]):
+                raise InvalidInputError(
+                    f"--pin-mirror {label}: the records of {', '.join(r.arch for r in records)} were built from "
+                    f"different states of {clash[0]}",
+                    hint="pin one arch at a time: build --arch ARCH --pin-mirror …",
+                )
+            releases |= mine
+        state |= indexes
     return state, releases, _check_state(state, releases, None, cache_dir)
 
 

@@ -351,6 +351,62 @@ def test_build_pin_mirror_takes_a_published_images_signed_record(
     assert _calls(fake_repro_dib) == 3  # neither refused build started
 
 
+def test_pin_mirror_takes_a_record_for_each_arch_built(
+    fake_repro_dib: Path,  # noqa: F811
+    cli: Callable[..., CliResult],
+    tmp_path: Path,
+    trusted: Mirror,
+    catalogue: Catalogue,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Packages index is per arch, so a build of two arches pinned to one arch's record would meet the other's
+    index as a "moved mirror": refused before building instead, naming the arch no record pins (a record file:
+    exit 3; a published image without that arch: exit 4). The records of several arches are merged, and refused
+    when they name one suite in two states."""
+    from imagectl import rebuild
+    from imagectl.errors import InvalidInputError
+    from imagectl.records import load_file
+
+    url = trusted.url  # type: ignore[attr-defined]
+    x86 = _record_with_state(cli, tmp_path, _pin(url, trusted))
+    both = ("--arch", "x86_64", "--arch", "i386", "--hypervisor", "hvm")
+    r = cli("build", DEMO, *both, "-o", tmp_path / "m", "--pin-mirror", x86)
+    assert (r.code, r.err.splitlines()[0]) == (
+        3,
+        f"imagectl: error: --pin-mirror {x86}: its build record pins the mirror state of x86_64, and this build "
+        "makes i386 too (Debian's package indexes are per arch)",
+    )
+    assert "build only --arch x86_64" in r.err
+    r = cli("publish", "--from-build", x86.parent, *catalogue.args(), "--version", "1.0")
+    assert r.code == 0, r.err
+    where = ("--catalogue", catalogue.dir, "--root", catalogue.root)
+    r = cli("build", DEMO, *both, "-o", tmp_path / "n", "--pin-mirror", "debian12-demo:1.0", *where)
+    assert r.code == 4 and r.err.startswith("imagectl: error: ") and "i386" in r.err, r.err
+    assert _calls(fake_repro_dib) == 1  # the record's build only
+
+    i386_key = f"{url} bookworm main/binary-i386/Packages.xz"
+    suite = f"{url} bookworm"
+
+    def record(arch: str, indexes: dict[str, str], inrelease: str) -> Path:
+        doc = json.loads(x86.read_text())
+        doc["target"]["arch"] = arch
+        doc["package_cache"]["base"] = {"package_indexes": indexes, "mirror_state": {suite: inrelease}}
+        assert_valid("build-record", doc)
+        path = tmp_path / f"{arch}-{inrelease[:2]}.build.json"
+        path.write_text(json.dumps(doc))
+        return path
+
+    checked: list[tuple[dict[str, str], dict[str, str] | None]] = []
+    monkeypatch.setattr(rebuild, "_check_state", lambda state, rel, _f, _c: checked.append((state, rel)) or "ok")
+    a, b = record("x86_64", _pin(url, trusted), "cd" * 32), record("i386", {i386_key: "ab" * 32}, "cd" * 32)
+    state, releases, _ = rebuild.pinned_mirror([load_file(a), load_file(b)], "R", ["x86_64", "i386"], tmp_path)
+    assert state == {**_pin(url, trusted), i386_key: "ab" * 32} and releases == {suite: "cd" * 32}
+    assert checked == [(state, releases)]
+    other = record("i386", {i386_key: "ab" * 32}, "ef" * 32)
+    with pytest.raises(InvalidInputError, match=f"were built from different states of {suite}$"):
+        rebuild.pinned_mirror([load_file(a), load_file(other)], "R", ["x86_64", "i386"], tmp_path)
+
+
 # -- the element: apt in the chroot accepts the pinned InRelease for the build only -------------------------------
 
 
