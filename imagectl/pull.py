@@ -348,6 +348,10 @@ def _linkable(src: IO[bytes], dest: Destination, private_cache: bool) -> bool:
     )
 
 
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def _place(src: IO[bytes], dest: Destination, d: int, name: str, private_cache: bool) -> bool:
     """Put the verified cache entry ``name`` (in directory ``d``, open as ``src``) at ``dest``: a hard link where
     :func:`_linkable`, else a copy (reflink, else the kernel's sendfile), fsynced; either way through a temp name
@@ -358,7 +362,11 @@ def _place(src: IO[bytes], dest: Destination, d: int, name: str, private_cache: 
             os.unlink(tmp)
             try:
                 os.link(name, tmp, src_dir_fd=d, follow_symlinks=False)
-                return True
+                if _same_file(os.lstat(tmp), os.fstat(src.fileno())):
+                    return True
+                # the name no longer holds the entry that was opened and verified (replaced since): its bytes are
+                # copied from the open file instead, whatever is at the name now
+                os.unlink(tmp)
             except OSError as e:
                 if e.errno not in _NO_LINK:
                     raise

@@ -260,3 +260,43 @@ def test_a_member_cut_short_after_parsing_is_refused_naming_the_package(tmp_path
         os.close(root)
     assert str(e.value) == "tiny-1.0-1.x86_64.rpm: truncated"
     assert list(target.iterdir()) == []  # pass 1 writes nothing
+
+
+def test_a_symlink_planted_at_the_cache_entry_before_the_link_gives_no_link_to_its_target(tmp_path: Path) -> None:
+    """The destination is a hard link of the verified cache entry, made by name: should the name be replaced
+    between the open that verified it and the link (a symlink to another file of the same filesystem planted in
+    the cache), the destination still gets the verified bytes, copied from the open file, and never becomes a
+    second name of (or a symlink to) that other file (sample 4's ``x__place__mutmut_17`` linked through the symlink)."""
+    import stat
+
+    from imagectl.pull import Destination, _place
+
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    name = "ab" * 32
+    entry = cache / name
+    entry.write_bytes(b"the verified image")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"another file")
+    d = os.open(cache, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with entry.open("rb") as src:
+            os.rename(entry, cache / "elsewhere")  # the open entry keeps its one name, so it may be linked
+            entry.symlink_to(secret)  # planted between the check and the link
+            dest = Destination(tmp_path / "out.qcow2")
+            linked = _place(src, dest, d, name, private_cache=True)
+    finally:
+        os.close(d)
+    st = os.lstat(dest.path)
+    assert linked is False and stat.S_ISREG(st.st_mode) and st.st_ino != os.stat(secret).st_ino
+    assert dest.path.read_bytes() == b"the verified image" and secret.read_bytes() == b"another file"
+    # unplanted, the same call links the entry itself
+    entry.unlink()
+    os.rename(cache / "elsewhere", entry)
+    d = os.open(cache, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with entry.open("rb") as src:
+            assert _place(src, Destination(tmp_path / "again.qcow2"), d, name, private_cache=True) is True
+    finally:
+        os.close(d)
+    assert os.stat(tmp_path / "again.qcow2").st_ino == os.stat(entry).st_ino
