@@ -300,3 +300,37 @@ def test_a_symlink_planted_at_the_cache_entry_before_the_link_gives_no_link_to_i
     finally:
         os.close(d)
     assert os.stat(tmp_path / "again.qcow2").st_ino == os.stat(entry).st_ino
+
+
+def test_a_directory_the_unpacker_makes_is_never_wider_than_its_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory the unpacker makes is created with its final mode (0755), never the umask's: under umask 002
+    it would be group-writable until the fchmod that follows, a window another user of the group could use to
+    plant a file in the image. The mode is read at that fchmod, the moment before it applies (sample 4's
+    ``xǁ_Dirsǁopen__mutmut_32`` created it with the umask's mode)."""
+    import stat
+
+    from imagectl.imaging.slc.extract import _Dirs
+
+    before: list[int] = []
+    real = os.fchmod
+
+    def observed(fd: int, mode: int) -> None:
+        before.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        real(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", observed)
+    target = tmp_path / "target"
+    target.mkdir()
+    root = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    old = os.umask(0o002)
+    try:
+        dirs = _Dirs(root, create=True)
+        assert dirs.open(("usr", "share", "doc")) is not None
+        dirs.close()
+    finally:
+        os.umask(old)
+        os.close(root)
+    assert before == [0o755, 0o755, 0o755]
+    assert stat.S_IMODE((target / "usr" / "share" / "doc").stat().st_mode) == 0o755
