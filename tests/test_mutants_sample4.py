@@ -334,3 +334,36 @@ def test_a_directory_the_unpacker_makes_is_never_wider_than_its_mode(
         os.close(root)
     assert before == [0o755, 0o755, 0o755]
     assert stat.S_IMODE((target / "usr" / "share" / "doc").stat().st_mode) == 0o755
+
+
+def test_a_blob_another_publisher_stored_after_the_check_is_kept_and_not_counted_as_uploaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two publishers of the same image on one directory catalogue: the blob is absent when the first checks, and
+    the other stores it before the first writes. The first must keep the other's file (create-if-absent: the
+    same bytes, content-addressed) and report that it sent nothing (sample 4's
+    ``xǁLocalStoreǁupload_file__mutmut_60`` replaced it and reported an upload). The race is injected at the
+    check's return."""
+    from imagectl.store.digest import file_digest
+
+    image = tmp_path / "image.raw"
+    image.write_bytes(os.urandom(300_000))
+    digest = file_digest(str(image))
+    store = LocalStore(tmp_path / "cat")
+    key = model.blob_key(digest.sha256)
+    real = store._holds
+    theirs: list[int] = []
+
+    def checked_then_raced(k: str, d: object) -> bool | None:
+        found = real(k, d)  # type: ignore[arg-type]
+        assert found is None  # absent at the check
+        other = LocalStore(tmp_path / "cat")  # the other publisher
+        assert other.upload_file(k, str(image), digest) is True
+        theirs.append(os.stat(tmp_path / "cat" / k).st_ino)
+        return found
+
+    monkeypatch.setattr(store, "_holds", checked_then_raced)
+    assert store.upload_file(key, str(image), digest) is False  # nothing of ours was stored
+    assert os.stat(tmp_path / "cat" / key).st_ino == theirs[0]  # the other publisher's file, kept
+    assert (tmp_path / "cat" / key).read_bytes() == image.read_bytes()
+    assert [p.name for p in (tmp_path / "cat" / key).parent.iterdir() if p.name.startswith(".")] == []
