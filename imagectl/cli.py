@@ -1027,7 +1027,7 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
         if args.pin_mirror:
             from imagectl.imaging.plan import targets
             from imagectl.rebuild import pinned_mirror
-            from imagectl.records import is_record_path, load_published
+            from imagectl.records import is_record_path, load_file, load_published
 
             if recipe.data["os"]["family"] != "debian":
                 raise InvalidInputError(
@@ -1038,7 +1038,7 @@ def cmd_build(args: argparse.Namespace, cfg: Config) -> int:
             # a record file, or a published image's signed records: one for each arch this build makes
             built = list(dict.fromkeys(t.arch for t in targets(recipe, arches, args.hypervisor or None)))
             if is_record_path(args.pin_mirror):
-                pinned = _load_records(argparse.Namespace(arch=None), cfg, [args.pin_mirror])
+                pinned = [load_file(Path(args.pin_mirror))]
             else:
                 with _reader(cfg) as reader:
                     pinned = [load_published(reader, args.pin_mirror, a) for a in built]
