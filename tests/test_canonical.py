@@ -153,6 +153,23 @@ def _snapshot_bytes(meta: dict[str, Any]) -> bytes:
     return json.dumps(doc).encode()
 
 
+def _parsed_as_python_tuf_parses(data: bytes) -> tuple[Metadata[Any], Metadata[Any]] | None:
+    """parse_metadata's and python-tuf's parses of the snapshot ``data``, checked to be the same document; None
+    when python-tuf refuses it (and parse_metadata was checked to refuse it too, with its own error)."""
+    from imagectl.catalogue.metadata import parse_metadata
+    from imagectl.errors import UntrustedMetadataError
+
+    try:
+        theirs = Metadata.from_bytes(data)
+    except Exception:
+        with pytest.raises(UntrustedMetadataError, match="is not valid TUF metadata"):
+            parse_metadata(data, "metadata/3.snapshot.json")
+        return None
+    ours = parse_metadata(data, "metadata/3.snapshot.json")
+    assert ours == theirs and ours.signed.to_dict() == theirs.signed.to_dict()
+    return ours, theirs
+
+
 @FUZZ
 @given(_ENTRIES)
 def test_a_parsed_snapshot_is_python_tufs(meta: dict[str, Any]) -> None:
@@ -160,18 +177,12 @@ def test_a_parsed_snapshot_is_python_tufs(meta: dict[str, Any]) -> None:
     refusal where it refuses), its kept bytes are the canonical bytes of that document, and the fast to_dict
     of a snapshot is python-tuf's to_dict."""
     from imagectl.catalogue.canonical import signed_dict
-    from imagectl.catalogue.metadata import _PARSED, parse_metadata
-    from imagectl.errors import UntrustedMetadataError
+    from imagectl.catalogue.metadata import _PARSED
 
-    data = _snapshot_bytes(meta)
-    try:
-        theirs = Metadata.from_bytes(data)
-    except Exception:
-        with pytest.raises(UntrustedMetadataError, match="is not valid TUF metadata"):
-            parse_metadata(data, "metadata/3.snapshot.json")
+    parsed = _parsed_as_python_tuf_parses(_snapshot_bytes(meta))
+    if parsed is None:
         return
-    ours = parse_metadata(data, "metadata/3.snapshot.json")
-    assert ours == theirs and ours.signed.to_dict() == theirs.signed.to_dict()
+    ours, theirs = parsed
     assert signed_dict(ours.signed) == theirs.signed.to_dict()
     kept = ours.__dict__.get(_PARSED)
     assert kept is None or kept == encode_canonical(theirs.signed.to_dict()).encode()
@@ -234,21 +245,16 @@ def test_a_file_in_imagectls_shape_parses_as_python_tufs_keeping_its_own_bytes(m
     """A file in the shape imagectl writes (``{"signatures":[…],"signed":PAYLOAD}``) is parsed in two parts:
     whatever the entries, the document is python-tuf's parse of the whole file (or both refuse), and the bytes
     kept for the first check are the file's own PAYLOAD."""
-    from imagectl.catalogue.metadata import _AS_WRITTEN, parse_metadata
-    from imagectl.errors import UntrustedMetadataError
+    from imagectl.catalogue.metadata import _AS_WRITTEN
 
     doc = json.loads(_snapshot_bytes(meta))
     payload = json.dumps(doc["signed"], separators=(",", ":"), ensure_ascii=False)
-    data = ('{"signatures":[],"signed":' + payload + "}" + end).encode("utf-8", "surrogatepass")
-    try:
-        theirs = Metadata.from_bytes(data)
-    except Exception:
-        with pytest.raises(UntrustedMetadataError, match="is not valid TUF metadata"):
-            parse_metadata(data, "metadata/3.snapshot.json")
+    parsed = _parsed_as_python_tuf_parses(
+        ('{"signatures":[],"signed":' + payload + "}" + end).encode("utf-8", "surrogatepass")
+    )
+    if parsed is None:
         return
-    ours = parse_metadata(data, "metadata/3.snapshot.json")
-    assert ours == theirs and ours.signed.to_dict() == theirs.signed.to_dict()
-    kept = ours.__dict__.get(_AS_WRITTEN)
+    kept = parsed[0].__dict__.get(_AS_WRITTEN)
     assert kept is None or kept == payload.encode("utf-8", "surrogatepass")
 
 
