@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(sudo qemu-utils qemu-system-x86 debootstrap fdisk gdisk dosfstools squashfs-tools kpartx
           gnupg debian-archive-keyring xz-utils zstd e2fsprogs rpm rpm2cpio cpio createrepo-c curl openssl
-          syslinux syslinux-common mtools xorriso shellcheck dash chromium rsync
-          python3-nova xen-utils-4.17)  # xen-utils: Xen's pygrub, which boot-tests xen-pv images (no Xen host needed)
+          syslinux syslinux-common mtools xorriso shellcheck dash chromium rsync nginx-light
+          python3-nova xen-utils-4.17)  # xen-utils: Xen's pygrub, which boot-tests xen-pv images (no Xen host needed); nginx-light: bench/pull.py's server
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,8 +4,8 @@ The figures of issue 10 come from these scripts; a change to the code they drive
 ``S3Store.store_image`` broke bench/publish.py's counting wrapper once, unnoticed until the next measurement) must
 not leave them broken. Here they run as a user runs them, in a child process with ``--json``, and what they print
 is checked for the figures the README quotes, with values that can only come from a real run (no timing is
-judged: these are smoke sizes on a busy machine). bench/pull.py (nginx) and bench/build.py (real builds, minutes)
-are run by hand (bench/README.md).
+judged: these are smoke sizes on a busy machine). bench/pull.py runs here too (nginx, from ci/host-setup.sh);
+bench/build.py (real builds, minutes) is run by hand (bench/README.md).
 """
 
 from __future__ import annotations
@@ -82,6 +82,26 @@ def test_targets_bench_runs_at_a_smoke_size() -> None:
     assert d["bytes_held_over_image"] == 1.0  # the blob and its target file: one inode
     assert s3["first_upload_s"] > 0 and s3["second_version_copy_s"] > 0
     assert s3["bytes_held_per_target_file"] == 1.0  # two versions' target files, one full copy each; the pointer empty
+
+
+def test_pull_bench_runs_at_a_smoke_size() -> None:
+    """An 8 MiB image from nginx, one round: imagectl pull (which exits 0 only for verified bytes) and each
+    baseline ran, curl's bytes had the published SHA-256 (the bench checks them with sha256sum and openssl), and
+    every ratio is derived from the runs it reports (to the rounding of the medians it prints)."""
+    s = run_bench("pull.py", "--size-mib", "8", "--rounds", "1")
+    assert s["size_mib"] == 8 and s["server"].startswith("http://127.0.0.1:")
+    pull, curl = s["pull"], s["curl"]
+    assert len(pull["runs_s"]) == len(curl["runs_s"]) == len(s["curl_sync"]["runs_s"]) == 1
+    assert pull["peak_rss_mib"] > s["rss_floor_mib"] > 0 and s["pull_small"]["median_s"] > 0
+    assert s["curl_sync"]["sync_median_s"] > 0
+    # each baseline adds a step to curl's own run: the sums hold run by run
+    assert s["curl_sync"]["median_s"] > curl["median_s"] and s["curl_openssl"]["median_s"] > curl["median_s"]
+    assert s["curl_sync_openssl"]["median_s"] > max(s["curl_sync"]["median_s"], s["curl_openssl"]["median_s"])
+    for key, base in (("curl", curl), ("curl_openssl", s["curl_openssl"]), ("curl_sync", s["curl_sync"])):
+        assert s[f"ratio_pull_over_{key}"] == pytest.approx(pull["median_s"] / base["median_s"], rel=5e-3)
+    assert s["ratio_pull_over_curl_sync_openssl"] == pytest.approx(
+        pull["median_s"] / s["curl_sync_openssl"]["median_s"], rel=5e-3
+    )
 
 
 @pytest.mark.network
