@@ -4,8 +4,8 @@ The figures of issue 10 come from these scripts; a change to the code they drive
 ``S3Store.store_image`` broke bench/publish.py's counting wrapper once, unnoticed until the next measurement) must
 not leave them broken. Here they run as a user runs them, in a child process with ``--json``, and what they print
 is checked for the figures the README quotes, with values that can only come from a real run (no timing is
-judged: these are smoke sizes on a busy machine). bench/pull.py runs here too (nginx, from ci/host-setup.sh);
-bench/build.py (real builds, minutes) is run by hand (bench/README.md).
+judged: these are smoke sizes on a busy machine). bench/pull.py runs here too (nginx, from ci/host-setup.sh), and
+bench/build.py for one round of real builds (a cold one, one with a package more, three identical: ~4 minutes).
 """
 
 from __future__ import annotations
@@ -102,6 +102,30 @@ def test_pull_bench_runs_at_a_smoke_size() -> None:
     assert s["ratio_pull_over_curl_sync_openssl"] == pytest.approx(
         pull["median_s"] / s["curl_sync_openssl"]["median_s"], rel=5e-3
     )
+
+
+@pytest.mark.build
+@pytest.mark.root
+@pytest.mark.network
+def test_build_bench_runs_at_a_smoke_size() -> None:
+    """One round of the build bench, as its figures are taken: a cold build on an empty cache, the demo with one
+    package more, then that build three times over. What it reports can only come from real builds: every phase of
+    the two diskimage-builder runs read from their logs, the second run's base system reused and only the added
+    package downloaded, the three last ones served from the build cache."""
+    s = run_bench("build.py", "--rounds", "1")
+    [r] = s["rounds"]
+    cold, plus = r["cold"], r["plus_one"]
+    assert cold["cached"] is False and plus["cached"] is False
+    for run in (cold, plus):
+        assert set(run["phases"]) == {"bootstrap", "package_install", "image_creation", "conversion", "imagectl"}
+        assert all(v > 0 for k, v in run["phases"].items() if k != "imagectl"), run["phases"]
+    assert cold["package_cache"].get("hits", 0) == 0 < cold["package_cache"]["downloaded"]
+    assert plus["package_cache"]["base_reused"] is True and plus["package_cache"]["hits"] > 0
+    # tree needs nothing the demo lacks: its own .deb is the one download (apt names: NAME_VERSION_ARCH.deb)
+    assert [p.split("_")[0] for p in plus["package_cache"]["downloaded_packages"]] == [s["added_package"]] == ["tree"]
+    assert [c["cached"] for c in r["cached"]] == [True, True, True]
+    assert s["plus_one_ratio"] == [round(plus["seconds"] / cold["seconds"], 3)]
+    assert s["cached_median_s"] == sorted(c["seconds"] for c in r["cached"])[1]
 
 
 @pytest.mark.network
