@@ -10,9 +10,11 @@ creates a bucket and writes an N MiB incompressible image (default 1 GiB), then 
    file identity forgotten first, so it hashes the file before uploading, as it does a newly built image) and
    with its digests remembered (a retried publish of an unchanged file), against
    ``aws s3 cp IMAGE s3://BUCKET/aws-key`` (awscli from PyPI, its default 8 MiB parts and 10 threads: what S3
-   users reach for; the main baseline) and ``s3cmd put IMAGE s3://BUCKET/other-key`` (Debian's s3cmd, 16 MiB
-   multipart chunks), each object deleted before every run, in rotating order after one warm-up of each; ratio
-   new-file publish / aws s3 cp (target <= 1.0), and the others for comparison; and the CPU seconds each
+   users reach for; the main baseline; it sends CRC32 part checksums), the same with ``--checksum-algorithm
+   SHA256`` (SHA-256 part checksums, which the server checks as it checks publish's) and ``s3cmd put IMAGE
+   s3://BUCKET/other-key`` (Debian's s3cmd, 16 MiB multipart chunks), each object deleted before every run, in
+   rotating order after one warm-up of each; ratio new-file publish / aws s3 cp (target <= 1.0), and the others
+   for comparison; and the CPU seconds each
    command used, and SeaweedFS used while it ran (on two shared cores, the client's CPU is the server's loss);
 2. re-publish of the identical bytes under a new version: CLI wall time (target < 2 s) and, in-process through
    the library, the image bytes sent (target 0: a server-side copy) and the metadata bytes sent;
@@ -245,14 +247,26 @@ class Bench:
         return child.seconds
 
     def aws_cp(self) -> float:
-        self.delete("aws-key")
+        return self._aws_cp("aws-key")
+
+    def aws_cp_sha256(self) -> float:
+        """``aws s3 cp --checksum-algorithm SHA256``: each part sent with its SHA-256, which the server checks, as
+        it checks publish's (awscli's default is CRC32); the object's stored checksum says it was done."""
+        seconds = self._aws_cp("aws-sha256-key", "--checksum-algorithm", "SHA256")
+        head = self.client.head_object(Bucket=self.bucket, Key="aws-sha256-key", ChecksumMode="ENABLED")
+        if not head.get("ChecksumSHA256"):
+            raise RuntimeError(f"aws s3 cp --checksum-algorithm SHA256 stored no SHA-256 checksum: {head}")
+        return seconds
+
+    def _aws_cp(self, key: str, *options: str) -> float:
+        self.delete(key)
         os.sync()
         child = run_child(
-            [*self.aws, "s3", "cp", "--only-show-errors", str(self.image), f"s3://{self.bucket}/aws-key"],
+            [*self.aws, "s3", "cp", "--only-show-errors", *options, str(self.image), f"s3://{self.bucket}/{key}"],
             self.tmp,
             self.env,
         )
-        if self.size_of("aws-key") != self.size_mib * MIB:
+        if self.size_of(key) != self.size_mib * MIB:
             raise RuntimeError(f"aws s3 cp did not store {self.size_mib} MiB: {child.stdout.strip()}")
         return child.seconds
 
@@ -568,6 +582,7 @@ CPU_LABELS = (
     ("publish", "imagectl publish"),
     ("remembered", "imagectl publish, digests remembered"),
     ("aws", "aws s3 cp"),
+    ("aws_sha256", "aws s3 cp --checksum-algorithm SHA256"),
     ("s3cmd", "s3cmd put"),
 )
 
@@ -592,6 +607,7 @@ def summarise(args: argparse.Namespace, b: Bench, parts: dict[str, Any]) -> dict
     up, rep, grow, one = parts["upload"], parts["republish"], parts["growth"], parts["one_copy"]
     pub_med, s3_med, aws_med = med(up["imagectl publish"]), med(up["s3cmd put"]), med(up["aws s3 cp"])
     memo_med = med(up["imagectl publish, digests remembered"])
+    aws_sha_med = med(up["aws s3 cp --checksum-algorithm SHA256"])
     few_med, many_med = med(grow["few"]), med(grow["many"])
     rep_med = med(rep["cli_s"])
     up_ratio, grow_ratio = pub_med / aws_med, many_med / few_med
@@ -611,6 +627,10 @@ def summarise(args: argparse.Namespace, b: Bench, parts: dict[str, Any]) -> dict
             "aws_runs_s": [round(x, 4) for x in up["aws s3 cp"]],
             "aws_mib_per_s": round(args.size_mib / aws_med, 1),
             "ratio_publish_over_aws": round(up_ratio, 3),
+            # aws sending SHA-256 part checksums, checked by the server as publish's are (no target)
+            "aws_sha256_median_s": aws_sha_med,
+            "aws_sha256_runs_s": [round(x, 4) for x in up["aws s3 cp --checksum-algorithm SHA256"]],
+            "ratio_publish_over_aws_sha256": round(pub_med / aws_sha_med, 3),
             "s3cmd_median_s": s3_med,
             "s3cmd_runs_s": [round(x, 4) for x in up["s3cmd put"]],
             "s3cmd_mib_per_s": round(args.size_mib / s3_med, 1),
@@ -675,12 +695,16 @@ def report(s: dict[str, Any]) -> str:
         f"  same, remembered   median {u['remembered_median_s']:8.3f} s  {'':>13}"
         f"   runs: {runs(u['remembered_runs_s'])}   (its digests remembered from the run before)",
         f"  aws s3 cp          median {u['aws_median_s']:8.3f} s  {u['aws_mib_per_s']:7.1f} MiB/s"
-        f"   runs: {runs(u['aws_runs_s'])}   (awscli defaults)",
+        f"   runs: {runs(u['aws_runs_s'])}   (awscli defaults: CRC32 part checksums)",
+        f"  aws s3 cp, SHA256  median {u['aws_sha256_median_s']:8.3f} s  {'':>13}"
+        f"   runs: {runs(u['aws_sha256_runs_s'])}   (--checksum-algorithm SHA256: the server checks what it checks"
+        " for publish)",
         f"  s3cmd put          median {u['s3cmd_median_s']:8.3f} s  {u['s3cmd_mib_per_s']:7.1f} MiB/s"
         f"   runs: {runs(u['s3cmd_runs_s'])}   ({u['s3cmd_chunk_mib']} MiB multipart chunks)",
         f"  ratio publish / aws s3 cp: {u['ratio_publish_over_aws']:.3f}"
         f"   (target <= {u['ratio_target']}: {ok[u['ratio_within_target']]})",
         f"  ratio publish / s3cmd:     {u['ratio_publish_over_s3cmd']:.3f}   (no target)",
+        f"  ratio publish / aws SHA256: {u['ratio_publish_over_aws_sha256']:.3f}   (no target: the same checks)",
         f"  ratio remembered / aws:    {u['ratio_remembered_over_aws']:.3f}   (no target: a retried publish)",
         f"  (sha256 and part digests of the local file alone, in-process: {s['local_sha256_s']:.3f} s)",
         "  CPU seconds, medians (the command's own / SeaweedFS's while it ran): "
@@ -786,11 +810,12 @@ def run(args: argparse.Namespace, tmp: Path, s3cmd: str, aws: str) -> dict[str, 
             ("imagectl publish", b.publish_big),
             ("imagectl publish, digests remembered", b.publish_big_remembered),
             ("aws s3 cp", b.aws_cp),
+            ("aws s3 cp --checksum-algorithm SHA256", b.aws_cp_sha256),
             ("s3cmd put", b.s3cmd_put),
             server_pid=server.pid,
         )
-        b.delete("other-key")
-        b.delete("aws-key")
+        for key in ("other-key", "aws-key", "aws-sha256-key"):
+            b.delete(key)
 
         log("2. re-publish of identical bytes")
         if b.store("cat").pointer(blob_key(sha)) is None:

@@ -130,7 +130,8 @@ def test_build_bench_runs_at_a_smoke_size() -> None:
 
 @pytest.mark.network
 def test_publish_bench_runs_at_a_smoke_size(tmp_path: Path) -> None:
-    """A 2 MiB image against ``aws s3 cp`` and ``s3cmd put``, a re-publish, and growth past a binned name's 512.
+    """A 2 MiB image against ``aws s3 cp`` (with its default checksums and with SHA-256's) and ``s3cmd put``, a
+    re-publish, and growth past a binned name's 512.
 
     awscli goes into a venv of its own (the bench would pip-install it into this interpreter, whose botocore boto3
     relies on); s3cmd comes from Debian (the bench installs it with apt-get when missing, as root)."""
@@ -146,8 +147,10 @@ def test_publish_bench_runs_at_a_smoke_size(tmp_path: Path) -> None:
     up, rep, grow = s["upload"], s["republish"], s["growth"]
     assert up["publish_median_s"] > 0 and up["aws_median_s"] > 0 and up["s3cmd_median_s"] > 0
     assert up["remembered_median_s"] > 0 and up["ratio_remembered_over_aws"] > 0
+    # the bench checked that aws stored a SHA-256 checksum when asked for one
+    assert len(up["aws_sha256_runs_s"]) == 1 and up["ratio_publish_over_aws_sha256"] > 0
     cpu = up["cpu"]  # every command is a Python process (imagectl, awscli, s3cmd): each used CPU of its own
-    for key in ("publish", "remembered", "aws", "s3cmd"):
+    for key in ("publish", "remembered", "aws", "aws_sha256", "s3cmd"):
         assert len(cpu[key]["runs_client_server_s"]) == 1 and cpu[key]["client_median_s"] > 0, cpu
     assert cpu["ratio_publish_client_over_aws"] > 0 and cpu["ratio_remembered_client_over_aws"] > 0
     assert s["one_copy"]["upgrade_median_s"] > 0 and s["one_copy"]["aws_read_median_s"] > 0
