@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.s3, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]  # and each test's own: what it runs (SeaweedFS, nginx, real builds)
 
 
 def run_bench(script: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -39,6 +39,7 @@ def run_bench(script: str, *args: str, env: dict[str, str] | None = None) -> dic
     return out
 
 
+@pytest.mark.s3
 def test_metadata_bench_runs_at_a_smoke_size() -> None:
     """600 versions (past the 512 of a plain role: binned), 30 names of 5: every figure is there, from a run. With
     ``--rtt-ms 50`` each request of a timed publish waits 50 ms first: a publish sends at least 9 rounds of requests
@@ -74,6 +75,7 @@ def test_metadata_bench_runs_at_a_smoke_size() -> None:
     assert s["verify_all"]["peak_rss_mib"] > 0
 
 
+@pytest.mark.s3
 def test_targets_bench_runs_at_a_smoke_size() -> None:
     """A 4 MiB image: on a directory the target file is a link (no bytes), on S3 the second version a copy."""
     s = run_bench("targets.py", "--size-mib", "4", "--rounds", "1")
@@ -84,6 +86,7 @@ def test_targets_bench_runs_at_a_smoke_size() -> None:
     assert s3["bytes_held_per_target_file"] == 1.0  # two versions' target files, one full copy each; the pointer empty
 
 
+@pytest.mark.http
 def test_pull_bench_runs_at_a_smoke_size() -> None:
     """An 8 MiB image from nginx, one round: imagectl pull (which exits 0 only for verified bytes) and each
     baseline ran, curl's bytes had the published SHA-256 (the bench checks them with sha256sum and openssl), and
@@ -128,6 +131,7 @@ def test_build_bench_runs_at_a_smoke_size() -> None:
     assert s["cached_median_s"] == sorted(c["seconds"] for c in r["cached"])[1]
 
 
+@pytest.mark.s3
 @pytest.mark.network
 def test_publish_bench_runs_at_a_smoke_size(tmp_path: Path) -> None:
     """A 2 MiB image against ``aws s3 cp`` (with its default checksums and with SHA-256's) and ``s3cmd put``, a
