@@ -144,16 +144,16 @@ def _file_sizes(st: os.stat_result) -> tuple[int, int]:
     return st.st_size, st.st_size if st.st_nlink == 1 else 0
 
 
-def _tree_sizes(path: Path) -> tuple[int, int]:
+def _tree_sizes(path: Path, skip: frozenset[str] = frozenset()) -> tuple[int, int]:
     """Bytes of the regular files below ``path`` (symlinks not followed, nor mount points: only the files of
-    ``path``'s own filesystem), and of those no other name links."""
+    ``path``'s own filesystem, nor the directories ``skip`` names), and of those no other name links."""
     size = freed = 0
     try:
         dev = os.lstat(path).st_dev
     except OSError:
         return 0, 0
     for top, dirs, files in os.walk(path, followlinks=False):  # symlinked directories are not entered
-        dirs[:] = [d for d in dirs if _same_device(os.path.join(top, d), dev)]
+        dirs[:] = [d for d in dirs if (sub := os.path.join(top, d)) not in skip and _same_device(sub, dev)]
         for name in files:
             with contextlib.suppress(OSError):
                 st = os.lstat(os.path.join(top, name))
@@ -358,13 +358,10 @@ def area_totals(entries: list[CacheEntry]) -> dict[str, dict[str, Any]]:
 
 
 def kept_sizes(cache: Path, entries: Sequence[CacheEntry] = ()) -> dict[str, int]:
-    """Bytes of each part of the cache that prune never removes (only those present), less the leftovers among
-    ``entries`` found there (work/: the directories of killed builds)."""
-    out = {name: _tree_sizes(cache / name)[0] for name in KEPT if (cache / name).is_dir()}
-    for e in entries:
-        if e.leftover and (top := e.rel.split("/", 1)[0]) in out:
-            out[top] = max(0, out[top] - e.size)
-    return out
+    """Bytes of each part of the cache that prune never removes (only those present), not counting the leftovers
+    among ``entries`` found there (work/: the directories of killed builds), whose trees are not walked again."""
+    leftovers = frozenset(os.path.join(cache, e.rel) for e in entries if e.leftover)
+    return {name: _tree_sizes(cache / name, leftovers)[0] for name in KEPT if (cache / name).is_dir()}
 
 
 @contextlib.contextmanager
